@@ -1,0 +1,96 @@
+//! `stoq_xdp`: the XDP program in front of every STOQ endpoint.
+//!
+//! For each frame it runs the shared classifier from `stoq-common`:
+//! - a well-formed STOQ packet to a port in `STOQ_PORTS` is redirected into
+//!   `XSKMAP[rx_queue_index]`, or passed to the kernel when no socket is bound there;
+//! - a malformed datagram to a STOQ port is dropped;
+//! - everything else is passed.
+//!
+//! Every frame increments exactly one verdict counter in `STOQ_COUNTERS` (per CPU), and
+//! every STOQ packet also increments its packet-kind counter.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, XskMap};
+use aya_ebpf::programs::XdpContext;
+use stoq_common::classify::{Verdict, classify_frame};
+use stoq_common::maps::{
+    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, ClassifierConfig, MAX_PORTS,
+    MAX_QUEUES, NUM_COUNTERS,
+};
+use stoq_common::ptr::Bytes;
+
+#[map(name = "STOQ_PORTS")]
+static STOQ_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "STOQ_CONFIG")]
+static STOQ_CONFIG: Array<ClassifierConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "STOQ_COUNTERS")]
+static STOQ_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[map(name = "XSKMAP")]
+static XSKMAP: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = STOQ_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup; this CPU's slot
+        // is only written by this program, which runs with preemption disabled.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The program entry point.
+#[xdp]
+pub fn stoq_xdp(ctx: XdpContext) -> u32 {
+    let Some(cfg) = STOQ_CONFIG.get(0) else {
+        count(COUNTER_ABORTED);
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `ctx.ctx` is the live `xdp_md`; `data..data_end` is the frame, readable for
+    // the whole program run.
+    let bytes = unsafe { Bytes::from_xdp(ctx.data(), &raw const (*ctx.ctx).data_end) };
+    let verdict = classify_frame(bytes, cfg, |port| STOQ_PORTS.get_ptr(&port).is_some());
+    match verdict {
+        Verdict::Stoq(s) => {
+            count(s.kind.counter());
+            let queue = ctx.rx_queue_index();
+            if XSKMAP.get(queue).is_none() {
+                count(COUNTER_NO_SOCKET);
+                return xdp_action::XDP_PASS;
+            }
+            match XSKMAP.redirect(queue, u64::from(xdp_action::XDP_PASS)) {
+                Ok(action) if action == xdp_action::XDP_REDIRECT => {
+                    count(COUNTER_REDIRECTED);
+                    action
+                }
+                _ => {
+                    count(COUNTER_NO_SOCKET);
+                    xdp_action::XDP_PASS
+                }
+            }
+        }
+        Verdict::Pass(r) => {
+            count(r.counter());
+            xdp_action::XDP_PASS
+        }
+        Verdict::Drop(r) => {
+            count(r.counter());
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+/// The license the kernel checks before granting GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,19 @@
+//! STOQ: a post-quantum secure UDP transport for Linux servers, with XDP/AF_XDP
+//! acceleration.
+//!
+//! This crate is the userspace half of STOQ. Today it carries:
+//! - [`xdp`]: the loader for the `stoq_xdp` program (load, configure ports and the CID
+//!   layout, attach in driver or skb mode through a bpf_link, read [`xdp::SteerStats`],
+//!   detach), in-kernel test runs, and a minimal AF_XDP socket ([`xdp::xsk`]);
+//! - [`classifier`]: the userspace twin of the XDP classifier;
+//! - [`wire`]: the wire format, re-exported from `stoq-common`.
+//!
+//! The protocol core, the I/O engine and the async API build on these.
+#![warn(missing_docs)]
+
+pub mod classifier;
+pub mod xdp;
+
+/// The wire format: header views, varints, connection-ID layout and the classifier,
+/// re-exported from `stoq-common`.
+pub use stoq_common as wire;

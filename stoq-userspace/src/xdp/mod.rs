@@ -1,0 +1,361 @@
+//! The `stoq_xdp` program: load, configure, attach, read counters, detach.
+//!
+//! ```no_run
+//! use stoq::xdp::{AttachMode, XdpProgram};
+//! use stoq::wire::cid::CidLayout;
+//!
+//! let mut prog = XdpProgram::load()?;
+//! prog.configure(&CidLayout::DEFAULT, &[4433])?;
+//! let attachment = prog.attach("eth0", AttachMode::Auto)?;
+//! println!("attached in {:?} mode", attachment.mode());
+//! println!("{}", prog.stats()?);
+//! # Ok::<(), stoq::xdp::XdpError>(())
+//! ```
+//!
+//! Attachments are bpf_links owned by this process: when the [`Attachment`] is dropped, or
+//! the process dies, the kernel detaches the program. Nothing is left behind.
+
+mod caps;
+mod error;
+mod stats;
+pub mod xsk;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::links::FdLink;
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+pub use caps::{Capability, effective_capabilities};
+pub use error::XdpError;
+pub use stats::SteerStats;
+use stoq_common::cid::CidLayout;
+use stoq_common::maps::{
+    CONFIG_MAP, COUNTERS_MAP, ClassifierConfig, MAX_PORTS, MAX_QUEUES, NUM_COUNTERS, PORTS_MAP,
+    PROGRAM_NAME, XSK_MAP,
+};
+
+mod object {
+    include!(concat!(env!("OUT_DIR"), "/ebpf_status.rs"));
+}
+
+/// The embedded XDP object (empty when it was not built).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stoq-xdp.o"));
+
+/// The embedded `stoq_xdp` object, or why it is missing.
+pub fn program_object() -> Result<&'static [u8], XdpError> {
+    match object::NOT_BUILT {
+        None if !OBJECT.is_empty() => Ok(OBJECT),
+        reason => Err(XdpError::ProgramNotBuilt {
+            reason: reason.unwrap_or("the embedded object is empty").to_string(),
+        }),
+    }
+}
+
+/// How to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Driver (native) mode, falling back to skb (generic) mode when the driver refuses.
+    #[default]
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Skb (generic) mode only.
+    Skb,
+}
+
+/// The mode an attachment ended up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// Native XDP in the driver.
+    Driver,
+    /// Generic XDP in the kernel stack.
+    Skb,
+}
+
+/// The result of an XDP program run, as returned by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAction {
+    /// `XDP_ABORTED`.
+    Aborted,
+    /// `XDP_DROP`.
+    Drop,
+    /// `XDP_PASS`.
+    Pass,
+    /// `XDP_TX`.
+    Tx,
+    /// `XDP_REDIRECT`.
+    Redirect,
+    /// A value outside the known actions.
+    Unknown(u32),
+}
+
+impl From<u32> for XdpAction {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// A live attachment to one interface. Dropping it detaches the program.
+#[derive(Debug)]
+pub struct Attachment {
+    ifname: String,
+    ifindex: u32,
+    mode: AttachedMode,
+    link: Option<FdLink>,
+}
+
+impl Attachment {
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The mode the program runs in.
+    pub fn mode(&self) -> AttachedMode {
+        self.mode
+    }
+
+    /// Detaches now (also done on drop).
+    pub fn detach(mut self) {
+        self.link.take();
+    }
+}
+
+/// Outcome of an in-kernel test run (`BPF_PROG_TEST_RUN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The action the program returned.
+    pub action: XdpAction,
+    /// Average time per run, as measured by the kernel.
+    pub duration: Duration,
+}
+
+/// The loaded `stoq_xdp` program and its maps.
+#[derive(Debug)]
+pub struct XdpProgram {
+    ebpf: Ebpf,
+}
+
+impl XdpProgram {
+    /// Loads the embedded object and its program into the kernel (through the verifier).
+    ///
+    /// # Errors
+    /// [`XdpError::ProgramNotBuilt`] when the object was not built,
+    /// [`XdpError::MissingCapability`] without CAP_BPF, [`XdpError::Verifier`] when the kernel
+    /// rejects the program.
+    pub fn load() -> Result<Self, XdpError> {
+        Self::load_bytes(program_object()?)
+    }
+
+    /// Loads a given object (for tools that ship their own build).
+    pub fn load_bytes(object: &[u8]) -> Result<Self, XdpError> {
+        caps::raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .map_err(|e| error::from_load(&e))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(XdpError::ObjectMismatch {
+                missing: PROGRAM_NAME,
+            })?
+            .try_into()
+            .map_err(|_| XdpError::ObjectMismatch {
+                missing: PROGRAM_NAME,
+            })?;
+        prog.load().map_err(|e| error::from_program("load", &e))?;
+        let mut me = Self { ebpf };
+        // A fresh program starts configured for the default layout and no ports.
+        me.configure(&CidLayout::DEFAULT, &[])?;
+        Ok(me)
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(XdpError::ObjectMismatch {
+                missing: PROGRAM_NAME,
+            })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, XdpError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(XdpError::ObjectMismatch { missing: name })
+    }
+
+    /// Sets the CID layout and replaces the STOQ port set.
+    ///
+    /// # Errors
+    /// [`XdpError::TooManyPorts`] beyond [`MAX_PORTS`]; map update failures.
+    pub fn configure(&mut self, layout: &CidLayout, ports: &[u16]) -> Result<(), XdpError> {
+        if ports.len() > MAX_PORTS as usize {
+            return Err(XdpError::TooManyPorts {
+                got: ports.len(),
+                max: MAX_PORTS as usize,
+            });
+        }
+        {
+            let mut cfg: Array<&mut MapData, ClassifierConfig> =
+                Array::try_from(self.map_mut(CONFIG_MAP)?)
+                    .map_err(|e| error::from_map(CONFIG_MAP, e))?;
+            cfg.set(0, ClassifierConfig::new(layout), 0)
+                .map_err(|e| error::from_map(CONFIG_MAP, e))?;
+        }
+        let mut map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(self.map_mut(PORTS_MAP)?)
+            .map_err(|e| error::from_map(PORTS_MAP, e))?;
+        let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
+        for p in old.iter().filter(|p| !ports.contains(p)) {
+            map.remove(p).map_err(|e| error::from_map(PORTS_MAP, e))?;
+        }
+        for p in ports {
+            map.insert(p, 1, 0)
+                .map_err(|e| error::from_map(PORTS_MAP, e))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `ifname`. With [`AttachMode::Auto`], driver mode is tried first and skb
+    /// mode is used when the driver refuses.
+    ///
+    /// # Errors
+    /// [`XdpError::InterfaceNotFound`], [`XdpError::MissingCapability`] without
+    /// CAP_NET_ADMIN, [`XdpError::AttachRefused`] with the errno of the last refusal,
+    /// [`XdpError::NotABpfLink`] if the kernel only offers legacy netlink attachment.
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<Attachment, XdpError> {
+        let ifindex = caps::ifindex(ifname)?;
+        let tries: &[(XdpMode, AttachedMode)] = match mode {
+            AttachMode::Auto => &[
+                (XdpMode::Driver, AttachedMode::Driver),
+                (XdpMode::Skb, AttachedMode::Skb),
+            ],
+            AttachMode::Driver => &[(XdpMode::Driver, AttachedMode::Driver)],
+            AttachMode::Skb => &[(XdpMode::Skb, AttachedMode::Skb)],
+        };
+        let mut last = None;
+        for (xmode, attached) in tries {
+            let prog = self.program()?;
+            match prog.attach_to_if_index(ifindex, *xmode) {
+                Ok(id) => {
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|e| error::from_program("take_link", &e))?;
+                    let Ok(fd_link) = FdLink::try_from(link) else {
+                        // The legacy netlink attachment survives a crash; refuse it. (The
+                        // aya link dropped here detaches it again.)
+                        return Err(XdpError::NotABpfLink {
+                            ifname: ifname.to_string(),
+                        });
+                    };
+                    return Ok(Attachment {
+                        ifname: ifname.to_string(),
+                        ifindex,
+                        mode: *attached,
+                        link: Some(fd_link),
+                    });
+                }
+                Err(e) => {
+                    let err = error::from_attach(ifname, *attached, &e);
+                    if matches!(err, XdpError::MissingCapability { .. }) {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or(XdpError::InterfaceNotFound {
+            ifname: ifname.to_string(),
+        }))
+    }
+
+    /// Registers an AF_XDP socket for `queue`: STOQ packets arriving on that rx queue are
+    /// redirected to it.
+    pub fn register_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<(), XdpError> {
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::QueueOutOfRange {
+                queue,
+                max: MAX_QUEUES,
+            });
+        }
+        let mut map: XskMap<&mut MapData> =
+            XskMap::try_from(self.map_mut(XSK_MAP)?).map_err(|e| error::from_map(XSK_MAP, e))?;
+        map.set(queue, socket.as_raw_fd(), 0)
+            .map_err(|e| error::from_map(XSK_MAP, e))
+    }
+
+    /// Removes the socket registered for `queue`, if any.
+    pub fn unregister_socket(&mut self, queue: u32) -> Result<(), XdpError> {
+        let mut map: XskMap<&mut MapData> =
+            XskMap::try_from(self.map_mut(XSK_MAP)?).map_err(|e| error::from_map(XSK_MAP, e))?;
+        match map.unset(queue) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(error::from_map(XSK_MAP, e)),
+        }
+    }
+
+    /// A snapshot of the verdict counters, summed over CPUs.
+    pub fn stats(&self) -> Result<SteerStats, XdpError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(XdpError::ObjectMismatch {
+                missing: COUNTERS_MAP,
+            })?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| error::from_map(COUNTERS_MAP, e))?;
+        let mut raw = [0u64; NUM_COUNTERS as usize];
+        for (i, slot) in raw.iter_mut().enumerate() {
+            let v = arr
+                .get(&(i as u32), 0)
+                .map_err(|e| error::from_map(COUNTERS_MAP, e))?;
+            *slot = v.iter().sum();
+        }
+        Ok(SteerStats::from_raw(raw))
+    }
+
+    /// Runs the program on `frame` in the kernel (`BPF_PROG_TEST_RUN`) `repeat` times and
+    /// returns its action and the kernel-measured time per run. Counters are updated as for
+    /// real traffic.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, XdpError> {
+        let prog = self.program()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: repeat.max(1),
+            ..TestRunOptions::new()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| error::from_program("BPF_PROG_TEST_RUN", &e))?;
+        Ok(TestRunOutcome {
+            action: XdpAction::from(r.return_value),
+            duration: r.duration,
+        })
+    }
+}
+
+/// Turns an `io::Error` from an interface lookup into the typed error.
+fn not_found(ifname: &str, _e: io::Error) -> XdpError {
+    XdpError::InterfaceNotFound {
+        ifname: ifname.to_string(),
+    }
+}

@@ -1,0 +1,107 @@
+//! [`SteerStats`]: a snapshot of the XDP program's verdict counters.
+
+use std::fmt;
+
+use stoq_common::classify::{DropReason, PacketKind, PassReason};
+use stoq_common::maps::{COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, NUM_COUNTERS};
+
+/// Counters summed over CPUs. Every frame the program sees lands in exactly one of
+/// `redirected`, `no_socket`, `aborted`, a pass reason or a drop reason; STOQ packets are
+/// also counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SteerStats {
+    raw: [u64; NUM_COUNTERS as usize],
+}
+
+impl SteerStats {
+    /// Wraps raw counter values indexed as in `stoq_common::maps`.
+    pub fn from_raw(raw: [u64; NUM_COUNTERS as usize]) -> Self {
+        Self { raw }
+    }
+
+    /// Raw counter values.
+    pub fn raw(&self) -> &[u64; NUM_COUNTERS as usize] {
+        &self.raw
+    }
+
+    /// STOQ packets redirected into an AF_XDP socket.
+    pub fn redirected(&self) -> u64 {
+        self.raw[COUNTER_REDIRECTED as usize]
+    }
+
+    /// STOQ packets passed because no socket was bound on their rx queue.
+    pub fn no_socket(&self) -> u64 {
+        self.raw[COUNTER_NO_SOCKET as usize]
+    }
+
+    /// Program aborts.
+    pub fn aborted(&self) -> u64 {
+        self.raw[COUNTER_ABORTED as usize]
+    }
+
+    /// Frames passed for `reason`.
+    pub fn passed(&self, reason: PassReason) -> u64 {
+        self.raw[reason.counter() as usize]
+    }
+
+    /// Datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.raw[reason.counter() as usize]
+    }
+
+    /// STOQ packets of `kind` (redirected or not).
+    pub fn kind(&self, kind: PacketKind) -> u64 {
+        self.raw[kind.counter() as usize]
+    }
+
+    /// All drops.
+    pub fn dropped_total(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
+    }
+
+    /// All passes (not counting STOQ packets passed for lack of a socket).
+    pub fn passed_total(&self) -> u64 {
+        PassReason::ALL.iter().map(|r| self.passed(*r)).sum()
+    }
+
+    /// Every frame the program has seen.
+    pub fn total(&self) -> u64 {
+        self.redirected()
+            + self.no_socket()
+            + self.aborted()
+            + self.passed_total()
+            + self.dropped_total()
+    }
+
+    /// Counter-wise difference `self - earlier` (saturating), for measuring an interval.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut raw = self.raw;
+        for (a, b) in raw.iter_mut().zip(earlier.raw.iter()) {
+            *a = a.saturating_sub(*b);
+        }
+        Self { raw }
+    }
+}
+
+impl fmt::Display for SteerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "redirected={} no_socket={} aborted={}",
+            self.redirected(),
+            self.no_socket(),
+            self.aborted()
+        )?;
+        for r in PassReason::ALL {
+            if self.passed(r) != 0 {
+                write!(f, " pass.{}={}", r.name(), self.passed(r))?;
+            }
+        }
+        for r in DropReason::ALL {
+            if self.dropped(r) != 0 {
+                write!(f, " drop.{}={}", r.name(), self.dropped(r))?;
+            }
+        }
+        Ok(())
+    }
+}
