@@ -237,3 +237,113 @@ pub fn resize_datagram(w: Wrap, frame: &[u8], payload_len: usize) -> Vec<u8> {
     let payload = &frame[l4 + udp::HEADER_LEN..l4 + udp::HEADER_LEN + payload_len];
     udp_frame(w, payload)
 }
+
+/// The addressing of a received UDP frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Ethernet header.
+    pub eth: ethernet::Repr,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// UDP payload.
+    pub payload: Vec<u8>,
+    /// Whether the UDP checksum verified. Over veth the sender's kernel leaves it
+    /// unfinished (checksum offload, CHECKSUM_PARTIAL), so XDP sees a partial sum.
+    pub checksum_ok: bool,
+}
+
+/// Parses an Ethernet/IP/UDP frame with the typed views (IPv4 header checksum verified;
+/// the UDP checksum is reported, see [`Received::checksum_ok`]).
+pub fn parse_udp(frame: &[u8]) -> Option<Received> {
+    let e = ethernet::Packet::new_checked(frame).ok()?;
+    let eth = ethernet::Repr::parse(&e).ok()?;
+    let (src, dst, l4): (IpAddr, IpAddr, &[u8]) = match eth.ethertype {
+        ethernet::ETHERTYPE_IPV4 => {
+            let p = ipv4::Packet::new_checked(e.payload()).ok()?;
+            let r = ipv4::Repr::parse(&p).ok()?;
+            let hl = p.header_len();
+            (
+                r.src.into(),
+                r.dst.into(),
+                &e.payload()[hl..hl + r.payload_len],
+            )
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let p = ipv6::Packet::new_checked(e.payload()).ok()?;
+            let r = ipv6::Repr::parse(&p).ok()?;
+            if r.next_header != 17 {
+                return None;
+            }
+            (
+                r.src.into(),
+                r.dst.into(),
+                &e.payload()[ipv6::HEADER_LEN..ipv6::HEADER_LEN + r.payload_len],
+            )
+        }
+        _ => return None,
+    };
+    let u = udp::Packet::new_checked(l4).ok()?;
+    Some(Received {
+        eth,
+        src,
+        dst,
+        src_port: u.src_port(),
+        dst_port: u.dst_port(),
+        payload: u.payload().to_vec(),
+        checksum_ok: u.verify_checksum(src, dst),
+    })
+}
+
+/// Writes, into `out`, a frame answering `rx` with `payload` (MACs, addresses and ports
+/// swapped; fresh lengths and checksums). Returns its length, or `None` if `out` is small.
+pub fn reply_into(rx: &Received, payload: &[u8], out: &mut [u8]) -> Option<usize> {
+    let eth = ethernet::Repr {
+        src: rx.eth.dst,
+        dst: rx.eth.src,
+        vlan: rx.eth.vlan,
+        ethertype: rx.eth.ethertype,
+    };
+    let udp_len = udp::HEADER_LEN + payload.len();
+    let l3 = eth.emit(out).ok()?;
+    let l4 = match (rx.dst, rx.src) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let r = ipv4::Repr {
+                src: s,
+                dst: d,
+                protocol: ipv4::PROTO_UDP,
+                payload_len: udp_len,
+                ttl: 64,
+                tos: 0,
+            };
+            l3 + r.emit(out.get_mut(l3..)?).ok()?
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let r = ipv6::Repr {
+                src: s,
+                dst: d,
+                next_header: 17,
+                payload_len: udp_len,
+                hop_limit: 64,
+                traffic_class: 0,
+            };
+            l3 + r.emit(out.get_mut(l3..)?).ok()?
+        }
+        _ => return None,
+    };
+    out.get_mut(l4 + udp::HEADER_LEN..l4 + udp_len)?
+        .copy_from_slice(payload);
+    udp::Repr {
+        src_port: rx.dst_port,
+        dst_port: rx.src_port,
+        payload_len: payload.len(),
+    }
+    .emit(out.get_mut(l4..)?, rx.dst, rx.src)
+    .ok()?;
+    Some(l4 + udp_len)
+}

@@ -189,6 +189,19 @@ impl VethPair {
         })
     }
 
+    /// The XDP mode `ip link` reports on `vb`: `"xdp"` (driver), `"xdpgeneric"` (skb) or
+    /// `None`.
+    pub fn xdp_mode(&self) -> Option<&'static str> {
+        let s = self.b.ip(&["link", "show", Self::B_IF]).ok()?;
+        if s.contains(" xdpgeneric") {
+            Some("xdpgeneric")
+        } else if s.contains(" xdp") {
+            Some("xdp")
+        } else {
+            None
+        }
+    }
+
     /// Whether an XDP program is attached to `vb` right now.
     pub fn xdp_attached(&self) -> bool {
         self.b
