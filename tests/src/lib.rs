@@ -5,6 +5,7 @@
 //! `STOQ_REQUIRE_PRIVILEGED=1` (which `cargo xtask test` sets when run as root) a missing
 //! capability fails the test instead, so they can never pass silently where they must run.
 
+pub mod echo;
 pub mod frames;
 pub mod netns;
 
