@@ -1,1 +1,1 @@
-//! Benchmarks.
+//! Benchmarks live in `benches/`; this crate has no library code.

@@ -441,7 +441,7 @@ fn classify_at(
 
     if version == VERSION_NEGOTIATION {
         let rest = end - off;
-        if rest == 0 || rest % 4 != 0 {
+        if rest == 0 || !rest.is_multiple_of(4) {
             return Err(DropReason::MalformedVersionNegotiation);
         }
         h.kind = PacketKind::VersionNegotiation;

@@ -7,6 +7,8 @@ use crate::classify::{DropReason, PacketKind, PassReason, Verdict};
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "stoq_xdp";
+/// Name of the do-nothing program that benchmarks use as their baseline.
+pub const BASELINE_PROGRAM_NAME: &str = "stoq_xdp_baseline";
 /// `HashMap<u16, u8>`: UDP destination ports (host byte order) that carry STOQ.
 pub const PORTS_MAP: &str = "STOQ_PORTS";
 /// `Array<ClassifierConfig>` with one entry.

@@ -84,6 +84,14 @@ pub fn stoq_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Returns `XDP_PASS` and does nothing else: the baseline that benchmarks subtract to
+/// isolate `stoq_xdp`'s own cost from the `BPF_PROG_TEST_RUN` loop around it. Never
+/// attached.
+#[xdp]
+pub fn stoq_xdp_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {

@@ -147,15 +147,12 @@ pub fn run(pair: &VethPair, cfg: EchoConfig) -> Result<EchoReport, String> {
             stats,
         ))
     });
-    let mode = match ready_rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(m) => m,
-        Err(_) => {
-            return Err(match server.join() {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => "server stopped early".into(),
-                Err(_) => "server panicked".into(),
-            });
-        }
+    let Ok(mode) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
+        return Err(match server.join() {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => "server stopped early".into(),
+            Err(_) => "server panicked".into(),
+        });
     };
     let kernel_mode = pair.xdp_mode();
 

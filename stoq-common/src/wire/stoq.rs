@@ -285,7 +285,7 @@ impl<'a> Repr<'a> {
                 scid,
                 versions,
             } => {
-                if versions.is_empty() || versions.len() % 4 != 0 {
+                if versions.is_empty() || !versions.len().is_multiple_of(4) {
                     return Err(super::Error::Malformed);
                 }
                 head(buf, &mut at, 0x80, VERSION_NEGOTIATION, dcid, scid)?;
