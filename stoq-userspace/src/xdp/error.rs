@@ -163,7 +163,9 @@ pub(super) fn from_program(call: &'static str, e: &ProgramError) -> XdpError {
         verifier_log,
     } = e
     {
-        if is_perm(io_error) && !verifier_log.to_string().contains("R") {
+        // EPERM/EACCES without a verifier log: the kernel refused the caller before
+        // verifying anything. With a log it is a rejection by the verifier.
+        if is_perm(io_error) && verifier_log.to_string().trim().is_empty() {
             return permission(
                 "loading the XDP program",
                 &[Capability::Bpf, Capability::Perfmon],
