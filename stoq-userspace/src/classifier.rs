@@ -55,3 +55,22 @@ impl Classifier {
         classify_frame(Bytes::new(frame), &self.config, |p| ports.contains(&p))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_limit_is_typed() {
+        let ports: Vec<u16> = (0..=MAX_PORTS as u16).collect();
+        let e = Classifier::new(&CidLayout::DEFAULT, &ports).unwrap_err();
+        assert_eq!(e, TooManyPorts(ports.len()));
+        assert!(e.to_string().contains("at most 64"));
+        let c = Classifier::new(&CidLayout::DEFAULT, &[1, 2]).unwrap();
+        assert_eq!(c.ports(), &[1, 2]);
+        assert_eq!(
+            c.classify(&[]),
+            Verdict::Pass(stoq_common::classify::PassReason::Truncated)
+        );
+    }
+}

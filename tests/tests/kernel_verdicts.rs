@@ -518,3 +518,39 @@ fn truncation_at_every_boundary() {
     }
     eprintln!("{checked} truncations checked in kernel and userspace");
 }
+
+#[test]
+fn misuse_gets_typed_errors() {
+    use stoq::xdp::{AttachMode, XdpError};
+    let Some((mut prog, _)) = setup("misuse_gets_typed_errors") else {
+        return;
+    };
+    let ports: Vec<u16> = (1..=65).collect();
+    assert!(matches!(
+        prog.configure(&layout(), &ports),
+        Err(XdpError::TooManyPorts { got: 65, max: 64 })
+    ));
+    // The earlier configuration still stands.
+    let f = frames::udp_frame(Wrap::V4, &frames::short(&layout(), 1, 200));
+    assert_eq!(prog.test_run(&f, 1).expect("run").action, XdpAction::Pass);
+    let e = prog
+        .attach("stoq-nosuch0", AttachMode::Auto)
+        .expect_err("no such interface");
+    assert!(
+        matches!(e, XdpError::InterfaceNotFound { ref ifname } if ifname == "stoq-nosuch0"),
+        "{e}"
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let e = prog
+        .register_socket(300, &sock)
+        .expect_err("queue beyond the map");
+    assert!(
+        matches!(e, XdpError::QueueOutOfRange { queue: 300, .. }),
+        "{e}"
+    );
+    // A UDP socket is not an AF_XDP socket: the kernel refuses it with a typed map error.
+    let e = prog.register_socket(0, &sock).expect_err("not an XSK");
+    assert!(matches!(e, XdpError::Map { .. }), "{e}");
+    // Removing a socket that was never registered is not an error.
+    prog.unregister_socket(5).expect("idempotent");
+}

@@ -359,3 +359,52 @@ fn not_found(ifname: &str, _e: io::Error) -> XdpError {
         ifname: ifname.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_built_names_the_fix() {
+        let e = XdpError::ProgramNotBuilt {
+            reason: "target/stoq-ebpf-object/stoq-xdp.o could not be read".into(),
+        };
+        let msg = e.to_string();
+        assert!(msg.starts_with("eBPF program not built: "), "{msg}");
+        assert!(msg.contains("cargo xtask build-ebpf"), "{msg}");
+    }
+
+    #[test]
+    fn embedded_object_is_an_elf_or_a_reason() {
+        match program_object() {
+            Ok(obj) => assert!(obj.starts_with(b"\x7fELF")),
+            Err(XdpError::ProgramNotBuilt { reason }) => assert!(!reason.is_empty()),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let e = XdpError::MissingCapability {
+            action: "attaching XDP",
+            missing: vec![Capability::NetAdmin, Capability::Bpf],
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("CAP_NET_ADMIN and CAP_BPF"), "{msg}");
+        assert!(msg.contains("run as root"), "{msg}");
+    }
+
+    #[test]
+    fn actions_round_trip() {
+        for (v, a) in [
+            (0, XdpAction::Aborted),
+            (1, XdpAction::Drop),
+            (2, XdpAction::Pass),
+            (3, XdpAction::Tx),
+            (4, XdpAction::Redirect),
+        ] {
+            assert_eq!(XdpAction::from(v), a);
+        }
+        assert_eq!(XdpAction::from(9), XdpAction::Unknown(9));
+    }
+}

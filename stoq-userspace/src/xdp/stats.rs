@@ -105,3 +105,36 @@ impl fmt::Display for SteerStats {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoq_common::maps::NUM_COUNTERS;
+
+    #[test]
+    fn accessors_and_since() {
+        let mut raw = [0u64; NUM_COUNTERS as usize];
+        raw[COUNTER_REDIRECTED as usize] = 10;
+        raw[DropReason::FixedBit.counter() as usize] = 3;
+        raw[PassReason::OtherPort.counter() as usize] = 4;
+        raw[PacketKind::Short.counter() as usize] = 10;
+        let s = SteerStats::from_raw(raw);
+        assert_eq!(
+            (
+                s.redirected(),
+                s.dropped_total(),
+                s.passed_total(),
+                s.total()
+            ),
+            (10, 3, 4, 17)
+        );
+        assert_eq!(s.kind(PacketKind::Short), 10);
+        let d = s.since(&SteerStats::default());
+        assert_eq!(d, s);
+        assert_eq!(SteerStats::default().since(&s), SteerStats::default());
+        assert_eq!(
+            s.to_string(),
+            "redirected=10 no_socket=0 aborted=0 pass.other_port=4 drop.fixed_bit=3"
+        );
+    }
+}
