@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     if let Err(e) = program_object() {
         println!("  SKIPPED: {e}");
         println!(
-            "\nresult: the XDP path is unavailable on this build; STOQ falls back to sockets."
+            "\nresult: the XDP path is unavailable on this build (reason above)."
         );
         return ExitCode::SUCCESS;
     }
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             println!("  SKIPPED: {e}");
-            println!("\nresult: the XDP path is unavailable here; STOQ falls back to sockets.");
+            println!("\nresult: the XDP path is unavailable on this host (reason above).");
             return ExitCode::SUCCESS;
         }
     };
