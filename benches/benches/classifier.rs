@@ -59,7 +59,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn userspace(c: &mut Criterion) {
-    let cls = Classifier::new(&CidLayout::DEFAULT, &[STOQ_PORT]).expect("one port");
+    let cls = Classifier::new(&CidLayout::DEFAULT, &[STOQ_PORT]);
     let mut g = c.benchmark_group("classifier/userspace");
     g.throughput(Throughput::Elements(1));
     for (name, f) in cases() {

@@ -13,17 +13,17 @@
 
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::macros::{map, xdp};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, XskMap};
+use aya_ebpf::maps::{Array, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use stoq_common::classify::{Verdict, classify_frame};
 use stoq_common::maps::{
-    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, ClassifierConfig, MAX_PORTS,
-    MAX_QUEUES, NUM_COUNTERS,
+    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, ClassifierConfig, MAX_QUEUES,
+    NUM_COUNTERS, PORT_WORDS, PortSet,
 };
 use stoq_common::ptr::Bytes;
 
 #[map(name = "STOQ_PORTS")]
-static STOQ_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static STOQ_PORTS: Array<u32> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[map(name = "STOQ_CONFIG")]
 static STOQ_CONFIG: Array<ClassifierConfig> = Array::with_max_entries(1, 0);
@@ -53,7 +53,10 @@ pub fn stoq_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: `ctx.ctx` is the live `xdp_md`; `data..data_end` is the frame, readable for
     // the whole program run.
     let bytes = unsafe { Bytes::from_xdp(ctx.data(), &raw const (*ctx.ctx).data_end) };
-    let verdict = classify_frame(bytes, cfg, |port| STOQ_PORTS.get_ptr(&port).is_some());
+    let verdict = classify_frame(bytes, cfg, |port| {
+        let (word, mask) = PortSet::slot(port);
+        STOQ_PORTS.get(word).is_some_and(|w| *w & mask != 0)
+    });
     match verdict {
         Verdict::Stoq(s) => {
             count(s.kind.counter());

@@ -75,14 +75,6 @@ pub enum XdpError {
         /// Interface name.
         ifname: String,
     },
-    /// Too many ports.
-    #[error("{got} STOQ ports configured, the XDP map holds {max}")]
-    TooManyPorts {
-        /// Ports asked for.
-        got: usize,
-        /// Capacity.
-        max: usize,
-    },
     /// A queue index beyond the XSK map.
     #[error("rx queue {queue} is beyond the XSK map's {max} entries")]
     QueueOutOfRange {

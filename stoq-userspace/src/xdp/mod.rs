@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, MapData, PerCpuArray, XskMap};
 use aya::programs::links::FdLink;
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -33,8 +33,8 @@ pub use error::XdpError;
 pub use stats::SteerStats;
 use stoq_common::cid::CidLayout;
 use stoq_common::maps::{
-    CONFIG_MAP, COUNTERS_MAP, ClassifierConfig, MAX_PORTS, MAX_QUEUES, NUM_COUNTERS, PORTS_MAP,
-    PROGRAM_NAME, XSK_MAP,
+    CONFIG_MAP, COUNTERS_MAP, ClassifierConfig, MAX_QUEUES, NUM_COUNTERS, PORTS_MAP, PROGRAM_NAME,
+    PortSet, XSK_MAP,
 };
 
 mod object {
@@ -149,6 +149,8 @@ pub struct TestRunOutcome {
 #[derive(Debug)]
 pub struct XdpProgram {
     ebpf: Ebpf,
+    /// What the kernel's port bitmap holds (it starts zeroed).
+    ports: Box<PortSet>,
 }
 
 impl XdpProgram {
@@ -178,7 +180,10 @@ impl XdpProgram {
                 missing: PROGRAM_NAME,
             })?;
         prog.load().map_err(|e| error::from_program("load", &e))?;
-        let mut me = Self { ebpf };
+        let mut me = Self {
+            ebpf,
+            ports: Box::default(),
+        };
         // A fresh program starts configured for the default layout and no ports.
         me.configure(&CidLayout::DEFAULT, &[])?;
         Ok(me)
@@ -199,17 +204,13 @@ impl XdpProgram {
             .ok_or(XdpError::ObjectMismatch { missing: name })
     }
 
-    /// Sets the CID layout and replaces the STOQ port set.
+    /// Sets the CID layout and replaces the STOQ port set (any number of ports: the
+    /// program holds them as a 65,536-bit bitmap). Only the bitmap words that change are
+    /// written.
     ///
     /// # Errors
-    /// [`XdpError::TooManyPorts`] beyond [`MAX_PORTS`]; map update failures.
+    /// Map update failures ([`XdpError::Map`], [`XdpError::MissingCapability`]).
     pub fn configure(&mut self, layout: &CidLayout, ports: &[u16]) -> Result<(), XdpError> {
-        if ports.len() > MAX_PORTS as usize {
-            return Err(XdpError::TooManyPorts {
-                got: ports.len(),
-                max: MAX_PORTS as usize,
-            });
-        }
         {
             let mut cfg: Array<&mut MapData, ClassifierConfig> =
                 Array::try_from(self.map_mut(CONFIG_MAP)?)
@@ -217,17 +218,27 @@ impl XdpProgram {
             cfg.set(0, ClassifierConfig::new(layout), 0)
                 .map_err(|e| error::from_map(CONFIG_MAP, e))?;
         }
-        let mut map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(self.map_mut(PORTS_MAP)?)
-            .map_err(|e| error::from_map(PORTS_MAP, e))?;
-        let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
-        for p in old.iter().filter(|p| !ports.contains(p)) {
-            map.remove(p).map_err(|e| error::from_map(PORTS_MAP, e))?;
+        let new = PortSet::from_ports(ports);
+        let old = std::mem::take(&mut *self.ports);
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(PORTS_MAP)?).map_err(|e| error::from_map(PORTS_MAP, e))?;
+        for (i, (n, o)) in new.words().iter().zip(old.words()).enumerate() {
+            if n != o {
+                if let Err(e) = map.set(i as u32, *n, 0) {
+                    // The kernel holds a mix of old and new words; forget the shadow so the
+                    // next configure rewrites every word.
+                    *self.ports = PortSet::from_ports(&(0..=u16::MAX).collect::<Vec<_>>());
+                    return Err(error::from_map(PORTS_MAP, e));
+                }
+            }
         }
-        for p in ports {
-            map.insert(p, 1, 0)
-                .map_err(|e| error::from_map(PORTS_MAP, e))?;
-        }
+        *self.ports = new;
         Ok(())
+    }
+
+    /// The STOQ ports currently configured.
+    pub fn ports(&self) -> &PortSet {
+        &self.ports
     }
 
     /// Attaches to `ifname`. With [`AttachMode::Auto`], driver mode is tried first and skb

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         kernel()
     );
-    let cls = Classifier::new(&CidLayout::DEFAULT, &[STOQ_PORT]).expect("one port");
+    let cls = Classifier::new(&CidLayout::DEFAULT, &[STOQ_PORT]);
 
     println!("\n[1/3] userspace classifier");
     for (name, f) in sample_frames() {
@@ -96,9 +96,7 @@ fn main() -> ExitCode {
     println!("\n[2/3] XDP program in the kernel");
     if let Err(e) = program_object() {
         println!("  SKIPPED: {e}");
-        println!(
-            "\nresult: the XDP path is unavailable on this build (reason above)."
-        );
+        println!("\nresult: the XDP path is unavailable on this build (reason above).");
         return ExitCode::SUCCESS;
     }
     let mut prog = match XdpProgram::load() {
