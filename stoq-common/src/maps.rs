@@ -119,6 +119,32 @@ pub struct ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// The 8 bytes of the map value, as userspace writes them (a `u64` in native byte
+    /// order, so no `unsafe impl Pod` is needed for this type).
+    pub const fn to_u64(&self) -> u64 {
+        let r = self.reserved;
+        u64::from_ne_bytes([
+            self.cid_len,
+            self.worker_offset,
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+        ])
+    }
+
+    /// The inverse of [`to_u64`](Self::to_u64).
+    pub const fn from_u64(v: u64) -> Self {
+        let b = v.to_ne_bytes();
+        Self {
+            cid_len: b[0],
+            worker_offset: b[1],
+            reserved: [b[2], b[3], b[4], b[5], b[6], b[7]],
+        }
+    }
+
     /// The configuration for a CID layout.
     pub const fn new(layout: &crate::cid::CidLayout) -> Self {
         Self {
@@ -128,11 +154,6 @@ impl ClassifierConfig {
         }
     }
 }
-
-#[cfg(feature = "user")]
-#[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-// SAFETY: `ClassifierConfig` is `repr(C)`, `Copy`, has no padding and every bit pattern is valid.
-unsafe impl aya::Pod for ClassifierConfig {}
 
 /// Counter: STOQ packets redirected into an AF_XDP socket.
 pub const COUNTER_REDIRECTED: u32 = 0;
@@ -206,6 +227,14 @@ mod tests {
             alloc_free::Vec5([0, 31, 32, 65535, 0], 4)
         );
         assert!(PortSet::new().is_empty());
+    }
+
+    #[test]
+    fn config_is_eight_bytes_without_padding() {
+        assert_eq!(size_of::<ClassifierConfig>(), 8);
+        let c = ClassifierConfig::new(&crate::cid::CidLayout::DEFAULT);
+        assert_eq!(ClassifierConfig::from_u64(c.to_u64()), c);
+        assert_eq!(c.to_u64().to_ne_bytes()[..2], [12, 3]);
     }
 
     /// A tiny fixed-capacity collector, since this crate has no `alloc`.

@@ -212,10 +212,10 @@ impl XdpProgram {
     /// Map update failures ([`XdpError::Map`], [`XdpError::MissingCapability`]).
     pub fn configure(&mut self, layout: &CidLayout, ports: &[u16]) -> Result<(), XdpError> {
         {
-            let mut cfg: Array<&mut MapData, ClassifierConfig> =
-                Array::try_from(self.map_mut(CONFIG_MAP)?)
-                    .map_err(|e| error::from_map(CONFIG_MAP, e))?;
-            cfg.set(0, ClassifierConfig::new(layout), 0)
+            // The value is the 8-byte `ClassifierConfig`, written as a `u64`.
+            let mut cfg: Array<&mut MapData, u64> = Array::try_from(self.map_mut(CONFIG_MAP)?)
+                .map_err(|e| error::from_map(CONFIG_MAP, e))?;
+            cfg.set(0, ClassifierConfig::new(layout).to_u64(), 0)
                 .map_err(|e| error::from_map(CONFIG_MAP, e))?;
         }
         let new = PortSet::from_ports(ports);
