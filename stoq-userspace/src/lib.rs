@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod classifier;
+pub mod crypto;
 pub mod xdp;
 
 /// The wire format: header views, varints, connection-ID layout and the classifier,
