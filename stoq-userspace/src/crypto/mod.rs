@@ -14,9 +14,11 @@
 //! oracles in the tests.
 
 mod hkdf;
+pub mod kex;
 mod keys;
 pub mod pn;
 mod protect;
+pub mod sig;
 mod suite;
 
 pub use hkdf::{LABEL_PREFIX, expand_label, expand_label_with_prefix, extract};

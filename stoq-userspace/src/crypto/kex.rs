@@ -1,0 +1,223 @@
+//! The hybrid key exchange: X25519 and ML-KEM-768 (FIPS 203) together.
+//!
+//! The client sends an X25519 public key and an ML-KEM-768 encapsulation key; the server
+//! answers with its X25519 public key and an ML-KEM ciphertext encapsulated to the client's
+//! key. Both shared secrets feed the key schedule (ML-KEM's first, as in the TLS hybrid
+//! design), so the session stays secret as long as either problem stays hard.
+
+use ml_kem::kem::{Decapsulate, Encapsulate};
+use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+use rand_core::CryptoRngCore;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+/// X25519 public key length.
+pub const X25519_LEN: usize = 32;
+/// ML-KEM-768 encapsulation key length.
+pub const MLKEM_EK_LEN: usize = 1184;
+/// ML-KEM-768 ciphertext length.
+pub const MLKEM_CT_LEN: usize = 1088;
+/// The client's key share: X25519 public key, then the ML-KEM encapsulation key.
+pub const CLIENT_SHARE_LEN: usize = X25519_LEN + MLKEM_EK_LEN;
+/// The server's key share: X25519 public key, then the ML-KEM ciphertext.
+pub const SERVER_SHARE_LEN: usize = X25519_LEN + MLKEM_CT_LEN;
+
+/// Why a key share was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KexError {
+    /// The share has the wrong length.
+    #[error("key share of {got} bytes, expected {expected}")]
+    BadLength {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        expected: usize,
+    },
+    /// The X25519 result is all zeros: the peer sent a low-order point.
+    #[error("X25519 produced the all-zero secret (low-order point)")]
+    LowOrderPoint,
+    /// The ML-KEM encapsulation key failed the FIPS 203 input check.
+    #[error("malformed ML-KEM-768 encapsulation key")]
+    BadEncapsulationKey,
+}
+
+/// Both shared secrets, wiped on drop.
+pub struct HybridSecret {
+    /// ML-KEM-768 shared secret.
+    pub mlkem: Zeroizing<[u8; 32]>,
+    /// X25519 shared secret.
+    pub x25519: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for HybridSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HybridSecret(..)")
+    }
+}
+
+impl HybridSecret {
+    /// The input keying material: ML-KEM secret, then X25519 secret.
+    pub fn ikm(&self) -> Zeroizing<[u8; 64]> {
+        let mut out = Zeroizing::new([0u8; 64]);
+        out[..32].copy_from_slice(&self.mlkem[..]);
+        out[32..].copy_from_slice(&self.x25519[..]);
+        out
+    }
+}
+
+/// The client's private half, kept until the server's share arrives.
+pub struct ClientKex {
+    x25519: StaticSecret,
+    mlkem: <MlKem768 as KemCore>::DecapsulationKey,
+}
+
+impl std::fmt::Debug for ClientKex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKex(..)")
+    }
+}
+
+fn x25519_shared(secret: &StaticSecret, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, KexError> {
+    let mut pk = [0u8; 32];
+    pk.copy_from_slice(peer);
+    let ss = secret.diffie_hellman(&PublicKey::from(pk));
+    if !ss.was_contributory() {
+        return Err(KexError::LowOrderPoint);
+    }
+    Ok(Zeroizing::new(ss.to_bytes()))
+}
+
+impl ClientKex {
+    /// Generates fresh key pairs and returns the client's share (`CLIENT_SHARE_LEN` bytes).
+    pub fn generate(rng: &mut impl CryptoRngCore) -> (Self, Vec<u8>) {
+        let x = StaticSecret::random_from_rng(&mut *rng);
+        let (dk, ek) = MlKem768::generate(rng);
+        let mut share = Vec::with_capacity(CLIENT_SHARE_LEN);
+        share.extend_from_slice(PublicKey::from(&x).as_bytes());
+        share.extend_from_slice(&ek.as_bytes());
+        (
+            Self {
+                x25519: x,
+                mlkem: dk,
+            },
+            share,
+        )
+    }
+
+    /// Combines the server's share with the private half.
+    ///
+    /// # Errors
+    /// [`KexError::BadLength`], [`KexError::LowOrderPoint`].
+    pub fn finish(self, server_share: &[u8]) -> Result<HybridSecret, KexError> {
+        if server_share.len() != SERVER_SHARE_LEN {
+            return Err(KexError::BadLength {
+                got: server_share.len(),
+                expected: SERVER_SHARE_LEN,
+            });
+        }
+        let (x, ct) = server_share.split_at(X25519_LEN);
+        let x25519 = x25519_shared(&self.x25519, x)?;
+        let ct = ml_kem::Ciphertext::<MlKem768>::try_from(ct).map_err(|_| KexError::BadLength {
+            got: ct.len(),
+            expected: MLKEM_CT_LEN,
+        })?;
+        // ML-KEM decapsulation never fails on a well-sized ciphertext: a tampered one yields
+        // an unrelated secret (implicit rejection), caught later by the Finished MACs.
+        let ss = self
+            .mlkem
+            .decapsulate(&ct)
+            .map_err(|_| KexError::BadLength {
+                got: MLKEM_CT_LEN,
+                expected: MLKEM_CT_LEN,
+            })?;
+        let mut mlkem = Zeroizing::new([0u8; 32]);
+        mlkem.copy_from_slice(&ss);
+        Ok(HybridSecret { mlkem, x25519 })
+    }
+}
+
+/// The server's side: answers a client share, returning its own share and the secrets.
+///
+/// # Errors
+/// [`KexError::BadLength`], [`KexError::BadEncapsulationKey`], [`KexError::LowOrderPoint`].
+pub fn server_respond(
+    client_share: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Vec<u8>, HybridSecret), KexError> {
+    if client_share.len() != CLIENT_SHARE_LEN {
+        return Err(KexError::BadLength {
+            got: client_share.len(),
+            expected: CLIENT_SHARE_LEN,
+        });
+    }
+    let (x, ek_bytes) = client_share.split_at(X25519_LEN);
+    let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(ek_bytes)
+        .map_err(|_| KexError::BadEncapsulationKey)?;
+    let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
+    // FIPS 203 §7.2 modulus check: re-encoding must reproduce the input.
+    if ek.as_bytes().as_slice() != ek_bytes {
+        return Err(KexError::BadEncapsulationKey);
+    }
+    let secret = StaticSecret::random_from_rng(&mut *rng);
+    let x25519 = x25519_shared(&secret, x)?;
+    let (ct, ss) = ek
+        .encapsulate(rng)
+        .map_err(|_| KexError::BadEncapsulationKey)?;
+    let mut share = Vec::with_capacity(SERVER_SHARE_LEN);
+    share.extend_from_slice(PublicKey::from(&secret).as_bytes());
+    share.extend_from_slice(&ct);
+    let mut mlkem = Zeroizing::new([0u8; 32]);
+    mlkem.copy_from_slice(&ss);
+    Ok((share, HybridSecret { mlkem, x25519 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_agree() {
+        let mut rng = rand_core::OsRng;
+        let (client, share) = ClientKex::generate(&mut rng);
+        assert_eq!(share.len(), CLIENT_SHARE_LEN);
+        let (reply, s) = server_respond(&share, &mut rng).unwrap();
+        assert_eq!(reply.len(), SERVER_SHARE_LEN);
+        let c = client.finish(&reply).unwrap();
+        assert_eq!(&c.ikm()[..], &s.ikm()[..]);
+        assert_ne!(&c.mlkem[..], &c.x25519[..]);
+    }
+
+    #[test]
+    fn hostile_shares() {
+        let mut rng = rand_core::OsRng;
+        let (client, share) = ClientKex::generate(&mut rng);
+        assert!(matches!(
+            server_respond(&share[..100], &mut rng),
+            Err(KexError::BadLength { .. })
+        ));
+        // A low-order X25519 point (zero) is refused.
+        let mut low = share.clone();
+        low[..32].fill(0);
+        assert_eq!(
+            server_respond(&low, &mut rng).unwrap_err(),
+            KexError::LowOrderPoint
+        );
+        // An encapsulation key with coefficients >= q fails the FIPS 203 check.
+        let mut bad_ek = share.clone();
+        bad_ek[32..32 + 384].fill(0xff);
+        assert_eq!(
+            server_respond(&bad_ek, &mut rng).unwrap_err(),
+            KexError::BadEncapsulationKey
+        );
+        // A tampered ciphertext gives the client a different secret (implicit rejection).
+        let (mut reply, s) = server_respond(&share, &mut rng).unwrap();
+        reply[100] ^= 1;
+        let c = client.finish(&reply).unwrap();
+        assert_ne!(&c.mlkem[..], &s.mlkem[..]);
+        let (client2, _) = ClientKex::generate(&mut rng);
+        assert!(matches!(
+            client2.finish(&reply[..10]),
+            Err(KexError::BadLength { .. })
+        ));
+    }
+}
