@@ -12,7 +12,9 @@
 #![warn(missing_docs)]
 
 pub mod classifier;
+pub mod codec;
 pub mod crypto;
+pub mod handshake;
 pub mod xdp;
 
 /// The wire format: header views, varints, connection-ID layout and the classifier,

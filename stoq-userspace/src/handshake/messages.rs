@@ -1,0 +1,374 @@
+//! Handshake messages: `type (u8) || length (u24) || body`, as in TLS 1.3.
+//!
+//! Every decoder is bounded: lengths are checked against the input, lists have caps, and a
+//! message may not exceed [`MAX_MESSAGE_LEN`].
+
+use super::params::TransportParams;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::CipherSuite;
+use crate::crypto::sig::SigAlg;
+
+/// The largest handshake message accepted (a FALCON-1024 certificate chain fits easily).
+pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
+/// Message header length.
+pub const HEADER_LEN: usize = 4;
+
+/// Message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageType {
+    /// ClientHello.
+    ClientHello = 1,
+    /// ServerHello.
+    ServerHello = 2,
+    /// EncryptedExtensions.
+    EncryptedExtensions = 8,
+    /// Certificate (or raw public key).
+    Certificate = 11,
+    /// CertificateVerify.
+    CertificateVerify = 15,
+    /// Finished.
+    Finished = 20,
+}
+
+impl MessageType {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::ClientHello,
+            2 => Self::ServerHello,
+            8 => Self::EncryptedExtensions,
+            11 => Self::Certificate,
+            15 => Self::CertificateVerify,
+            20 => Self::Finished,
+            _ => return None,
+        })
+    }
+}
+
+/// The client's first message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Protocol version.
+    pub version: u32,
+    /// 32 random bytes.
+    pub random: [u8; 32],
+    /// Offered suites, in preference order (unknown identifiers dropped).
+    pub suites: Vec<CipherSuite>,
+    /// Signature algorithms the client accepts.
+    pub sig_algs: Vec<SigAlg>,
+    /// X25519 public key and ML-KEM-768 encapsulation key.
+    pub key_share: Vec<u8>,
+    /// The server name the client expects (checked against certificates).
+    pub server_name: String,
+    /// The client's transport parameters.
+    pub params: TransportParams,
+}
+
+/// The server's answer, in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    /// 32 random bytes.
+    pub random: [u8; 32],
+    /// The chosen suite.
+    pub suite: CipherSuite,
+    /// Every suite the server supports, so the client can detect a downgrade.
+    pub server_suites: Vec<CipherSuite>,
+    /// X25519 public key and ML-KEM-768 ciphertext.
+    pub key_share: Vec<u8>,
+}
+
+/// The server's encrypted parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedExtensions {
+    /// The server's transport parameters.
+    pub params: TransportParams,
+    /// Whether the client must authenticate.
+    pub client_auth: bool,
+}
+
+/// What a Certificate message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CredentialKind {
+    /// A bare FALCON public key (pinned-key trust).
+    RawPublicKey = 0,
+    /// A STOQ certificate (CA trust).
+    Certificate = 1,
+}
+
+/// A Certificate message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateMsg {
+    /// Raw key or certificate.
+    pub kind: CredentialKind,
+    /// The encoded key or certificate.
+    pub data: Vec<u8>,
+}
+
+/// A signature over the transcript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateVerify {
+    /// Signature algorithm.
+    pub alg: SigAlg,
+    /// The signature.
+    pub signature: Vec<u8>,
+}
+
+/// A handshake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// ClientHello.
+    ClientHello(ClientHello),
+    /// ServerHello.
+    ServerHello(ServerHello),
+    /// EncryptedExtensions.
+    EncryptedExtensions(EncryptedExtensions),
+    /// Certificate.
+    Certificate(CertificateMsg),
+    /// CertificateVerify.
+    CertificateVerify(CertificateVerify),
+    /// Finished: HMAC-SHA256 over the transcript.
+    Finished([u8; 32]),
+}
+
+fn suites(r: &mut Reader<'_>) -> Result<Vec<CipherSuite>, DecodeError> {
+    let raw = r.vec8()?;
+    if raw.is_empty() || raw.len() % 2 != 0 {
+        return Err(DecodeError::Invalid("cipher suite list"));
+    }
+    Ok(raw
+        .chunks_exact(2)
+        .filter_map(|c| CipherSuite::from_id(u16::from_be_bytes([c[0], c[1]])))
+        .collect())
+}
+
+fn write_suites(w: &mut Writer, s: &[CipherSuite]) {
+    let raw: Vec<u8> = s.iter().flat_map(|s| s.id().to_be_bytes()).collect();
+    w.vec8(&raw);
+}
+
+impl Message {
+    /// The message type.
+    pub fn kind(&self) -> MessageType {
+        match self {
+            Self::ClientHello(_) => MessageType::ClientHello,
+            Self::ServerHello(_) => MessageType::ServerHello,
+            Self::EncryptedExtensions(_) => MessageType::EncryptedExtensions,
+            Self::Certificate(_) => MessageType::Certificate,
+            Self::CertificateVerify(_) => MessageType::CertificateVerify,
+            Self::Finished(_) => MessageType::Finished,
+        }
+    }
+
+    /// Encodes with the 4-byte header.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Writer::new();
+        match self {
+            Self::ClientHello(m) => {
+                b.u32(m.version).bytes(&m.random);
+                write_suites(&mut b, &m.suites);
+                let algs: Vec<u8> = m
+                    .sig_algs
+                    .iter()
+                    .flat_map(|a| a.id().to_be_bytes())
+                    .collect();
+                b.vec8(&algs)
+                    .vec16(&m.key_share)
+                    .vec8(m.server_name.as_bytes());
+                let mut p = Writer::new();
+                m.params.encode(&mut p);
+                b.vec16(&p.buf);
+            }
+            Self::ServerHello(m) => {
+                b.bytes(&m.random).u16(m.suite.id());
+                write_suites(&mut b, &m.server_suites);
+                b.vec16(&m.key_share);
+            }
+            Self::EncryptedExtensions(m) => {
+                let mut p = Writer::new();
+                m.params.encode(&mut p);
+                b.vec16(&p.buf).u8(u8::from(m.client_auth));
+            }
+            Self::Certificate(m) => {
+                b.u8(m.kind as u8).vec24(&m.data);
+            }
+            Self::CertificateVerify(m) => {
+                b.u16(m.alg.id()).vec16(&m.signature);
+            }
+            Self::Finished(mac) => {
+                b.bytes(mac);
+            }
+        }
+        let mut w = Writer::new();
+        w.u8(self.kind() as u8).vec24(&b.buf);
+        w.buf
+    }
+
+    /// The length of the first complete message in `buf`, `Ok(None)` if more bytes are
+    /// needed, or an error if its header announces more than [`MAX_MESSAGE_LEN`].
+    pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]) as usize;
+        if len > MAX_MESSAGE_LEN {
+            return Err(DecodeError::Invalid("handshake message too long"));
+        }
+        Ok((buf.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
+    }
+
+    /// Decodes one whole message (header included).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on any malformation, unknown type or trailing byte.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut outer = Reader::new(buf);
+        let t = MessageType::from_u8(outer.u8()?).ok_or(DecodeError::Invalid("message type"))?;
+        let body = outer.vec24()?;
+        outer.finish()?;
+        if body.len() > MAX_MESSAGE_LEN {
+            return Err(DecodeError::Invalid("handshake message too long"));
+        }
+        let mut r = Reader::new(body);
+        let m = match t {
+            MessageType::ClientHello => {
+                let version = r.u32()?;
+                let random = r.array()?;
+                let suites = suites(&mut r)?;
+                let algs = r.vec8()?;
+                if algs.is_empty() || algs.len() % 2 != 0 {
+                    return Err(DecodeError::Invalid("signature algorithm list"));
+                }
+                let sig_algs = algs
+                    .chunks_exact(2)
+                    .filter_map(|c| SigAlg::from_id(u16::from_be_bytes([c[0], c[1]])))
+                    .collect();
+                let key_share = r.vec16()?.to_vec();
+                let name = r.vec8()?;
+                let server_name = std::str::from_utf8(name)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or(DecodeError::Invalid("server name"))?
+                    .to_string();
+                let params = TransportParams::decode(r.vec16()?)?;
+                Self::ClientHello(ClientHello {
+                    version,
+                    random,
+                    suites,
+                    sig_algs,
+                    key_share,
+                    server_name,
+                    params,
+                })
+            }
+            MessageType::ServerHello => {
+                let random = r.array()?;
+                let suite =
+                    CipherSuite::from_id(r.u16()?).ok_or(DecodeError::Invalid("cipher suite"))?;
+                let server_suites = suites(&mut r)?;
+                let key_share = r.vec16()?.to_vec();
+                Self::ServerHello(ServerHello {
+                    random,
+                    suite,
+                    server_suites,
+                    key_share,
+                })
+            }
+            MessageType::EncryptedExtensions => {
+                let params = TransportParams::decode(r.vec16()?)?;
+                let client_auth = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("client_auth flag")),
+                };
+                Self::EncryptedExtensions(EncryptedExtensions {
+                    params,
+                    client_auth,
+                })
+            }
+            MessageType::Certificate => {
+                let kind = match r.u8()? {
+                    0 => CredentialKind::RawPublicKey,
+                    1 => CredentialKind::Certificate,
+                    _ => return Err(DecodeError::Invalid("credential kind")),
+                };
+                Self::Certificate(CertificateMsg {
+                    kind,
+                    data: r.vec24()?.to_vec(),
+                })
+            }
+            MessageType::CertificateVerify => {
+                let alg =
+                    SigAlg::from_id(r.u16()?).ok_or(DecodeError::Invalid("signature algorithm"))?;
+                Self::CertificateVerify(CertificateVerify {
+                    alg,
+                    signature: r.vec16()?.to_vec(),
+                })
+            }
+            MessageType::Finished => Self::Finished(r.array()?),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn samples() -> Vec<Message> {
+        vec![
+            Message::ClientHello(ClientHello {
+                version: stoq_common::wire::stoq::VERSION_1,
+                random: [1; 32],
+                suites: vec![CipherSuite::Aes256Gcm, CipherSuite::ChaCha20Poly1305],
+                sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+                key_share: vec![7; 1216],
+                server_name: "stoq.example".into(),
+                params: TransportParams::default(),
+            }),
+            Message::ServerHello(ServerHello {
+                random: [2; 32],
+                suite: CipherSuite::ChaCha20Poly1305,
+                server_suites: vec![CipherSuite::ChaCha20Poly1305],
+                key_share: vec![8; 1120],
+            }),
+            Message::EncryptedExtensions(EncryptedExtensions {
+                params: TransportParams::default(),
+                client_auth: true,
+            }),
+            Message::Certificate(CertificateMsg {
+                kind: CredentialKind::Certificate,
+                data: vec![3; 2000],
+            }),
+            Message::CertificateVerify(CertificateVerify {
+                alg: SigAlg::Falcon512,
+                signature: vec![4; 666],
+            }),
+            Message::Finished([5; 32]),
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_message() {
+        for m in samples() {
+            let enc = m.encode();
+            assert_eq!(Message::frame_len(&enc), Ok(Some(enc.len())));
+            assert_eq!(Message::frame_len(&enc[..enc.len() - 1]), Ok(None));
+            assert_eq!(Message::decode(&enc).as_ref(), Ok(&m));
+            // Every truncation and one trailing byte are refused.
+            for n in 0..enc.len() {
+                assert!(
+                    Message::decode(&enc[..n]).is_err(),
+                    "{:?} cut to {n}",
+                    m.kind()
+                );
+            }
+            let mut long = enc.clone();
+            long.push(0);
+            assert!(Message::decode(&long).is_err());
+        }
+        assert!(Message::frame_len(&[1, 0xff, 0xff, 0xff]).is_err());
+        assert!(Message::decode(&[99, 0, 0, 0]).is_err());
+    }
+}
