@@ -1,7 +1,745 @@
 //! The STOQ handshake: hybrid post-quantum key exchange, FALCON authentication, a TLS
 //! 1.3-shaped key schedule. See `docs/security.md` for the protocol and its argument.
+//!
+//! [`Handshake`] is sans-IO: the connection feeds it the bytes of each epoch's CRYPTO
+//! stream ([`Handshake::read`]), takes the bytes to send ([`Handshake::take_outgoing`]) and
+//! the key changes ([`Handshake::take_keys`]). Wall-clock time (for certificate validity)
+//! and randomness are passed in; nothing here reads a clock or an OS source itself.
+//!
+//! ```text
+//! Client                                              Server
+//! ClientHello (Initial)             -------->
+//!   version, random, suites, sig algs,
+//!   X25519 pk || ML-KEM-768 ek, server name, params
+//!                                                     ServerHello (Initial)
+//!                                     random, suite, server suites, X25519 pk || ML-KEM ct
+//!                                   <--------         EncryptedExtensions (Handshake)
+//!                                                     Certificate / raw key (Handshake)
+//!                                                     CertificateVerify (Handshake)
+//!                                                     Finished (Handshake)
+//! [Certificate, CertificateVerify]  -------->
+//! Finished (Handshake)
+//! application data (1-RTT)          <------->         application data (1-RTT)
+//! ```
 
 pub mod cert;
 pub mod messages;
 pub mod params;
 pub mod schedule;
+
+use rand_core::CryptoRngCore;
+
+use self::cert::{CertError, Certificate};
+use self::messages::{
+    CertificateMsg, CertificateVerify, ClientHello, CredentialKind, EncryptedExtensions, Message,
+    MessageType, ServerHello,
+};
+use self::params::TransportParams;
+use self::schedule::{HandshakeSecrets, Transcript, finished_mac, verify_finished};
+use crate::codec::DecodeError;
+use crate::crypto::kex::{ClientKex, KexError, server_respond};
+use crate::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
+use crate::crypto::{CipherSuite, Secret};
+
+/// Signature context of the server's CertificateVerify.
+const SERVER_CV_CONTEXT: &[u8] = b"STOQ server CertificateVerify";
+/// Signature context of the client's CertificateVerify.
+const CLIENT_CV_CONTEXT: &[u8] = b"STOQ client CertificateVerify";
+/// Most bytes buffered for one epoch's incomplete message.
+const MAX_BUFFERED: usize = messages::MAX_MESSAGE_LEN + messages::HEADER_LEN;
+
+/// A packet-number space, by the keys that protect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Epoch {
+    /// Initial packets (keys from the client's first DCID).
+    Initial = 0,
+    /// Handshake packets.
+    Handshake = 1,
+    /// 1-RTT packets.
+    OneRtt = 2,
+}
+
+/// How a side proves its identity.
+#[derive(Debug)]
+pub enum Credential {
+    /// A bare key pair: the peer must have the public key pinned.
+    RawKey {
+        /// Signing key.
+        key: SigningKey,
+        /// Its public key.
+        public: VerifyingKey,
+    },
+    /// A key and a certificate for it.
+    Certificate {
+        /// Signing key.
+        key: SigningKey,
+        /// The certificate of its public key.
+        cert: Certificate,
+    },
+}
+
+impl Credential {
+    fn signing_key(&self) -> &SigningKey {
+        match self {
+            Self::RawKey { key, .. } | Self::Certificate { key, .. } => key,
+        }
+    }
+
+    fn message(&self) -> CertificateMsg {
+        match self {
+            Self::RawKey { public, .. } => CertificateMsg {
+                kind: CredentialKind::RawPublicKey,
+                data: public.as_bytes().to_vec(),
+            },
+            Self::Certificate { cert, .. } => CertificateMsg {
+                kind: CredentialKind::Certificate,
+                data: cert.as_bytes().to_vec(),
+            },
+        }
+    }
+}
+
+/// How a side decides to trust its peer.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Exactly this public key (SSH/WireGuard style).
+    PinnedKey(VerifyingKey),
+    /// A certificate signed by one of these issuer keys.
+    Anchors(Vec<VerifyingKey>),
+}
+
+/// The client's handshake settings.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// The name the server must prove (checked against certificates).
+    pub server_name: String,
+    /// How to trust the server.
+    pub trust: Trust,
+    /// Offered suites, in preference order.
+    pub suites: Vec<CipherSuite>,
+    /// Accepted server signature algorithms.
+    pub sig_algs: Vec<SigAlg>,
+    /// The client's transport parameters.
+    pub params: TransportParams,
+    /// The client's credential, for servers that require client authentication.
+    pub credential: Option<Credential>,
+}
+
+/// The server's handshake settings.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The server's credential.
+    pub credential: Credential,
+    /// Supported suites (the client's preference among them wins).
+    pub suites: Vec<CipherSuite>,
+    /// The server's transport parameters (the connection adds CIDs and the reset token).
+    pub params: TransportParams,
+    /// Require clients to authenticate, trusted this way.
+    pub client_auth: Option<Trust>,
+}
+
+/// Why a handshake failed: one variant per reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// A message did not decode.
+    #[error("malformed handshake message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A message arrived out of order or in the wrong epoch.
+    #[error("unexpected {got:?} in {epoch:?} (expected {expected})")]
+    UnexpectedMessage {
+        /// What arrived.
+        got: MessageType,
+        /// Where.
+        epoch: Epoch,
+        /// What the state machine waited for.
+        expected: &'static str,
+    },
+    /// The client offered a version the server does not speak.
+    #[error("unsupported version {0:#010x}")]
+    UnsupportedVersion(u32),
+    /// No cipher suite in common.
+    #[error("no cipher suite in common")]
+    NoCommonSuite,
+    /// The server's signature algorithm is not among the client's.
+    #[error("the peer signs with {0:?}, which is not accepted")]
+    UnacceptedSignatureAlgorithm(SigAlg),
+    /// The server chose a suite the client did not offer.
+    #[error("server chose {0:?}, which was not offered")]
+    SuiteNotOffered(CipherSuite),
+    /// The server chose a weaker suite than both sides support: a downgrade.
+    #[error("cipher suite downgrade: server chose {chosen:?} though both support {expected:?}")]
+    Downgrade {
+        /// What the server chose.
+        chosen: CipherSuite,
+        /// What the client's preference and the server's list call for.
+        expected: CipherSuite,
+    },
+    /// The key exchange failed.
+    #[error("key exchange failed: {0}")]
+    KeyExchange(#[from] KexError),
+    /// The peer's certificate was refused.
+    #[error("peer certificate refused: {0}")]
+    Certificate(#[from] CertError),
+    /// The peer presented a key other than the pinned one.
+    #[error("peer key does not match the pinned key")]
+    PinMismatch,
+    /// The peer's transcript signature does not verify.
+    #[error("peer's CertificateVerify signature does not verify")]
+    BadSignature,
+    /// The peer's Finished MAC does not verify.
+    #[error("peer's Finished does not verify (transcript mismatch or tampering)")]
+    FinishedMismatch,
+    /// The server requires client authentication and the client has no credential.
+    #[error("server requires client authentication; configure a client credential")]
+    ClientAuthRequired,
+    /// The client's credential type does not fit the server's trust mode, or it is missing.
+    #[error("client did not authenticate")]
+    ClientAuthMissing,
+    /// A handshake message exceeded the buffering limit.
+    #[error("handshake data exceeds {MAX_BUFFERED} buffered bytes")]
+    BufferExceeded,
+}
+
+/// New traffic secrets for an epoch.
+#[derive(Debug)]
+pub struct KeyChange {
+    /// The epoch these secrets protect.
+    pub epoch: Epoch,
+    /// The suite.
+    pub suite: CipherSuite,
+    /// Client-to-server secret.
+    pub client: Secret,
+    /// Server-to-client secret.
+    pub server: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    ClientWaitServerHello,
+    ClientWaitEncryptedExtensions,
+    ClientWaitCertificate,
+    ClientWaitCertificateVerify,
+    ClientWaitFinished,
+    ServerWaitClientHello,
+    ServerWaitClientCertificate,
+    ServerWaitClientCertificateVerify,
+    ServerWaitClientFinished,
+    Complete,
+    Failed,
+}
+
+impl State {
+    fn expected(self) -> &'static str {
+        match self {
+            Self::ClientWaitServerHello => "ServerHello in Initial",
+            Self::ClientWaitEncryptedExtensions => "EncryptedExtensions in Handshake",
+            Self::ClientWaitCertificate | Self::ServerWaitClientCertificate => {
+                "Certificate in Handshake"
+            }
+            Self::ClientWaitCertificateVerify | Self::ServerWaitClientCertificateVerify => {
+                "CertificateVerify in Handshake"
+            }
+            Self::ClientWaitFinished | Self::ServerWaitClientFinished => "Finished in Handshake",
+            Self::ServerWaitClientHello => "ClientHello in Initial",
+            Self::Complete => "nothing (handshake complete)",
+            Self::Failed => "nothing (handshake failed)",
+        }
+    }
+}
+
+enum Role {
+    Client {
+        cfg: ClientConfig,
+        kex: Option<Box<ClientKex>>,
+        client_auth: bool,
+    },
+    Server {
+        cfg: ServerConfig,
+    },
+}
+
+/// One side of a handshake.
+pub struct Handshake {
+    role: Role,
+    state: State,
+    transcript: Transcript,
+    buffers: [Vec<u8>; 3],
+    outgoing: [Vec<u8>; 3],
+    keys: Vec<KeyChange>,
+    secrets: Option<HandshakeSecrets>,
+    suite: Option<CipherSuite>,
+    peer_params: Option<TransportParams>,
+    peer_key: Option<VerifyingKey>,
+    peer_name: Option<String>,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("state", &self.state)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshake {
+    /// A client; its ClientHello is queued for the Initial epoch at once.
+    pub fn client(cfg: ClientConfig, rng: &mut impl CryptoRngCore) -> Self {
+        let (kex, share) = ClientKex::generate(rng);
+        let mut random = [0u8; 32];
+        rng.fill_bytes(&mut random);
+        let ch = Message::ClientHello(ClientHello {
+            version: stoq_common::wire::stoq::VERSION_1,
+            random,
+            suites: cfg.suites.clone(),
+            sig_algs: cfg.sig_algs.clone(),
+            key_share: share,
+            server_name: cfg.server_name.clone(),
+            params: cfg.params.clone(),
+        });
+        let mut me = Self::new(
+            Role::Client {
+                cfg,
+                kex: Some(Box::new(kex)),
+                client_auth: false,
+            },
+            State::ClientWaitServerHello,
+        );
+        me.send(Epoch::Initial, &ch);
+        me
+    }
+
+    /// A server, waiting for a ClientHello.
+    pub fn server(cfg: ServerConfig) -> Self {
+        Self::new(Role::Server { cfg }, State::ServerWaitClientHello)
+    }
+
+    fn new(role: Role, state: State) -> Self {
+        Self {
+            role,
+            state,
+            transcript: Transcript::default(),
+            buffers: Default::default(),
+            outgoing: Default::default(),
+            keys: Vec::new(),
+            secrets: None,
+            suite: None,
+            peer_params: None,
+            peer_key: None,
+            peer_name: None,
+        }
+    }
+
+    /// Whether the handshake finished successfully.
+    pub fn is_complete(&self) -> bool {
+        self.state == State::Complete
+    }
+
+    /// The negotiated suite, once known.
+    pub fn suite(&self) -> Option<CipherSuite> {
+        self.suite
+    }
+
+    /// The peer's transport parameters, once received.
+    pub fn peer_params(&self) -> Option<&TransportParams> {
+        self.peer_params.as_ref()
+    }
+
+    /// The peer's authenticated public key, once verified.
+    pub fn peer_key(&self) -> Option<&VerifyingKey> {
+        self.peer_key.as_ref()
+    }
+
+    /// The server name the client asked for (server side).
+    pub fn requested_server_name(&self) -> Option<&str> {
+        self.peer_name.as_deref()
+    }
+
+    /// Bytes to send in `epoch`'s CRYPTO stream.
+    pub fn take_outgoing(&mut self, epoch: Epoch) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing[epoch as usize])
+    }
+
+    /// Key changes, in the order they became available (Handshake, then 1-RTT).
+    pub fn take_keys(&mut self) -> Vec<KeyChange> {
+        std::mem::take(&mut self.keys)
+    }
+
+    fn send(&mut self, epoch: Epoch, m: &Message) {
+        let enc = m.encode();
+        self.transcript.add(&enc);
+        self.outgoing[epoch as usize].extend_from_slice(&enc);
+    }
+
+    /// Feeds the next in-order bytes of `epoch`'s CRYPTO stream. `now_unix` is the wall-clock
+    /// time (Unix seconds) for certificate validity.
+    ///
+    /// # Errors
+    /// A [`HandshakeError`]; the handshake is then failed for good.
+    pub fn read(
+        &mut self,
+        epoch: Epoch,
+        data: &[u8],
+        now_unix: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), HandshakeError> {
+        if self.state == State::Failed {
+            return Err(HandshakeError::FinishedMismatch);
+        }
+        let buf = &mut self.buffers[epoch as usize];
+        if buf.len() + data.len() > MAX_BUFFERED {
+            self.state = State::Failed;
+            return Err(HandshakeError::BufferExceeded);
+        }
+        buf.extend_from_slice(data);
+        loop {
+            let buf = &self.buffers[epoch as usize];
+            let len = match Message::frame_len(buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            let raw: Vec<u8> = self.buffers[epoch as usize].drain(..len).collect();
+            let msg = match Message::decode(&raw) {
+                Ok(m) => m,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            if let Err(e) = self.handle(epoch, &raw, msg, now_unix, rng) {
+                return Err(self.fail(e));
+            }
+        }
+    }
+
+    fn fail(&mut self, e: HandshakeError) -> HandshakeError {
+        self.state = State::Failed;
+        e
+    }
+
+    fn unexpected(&self, epoch: Epoch, got: MessageType) -> HandshakeError {
+        HandshakeError::UnexpectedMessage {
+            got,
+            epoch,
+            expected: self.state.expected(),
+        }
+    }
+
+    fn handle(
+        &mut self,
+        epoch: Epoch,
+        raw: &[u8],
+        msg: Message,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), HandshakeError> {
+        use State as S;
+        let want_epoch = match self.state {
+            S::ClientWaitServerHello | S::ServerWaitClientHello => Epoch::Initial,
+            _ => Epoch::Handshake,
+        };
+        if epoch != want_epoch {
+            return Err(self.unexpected(epoch, msg.kind()));
+        }
+        match (self.state, msg) {
+            (S::ServerWaitClientHello, Message::ClientHello(ch)) => {
+                self.transcript.add(raw);
+                self.server_flight(ch, rng)
+            }
+            (S::ClientWaitServerHello, Message::ServerHello(sh)) => {
+                self.client_on_server_hello(raw, sh)
+            }
+            (S::ClientWaitEncryptedExtensions, Message::EncryptedExtensions(ee)) => {
+                self.transcript.add(raw);
+                if let Role::Client {
+                    client_auth, cfg, ..
+                } = &mut self.role
+                {
+                    if ee.client_auth && cfg.credential.is_none() {
+                        return Err(HandshakeError::ClientAuthRequired);
+                    }
+                    *client_auth = ee.client_auth;
+                }
+                self.peer_params = Some(ee.params);
+                self.state = S::ClientWaitCertificate;
+                Ok(())
+            }
+            (S::ClientWaitCertificate, Message::Certificate(c)) => {
+                let Role::Client { cfg, .. } = &self.role else {
+                    unreachable!("client state")
+                };
+                let key = check_credential(&cfg.trust, &c, Some(&cfg.server_name), now)?;
+                if !cfg.sig_algs.contains(&key.alg()) {
+                    return Err(HandshakeError::UnacceptedSignatureAlgorithm(key.alg()));
+                }
+                self.peer_key = Some(key);
+                self.transcript.add(raw);
+                self.state = S::ClientWaitCertificateVerify;
+                Ok(())
+            }
+            (S::ClientWaitCertificateVerify, Message::CertificateVerify(cv)) => {
+                self.check_verify(&cv, SERVER_CV_CONTEXT)?;
+                self.transcript.add(raw);
+                self.state = S::ClientWaitFinished;
+                Ok(())
+            }
+            (S::ClientWaitFinished, Message::Finished(mac)) => {
+                self.client_on_finished(raw, &mac, rng)
+            }
+            (S::ServerWaitClientCertificate, Message::Certificate(c)) => {
+                let Role::Server { cfg } = &self.role else {
+                    unreachable!("server state")
+                };
+                let trust = cfg
+                    .client_auth
+                    .as_ref()
+                    .ok_or(HandshakeError::ClientAuthMissing)?;
+                self.peer_key = Some(check_credential(trust, &c, None, now)?);
+                self.transcript.add(raw);
+                self.state = S::ServerWaitClientCertificateVerify;
+                Ok(())
+            }
+            (S::ServerWaitClientCertificateVerify, Message::CertificateVerify(cv)) => {
+                self.check_verify(&cv, CLIENT_CV_CONTEXT)?;
+                self.transcript.add(raw);
+                self.state = S::ServerWaitClientFinished;
+                Ok(())
+            }
+            (S::ServerWaitClientFinished, Message::Finished(mac)) => {
+                let secrets = self.secrets.as_ref().expect("set with the server flight");
+                if !verify_finished(&secrets.client, &self.transcript.hash(), &mac) {
+                    return Err(HandshakeError::FinishedMismatch);
+                }
+                self.transcript.add(raw);
+                self.state = S::Complete;
+                Ok(())
+            }
+            (S::ServerWaitClientCertificate, Message::Finished(_)) => {
+                Err(HandshakeError::ClientAuthMissing)
+            }
+            (_, m) => Err(self.unexpected(epoch, m.kind())),
+        }
+    }
+
+    fn check_verify(&self, cv: &CertificateVerify, context: &[u8]) -> Result<(), HandshakeError> {
+        let key = self.peer_key.as_ref().expect("set by the Certificate step");
+        if cv.alg != key.alg() {
+            return Err(HandshakeError::BadSignature);
+        }
+        key.verify(context, &self.transcript.hash(), &cv.signature)
+            .map_err(|_| HandshakeError::BadSignature)
+    }
+
+    fn server_flight(
+        &mut self,
+        ch: ClientHello,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), HandshakeError> {
+        let Role::Server { cfg } = &self.role else {
+            unreachable!("server state")
+        };
+        if ch.version != stoq_common::wire::stoq::VERSION_1 {
+            return Err(HandshakeError::UnsupportedVersion(ch.version));
+        }
+        // The client's preference among the suites the server supports.
+        let suite = *ch
+            .suites
+            .iter()
+            .find(|s| cfg.suites.contains(s))
+            .ok_or(HandshakeError::NoCommonSuite)?;
+        let alg = cfg.credential.signing_key().alg();
+        if !ch.sig_algs.contains(&alg) {
+            return Err(HandshakeError::UnacceptedSignatureAlgorithm(alg));
+        }
+        let (share, hybrid) = server_respond(&ch.key_share, rng)?;
+        let mut random = [0u8; 32];
+        rng.fill_bytes(&mut random);
+        let server_suites = cfg.suites.clone();
+        let ee = Message::EncryptedExtensions(EncryptedExtensions {
+            params: cfg.params.clone(),
+            client_auth: cfg.client_auth.is_some(),
+        });
+        let cert = Message::Certificate(cfg.credential.message());
+        let client_auth = cfg.client_auth.is_some();
+        self.peer_params = Some(ch.params);
+        self.peer_name = Some(ch.server_name);
+        self.suite = Some(suite);
+
+        self.send(
+            Epoch::Initial,
+            &Message::ServerHello(ServerHello {
+                random,
+                suite,
+                server_suites,
+                key_share: share,
+            }),
+        );
+        let secrets = HandshakeSecrets::new(&hybrid, &self.transcript.hash());
+        self.keys.push(KeyChange {
+            epoch: Epoch::Handshake,
+            suite,
+            client: secrets.client.clone(),
+            server: secrets.server.clone(),
+        });
+        self.send(Epoch::Handshake, &ee);
+        self.send(Epoch::Handshake, &cert);
+        let Role::Server { cfg } = &self.role else {
+            unreachable!("server state")
+        };
+        let sig =
+            cfg.credential
+                .signing_key()
+                .sign(SERVER_CV_CONTEXT, &self.transcript.hash(), rng);
+        self.send(
+            Epoch::Handshake,
+            &Message::CertificateVerify(CertificateVerify {
+                alg,
+                signature: sig,
+            }),
+        );
+        let fin = finished_mac(&secrets.server, &self.transcript.hash());
+        self.send(Epoch::Handshake, &Message::Finished(fin));
+        let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
+        self.keys.push(KeyChange {
+            epoch: Epoch::OneRtt,
+            suite,
+            client: c_ap,
+            server: s_ap,
+        });
+        self.secrets = Some(secrets);
+        self.state = if client_auth {
+            State::ServerWaitClientCertificate
+        } else {
+            State::ServerWaitClientFinished
+        };
+        Ok(())
+    }
+
+    fn client_on_server_hello(
+        &mut self,
+        raw: &[u8],
+        sh: ServerHello,
+    ) -> Result<(), HandshakeError> {
+        let Role::Client { cfg, kex, .. } = &mut self.role else {
+            unreachable!("client state")
+        };
+        if !cfg.suites.contains(&sh.suite) {
+            return Err(HandshakeError::SuiteNotOffered(sh.suite));
+        }
+        let expected = *cfg
+            .suites
+            .iter()
+            .find(|s| sh.server_suites.contains(s))
+            .ok_or(HandshakeError::NoCommonSuite)?;
+        if expected != sh.suite {
+            return Err(HandshakeError::Downgrade {
+                chosen: sh.suite,
+                expected,
+            });
+        }
+        let hybrid = kex.take().expect("one ServerHello").finish(&sh.key_share)?;
+        self.transcript.add(raw);
+        let secrets = HandshakeSecrets::new(&hybrid, &self.transcript.hash());
+        self.keys.push(KeyChange {
+            epoch: Epoch::Handshake,
+            suite: sh.suite,
+            client: secrets.client.clone(),
+            server: secrets.server.clone(),
+        });
+        self.secrets = Some(secrets);
+        self.suite = Some(sh.suite);
+        self.state = State::ClientWaitEncryptedExtensions;
+        Ok(())
+    }
+
+    fn client_on_finished(
+        &mut self,
+        raw: &[u8],
+        mac: &[u8; 32],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), HandshakeError> {
+        let secrets = self.secrets.take().expect("set at ServerHello");
+        if !verify_finished(&secrets.server, &self.transcript.hash(), mac) {
+            return Err(HandshakeError::FinishedMismatch);
+        }
+        self.transcript.add(raw);
+        let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
+        let Role::Client {
+            cfg, client_auth, ..
+        } = &self.role
+        else {
+            unreachable!("client state")
+        };
+        if *client_auth {
+            let cred = cfg
+                .credential
+                .as_ref()
+                .ok_or(HandshakeError::ClientAuthRequired)?;
+            let cert = Message::Certificate(cred.message());
+            let alg = cred.signing_key().alg();
+            self.send(Epoch::Handshake, &cert);
+            let Role::Client { cfg, .. } = &self.role else {
+                unreachable!("client state")
+            };
+            let key = cfg
+                .credential
+                .as_ref()
+                .expect("checked above")
+                .signing_key();
+            let sig = key.sign(CLIENT_CV_CONTEXT, &self.transcript.hash(), rng);
+            self.send(
+                Epoch::Handshake,
+                &Message::CertificateVerify(CertificateVerify {
+                    alg,
+                    signature: sig,
+                }),
+            );
+        }
+        let fin = finished_mac(&secrets.client, &self.transcript.hash());
+        self.send(Epoch::Handshake, &Message::Finished(fin));
+        let suite = self.suite.expect("set at ServerHello");
+        self.keys.push(KeyChange {
+            epoch: Epoch::OneRtt,
+            suite,
+            client: c_ap,
+            server: s_ap,
+        });
+        self.state = State::Complete;
+        Ok(())
+    }
+}
+
+/// Checks a peer's Certificate message under `trust`, returning its public key.
+fn check_credential(
+    trust: &Trust,
+    c: &CertificateMsg,
+    server_name: Option<&str>,
+    now: u64,
+) -> Result<VerifyingKey, HandshakeError> {
+    match (trust, c.kind) {
+        (Trust::PinnedKey(pinned), CredentialKind::RawPublicKey) => {
+            if c.data != pinned.as_bytes() {
+                return Err(HandshakeError::PinMismatch);
+            }
+            Ok(pinned.clone())
+        }
+        (Trust::PinnedKey(pinned), CredentialKind::Certificate) => {
+            let cert = Certificate::decode(&c.data)?;
+            if cert.key != *pinned {
+                return Err(HandshakeError::PinMismatch);
+            }
+            Ok(cert.key)
+        }
+        (Trust::Anchors(anchors), CredentialKind::Certificate) => {
+            let cert = Certificate::decode(&c.data)?;
+            Ok(cert.verify(anchors, server_name, now)?.clone())
+        }
+        (Trust::Anchors(_), CredentialKind::RawPublicKey) => {
+            Err(HandshakeError::Certificate(CertError::Role(
+                "a raw public key cannot be checked against trust anchors; pin it instead",
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,442 @@
+//! Two handshakes wired together in memory, message by message.
+
+use rand_core::OsRng;
+
+use super::cert::{CertParams, Certificate};
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+
+struct Pki {
+    ca_key: SigningKey,
+    ca_pub: VerifyingKey,
+}
+
+impl Pki {
+    fn new(alg: SigAlg) -> Self {
+        let (ca_key, ca_pub) = SigningKey::generate(alg, &mut OsRng);
+        Self { ca_key, ca_pub }
+    }
+
+    fn credential(&self, alg: SigAlg, names: &[&str], not_after: u64) -> Credential {
+        let (key, public) = SigningKey::generate(alg, &mut OsRng);
+        let p = CertParams {
+            serial: 1,
+            not_before: NOW - 100,
+            not_after,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            is_ca: false,
+        };
+        Credential::Certificate {
+            key,
+            cert: Certificate::issue(&p, &public, &self.ca_key, &self.ca_pub, &mut OsRng),
+        }
+    }
+}
+
+fn raw(alg: SigAlg) -> (Credential, VerifyingKey) {
+    let (key, public) = SigningKey::generate(alg, &mut OsRng);
+    (
+        Credential::RawKey {
+            key,
+            public: public.clone(),
+        },
+        public,
+    )
+}
+
+fn client_cfg(
+    trust: Trust,
+    suites: &[CipherSuite],
+    credential: Option<Credential>,
+) -> ClientConfig {
+    ClientConfig {
+        server_name: "stoq.example".into(),
+        trust,
+        suites: suites.to_vec(),
+        sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+        params: TransportParams::default(),
+        credential,
+    }
+}
+
+fn server_cfg(
+    credential: Credential,
+    suites: &[CipherSuite],
+    client_auth: Option<Trust>,
+) -> ServerConfig {
+    ServerConfig {
+        credential,
+        suites: suites.to_vec(),
+        params: TransportParams::default(),
+        client_auth,
+    }
+}
+
+#[derive(Debug)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Which (epoch, message index within that direction's epoch stream) to tamper with.
+type Tamper<'a> = &'a mut dyn FnMut(bool, Epoch, &mut Vec<u8>);
+
+/// Runs both sides to completion, letting `tamper` edit each direction's bytes per epoch.
+fn run(
+    mut c: Handshake,
+    mut s: Handshake,
+    tamper: Tamper<'_>,
+) -> Result<(Handshake, Handshake), (Side, HandshakeError)> {
+    for _ in 0..8 {
+        let mut progressed = false;
+        for epoch in [Epoch::Initial, Epoch::Handshake] {
+            let mut out = c.take_outgoing(epoch);
+            if !out.is_empty() {
+                progressed = true;
+                tamper(true, epoch, &mut out);
+                s.read(epoch, &out, NOW, &mut OsRng)
+                    .map_err(|e| (Side::Server, e))?;
+            }
+            let mut out = s.take_outgoing(epoch);
+            if !out.is_empty() {
+                progressed = true;
+                tamper(false, epoch, &mut out);
+                c.read(epoch, &out, NOW, &mut OsRng)
+                    .map_err(|e| (Side::Client, e))?;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    Ok((c, s))
+}
+
+fn no_tamper(_: bool, _: Epoch, _: &mut Vec<u8>) {}
+
+/// Both complete, and both derived the same secrets for each epoch.
+fn assert_agree(mut c: Handshake, mut s: Handshake) -> CipherSuite {
+    assert!(
+        c.is_complete() && s.is_complete(),
+        "client {:?}, server {:?}",
+        c.state,
+        s.state
+    );
+    let (ck, sk) = (c.take_keys(), s.take_keys());
+    assert_eq!(ck.len(), 2);
+    assert_eq!(sk.len(), 2);
+    for (a, b) in ck.iter().zip(&sk) {
+        assert_eq!((a.epoch, a.suite), (b.epoch, b.suite));
+        assert_eq!(a.client.as_bytes(), b.client.as_bytes());
+        assert_eq!(a.server.as_bytes(), b.server.as_bytes());
+        assert_ne!(a.client.as_bytes(), a.server.as_bytes());
+    }
+    assert_eq!(c.peer_params(), Some(&TransportParams::default()));
+    assert_eq!(s.requested_server_name(), Some("stoq.example"));
+    c.suite().expect("negotiated")
+}
+
+#[test]
+fn matrix_of_suites_algorithms_trust_modes_and_client_auth() {
+    for suite in CipherSuite::ALL {
+        for alg in [SigAlg::Falcon512, SigAlg::Falcon1024] {
+            let pki = Pki::new(alg);
+            // Pinned raw key, certificate chain, and each with client authentication.
+            for (mode, client_auth) in [
+                ("pinned", false),
+                ("anchors", false),
+                ("pinned", true),
+                ("anchors", true),
+            ] {
+                let (server_cred, trust) = if mode == "pinned" {
+                    let (cred, public) = raw(alg);
+                    (cred, Trust::PinnedKey(public))
+                } else {
+                    (
+                        pki.credential(alg, &["stoq.example"], NOW + 100),
+                        Trust::Anchors(vec![pki.ca_pub.clone()]),
+                    )
+                };
+                let (client_cred, client_trust) = if client_auth {
+                    let (cred, public) = raw(SigAlg::Falcon512);
+                    (Some(cred), Some(Trust::PinnedKey(public)))
+                } else {
+                    (None, None)
+                };
+                let c = Handshake::client(client_cfg(trust, &[suite], client_cred), &mut OsRng);
+                let s = Handshake::server(server_cfg(server_cred, &CipherSuite::ALL, client_trust));
+                let (c, s) = run(c, s, &mut no_tamper).unwrap_or_else(|e| {
+                    panic!("{suite:?} {alg:?} {mode} auth={client_auth}: {e:?}")
+                });
+                assert!(!client_auth || s.peer_key().is_some());
+                assert_eq!(assert_agree(c, s), suite);
+            }
+        }
+    }
+}
+
+#[test]
+fn client_preference_wins_among_common_suites() {
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let c = Handshake::client(
+        client_cfg(
+            Trust::PinnedKey(public),
+            &[CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+            None,
+        ),
+        &mut OsRng,
+    );
+    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let (c, s) = run(c, s, &mut no_tamper).unwrap();
+    assert_eq!(assert_agree(c, s), CipherSuite::ChaCha20Poly1305);
+}
+
+fn expect_failure(c: Handshake, s: Handshake, tamper: Tamper<'_>) -> (Side, HandshakeError) {
+    match run(c, s, tamper) {
+        Ok((c, s)) => panic!(
+            "handshake succeeded: client {:?}, server {:?}",
+            c.state, s.state
+        ),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn each_trust_failure_has_its_own_error() {
+    let pki = Pki::new(SigAlg::Falcon512);
+    // Wrong pinned key.
+    let (cred, _) = raw(SigAlg::Falcon512);
+    let (_, other) = raw(SigAlg::Falcon512);
+    let (side, e) = expect_failure(
+        Handshake::client(
+            client_cfg(Trust::PinnedKey(other), &CipherSuite::ALL, None),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        &mut no_tamper,
+    );
+    assert!(matches!(
+        (side, e),
+        (Side::Client, HandshakeError::PinMismatch)
+    ));
+    // Expired certificate.
+    let cred = pki.credential(SigAlg::Falcon512, &["stoq.example"], NOW - 1);
+    let (_, e) = expect_failure(
+        Handshake::client(
+            client_cfg(
+                Trust::Anchors(vec![pki.ca_pub.clone()]),
+                &CipherSuite::ALL,
+                None,
+            ),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        &mut no_tamper,
+    );
+    assert!(
+        matches!(e, HandshakeError::Certificate(CertError::Expired { .. })),
+        "{e:?}"
+    );
+    // Unknown issuer.
+    let stranger = Pki::new(SigAlg::Falcon512);
+    let cred = stranger.credential(SigAlg::Falcon512, &["stoq.example"], NOW + 100);
+    let (_, e) = expect_failure(
+        Handshake::client(
+            client_cfg(
+                Trust::Anchors(vec![pki.ca_pub.clone()]),
+                &CipherSuite::ALL,
+                None,
+            ),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        &mut no_tamper,
+    );
+    assert!(
+        matches!(e, HandshakeError::Certificate(CertError::UnknownIssuer(_))),
+        "{e:?}"
+    );
+    // Wrong name.
+    let cred = pki.credential(SigAlg::Falcon512, &["other.example"], NOW + 100);
+    let (_, e) = expect_failure(
+        Handshake::client(
+            client_cfg(
+                Trust::Anchors(vec![pki.ca_pub.clone()]),
+                &CipherSuite::ALL,
+                None,
+            ),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        &mut no_tamper,
+    );
+    assert!(
+        matches!(
+            e,
+            HandshakeError::Certificate(CertError::NameMismatch { .. })
+        ),
+        "{e:?}"
+    );
+    // Client authentication required but no client credential.
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let (_, cpub) = raw(SigAlg::Falcon512);
+    let (side, e) = expect_failure(
+        Handshake::client(
+            client_cfg(Trust::PinnedKey(public), &CipherSuite::ALL, None),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(
+            cred,
+            &CipherSuite::ALL,
+            Some(Trust::PinnedKey(cpub)),
+        )),
+        &mut no_tamper,
+    );
+    assert!(matches!(
+        (side, e),
+        (Side::Client, HandshakeError::ClientAuthRequired)
+    ));
+    // Client presents a key the server did not pin.
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let (ccred, _) = raw(SigAlg::Falcon512);
+    let (_, cpub) = raw(SigAlg::Falcon512);
+    let (side, e) = expect_failure(
+        Handshake::client(
+            client_cfg(Trust::PinnedKey(public), &CipherSuite::ALL, Some(ccred)),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(
+            cred,
+            &CipherSuite::ALL,
+            Some(Trust::PinnedKey(cpub)),
+        )),
+        &mut no_tamper,
+    );
+    assert!(matches!(
+        (side, e),
+        (Side::Server, HandshakeError::PinMismatch)
+    ));
+    // No common suite.
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let (side, e) = expect_failure(
+        Handshake::client(
+            client_cfg(Trust::PinnedKey(public), &[CipherSuite::Aes256Gcm], None),
+            &mut OsRng,
+        ),
+        Handshake::server(server_cfg(cred, &[CipherSuite::ChaCha20Poly1305], None)),
+        &mut no_tamper,
+    );
+    assert!(matches!(
+        (side, e),
+        (Side::Server, HandshakeError::NoCommonSuite)
+    ));
+}
+
+/// Offsets of the suite list inside an encoded ClientHello: header (4), version (4),
+/// random (32), then a u8 length.
+const CH_SUITES: usize = 4 + 4 + 32;
+
+#[test]
+fn downgrade_and_unoffered_suites_are_detected() {
+    // An attacker strips AES-256-GCM from the ClientHello: the server picks ChaCha20, and
+    // the client, seeing that the server supports AES too, reports a downgrade.
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let c = Handshake::client(
+        client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
+        &mut OsRng,
+    );
+    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let mut strip = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
+        if to_server && epoch == Epoch::Initial && b[0] == 1 {
+            assert_eq!(b[CH_SUITES], 4, "two suites offered");
+            b.drain(CH_SUITES + 1..CH_SUITES + 3);
+            b[CH_SUITES] = 2;
+            let len = (b.len() - 4) as u32;
+            b[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
+        }
+    };
+    let (side, e) = expect_failure(c, s, &mut strip);
+    assert!(matches!(side, Side::Client));
+    assert_eq!(
+        e,
+        HandshakeError::Downgrade {
+            chosen: CipherSuite::ChaCha20Poly1305,
+            expected: CipherSuite::Aes256Gcm
+        }
+    );
+
+    // A ServerHello naming a suite the client never offered.
+    let (cred, _) = raw(SigAlg::Falcon512);
+    let c = Handshake::client(
+        client_cfg(
+            Trust::PinnedKey(public),
+            &[CipherSuite::ChaCha20Poly1305],
+            None,
+        ),
+        &mut OsRng,
+    );
+    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let mut swap = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
+        if !to_server && epoch == Epoch::Initial {
+            // ServerHello: header (4) + random (32), then the chosen suite.
+            b[36..38].copy_from_slice(&CipherSuite::Aes256Gcm.id().to_be_bytes());
+        }
+    };
+    let (_, e) = expect_failure(c, s, &mut swap);
+    assert_eq!(e, HandshakeError::SuiteNotOffered(CipherSuite::Aes256Gcm));
+}
+
+#[test]
+fn every_byte_flip_of_every_message_fails_the_handshake() {
+    let (sk, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let sk_bytes = sk.as_bytes().to_vec();
+    let cred = Credential::RawKey {
+        key: sk,
+        public: public.clone(),
+    };
+    // Record the honest streams to know their lengths.
+    let mut lens: Vec<(bool, Epoch, usize)> = Vec::new();
+    let mut record =
+        |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| lens.push((to_server, epoch, b.len()));
+    let c = Handshake::client(
+        client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
+        &mut OsRng,
+    );
+    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let (c, s) = run(c, s, &mut record).unwrap();
+    assert_agree(c, s);
+
+    let mut flips = 0;
+    for (stream, &(dir, ep, len)) in lens.iter().enumerate() {
+        for at in 0..len {
+            // The same key pair each time: key generation would dominate the run.
+            let key = Credential::RawKey {
+                key: SigningKey::from_bytes(&sk_bytes).unwrap(),
+                public: public.clone(),
+            };
+            let c = Handshake::client(
+                client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
+                &mut OsRng,
+            );
+            let s = Handshake::server(server_cfg(key, &CipherSuite::ALL, None));
+            let mut seen = 0usize;
+            let mut flip = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
+                if seen == stream && to_server == dir && epoch == ep && at < b.len() {
+                    b[at] ^= 0x01;
+                }
+                seen += 1;
+            };
+            match run(c, s, &mut flip) {
+                Err(_) => {}
+                Ok((c, s)) => assert!(
+                    !(c.is_complete() && s.is_complete()),
+                    "flip at byte {at} of stream {stream} was accepted"
+                ),
+            }
+            flips += 1;
+        }
+    }
+    assert!(flips > 3000, "{flips} flips");
+    eprintln!("{flips} single-byte flips, every one refused");
+}
