@@ -13,7 +13,9 @@
 
 pub mod classifier;
 pub mod codec;
+pub mod conn;
 pub mod crypto;
+pub mod frame;
 pub mod handshake;
 pub mod xdp;
 

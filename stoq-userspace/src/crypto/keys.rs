@@ -257,6 +257,13 @@ impl DirectionalKeys {
         (s, k)
     }
 
+    /// Installs a next-phase key obtained from [`next_phase_key`](Self::next_phase_key) and
+    /// returns the key it replaces (a receiver keeps it for reordered packets).
+    pub fn install(&mut self, secret: Secret, key: PacketKey) -> PacketKey {
+        self.secret = secret;
+        std::mem::replace(&mut self.packet, key)
+    }
+
     /// Moves to the next key phase (RFC 9001 §6): new packet key from the `ku` secret; the
     /// header key stays.
     pub fn update(&mut self) {

@@ -31,6 +31,16 @@ pub const TAG_LEN: usize = 16;
 /// Length of the header-protection sample.
 pub const SAMPLE_LEN: usize = 16;
 
+/// Compares two byte strings in time that depends only on their lengths (for tokens and
+/// tags, where an early exit would leak how many leading bytes an attacker guessed).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 /// Why a packet-protection operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -27,6 +27,8 @@ pub mod messages;
 pub mod params;
 pub mod schedule;
 
+use std::sync::Arc;
+
 use rand_core::CryptoRngCore;
 
 use self::cert::{CertError, Certificate};
@@ -119,7 +121,7 @@ pub struct ClientConfig {
     pub suites: Vec<CipherSuite>,
     /// Accepted server signature algorithms.
     pub sig_algs: Vec<SigAlg>,
-    /// The client's transport parameters.
+    /// The client's transport parameters (defaults; each connection adds its CIDs).
     pub params: TransportParams,
     /// The client's credential, for servers that require client authentication.
     pub credential: Option<Credential>,
@@ -132,7 +134,8 @@ pub struct ServerConfig {
     pub credential: Credential,
     /// Supported suites (the client's preference among them wins).
     pub suites: Vec<CipherSuite>,
-    /// The server's transport parameters (the connection adds CIDs and the reset token).
+    /// The server's transport parameters (defaults; each connection adds its CIDs and
+    /// reset token).
     pub params: TransportParams,
     /// Require clients to authenticate, trusted this way.
     pub client_auth: Option<Trust>,
@@ -250,12 +253,12 @@ impl State {
 
 enum Role {
     Client {
-        cfg: ClientConfig,
+        cfg: Arc<ClientConfig>,
         kex: Option<Box<ClientKex>>,
         client_auth: bool,
     },
     Server {
-        cfg: ServerConfig,
+        cfg: Arc<ServerConfig>,
     },
 }
 
@@ -272,6 +275,8 @@ pub struct Handshake {
     peer_params: Option<TransportParams>,
     peer_key: Option<VerifyingKey>,
     peer_name: Option<String>,
+    /// This side's transport parameters for this connection.
+    params: TransportParams,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -284,8 +289,13 @@ impl std::fmt::Debug for Handshake {
 }
 
 impl Handshake {
-    /// A client; its ClientHello is queued for the Initial epoch at once.
-    pub fn client(cfg: ClientConfig, rng: &mut impl CryptoRngCore) -> Self {
+    /// A client; its ClientHello is queued for the Initial epoch at once. `params` are this
+    /// connection's transport parameters (the connection fills in its CIDs).
+    pub fn client(
+        cfg: Arc<ClientConfig>,
+        params: TransportParams,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
         let (kex, share) = ClientKex::generate(rng);
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
@@ -296,7 +306,7 @@ impl Handshake {
             sig_algs: cfg.sig_algs.clone(),
             key_share: share,
             server_name: cfg.server_name.clone(),
-            params: cfg.params.clone(),
+            params: params.clone(),
         });
         let mut me = Self::new(
             Role::Client {
@@ -305,17 +315,19 @@ impl Handshake {
                 client_auth: false,
             },
             State::ClientWaitServerHello,
+            params,
         );
         me.send(Epoch::Initial, &ch);
         me
     }
 
-    /// A server, waiting for a ClientHello.
-    pub fn server(cfg: ServerConfig) -> Self {
-        Self::new(Role::Server { cfg }, State::ServerWaitClientHello)
+    /// A server, waiting for a ClientHello. `params` are this connection's transport
+    /// parameters (the connection fills in its CIDs and reset token).
+    pub fn server(cfg: Arc<ServerConfig>, params: TransportParams) -> Self {
+        Self::new(Role::Server { cfg }, State::ServerWaitClientHello, params)
     }
 
-    fn new(role: Role, state: State) -> Self {
+    fn new(role: Role, state: State, params: TransportParams) -> Self {
         Self {
             role,
             state,
@@ -328,7 +340,18 @@ impl Handshake {
             peer_params: None,
             peer_key: None,
             peer_name: None,
+            params,
         }
+    }
+
+    /// Whether this is the client side.
+    pub fn is_client(&self) -> bool {
+        matches!(self.role, Role::Client { .. })
+    }
+
+    /// Whether the handshake failed.
+    pub fn is_failed(&self) -> bool {
+        self.state == State::Failed
     }
 
     /// Whether the handshake finished successfully.
@@ -555,7 +578,7 @@ impl Handshake {
         rng.fill_bytes(&mut random);
         let server_suites = cfg.suites.clone();
         let ee = Message::EncryptedExtensions(EncryptedExtensions {
-            params: cfg.params.clone(),
+            params: self.params.clone(),
             client_auth: cfg.client_auth.is_some(),
         });
         let cert = Message::Certificate(cfg.credential.message());

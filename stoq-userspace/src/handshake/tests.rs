@@ -7,6 +7,16 @@ use super::*;
 
 const NOW: u64 = 1_800_000_000;
 
+fn new_client(cfg: ClientConfig, rng: &mut OsRng) -> Handshake {
+    let params = cfg.params.clone();
+    Handshake::client(Arc::new(cfg), params, rng)
+}
+
+fn new_server(cfg: ServerConfig) -> Handshake {
+    let params = cfg.params.clone();
+    Handshake::server(Arc::new(cfg), params)
+}
+
 struct Pki {
     ca_key: SigningKey,
     ca_pub: VerifyingKey,
@@ -164,8 +174,8 @@ fn matrix_of_suites_algorithms_trust_modes_and_client_auth() {
                 } else {
                     (None, None)
                 };
-                let c = Handshake::client(client_cfg(trust, &[suite], client_cred), &mut OsRng);
-                let s = Handshake::server(server_cfg(server_cred, &CipherSuite::ALL, client_trust));
+                let c = new_client(client_cfg(trust, &[suite], client_cred), &mut OsRng);
+                let s = new_server(server_cfg(server_cred, &CipherSuite::ALL, client_trust));
                 let (c, s) = run(c, s, &mut no_tamper).unwrap_or_else(|e| {
                     panic!("{suite:?} {alg:?} {mode} auth={client_auth}: {e:?}")
                 });
@@ -179,7 +189,7 @@ fn matrix_of_suites_algorithms_trust_modes_and_client_auth() {
 #[test]
 fn client_preference_wins_among_common_suites() {
     let (cred, public) = raw(SigAlg::Falcon512);
-    let c = Handshake::client(
+    let c = new_client(
         client_cfg(
             Trust::PinnedKey(public),
             &[CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
@@ -187,7 +197,7 @@ fn client_preference_wins_among_common_suites() {
         ),
         &mut OsRng,
     );
-    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
     let (c, s) = run(c, s, &mut no_tamper).unwrap();
     assert_eq!(assert_agree(c, s), CipherSuite::ChaCha20Poly1305);
 }
@@ -209,11 +219,11 @@ fn each_trust_failure_has_its_own_error() {
     let (cred, _) = raw(SigAlg::Falcon512);
     let (_, other) = raw(SigAlg::Falcon512);
     let (side, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(Trust::PinnedKey(other), &CipherSuite::ALL, None),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        new_server(server_cfg(cred, &CipherSuite::ALL, None)),
         &mut no_tamper,
     );
     assert!(matches!(
@@ -223,7 +233,7 @@ fn each_trust_failure_has_its_own_error() {
     // Expired certificate.
     let cred = pki.credential(SigAlg::Falcon512, &["stoq.example"], NOW - 1);
     let (_, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(
                 Trust::Anchors(vec![pki.ca_pub.clone()]),
                 &CipherSuite::ALL,
@@ -231,7 +241,7 @@ fn each_trust_failure_has_its_own_error() {
             ),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        new_server(server_cfg(cred, &CipherSuite::ALL, None)),
         &mut no_tamper,
     );
     assert!(
@@ -242,7 +252,7 @@ fn each_trust_failure_has_its_own_error() {
     let stranger = Pki::new(SigAlg::Falcon512);
     let cred = stranger.credential(SigAlg::Falcon512, &["stoq.example"], NOW + 100);
     let (_, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(
                 Trust::Anchors(vec![pki.ca_pub.clone()]),
                 &CipherSuite::ALL,
@@ -250,7 +260,7 @@ fn each_trust_failure_has_its_own_error() {
             ),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        new_server(server_cfg(cred, &CipherSuite::ALL, None)),
         &mut no_tamper,
     );
     assert!(
@@ -260,7 +270,7 @@ fn each_trust_failure_has_its_own_error() {
     // Wrong name.
     let cred = pki.credential(SigAlg::Falcon512, &["other.example"], NOW + 100);
     let (_, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(
                 Trust::Anchors(vec![pki.ca_pub.clone()]),
                 &CipherSuite::ALL,
@@ -268,7 +278,7 @@ fn each_trust_failure_has_its_own_error() {
             ),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(cred, &CipherSuite::ALL, None)),
+        new_server(server_cfg(cred, &CipherSuite::ALL, None)),
         &mut no_tamper,
     );
     assert!(
@@ -282,11 +292,11 @@ fn each_trust_failure_has_its_own_error() {
     let (cred, public) = raw(SigAlg::Falcon512);
     let (_, cpub) = raw(SigAlg::Falcon512);
     let (side, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(Trust::PinnedKey(public), &CipherSuite::ALL, None),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(
+        new_server(server_cfg(
             cred,
             &CipherSuite::ALL,
             Some(Trust::PinnedKey(cpub)),
@@ -302,11 +312,11 @@ fn each_trust_failure_has_its_own_error() {
     let (ccred, _) = raw(SigAlg::Falcon512);
     let (_, cpub) = raw(SigAlg::Falcon512);
     let (side, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(Trust::PinnedKey(public), &CipherSuite::ALL, Some(ccred)),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(
+        new_server(server_cfg(
             cred,
             &CipherSuite::ALL,
             Some(Trust::PinnedKey(cpub)),
@@ -320,11 +330,11 @@ fn each_trust_failure_has_its_own_error() {
     // No common suite.
     let (cred, public) = raw(SigAlg::Falcon512);
     let (side, e) = expect_failure(
-        Handshake::client(
+        new_client(
             client_cfg(Trust::PinnedKey(public), &[CipherSuite::Aes256Gcm], None),
             &mut OsRng,
         ),
-        Handshake::server(server_cfg(cred, &[CipherSuite::ChaCha20Poly1305], None)),
+        new_server(server_cfg(cred, &[CipherSuite::ChaCha20Poly1305], None)),
         &mut no_tamper,
     );
     assert!(matches!(
@@ -342,11 +352,11 @@ fn downgrade_and_unoffered_suites_are_detected() {
     // An attacker strips AES-256-GCM from the ClientHello: the server picks ChaCha20, and
     // the client, seeing that the server supports AES too, reports a downgrade.
     let (cred, public) = raw(SigAlg::Falcon512);
-    let c = Handshake::client(
+    let c = new_client(
         client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
         &mut OsRng,
     );
-    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
     let mut strip = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
         if to_server && epoch == Epoch::Initial && b[0] == 1 {
             assert_eq!(b[CH_SUITES], 4, "two suites offered");
@@ -368,7 +378,7 @@ fn downgrade_and_unoffered_suites_are_detected() {
 
     // A ServerHello naming a suite the client never offered.
     let (cred, _) = raw(SigAlg::Falcon512);
-    let c = Handshake::client(
+    let c = new_client(
         client_cfg(
             Trust::PinnedKey(public),
             &[CipherSuite::ChaCha20Poly1305],
@@ -376,7 +386,7 @@ fn downgrade_and_unoffered_suites_are_detected() {
         ),
         &mut OsRng,
     );
-    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
     let mut swap = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
         if !to_server && epoch == Epoch::Initial {
             // ServerHello: header (4) + random (32), then the chosen suite.
@@ -399,11 +409,11 @@ fn every_byte_flip_of_every_message_fails_the_handshake() {
     let mut lens: Vec<(bool, Epoch, usize)> = Vec::new();
     let mut record =
         |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| lens.push((to_server, epoch, b.len()));
-    let c = Handshake::client(
+    let c = new_client(
         client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
         &mut OsRng,
     );
-    let s = Handshake::server(server_cfg(cred, &CipherSuite::ALL, None));
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
     let (c, s) = run(c, s, &mut record).unwrap();
     assert_agree(c, s);
 
@@ -415,11 +425,11 @@ fn every_byte_flip_of_every_message_fails_the_handshake() {
                 key: SigningKey::from_bytes(&sk_bytes).unwrap(),
                 public: public.clone(),
             };
-            let c = Handshake::client(
+            let c = new_client(
                 client_cfg(Trust::PinnedKey(public.clone()), &CipherSuite::ALL, None),
                 &mut OsRng,
             );
-            let s = Handshake::server(server_cfg(key, &CipherSuite::ALL, None));
+            let s = new_server(server_cfg(key, &CipherSuite::ALL, None));
             let mut seen = 0usize;
             let mut flip = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {
                 if seen == stream && to_server == dir && epoch == ep && at < b.len() {

@@ -1,0 +1,856 @@
+//! The endpoint: CID routing, new-connection admission, and stateless answers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, RngCore, SeedableRng};
+use stoq_common::cid::{CidError, CidLayout, ConnectionId};
+use stoq_common::classify::{DropReason, PacketKind, classify_payload};
+use stoq_common::maps::ClassifierConfig;
+use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION_1};
+use zeroize::Zeroizing;
+
+use super::token::{TokenError, TokenKey, reset_token, retry_tag};
+use super::{Connection, Event, Setup, Side, Transmit};
+use crate::handshake::{self, Handshake};
+
+/// Stateless responses queued at most (Retry, Version Negotiation, reset, refusal); more
+/// are dropped and counted, so a flood cannot grow memory.
+const MAX_RESPONSES: usize = 256;
+/// Token nonces remembered to refuse replays.
+const USED_TOKENS: usize = 65_536;
+/// Datagrams held for an Incoming until the application decides.
+const MAX_INCOMING_DATAGRAMS: usize = 4;
+
+/// When the server demands address validation with a Retry before it keeps any state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Never send Retry on its own (the application can still call [`Endpoint::retry`]).
+    Never,
+    /// Validate every new client first.
+    Always,
+    /// Validate new clients while more than this many connections are still handshaking
+    /// (the "under load" mode).
+    WhenHandshakingAbove(usize),
+}
+
+/// Endpoint settings.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Layout of the CIDs this endpoint issues (must match the XDP program's).
+    pub cid_layout: CidLayout,
+    /// This server's id inside its CIDs.
+    pub server_id: u64,
+    /// This worker's id inside its CIDs.
+    pub worker_id: u8,
+    /// Largest UDP payload sent (at least 1200).
+    pub max_udp_payload: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most connection attempts waiting for the application's decision.
+    pub max_incoming: usize,
+    /// When to demand a Retry.
+    pub retry: RetryPolicy,
+    /// How long a Retry token stays valid.
+    pub token_lifetime: Duration,
+    /// Seed of the endpoint's CSPRNG. [`EndpointConfig::new`] draws it from the OS; tests
+    /// and simulations fix it to replay exactly.
+    pub rng_seed: [u8; 32],
+    /// A moment and the Unix time then, for certificate validity checks.
+    pub unix_time_at: (Instant, u64),
+}
+
+impl EndpointConfig {
+    /// Defaults, with a seed from the OS and the wall clock read once, here.
+    pub fn new() -> Self {
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            cid_layout: CidLayout::DEFAULT,
+            server_id: 0,
+            worker_id: 0,
+            max_udp_payload: 1452,
+            max_connections: 100_000,
+            max_incoming: 1024,
+            retry: RetryPolicy::Never,
+            token_lifetime: Duration::from_secs(10),
+            rng_seed: seed,
+            unix_time_at: (Instant::now(), unix),
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the setting and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_udp_payload < MIN_INITIAL_DATAGRAM || self.max_udp_payload > 65_527 {
+            return Err(ConfigError::MaxUdpPayload(self.max_udp_payload));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        // Building a CID checks the server id against the layout.
+        self.cid_layout
+            .build(
+                0,
+                self.server_id,
+                self.worker_id,
+                &vec![0; self.cid_layout.nonce_len()],
+            )
+            .map_err(ConfigError::Cid)?;
+        Ok(())
+    }
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A bad [`EndpointConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_udp_payload` outside 1200..=65527.
+    #[error(
+        "max_udp_payload {0} is outside 1200..=65527: QUIC needs paths of at least 1200 bytes; set it to the path MTU minus IP and UDP headers"
+    )]
+    MaxUdpPayload(usize),
+    /// `max_connections` is zero.
+    #[error("max_connections is 0: allow at least one connection")]
+    NoConnections,
+    /// The CID layout or server id is invalid.
+    #[error("connection-ID settings: {0}")]
+    Cid(CidError),
+}
+
+/// A connection's index in its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle(pub usize);
+
+/// A new client's first Initial, waiting for the application to accept, refuse, retry or
+/// ignore it.
+#[derive(Debug)]
+pub struct Incoming {
+    remote: SocketAddr,
+    dcid: ConnectionId,
+    scid: ConnectionId,
+    orig_dcid: ConnectionId,
+    retry_scid: Option<ConnectionId>,
+    validated: bool,
+}
+
+impl Incoming {
+    /// The client's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Whether the client proved its address with a Retry token.
+    pub fn remote_address_validated(&self) -> bool {
+        self.validated
+    }
+}
+
+/// What a datagram did at the endpoint.
+#[derive(Debug)]
+pub enum DatagramEvent {
+    /// It went to an existing connection.
+    Connection(ConnectionHandle),
+    /// A new client: decide with [`Endpoint::accept`], [`Endpoint::refuse`],
+    /// [`Endpoint::retry`] or [`Endpoint::ignore`].
+    Incoming(Incoming),
+}
+
+/// Why [`Endpoint::accept`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// This endpoint has no server configuration.
+    #[error(
+        "endpoint has no server configuration: create it with Endpoint::new(config, Some(server_config))"
+    )]
+    NotAServer,
+    /// `max_connections` reached; the client was refused.
+    #[error("connection limit reached (max_connections); the client was refused")]
+    ConnectionLimit,
+}
+
+/// Why [`Endpoint::retry`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryError {
+    /// The client already answered a Retry; a second one would loop. Accept or refuse it.
+    #[error("client already validated its address with a Retry token; accept or refuse it")]
+    AlreadyValidated,
+}
+
+/// Why [`Endpoint::connect`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The client configuration offers no cipher suite.
+    #[error("client config offers no cipher suite: set ClientConfig::suites")]
+    NoSuites,
+    /// The client configuration accepts no signature algorithm.
+    #[error("client config accepts no signature algorithm: set ClientConfig::sig_algs")]
+    NoSignatureAlgorithms,
+    /// A configured suite is not available on this CPU.
+    #[error("cipher suite {0:?} is not available on this CPU: remove it from ClientConfig::suites")]
+    SuiteUnavailable(crate::crypto::CipherSuite),
+    /// `max_connections` reached.
+    #[error("connection limit reached (max_connections)")]
+    ConnectionLimit,
+    /// The server name is empty or too long.
+    #[error("server name must be 1 to 255 bytes")]
+    BadServerName,
+}
+
+/// Endpoint counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Datagrams dropped because their header did not parse, by [`DropReason`] index.
+    pub malformed: [u64; DropReason::ALL.len()],
+    /// Datagrams for an unknown connection that needed no answer.
+    pub unknown_cid: u64,
+    /// Initial packets from unknown clients that did not authenticate under the Initial
+    /// keys of their own DCID (garbage, or tampered in flight).
+    pub unauthenticated_initial: u64,
+    /// Initial packets whose token did not authenticate.
+    pub invalid_token: u64,
+    /// Initial packets whose token had expired.
+    pub expired_token: u64,
+    /// Initial packets replaying a token already used.
+    pub token_reused: u64,
+    /// Connection attempts dropped because `max_incoming` were waiting.
+    pub incoming_full: u64,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Version Negotiation packets sent.
+    pub version_negotiations_sent: u64,
+    /// Stateless resets sent.
+    pub resets_sent: u64,
+    /// Stateless resets received for a connection of ours.
+    pub resets_received: u64,
+    /// Connection attempts refused.
+    pub refused: u64,
+    /// Stateless responses not sent because the queue was full.
+    pub responses_dropped: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+}
+
+/// A sans-IO endpoint: many connections behind one socket (or one AF_XDP queue).
+pub struct Endpoint {
+    config: EndpointConfig,
+    classifier: ClassifierConfig,
+    server: Option<Arc<handshake::ServerConfig>>,
+    rng: ChaCha20Rng,
+    token_key: TokenKey,
+    reset_key: Zeroizing<[u8; 32]>,
+    conns: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    live: usize,
+    routes: HashMap<ConnectionId, ConnectionHandle>,
+    reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
+    incoming: HashMap<ConnectionId, Vec<Vec<u8>>>,
+    used_tokens: HashSet<[u8; 12]>,
+    used_order: VecDeque<[u8; 12]>,
+    responses: VecDeque<(SocketAddr, Vec<u8>)>,
+    next_poll: usize,
+    stats: EndpointStats,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("connections", &self.live)
+            .field("server", &self.server.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint; with `server` set it accepts connections.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for bad settings.
+    pub fn new(
+        config: EndpointConfig,
+        server: Option<Arc<handshake::ServerConfig>>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
+        let mut tk = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut tk[..]);
+        let mut rk = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut rk[..]);
+        Ok(Self {
+            classifier: ClassifierConfig::new(&config.cid_layout),
+            config,
+            server,
+            rng,
+            token_key: TokenKey::new(&tk),
+            reset_key: rk,
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            routes: HashMap::new(),
+            reset_tokens: HashMap::new(),
+            incoming: HashMap::new(),
+            used_tokens: HashSet::new(),
+            used_order: VecDeque::new(),
+            responses: VecDeque::new(),
+            next_poll: 0,
+            stats: EndpointStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Live connections.
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+
+    /// The connection behind `h`.
+    pub fn connection(&self, h: ConnectionHandle) -> Option<&Connection> {
+        self.conns.get(h.0)?.as_ref()
+    }
+
+    /// The connection behind `h`, mutably (to send, close, or read).
+    pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
+        self.conns.get_mut(h.0)?.as_mut()
+    }
+
+    fn ms_since_start(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.config.unix_time_at.0)
+            .as_millis() as u64
+    }
+
+    fn new_cid(&mut self) -> ConnectionId {
+        let l = self.config.cid_layout;
+        loop {
+            let mut nonce = [0u8; 20];
+            self.rng.fill_bytes(&mut nonce[..l.nonce_len()]);
+            let cid = l
+                .build(
+                    0,
+                    self.config.server_id,
+                    self.config.worker_id,
+                    &nonce[..l.nonce_len()],
+                )
+                .expect("validated in Endpoint::new");
+            if !self.routes.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) -> ConnectionHandle {
+        self.live += 1;
+        if let Some(i) = self.free.pop() {
+            self.conns[i] = Some(conn);
+            ConnectionHandle(i)
+        } else {
+            self.conns.push(Some(conn));
+            ConnectionHandle(self.conns.len() - 1)
+        }
+    }
+
+    fn setup(&mut self, side: Side, now: Instant, remote: SocketAddr) -> Setup {
+        let local_cid = self.new_cid();
+        let mut rng_seed = [0u8; 32];
+        self.rng.fill_bytes(&mut rng_seed);
+        Setup {
+            side,
+            now,
+            remote,
+            local_cid,
+            remote_cid: ConnectionId::EMPTY,
+            initial_dcid: ConnectionId::EMPTY,
+            orig_dcid: ConnectionId::EMPTY,
+            retry_scid: None,
+            validated: false,
+            mtu: self.config.max_udp_payload,
+            classifier: self.classifier,
+            rng_seed,
+            unix_base: self.config.unix_time_at,
+            reset_token: None,
+        }
+    }
+
+    /// Opens a connection to `remote`. Its first flight is ready in
+    /// [`poll_transmit`](Self::poll_transmit).
+    ///
+    /// # Errors
+    /// [`ConnectError`] for an unusable configuration or at the connection limit.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        config: Arc<handshake::ClientConfig>,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        if config.suites.is_empty() {
+            return Err(ConnectError::NoSuites);
+        }
+        if let Some(s) = config.suites.iter().find(|s| !s.available()) {
+            return Err(ConnectError::SuiteUnavailable(*s));
+        }
+        if config.sig_algs.is_empty() {
+            return Err(ConnectError::NoSignatureAlgorithms);
+        }
+        if config.server_name.is_empty() || config.server_name.len() > 255 {
+            return Err(ConnectError::BadServerName);
+        }
+        if self.live >= self.config.max_connections {
+            return Err(ConnectError::ConnectionLimit);
+        }
+        let mut s = self.setup(Side::Client, now, remote);
+        let mut dcid = [0u8; 16];
+        self.rng.fill_bytes(&mut dcid);
+        let dcid = ConnectionId::from_slice(&dcid).expect("16 bytes");
+        s.remote_cid = dcid;
+        s.initial_dcid = dcid;
+        s.orig_dcid = dcid;
+        let mut params = config.params.clone();
+        params.initial_source_cid = Some(s.local_cid);
+        params.original_destination_cid = None;
+        params.retry_source_cid = None;
+        params.stateless_reset_token = None;
+        let hs = Handshake::client(config, params.clone(), &mut self.rng);
+        let local = s.local_cid;
+        let h = self.insert(Connection::new(s, hs, params));
+        self.routes.insert(local, h);
+        Ok(h)
+    }
+
+    /// Processes one received datagram (decrypting in place in `data`).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &mut [u8],
+    ) -> Option<DatagramEvent> {
+        self.stats.rx_datagrams += 1;
+        let info = match classify_payload(data, &self.classifier) {
+            Ok(i) => i,
+            Err(r) => {
+                if !self.check_reset(data) {
+                    self.stats.malformed[r as usize] += 1;
+                }
+                return None;
+            }
+        };
+        let dcid = ConnectionId::from_slice(&data[info.dcid_off..info.dcid_off + info.dcid_len])
+            .unwrap_or(ConnectionId::EMPTY);
+        if info.kind == PacketKind::UnknownVersion {
+            if self.server.is_some() {
+                self.version_negotiation(remote, data, &info);
+            } else {
+                self.stats.unknown_cid += 1;
+            }
+            return None;
+        }
+        if let Some(&h) = self.routes.get(&dcid) {
+            if let Some(c) = self.conns[h.0].as_mut() {
+                c.handle_datagram(now, remote, data);
+            }
+            return Some(DatagramEvent::Connection(h));
+        }
+        if let Some(held) = self.incoming.get_mut(&dcid) {
+            // More of a client's first flight, before the application decided.
+            if held.len() < MAX_INCOMING_DATAGRAMS {
+                held.push(data.to_vec());
+            }
+            return None;
+        }
+        match info.kind {
+            PacketKind::Initial if self.server.is_some() => {
+                self.new_client(now, remote, data, &info, dcid)
+            }
+            PacketKind::Short => {
+                if !self.check_reset(data) {
+                    self.stateless_reset(remote, data);
+                }
+                None
+            }
+            _ => {
+                if !self.check_reset(data) {
+                    self.stats.unknown_cid += 1;
+                }
+                None
+            }
+        }
+    }
+
+    fn check_reset(&mut self, data: &[u8]) -> bool {
+        if data.len() < 21 {
+            return false;
+        }
+        let mut tail = [0u8; 16];
+        tail.copy_from_slice(&data[data.len() - 16..]);
+        let Some(&h) = self.reset_tokens.get(&tail) else {
+            return false;
+        };
+        if let Some(c) = self.conns[h.0].as_mut() {
+            c.on_reset();
+        }
+        self.stats.resets_received += 1;
+        true
+    }
+
+    fn handshaking(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| c.state == super::State::Handshaking)
+            .count()
+    }
+
+    fn new_client(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &[u8],
+        info: &stoq_common::classify::HeaderInfo,
+        dcid: ConnectionId,
+    ) -> Option<DatagramEvent> {
+        let scid = ConnectionId::from_slice(&data[info.scid_off..info.scid_off + info.scid_len])
+            .unwrap_or(ConnectionId::EMPTY);
+        if dcid.len() < stoq_common::cid::MIN_CID_LEN {
+            self.stats.malformed[DropReason::CidLength as usize] += 1;
+            return None;
+        }
+        if !super::initial_authenticates(data, info, &dcid) {
+            self.stats.unauthenticated_initial += 1;
+            return None;
+        }
+        if self.live >= self.config.max_connections {
+            self.refuse_raw(now, remote, dcid, scid);
+            return None;
+        }
+        let token = &data[info.token_off..info.token_off + info.token_len];
+        let mut incoming = Incoming {
+            remote,
+            dcid,
+            scid,
+            orig_dcid: dcid,
+            retry_scid: None,
+            validated: false,
+        };
+        if token.is_empty() {
+            let must_retry = match self.config.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::WhenHandshakingAbove(n) => self.handshaking() >= n,
+            };
+            if must_retry {
+                self.send_retry(now, &incoming);
+                return None;
+            }
+        } else {
+            let now_ms = self.ms_since_start(now);
+            let lifetime = self.config.token_lifetime.as_millis() as u64;
+            match self.token_key.open(token, &remote, now_ms, lifetime) {
+                Ok((odcid, nonce)) => {
+                    if !self.used_tokens.insert(nonce) {
+                        self.stats.token_reused += 1;
+                        return None;
+                    }
+                    self.used_order.push_back(nonce);
+                    if self.used_order.len() > USED_TOKENS
+                        && let Some(old) = self.used_order.pop_front()
+                    {
+                        self.used_tokens.remove(&old);
+                    }
+                    incoming.orig_dcid = odcid;
+                    incoming.retry_scid = Some(dcid);
+                    incoming.validated = true;
+                }
+                Err(TokenError::Expired) => {
+                    self.stats.expired_token += 1;
+                    // A fresh Retry lets a slow client try again.
+                    self.send_retry(now, &incoming);
+                    return None;
+                }
+                Err(_) => {
+                    self.stats.invalid_token += 1;
+                    return None;
+                }
+            }
+        }
+        if self.incoming.len() >= self.config.max_incoming {
+            self.stats.incoming_full += 1;
+            return None;
+        }
+        self.incoming.insert(dcid, vec![data.to_vec()]);
+        Some(DatagramEvent::Incoming(incoming))
+    }
+
+    /// Accepts a new client: the connection starts and its first datagrams are processed.
+    ///
+    /// # Errors
+    /// [`AcceptError`] without a server configuration or at the connection limit.
+    pub fn accept(
+        &mut self,
+        incoming: Incoming,
+        now: Instant,
+    ) -> Result<ConnectionHandle, AcceptError> {
+        let datagrams = self.incoming.remove(&incoming.dcid).unwrap_or_default();
+        let Some(server) = self.server.clone() else {
+            return Err(AcceptError::NotAServer);
+        };
+        if self.live >= self.config.max_connections {
+            self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+            return Err(AcceptError::ConnectionLimit);
+        }
+        let mut s = self.setup(Side::Server, now, incoming.remote);
+        s.remote_cid = incoming.scid;
+        s.initial_dcid = incoming.dcid;
+        s.orig_dcid = incoming.orig_dcid;
+        s.retry_scid = incoming.retry_scid;
+        s.validated = incoming.validated;
+        let token = reset_token(&self.reset_key, &s.local_cid);
+        s.reset_token = Some(token);
+        let mut params = server.params.clone();
+        params.original_destination_cid = Some(incoming.orig_dcid);
+        params.initial_source_cid = Some(s.local_cid);
+        params.retry_source_cid = incoming.retry_scid;
+        params.stateless_reset_token = Some(token);
+        let hs = Handshake::server(server, params.clone());
+        let local = s.local_cid;
+        let h = self.insert(Connection::new(s, hs, params));
+        self.routes.insert(local, h);
+        self.routes.insert(incoming.dcid, h);
+        self.stats.accepted += 1;
+        let conn = self.conns[h.0].as_mut().expect("just inserted");
+        for mut d in datagrams {
+            conn.handle_datagram(now, incoming.remote, &mut d);
+        }
+        Ok(h)
+    }
+
+    /// Refuses a new client with CONNECTION_REFUSED, keeping no state.
+    pub fn refuse(&mut self, incoming: Incoming, now: Instant) {
+        self.incoming.remove(&incoming.dcid);
+        self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+    }
+
+    /// Answers a new client with a Retry, keeping no state.
+    ///
+    /// # Errors
+    /// [`RetryError::AlreadyValidated`] if it already came back with a token.
+    pub fn retry(&mut self, incoming: Incoming, now: Instant) -> Result<(), RetryError> {
+        self.incoming.remove(&incoming.dcid);
+        if incoming.validated {
+            return Err(RetryError::AlreadyValidated);
+        }
+        self.send_retry(now, &incoming);
+        Ok(())
+    }
+
+    /// Drops a new client's attempt silently.
+    pub fn ignore(&mut self, incoming: Incoming) {
+        self.incoming.remove(&incoming.dcid);
+    }
+
+    fn respond(&mut self, to: SocketAddr, datagram: Vec<u8>) -> bool {
+        if self.responses.len() >= MAX_RESPONSES {
+            self.stats.responses_dropped += 1;
+            return false;
+        }
+        self.responses.push_back((to, datagram));
+        true
+    }
+
+    fn send_retry(&mut self, now: Instant, incoming: &Incoming) {
+        let retry_scid = self.new_cid();
+        let now_ms = self.ms_since_start(now);
+        let token = self
+            .token_key
+            .seal(&mut self.rng, &incoming.remote, &incoming.dcid, now_ms);
+        let repr = Repr::Retry {
+            dcid: incoming.scid,
+            scid: retry_scid,
+            token: &token,
+            tag: [0; RETRY_TAG_LEN],
+        };
+        let mut buf = vec![0u8; repr.buffer_len()];
+        let Ok(n) = repr.emit(&mut buf) else {
+            return;
+        };
+        buf[0] |= (self.rng.next_u32() & 0x0f) as u8;
+        let tag = retry_tag(incoming.dcid.as_bytes(), &buf[..n - RETRY_TAG_LEN]);
+        buf[n - RETRY_TAG_LEN..n].copy_from_slice(&tag);
+        if self.respond(incoming.remote, buf) {
+            self.stats.retries_sent += 1;
+        }
+    }
+
+    fn version_negotiation(
+        &mut self,
+        remote: SocketAddr,
+        data: &[u8],
+        info: &stoq_common::classify::HeaderInfo,
+    ) {
+        let (Ok(dcid), Ok(scid)) = (
+            ConnectionId::from_slice(&data[info.dcid_off..info.dcid_off + info.dcid_len]),
+            ConnectionId::from_slice(&data[info.scid_off..info.scid_off + info.scid_len]),
+        ) else {
+            return;
+        };
+        let versions = VERSION_1.to_be_bytes();
+        let repr = Repr::VersionNegotiation {
+            dcid: scid,
+            scid: dcid,
+            versions: &versions,
+        };
+        let mut buf = vec![0u8; repr.buffer_len()];
+        if repr.emit(&mut buf).is_ok() {
+            buf[0] |= (self.rng.next_u32() & 0x7f) as u8;
+            if self.respond(remote, buf) {
+                self.stats.version_negotiations_sent += 1;
+            }
+        }
+    }
+
+    fn stateless_reset(&mut self, remote: SocketAddr, data: &[u8]) {
+        // Smaller than the trigger (so two endpoints cannot loop), yet long enough to pass
+        // a STOQ classifier using the same CID length.
+        let l = self.config.cid_layout.len();
+        let min = 1 + l + stoq_common::wire::stoq::MIN_PROTECTED_LEN;
+        let len = (data.len() - 1).min(min + 8);
+        if len < min {
+            self.stats.unknown_cid += 1;
+            return;
+        }
+        let Ok(dcid) = ConnectionId::from_slice(&data[1..1 + l]) else {
+            return;
+        };
+        let mut buf = vec![0u8; len];
+        self.rng.fill_bytes(&mut buf[..len - 16]);
+        buf[0] = 0x40 | (buf[0] & 0x3f);
+        // Looks like a CID of this layout to the peer's classifier; random otherwise.
+        buf[1] = self.config.cid_layout.first_octet(buf[1] % 7);
+        buf[len - 16..].copy_from_slice(&reset_token(&self.reset_key, &dcid));
+        if self.respond(remote, buf) {
+            self.stats.resets_sent += 1;
+        }
+    }
+
+    fn refuse_raw(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+    ) {
+        let Some(server) = self.server.clone() else {
+            return;
+        };
+        // A throwaway connection with the Initial keys writes the close.
+        let mut s = self.setup(Side::Server, now, remote);
+        s.remote_cid = scid;
+        s.initial_dcid = dcid;
+        s.orig_dcid = dcid;
+        s.validated = true;
+        let params = server.params.clone();
+        let mut c = Connection::new(s, Handshake::server(server, params.clone()), params);
+        c.enter_closing(
+            now,
+            (super::code::CONNECTION_REFUSED, Some(0), Vec::new()),
+            super::ConnectionError::LocallyClosed,
+        );
+        let mut buf = Vec::new();
+        if c.poll_transmit(now, &mut buf).is_some() && self.respond(remote, buf) {
+            self.stats.refused += 1;
+        }
+    }
+
+    /// The next datagram to send, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((to, d)) = self.responses.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&d);
+            return Some(Transmit {
+                destination: to,
+                size: d.len(),
+            });
+        }
+        let n = self.conns.len();
+        for k in 0..n {
+            let i = (self.next_poll + k) % n;
+            if let Some(c) = self.conns[i].as_mut()
+                && let Some(t) = c.poll_transmit(now, buf)
+            {
+                self.next_poll = (i + 1) % n;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The earliest timer over all connections.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter_map(Connection::poll_timeout)
+            .min()
+    }
+
+    /// Fires every expired connection timer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for c in self.conns.iter_mut().flatten() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+    }
+
+    /// The next connection event. Connections that drained are freed after their last
+    /// event has been returned.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        for i in 0..self.conns.len() {
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            if let Some(e) = c.poll_event() {
+                let h = ConnectionHandle(i);
+                if e == Event::Connected
+                    && let Some(t) = c.peer_reset_token()
+                {
+                    self.reset_tokens.insert(t, h);
+                }
+                return Some((h, e));
+            }
+            if c.is_drained() {
+                self.remove(ConnectionHandle(i));
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, h: ConnectionHandle) {
+        if self.conns[h.0].take().is_some() {
+            self.live -= 1;
+            self.free.push(h.0);
+            self.routes.retain(|_, v| *v != h);
+            self.reset_tokens.retain(|_, v| *v != h);
+        }
+    }
+}

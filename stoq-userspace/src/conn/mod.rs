@@ -1,0 +1,1812 @@
+//! The sans-IO connection and endpoint.
+//!
+//! [`Endpoint`] routes datagrams by connection ID, answers what needs no connection state
+//! (Retry, Version Negotiation, stateless reset, refusals) and owns its [`Connection`]s.
+//! Neither reads a clock, touches a socket or asks the OS for randomness: `now` is passed
+//! in, datagrams go in and out as byte buffers, and randomness comes from a ChaCha20 RNG
+//! seeded by the caller.
+//!
+//! # Polling order
+//! After feeding input (`handle_datagram`, `handle_timeout`, or an API call such as
+//! [`Connection::send_datagram`]), a driver:
+//! 1. drains [`Endpoint::poll_transmit`] until it returns `None`, sending each datagram;
+//! 2. drains [`Endpoint::poll_event`];
+//! 3. arms a timer for [`Endpoint::poll_timeout`] and calls `handle_timeout` when it fires.
+//!
+//! # What a connection does today
+//! The handshake over Initial and Handshake packets (CRYPTO frames with offsets, so a
+//! message spans datagrams), ACKs, loss detection and PTO (RFC 9002), the anti-amplification
+//! limit, Retry, version negotiation, stateless reset, idle timeout, closing and draining,
+//! 1-RTT key updates, and DATAGRAM frames. Streams, flow control, congestion control and
+//! path migration come with the transport core; frames that need them are refused with a
+//! typed error rather than ignored.
+
+mod endpoint;
+mod ranges;
+pub mod rtt;
+mod space;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use stoq_common::cid::ConnectionId;
+use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_payload};
+use stoq_common::maps::ClassifierConfig;
+use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
+
+pub use self::endpoint::{
+    AcceptError, ConfigError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint,
+    EndpointConfig, EndpointStats, Incoming, RetryError, RetryPolicy,
+};
+use self::rtt::RttEstimator;
+use self::space::{MAX_CRYPTO_BUFFER, SentPacket, Space};
+pub use self::token::TokenError;
+use crate::crypto::{
+    CipherSuite, CryptoError, DirectionalKeys, PacketKey, Secret, TAG_LEN, pn, protect_packet,
+    unprotect_header,
+};
+use crate::frame::{self, Frame, FrameError, Out};
+use crate::handshake::params::TransportParams;
+use crate::handshake::schedule::initial_secrets;
+use crate::handshake::{Epoch, Handshake, HandshakeError, KeyChange};
+
+/// The suite of Initial packets: ChaCha20-Poly1305 runs on every CPU.
+pub const INITIAL_SUITE: CipherSuite = CipherSuite::ChaCha20Poly1305;
+/// Largest DATAGRAM payloads queued for sending or receiving, each way.
+const MAX_QUEUED_DATAGRAMS: usize = 1024;
+/// Early 1-RTT packets a server holds until the handshake completes.
+const MAX_EARLY_PACKETS: usize = 4;
+/// Loss declared after this many later packets are acknowledged (RFC 9002 §6.1.1).
+const PACKET_THRESHOLD: u64 = 3;
+/// Ack-eliciting 1-RTT packets received before an ACK is sent at once.
+const ACK_ELICITING_THRESHOLD: u32 = 2;
+/// Our ACK delay exponent (the default).
+const ACK_DELAY_EXPONENT: u64 = 3;
+/// Our max_ack_delay.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+/// Smallest space worth starting a packet in.
+const MIN_PACKET_SPACE: usize = 64;
+
+/// QUIC transport error codes (RFC 9000 §20.1), as STOQ uses them.
+#[allow(missing_docs)]
+pub mod code {
+    pub const NO_ERROR: u64 = 0x0;
+    pub const INTERNAL_ERROR: u64 = 0x1;
+    pub const CONNECTION_REFUSED: u64 = 0x2;
+    pub const FRAME_ENCODING_ERROR: u64 = 0x7;
+    pub const TRANSPORT_PARAMETER_ERROR: u64 = 0x8;
+    pub const PROTOCOL_VIOLATION: u64 = 0xa;
+    pub const INVALID_TOKEN: u64 = 0xb;
+    pub const APPLICATION_ERROR: u64 = 0xc;
+    pub const CRYPTO_BUFFER_EXCEEDED: u64 = 0xd;
+    pub const KEY_UPDATE_ERROR: u64 = 0xe;
+    pub const AEAD_LIMIT_REACHED: u64 = 0xf;
+    /// CRYPTO_ERROR: 0x100 + a TLS-style alert number.
+    pub const CRYPTO_ERROR: u64 = 0x100;
+}
+
+/// Why a connection ended: one variant per reason, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// This side's handshake failed (the peer is told with a CRYPTO_ERROR close).
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The peer's transport parameters are missing, inconsistent or do not match the
+    /// connection IDs seen on the wire (an injection or downgrade attempt).
+    #[error("transport parameter error: {0}")]
+    TransportParameter(&'static str),
+    /// A frame did not decode.
+    #[error("frame encoding error: {0}")]
+    FrameEncoding(FrameError),
+    /// The peer broke a protocol rule.
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(&'static str),
+    /// The peer acknowledged a packet number this side never sent (optimistic ACK).
+    #[error("peer acknowledged packet {pn} which was never sent")]
+    AckOfUnsentPacket {
+        /// The bogus packet number.
+        pn: u64,
+    },
+    /// The peer sent CRYPTO data too far ahead of what was delivered.
+    #[error("peer sent more out-of-order handshake data than {MAX_CRYPTO_BUFFER} bytes")]
+    CryptoBufferExceeded,
+    /// The peer sent a frame this version of STOQ does not implement yet.
+    #[error("frame type {0:#x} is not supported by this endpoint")]
+    UnsupportedFrame(u64),
+    /// The peer closed the connection with a transport error code.
+    #[error("peer closed the connection: code {code:#x} ({reason})")]
+    PeerClosed {
+        /// Transport error code.
+        code: u64,
+        /// The peer's reason phrase (lossily decoded).
+        reason: String,
+    },
+    /// The peer's application closed the connection.
+    #[error("peer application closed the connection: code {code} ({reason})")]
+    ApplicationClosed {
+        /// Application error code.
+        code: u64,
+        /// The peer's reason phrase (lossily decoded).
+        reason: String,
+    },
+    /// This side closed the connection.
+    #[error("closed locally")]
+    LocallyClosed,
+    /// Nothing was heard from the peer for the idle timeout.
+    #[error("idle timeout")]
+    TimedOut,
+    /// The peer reset the connection (a stateless reset).
+    #[error("stateless reset by peer")]
+    Reset,
+    /// The server does not speak any version this client offers.
+    #[error("server speaks none of our versions")]
+    VersionMismatch,
+    /// Too many packets failed authentication under one key.
+    #[error("AEAD integrity limit reached")]
+    AeadLimitReached,
+    /// The peer misused key updates.
+    #[error("key update error: {0}")]
+    KeyUpdate(&'static str),
+}
+
+impl ConnectionError {
+    /// The transport error code this side sends in its CONNECTION_CLOSE.
+    fn wire_code(&self) -> u64 {
+        match self {
+            Self::Handshake(e) => code::CRYPTO_ERROR + u64::from(alert(e)),
+            Self::TransportParameter(_) => code::TRANSPORT_PARAMETER_ERROR,
+            Self::FrameEncoding(_) | Self::UnsupportedFrame(_) => code::FRAME_ENCODING_ERROR,
+            Self::ProtocolViolation(_) | Self::AckOfUnsentPacket { .. } => code::PROTOCOL_VIOLATION,
+            Self::CryptoBufferExceeded => code::CRYPTO_BUFFER_EXCEEDED,
+            Self::AeadLimitReached => code::AEAD_LIMIT_REACHED,
+            Self::KeyUpdate(_) => code::KEY_UPDATE_ERROR,
+            _ => code::NO_ERROR,
+        }
+    }
+}
+
+/// The TLS-style alert number for a handshake failure (sent as CRYPTO_ERROR 0x100 + n).
+fn alert(e: &HandshakeError) -> u8 {
+    use crate::handshake::cert::CertError;
+    match e {
+        HandshakeError::Decode(_) => 50,
+        HandshakeError::UnexpectedMessage { .. } => 10,
+        HandshakeError::UnsupportedVersion(_) => 70,
+        HandshakeError::NoCommonSuite
+        | HandshakeError::SuiteNotOffered(_)
+        | HandshakeError::UnacceptedSignatureAlgorithm(_) => 40,
+        HandshakeError::Downgrade { .. } => 47,
+        HandshakeError::KeyExchange(_) => 47,
+        HandshakeError::Certificate(CertError::Expired { .. }) => 45,
+        HandshakeError::Certificate(CertError::UnknownIssuer(_)) => 48,
+        HandshakeError::Certificate(_) => 42,
+        HandshakeError::PinMismatch => 42,
+        HandshakeError::BadSignature | HandshakeError::FinishedMismatch => 51,
+        HandshakeError::ClientAuthRequired | HandshakeError::ClientAuthMissing => 116,
+        HandshakeError::BufferExceeded => 50,
+    }
+}
+
+/// Something the application should know about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake completed: 1-RTT data can flow.
+    Connected,
+    /// The handshake is confirmed (HANDSHAKE_DONE received or sent): all handshake keys
+    /// are discarded.
+    HandshakeConfirmed,
+    /// DATAGRAMs are waiting in [`Connection::recv_datagram`].
+    DatagramReceived,
+    /// The 1-RTT keys moved to a new key phase.
+    KeyUpdated,
+    /// The connection ended; the error says why.
+    Lost(ConnectionError),
+}
+
+/// Packets and bytes dropped by a connection, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropStats {
+    /// The header did not parse (classifier rejected it).
+    pub malformed: u64,
+    /// Authentication failed: forged, corrupted, or a key mismatch.
+    pub decrypt_failed: u64,
+    /// No keys (yet, or any more) for the packet's space.
+    pub no_keys: u64,
+    /// A packet number received before.
+    pub duplicate: u64,
+    /// From an address other than the connection's (migration comes with the transport
+    /// core).
+    pub other_path: u64,
+    /// A later packet in a datagram with another destination CID.
+    pub mismatched_cid: u64,
+    /// A Retry or Version Negotiation packet that came too late or did not verify.
+    pub bad_retry_or_vn: u64,
+    /// Received DATAGRAMs discarded because the application did not read them.
+    pub datagram_queue_full: u64,
+}
+
+/// Counters for one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Bytes sent (UDP payload).
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Bytes received (UDP payload).
+    pub rx_bytes: u64,
+    /// Packets received and authenticated.
+    pub rx_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Bytes in packets declared lost.
+    pub lost_bytes: u64,
+    /// PTO expirations.
+    pub pto_count: u64,
+    /// Times sending stopped at the anti-amplification limit.
+    pub amplification_blocked: u64,
+    /// 1-RTT key phase changes of this side's sending keys (initiated or answered).
+    pub key_updates: u64,
+    /// Dropped packets, by reason.
+    pub dropped: DropStats,
+    /// Smoothed RTT.
+    pub smoothed_rtt: Duration,
+    /// Minimum RTT.
+    pub min_rtt: Duration,
+    /// RTT variance.
+    pub rtt_var: Duration,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// Bytes at the front of the caller's buffer.
+    pub size: usize,
+}
+
+/// Why a DATAGRAM could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendDatagramError {
+    /// The peer does not accept DATAGRAM frames.
+    #[error("the peer does not accept datagrams")]
+    UnsupportedByPeer,
+    /// Larger than [`Connection::max_datagram_size`].
+    #[error("datagram of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The datagram's size.
+        size: usize,
+        /// The current limit.
+        max: usize,
+    },
+    /// The send queue is full: back-pressure, try again after sending.
+    #[error("datagram send queue full")]
+    Blocked,
+    /// The connection is not established or already closed.
+    #[error("connection not established or closed")]
+    NotConnected,
+}
+
+/// Why a key update could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyUpdateError {
+    /// The handshake is not confirmed yet (RFC 9001 §6.1).
+    #[error("handshake not confirmed yet")]
+    NotConfirmed,
+    /// The previous update has not been acknowledged yet.
+    #[error("previous key update not yet acknowledged")]
+    InProgress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshaking,
+    Established,
+    /// This side closed: send CONNECTION_CLOSE in answer to anything until the deadline.
+    Closing,
+    /// The peer closed (or reset): send nothing until the deadline.
+    Draining,
+    Drained,
+}
+
+/// Which side of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Opened the connection.
+    Client,
+    /// Accepted it.
+    Server,
+}
+
+/// Whether the first packet of `data`, an Initial to `dcid`, authenticates under the
+/// client's Initial keys. The endpoint checks this before keeping any state for a new
+/// client, so packets that merely look like Initials cost one HKDF and one AEAD, no memory.
+pub(crate) fn initial_authenticates(data: &[u8], info: &WireHeader, dcid: &ConnectionId) -> bool {
+    let end = info.pn_off + info.length as usize;
+    let Some(pkt) = data.get(..end) else {
+        return false;
+    };
+    let mut copy = [0u8; 65_536];
+    let Some(pkt_copy) = copy.get_mut(..pkt.len()) else {
+        return false;
+    };
+    pkt_copy.copy_from_slice(pkt);
+    let (client, _) = initial_secrets(dcid.as_bytes());
+    let mut keys = DirectionalKeys::from_secret(INITIAL_SUITE, client);
+    let Ok(h) = unprotect_header(pkt_copy, info.pn_off, &keys.header) else {
+        return false;
+    };
+    let pn = pn::decode(None, h.truncated_pn, h.pn_len);
+    keys.packet
+        .open(pn, pkt_copy, info.pn_off + h.pn_len)
+        .is_ok()
+}
+
+/// What the endpoint tells a new connection.
+pub(crate) struct Setup {
+    pub(crate) side: Side,
+    pub(crate) now: Instant,
+    pub(crate) remote: SocketAddr,
+    pub(crate) local_cid: ConnectionId,
+    pub(crate) remote_cid: ConnectionId,
+    /// The DCID of the client's Initial (after any Retry): Initial keys derive from it.
+    pub(crate) initial_dcid: ConnectionId,
+    /// The client's very first DCID.
+    pub(crate) orig_dcid: ConnectionId,
+    pub(crate) retry_scid: Option<ConnectionId>,
+    pub(crate) validated: bool,
+    pub(crate) mtu: usize,
+    pub(crate) classifier: ClassifierConfig,
+    pub(crate) rng_seed: [u8; 32],
+    pub(crate) unix_base: (Instant, u64),
+    pub(crate) reset_token: Option<[u8; 16]>,
+}
+
+/// One connection's state machine.
+pub struct Connection {
+    side: Side,
+    state: State,
+    hs: Handshake,
+    spaces: [Space; 3],
+    rng: ChaCha20Rng,
+    remote: SocketAddr,
+    local_cid: ConnectionId,
+    remote_cid: ConnectionId,
+    orig_dcid: ConnectionId,
+    retry_scid: Option<ConnectionId>,
+    /// Client: the token to put in Initial packets.
+    token: Vec<u8>,
+    /// Client: the server's SCID from its first Initial.
+    server_initial_scid: Option<ConnectionId>,
+    /// Server: the client's SCID from its first Initial.
+    client_initial_scid: ConnectionId,
+    peer_reset_token: Option<[u8; 16]>,
+    /// The peer's address is validated (no amplification limit).
+    validated: bool,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    rtt: RttEstimator,
+    pto_count: u32,
+    peer_max_ack_delay: Duration,
+    peer_ack_delay_exponent: u64,
+    peer_max_datagram: u64,
+    local_params: TransportParams,
+    idle_timeout: Option<Duration>,
+    idle_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    close_pending: bool,
+    close: Option<(u64, Option<u64>, Vec<u8>)>,
+    error: Option<ConnectionError>,
+    events: VecDeque<Event>,
+    datagrams_in: VecDeque<Vec<u8>>,
+    datagrams_out: VecDeque<Vec<u8>>,
+    handshake_done_pending: bool,
+    confirmed: bool,
+    ping_pending: bool,
+    /// Server: 1-RTT receive keys held until the client's Finished verifies.
+    pending_rx_1rtt: Option<Secret>,
+    early_packets: Vec<Vec<u8>>,
+    key_phase: bool,
+    rx_key_phase: bool,
+    rx_prev: Option<PacketKey>,
+    rx_next: Option<(Secret, PacketKey)>,
+    rx_phase_first_pn: u64,
+    /// First packet number sent under the current key phase, and whether one such packet
+    /// has been acknowledged (which allows the next update).
+    tx_phase_first_pn: u64,
+    tx_phase_acked: bool,
+    mtu: usize,
+    classifier: ClassifierConfig,
+    unix_base: (Instant, u64),
+    stats: ConnectionStats,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("state", &self.state)
+            .field("remote", &self.remote)
+            .field("local_cid", &self.local_cid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(s: Setup, hs: Handshake, params: TransportParams) -> Self {
+        let mut spaces = [Space::new(), Space::new(), Space::new()];
+        let (c, sv) = initial_secrets(s.initial_dcid.as_bytes());
+        let (tx, rx) = match s.side {
+            Side::Client => (c, sv),
+            Side::Server => (sv, c),
+        };
+        spaces[0].tx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, tx));
+        spaces[0].rx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, rx));
+        let idle = (params.max_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(params.max_idle_timeout_ms));
+        let mut me = Self {
+            side: s.side,
+            state: State::Handshaking,
+            hs,
+            spaces,
+            rng: ChaCha20Rng::from_seed(s.rng_seed),
+            remote: s.remote,
+            local_cid: s.local_cid,
+            remote_cid: s.remote_cid,
+            orig_dcid: s.orig_dcid,
+            retry_scid: s.retry_scid,
+            token: Vec::new(),
+            server_initial_scid: None,
+            client_initial_scid: s.remote_cid,
+            peer_reset_token: None,
+            validated: s.validated || s.side == Side::Client,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rtt: RttEstimator::default(),
+            pto_count: 0,
+            peer_max_ack_delay: MAX_ACK_DELAY,
+            peer_ack_delay_exponent: ACK_DELAY_EXPONENT,
+            peer_max_datagram: 0,
+            local_params: params,
+            idle_timeout: idle,
+            idle_deadline: idle.map(|d| s.now + d),
+            close_deadline: None,
+            close_pending: false,
+            close: None,
+            error: None,
+            events: VecDeque::new(),
+            datagrams_in: VecDeque::new(),
+            datagrams_out: VecDeque::new(),
+            handshake_done_pending: false,
+            confirmed: false,
+            ping_pending: false,
+            pending_rx_1rtt: None,
+            early_packets: Vec::new(),
+            key_phase: false,
+            rx_key_phase: false,
+            rx_prev: None,
+            rx_next: None,
+            rx_phase_first_pn: 0,
+            tx_phase_first_pn: 0,
+            tx_phase_acked: false,
+            mtu: s.mtu,
+            classifier: s.classifier,
+            unix_base: s.unix_base,
+            stats: ConnectionStats::default(),
+        };
+        let _ = s.reset_token;
+        me.collect_handshake_output(s.now);
+        if me.side == Side::Client {
+            // The client's first flight is at least two full Initial datagrams, so that the
+            // server's post-quantum flight (up to ~7 KB with FALCON-1024 certificates) fits
+            // under the 3x anti-amplification limit in the first round trip.
+            me.spaces[0].probes = 2;
+        }
+        me
+    }
+
+    // ----- Public API -------------------------------------------------------------------
+
+    /// Which side this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Whether the handshake completed and the connection is not closing.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Whether the handshake is confirmed (all handshake keys discarded).
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// Whether the connection is closing, draining or gone.
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self.state,
+            State::Closing | State::Draining | State::Drained
+        )
+    }
+
+    /// Whether all state can be freed.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Drained
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn error(&self) -> Option<&ConnectionError> {
+        self.error.as_ref()
+    }
+
+    /// The negotiated cipher suite, once known.
+    pub fn suite(&self) -> Option<CipherSuite> {
+        self.hs.suite()
+    }
+
+    /// The peer's authenticated FALCON key, once verified.
+    pub fn peer_key(&self) -> Option<&crate::crypto::sig::VerifyingKey> {
+        self.hs.peer_key()
+    }
+
+    /// The peer's transport parameters, once received.
+    pub fn peer_params(&self) -> Option<&TransportParams> {
+        self.hs.peer_params()
+    }
+
+    /// This side's connection ID.
+    pub fn local_cid(&self) -> ConnectionId {
+        self.local_cid
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.smoothed_rtt = self.rtt.smoothed();
+        s.min_rtt = self.rtt.min();
+        s.rtt_var = self.rtt.var();
+        s
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Largest DATAGRAM payload that fits one packet on the current path and that the peer
+    /// accepts; `None` if the peer does not accept datagrams.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        if self.peer_max_datagram == 0 {
+            return None;
+        }
+        // Short header (1 + CID) + 4-byte packet number + frame type and length + tag.
+        let overhead = 1 + self.remote_cid.len() + 4 + 1 + 2 + TAG_LEN;
+        Some(
+            self.mtu
+                .saturating_sub(overhead)
+                .min(self.peer_max_datagram as usize),
+        )
+    }
+
+    /// Queues an unreliable DATAGRAM.
+    ///
+    /// # Errors
+    /// [`SendDatagramError`]: not connected, not supported by the peer, too large, or the
+    /// queue is full.
+    pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendDatagramError> {
+        if self.state != State::Established {
+            return Err(SendDatagramError::NotConnected);
+        }
+        let max = self
+            .max_datagram_size()
+            .ok_or(SendDatagramError::UnsupportedByPeer)?;
+        if data.len() > max {
+            return Err(SendDatagramError::TooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        if self.datagrams_out.len() >= MAX_QUEUED_DATAGRAMS {
+            return Err(SendDatagramError::Blocked);
+        }
+        self.datagrams_out.push_back(data.to_vec());
+        Ok(())
+    }
+
+    /// The next received DATAGRAM.
+    pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
+        self.datagrams_in.pop_front()
+    }
+
+    /// Closes the connection with an application error code. The CONNECTION_CLOSE goes out
+    /// with the next [`poll_transmit`](Self::poll_transmit); the connection then drains.
+    pub fn close(&mut self, now: Instant, error_code: u64, reason: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = reason[..reason.len().min(256)].to_vec();
+        self.enter_closing(
+            now,
+            (error_code, None, reason),
+            ConnectionError::LocallyClosed,
+        );
+    }
+
+    /// Starts a 1-RTT key update (RFC 9001 §6).
+    ///
+    /// # Errors
+    /// [`KeyUpdateError`] before confirmation, or while the previous update is unacknowledged.
+    pub fn initiate_key_update(&mut self) -> Result<(), KeyUpdateError> {
+        if !self.confirmed {
+            return Err(KeyUpdateError::NotConfirmed);
+        }
+        if !self.tx_phase_acked {
+            return Err(KeyUpdateError::InProgress);
+        }
+        self.update_tx_keys();
+        Ok(())
+    }
+
+    /// The current 1-RTT key phase bit this side sends.
+    pub fn key_phase(&self) -> bool {
+        self.key_phase
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Drained {
+            return None;
+        }
+        if matches!(self.state, State::Closing | State::Draining) {
+            return self.close_deadline;
+        }
+        let mut t = self.idle_deadline;
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        min(self.loss_timer());
+        for s in &self.spaces {
+            min(s.ack_deadline);
+        }
+        t
+    }
+
+    /// Handles expired timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Drained => return,
+            State::Closing | State::Draining => {
+                if self.close_deadline.is_some_and(|d| now >= d) {
+                    self.state = State::Drained;
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.idle_deadline.is_some_and(|d| now >= d) {
+            self.error = Some(ConnectionError::TimedOut);
+            self.events
+                .push_back(Event::Lost(ConnectionError::TimedOut));
+            self.state = State::Drained;
+            return;
+        }
+        for s in &mut self.spaces {
+            if s.ack_deadline.is_some_and(|d| now >= d) {
+                s.ack_deadline = None;
+                s.ack_now = true;
+            }
+        }
+        if self.loss_timer().is_some_and(|t| now >= t) {
+            self.on_loss_timeout(now);
+        }
+    }
+
+    /// Processes one received datagram, all of whose packets carry this connection's CID.
+    /// Decryption happens in place in `data`.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, data: &mut [u8]) {
+        if self.state == State::Drained {
+            return;
+        }
+        self.stats.rx_datagrams += 1;
+        self.stats.rx_bytes += data.len() as u64;
+        if remote != self.remote {
+            self.stats.dropped.other_path += 1;
+            return;
+        }
+        self.rx_bytes += data.len() as u64;
+        let mut off = 0;
+        let mut first_dcid: Option<ConnectionId> = None;
+        while off < data.len() {
+            let rest = &mut data[off..];
+            let Ok(info) = classify_payload(rest, &self.classifier) else {
+                self.check_reset(&data[off..]);
+                if !self.is_closed() {
+                    self.stats.dropped.malformed += 1;
+                }
+                break;
+            };
+            let len = match info.kind {
+                PacketKind::Initial | PacketKind::Handshake => {
+                    (info.pn_off + info.length as usize).min(rest.len())
+                }
+                _ => rest.len(),
+            };
+            let dcid =
+                ConnectionId::from_slice(&rest[info.dcid_off..info.dcid_off + info.dcid_len])
+                    .unwrap_or(ConnectionId::EMPTY);
+            match first_dcid {
+                None => first_dcid = Some(dcid),
+                Some(d) if d != dcid => {
+                    self.stats.dropped.mismatched_cid += 1;
+                    break;
+                }
+                Some(_) => {}
+            }
+            self.handle_packet(now, &mut rest[..len], &info);
+            off += len;
+            if self.state == State::Drained {
+                return;
+            }
+        }
+        if self.state == State::Closing {
+            // Answer anything with the close again.
+            self.close_pending = true;
+        }
+        self.replay_early(now);
+    }
+
+    /// Writes the next datagram to send into `buf` (resized to the path MTU; reuse it to
+    /// avoid allocation) and returns where it goes and its size.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        match self.state {
+            State::Drained | State::Draining => return None,
+            State::Closing if !self.close_pending => return None,
+            _ => {}
+        }
+        let mut limit = self.mtu;
+        if !self.validated {
+            let budget = (3 * self.rx_bytes).saturating_sub(self.tx_bytes) as usize;
+            if budget < limit {
+                if budget < MIN_PACKET_SPACE && self.wants_send_any() {
+                    self.stats.amplification_blocked += 1;
+                    return None;
+                }
+                limit = budget;
+            }
+        }
+        buf.clear();
+        buf.resize(limit, 0);
+        let wants = [0, 1, 2].map(|i| self.space_wants_send(i));
+        let mut len = 0;
+        let mut has_initial = false;
+        for i in 0..3 {
+            if !wants[i] || self.spaces[i].tx.is_none() {
+                continue;
+            }
+            if limit - len < MIN_PACKET_SPACE {
+                break;
+            }
+            let last = !wants[i + 1..].iter().any(|w| *w);
+            // Datagrams with an Initial are padded to 1200 bytes: always from the client,
+            // and from the server when the Initial is ack-eliciting (RFC 9000 §14.1).
+            let pad_to = if last && (has_initial || i == 0) {
+                MIN_INITIAL_DATAGRAM.min(limit).saturating_sub(len)
+            } else {
+                0
+            };
+            let Some((n, _)) = self.write_packet(now, i, &mut buf[len..limit], pad_to) else {
+                continue;
+            };
+            has_initial |= i == 0;
+            len += n;
+        }
+        if len == 0 {
+            return None;
+        }
+        if self.state == State::Closing {
+            self.close_pending = false;
+        }
+        buf.truncate(len);
+        self.tx_bytes += len as u64;
+        self.stats.tx_datagrams += 1;
+        self.stats.tx_bytes += len as u64;
+        Some(Transmit {
+            destination: self.remote,
+            size: len,
+        })
+    }
+
+    // ----- Receiving ----------------------------------------------------------------------
+
+    fn epoch_of(kind: PacketKind) -> Option<usize> {
+        match kind {
+            PacketKind::Initial => Some(0),
+            PacketKind::Handshake => Some(1),
+            PacketKind::Short => Some(2),
+            _ => None,
+        }
+    }
+
+    fn handle_packet(&mut self, now: Instant, pkt: &mut [u8], info: &WireHeader) {
+        match info.kind {
+            PacketKind::Retry => return self.handle_retry(pkt, info),
+            PacketKind::VersionNegotiation => return self.handle_version_negotiation(pkt, info),
+            _ => {}
+        }
+        let Some(i) = Self::epoch_of(info.kind) else {
+            self.stats.dropped.malformed += 1;
+            return;
+        };
+        if self.state == State::Draining {
+            return;
+        }
+        if self.spaces[i].rx.is_none() {
+            if i == 2
+                && self.pending_rx_1rtt.is_some()
+                && self.early_packets.len() < MAX_EARLY_PACKETS
+            {
+                // The client's 1-RTT packets overtook its Finished: hold a few.
+                self.early_packets.push(pkt.to_vec());
+            } else {
+                self.stats.dropped.no_keys += 1;
+            }
+            return;
+        }
+        // A stateless reset looks like a short-header packet; remember its tail before
+        // decryption touches anything.
+        let mut tail = [0u8; 16];
+        if pkt.len() >= 16 {
+            tail.copy_from_slice(&pkt[pkt.len() - 16..]);
+        }
+        let space = &mut self.spaces[i];
+        let rx = space.rx.as_ref().expect("checked");
+        let Ok(h) = unprotect_header(pkt, info.pn_off, &rx.header) else {
+            self.stats.dropped.malformed += 1;
+            return;
+        };
+        let pn = pn::decode(space.largest_rx.map(|l| l.0), h.truncated_pn, h.pn_len);
+        let header_len = info.pn_off + h.pn_len;
+        let opened = if i == 2 {
+            self.open_one_rtt(pn, h.key_phase(), pkt, header_len)
+        } else {
+            let rx = self.spaces[i].rx.as_mut().expect("checked");
+            rx.packet.open(pn, pkt, header_len).map(|_| ())
+        };
+        match opened {
+            Ok(()) => {}
+            Err(CryptoError::IntegrityLimit) => {
+                return self.fail(now, ConnectionError::AeadLimitReached);
+            }
+            Err(_) => {
+                if i == 2
+                    && self
+                        .peer_reset_token
+                        .is_some_and(|t| crate::crypto::ct_eq(&t, &tail))
+                {
+                    return self.on_reset();
+                }
+                self.stats.dropped.decrypt_failed += 1;
+                return;
+            }
+        }
+        let reserved = if i == 2 { 0x18 } else { 0x0c };
+        if h.first & reserved != 0 {
+            return self.fail(
+                now,
+                ConnectionError::ProtocolViolation("reserved header bits set"),
+            );
+        }
+        let space = &mut self.spaces[i];
+        let too_old = space.received.len() >= space::RX_RANGES
+            && space.received.first().is_some_and(|r| pn < r.start);
+        if too_old || space.received.contains(pn) {
+            self.stats.dropped.duplicate += 1;
+            return;
+        }
+        space.received.insert(pn..pn + 1);
+        if space.largest_rx.is_none_or(|(l, _)| pn > l) {
+            space.largest_rx = Some((pn, now));
+        }
+        self.stats.rx_packets += 1;
+        if let Some(d) = self.idle_timeout {
+            self.idle_deadline = Some(now + d.max(3 * self.pto_period(2)));
+        }
+        if i == 0 && self.side == Side::Client && self.server_initial_scid.is_none() {
+            // The server's first Initial names the CID we address it by from now on.
+            let scid = ConnectionId::from_slice(&pkt[info.scid_off..info.scid_off + info.scid_len])
+                .unwrap_or(ConnectionId::EMPTY);
+            self.server_initial_scid = Some(scid);
+            self.remote_cid = scid;
+        }
+        if i == 1 && self.side == Side::Server && !self.validated {
+            // A Handshake packet proves the client holds the keys: the address is valid,
+            // and Initial keys are no longer needed (RFC 9001 §4.9.1).
+            self.validated = true;
+            self.spaces[0].discard();
+        }
+        let payload_end = pkt.len() - TAG_LEN;
+        let payload = &pkt[header_len..payload_end];
+        let mut eliciting = false;
+        for f in frame::Iter::new(payload) {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => return self.fail(now, ConnectionError::FrameEncoding(e)),
+            };
+            if i != 2 && !f.allowed_in_handshake_spaces() {
+                return self.fail(
+                    now,
+                    ConnectionError::ProtocolViolation(
+                        "frame not allowed in Initial or Handshake packets",
+                    ),
+                );
+            }
+            eliciting |= f.is_ack_eliciting();
+            if let Err(e) = self.handle_frame(now, i, f) {
+                return self.fail(now, e);
+            }
+            if self.is_closed() {
+                return;
+            }
+        }
+        let space = &mut self.spaces[i];
+        if eliciting && !space.discarded {
+            space.unacked_eliciting += 1;
+            if i != 2 || space.unacked_eliciting >= ACK_ELICITING_THRESHOLD {
+                space.ack_now = true;
+                space.ack_deadline = None;
+            } else if space.ack_deadline.is_none() {
+                space.ack_deadline = Some(now + MAX_ACK_DELAY);
+            }
+        }
+    }
+
+    fn open_one_rtt(
+        &mut self,
+        pn: u64,
+        phase: bool,
+        pkt: &mut [u8],
+        header_len: usize,
+    ) -> Result<(), CryptoError> {
+        let rx = self.spaces[2].rx.as_mut().expect("checked by caller");
+        if phase == self.rx_key_phase {
+            return rx.packet.open(pn, pkt, header_len).map(|_| ());
+        }
+        if pn < self.rx_phase_first_pn {
+            // A reordered packet from the previous phase.
+            return match self.rx_prev.as_mut() {
+                Some(k) => k.open(pn, pkt, header_len).map(|_| ()),
+                None => Err(CryptoError::Decrypt),
+            };
+        }
+        // The peer moved to the next phase (or this is garbage).
+        if self.rx_next.is_none() {
+            self.rx_next = Some(rx.next_phase_key());
+        }
+        let (_, next) = self.rx_next.as_mut().expect("just set");
+        next.open(pn, pkt, header_len)?;
+        let (secret, key) = self.rx_next.take().expect("just used");
+        let rx = self.spaces[2].rx.as_mut().expect("checked by caller");
+        self.rx_prev = Some(rx.install(secret, key));
+        self.rx_key_phase = phase;
+        self.rx_phase_first_pn = pn;
+        if self.key_phase != phase {
+            // Answer the peer's update.
+            self.update_tx_keys();
+        }
+        self.events.push_back(Event::KeyUpdated);
+        Ok(())
+    }
+
+    fn update_tx_keys(&mut self) {
+        if let Some(tx) = self.spaces[2].tx.as_mut() {
+            tx.update();
+            self.key_phase = !self.key_phase;
+            self.tx_phase_first_pn = self.spaces[2].next_pn;
+            self.tx_phase_acked = false;
+            self.stats.key_updates += 1;
+        }
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        i: usize,
+        f: Frame<'_>,
+    ) -> Result<(), ConnectionError> {
+        match f {
+            Frame::Padding(_) | Frame::Ping => Ok(()),
+            Frame::Ack(a) => self.on_ack(now, i, &a),
+            Frame::Crypto { offset, data } => self.on_crypto(now, i, offset, data),
+            Frame::Close {
+                code,
+                frame_type,
+                reason,
+            } => {
+                let reason = String::from_utf8_lossy(reason).into_owned();
+                let e = if frame_type.is_some() {
+                    ConnectionError::PeerClosed { code, reason }
+                } else {
+                    ConnectionError::ApplicationClosed { code, reason }
+                };
+                self.enter_draining(now, e);
+                Ok(())
+            }
+            Frame::HandshakeDone => {
+                if self.side == Side::Server {
+                    return Err(ConnectionError::ProtocolViolation(
+                        "HANDSHAKE_DONE sent by a client",
+                    ));
+                }
+                if !self.confirmed {
+                    self.confirm();
+                }
+                Ok(())
+            }
+            Frame::Datagram(d) => {
+                if self.local_params.max_datagram_frame_size == 0 {
+                    return Err(ConnectionError::ProtocolViolation(
+                        "DATAGRAM received but not offered",
+                    ));
+                }
+                if d.len() as u64 > self.local_params.max_datagram_frame_size {
+                    return Err(ConnectionError::ProtocolViolation(
+                        "DATAGRAM larger than max_datagram_frame_size",
+                    ));
+                }
+                if self.datagrams_in.len() >= MAX_QUEUED_DATAGRAMS {
+                    self.datagrams_in.pop_front();
+                    self.stats.dropped.datagram_queue_full += 1;
+                }
+                self.datagrams_in.push_back(d.to_vec());
+                if self.datagrams_in.len() == 1 {
+                    self.events.push_back(Event::DatagramReceived);
+                }
+                Ok(())
+            }
+            Frame::NewToken(_) if self.side == Side::Server => Err(
+                ConnectionError::ProtocolViolation("NEW_TOKEN sent by a client"),
+            ),
+            // Tokens for future connections and the CID/path/stream machinery arrive with
+            // the transport core; refuse rather than ignore what needs them.
+            Frame::NewToken(_) => Ok(()),
+            other => Err(ConnectionError::UnsupportedFrame(other.ty())),
+        }
+    }
+
+    fn on_crypto(
+        &mut self,
+        now: Instant,
+        i: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let space = &mut self.spaces[i];
+        let end = offset + data.len() as u64;
+        if end <= space.crypto_in_offset {
+            return Ok(()); // A retransmission of what we have.
+        }
+        if end - space.crypto_in_offset > MAX_CRYPTO_BUFFER {
+            return Err(ConnectionError::CryptoBufferExceeded);
+        }
+        if offset > space.crypto_in_offset {
+            if space.crypto_in_bytes + data.len() as u64 > MAX_CRYPTO_BUFFER {
+                return Err(ConnectionError::CryptoBufferExceeded);
+            }
+            let keep = space
+                .crypto_in
+                .get(&offset)
+                .is_none_or(|d| d.len() < data.len());
+            if keep {
+                if let Some(old) = space.crypto_in.insert(offset, data.to_vec()) {
+                    space.crypto_in_bytes -= old.len() as u64;
+                }
+                space.crypto_in_bytes += data.len() as u64;
+            }
+            return Ok(());
+        }
+        let skip = (space.crypto_in_offset - offset) as usize;
+        space.crypto_in_offset = end;
+        self.feed_handshake(now, i, &data[skip..])?;
+        // Deliver buffered chunks that are now in order.
+        loop {
+            let space = &mut self.spaces[i];
+            let Some((&off, _)) = space.crypto_in.first_key_value() else {
+                break;
+            };
+            if off > space.crypto_in_offset {
+                break;
+            }
+            let chunk = space.crypto_in.remove(&off).expect("present");
+            space.crypto_in_bytes -= chunk.len() as u64;
+            let end = off + chunk.len() as u64;
+            if end <= space.crypto_in_offset {
+                continue;
+            }
+            let skip = (space.crypto_in_offset - off) as usize;
+            space.crypto_in_offset = end;
+            self.feed_handshake(now, i, &chunk[skip..])?;
+        }
+        Ok(())
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        let (base, secs) = self.unix_base;
+        secs + now.saturating_duration_since(base).as_secs()
+    }
+
+    fn feed_handshake(
+        &mut self,
+        now: Instant,
+        i: usize,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let epoch = [Epoch::Initial, Epoch::Handshake, Epoch::OneRtt][i];
+        let unix = self.unix_now(now);
+        self.hs.read(epoch, data, unix, &mut self.rng)?;
+        self.collect_handshake_output(now);
+        if self.hs.is_complete() && self.state == State::Handshaking {
+            self.on_handshake_complete(now)?;
+        }
+        Ok(())
+    }
+
+    fn collect_handshake_output(&mut self, _now: Instant) {
+        for KeyChange {
+            epoch,
+            suite,
+            client,
+            server,
+        } in self.hs.take_keys()
+        {
+            let (tx, rx) = match self.side {
+                Side::Client => (client, server),
+                Side::Server => (server, client),
+            };
+            let i = epoch as usize;
+            self.spaces[i].tx = Some(DirectionalKeys::from_secret(suite, tx));
+            if i == 2 && self.side == Side::Server {
+                self.pending_rx_1rtt = Some(rx);
+            } else {
+                self.spaces[i].rx = Some(DirectionalKeys::from_secret(suite, rx));
+            }
+        }
+        for (i, epoch) in [Epoch::Initial, Epoch::Handshake].into_iter().enumerate() {
+            let out = self.hs.take_outgoing(epoch);
+            if out.is_empty() {
+                continue;
+            }
+            let space = &mut self.spaces[i];
+            let start = space.crypto_out.len() as u64;
+            space.crypto_out.extend_from_slice(&out);
+            space.crypto_pending.insert(start..start + out.len() as u64);
+        }
+    }
+
+    fn on_handshake_complete(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        let peer = self
+            .hs
+            .peer_params()
+            .cloned()
+            .ok_or(ConnectionError::TransportParameter(
+                "peer sent no transport parameters",
+            ))?;
+        match self.side {
+            Side::Client => {
+                // The server's parameters must echo the CIDs this client saw on the wire
+                // (RFC 9000 §7.3): otherwise an attacker rewrote the Initial exchange.
+                if peer.original_destination_cid != Some(self.orig_dcid) {
+                    return Err(ConnectionError::TransportParameter(
+                        "original_destination_connection_id does not match",
+                    ));
+                }
+                if peer.initial_source_cid != self.server_initial_scid {
+                    return Err(ConnectionError::TransportParameter(
+                        "initial_source_connection_id does not match",
+                    ));
+                }
+                if peer.retry_source_cid != self.retry_scid {
+                    return Err(ConnectionError::TransportParameter(
+                        "retry_source_connection_id does not match",
+                    ));
+                }
+                self.peer_reset_token = peer.stateless_reset_token;
+            }
+            Side::Server => {
+                if peer.initial_source_cid != Some(self.client_initial_scid) {
+                    return Err(ConnectionError::TransportParameter(
+                        "initial_source_connection_id does not match",
+                    ));
+                }
+                if peer.original_destination_cid.is_some()
+                    || peer.retry_source_cid.is_some()
+                    || peer.stateless_reset_token.is_some()
+                {
+                    return Err(ConnectionError::TransportParameter(
+                        "client sent a server-only parameter",
+                    ));
+                }
+                if let Some(rx) = self.pending_rx_1rtt.take() {
+                    let suite = self.hs.suite().expect("complete");
+                    self.spaces[2].rx = Some(DirectionalKeys::from_secret(suite, rx));
+                }
+                self.handshake_done_pending = true;
+            }
+        }
+        self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
+        self.peer_ack_delay_exponent = peer.ack_delay_exponent;
+        self.peer_max_datagram = peer.max_datagram_frame_size;
+        let ours = self.local_params.max_idle_timeout_ms;
+        let theirs = peer.max_idle_timeout_ms;
+        let idle = match (ours, theirs) {
+            (0, 0) => None,
+            (0, t) | (t, 0) => Some(t),
+            (a, b) => Some(a.min(b)),
+        };
+        self.idle_timeout = idle.map(Duration::from_millis);
+        self.idle_deadline = self.idle_timeout.map(|d| now + d);
+        self.state = State::Established;
+        self.tx_phase_acked = true;
+        self.events.push_back(Event::Connected);
+        if self.side == Side::Server {
+            // The server confirms at completion (RFC 9001 §4.1.2).
+            self.confirm();
+        }
+        Ok(())
+    }
+
+    fn confirm(&mut self) {
+        self.confirmed = true;
+        self.spaces[0].discard();
+        self.spaces[1].discard();
+        self.events.push_back(Event::HandshakeConfirmed);
+    }
+
+    fn replay_early(&mut self, now: Instant) {
+        if self.spaces[2].rx.is_none() || self.early_packets.is_empty() {
+            return;
+        }
+        for mut p in std::mem::take(&mut self.early_packets) {
+            if let Ok(info) = classify_payload(&p, &self.classifier) {
+                self.handle_packet(now, &mut p, &info);
+            }
+        }
+    }
+
+    fn handle_retry(&mut self, pkt: &[u8], info: &WireHeader) {
+        if self.side != Side::Client
+            || self.server_initial_scid.is_some()
+            || self.retry_scid.is_some()
+            || info.token_len == 0
+            || !token::retry_tag_ok(self.orig_dcid.as_bytes(), pkt)
+        {
+            self.stats.dropped.bad_retry_or_vn += 1;
+            return;
+        }
+        let Ok(scid) = ConnectionId::from_slice(&pkt[info.scid_off..info.scid_off + info.scid_len])
+        else {
+            self.stats.dropped.bad_retry_or_vn += 1;
+            return;
+        };
+        self.retry_scid = Some(scid);
+        self.remote_cid = scid;
+        self.token = pkt[info.token_off..info.token_off + info.token_len].to_vec();
+        let (c, s) = initial_secrets(scid.as_bytes());
+        let space = &mut self.spaces[0];
+        space.tx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, c));
+        space.rx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, s));
+        space.forget_in_flight();
+        space.crypto_acked.clear();
+        space.requeue_all_crypto();
+    }
+
+    fn handle_version_negotiation(&mut self, pkt: &[u8], info: &WireHeader) {
+        let dcid = &pkt[info.dcid_off..info.dcid_off + info.dcid_len];
+        let scid = &pkt[info.scid_off..info.scid_off + info.scid_len];
+        let ours = stoq_common::wire::stoq::VERSION_1.to_be_bytes();
+        let lists_ours = pkt[info.pn_off..].chunks(4).any(|v| v == ours);
+        if self.side != Side::Client
+            || self.server_initial_scid.is_some()
+            || self.retry_scid.is_some()
+            || dcid != self.local_cid.as_bytes()
+            || scid != self.orig_dcid.as_bytes()
+            || lists_ours
+        {
+            self.stats.dropped.bad_retry_or_vn += 1;
+            return;
+        }
+        self.error = Some(ConnectionError::VersionMismatch);
+        self.events
+            .push_back(Event::Lost(ConnectionError::VersionMismatch));
+        self.state = State::Drained;
+    }
+
+    fn check_reset(&mut self, datagram: &[u8]) {
+        if datagram.len() < 21 {
+            return;
+        }
+        let tail = &datagram[datagram.len() - 16..];
+        if self
+            .peer_reset_token
+            .is_some_and(|t| crate::crypto::ct_eq(&t, tail))
+        {
+            self.on_reset();
+        }
+    }
+
+    pub(crate) fn on_reset(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.error = Some(ConnectionError::Reset);
+        self.events.push_back(Event::Lost(ConnectionError::Reset));
+        self.state = State::Drained;
+    }
+
+    pub(crate) fn peer_reset_token(&self) -> Option<[u8; 16]> {
+        self.peer_reset_token
+    }
+
+    // ----- ACKs and loss recovery -------------------------------------------------------
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        i: usize,
+        ack: &frame::Ack<'_>,
+    ) -> Result<(), ConnectionError> {
+        let space = &mut self.spaces[i];
+        if ack.largest >= space.next_pn {
+            return Err(ConnectionError::AckOfUnsentPacket { pn: ack.largest });
+        }
+        space.largest_acked = Some(
+            space
+                .largest_acked
+                .map_or(ack.largest, |l| l.max(ack.largest)),
+        );
+        let mut newly_eliciting = false;
+        let mut rtt_sample = None;
+        for r in ack.ranges() {
+            let start = space.sent.partition_point(|p| p.pn < *r.start());
+            for idx in start..space.sent.len() {
+                let p = &mut space.sent[idx];
+                if p.pn > *r.end() {
+                    break;
+                }
+                if p.done {
+                    continue;
+                }
+                p.done = true;
+                if p.ack_eliciting {
+                    space.eliciting_in_flight -= 1;
+                    newly_eliciting = true;
+                }
+                if p.pn == ack.largest && p.ack_eliciting {
+                    rtt_sample = Some(now.saturating_duration_since(p.time));
+                }
+                if let Some(c) = p.crypto.clone() {
+                    space.crypto_acked.insert(c.clone());
+                    space.crypto_pending.remove(c);
+                }
+                if i == 2 && p.pn >= self.tx_phase_first_pn {
+                    self.tx_phase_acked = true;
+                }
+            }
+        }
+        if let Some(rtt) = rtt_sample {
+            let delay = if i == 2 {
+                let d = Duration::from_micros(
+                    ack.delay
+                        .saturating_mul(1 << self.peer_ack_delay_exponent.min(20)),
+                );
+                if self.confirmed {
+                    d.min(self.peer_max_ack_delay)
+                } else {
+                    d
+                }
+            } else {
+                Duration::ZERO
+            };
+            self.rtt.update(rtt, delay);
+        }
+        if newly_eliciting {
+            self.pto_count = 0;
+        }
+        self.detect_lost(now, i);
+        self.spaces[i].compact();
+        Ok(())
+    }
+
+    fn detect_lost(&mut self, now: Instant, i: usize) {
+        let loss_delay = self.rtt.loss_delay();
+        let space = &mut self.spaces[i];
+        let Some(largest) = space.largest_acked else {
+            return;
+        };
+        space.loss_time = None;
+        let lost_before = now.checked_sub(loss_delay);
+        let (mut lost, mut lost_bytes) = (0, 0);
+        for p in space.sent.iter_mut() {
+            if p.pn > largest {
+                break;
+            }
+            if p.done {
+                continue;
+            }
+            if largest - p.pn >= PACKET_THRESHOLD || lost_before.is_some_and(|t| p.time <= t) {
+                p.done = true;
+                lost += 1;
+                lost_bytes += u64::from(p.size);
+                if p.ack_eliciting {
+                    space.eliciting_in_flight -= 1;
+                }
+                if let Some(c) = p.crypto.clone() {
+                    space.crypto_pending.insert(c);
+                }
+                if p.handshake_done {
+                    self.handshake_done_pending = true;
+                }
+            } else {
+                let t = p.time + loss_delay;
+                space.loss_time = Some(space.loss_time.map_or(t, |l| l.min(t)));
+            }
+        }
+        space.crypto_pending.subtract(&space.crypto_acked);
+        space.compact();
+        self.stats.lost_packets += lost;
+        self.stats.lost_bytes += lost_bytes;
+    }
+
+    fn pto_period(&self, i: usize) -> Duration {
+        let mut d = self.rtt.pto_base();
+        if i == 2 && self.confirmed {
+            d += self.peer_max_ack_delay;
+        }
+        d * (1u32 << self.pto_count.min(16))
+    }
+
+    /// The loss-detection timer: the earliest loss time, else the earliest PTO.
+    fn loss_timer(&self) -> Option<Instant> {
+        if matches!(
+            self.state,
+            State::Closing | State::Draining | State::Drained
+        ) {
+            return None;
+        }
+        if let Some(t) = self.spaces.iter().filter_map(|s| s.loss_time).min() {
+            return Some(t);
+        }
+        // A server at the amplification limit arms no PTO (RFC 9002 §6.2.2.1).
+        if !self.validated && 3 * self.rx_bytes <= self.tx_bytes + MIN_PACKET_SPACE as u64 {
+            return None;
+        }
+        let mut best: Option<Instant> = None;
+        for (i, s) in self.spaces.iter().enumerate() {
+            if s.tx.is_none() {
+                continue;
+            }
+            if i == 2 && !self.confirmed && self.side == Side::Client && s.eliciting_in_flight == 0
+            {
+                continue;
+            }
+            let base = if s.eliciting_in_flight > 0 {
+                s.last_eliciting_sent
+            } else if self.side == Side::Client && !self.confirmed && i < 2 {
+                // Anti-deadlock: the client keeps probing until the handshake is confirmed,
+                // even with nothing in flight (RFC 9002 §6.2.2.1).
+                s.last_eliciting_sent.or(self.spaces[0].last_eliciting_sent)
+            } else {
+                None
+            };
+            if let Some(b) = base {
+                let t = b + self.pto_period(i);
+                best = Some(best.map_or(t, |x| x.min(t)));
+            }
+        }
+        best
+    }
+
+    fn on_loss_timeout(&mut self, now: Instant) {
+        if let Some(i) = (0..3).find(|&i| self.spaces[i].loss_time.is_some_and(|t| now >= t)) {
+            self.detect_lost(now, i);
+            return;
+        }
+        // PTO: probe in the space whose timer fired.
+        self.pto_count += 1;
+        self.stats.pto_count += 1;
+        for i in 0..3 {
+            let s = &mut self.spaces[i];
+            if s.tx.is_none() {
+                continue;
+            }
+            if s.eliciting_in_flight > 0 || (i < 2 && self.side == Side::Client && !self.confirmed)
+            {
+                s.probes = 1;
+                if i < 2 {
+                    s.requeue_all_crypto();
+                }
+            }
+        }
+        if self.handshake_done_pending
+            || (self.side == Side::Server
+                && self.state == State::Established
+                && self.spaces[2].eliciting_in_flight > 0)
+        {
+            self.spaces[2].probes = 1;
+        }
+    }
+
+    // ----- Sending ----------------------------------------------------------------------
+
+    fn wants_send_any(&self) -> bool {
+        (0..3).any(|i| self.space_wants_send(i))
+    }
+
+    fn space_wants_send(&self, i: usize) -> bool {
+        let s = &self.spaces[i];
+        if s.tx.is_none() {
+            return false;
+        }
+        if self.state == State::Closing {
+            return self.close_pending && (i != 2 || self.state_allows_1rtt());
+        }
+        if s.wants_ack() || !s.crypto_pending.is_empty() || s.probes > 0 {
+            return i != 2 || self.state_allows_1rtt();
+        }
+        i == 2
+            && self.state_allows_1rtt()
+            && (self.handshake_done_pending || !self.datagrams_out.is_empty() || self.ping_pending)
+    }
+
+    fn state_allows_1rtt(&self) -> bool {
+        self.hs.is_complete()
+    }
+
+    /// Writes one packet of space `i` into `out`; returns its length and whether it is
+    /// ack-eliciting. `pad_to` is the least number of bytes the packet must take.
+    fn write_packet(
+        &mut self,
+        now: Instant,
+        i: usize,
+        out: &mut [u8],
+        pad_to: usize,
+    ) -> Option<(usize, bool)> {
+        if i == 2 && self.state == State::Established {
+            let tx = self.spaces[2].tx.as_ref()?;
+            if tx.packet.should_update() && self.tx_phase_acked {
+                self.update_tx_keys();
+            }
+        }
+        let space = &self.spaces[i];
+        let pn = space.next_pn;
+        let pn_len = pn::encoded_len(pn, space.largest_acked);
+        let token: &[u8] = if self.side == Side::Client {
+            &self.token
+        } else {
+            &[]
+        };
+        let repr = match i {
+            0 => Repr::Initial {
+                dcid: self.remote_cid,
+                scid: self.local_cid,
+                token,
+                length: 0,
+            },
+            1 => Repr::Handshake {
+                dcid: self.remote_cid,
+                scid: self.local_cid,
+                length: 0,
+            },
+            _ => Repr::Short {
+                dcid: self.remote_cid,
+                spin: false,
+            },
+        };
+        let hdr = repr.emit(out).ok()?;
+        if out.len() < hdr + pn_len + 4 + TAG_LEN + 8 {
+            return None;
+        }
+        out[0] |= (pn_len - 1) as u8;
+        if i == 2 && self.key_phase {
+            out[0] |= 0x04;
+        }
+        pn::encode(pn, pn_len, &mut out[hdr..])?;
+        let payload_start = hdr + pn_len;
+        let payload_cap = out.len() - TAG_LEN;
+        let mut eliciting = false;
+        let mut crypto = None;
+        let mut handshake_done = false;
+        let payload_len = {
+            let mut w = Out::new(&mut out[payload_start..payload_cap]);
+            let space = &mut self.spaces[i];
+            if space.wants_ack() || (!space.received.is_empty() && space.unacked_eliciting > 0) {
+                let delay = space.largest_rx.map_or(0, |(_, t)| {
+                    now.saturating_duration_since(t).as_micros() as u64 >> ACK_DELAY_EXPONENT
+                });
+                if frame::encode_ack(
+                    &mut w,
+                    space.received.iter_desc(),
+                    if i == 2 { delay } else { 0 },
+                )
+                .is_some()
+                {
+                    space.ack_now = false;
+                    space.ack_deadline = None;
+                    space.unacked_eliciting = 0;
+                }
+            }
+            if self.state == State::Closing {
+                if let Some((code, frame_type, reason)) = &self.close {
+                    // Application closes are sent as transport APPLICATION_ERROR outside 1-RTT.
+                    let (c, ft) = match (i, frame_type) {
+                        (2, ft) => (*code, *ft),
+                        (_, Some(ft)) => (*code, Some(*ft)),
+                        (_, None) => (code::APPLICATION_ERROR, Some(0)),
+                    };
+                    // An application's reason stays private outside 1-RTT packets.
+                    let reason = if i == 2 || frame_type.is_some() {
+                        &reason[..]
+                    } else {
+                        &[][..]
+                    };
+                    let _ = frame::encode_close(&mut w, c, ft, reason);
+                }
+            } else {
+                if i == 2
+                    && self.handshake_done_pending
+                    && self.side == Side::Server
+                    && w.varint(frame::ty::HANDSHAKE_DONE).is_some()
+                {
+                    self.handshake_done_pending = false;
+                    handshake_done = true;
+                    eliciting = true;
+                }
+                if let Some(r) = space.crypto_pending.first() {
+                    let room = w
+                        .remaining()
+                        .saturating_sub(frame::crypto_header_len(r.start, w.remaining()));
+                    let n = (room as u64).min(r.end - r.start);
+                    if n > 0 {
+                        let data = &space.crypto_out[r.start as usize..(r.start + n) as usize];
+                        if frame::encode_crypto(&mut w, r.start, data).is_some() {
+                            space.crypto_pending.remove(r.start..r.start + n);
+                            crypto = Some(r.start..r.start + n);
+                            eliciting = true;
+                        }
+                    }
+                }
+                if i == 2 {
+                    while let Some(d) = self.datagrams_out.front() {
+                        let need = 1 + frame::varint_len(d.len() as u64) + d.len();
+                        if need > w.remaining() {
+                            if w.is_empty() {
+                                // Cannot fit even alone (the path shrank): drop it.
+                                self.datagrams_out.pop_front();
+                                continue;
+                            }
+                            break;
+                        }
+                        let d = self.datagrams_out.pop_front().expect("front exists");
+                        let _ = frame::encode_datagram(&mut w, &d, false);
+                        eliciting = true;
+                    }
+                    if self.ping_pending {
+                        self.ping_pending = false;
+                        if w.varint(frame::ty::PING).is_some() {
+                            eliciting = true;
+                        }
+                    }
+                }
+                let space = &mut self.spaces[i];
+                if space.probes > 0 && !eliciting && w.varint(frame::ty::PING).is_some() {
+                    eliciting = true;
+                }
+            }
+            if w.is_empty() {
+                return None;
+            }
+            // Room for the header-protection sample, and any padding asked for.
+            let min_payload =
+                (4usize.saturating_sub(pn_len)).max(pad_to.saturating_sub(payload_start + TAG_LEN));
+            if w.len() < min_payload {
+                let pad = (min_payload - w.len()).min(w.remaining());
+                w.zeros(pad)?;
+            }
+            w.len()
+        };
+        let packet_len = payload_start + payload_len + TAG_LEN;
+        if i < 2 {
+            let length = (pn_len + payload_len + TAG_LEN) as u16;
+            out[hdr - 2..hdr].copy_from_slice(&(0x4000 | length).to_be_bytes());
+        }
+        let space = &mut self.spaces[i];
+        let tx = space.tx.as_mut()?;
+        if protect_packet(&mut out[..packet_len], hdr, pn, &mut tx.packet, &tx.header).is_err() {
+            // The key is exhausted and an update is not yet allowed: send nothing.
+            return None;
+        }
+        space.next_pn += 1;
+        if space.probes > 0 && eliciting {
+            space.probes -= 1;
+        }
+        if eliciting {
+            space.eliciting_in_flight += 1;
+            space.last_eliciting_sent = Some(now);
+            if let Some(d) = self.idle_timeout {
+                if self.idle_deadline.is_none() {
+                    self.idle_deadline = Some(now + d);
+                }
+            }
+        }
+        space.sent.push_back(SentPacket {
+            pn,
+            time: now,
+            size: packet_len as u16,
+            ack_eliciting: eliciting,
+            crypto,
+            handshake_done,
+            done: !eliciting,
+        });
+        space.compact();
+        self.stats.tx_packets += 1;
+        if i == 1 && self.side == Side::Client && !self.spaces[0].discarded {
+            // The client's first Handshake packet retires the Initial keys (RFC 9001 §4.9.1).
+            self.spaces[0].discard();
+        }
+        Some((packet_len, eliciting))
+    }
+
+    // ----- Closing ----------------------------------------------------------------------
+
+    fn fail(&mut self, now: Instant, e: ConnectionError) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = e.to_string().into_bytes();
+        let reason = reason[..reason.len().min(128)].to_vec();
+        self.enter_closing(now, (e.wire_code(), Some(0), reason), e);
+    }
+
+    fn enter_closing(
+        &mut self,
+        now: Instant,
+        frame: (u64, Option<u64>, Vec<u8>),
+        e: ConnectionError,
+    ) {
+        self.close = Some(frame);
+        self.close_pending = true;
+        self.state = State::Closing;
+        self.close_deadline = Some(now + 3 * self.pto_period(2));
+        self.events.push_back(Event::Lost(e.clone()));
+        self.error = Some(e);
+    }
+
+    fn enter_draining(&mut self, now: Instant, e: ConnectionError) {
+        self.state = State::Draining;
+        self.close_deadline = Some(now + 3 * self.pto_period(2));
+        self.events.push_back(Event::Lost(e.clone()));
+        self.error = Some(e);
+    }
+}

@@ -1,0 +1,192 @@
+//! A small, bounded set of disjoint `u64` ranges: received packet numbers (for ACK
+//! frames) and CRYPTO-stream bytes pending or acknowledged.
+//!
+//! Stored as a sorted `Vec` of half-open ranges. The capacity is fixed at construction;
+//! when an insertion would exceed it, the lowest range is forgotten (for ACK tracking that
+//! is the oldest information, which the peer no longer needs). So the set never allocates
+//! after construction and never grows without bound, whatever a peer sends.
+
+use std::ops::Range;
+
+/// Disjoint, non-adjacent ranges, lowest first, at most `cap` of them.
+#[derive(Debug, Clone)]
+pub(crate) struct RangeSet {
+    ranges: Vec<Range<u64>>,
+    cap: usize,
+}
+
+impl RangeSet {
+    /// An empty set holding at most `cap` ranges.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            ranges: Vec::with_capacity(cap + 1),
+            cap: cap.max(1),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.ranges.clear();
+    }
+
+    /// Number of ranges.
+    pub(crate) fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub(crate) fn contains(&self, x: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.end <= x);
+        self.ranges.get(i).is_some_and(|r| r.start <= x)
+    }
+
+    /// The lowest range.
+    pub(crate) fn first(&self) -> Option<Range<u64>> {
+        self.ranges.first().cloned()
+    }
+
+    /// Ranges from highest to lowest, as inclusive ranges (the ACK frame's order).
+    pub(crate) fn iter_desc(
+        &self,
+    ) -> impl Iterator<Item = std::ops::RangeInclusive<u64>> + Clone + '_ {
+        self.ranges.iter().rev().map(|r| r.start..=r.end - 1)
+    }
+
+    /// Ranges lowest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.ranges.iter().cloned()
+    }
+
+    /// Inserts `r`, merging with neighbours. Returns whether anything new was added.
+    pub(crate) fn insert(&mut self, r: Range<u64>) -> bool {
+        if r.is_empty() {
+            return false;
+        }
+        // First range whose end reaches r.start (touching counts).
+        let i = self.ranges.partition_point(|x| x.end < r.start);
+        // Ranges i..j overlap or touch r.
+        let mut j = i;
+        while j < self.ranges.len() && self.ranges[j].start <= r.end {
+            j += 1;
+        }
+        if j > i {
+            let covered = self.ranges[i].start <= r.start && self.ranges[i].end >= r.end;
+            if covered {
+                return false;
+            }
+            let start = self.ranges[i].start.min(r.start);
+            let end = self.ranges[j - 1].end.max(r.end);
+            self.ranges[i] = start..end;
+            self.ranges.drain(i + 1..j);
+        } else {
+            self.ranges.insert(i, r);
+            if self.ranges.len() > self.cap {
+                self.ranges.remove(0);
+            }
+        }
+        true
+    }
+
+    /// Removes `r` from the set.
+    pub(crate) fn remove(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let mut i = self.ranges.partition_point(|x| x.end <= r.start);
+        while i < self.ranges.len() && self.ranges[i].start < r.end {
+            let cur = self.ranges[i].clone();
+            if cur.start < r.start && cur.end > r.end {
+                // Split in two.
+                self.ranges[i] = cur.start..r.start;
+                self.ranges.insert(i + 1, r.end..cur.end);
+                if self.ranges.len() > self.cap {
+                    self.ranges.remove(0);
+                }
+                return;
+            } else if cur.start < r.start {
+                self.ranges[i].end = r.start;
+                i += 1;
+            } else if cur.end > r.end {
+                self.ranges[i].start = r.end;
+                return;
+            } else {
+                self.ranges.remove(i);
+            }
+        }
+    }
+
+    /// Removes every range of `other`.
+    pub(crate) fn subtract(&mut self, other: &Self) {
+        for r in other.iter() {
+            self.remove(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_merge_remove() {
+        let mut s = RangeSet::new(8);
+        assert!(s.insert(5..6));
+        assert!(s.insert(7..8));
+        assert!(s.insert(6..7));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![5..8]);
+        assert!(!s.insert(5..7));
+        assert!(s.insert(0..2));
+        assert!(s.contains(1) && !s.contains(2) && s.contains(7) && !s.contains(8));
+        assert_eq!(s.iter_desc().collect::<Vec<_>>(), vec![5..=7, 0..=1]);
+        s.remove(6..7);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0..2, 5..6, 7..8]);
+        s.remove(0..6);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![7..8]);
+        assert!(s.insert(0..100));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0..100]);
+    }
+
+    #[test]
+    fn bounded_forgets_the_lowest() {
+        let mut s = RangeSet::new(4);
+        for i in 0..100 {
+            s.insert(i * 2..i * 2 + 1);
+            assert!(s.len() <= 4);
+        }
+        assert_eq!(s.iter().last(), Some(198..199));
+        assert_eq!(s.first(), Some(192..193));
+        assert_eq!(s.ranges.capacity(), 5, "no reallocation");
+    }
+
+    #[test]
+    fn matches_a_naive_model() {
+        let mut x = 0x1234_5678_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut s = RangeSet::new(1000);
+        let mut model = [false; 200];
+        for _ in 0..5000 {
+            let a = next() % 200;
+            let b = (a + next() % 10).min(200);
+            if next() % 3 == 0 {
+                s.remove(a..b);
+                model[a as usize..b as usize].fill(false);
+            } else {
+                s.insert(a..b);
+                model[a as usize..b as usize].fill(true);
+            }
+            for (i, m) in model.iter().enumerate() {
+                assert_eq!(s.contains(i as u64), *m);
+            }
+            for w in s.ranges.windows(2) {
+                assert!(w[0].end < w[1].start, "disjoint, non-adjacent");
+            }
+        }
+    }
+}

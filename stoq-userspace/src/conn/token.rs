@@ -1,0 +1,244 @@
+//! Stateless address validation: Retry tokens, the Retry integrity tag, and stateless
+//! reset tokens.
+//!
+//! - A **Retry token** is `nonce (12) || ChaCha20-Poly1305(issued_ms || odcid_len || odcid)`
+//!   under a key only this endpoint knows, with the client's address as associated data. The
+//!   server keeps no state for it: the token alone proves that the client received the
+//!   Retry at that address, and when.
+//! - The **Retry integrity tag** authenticates a Retry against the client's original DCID
+//!   (RFC 9001 §5.8's construction, with a STOQ-specific fixed key), so an off-path attacker
+//!   cannot inject one.
+//! - A **stateless reset token** is `HMAC-SHA256(reset_key, cid)[..16]`: any server holding
+//!   the key can reset a connection whose state it lost, without having stored anything.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use rand_core::RngCore;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use sha2::Sha256;
+use stoq_common::cid::{ConnectionId, MAX_CID_LEN};
+use zeroize::Zeroizing;
+
+use crate::crypto::{TAG_LEN, expand_label, extract};
+use crate::handshake::schedule::INITIAL_SALT;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token did not decrypt: forged, corrupted, from another server, or for another
+    /// client address.
+    #[error("token does not authenticate (forged, or bound to another address)")]
+    Invalid,
+    /// The token is older than the configured lifetime.
+    #[error("token expired")]
+    Expired,
+}
+
+/// The key that seals Retry tokens.
+pub(crate) struct TokenKey(LessSafeKey);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+fn addr_aad(addr: &SocketAddr, out: &mut [u8; 18]) -> usize {
+    match addr {
+        SocketAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.ip().octets());
+            out[4..6].copy_from_slice(&a.port().to_be_bytes());
+            6
+        }
+        SocketAddr::V6(a) => {
+            out[..16].copy_from_slice(&a.ip().octets());
+            out[16..18].copy_from_slice(&a.port().to_be_bytes());
+            18
+        }
+    }
+}
+
+impl TokenKey {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
+        Self(LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte key"),
+        ))
+    }
+
+    /// Seals a token for `remote`, remembering `odcid` and the issue time (milliseconds on
+    /// the endpoint's own clock).
+    pub(crate) fn seal(
+        &self,
+        rng: &mut impl RngCore,
+        remote: &SocketAddr,
+        odcid: &ConnectionId,
+        issued_ms: u64,
+    ) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(NONCE_LEN + 9 + odcid.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&issued_ms.to_be_bytes());
+        out.push(odcid.len() as u8);
+        out.extend_from_slice(odcid.as_bytes());
+        let mut aad = [0u8; 18];
+        let n = addr_aad(remote, &mut aad);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..n]),
+                &mut out[NONCE_LEN..],
+            )
+            .expect("token fits the AEAD's limits");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens a token presented by `remote`: the original DCID and the nonce (a unique id for
+    /// replay tracking).
+    pub(crate) fn open(
+        &self,
+        token: &[u8],
+        remote: &SocketAddr,
+        now_ms: u64,
+        lifetime_ms: u64,
+    ) -> Result<(ConnectionId, [u8; NONCE_LEN]), TokenError> {
+        if token.len() < NONCE_LEN + 9 + TAG_LEN
+            || token.len() > NONCE_LEN + 9 + MAX_CID_LEN + TAG_LEN
+        {
+            return Err(TokenError::Invalid);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&token[..NONCE_LEN]);
+        let mut body = [0u8; 9 + MAX_CID_LEN + TAG_LEN];
+        let body = &mut body[..token.len() - NONCE_LEN];
+        body.copy_from_slice(&token[NONCE_LEN..]);
+        let mut aad = [0u8; 18];
+        let n = addr_aad(remote, &mut aad);
+        let plain = self
+            .0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..n]),
+                body,
+            )
+            .map_err(|_| TokenError::Invalid)?;
+        let issued = u64::from_be_bytes(plain[..8].try_into().expect("8 bytes"));
+        let len = usize::from(plain[8]);
+        let odcid = plain
+            .get(9..9 + len)
+            .filter(|_| plain.len() == 9 + len)
+            .and_then(|s| ConnectionId::from_slice(s).ok())
+            .ok_or(TokenError::Invalid)?;
+        if now_ms < issued || now_ms - issued > lifetime_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok((odcid, nonce))
+    }
+}
+
+fn retry_key() -> &'static LessSafeKey {
+    static KEY: OnceLock<LessSafeKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let prk = extract(&INITIAL_SALT, b"retry integrity");
+        let mut k = Zeroizing::new([0u8; 32]);
+        expand_label(&prk[..], b"retry key", &[], &mut k[..]);
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &k[..]).expect("32-byte key"))
+    })
+}
+
+/// The Retry integrity tag over the pseudo-packet `odcid_len || odcid || retry` (the Retry
+/// packet without its tag).
+pub(crate) fn retry_tag(odcid: &[u8], retry_without_tag: &[u8]) -> [u8; TAG_LEN] {
+    let mut aad = Vec::with_capacity(1 + odcid.len() + retry_without_tag.len());
+    aad.push(odcid.len() as u8);
+    aad.extend_from_slice(odcid);
+    aad.extend_from_slice(retry_without_tag);
+    let tag = retry_key()
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key([0; NONCE_LEN]),
+            Aad::from(&aad[..]),
+            &mut [],
+        )
+        .expect("empty plaintext");
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Checks a received Retry packet's tag in constant time.
+pub(crate) fn retry_tag_ok(odcid: &[u8], packet: &[u8]) -> bool {
+    let Some(split) = packet.len().checked_sub(TAG_LEN) else {
+        return false;
+    };
+    let want = retry_tag(odcid, &packet[..split]);
+    crate::crypto::ct_eq(&want, &packet[split..])
+}
+
+/// The stateless reset token of `cid` under `key`.
+pub(crate) fn reset_token(key: &[u8; 32], cid: &ConnectionId) -> [u8; 16] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(cid.as_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&full[..16]);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::OsRng;
+
+    use super::*;
+
+    #[test]
+    fn tokens_bind_address_and_expire() {
+        let k = TokenKey::new(&[5; 32]);
+        let a: SocketAddr = "[fd00:5710::1]:4433".parse().unwrap();
+        let b: SocketAddr = "[fd00:5710::1]:4434".parse().unwrap();
+        let odcid = ConnectionId::from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let t = k.seal(&mut OsRng, &a, &odcid, 1000);
+        assert_eq!(k.open(&t, &a, 2000, 10_000).unwrap().0, odcid);
+        assert_eq!(k.open(&t, &b, 2000, 10_000), Err(TokenError::Invalid));
+        assert_eq!(k.open(&t, &a, 20_000, 10_000), Err(TokenError::Expired));
+        assert_eq!(k.open(&t, &a, 999, 10_000), Err(TokenError::Expired));
+        for i in 0..t.len() {
+            let mut bad = t.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(k.open(&bad, &a, 2000, 10_000), Err(TokenError::Invalid));
+        }
+        assert_eq!(k.open(&t[..20], &a, 2000, 10_000), Err(TokenError::Invalid));
+        assert_eq!(
+            TokenKey::new(&[6; 32]).open(&t, &a, 2000, 10_000),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn retry_tag_detects_any_change() {
+        let pkt_body = b"retry packet header and token".to_vec();
+        let mut pkt = pkt_body.clone();
+        pkt.extend_from_slice(&retry_tag(b"odcid-08", &pkt_body));
+        assert!(retry_tag_ok(b"odcid-08", &pkt));
+        assert!(!retry_tag_ok(b"odcid-09", &pkt));
+        for i in 0..pkt.len() {
+            let mut bad = pkt.clone();
+            bad[i] ^= 1;
+            assert!(!retry_tag_ok(b"odcid-08", &bad));
+        }
+        assert!(!retry_tag_ok(b"x", &[0; 5]));
+    }
+
+    #[test]
+    fn reset_tokens_are_per_cid_and_key() {
+        let c1 = ConnectionId::from_slice(&[1; 12]).unwrap();
+        let c2 = ConnectionId::from_slice(&[2; 12]).unwrap();
+        assert_eq!(reset_token(&[1; 32], &c1), reset_token(&[1; 32], &c1));
+        assert_ne!(reset_token(&[1; 32], &c1), reset_token(&[1; 32], &c2));
+        assert_ne!(reset_token(&[1; 32], &c1), reset_token(&[2; 32], &c1));
+    }
+}
