@@ -280,7 +280,7 @@ fn protect(c: &mut Criterion) {
                             .iter_mut()
                             .zip(pn.to_be_bytes())
                             .for_each(|(a, b)| *a ^= b);
-                        black_box(
+                        let _ = black_box(
                             rk.seal_in_place_separate_tag(
                                 ring::aead::Nonce::assume_unique_for_key(n),
                                 ring::aead::Aad::from(&aad),

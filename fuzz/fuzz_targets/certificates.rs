@@ -17,5 +17,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // PEM wrapping of arbitrary bytes round-trips.
     let pem = cert::pem_encode(cert::PEM_CERT, data);
-    assert_eq!(cert::pem_decode(cert::PEM_CERT, &pem).ok().as_deref(), Some(data));
+    assert_eq!(
+        cert::pem_decode(cert::PEM_CERT, &pem).ok().as_deref(),
+        Some(data)
+    );
 });

@@ -10,8 +10,11 @@ use stoq_common::ptr::Bytes;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the CID layout and the port set, the rest is the frame.
-    let Some((&sel, frame)) = data.split_first() else { return };
-    let layout = CidLayout::new(8 + usize::from(sel % 13), 1 + usize::from(sel >> 6)).unwrap_or_default();
+    let Some((&sel, frame)) = data.split_first() else {
+        return;
+    };
+    let layout =
+        CidLayout::new(8 + usize::from(sel % 13), 1 + usize::from(sel >> 6)).unwrap_or_default();
     let cfg = ClassifierConfig::new(&layout);
     let all_ports = sel & 0x20 != 0;
     match classify_frame(Bytes::new(frame), &cfg, |p| all_ports || p == 4433) {

@@ -26,7 +26,10 @@ fn keys() -> &'static (Vec<u8>, VerifyingKey) {
 fuzz_target!(|data: &[u8]| {
     let (sk, pk) = keys();
     let server_cfg = Arc::new(ServerConfig {
-        credential: Credential::RawKey { key: SigningKey::from_bytes(sk).expect("key"), public: pk.clone() },
+        credential: Credential::RawKey {
+            key: SigningKey::from_bytes(sk).expect("key"),
+            public: pk.clone(),
+        },
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: None,

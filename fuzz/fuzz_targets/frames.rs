@@ -9,9 +9,16 @@ fuzz_target!(|data: &[u8]| {
     let mut frames = 0usize;
     for f in Iter::new(data) {
         frames += 1;
-        assert!(frames <= data.len(), "each frame consumes at least one byte");
+        assert!(
+            frames <= data.len(),
+            "each frame consumes at least one byte"
+        );
         let Ok(f) = f else { break };
-        let _ = (f.ty(), f.is_ack_eliciting(), f.allowed_in_handshake_spaces());
+        let _ = (
+            f.ty(),
+            f.is_ack_eliciting(),
+            f.allowed_in_handshake_spaces(),
+        );
         if let Frame::Ack(a) = f {
             let mut prev: Option<u64> = None;
             for r in a.ranges() {

@@ -20,15 +20,24 @@ fn keys() -> &'static (Vec<u8>, VerifyingKey) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let (sk, pk) = keys();
-    let epoch = if sel & 1 == 0 { Epoch::Initial } else { Epoch::Handshake };
+    let epoch = if sel & 1 == 0 {
+        Epoch::Initial
+    } else {
+        Epoch::Handshake
+    };
     // Split the input into chunks, as CRYPTO frames would deliver it.
     let cut = usize::from(sel >> 1).min(rest.len());
     let (a, b) = rest.split_at(cut);
     if sel & 0x80 == 0 {
         let cfg = ServerConfig {
-            credential: Credential::RawKey { key: SigningKey::from_bytes(sk).expect("valid"), public: pk.clone() },
+            credential: Credential::RawKey {
+                key: SigningKey::from_bytes(sk).expect("valid"),
+                public: pk.clone(),
+            },
             suites: CipherSuite::ALL.to_vec(),
             params: TransportParams::default(),
             client_auth: None,
@@ -47,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
             params: TransportParams::default(),
             credential: None,
         };
-        let mut c = Handshake::client(std::sync::Arc::new(cfg), TransportParams::default(), &mut OsRng);
+        let mut c = Handshake::client(
+            std::sync::Arc::new(cfg),
+            TransportParams::default(),
+            &mut OsRng,
+        );
         if c.read(epoch, a, 0, &mut OsRng).is_ok() {
             let _ = c.read(epoch, b, 0, &mut OsRng);
         }

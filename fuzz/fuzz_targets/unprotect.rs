@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stoq::crypto::{CipherSuite, HeaderKey, PacketKey, TAG_LEN, pn, protect_packet, unprotect_header};
+use stoq::crypto::{
+    CipherSuite, HeaderKey, PacketKey, TAG_LEN, pn, protect_packet, unprotect_header,
+};
 use stoq::frame::Iter;
 use stoq_common::cid::CidLayout;
 use stoq_common::classify::classify_payload;
@@ -26,11 +28,18 @@ fuzz_target!(|data: &[u8]| {
             let mut pkt = data.to_vec();
             let mut key = PacketKey::new(suite, &[9; 32], [3; 12]).expect("32-byte key");
             if h.pn_off > 0 && h.pn_off < pkt.len() {
-                let end = if h.length > 0 { (h.pn_off + h.length as usize).min(pkt.len()) } else { pkt.len() };
+                let end = if h.length > 0 {
+                    (h.pn_off + h.length as usize).min(pkt.len())
+                } else {
+                    pkt.len()
+                };
                 if let Ok(info) = unprotect_header(&mut pkt[..end], h.pn_off, &hk) {
                     let full = pn::decode(Some(1000), info.truncated_pn, info.pn_len);
                     // Random bytes never authenticate (a 2^-128 event).
-                    assert!(key.open(full, &mut pkt[..end], h.pn_off + info.pn_len).is_err());
+                    assert!(
+                        key.open(full, &mut pkt[..end], h.pn_off + info.pn_len)
+                            .is_err()
+                    );
                 }
             }
         }
@@ -40,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let dcid = layout.build(0, 1, 2, &[5; 8]).expect("cid");
         let mut pkt = vec![0u8; 1 + dcid.len() + 2 + data.len().max(2) + TAG_LEN];
-        let hdr = Repr::Short { dcid, spin: false }.emit(&mut pkt).expect("header");
+        let hdr = Repr::Short { dcid, spin: false }
+            .emit(&mut pkt)
+            .expect("header");
         pkt[0] |= 0x01; // 2-byte packet number
         let pn_full = 0x1234u64;
         pn::encode(pn_full, 2, &mut pkt[hdr..]).expect("pn");
@@ -54,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         let full = pn::decode(Some(pn_full - 1), info.truncated_pn, info.pn_len);
         assert_eq!(full, pn_full);
         let mut rx = PacketKey::new(suite, &[9; 32], [3; 12]).expect("key");
-        let plain = rx.open(full, &mut pkt, h.pn_off + info.pn_len).expect("authentic");
+        let plain = rx
+            .open(full, &mut pkt, h.pn_off + info.pn_len)
+            .expect("authentic");
         assert_eq!(&plain[..data.len()], data);
         for f in Iter::new(plain) {
             if f.is_err() {

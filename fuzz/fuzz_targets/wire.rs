@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = p.payload();
         let mut out = [0u8; 18];
         let n = r.emit(&mut out).expect("fits");
-        assert_eq!(ethernet::Repr::parse(&ethernet::Packet::new_checked(&out[..n]).expect("re-checks")), Ok(r));
+        assert_eq!(
+            ethernet::Repr::parse(&ethernet::Packet::new_checked(&out[..n]).expect("re-checks")),
+            Ok(r)
+        );
     }
 
     if let Ok(p) = ipv4::Packet::new_checked(data) {
@@ -30,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(r) = ipv4::Repr::parse(&p) {
             let mut out = vec![0u8; 20 + r.payload_len];
             r.emit(&mut out).expect("fits");
-            assert_eq!(ipv4::Repr::parse(&ipv4::Packet::new_checked(&out[..]).expect("re-checks")), Ok(r));
+            assert_eq!(
+                ipv4::Repr::parse(&ipv4::Packet::new_checked(&out[..]).expect("re-checks")),
+                Ok(r)
+            );
         }
     }
 
@@ -39,12 +45,18 @@ fuzz_target!(|data: &[u8]| {
         let _ = p.payload();
         let mut out = vec![0u8; 40 + r.payload_len];
         r.emit(&mut out).expect("fits");
-        assert_eq!(ipv6::Repr::parse(&ipv6::Packet::new_checked(&out[..]).expect("re-checks")), Ok(r));
+        assert_eq!(
+            ipv6::Repr::parse(&ipv6::Packet::new_checked(&out[..]).expect("re-checks")),
+            Ok(r)
+        );
     }
 
     if let Ok(p) = udp::Packet::new_checked(data) {
         let r = udp::Repr::parse(&p).expect("checked packet parses");
-        let (s, d) = ("10.200.0.1".parse().expect("lit"), "10.200.0.2".parse().expect("lit"));
+        let (s, d) = (
+            "10.200.0.1".parse().expect("lit"),
+            "10.200.0.2".parse().expect("lit"),
+        );
         let _ = p.verify_checksum(s, d);
         let mut out = vec![0u8; 8 + r.payload_len];
         out[8..].copy_from_slice(p.payload());
@@ -61,7 +73,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(n) = r.emit(&mut out) {
             // Long headers with Length re-parse once the protected bytes are present.
             let body = match r {
-                stoq::Repr::Initial { length, .. } | stoq::Repr::Handshake { length, .. } => length as usize,
+                stoq::Repr::Initial { length, .. } | stoq::Repr::Handshake { length, .. } => {
+                    length as usize
+                }
                 stoq::Repr::Short { .. } => data.len().saturating_sub(n),
                 _ => 0,
             };
@@ -74,6 +88,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(cid) = ConnectionId::from_slice(&data[..data.len().min(20)]) {
-        let _ = (layout.worker_id(&cid), layout.server_id(&cid), format!("{cid:?}"));
+        let _ = (
+            layout.worker_id(&cid),
+            layout.server_id(&cid),
+            format!("{cid:?}"),
+        );
     }
 });
