@@ -131,9 +131,12 @@ pub enum Message {
     Finished([u8; 32]),
 }
 
+/// A list of 2-byte suite ids. Unknown ids are dropped, so a list may decode empty; an
+/// empty list is therefore accepted on the wire too (it re-encodes to itself), and the
+/// handshake answers it with `NoCommonSuite` rather than a decode error.
 fn suites(r: &mut Reader<'_>) -> Result<Vec<CipherSuite>, DecodeError> {
     let raw = r.vec8()?;
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.len() % 2 != 0 {
         return Err(DecodeError::Invalid("cipher suite list"));
     }
     Ok(raw
@@ -236,7 +239,8 @@ impl Message {
                 let random = r.array()?;
                 let suites = suites(&mut r)?;
                 let algs = r.vec8()?;
-                if algs.is_empty() || algs.len() % 2 != 0 {
+                // As with suites: unknown ids are dropped, so an empty list is valid.
+                if algs.len() % 2 != 0 {
                     return Err(DecodeError::Invalid("signature algorithm list"));
                 }
                 let sig_algs = algs
@@ -347,6 +351,35 @@ mod tests {
             }),
             Message::Finished([5; 32]),
         ]
+    }
+
+    /// Found by the `handshake_messages` fuzzer: a ClientHello offering only unknown suite
+    /// and signature ids decoded to empty lists, which then did not re-encode to something
+    /// that decodes. Unknown ids are dropped and empty lists are valid, so the round trip
+    /// holds, and the handshake answers with `NoCommonSuite`.
+    #[test]
+    fn lists_of_only_unknown_ids_round_trip() {
+        let mut m = match samples().into_iter().next() {
+            Some(Message::ClientHello(ch)) => ch,
+            _ => unreachable!("the first sample is a ClientHello"),
+        };
+        m.suites.clear();
+        m.sig_algs.clear();
+        let enc = Message::ClientHello(m.clone()).encode();
+        assert_eq!(Message::decode(&enc), Ok(Message::ClientHello(m)));
+        // On the wire: one unknown suite id (0x7777) and one unknown signature id.
+        let mut raw = enc.clone();
+        let at = 4 + 4 + 32; // header, version, random
+        raw.splice(at..at + 1, [2, 0x77, 0x77]);
+        raw.splice(at + 3..at + 4, [2, 0x66, 0x66]);
+        let len = (raw.len() - 4) as u32;
+        raw[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
+        let Ok(Message::ClientHello(d)) = Message::decode(&raw) else {
+            panic!("decodes");
+        };
+        assert!(d.suites.is_empty() && d.sig_algs.is_empty());
+        let again = Message::ClientHello(d.clone()).encode();
+        assert_eq!(Message::decode(&again), Ok(Message::ClientHello(d)));
     }
 
     #[test]
