@@ -359,9 +359,8 @@ mod tests {
     /// holds, and the handshake answers with `NoCommonSuite`.
     #[test]
     fn lists_of_only_unknown_ids_round_trip() {
-        let mut m = match samples().into_iter().next() {
-            Some(Message::ClientHello(ch)) => ch,
-            _ => unreachable!("the first sample is a ClientHello"),
+        let Some(Message::ClientHello(mut m)) = samples().into_iter().next() else {
+            unreachable!("the first sample is a ClientHello")
         };
         m.suites.clear();
         m.sig_algs.clear();
