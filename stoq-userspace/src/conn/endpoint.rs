@@ -261,6 +261,10 @@ pub struct Endpoint {
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     live: usize,
+    /// Connections whose handshake has neither completed nor failed, as seen through
+    /// [`Endpoint::poll_event`]; kept as a count so the Retry policy costs O(1) per
+    /// new client.
+    pub(super) handshaking: usize,
     routes: HashMap<ConnectionId, ConnectionHandle>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
     incoming: HashMap<ConnectionId, Vec<Vec<u8>>>,
@@ -305,6 +309,7 @@ impl Endpoint {
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
+            handshaking: 0,
             routes: HashMap::new(),
             reset_tokens: HashMap::new(),
             incoming: HashMap::new(),
@@ -360,8 +365,10 @@ impl Endpoint {
         }
     }
 
-    fn insert(&mut self, conn: Connection) -> ConnectionHandle {
+    fn insert(&mut self, mut conn: Connection) -> ConnectionHandle {
         self.live += 1;
+        self.handshaking += 1;
+        conn.counted_handshaking = true;
         if let Some(i) = self.free.pop() {
             self.conns[i] = Some(conn);
             ConnectionHandle(i)
@@ -389,7 +396,6 @@ impl Endpoint {
             classifier: self.classifier,
             rng_seed,
             unix_base: self.config.unix_time_at,
-            reset_token: None,
         }
     }
 
@@ -513,14 +519,6 @@ impl Endpoint {
         true
     }
 
-    fn handshaking(&self) -> usize {
-        self.conns
-            .iter()
-            .flatten()
-            .filter(|c| c.state == super::State::Handshaking)
-            .count()
-    }
-
     fn new_client(
         &mut self,
         now: Instant,
@@ -556,7 +554,7 @@ impl Endpoint {
             let must_retry = match self.config.retry {
                 RetryPolicy::Never => false,
                 RetryPolicy::Always => true,
-                RetryPolicy::WhenHandshakingAbove(n) => self.handshaking() >= n,
+                RetryPolicy::WhenHandshakingAbove(n) => self.handshaking >= n,
             };
             if must_retry {
                 self.send_retry(now, &incoming);
@@ -625,7 +623,6 @@ impl Endpoint {
         s.retry_scid = incoming.retry_scid;
         s.validated = incoming.validated;
         let token = reset_token(&self.reset_key, &s.local_cid);
-        s.reset_token = Some(token);
         let mut params = server.params.clone();
         params.original_destination_cid = Some(incoming.orig_dcid);
         params.initial_source_cid = Some(s.local_cid);
@@ -831,6 +828,10 @@ impl Endpoint {
             };
             if let Some(e) = c.poll_event() {
                 let h = ConnectionHandle(i);
+                if c.counted_handshaking && matches!(e, Event::Connected | Event::Lost(_)) {
+                    c.counted_handshaking = false;
+                    self.handshaking -= 1;
+                }
                 if e == Event::Connected
                     && let Some(t) = c.peer_reset_token()
                 {
@@ -846,8 +847,11 @@ impl Endpoint {
     }
 
     fn remove(&mut self, h: ConnectionHandle) {
-        if self.conns[h.0].take().is_some() {
+        if let Some(c) = self.conns[h.0].take() {
             self.live -= 1;
+            if c.counted_handshaking {
+                self.handshaking -= 1;
+            }
             self.free.push(h.0);
             self.routes.retain(|_, v| *v != h);
             self.reset_tokens.retain(|_, v| *v != h);

@@ -341,11 +341,8 @@ pub(crate) fn initial_authenticates(data: &[u8], info: &WireHeader, dcid: &Conne
     let Some(pkt) = data.get(..end) else {
         return false;
     };
-    let mut copy = [0u8; 65_536];
-    let Some(pkt_copy) = copy.get_mut(..pkt.len()) else {
-        return false;
-    };
-    pkt_copy.copy_from_slice(pkt);
+    let mut copy = pkt.to_vec();
+    let pkt_copy = &mut copy[..];
     let (client, _) = initial_secrets(dcid.as_bytes());
     let mut keys = DirectionalKeys::from_secret(INITIAL_SUITE, client);
     let Ok(h) = unprotect_header(pkt_copy, info.pn_off, &keys.header) else {
@@ -374,7 +371,6 @@ pub(crate) struct Setup {
     pub(crate) classifier: ClassifierConfig,
     pub(crate) rng_seed: [u8; 32],
     pub(crate) unix_base: (Instant, u64),
-    pub(crate) reset_token: Option<[u8; 16]>,
 }
 
 /// One connection's state machine.
@@ -434,6 +430,9 @@ pub struct Connection {
     classifier: ClassifierConfig,
     unix_base: (Instant, u64),
     stats: ConnectionStats,
+    /// Counted in the endpoint's handshaking total until its `Connected` or `Lost` event is
+    /// polled (or it is freed).
+    counted_handshaking: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -508,8 +507,8 @@ impl Connection {
             classifier: s.classifier,
             unix_base: s.unix_base,
             stats: ConnectionStats::default(),
+            counted_handshaking: false,
         };
-        let _ = s.reset_token;
         me.collect_handshake_output(s.now);
         if me.side == Side::Client {
             // The client's first flight is at least two full Initial datagrams, so that the
@@ -742,10 +741,7 @@ impl Connection {
         while off < data.len() {
             let rest = &mut data[off..];
             let Ok(info) = classify_payload(rest, &self.classifier) else {
-                self.check_reset(&data[off..]);
-                if !self.is_closed() {
-                    self.stats.dropped.malformed += 1;
-                }
+                self.stats.dropped.malformed += 1;
                 break;
             };
             let len = match info.kind {
@@ -875,12 +871,6 @@ impl Connection {
             }
             return;
         }
-        // A stateless reset looks like a short-header packet; remember its tail before
-        // decryption touches anything.
-        let mut tail = [0u8; 16];
-        if pkt.len() >= 16 {
-            tail.copy_from_slice(&pkt[pkt.len() - 16..]);
-        }
         let space = &mut self.spaces[i];
         let rx = space.rx.as_ref().expect("checked");
         let Ok(h) = unprotect_header(pkt, info.pn_off, &rx.header) else {
@@ -901,13 +891,6 @@ impl Connection {
                 return self.fail(now, ConnectionError::AeadLimitReached);
             }
             Err(_) => {
-                if i == 2
-                    && self
-                        .peer_reset_token
-                        .is_some_and(|t| crate::crypto::ct_eq(&t, &tail))
-                {
-                    return self.on_reset();
-                }
                 self.stats.dropped.decrypt_failed += 1;
                 return;
             }
@@ -1343,19 +1326,8 @@ impl Connection {
         self.state = State::Drained;
     }
 
-    fn check_reset(&mut self, datagram: &[u8]) {
-        if datagram.len() < 21 {
-            return;
-        }
-        let tail = &datagram[datagram.len() - 16..];
-        if self
-            .peer_reset_token
-            .is_some_and(|t| crate::crypto::ct_eq(&t, tail))
-        {
-            self.on_reset();
-        }
-    }
-
+    /// A stateless reset carrying this connection's token arrived. The endpoint detects
+    /// resets: their random CIDs never route to a connection.
     pub(crate) fn on_reset(&mut self) {
         if self.is_closed() {
             return;

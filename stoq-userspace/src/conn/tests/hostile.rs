@@ -380,10 +380,7 @@ fn replayed_initials_create_no_state_with_retry_on() {
 /// counted; the connection carries on.
 #[test]
 fn garbage_on_an_established_connection_is_dropped_and_counted() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     p.exchange_datagrams(b"before");
     let cid = p.server_conn().local_cid();
     let mut x = 0x1234_5678_9abc_def0u64;
@@ -533,10 +530,7 @@ fn unknown_versions_get_version_negotiation_and_the_client_gives_up() {
 /// error at once instead of waiting for the idle timeout.
 #[test]
 fn stateless_reset_after_server_restart() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     p.exchange_datagrams(b"before restart");
     let (server2, _) = configs(Setup::default());
     let mut cfg = endpoint_config(2, 1452, p.start);
@@ -595,10 +589,7 @@ fn misuse_is_typed() {
     let c = client_ep.connection_mut(h).unwrap();
     assert_eq!(c.send_datagram(b"x"), Err(SendDatagramError::NotConnected));
 
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     let max = p.client_conn().max_datagram_size().unwrap();
     assert!(max > 1300 && max < 1452);
     assert_eq!(

@@ -197,6 +197,20 @@ pub(super) fn endpoint_config(seed: u8, mtu: usize, start: Instant) -> EndpointC
     }
 }
 
+/// Two endpoints with the default setup (ChaCha20, FALCON-512, pinned key), connected.
+pub(super) fn connected_pair() -> Pair {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client);
+    assert!(
+        p.handshake() && p.both_connected(),
+        "{:?} / {:?}",
+        p.lost(false),
+        p.lost(true)
+    );
+    p
+}
+
 impl Pair {
     pub(super) fn new(server: ServerConfig, mtu: usize, retry: RetryPolicy) -> Self {
         let start = Instant::now();

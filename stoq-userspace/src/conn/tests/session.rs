@@ -210,10 +210,7 @@ fn retry_then_handshake() {
 
 #[test]
 fn key_updates_both_ways_keep_data_flowing() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     // Let HANDSHAKE_DONE arrive and the client confirm.
     p.drive_until(Duration::from_secs(1), |p| p.client_conn().is_confirmed());
     assert_eq!(
@@ -274,10 +271,7 @@ fn key_update_before_confirmation_is_refused() {
 
 #[test]
 fn close_reaches_the_peer_and_both_drain() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     let now = p.now;
     p.client_conn().close(now, 42, b"done");
     p.drive_until(Duration::from_secs(10), |p| p.lost(true).is_some());
@@ -298,10 +292,7 @@ fn close_reaches_the_peer_and_both_drain() {
 
 #[test]
 fn idle_timeout_ends_both_sides() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     p.exchange_datagrams(b"x");
     // From now on the path is dead.
     p.tamper = Some(Box::new(|_| Verdict::Drop));
@@ -345,10 +336,7 @@ fn handshake_survives_heavy_loss() {
 
 #[test]
 fn stats_count_what_happened() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    p.connect(client);
-    assert!(p.handshake());
+    let mut p = connected_pair();
     p.exchange_datagrams(b"stats");
     let c = p.client_conn().stats();
     let s = p.server_conn().stats();
@@ -366,4 +354,71 @@ fn stats_count_what_happened() {
         s.rx_bytes <= sent && s.rx_bytes + 200 >= sent,
         "all but a last ACK arrived"
     );
+}
+
+/// Under `WhenHandshakingAbove(1)`, a client arriving while another handshake is in progress
+/// must prove its address first; once no handshake is in progress, clients go straight in.
+#[test]
+fn retry_under_load_follows_the_handshaking_count() {
+    let (server, c1) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::WhenHandshakingAbove(1));
+    let h1 = p.connect(c1);
+    let (_, c2) = configs(Setup::default());
+    let h2 = p
+        .client
+        .connect(p.now, server_addr(), Arc::new(c2))
+        .unwrap();
+    let up = |p: &mut Pair, h| {
+        p.client
+            .connection(h)
+            .is_some_and(Connection::is_established)
+    };
+    let server_up = |p: &mut Pair, n: usize| {
+        p.server_conns
+            .iter()
+            .filter(|h| {
+                p.server
+                    .connection(**h)
+                    .is_some_and(Connection::is_established)
+            })
+            .count()
+            == n
+    };
+    assert!(p.drive_until(Duration::from_secs(5), |p| {
+        up(p, h1) && up(p, h2) && server_up(p, 2)
+    }));
+    let st = p.server.stats();
+    assert!(
+        st.retries_sent >= 1,
+        "the second client was sent a Retry: {st:?}"
+    );
+    let validated = p
+        .server_conns
+        .iter()
+        .filter(|h| p.server.connection(**h).is_some_and(|c| c.validated))
+        .count();
+    assert_eq!(p.server_conns.len(), 2);
+    assert!(validated >= 1);
+    assert_eq!(p.server.handshaking, 0, "both handshakes done");
+
+    // Nobody is handshaking now: a third client is not retried.
+    let (_, c3) = configs(Setup::default());
+    let h3 = p
+        .client
+        .connect(p.now, server_addr(), Arc::new(c3))
+        .unwrap();
+    assert!(p.drive_until(Duration::from_secs(5), |p| up(p, h3) && server_up(p, 3)));
+    assert_eq!(p.server.stats().retries_sent, st.retries_sent);
+
+    // A handshake that fails is no longer counted once its Lost event is polled.
+    let (_, mut c4) = configs(Setup::default());
+    c4.trust = Trust::PinnedKey(keys().client512.1.clone());
+    let h4 = p
+        .client
+        .connect(p.now, server_addr(), Arc::new(c4))
+        .unwrap();
+    p.drive_until(Duration::from_secs(30), |p| {
+        p.client.connection(h4).is_none() && p.server.connection_count() == 3
+    });
+    assert_eq!(p.server.handshaking, 0);
 }
