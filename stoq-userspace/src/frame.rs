@@ -656,6 +656,98 @@ pub fn encode_datagram(out: &mut Out<'_>, data: &[u8], last: bool) -> Option<()>
     out.put(data)
 }
 
+/// Writes a frame made only of varints: its type, then `fields` (MAX_DATA, RESET_STREAM,
+/// RETIRE_CONNECTION_ID and the like).
+pub fn encode_varints(out: &mut Out<'_>, fields: &[u64]) -> Option<()> {
+    let need: usize = fields.iter().map(|f| varint_len(*f)).sum();
+    if need > out.remaining() {
+        return None;
+    }
+    for f in fields {
+        out.varint(*f)?;
+    }
+    Some(())
+}
+
+/// Writes a STREAM frame's header (with an explicit length); the caller appends `len`
+/// bytes of data.
+pub fn encode_stream_header(
+    out: &mut Out<'_>,
+    id: u64,
+    offset: u64,
+    len: usize,
+    fin: bool,
+) -> Option<()> {
+    let mut t = ty::STREAM | 0x02;
+    if offset > 0 {
+        t |= 0x04;
+    }
+    if fin {
+        t |= 0x01;
+    }
+    let need = 1
+        + varint_len(id)
+        + if offset > 0 { varint_len(offset) } else { 0 }
+        + varint_len(len as u64)
+        + len;
+    if need > out.remaining() {
+        return None;
+    }
+    out.varint(t)?;
+    out.varint(id)?;
+    if offset > 0 {
+        out.varint(offset)?;
+    }
+    out.varint(len as u64)
+}
+
+/// Writes a NEW_CONNECTION_ID frame.
+pub fn encode_new_cid(
+    out: &mut Out<'_>,
+    seq: u64,
+    retire_prior_to: u64,
+    cid: &ConnectionId,
+    reset_token: &[u8; 16],
+) -> Option<()> {
+    let need = 1 + varint_len(seq) + varint_len(retire_prior_to) + 1 + cid.len() + 16;
+    if need > out.remaining() {
+        return None;
+    }
+    out.varint(ty::NEW_CONNECTION_ID)?;
+    out.varint(seq)?;
+    out.varint(retire_prior_to)?;
+    out.put(&[cid.len() as u8])?;
+    out.put(cid.as_bytes())?;
+    out.put(reset_token)
+}
+
+/// Writes a PATH_CHALLENGE (`response` false) or PATH_RESPONSE frame.
+pub fn encode_path(out: &mut Out<'_>, response: bool, data: &[u8; 8]) -> Option<()> {
+    if out.remaining() < 9 {
+        return None;
+    }
+    out.varint(if response {
+        ty::PATH_RESPONSE
+    } else {
+        ty::PATH_CHALLENGE
+    })?;
+    out.put(data)
+}
+
+/// Writes an extension frame (type in [`EXTENSION_TYPES`]).
+pub fn encode_extension(out: &mut Out<'_>, ty: u64, payload: &[u8]) -> Option<()> {
+    if !EXTENSION_TYPES.contains(&ty) {
+        return None;
+    }
+    let need = varint_len(ty) + varint_len(payload.len() as u64) + payload.len();
+    if need > out.remaining() {
+        return None;
+    }
+    out.varint(ty)?;
+    out.varint(payload.len() as u64)?;
+    out.put(payload)
+}
+
 /// Writes a CONNECTION_CLOSE: a transport close when `frame_type` is `Some`.
 pub fn encode_close(
     out: &mut Out<'_>,

@@ -14,7 +14,7 @@ use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION
 use zeroize::Zeroizing;
 
 use super::token::{TokenError, TokenKey, reset_token, retry_tag};
-use super::{Connection, Event, Setup, Side, Transmit};
+use super::{Connection, Event, Setup, Side, Transmit, TransportConfig};
 use crate::handshake::{self, Handshake};
 
 /// Stateless responses queued at most (Retry, Version Negotiation, reset, refusal); more
@@ -61,6 +61,9 @@ pub struct EndpointConfig {
     pub rng_seed: [u8; 32],
     /// A moment and the Unix time then, for certificate validity checks.
     pub unix_time_at: (Instant, u64),
+    /// Transport policy for every connection: congestion control, buffers, keep-alive,
+    /// ACK frequency, MTU discovery.
+    pub transport: Arc<TransportConfig>,
 }
 
 impl EndpointConfig {
@@ -82,6 +85,7 @@ impl EndpointConfig {
             token_lifetime: Duration::from_secs(10),
             rng_seed: seed,
             unix_time_at: (Instant::now(), unix),
+            transport: Arc::new(TransportConfig::default()),
         }
     }
 
@@ -396,6 +400,7 @@ impl Endpoint {
             classifier: self.classifier,
             rng_seed,
             unix_base: self.config.unix_time_at,
+            transport: self.config.transport.clone(),
         }
     }
 
@@ -475,6 +480,7 @@ impl Endpoint {
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.handle_datagram(now, remote, data);
             }
+            self.service_cids(h);
             return Some(DatagramEvent::Connection(h));
         }
         if let Some(held) = self.incoming.get_mut(&dcid) {
@@ -773,7 +779,12 @@ impl Endpoint {
             super::ConnectionError::LocallyClosed,
         );
         let mut buf = Vec::new();
-        if c.poll_transmit(now, &mut buf).is_some() && self.respond(remote, buf) {
+        if let Some(t) = c.poll_transmit(now, &mut buf)
+            && {
+                buf.truncate(t.size);
+                self.respond(remote, buf)
+            }
+        {
             self.stats.refused += 1;
         }
     }
@@ -812,9 +823,32 @@ impl Endpoint {
 
     /// Fires every expired connection timer.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for c in self.conns.iter_mut().flatten() {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
+        for i in 0..self.conns.len() {
+            if let Some(c) = self.conns[i].as_mut()
+                && c.poll_timeout().is_some_and(|t| t <= now)
+            {
                 c.handle_timeout(now);
+                self.service_cids(ConnectionHandle(i));
+            }
+        }
+    }
+
+    /// Gives a connection the CIDs it wants to issue (each routes here and carries this
+    /// worker's id) and stops routing the ones its peer retired.
+    fn service_cids(&mut self, h: ConnectionHandle) {
+        let Some(c) = self.conns[h.0].as_mut() else {
+            return;
+        };
+        for cid in c.take_retired_cids() {
+            self.routes.remove(&cid);
+        }
+        let want = c.cids_wanted();
+        for _ in 0..want {
+            let cid = self.new_cid();
+            let token = reset_token(&self.reset_key, &cid);
+            self.routes.insert(cid, h);
+            if let Some(c) = self.conns[h.0].as_mut() {
+                c.issue_cid(cid, token);
             }
         }
     }

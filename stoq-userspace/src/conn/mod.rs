@@ -21,10 +21,13 @@
 //! path migration come with the transport core; frames that need them are refused with a
 //! typed error rather than ignored.
 
+pub mod cc;
 mod endpoint;
+mod path;
 mod ranges;
 pub mod rtt;
 mod space;
+pub mod streams;
 mod token;
 
 #[cfg(test)]
@@ -32,6 +35,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
@@ -41,12 +45,15 @@ use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_paylo
 use stoq_common::maps::ClassifierConfig;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
+use self::cc::{AckEvent, Controller, ControllerFactory, DeliveryRate, LossEvent, Pacer};
 pub use self::endpoint::{
     AcceptError, ConfigError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint,
     EndpointConfig, EndpointStats, Incoming, RetryError, RetryPolicy,
 };
 use self::rtt::RttEstimator;
 use self::space::{MAX_CRYPTO_BUFFER, SentPacket, Space};
+pub use self::streams::{Dir, OpenError, ReadError, StreamId, Urgency, WriteError};
+use self::streams::{Limits, PeerLimits, StreamRecord, Streams};
 pub use self::token::TokenError;
 use crate::crypto::{
     CipherSuite, CryptoError, DirectionalKeys, PacketKey, Secret, TAG_LEN, pn, protect_packet,
@@ -80,8 +87,13 @@ pub mod code {
     pub const NO_ERROR: u64 = 0x0;
     pub const INTERNAL_ERROR: u64 = 0x1;
     pub const CONNECTION_REFUSED: u64 = 0x2;
+    pub const FLOW_CONTROL_ERROR: u64 = 0x3;
+    pub const STREAM_LIMIT_ERROR: u64 = 0x4;
+    pub const STREAM_STATE_ERROR: u64 = 0x5;
+    pub const FINAL_SIZE_ERROR: u64 = 0x6;
     pub const FRAME_ENCODING_ERROR: u64 = 0x7;
     pub const TRANSPORT_PARAMETER_ERROR: u64 = 0x8;
+    pub const CONNECTION_ID_LIMIT_ERROR: u64 = 0x9;
     pub const PROTOCOL_VIOLATION: u64 = 0xa;
     pub const INVALID_TOKEN: u64 = 0xb;
     pub const APPLICATION_ERROR: u64 = 0xc;
@@ -155,6 +167,41 @@ pub enum ConnectionError {
     /// The peer misused key updates.
     #[error("key update error: {0}")]
     KeyUpdate(&'static str),
+    /// The peer sent beyond the flow-control credit this side granted.
+    #[error("flow control violated: {0}")]
+    FlowControl(&'static str),
+    /// The peer opened more streams than this side allowed.
+    #[error("peer exceeded the stream limit")]
+    StreamLimit,
+    /// A frame for a stream in a state that does not allow it.
+    #[error("stream state error: {0}")]
+    StreamState(&'static str),
+    /// The peer changed a stream's final size, or sent data beyond it.
+    #[error("final size changed or exceeded")]
+    FinalSize,
+    /// Retransmitted STREAM data that disagrees with what was received before.
+    #[error("stream {id}: data at offset {offset} differs from its earlier copy")]
+    StreamDataMismatch {
+        /// The stream.
+        id: u64,
+        /// Where the disagreement starts.
+        offset: u64,
+    },
+    /// A peer fragmented a stream beyond what any honest sender does.
+    #[error(
+        "stream {id}: more than {} out-of-order fragments",
+        streams::MAX_RX_FRAGMENTS
+    )]
+    StreamFragmented {
+        /// The stream.
+        id: u64,
+    },
+    /// The peer issued more connection IDs than this side's active_connection_id_limit.
+    #[error("peer exceeded the connection ID limit")]
+    ConnectionIdLimit,
+    /// The peer sent PATH_CHALLENGE frames faster than any path validation needs.
+    #[error("PATH_CHALLENGE flood")]
+    PathChallengeFlood,
 }
 
 impl ConnectionError {
@@ -168,6 +215,14 @@ impl ConnectionError {
             Self::CryptoBufferExceeded => code::CRYPTO_BUFFER_EXCEEDED,
             Self::AeadLimitReached => code::AEAD_LIMIT_REACHED,
             Self::KeyUpdate(_) => code::KEY_UPDATE_ERROR,
+            Self::FlowControl(_) => code::FLOW_CONTROL_ERROR,
+            Self::StreamLimit => code::STREAM_LIMIT_ERROR,
+            Self::StreamState(_) => code::STREAM_STATE_ERROR,
+            Self::FinalSize => code::FINAL_SIZE_ERROR,
+            Self::StreamDataMismatch { .. }
+            | Self::StreamFragmented { .. }
+            | Self::PathChallengeFlood => code::PROTOCOL_VIOLATION,
+            Self::ConnectionIdLimit => code::CONNECTION_ID_LIMIT_ERROR,
             _ => code::NO_ERROR,
         }
     }
@@ -210,6 +265,32 @@ pub enum Event {
     KeyUpdated,
     /// The connection ended; the error says why.
     Lost(ConnectionError),
+    /// The peer opened a stream: take it with [`Connection::accept_stream`].
+    StreamOpened(Dir),
+    /// A stream has data (or its end, or a reset) to read.
+    StreamReadable(StreamId),
+    /// A stream that reported [`WriteError::Blocked`] can take more data.
+    StreamWritable(StreamId),
+    /// Everything written to a finished stream is acknowledged.
+    StreamFinished(StreamId),
+    /// The peer asked this side to stop sending on a stream (it was reset in answer).
+    StreamStopped {
+        /// The stream.
+        id: StreamId,
+        /// The peer's application code.
+        code: u64,
+    },
+    /// The peer raised its stream limit after [`OpenError::Blocked`].
+    StreamsAvailable(Dir),
+    /// A message's deadline passed before it was acknowledged: it was abandoned (its
+    /// stream reset with [`streams::MESSAGE_EXPIRED`]).
+    MessageAbandoned(StreamId),
+    /// A message was acknowledged in full before its deadline.
+    MessageDelivered(StreamId),
+    /// [`Connection::max_datagram_size`] changed (the path MTU moved).
+    DatagramSizeChanged(usize),
+    /// The peer moved to a new address, now validated.
+    PathMigrated(SocketAddr),
 }
 
 /// Packets and bytes dropped by a connection, by reason.
@@ -267,6 +348,22 @@ pub struct ConnectionStats {
     pub min_rtt: Duration,
     /// RTT variance.
     pub rtt_var: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Pacing rate, bytes per second.
+    pub pacing_rate: u64,
+    /// Bytes in flight (1-RTT).
+    pub bytes_in_flight: u64,
+    /// STREAM bytes sent again after a loss.
+    pub retransmitted_bytes: u64,
+    /// Congestion events (window reductions, or BBR loss responses).
+    pub congestion_events: u64,
+    /// The congestion controller's state.
+    pub cc_state: &'static str,
+    /// Current path MTU (largest UDP payload).
+    pub path_mtu: usize,
+    /// Live streams.
+    pub streams: usize,
 }
 
 /// A datagram to send.
@@ -301,6 +398,27 @@ pub enum SendDatagramError {
     NotConnected,
 }
 
+/// Why a message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The message is larger than the free send buffer: back-pressure, retry after
+    /// `StreamWritable`/`MessageDelivered` events.
+    #[error("message of {size} bytes exceeds the free send buffer ({capacity} bytes)")]
+    Blocked {
+        /// The message's size.
+        size: usize,
+        /// Free send buffer.
+        capacity: u64,
+    },
+    /// The peer's unidirectional stream limit is reached.
+    #[error("the peer's stream limit is reached (wait for Event::StreamsAvailable)")]
+    StreamLimit,
+    /// The connection is not established or is closed.
+    #[error("connection not established or closed")]
+    NotConnected,
+}
+
 /// Why a key update could not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -322,6 +440,75 @@ enum State {
     /// The peer closed (or reset): send nothing until the deadline.
     Draining,
     Drained,
+}
+
+/// What a sent packet carried that must be retransmitted or retired: one entry per frame,
+/// kept in the packet's space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    Stream(StreamRecord),
+    /// NEW_CONNECTION_ID with this sequence number.
+    NewCid(u64),
+    /// RETIRE_CONNECTION_ID with this sequence number.
+    RetireCid(u64),
+    /// A DPLPMTUD probe of this size.
+    MtuProbe(u16),
+}
+
+/// Transport behaviour that is local policy (not negotiated), shared by an endpoint's
+/// connections. Several settings can be changed on a live connection (see
+/// [`Connection::adapt`]).
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Builds each connection's congestion controller ([`cc::Congestion::Bbr`] by default).
+    pub congestion: Arc<dyn ControllerFactory>,
+    /// Most bytes buffered for sending per connection, over all streams (back-pressure
+    /// beyond it).
+    pub send_buffer: u64,
+    /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
+    /// and the idle timer stay alive.
+    pub keep_alive: Option<Duration>,
+    /// Ack-eliciting packets received before an ACK goes out at once (2 per RFC 9000);
+    /// [`ack_thinning`](Self::ack_thinning) raises it at high packet rates.
+    pub ack_eliciting_threshold: u32,
+    /// At high packet rates, acknowledge only every this many packets (ACK thinning; the
+    /// delayed-ACK timer still bounds the delay).
+    pub ack_thinning: u32,
+    /// Multiplies the congestion controller's pacing gain.
+    pub pacing_gain: f64,
+    /// Probe the path MTU upward (DPLPMTUD, RFC 8899) to at most this UDP payload size;
+    /// `None` stays at the endpoint's `max_udp_payload`.
+    pub mtu_discovery_max: Option<usize>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            congestion: cc::Congestion::Bbr.factory(),
+            send_buffer: 16 << 20,
+            keep_alive: None,
+            ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
+            ack_thinning: 8,
+            pacing_gain: 1.0,
+            mtu_discovery_max: None,
+        }
+    }
+}
+
+/// Settings that can change on a live connection, without losing a packet. `None` fields
+/// stay as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Adaptation {
+    /// New per-stream receive window.
+    pub stream_window: Option<u64>,
+    /// New connection receive window.
+    pub connection_window: Option<u64>,
+    /// New keep-alive interval (`Some(None)` turns it off).
+    pub keep_alive: Option<Option<Duration>>,
+    /// New ACK frequency: ack-eliciting packets per immediate ACK.
+    pub ack_eliciting_threshold: Option<u32>,
+    /// New pacing-gain multiplier.
+    pub pacing_gain: Option<f64>,
 }
 
 /// Which side of the connection this is.
@@ -371,6 +558,7 @@ pub(crate) struct Setup {
     pub(crate) classifier: ClassifierConfig,
     pub(crate) rng_seed: [u8; 32],
     pub(crate) unix_base: (Instant, u64),
+    pub(crate) transport: Arc<TransportConfig>,
 }
 
 /// One connection's state machine.
@@ -433,6 +621,26 @@ pub struct Connection {
     /// Counted in the endpoint's handshaking total until its `Connected` or `Lost` event is
     /// polled (or it is freed).
     counted_handshaking: bool,
+    streams: Streams,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    rate: DeliveryRate,
+    /// 1-RTT bytes in flight (the handshake spaces are bounded by the amplification limit
+    /// and the handshake itself, and are not congestion controlled).
+    in_flight: u64,
+    /// Data may not leave before this time (pacing).
+    pacing_until: Option<Instant>,
+    transport: Arc<TransportConfig>,
+    ack_threshold: u32,
+    keep_alive: Option<Duration>,
+    /// Ack-eliciting 1-RTT packets received, and when the current rate window began.
+    rx_rate_window: (Instant, u32),
+    thinning: bool,
+    /// Messages: stream, deadline.
+    messages: VecDeque<(StreamId, Instant)>,
+    /// When the last ack-eliciting 1-RTT packet was sent (keep-alive).
+    last_eliciting_1rtt: Option<Instant>,
+    path: path::Paths,
 }
 
 impl std::fmt::Debug for Connection {
@@ -458,6 +666,7 @@ impl Connection {
         spaces[0].rx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, rx));
         let idle = (params.max_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(params.max_idle_timeout_ms));
+        let limits = Limits::from_params(&params, s.transport.send_buffer);
         let mut me = Self {
             side: s.side,
             state: State::Handshaking,
@@ -508,7 +717,24 @@ impl Connection {
             unix_base: s.unix_base,
             stats: ConnectionStats::default(),
             counted_handshaking: false,
+            streams: Streams::new(s.side, limits),
+            cc: s.transport.congestion.build(s.now, s.mtu as u64),
+            pacer: Pacer::new(s.mtu as u64),
+            rate: DeliveryRate::new(s.now),
+            in_flight: 0,
+            pacing_until: None,
+            ack_threshold: s.transport.ack_eliciting_threshold.max(1),
+            keep_alive: s.transport.keep_alive,
+            rx_rate_window: (s.now, 0),
+            thinning: false,
+            messages: VecDeque::new(),
+            last_eliciting_1rtt: None,
+            path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
+            transport: s.transport,
         };
+        if me.transport.pacing_gain != 1.0 {
+            me.cc.set_pacing_gain(me.transport.pacing_gain);
+        }
         me.collect_handshake_output(s.now);
         if me.side == Side::Client {
             // The client's first flight is at least two full Initial datagrams, so that the
@@ -585,12 +811,22 @@ impl Connection {
         s.smoothed_rtt = self.rtt.smoothed();
         s.min_rtt = self.rtt.min();
         s.rtt_var = self.rtt.var();
+        s.cwnd = self.cc.window();
+        s.pacing_rate = self.pacing_rate();
+        s.bytes_in_flight = self.in_flight;
+        s.retransmitted_bytes = self.streams.retransmitted;
+        s.congestion_events = self.cc.congestion_events();
+        s.cc_state = self.cc.state();
+        s.path_mtu = self.path.mtu();
+        s.streams = self.streams.len();
         s
     }
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events
+            .pop_front()
+            .or_else(|| self.streams.events.pop_front())
     }
 
     /// Largest DATAGRAM payload that fits one packet on the current path and that the peer
@@ -602,7 +838,8 @@ impl Connection {
         // Short header (1 + CID) + 4-byte packet number + frame type and length + tag.
         let overhead = 1 + self.remote_cid.len() + 4 + 1 + 2 + TAG_LEN;
         Some(
-            self.mtu
+            self.path
+                .mtu()
                 .saturating_sub(overhead)
                 .min(self.peer_max_datagram as usize),
         )
@@ -636,6 +873,194 @@ impl Connection {
     /// The next received DATAGRAM.
     pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
         self.datagrams_in.pop_front()
+    }
+
+    // ----- Streams ----------------------------------------------------------------------
+
+    /// Opens a stream.
+    ///
+    /// # Errors
+    /// [`OpenError::Blocked`] at the peer's stream limit (a `StreamsAvailable` event
+    /// follows when it grants more), [`OpenError::NotConnected`] before the handshake or
+    /// after close.
+    pub fn open_stream(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
+        if self.state != State::Established {
+            return Err(OpenError::NotConnected);
+        }
+        self.streams.open(dir)
+    }
+
+    /// The next stream the peer opened, if any.
+    pub fn accept_stream(&mut self, dir: Dir) -> Option<StreamId> {
+        self.streams.accept(dir)
+    }
+
+    /// Writes to a stream; returns how much was taken (less than `data` when the send
+    /// buffer fills).
+    ///
+    /// # Errors
+    /// [`WriteError`]: blocked (wait for `StreamWritable`), stopped by the peer, finished,
+    /// unknown, or not connected.
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
+        if self.state != State::Established {
+            return Err(WriteError::NotConnected);
+        }
+        self.streams.write(id, data, false)
+    }
+
+    /// Finishes a stream: a FIN follows the data written so far.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
+        if self.state != State::Established {
+            return Err(WriteError::NotConnected);
+        }
+        self.streams.finish(id)
+    }
+
+    /// Abandons sending on a stream with an application error code (RESET_STREAM).
+    ///
+    /// # Errors
+    /// [`WriteError::Closed`] if already reset or fully acknowledged,
+    /// [`WriteError::UnknownStream`] if there is no such sending stream.
+    pub fn reset_stream(&mut self, id: StreamId, code: u64) -> Result<(), WriteError> {
+        self.streams.reset(id, code)
+    }
+
+    /// Asks the peer to stop sending on a stream (STOP_SENDING); unread data is discarded.
+    ///
+    /// # Errors
+    /// [`ReadError::UnknownStream`] if there is no such receiving stream.
+    pub fn stop_sending(&mut self, id: StreamId, code: u64) -> Result<(), ReadError> {
+        self.streams.stop(id, code)
+    }
+
+    /// Reads in-order data from a stream into `buf`: `Ok(Some(n))` bytes, or `Ok(None)` at
+    /// the end of the stream.
+    ///
+    /// # Errors
+    /// [`ReadError`]: nothing yet (wait for `StreamReadable`), reset by the peer, stopped,
+    /// or unknown.
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        self.streams.read(id, buf)
+    }
+
+    /// Sets a stream's urgency for the scheduler; returns false for an unknown stream.
+    pub fn set_urgency(&mut self, id: StreamId, urgency: Urgency) -> bool {
+        self.streams.set_urgency(id, urgency)
+    }
+
+    /// Bytes that can be written before writes block.
+    pub fn send_capacity(&self) -> u64 {
+        self.streams.send_capacity()
+    }
+
+    /// Sends a partially reliable message: it travels on its own unidirectional stream and
+    /// is retransmitted until acknowledged or until `deadline` has passed, when it is
+    /// abandoned (the stream is reset with [`streams::MESSAGE_EXPIRED`]) and reported with
+    /// [`Event::MessageAbandoned`]; [`Event::MessageDelivered`] reports success.
+    ///
+    /// # Errors
+    /// [`MessageError`]: not connected, at the stream limit, or larger than the free send
+    /// buffer (back-pressure: a message is taken whole or not at all).
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        deadline: Duration,
+        urgency: Urgency,
+    ) -> Result<StreamId, MessageError> {
+        if self.state != State::Established {
+            return Err(MessageError::NotConnected);
+        }
+        let cap = self.streams.send_capacity();
+        if data.len() as u64 > cap {
+            return Err(MessageError::Blocked {
+                size: data.len(),
+                capacity: cap,
+            });
+        }
+        let id = self.streams.open(Dir::Uni).map_err(|e| match e {
+            OpenError::Blocked => MessageError::StreamLimit,
+            OpenError::NotConnected => MessageError::NotConnected,
+        })?;
+        self.streams.set_urgency(id, urgency);
+        let n = self.streams.write(id, data, true).unwrap_or(0);
+        debug_assert_eq!(n, data.len());
+        self.messages.push_back((id, now + deadline));
+        Ok(id)
+    }
+
+    /// Changes transport settings on a live connection. Window increases are announced
+    /// to the peer at once; nothing in flight is lost.
+    pub fn adapt(&mut self, a: Adaptation) {
+        if a.stream_window.is_some() || a.connection_window.is_some() {
+            let p = &self.local_params;
+            let stream = a
+                .stream_window
+                .unwrap_or(p.initial_max_stream_data_bidi_remote);
+            let conn = a.connection_window.unwrap_or(p.initial_max_data);
+            self.local_params.initial_max_stream_data_bidi_local = stream;
+            self.local_params.initial_max_stream_data_bidi_remote = stream;
+            self.local_params.initial_max_stream_data_uni = stream;
+            self.local_params.initial_max_data = conn;
+            self.streams.set_windows(stream, conn);
+        }
+        if let Some(k) = a.keep_alive {
+            self.keep_alive = k;
+        }
+        if let Some(t) = a.ack_eliciting_threshold {
+            self.ack_threshold = t.max(1);
+        }
+        if let Some(g) = a.pacing_gain {
+            self.cc.set_pacing_gain(g);
+        }
+    }
+
+    fn pacing_rate(&self) -> u64 {
+        self.cc.pacing_rate().unwrap_or_else(|| {
+            // Window-based controllers: 1.25 × cwnd per smoothed RTT.
+            let srtt = self.rtt.smoothed().as_secs_f64().max(1e-4);
+            (1.25 * self.cc.window() as f64 / srtt) as u64
+        })
+    }
+
+    /// Whether congestion control and pacing let a new data packet leave now.
+    fn data_allowed(&mut self, now: Instant) -> bool {
+        let mtu = self.path.mtu() as u64;
+        if self.in_flight + mtu > self.cc.window() {
+            self.pacing_until = None;
+            return false;
+        }
+        let rate = self.pacing_rate();
+        self.pacing_until = self.pacer.delay(now, rate, mtu);
+        self.pacing_until.is_none()
+    }
+
+    /// Reports messages that completed and abandons those past their deadline.
+    fn update_messages(&mut self, now: Instant) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.messages.len() {
+            let (id, deadline) = self.messages[i];
+            match self.streams.send_progress(id) {
+                None | Some((_, true)) => {
+                    self.messages.remove(i);
+                    self.events.push_back(Event::MessageDelivered(id));
+                    continue;
+                }
+                Some(_) if now >= deadline => {
+                    self.messages.remove(i);
+                    let _ = self.streams.reset(id, streams::MESSAGE_EXPIRED);
+                    self.events.push_back(Event::MessageAbandoned(id));
+                    continue;
+                }
+                Some(_) => i += 1,
+            }
+        }
     }
 
     /// Closes the connection with an application error code. The CONNECTION_CLOSE goes out
@@ -690,6 +1115,19 @@ impl Connection {
         for s in &self.spaces {
             min(s.ack_deadline);
         }
+        if self.state == State::Established {
+            if !self.datagrams_out.is_empty() || self.streams.has_stream_data() {
+                min(self.pacing_until);
+            }
+            min(self.messages.iter().map(|m| m.1).min());
+            if let (Some(k), Some(last)) = (self.keep_alive, self.last_eliciting_1rtt) {
+                min(Some(last + k));
+            }
+            min(self.path.validation.map(|v| v.deadline));
+            if !self.path.probe_in_flight {
+                min(self.path.next_probe);
+            }
+        }
         t
     }
 
@@ -721,6 +1159,23 @@ impl Connection {
         if self.loss_timer().is_some_and(|t| now >= t) {
             self.on_loss_timeout(now);
         }
+        if self.state != State::Established {
+            return;
+        }
+        self.update_messages(now);
+        if let (Some(k), Some(last)) = (self.keep_alive, self.last_eliciting_1rtt)
+            && now >= last + k
+        {
+            self.ping_pending = true;
+            // Count from now, so the timer does not fire again before the PING is sent.
+            self.last_eliciting_1rtt = Some(now);
+        }
+        if let Some(v) = self.path.validation.filter(|v| now >= v.deadline) {
+            // The new address never answered: go back to the one that worked.
+            self.path.validation = None;
+            self.remote = v.previous;
+            self.validated = true;
+        }
     }
 
     /// Processes one received datagram, all of whose packets carry this connection's CID.
@@ -731,11 +1186,17 @@ impl Connection {
         }
         self.stats.rx_datagrams += 1;
         self.stats.rx_bytes += data.len() as u64;
-        if remote != self.remote {
+        let long_header = data.first().is_some_and(|b| b & 0x80 != 0);
+        if remote != self.remote && (!self.confirmed || long_header) {
+            // No migration before the handshake is confirmed, and only 1-RTT packets move
+            // a connection (RFC 9000 §9).
             self.stats.dropped.other_path += 1;
             return;
         }
-        self.rx_bytes += data.len() as u64;
+        if remote == self.remote {
+            self.rx_bytes += data.len() as u64;
+        }
+        let dlen = data.len();
         let mut off = 0;
         let mut first_dcid: Option<ConnectionId> = None;
         while off < data.len() {
@@ -761,7 +1222,7 @@ impl Connection {
                 }
                 Some(_) => {}
             }
-            self.handle_packet(now, &mut rest[..len], &info);
+            self.handle_packet(now, &mut rest[..len], &info, remote, dlen);
             off += len;
             if self.state == State::Drained {
                 return;
@@ -782,20 +1243,32 @@ impl Connection {
             State::Closing if !self.close_pending => return None,
             _ => {}
         }
-        let mut limit = self.mtu;
+        let data_ok = self.state != State::Established || self.data_allowed(now);
+        let mut limit = self.path.mtu();
+        // A due MTU probe takes a datagram of its own (1-RTT, PING + PADDING).
+        let probe = if data_ok && self.validated && self.state == State::Established {
+            self.path.probe_due(now)
+        } else {
+            None
+        };
+        if let Some(size) = probe {
+            limit = size;
+        }
         if !self.validated {
             let budget = (3 * self.rx_bytes).saturating_sub(self.tx_bytes) as usize;
             if budget < limit {
-                if budget < MIN_PACKET_SPACE && self.wants_send_any() {
+                if budget < MIN_PACKET_SPACE && self.wants_send_any(data_ok) {
                     self.stats.amplification_blocked += 1;
                     return None;
                 }
                 limit = budget;
             }
         }
-        buf.clear();
-        buf.resize(limit, 0);
-        let wants = [0, 1, 2].map(|i| self.space_wants_send(i));
+        if buf.len() < limit {
+            buf.resize(limit, 0);
+        }
+        let wants =
+            [0, 1, 2].map(|i| probe.is_some() && i == 2 || self.space_wants_send(i, data_ok));
         let mut len = 0;
         let mut has_initial = false;
         for i in 0..3 {
@@ -808,24 +1281,37 @@ impl Connection {
             let last = !wants[i + 1..].iter().any(|w| *w);
             // Datagrams with an Initial are padded to 1200 bytes: always from the client,
             // and from the server when the Initial is ack-eliciting (RFC 9000 §14.1).
-            let pad_to = if last && (has_initial || i == 0) {
+            let pad_to = if probe.is_some() && i == 2 {
+                limit - len
+            } else if last && (has_initial || i == 0) {
                 MIN_INITIAL_DATAGRAM.min(limit).saturating_sub(len)
             } else {
                 0
             };
-            let Some((n, _)) = self.write_packet(now, i, &mut buf[len..limit], pad_to) else {
+            let p = if i == 2 { probe } else { None };
+            let Some((n, _)) = self.write_packet(now, i, &mut buf[len..limit], pad_to, data_ok, p)
+            else {
                 continue;
             };
             has_initial |= i == 0;
             len += n;
         }
         if len == 0 {
+            if data_ok && self.state == State::Established && self.in_flight < self.cc.window() {
+                // Nothing to send with room in the window: application-limited.
+                self.rate.on_app_limited(self.in_flight);
+                self.cc.on_app_limited(now);
+            }
             return None;
+        }
+        if let Some(p) = probe {
+            if len == p {
+                self.path.probe_in_flight = true;
+            }
         }
         if self.state == State::Closing {
             self.close_pending = false;
         }
-        buf.truncate(len);
         self.tx_bytes += len as u64;
         self.stats.tx_datagrams += 1;
         self.stats.tx_bytes += len as u64;
@@ -846,7 +1332,14 @@ impl Connection {
         }
     }
 
-    fn handle_packet(&mut self, now: Instant, pkt: &mut [u8], info: &WireHeader) {
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        info: &WireHeader,
+        remote: SocketAddr,
+        dlen: usize,
+    ) {
         match info.kind {
             PacketKind::Retry => return self.handle_retry(pkt, info),
             PacketKind::VersionNegotiation => return self.handle_version_negotiation(pkt, info),
@@ -909,11 +1402,25 @@ impl Connection {
             self.stats.dropped.duplicate += 1;
             return;
         }
+        // A packet that skips ahead leaves a gap: acknowledge at once so the peer detects
+        // the loss quickly (RFC 9000 §13.2.1).
+        let newest = space.largest_rx.is_none_or(|(l, _)| pn > l);
+        let gap = space.largest_rx.is_some_and(|(l, _)| pn > l + 1 || pn < l);
         space.received.insert(pn..pn + 1);
-        if space.largest_rx.is_none_or(|(l, _)| pn > l) {
+        if newest {
             space.largest_rx = Some((pn, now));
         }
+        if gap {
+            space.ack_now = true;
+        }
         self.stats.rx_packets += 1;
+        if i == 2 && remote != self.remote {
+            if !newest {
+                // A late packet from the old path: use its frames, do not move back.
+            } else {
+                self.on_peer_address_change(now, remote, dlen);
+            }
+        }
         if let Some(d) = self.idle_timeout {
             self.idle_deadline = Some(now + d.max(3 * self.pto_period(2)));
         }
@@ -954,15 +1461,37 @@ impl Connection {
                 return;
             }
         }
+        if eliciting && i == 2 {
+            self.update_ack_thinning(now);
+        }
+        let threshold = if self.thinning {
+            self.ack_threshold.max(self.transport.ack_thinning)
+        } else {
+            self.ack_threshold
+        };
         let space = &mut self.spaces[i];
         if eliciting && !space.discarded {
             space.unacked_eliciting += 1;
-            if i != 2 || space.unacked_eliciting >= ACK_ELICITING_THRESHOLD {
+            if i != 2 || space.unacked_eliciting >= threshold {
                 space.ack_now = true;
                 space.ack_deadline = None;
             } else if space.ack_deadline.is_none() {
                 space.ack_deadline = Some(now + MAX_ACK_DELAY);
             }
+        }
+    }
+
+    /// ACK thinning: above ~4,000 ack-eliciting packets per second (about 45 Mbit/s of
+    /// full packets), acknowledge every `ack_thinning` packets instead of every other one.
+    /// Loss recovery is unaffected: gaps are acknowledged at once.
+    fn update_ack_thinning(&mut self, now: Instant) {
+        const WINDOW: Duration = Duration::from_millis(25);
+        let (start, n) = &mut self.rx_rate_window;
+        *n += 1;
+        if now.saturating_duration_since(*start) >= WINDOW {
+            self.thinning = *n >= 100;
+            *start = now;
+            *n = 0;
         }
     }
 
@@ -1072,11 +1601,107 @@ impl Connection {
             Frame::NewToken(_) if self.side == Side::Server => Err(
                 ConnectionError::ProtocolViolation("NEW_TOKEN sent by a client"),
             ),
-            // Tokens for future connections and the CID/path/stream machinery arrive with
-            // the transport core; refuse rather than ignore what needs them.
+            // Tokens for future connections are not used (Retry covers validation).
             Frame::NewToken(_) => Ok(()),
+            Frame::Stream {
+                id,
+                offset,
+                fin,
+                data,
+            } => self.streams.on_stream(StreamId(id), offset, data, fin),
+            Frame::ResetStream {
+                id,
+                code,
+                final_size,
+            } => self.streams.on_reset_stream(StreamId(id), code, final_size),
+            Frame::StopSending { id, code } => self.streams.on_stop_sending(StreamId(id), code),
+            Frame::MaxData(m) => {
+                self.streams.on_max_data(m);
+                Ok(())
+            }
+            Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(StreamId(id), max),
+            Frame::MaxStreams { bidi, count } => self
+                .streams
+                .on_max_streams(if bidi { Dir::Bi } else { Dir::Uni }, count),
+            Frame::DataBlocked(_) | Frame::StreamsBlocked { .. } => Ok(()),
+            Frame::StreamDataBlocked { id, .. } => {
+                self.streams.on_stream_data_blocked(StreamId(id))
+            }
+            Frame::NewConnectionId {
+                seq,
+                retire_prior_to,
+                cid,
+                reset_token,
+            } => {
+                if self.remote_cid.is_empty() {
+                    return Err(ConnectionError::ProtocolViolation(
+                        "NEW_CONNECTION_ID to a peer using zero-length CIDs",
+                    ));
+                }
+                let limit = self.local_params.active_connection_id_limit;
+                self.path
+                    .on_new_cid(seq, retire_prior_to, cid, reset_token, limit)?;
+                if self.path.active_cid().is_none() {
+                    // The active CID was retired: move to the next one.
+                    match self.path.peer_cids.front() {
+                        Some(c) => {
+                            self.remote_cid = c.cid;
+                            self.path.active_seq = c.seq;
+                        }
+                        None => {
+                            return Err(ConnectionError::ProtocolViolation(
+                                "every connection ID retired",
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Frame::RetireConnectionId(seq) => self.path.on_retire(seq),
+            Frame::PathChallenge(d) => self.path.on_challenge(now, d),
+            Frame::PathResponse(d) => {
+                if let Some(v) = self.path.validation.filter(|v| v.token == d) {
+                    self.path.validation = None;
+                    self.validated = true;
+                    self.events.push_back(Event::PathMigrated(v.remote));
+                }
+                Ok(())
+            }
             other => Err(ConnectionError::UnsupportedFrame(other.ty())),
         }
+    }
+
+    /// The peer's packets now come from `remote` (NAT rebinding or migration): switch to
+    /// it, validate it, and limit what is sent there until it answers (RFC 9000 §9).
+    fn on_peer_address_change(&mut self, now: Instant, remote: SocketAddr, datagram: usize) {
+        use rand_core::RngCore;
+        let previous = self.remote;
+        let port_only = previous.ip() == remote.ip();
+        self.remote = remote;
+        self.validated = false;
+        self.rx_bytes = datagram as u64;
+        self.tx_bytes = 0;
+        if !port_only {
+            // A new network path: its capacity and delay are unknown (RFC 9000 §9.4).
+            self.cc = self.transport.congestion.build(now, self.path.mtu() as u64);
+            self.rtt = RttEstimator::default();
+            let base = self.path_base_mtu();
+            self.path.reset_mtu(base, now);
+        }
+        let mut token = [0u8; 8];
+        self.rng.fill_bytes(&mut token);
+        let keep_previous = self.path.validation.map_or(previous, |v| v.previous);
+        self.path.validation = Some(path::Validation {
+            remote,
+            previous: keep_previous,
+            token,
+            deadline: now + 3 * self.pto_period(2).max(self.rtt.pto_base()),
+            challenge_pending: true,
+        });
+    }
+
+    fn path_base_mtu(&self) -> usize {
+        self.mtu
     }
 
     fn on_crypto(
@@ -1241,6 +1866,19 @@ impl Connection {
         self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
         self.peer_ack_delay_exponent = peer.ack_delay_exponent;
         self.peer_max_datagram = peer.max_datagram_frame_size;
+        self.streams.set_peer_limits(PeerLimits {
+            max_data: peer.initial_max_data,
+            bidi_local: peer.initial_max_stream_data_bidi_local,
+            bidi_remote: peer.initial_max_stream_data_bidi_remote,
+            uni: peer.initial_max_stream_data_uni,
+            max_streams_bidi: peer.initial_max_streams_bidi,
+            max_streams_uni: peer.initial_max_streams_uni,
+        });
+        self.path.peer_cids.push_back(path::PeerCid {
+            seq: 0,
+            cid: self.remote_cid,
+            reset_token: peer.stateless_reset_token.unwrap_or_default(),
+        });
         let ours = self.local_params.max_idle_timeout_ms;
         let theirs = peer.max_idle_timeout_ms;
         let idle = match (ours, theirs) {
@@ -1262,6 +1900,8 @@ impl Connection {
 
     fn confirm(&mut self) {
         self.confirmed = true;
+        self.path
+            .start_discovery(self.last_eliciting_1rtt.unwrap_or(self.unix_base.0));
         self.spaces[0].discard();
         self.spaces[1].discard();
         self.events.push_back(Event::HandshakeConfirmed);
@@ -1273,7 +1913,8 @@ impl Connection {
         }
         for mut p in std::mem::take(&mut self.early_packets) {
             if let Ok(info) = classify_payload(&p, &self.classifier) {
-                self.handle_packet(now, &mut p, &info);
+                let (remote, len) = (self.remote, p.len());
+                self.handle_packet(now, &mut p, &info, remote, len);
             }
         }
     }
@@ -1360,9 +2001,13 @@ impl Connection {
         );
         let mut newly_eliciting = false;
         let mut rtt_sample = None;
+        let mut acked_bytes = 0u64;
+        let mut largest_sent: Option<Instant> = None;
         for r in ack.ranges() {
+            let space = &mut self.spaces[i];
             let start = space.sent.partition_point(|p| p.pn < *r.start());
             for idx in start..space.sent.len() {
+                let space = &mut self.spaces[i];
                 let p = &mut space.sent[idx];
                 if p.pn > *r.end() {
                     break;
@@ -1371,6 +2016,7 @@ impl Connection {
                     continue;
                 }
                 p.done = true;
+                let p = p.clone();
                 if p.ack_eliciting {
                     space.eliciting_in_flight -= 1;
                     newly_eliciting = true;
@@ -1385,6 +2031,16 @@ impl Connection {
                 if i == 2 && p.pn >= self.tx_phase_first_pn {
                     self.tx_phase_acked = true;
                 }
+                if p.in_flight {
+                    let size = u64::from(p.size);
+                    self.in_flight -= size;
+                    acked_bytes += size;
+                    largest_sent = Some(largest_sent.map_or(p.time, |t| t.max(p.time)));
+                    if let Some(rs) = &p.rate {
+                        self.rate.on_acked(now, p.time, size, rs);
+                    }
+                }
+                self.on_records(i, p.rec, true);
             }
         }
         if let Some(rtt) = rtt_sample {
@@ -1406,21 +2062,81 @@ impl Connection {
         if newly_eliciting {
             self.pto_count = 0;
         }
+        if let Some(largest_sent) = largest_sent {
+            let sample = self.rate.take_sample(self.rtt.min());
+            self.cc.on_ack(
+                now,
+                &AckEvent {
+                    acked: acked_bytes,
+                    in_flight: self.in_flight,
+                    largest_sent,
+                    latest_rtt: self.rtt.latest(),
+                    min_rtt: self.rtt.min(),
+                    smoothed_rtt: self.rtt.smoothed(),
+                    sample,
+                    delivered: self.rate.delivered(),
+                },
+            );
+        }
         self.detect_lost(now, i);
         self.spaces[i].compact();
+        self.update_messages(now);
         Ok(())
+    }
+
+    /// Acts on the frame records of an acknowledged or lost packet.
+    fn on_records(&mut self, i: usize, rec: (u64, u64), acked: bool) {
+        for seq in rec.0..rec.1 {
+            let space = &self.spaces[i];
+            let Some(&r) = seq
+                .checked_sub(space.records_base)
+                .and_then(|k| space.records.get(k as usize))
+            else {
+                continue;
+            };
+            match (r, acked) {
+                (Record::Stream(s), true) => self.streams.on_acked(s),
+                (Record::Stream(s), false) => self.streams.on_lost(s),
+                (Record::NewCid(seq), false) => {
+                    if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq) {
+                        c.3 = true;
+                    }
+                }
+                (Record::RetireCid(seq), false) => {
+                    if !self.path.retire_pending.contains(&seq) {
+                        self.path.retire_pending.push_back(seq);
+                    }
+                }
+                (Record::MtuProbe(size), true) => {
+                    if let Some(mtu) = self.path.on_probe_acked(usize::from(size)) {
+                        self.cc.on_mtu(mtu as u64);
+                        self.pacer.set_mtu(mtu as u64);
+                        if let Some(d) = self.max_datagram_size() {
+                            self.events.push_back(Event::DatagramSizeChanged(d));
+                        }
+                    }
+                }
+                (Record::MtuProbe(size), false) => self.path.on_probe_lost(usize::from(size)),
+                _ => {}
+            }
+        }
     }
 
     fn detect_lost(&mut self, now: Instant, i: usize) {
         let loss_delay = self.rtt.loss_delay();
-        let space = &mut self.spaces[i];
-        let Some(largest) = space.largest_acked else {
+        let Some(largest) = self.spaces[i].largest_acked else {
             return;
         };
-        space.loss_time = None;
+        self.spaces[i].loss_time = None;
         let lost_before = now.checked_sub(loss_delay);
-        let (mut lost, mut lost_bytes) = (0, 0);
-        for p in space.sent.iter_mut() {
+        let (mut lost, mut lost_bytes, mut cc_lost) = (0, 0, 0u64);
+        let mut newest_lost: Option<SentPacket> = None;
+        let mut oldest_lost_time: Option<Instant> = None;
+        let mut idx = 0;
+        while idx < self.spaces[i].sent.len() {
+            let space = &mut self.spaces[i];
+            let p = &mut space.sent[idx];
+            idx += 1;
             if p.pn > largest {
                 break;
             }
@@ -1429,6 +2145,7 @@ impl Connection {
             }
             if largest - p.pn >= PACKET_THRESHOLD || lost_before.is_some_and(|t| p.time <= t) {
                 p.done = true;
+                let p = p.clone();
                 lost += 1;
                 lost_bytes += u64::from(p.size);
                 if p.ack_eliciting {
@@ -1440,15 +2157,56 @@ impl Connection {
                 if p.handshake_done {
                     self.handshake_done_pending = true;
                 }
+                let probe = space
+                    .records_of(p.rec)
+                    .any(|r| matches!(r, Record::MtuProbe(_)));
+                if p.in_flight {
+                    self.in_flight -= u64::from(p.size);
+                    // A lost MTU probe says nothing about congestion (RFC 8899 §4.4).
+                    if !probe {
+                        cc_lost += u64::from(p.size);
+                        self.rate.on_lost(u64::from(p.size));
+                        oldest_lost_time.get_or_insert(p.time);
+                        newest_lost = Some(p.clone());
+                    }
+                }
+                self.on_records(i, p.rec, false);
             } else {
                 let t = p.time + loss_delay;
                 space.loss_time = Some(space.loss_time.map_or(t, |l| l.min(t)));
             }
         }
+        let space = &mut self.spaces[i];
         space.crypto_pending.subtract(&space.crypto_acked);
         space.compact();
         self.stats.lost_packets += lost;
         self.stats.lost_bytes += lost_bytes;
+        if let Some(p) = newest_lost {
+            // Persistent congestion: losses spanning more than 3 PTOs with nothing
+            // acknowledged in between (RFC 9002 §7.6, simplified to one ACK's losses).
+            let span =
+                oldest_lost_time.map_or(Duration::ZERO, |t| p.time.saturating_duration_since(t));
+            let pc = self.rtt.pto_base() + self.peer_max_ack_delay;
+            let persistent = self.rtt.has_sample() && span > 3 * pc;
+            let rs = p.rate.expect("in-flight packets carry rate state");
+            self.cc.on_loss(
+                now,
+                &LossEvent {
+                    lost: cc_lost,
+                    in_flight: self.in_flight,
+                    largest_lost_sent: p.time,
+                    tx_in_flight: rs.tx_in_flight,
+                    lost_since_sent: self.rate_lost_since(&rs),
+                    is_app_limited: rs.is_app_limited,
+                    persistent,
+                    delivered: self.rate.delivered(),
+                },
+            );
+        }
+    }
+
+    fn rate_lost_since(&self, rs: &cc::PacketRateState) -> u64 {
+        self.rate.lost().saturating_sub(rs.lost)
     }
 
     fn pto_period(&self, i: usize) -> Duration {
@@ -1532,11 +2290,11 @@ impl Connection {
 
     // ----- Sending ----------------------------------------------------------------------
 
-    fn wants_send_any(&self) -> bool {
-        (0..3).any(|i| self.space_wants_send(i))
+    fn wants_send_any(&self, data_ok: bool) -> bool {
+        (0..3).any(|i| self.space_wants_send(i, data_ok))
     }
 
-    fn space_wants_send(&self, i: usize) -> bool {
+    fn space_wants_send(&self, i: usize, data_ok: bool) -> bool {
         let s = &self.spaces[i];
         if s.tx.is_none() {
             return false;
@@ -1547,9 +2305,21 @@ impl Connection {
         if s.wants_ack() || !s.crypto_pending.is_empty() || s.probes > 0 {
             return i != 2 || self.state_allows_1rtt();
         }
-        i == 2
-            && self.state_allows_1rtt()
-            && (self.handshake_done_pending || !self.datagrams_out.is_empty() || self.ping_pending)
+        if i != 2 || !self.state_allows_1rtt() {
+            return false;
+        }
+        if self.handshake_done_pending || self.ping_pending || self.path.response.is_some() {
+            return true;
+        }
+        if self.path.validation.is_some_and(|v| v.challenge_pending) {
+            return true;
+        }
+        data_ok
+            && self.state == State::Established
+            && (!self.datagrams_out.is_empty()
+                || self.streams.wants_send()
+                || !self.path.retire_pending.is_empty()
+                || self.path.issued.iter().any(|c| c.3))
     }
 
     fn state_allows_1rtt(&self) -> bool {
@@ -1564,6 +2334,8 @@ impl Connection {
         i: usize,
         out: &mut [u8],
         pad_to: usize,
+        data_ok: bool,
+        mtu_probe: Option<usize>,
     ) -> Option<(usize, bool)> {
         if i == 2 && self.state == State::Established {
             let tx = self.spaces[2].tx.as_ref()?;
@@ -1610,6 +2382,10 @@ impl Connection {
         let mut eliciting = false;
         let mut crypto = None;
         let mut handshake_done = false;
+        let mut rec = {
+            let e = self.spaces[i].records_end();
+            (e, e)
+        };
         let payload_len = {
             let mut w = Out::new(&mut out[payload_start..payload_cap]);
             let space = &mut self.spaces[i];
@@ -1670,25 +2446,10 @@ impl Connection {
                     }
                 }
                 if i == 2 {
-                    while let Some(d) = self.datagrams_out.front() {
-                        let need = 1 + frame::varint_len(d.len() as u64) + d.len();
-                        if need > w.remaining() {
-                            if w.is_empty() {
-                                // Cannot fit even alone (the path shrank): drop it.
-                                self.datagrams_out.pop_front();
-                                continue;
-                            }
-                            break;
-                        }
-                        let d = self.datagrams_out.pop_front().expect("front exists");
-                        let _ = frame::encode_datagram(&mut w, &d, false);
-                        eliciting = true;
-                    }
-                    if self.ping_pending {
-                        self.ping_pending = false;
-                        if w.varint(frame::ty::PING).is_some() {
-                            eliciting = true;
-                        }
+                    let rec_start = self.spaces[2].records_end();
+                    eliciting |= self.write_one_rtt_frames(&mut w, data_ok, mtu_probe);
+                    if self.spaces[2].records_end() > rec_start {
+                        rec = (rec_start, self.spaces[2].records_end());
                     }
                 }
                 let space = &mut self.spaces[i];
@@ -1732,6 +2493,9 @@ impl Connection {
                 }
             }
         }
+        let in_flight = eliciting && i == 2;
+        let rate = in_flight.then(|| self.rate.on_sent(now, self.in_flight, packet_len as u64));
+        let space = &mut self.spaces[i];
         space.sent.push_back(SentPacket {
             pn,
             time: now,
@@ -1740,14 +2504,148 @@ impl Connection {
             crypto,
             handshake_done,
             done: !eliciting,
+            in_flight,
+            rate,
+            rec,
         });
         space.compact();
+        if in_flight {
+            self.in_flight += packet_len as u64;
+            self.cc.on_sent(now, packet_len as u64, self.in_flight);
+            self.pacer.on_sent(packet_len as u64);
+            self.last_eliciting_1rtt = Some(now);
+        }
         self.stats.tx_packets += 1;
         if i == 1 && self.side == Side::Client && !self.spaces[0].discarded {
             // The client's first Handshake packet retires the Initial keys (RFC 9001 §4.9.1).
             self.spaces[0].discard();
         }
         Some((packet_len, eliciting))
+    }
+
+    /// Writes the 1-RTT-only frames (path, CIDs, stream control, DATAGRAMs, PING, STREAM)
+    /// into `w`, recording what must be retransmitted; returns whether any is
+    /// ack-eliciting.
+    fn write_one_rtt_frames(
+        &mut self,
+        w: &mut Out<'_>,
+        data_ok: bool,
+        mtu_probe: Option<usize>,
+    ) -> bool {
+        let mut eliciting = false;
+        // Path frames go out regardless of congestion: they are small and time-critical.
+        if let Some(d) = self.path.response
+            && frame::encode_path(w, true, &d).is_some()
+        {
+            self.path.response = None;
+            eliciting = true;
+        }
+        if let Some(v) = self
+            .path
+            .validation
+            .as_mut()
+            .filter(|v| v.challenge_pending)
+            && frame::encode_path(w, false, &v.token).is_some()
+        {
+            v.challenge_pending = false;
+            eliciting = true;
+        }
+        if self.ping_pending && w.varint(frame::ty::PING).is_some() {
+            self.ping_pending = false;
+            eliciting = true;
+        }
+        if mtu_probe.is_some() {
+            // The probe: PING, then the caller pads to the probe size.
+            if w.varint(frame::ty::PING).is_some() {
+                let size = mtu_probe.expect("checked") as u16;
+                self.spaces[2].records.push_back(Record::MtuProbe(size));
+            }
+            return true;
+        }
+        let probing = self.spaces[2].probes > 0;
+        if self.state != State::Established || !(data_ok || probing) {
+            return eliciting;
+        }
+        let records = &mut self.spaces[2].records;
+        while let Some(&seq) = self.path.retire_pending.front() {
+            if frame::encode_varints(w, &[frame::ty::RETIRE_CONNECTION_ID, seq]).is_none() {
+                break;
+            }
+            self.path.retire_pending.pop_front();
+            records.push_back(Record::RetireCid(seq));
+            eliciting = true;
+        }
+        for c in self.path.issued.iter_mut().filter(|c| c.3) {
+            if frame::encode_new_cid(w, c.0, 0, &c.1, &c.2).is_none() {
+                break;
+            }
+            c.3 = false;
+            records.push_back(Record::NewCid(c.0));
+            eliciting = true;
+        }
+        let before = w.len();
+        self.streams
+            .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
+        while let Some(d) = self.datagrams_out.front() {
+            let need = 1 + frame::varint_len(d.len() as u64) + d.len();
+            if need > w.remaining() {
+                if w.is_empty() {
+                    // Cannot fit even alone (the path shrank): drop it.
+                    self.datagrams_out.pop_front();
+                    continue;
+                }
+                break;
+            }
+            let d = self.datagrams_out.pop_front().expect("front exists");
+            let _ = frame::encode_datagram(w, &d, false);
+            eliciting = true;
+        }
+        self.streams
+            .write_streams(w, &mut |r| records.push_back(Record::Stream(r)));
+        eliciting || w.len() > before
+    }
+
+    /// Issues this side's connection IDs: the endpoint supplies them (they route to this
+    /// connection), the connection announces them with NEW_CONNECTION_ID.
+    pub(crate) fn cids_wanted(&self) -> usize {
+        if !self.confirmed || self.is_closed() {
+            return 0;
+        }
+        let limit = self
+            .peer_params()
+            .map_or(2, |p| p.active_connection_id_limit)
+            .min(8) as usize;
+        // The handshake CID (sequence 0) counts against the limit too.
+        limit.saturating_sub(1 + self.path.issued.len())
+    }
+
+    pub(crate) fn issue_cid(&mut self, cid: ConnectionId, reset_token: [u8; 16]) {
+        let seq = self.path.next_issue_seq;
+        self.path.next_issue_seq += 1;
+        self.path.issued.push((seq, cid, reset_token, true));
+    }
+
+    /// CIDs the peer retired, for the endpoint to stop routing.
+    pub(crate) fn take_retired_cids(&mut self) -> Vec<ConnectionId> {
+        std::mem::take(&mut self.path.retired_local)
+    }
+
+    /// Every CID that routes to this connection.
+    pub(crate) fn local_cids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        std::iter::once(self.local_cid).chain(self.path.issued.iter().map(|c| c.1))
+    }
+
+    /// Moves to a fresh connection ID of the peer's, as a client does before it migrates
+    /// to a new address, so the two paths cannot be linked by an observer. Returns false
+    /// when the peer has issued no spare CID.
+    pub fn rotate_connection_id(&mut self) -> bool {
+        match self.path.rotate() {
+            Some(cid) => {
+                self.remote_cid = cid;
+                true
+            }
+            None => false,
+        }
     }
 
     // ----- Closing ----------------------------------------------------------------------

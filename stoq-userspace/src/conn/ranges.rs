@@ -19,7 +19,7 @@ impl RangeSet {
     /// An empty set holding at most `cap` ranges.
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            ranges: Vec::with_capacity(cap + 1),
+            ranges: Vec::with_capacity(cap.min(64) + 1),
             cap: cap.max(1),
         }
     }
@@ -115,6 +115,34 @@ impl RangeSet {
                 self.ranges.remove(i);
             }
         }
+    }
+
+    /// The highest range.
+    pub(crate) fn last(&self) -> Option<Range<u64>> {
+        self.ranges.last().cloned()
+    }
+
+    /// Removes and returns the lowest range.
+    pub(crate) fn pop_first(&mut self) -> Option<Range<u64>> {
+        (!self.ranges.is_empty()).then(|| self.ranges.remove(0))
+    }
+
+    /// Removes everything below `x`.
+    pub(crate) fn remove_below(&mut self, x: u64) {
+        let i = self.ranges.partition_point(|r| r.end <= x);
+        self.ranges.drain(..i);
+        if let Some(r) = self.ranges.first_mut() {
+            r.start = r.start.max(x);
+        }
+    }
+
+    /// The ranges overlapping `r`, clipped to it.
+    pub(crate) fn overlapping(&self, r: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        let i = self.ranges.partition_point(|x| x.end <= r.start);
+        self.ranges[i..]
+            .iter()
+            .take_while(move |x| x.start < r.end)
+            .map(move |x| x.start.max(r.start)..x.end.min(r.end))
     }
 
     /// Removes every range of `other`.

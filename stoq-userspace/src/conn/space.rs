@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::Instant;
 
+use super::Record;
+use super::cc::PacketRateState;
 use super::ranges::RangeSet;
 use crate::crypto::DirectionalKeys;
 
@@ -27,6 +29,12 @@ pub(crate) struct SentPacket {
     pub(crate) handshake_done: bool,
     /// Acknowledged or lost: a tombstone until it reaches the front of the queue.
     pub(crate) done: bool,
+    /// Counted in bytes in flight (ack-eliciting).
+    pub(crate) in_flight: bool,
+    /// Delivery-rate sampler state at send time.
+    pub(crate) rate: Option<PacketRateState>,
+    /// Its frame records: `records[rec.0 - records_base .. rec.1 - records_base]`.
+    pub(crate) rec: (u64, u64),
 }
 
 /// What a space has to send next.
@@ -66,6 +74,11 @@ pub(crate) struct Space {
     pub(crate) crypto_in_bytes: u64,
     /// Keys discarded: the space is closed for good.
     pub(crate) discarded: bool,
+    /// Frame records of the packets in `sent`, in order (a ring reused across packets, so
+    /// recording allocates nothing in steady state).
+    pub(crate) records: VecDeque<Record>,
+    /// Sequence number of `records[0]`.
+    pub(crate) records_base: u64,
 }
 
 impl Space {
@@ -92,7 +105,21 @@ impl Space {
             crypto_in: BTreeMap::new(),
             crypto_in_bytes: 0,
             discarded: false,
+            records: VecDeque::with_capacity(64),
+            records_base: 0,
         }
+    }
+
+    /// Sequence number the next record gets.
+    pub(crate) fn records_end(&self) -> u64 {
+        self.records_base + self.records.len() as u64
+    }
+
+    /// The records of a packet.
+    pub(crate) fn records_of(&self, rec: (u64, u64)) -> impl Iterator<Item = Record> + '_ {
+        let a = rec.0.saturating_sub(self.records_base) as usize;
+        let b = rec.1.saturating_sub(self.records_base) as usize;
+        self.records.range(a.min(b)..b).copied()
     }
 
     /// Whether an ACK frame is owed.
@@ -113,6 +140,8 @@ impl Space {
     /// Forgets everything in flight (keys discarded, or a Retry restarted the exchange).
     pub(crate) fn forget_in_flight(&mut self) {
         self.sent.clear();
+        self.records_base += self.records.len() as u64;
+        self.records.clear();
         self.eliciting_in_flight = 0;
         self.loss_time = None;
         self.probes = 0;
@@ -135,6 +164,12 @@ impl Space {
     pub(crate) fn compact(&mut self) {
         while self.sent.front().is_some_and(|p| p.done) {
             self.sent.pop_front();
+        }
+        // Records of packets no longer tracked.
+        let keep_from = self.sent.front().map_or(self.records_end(), |p| p.rec.0);
+        while self.records_base < keep_from && !self.records.is_empty() {
+            self.records.pop_front();
+            self.records_base += 1;
         }
     }
 }

@@ -1,0 +1,552 @@
+//! STOQ's BBR, after BBRv3 (draft-ietf-ccwg-bbr) and Linux tcp_bbr.c.
+//!
+//! The model is two numbers: the bottleneck bandwidth (`max_bw`, a windowed maximum of
+//! delivery-rate samples over the last two bandwidth-probing cycles) and the round-trip
+//! propagation delay (`min_rtt`, a 10 s windowed minimum). BBR paces at `pacing_gain ×
+//! bw` and caps what is in flight at `cwnd_gain × BDP` plus an allowance for ACK
+//! aggregation, then cycles its gains to probe for more bandwidth (ProbeBW: down, cruise,
+//! refill, up) and, every 5 s without a new minimum, drains the queue to re-measure the
+//! delay (ProbeRTT). Loss above 2 % per round sets long-term (`inflight_hi`) and
+//! short-term (`bw_lo`, `inflight_lo`) bounds, so a lossy or shared path is not flooded.
+
+use std::time::{Duration, Instant};
+
+use super::{AckEvent, Controller, LossEvent, RateSample, initial_window, minimum_window};
+
+const STARTUP_PACING_GAIN: f64 = 2.77;
+const STARTUP_CWND_GAIN: f64 = 2.0;
+const DRAIN_PACING_GAIN: f64 = 0.35;
+const PROBE_DOWN_GAIN: f64 = 0.9;
+const PROBE_UP_GAIN: f64 = 1.25;
+const CWND_GAIN: f64 = 2.0;
+const LOSS_THRESH: f64 = 0.02;
+const BETA: f64 = 0.7;
+const HEADROOM: f64 = 0.15;
+const MIN_RTT_FILTER: Duration = Duration::from_secs(10);
+const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(5);
+const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
+const PACING_MARGIN: f64 = 0.99;
+const FULL_BW_GROWTH: f64 = 1.25;
+const FULL_BW_ROUNDS: u32 = 3;
+/// Rounds the ACK-aggregation estimate is remembered (in two halves).
+const EXTRA_ACKED_ROUNDS: u64 = 10;
+
+/// BBR's state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BbrState {
+    /// Exponential search for the bottleneck rate.
+    Startup,
+    /// Drain the queue Startup built.
+    Drain,
+    /// ProbeBW: pace below the estimate to drain any queue.
+    ProbeDown,
+    /// ProbeBW: pace at the estimate.
+    ProbeCruise,
+    /// ProbeBW: refill the pipe for one round before probing.
+    ProbeRefill,
+    /// ProbeBW: pace above the estimate to find more bandwidth.
+    ProbeUp,
+    /// Shrink to half a BDP to re-measure the propagation delay.
+    ProbeRtt,
+}
+
+impl BbrState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Startup => "bbr_startup",
+            Self::Drain => "bbr_drain",
+            Self::ProbeDown => "bbr_probe_bw_down",
+            Self::ProbeCruise => "bbr_probe_bw_cruise",
+            Self::ProbeRefill => "bbr_probe_bw_refill",
+            Self::ProbeUp => "bbr_probe_bw_up",
+            Self::ProbeRtt => "bbr_probe_rtt",
+        }
+    }
+}
+
+/// The BBR controller.
+#[derive(Debug, Clone)]
+pub struct Bbr {
+    mtu: u64,
+    state: BbrState,
+    cwnd: u64,
+    pacing_rate: u64,
+    pacing_gain: f64,
+    cwnd_gain: f64,
+    /// Live-adaptation factor on the pacing gain.
+    gain_scale: f64,
+    // Rounds.
+    round_count: u64,
+    next_round_delivered: u64,
+    round_start: bool,
+    // Bandwidth model.
+    max_bw_slots: [u64; 2],
+    cycle_count: u64,
+    bw_lo: u64,
+    bw_latest: u64,
+    inflight_hi: u64,
+    inflight_lo: u64,
+    inflight_latest: u64,
+    loss_round_delivered: u64,
+    loss_in_round: bool,
+    loss_events: u64,
+    // Delay model.
+    min_rtt: Option<Duration>,
+    min_rtt_stamp: Instant,
+    probe_rtt_min: Option<Duration>,
+    probe_rtt_min_stamp: Instant,
+    probe_rtt_done: Option<Instant>,
+    probe_rtt_round_done: bool,
+    prior_cwnd: u64,
+    // Startup exit.
+    filled_pipe: bool,
+    full_bw: u64,
+    full_bw_count: u32,
+    // ProbeBW cycle.
+    cycle_stamp: Instant,
+    probe_wait: Duration,
+    up_rounds: u32,
+    up_acks: u64,
+    // ACK aggregation.
+    extra_acked: [u64; 2],
+    extra_acked_slot_round: u64,
+    ack_epoch_start: Instant,
+    ack_epoch_acked: u64,
+    /// A deterministic jitter source for the probe wait (no OS randomness in the core).
+    jitter: u64,
+}
+
+impl Bbr {
+    /// A controller in Startup.
+    pub fn new(now: Instant, mtu: u64) -> Self {
+        let cwnd = initial_window(mtu);
+        Self {
+            mtu,
+            state: BbrState::Startup,
+            cwnd,
+            // 2.77 × the initial window per millisecond until the first RTT sample.
+            pacing_rate: (STARTUP_PACING_GAIN * cwnd as f64 * 1000.0) as u64,
+            pacing_gain: STARTUP_PACING_GAIN,
+            cwnd_gain: STARTUP_CWND_GAIN,
+            gain_scale: 1.0,
+            round_count: 0,
+            next_round_delivered: 0,
+            round_start: false,
+            max_bw_slots: [0; 2],
+            cycle_count: 0,
+            bw_lo: u64::MAX,
+            bw_latest: 0,
+            inflight_hi: u64::MAX,
+            inflight_lo: u64::MAX,
+            inflight_latest: 0,
+            loss_round_delivered: 0,
+            loss_in_round: false,
+            loss_events: 0,
+            min_rtt: None,
+            min_rtt_stamp: now,
+            probe_rtt_min: None,
+            probe_rtt_min_stamp: now,
+            probe_rtt_done: None,
+            probe_rtt_round_done: false,
+            prior_cwnd: cwnd,
+            filled_pipe: false,
+            full_bw: 0,
+            full_bw_count: 0,
+            cycle_stamp: now,
+            probe_wait: Duration::from_secs(2),
+            up_rounds: 0,
+            up_acks: 0,
+            extra_acked: [0; 2],
+            extra_acked_slot_round: 0,
+            ack_epoch_start: now,
+            ack_epoch_acked: 0,
+            jitter: 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    /// The state.
+    pub fn bbr_state(&self) -> BbrState {
+        self.state
+    }
+
+    /// The bottleneck bandwidth estimate, bytes/s.
+    pub fn max_bw(&self) -> u64 {
+        self.max_bw_slots[0].max(self.max_bw_slots[1])
+    }
+
+    /// The bandwidth the model uses: `max_bw` bounded by the short-term `bw_lo`.
+    pub fn bw(&self) -> u64 {
+        self.max_bw().min(self.bw_lo)
+    }
+
+    /// The propagation delay estimate.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    fn bdp(&self, gain: f64) -> u64 {
+        match self.min_rtt {
+            Some(rtt) => (gain * self.bw() as f64 * rtt.as_secs_f64()) as u64,
+            None => (gain * initial_window(self.mtu) as f64) as u64,
+        }
+    }
+
+    fn extra_acked(&self) -> u64 {
+        self.extra_acked[0].max(self.extra_acked[1])
+    }
+
+    /// What may be in flight at `gain`: BDP plus ACK-aggregation allowance and room for
+    /// a few packets in the sender and receiver (quantization budget).
+    fn inflight(&self, gain: f64) -> u64 {
+        let mut v = self.bdp(gain) + 3 * self.mtu;
+        if self.filled_pipe || self.state != BbrState::Startup {
+            v += self.extra_acked();
+        }
+        if self.state == BbrState::ProbeUp {
+            v += 2 * self.mtu;
+        }
+        v.max(4 * self.mtu)
+    }
+
+    fn inflight_with_headroom(&self) -> u64 {
+        if self.inflight_hi == u64::MAX {
+            return u64::MAX;
+        }
+        let h = (HEADROOM * self.inflight_hi as f64) as u64;
+        (self.inflight_hi - h).max(4 * self.mtu)
+    }
+
+    fn next_jitter(&mut self) -> u64 {
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        self.jitter
+    }
+
+    fn enter(&mut self, s: BbrState, now: Instant) {
+        self.state = s;
+        let (p, c) = match s {
+            BbrState::Startup => (STARTUP_PACING_GAIN, STARTUP_CWND_GAIN),
+            BbrState::Drain => (DRAIN_PACING_GAIN, STARTUP_CWND_GAIN),
+            BbrState::ProbeDown => (PROBE_DOWN_GAIN, CWND_GAIN),
+            BbrState::ProbeCruise | BbrState::ProbeRefill => (1.0, CWND_GAIN),
+            BbrState::ProbeUp => (PROBE_UP_GAIN, 2.25),
+            BbrState::ProbeRtt => (1.0, 0.5),
+        };
+        self.pacing_gain = p;
+        self.cwnd_gain = c;
+        match s {
+            BbrState::ProbeDown => {
+                self.cycle_stamp = now;
+                // Wait 2–3 s of wall time before the next probe (BBRv3 §4.3.3.5), or
+                // earlier when a Reno flow would have probed (capped at 63 rounds).
+                self.probe_wait = Duration::from_millis(2000 + self.next_jitter() % 1000);
+                self.up_rounds = 0;
+            }
+            BbrState::ProbeRefill => {
+                // Forget the short-term bounds: probing starts from the long-term model.
+                self.bw_lo = u64::MAX;
+                self.inflight_lo = u64::MAX;
+            }
+            BbrState::ProbeUp => {
+                // A new cycle: the max-bw filter covers this one and the previous one.
+                self.cycle_count += 1;
+                self.max_bw_slots[(self.cycle_count % 2) as usize] = 0;
+                self.up_rounds = 0;
+                self.up_acks = 0;
+            }
+            _ => {}
+        }
+    }
+
+    fn update_round(&mut self, s: &RateSample, delivered: u64) {
+        self.round_start = false;
+        if s.prior_delivered >= self.next_round_delivered {
+            self.next_round_delivered = delivered;
+            self.round_count += 1;
+            self.round_start = true;
+        }
+    }
+
+    fn update_max_bw(&mut self, s: &RateSample) {
+        let slot = (self.cycle_count % 2) as usize;
+        if s.delivery_rate >= self.max_bw() || !s.is_app_limited {
+            self.max_bw_slots[slot] = self.max_bw_slots[slot].max(s.delivery_rate);
+            if self.max_bw_slots[slot] < s.delivery_rate {
+                self.max_bw_slots[slot] = s.delivery_rate;
+            }
+        }
+    }
+
+    fn update_ack_aggregation(&mut self, now: Instant, acked: u64) {
+        if self.round_start
+            && self.round_count >= self.extra_acked_slot_round + EXTRA_ACKED_ROUNDS / 2
+        {
+            self.extra_acked_slot_round = self.round_count;
+            self.extra_acked[0] = self.extra_acked[1];
+            self.extra_acked[1] = 0;
+        }
+        let mut expected = self.expected_since_epoch(now);
+        if self.ack_epoch_acked <= expected {
+            self.ack_epoch_acked = 0;
+            self.ack_epoch_start = now;
+            expected = 0;
+        }
+        self.ack_epoch_acked += acked;
+        let extra = self.ack_epoch_acked.saturating_sub(expected).min(self.cwnd);
+        self.extra_acked[1] = self.extra_acked[1].max(extra);
+    }
+
+    fn expected_since_epoch(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.ack_epoch_start);
+        (self.bw() as f64 * elapsed.as_secs_f64()) as u64
+    }
+
+    fn check_full_bw(&mut self, s: &RateSample) {
+        if self.filled_pipe || !self.round_start || s.is_app_limited {
+            return;
+        }
+        let bw = self.max_bw();
+        if bw as f64 >= self.full_bw as f64 * FULL_BW_GROWTH {
+            self.full_bw = bw;
+            self.full_bw_count = 0;
+            return;
+        }
+        self.full_bw_count += 1;
+        if self.full_bw_count >= FULL_BW_ROUNDS {
+            self.filled_pipe = true;
+        }
+    }
+
+    fn update_min_rtt(&mut self, now: Instant, rtt: Duration) {
+        let expired = now.saturating_duration_since(self.probe_rtt_min_stamp) > PROBE_RTT_INTERVAL;
+        if self.probe_rtt_min.is_none_or(|m| rtt <= m) || expired {
+            self.probe_rtt_min = Some(rtt);
+            self.probe_rtt_min_stamp = now;
+        }
+        let min_expired = now.saturating_duration_since(self.min_rtt_stamp) > MIN_RTT_FILTER;
+        if let Some(p) = self.probe_rtt_min
+            && (self.min_rtt.is_none_or(|m| p < m) || min_expired)
+        {
+            self.min_rtt = Some(p);
+            self.min_rtt_stamp = self.probe_rtt_min_stamp;
+        }
+    }
+
+    fn check_probe_rtt(&mut self, now: Instant, in_flight: u64) {
+        let expired = now.saturating_duration_since(self.probe_rtt_min_stamp) > PROBE_RTT_INTERVAL;
+        if self.state != BbrState::ProbeRtt && expired && self.filled_pipe {
+            self.prior_cwnd = self.cwnd;
+            self.enter(BbrState::ProbeRtt, now);
+            self.probe_rtt_done = None;
+        }
+        if self.state != BbrState::ProbeRtt {
+            return;
+        }
+        let target = self.probe_rtt_cwnd();
+        match self.probe_rtt_done {
+            None if in_flight <= target => {
+                self.probe_rtt_done = Some(now + PROBE_RTT_DURATION);
+                self.probe_rtt_round_done = false;
+                self.next_round_delivered = 0; // the next ACK starts a round
+            }
+            Some(done) => {
+                if self.round_start {
+                    self.probe_rtt_round_done = true;
+                }
+                if self.probe_rtt_round_done && now >= done {
+                    self.probe_rtt_min_stamp = now;
+                    self.cwnd = self.cwnd.max(self.prior_cwnd);
+                    self.enter(BbrState::ProbeDown, now);
+                    self.enter(BbrState::ProbeCruise, now);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn probe_rtt_cwnd(&self) -> u64 {
+        self.bdp(0.5).max(4 * self.mtu)
+    }
+
+    fn update_probe_bw(&mut self, now: Instant, in_flight: u64) {
+        let time_to_probe = || now.saturating_duration_since(self.cycle_stamp) >= self.probe_wait;
+        match self.state {
+            BbrState::ProbeDown => {
+                if time_to_probe() {
+                    self.enter(BbrState::ProbeRefill, now);
+                } else if in_flight <= self.inflight_with_headroom().min(self.inflight(1.0)) {
+                    self.enter(BbrState::ProbeCruise, now);
+                }
+            }
+            BbrState::ProbeCruise => {
+                if time_to_probe() {
+                    self.enter(BbrState::ProbeRefill, now);
+                }
+            }
+            BbrState::ProbeRefill => {
+                if self.round_start {
+                    self.enter(BbrState::ProbeUp, now);
+                }
+            }
+            BbrState::ProbeUp => {
+                if self.round_start {
+                    self.up_rounds += 1;
+                    // Raise the long-term bound, doubling the step each round.
+                    if self.inflight_hi != u64::MAX {
+                        let step = self.mtu << self.up_rounds.min(10);
+                        self.inflight_hi = self.inflight_hi.saturating_add(step);
+                    }
+                }
+                // Probe for at least one round, then until the pipe holds 1.25 BDP.
+                if self.up_rounds >= 1 && in_flight >= self.inflight(PROBE_UP_GAIN) {
+                    self.enter(BbrState::ProbeDown, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Per-round loss response for the non-probing states (BBRv3 lower bounds).
+    fn adapt_lower_bounds(&mut self) {
+        if !self.loss_in_round || matches!(self.state, BbrState::Startup | BbrState::ProbeUp) {
+            return;
+        }
+        let bw_lo = if self.bw_lo == u64::MAX {
+            self.max_bw()
+        } else {
+            self.bw_lo
+        };
+        self.bw_lo = self.bw_latest.max((BETA * bw_lo as f64) as u64);
+        let in_lo = if self.inflight_lo == u64::MAX {
+            self.cwnd
+        } else {
+            self.inflight_lo
+        };
+        self.inflight_lo = self.inflight_latest.max((BETA * in_lo as f64) as u64);
+    }
+
+    fn set_pacing(&mut self) {
+        let bw = self.bw();
+        if bw == 0 {
+            return;
+        }
+        let rate = (self.pacing_gain * self.gain_scale * bw as f64 * PACING_MARGIN) as u64;
+        if self.filled_pipe || rate > self.pacing_rate {
+            self.pacing_rate = rate;
+        }
+    }
+
+    fn set_cwnd(&mut self, acked: u64, delivered: u64) {
+        let target = self.inflight(self.cwnd_gain);
+        if self.filled_pipe {
+            self.cwnd = (self.cwnd + acked).min(target);
+        } else if self.cwnd < target || delivered < initial_window(self.mtu) {
+            self.cwnd += acked;
+        }
+        self.cwnd = self.cwnd.max(4 * self.mtu);
+        // Bounds.
+        let mut cap = u64::MAX;
+        if matches!(
+            self.state,
+            BbrState::ProbeDown | BbrState::ProbeCruise | BbrState::ProbeRtt
+        ) {
+            cap = self.inflight_with_headroom();
+        } else if self.state != BbrState::Startup || self.inflight_hi != u64::MAX {
+            cap = self.inflight_hi;
+        }
+        cap = cap.min(self.inflight_lo);
+        if self.state == BbrState::ProbeRtt {
+            cap = cap.min(self.probe_rtt_cwnd());
+        }
+        self.cwnd = self.cwnd.min(cap).max(4 * self.mtu);
+    }
+}
+
+impl Controller for Bbr {
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, _in_flight: u64) {}
+
+    fn on_ack(&mut self, now: Instant, ack: &AckEvent) {
+        self.update_min_rtt(now, ack.latest_rtt);
+        if let Some(s) = ack.sample {
+            self.update_round(&s, ack.delivered);
+            // Latest-round signals.
+            if s.prior_delivered >= self.loss_round_delivered {
+                self.adapt_lower_bounds();
+                self.loss_round_delivered = ack.delivered;
+                self.loss_in_round = false;
+                self.bw_latest = 0;
+                self.inflight_latest = 0;
+            }
+            self.bw_latest = self.bw_latest.max(s.delivery_rate);
+            self.inflight_latest = self.inflight_latest.max(s.delivered);
+            self.update_max_bw(&s);
+            self.check_full_bw(&s);
+        }
+        self.update_ack_aggregation(now, ack.acked);
+        match self.state {
+            BbrState::Startup if self.filled_pipe => self.enter(BbrState::Drain, now),
+            BbrState::Drain if ack.in_flight <= self.inflight(1.0) => {
+                self.enter(BbrState::ProbeDown, now);
+            }
+            _ => {}
+        }
+        self.update_probe_bw(now, ack.in_flight);
+        self.check_probe_rtt(now, ack.in_flight);
+        self.set_pacing();
+        self.set_cwnd(ack.acked, ack.delivered);
+    }
+
+    fn on_loss(&mut self, now: Instant, loss: &LossEvent) {
+        self.loss_in_round = true;
+        let too_high = loss.tx_in_flight > 0
+            && loss.lost_since_sent as f64 > LOSS_THRESH * loss.tx_in_flight as f64;
+        if loss.persistent {
+            self.cwnd = minimum_window(self.mtu).max(4 * self.mtu);
+            self.loss_events += 1;
+            return;
+        }
+        if !too_high {
+            return;
+        }
+        self.loss_events += 1;
+        if !loss.is_app_limited {
+            let target = self.inflight(1.0);
+            self.inflight_hi = loss.tx_in_flight.max((BETA * target as f64) as u64);
+        }
+        match self.state {
+            BbrState::Startup => {
+                self.filled_pipe = true;
+                self.enter(BbrState::Drain, now);
+            }
+            BbrState::ProbeUp => self.enter(BbrState::ProbeDown, now),
+            _ => {}
+        }
+        self.set_cwnd(0, loss.delivered);
+    }
+
+    fn on_mtu(&mut self, mtu: u64) {
+        self.mtu = mtu;
+    }
+
+    fn window(&self) -> u64 {
+        self.cwnd
+    }
+
+    fn pacing_rate(&self) -> Option<u64> {
+        Some(self.pacing_rate.max(1))
+    }
+
+    fn state(&self) -> &'static str {
+        self.state.name()
+    }
+
+    fn congestion_events(&self) -> u64 {
+        self.loss_events
+    }
+
+    fn set_pacing_gain(&mut self, gain: f64) {
+        self.gain_scale = gain.clamp(0.25, 4.0);
+        self.set_pacing();
+    }
+}

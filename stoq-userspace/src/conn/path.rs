@@ -1,0 +1,269 @@
+//! Path state: the peer's connection IDs (NEW_CONNECTION_ID, retirement), the CIDs this
+//! side issued, path validation (PATH_CHALLENGE/RESPONSE) for migration and NAT
+//! rebinding, and DPLPMTUD (RFC 8899) probing of the path MTU.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stoq_common::cid::ConnectionId;
+
+use super::ConnectionError;
+
+/// Most PATH_CHALLENGE frames answered per second; beyond that a peer is flooding.
+pub(crate) const MAX_CHALLENGES_PER_SEC: u32 = 256;
+/// Most RETIRE_CONNECTION_ID frames waiting to go out (bounded by the CID limit in
+/// practice; a peer that retires prior to a huge number is refused).
+const MAX_PENDING_RETIRE: usize = 64;
+/// DPLPMTUD: probes lost at one size before that size counts as too big.
+const MAX_PROBES: u8 = 3;
+/// DPLPMTUD: the search stops when the bounds are this close.
+const SEARCH_DONE: usize = 16;
+
+/// A connection ID of the peer's, with its reset token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerCid {
+    pub(crate) seq: u64,
+    pub(crate) cid: ConnectionId,
+    pub(crate) reset_token: [u8; 16],
+}
+
+/// A validation in progress for the peer's new address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Validation {
+    pub(crate) remote: SocketAddr,
+    pub(crate) previous: SocketAddr,
+    pub(crate) token: [u8; 8],
+    pub(crate) deadline: Instant,
+    pub(crate) challenge_pending: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Paths {
+    /// The peer's CIDs we may use (the active one is first).
+    pub(crate) peer_cids: VecDeque<PeerCid>,
+    /// Sequence number of the CID in use.
+    pub(crate) active_seq: u64,
+    /// Every peer CID with a sequence below this is retired.
+    retire_prior_to: u64,
+    /// Highest sequence number seen from the peer.
+    highest_peer_seq: Option<u64>,
+    pub(crate) retire_pending: VecDeque<u64>,
+    /// CIDs this side issued: (seq, cid, frame pending).
+    pub(crate) issued: Vec<(u64, ConnectionId, [u8; 16], bool)>,
+    pub(crate) next_issue_seq: u64,
+    /// CIDs the peer retired, for the endpoint to unroute.
+    pub(crate) retired_local: Vec<ConnectionId>,
+    /// PATH_RESPONSE to send: the latest challenge's data.
+    pub(crate) response: Option<[u8; 8]>,
+    challenges: (Instant, u32),
+    pub(crate) validation: Option<Validation>,
+    // DPLPMTUD.
+    mtu: usize,
+    mtu_max: usize,
+    search_low: usize,
+    search_high: usize,
+    probe_size: Option<usize>,
+    probes_lost: u8,
+    pub(crate) probe_in_flight: bool,
+    pub(crate) next_probe: Option<Instant>,
+}
+
+impl Paths {
+    pub(crate) fn new(mtu: usize, discovery_max: Option<usize>) -> Self {
+        let max = discovery_max.unwrap_or(mtu).max(mtu);
+        Self {
+            peer_cids: VecDeque::new(),
+            active_seq: 0,
+            retire_prior_to: 0,
+            highest_peer_seq: None,
+            retire_pending: VecDeque::new(),
+            issued: Vec::new(),
+            next_issue_seq: 1,
+            retired_local: Vec::new(),
+            response: None,
+            challenges: (Instant::now(), 0),
+            validation: None,
+            mtu,
+            mtu_max: max,
+            search_low: mtu,
+            search_high: max,
+            probe_size: None,
+            probes_lost: 0,
+            probe_in_flight: false,
+            next_probe: None,
+        }
+    }
+
+    pub(crate) fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// Starts DPLPMTUD once the handshake is confirmed.
+    pub(crate) fn start_discovery(&mut self, now: Instant) {
+        if self.mtu_max > self.mtu && self.next_probe.is_none() {
+            self.next_probe = Some(now);
+        }
+    }
+
+    /// The next probe size, if one should go out now.
+    pub(crate) fn probe_due(&mut self, now: Instant) -> Option<usize> {
+        if self.probe_in_flight || self.next_probe.is_none_or(|t| now < t) {
+            return None;
+        }
+        if self.search_high - self.search_low <= SEARCH_DONE {
+            // Converged: search again (upwards only) in ten minutes, per RFC 8899 §5.1.
+            self.next_probe = Some(now + Duration::from_secs(600));
+            self.search_high = self.mtu_max;
+            return None;
+        }
+        let size = self
+            .probe_size
+            .unwrap_or(if self.search_high == self.mtu_max {
+                // Try the ceiling first: on a jumbo link it is reached in one probe.
+                self.search_high
+            } else {
+                (self.search_low + self.search_high) / 2
+            });
+        self.probe_size = Some(size);
+        Some(size)
+    }
+
+    /// A probe of `size` was acknowledged: the path carries it. Returns the new MTU.
+    pub(crate) fn on_probe_acked(&mut self, size: usize) -> Option<usize> {
+        self.probe_in_flight = false;
+        self.probe_size = None;
+        self.probes_lost = 0;
+        self.search_low = self.search_low.max(size);
+        if size > self.mtu {
+            self.mtu = size;
+            return Some(size);
+        }
+        None
+    }
+
+    pub(crate) fn on_probe_lost(&mut self, size: usize) {
+        self.probe_in_flight = false;
+        self.probes_lost += 1;
+        if self.probes_lost >= MAX_PROBES {
+            self.search_high = size.saturating_sub(1).max(self.search_low);
+            self.probe_size = None;
+            self.probes_lost = 0;
+        }
+    }
+
+    /// The connection falls back to the base MTU (a black hole on the new path).
+    pub(crate) fn reset_mtu(&mut self, base: usize, now: Instant) {
+        self.mtu = base;
+        self.search_low = base;
+        self.search_high = self.mtu_max;
+        self.probe_size = None;
+        self.probe_in_flight = false;
+        self.next_probe = (self.mtu_max > base).then_some(now);
+    }
+
+    /// A PATH_CHALLENGE arrived: answer the latest; refuse floods.
+    pub(crate) fn on_challenge(
+        &mut self,
+        now: Instant,
+        data: [u8; 8],
+    ) -> Result<(), ConnectionError> {
+        if now.saturating_duration_since(self.challenges.0) >= Duration::from_secs(1) {
+            self.challenges = (now, 0);
+        }
+        self.challenges.1 += 1;
+        if self.challenges.1 > MAX_CHALLENGES_PER_SEC {
+            return Err(ConnectionError::PathChallengeFlood);
+        }
+        self.response = Some(data);
+        Ok(())
+    }
+
+    /// A NEW_CONNECTION_ID arrived. `limit` is our active_connection_id_limit.
+    pub(crate) fn on_new_cid(
+        &mut self,
+        seq: u64,
+        retire_prior_to: u64,
+        cid: ConnectionId,
+        reset_token: [u8; 16],
+        limit: u64,
+    ) -> Result<(), ConnectionError> {
+        if retire_prior_to > seq {
+            return Err(ConnectionError::ProtocolViolation(
+                "NEW_CONNECTION_ID retires beyond its own sequence number",
+            ));
+        }
+        if let Some(c) = self.peer_cids.iter().find(|c| c.seq == seq) {
+            if c.cid != cid || c.reset_token != reset_token {
+                return Err(ConnectionError::ProtocolViolation(
+                    "NEW_CONNECTION_ID reuses a sequence number for another CID",
+                ));
+            }
+            return Ok(());
+        }
+        if seq < self.retire_prior_to {
+            // Already retired: retire it again (RFC 9000 §19.15).
+            self.queue_retire(seq)?;
+            return Ok(());
+        }
+        self.highest_peer_seq = Some(self.highest_peer_seq.map_or(seq, |h| h.max(seq)));
+        self.peer_cids.push_back(PeerCid {
+            seq,
+            cid,
+            reset_token,
+        });
+        if retire_prior_to > self.retire_prior_to {
+            for s in self.retire_prior_to..retire_prior_to {
+                if self.peer_cids.iter().any(|c| c.seq == s) {
+                    self.queue_retire(s)?;
+                }
+            }
+            self.retire_prior_to = retire_prior_to;
+            self.peer_cids.retain(|c| c.seq >= retire_prior_to);
+        }
+        if self.peer_cids.len() as u64 > limit {
+            return Err(ConnectionError::ConnectionIdLimit);
+        }
+        Ok(())
+    }
+
+    fn queue_retire(&mut self, seq: u64) -> Result<(), ConnectionError> {
+        if self.retire_pending.len() >= MAX_PENDING_RETIRE {
+            return Err(ConnectionError::ConnectionIdLimit);
+        }
+        if !self.retire_pending.contains(&seq) {
+            self.retire_pending.push_back(seq);
+        }
+        Ok(())
+    }
+
+    /// The active CID was retired by `retire_prior_to`: the next one to use, if any.
+    pub(crate) fn active_cid(&self) -> Option<&PeerCid> {
+        self.peer_cids.iter().find(|c| c.seq == self.active_seq)
+    }
+
+    /// Switches to a fresh peer CID (for migration), retiring the current one.
+    pub(crate) fn rotate(&mut self) -> Option<ConnectionId> {
+        let next = self.peer_cids.iter().find(|c| c.seq > self.active_seq)?;
+        let (seq, cid) = (next.seq, next.cid);
+        let old = self.active_seq;
+        self.peer_cids.retain(|c| c.seq != old);
+        self.retire_pending.push_back(old);
+        self.active_seq = seq;
+        Some(cid)
+    }
+
+    /// The peer retired our CID `seq`.
+    pub(crate) fn on_retire(&mut self, seq: u64) -> Result<(), ConnectionError> {
+        if seq >= self.next_issue_seq {
+            return Err(ConnectionError::ProtocolViolation(
+                "RETIRE_CONNECTION_ID for a sequence number never issued",
+            ));
+        }
+        if let Some(i) = self.issued.iter().position(|c| c.0 == seq) {
+            let (_, cid, _, _) = self.issued.remove(i);
+            self.retired_local.push(cid);
+        }
+        Ok(())
+    }
+}
