@@ -2,6 +2,11 @@
 //! acceleration.
 //!
 //! This crate is the userspace half of STOQ. Today it carries:
+//! - [`conn`]: the sans-IO protocol core: [`conn::Endpoint`] and [`conn::Connection`]
+//!   (post-quantum handshake, packet protection, streams with flow control and priorities,
+//!   datagrams, partially reliable messages, loss recovery, congestion control with STOQ's
+//!   BBR, path validation and migration, MTU discovery);
+//! - `sim` (feature `sim`): a deterministic network simulator for the core;
 //! - [`xdp`]: the loader for the `stoq_xdp` program (load, configure ports and the CID
 //!   layout, attach in driver or skb mode through a bpf_link, read [`xdp::SteerStats`],
 //!   detach), in-kernel test runs, and a minimal AF_XDP socket ([`xdp::xsk`]);
@@ -17,6 +22,8 @@ pub mod conn;
 pub mod crypto;
 pub mod frame;
 pub mod handshake;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod xdp;
 
 /// The wire format: header views, varints, connection-ID layout and the classifier,

@@ -2214,7 +2214,14 @@ impl Connection {
         if i == 2 && self.confirmed {
             d += self.peer_max_ack_delay;
         }
-        d * (1u32 << self.pto_count.min(16))
+        let backed_off = d * (1u32 << self.pto_count.min(16));
+        // Back off exponentially, but probe at least eight times within the idle timeout:
+        // after an outage longer than a few RTTs, uncapped doubling would leave a lossy
+        // path unprobed until the connection times out.
+        match self.idle_timeout {
+            Some(idle) => backed_off.min((idle / 8).max(d)),
+            None => backed_off,
+        }
     }
 
     /// The loss-detection timer: the earliest loss time, else the earliest PTO.
@@ -2273,7 +2280,9 @@ impl Connection {
             }
             if s.eliciting_in_flight > 0 || (i < 2 && self.side == Side::Client && !self.confirmed)
             {
-                s.probes = 1;
+                // Two probes in the application space (RFC 9002 §6.2.4 allows up to two):
+                // on a lossy path one lost probe then does not cost a whole PTO.
+                s.probes = if i == 2 { 2 } else { 1 };
                 if i < 2 {
                     s.requeue_all_crypto();
                 }

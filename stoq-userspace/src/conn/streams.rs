@@ -1180,6 +1180,12 @@ impl Streams {
                 continue;
             };
             let sid = StreamId(id);
+            if q.reset.is_some() {
+                // Reset after it was queued: nothing more goes out on it.
+                q.queued = false;
+                self.levels[l].pop_front();
+                continue;
+            }
             // Pick the range: retransmissions first, then fresh data within flow control.
             let (offset, avail, fresh) = if let Some(r) = q.retransmit.first() {
                 (r.start, r.end - r.start, false)

@@ -431,7 +431,13 @@ impl Bbr {
         if bw == 0 {
             return;
         }
-        let rate = (self.pacing_gain * self.gain_scale * bw as f64 * PACING_MARGIN) as u64;
+        let mut rate = (self.pacing_gain * self.gain_scale * bw as f64 * PACING_MARGIN) as u64;
+        // Never pace slower than the minimum window per round trip: a model built from
+        // application-limited samples must not starve the flow once it has data.
+        if let Some(rtt) = self.min_rtt {
+            let floor = (4 * self.mtu) as f64 / rtt.as_secs_f64().max(1e-6);
+            rate = rate.max(floor as u64);
+        }
         if self.filled_pipe || rate > self.pacing_rate {
             self.pacing_rate = rate;
         }
@@ -515,7 +521,9 @@ impl Controller for Bbr {
             self.inflight_hi = loss.tx_in_flight.max((BETA * target as f64) as u64);
         }
         match self.state {
-            BbrState::Startup => {
+            // Leave Startup on loss only when the loss is the path's answer to a full
+            // pipe, not to a trickle of application-limited traffic.
+            BbrState::Startup if !loss.is_app_limited && self.max_bw() > 0 => {
                 self.filled_pipe = true;
                 self.enter(BbrState::Drain, now);
             }

@@ -1,0 +1,5 @@
+//! Simulator tests of the transport core (feature `sim`; run them in release mode:
+//! `cargo test --release -p stoq --features sim --test sim`, or `cargo xtask sim`).
+
+mod common;
+mod property;
