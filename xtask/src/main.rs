@@ -4,6 +4,7 @@
 //! cargo xtask build-ebpf            provision the eBPF toolchain, build stoq_xdp
 //! cargo xtask test                  build-ebpf, then the whole test suite
 //! cargo xtask selfcheck             build-ebpf, then the XDP self-check (README's main job)
+//! cargo xtask sim [--seeds N]       the transport simulator's property test over N seeds
 //! cargo xtask fuzz [--seconds N]    every fuzz target for N seconds (default 30)
 //! cargo xtask bench [ARGS]          criterion micro-benchmarks
 //! ```
@@ -24,6 +25,8 @@ fn usage() -> ExitCode {
          build-ebpf          provision nightly rust-src and bpf-linker, build the XDP object\n  \
          test                build-ebpf, then run every test (privileged ones need root)\n  \
          selfcheck           build-ebpf, then run the XDP path self-check\n  \
+         sim [--seeds N] [--first F] [--seed S]\n                      \
+         the simulator property test (default 1,000 seeds; --seed replays one)\n  \
          fuzz [--seconds N] [TARGET...]  run fuzz targets (default: all, 30 s each)\n  \
          bench [ARGS]        run the criterion benchmarks (ARGS go to criterion)"
     );
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "selfcheck" => selfcheck(rest),
         "fuzz" => fuzz(rest),
+        "sim" => sim(rest),
         "bench" => bench(rest),
         "-h" | "--help" | "help" => return usage(),
         other => {
@@ -83,6 +87,46 @@ fn test(extra: &[String]) -> Result<(), Fail> {
         c.env("STOQ_REQUIRE_PRIVILEGED", "1");
     } else {
         eprintln!("xtask: not root: privileged XDP/netns tests will skip with their reason");
+    }
+    run(&mut c)?;
+    // The simulator tests (the transport property test over 1,000 seeds, congestion
+    // control on a simulated bottleneck) run in release mode: they move gigabytes.
+    let mut c = cargo();
+    c.args([
+        "test", "--release", "-p", "stoq", "--features", "sim", "--test", "sim",
+    ]);
+    run(&mut c)
+}
+
+/// `cargo xtask sim [--seeds N] [--first F] [--seed S]`.
+fn sim(args: &[String]) -> Result<(), Fail> {
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--release",
+        "-p",
+        "stoq",
+        "--features",
+        "sim",
+        "--test",
+        "sim",
+        "--",
+        "--nocapture",
+        "property::",
+    ]);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let var = match a.as_str() {
+            "--seeds" => "STOQ_SIM_SEEDS",
+            "--first" => "STOQ_SIM_FIRST",
+            "--seed" => "STOQ_SIM_SEED",
+            other => return Err(Fail(format!("sim: unknown argument `{other}`"))),
+        };
+        let v = it
+            .next()
+            .filter(|v| v.parse::<u64>().is_ok())
+            .ok_or_else(|| Fail(format!("{a} needs a number")))?;
+        c.env(var, v);
     }
     run(&mut c)
 }
