@@ -93,7 +93,14 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     // control on a simulated bottleneck) run in release mode: they move gigabytes.
     let mut c = cargo();
     c.args([
-        "test", "--release", "-p", "stoq", "--features", "sim", "--test", "sim",
+        "test",
+        "--release",
+        "-p",
+        "stoq",
+        "--features",
+        "sim",
+        "--test",
+        "sim",
     ]);
     run(&mut c)
 }

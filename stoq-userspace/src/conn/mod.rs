@@ -951,9 +951,19 @@ impl Connection {
         self.streams.set_urgency(id, urgency)
     }
 
-    /// Bytes that can be written before writes block.
-    pub fn send_capacity(&self) -> u64 {
-        self.streams.send_capacity()
+    /// Whether every byte written to every stream has been acknowledged by the peer (or
+    /// its stream reset): what a graceful shutdown waits for before closing.
+    pub fn all_sent_data_acked(&self) -> bool {
+        self.streams.all_acked()
+    }
+
+    /// Bytes that can be written to stream `id` before writes block (0 for an unknown
+    /// stream). Bulk streams see 7/8 of the send buffer; the rest is kept for more urgent
+    /// streams.
+    pub fn send_capacity(&self, id: StreamId) -> u64 {
+        self.streams
+            .urgency(id)
+            .map_or(0, |u| self.streams.send_capacity(u))
     }
 
     /// Sends a partially reliable message: it travels on its own unidirectional stream and
@@ -974,7 +984,7 @@ impl Connection {
         if self.state != State::Established {
             return Err(MessageError::NotConnected);
         }
-        let cap = self.streams.send_capacity();
+        let cap = self.streams.send_capacity(urgency);
         if data.len() as u64 > cap {
             return Err(MessageError::Blocked {
                 size: data.len(),
@@ -2102,10 +2112,8 @@ impl Connection {
                         c.3 = true;
                     }
                 }
-                (Record::RetireCid(seq), false) => {
-                    if !self.path.retire_pending.contains(&seq) {
-                        self.path.retire_pending.push_back(seq);
-                    }
+                (Record::RetireCid(seq), false) if !self.path.retire_pending.contains(&seq) => {
+                    self.path.retire_pending.push_back(seq);
                 }
                 (Record::MtuProbe(size), true) => {
                     if let Some(mtu) = self.path.on_probe_acked(usize::from(size)) {
@@ -2563,11 +2571,12 @@ impl Connection {
             self.ping_pending = false;
             eliciting = true;
         }
-        if mtu_probe.is_some() {
+        if let Some(size) = mtu_probe {
             // The probe: PING, then the caller pads to the probe size.
             if w.varint(frame::ty::PING).is_some() {
-                let size = mtu_probe.expect("checked") as u16;
-                self.spaces[2].records.push_back(Record::MtuProbe(size));
+                self.spaces[2]
+                    .records
+                    .push_back(Record::MtuProbe(size as u16));
             }
             return true;
         }
@@ -2637,11 +2646,6 @@ impl Connection {
     /// CIDs the peer retired, for the endpoint to stop routing.
     pub(crate) fn take_retired_cids(&mut self) -> Vec<ConnectionId> {
         std::mem::take(&mut self.path.retired_local)
-    }
-
-    /// Every CID that routes to this connection.
-    pub(crate) fn local_cids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
-        std::iter::once(self.local_cid).chain(self.path.issued.iter().map(|c| c.1))
     }
 
     /// Moves to a fresh connection ID of the peer's, as a client does before it migrates

@@ -117,16 +117,6 @@ impl RangeSet {
         }
     }
 
-    /// The highest range.
-    pub(crate) fn last(&self) -> Option<Range<u64>> {
-        self.ranges.last().cloned()
-    }
-
-    /// Removes and returns the lowest range.
-    pub(crate) fn pop_first(&mut self) -> Option<Range<u64>> {
-        (!self.ranges.is_empty()).then(|| self.ranges.remove(0))
-    }
-
     /// Removes everything below `x`.
     pub(crate) fn remove_below(&mut self, x: u64) {
         let i = self.ranges.partition_point(|r| r.end <= x);

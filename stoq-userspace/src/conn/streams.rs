@@ -399,6 +399,8 @@ pub(crate) struct Streams {
     buffered: u64,
     /// STREAM bytes sent again after a loss.
     pub(crate) retransmitted: u64,
+    /// Some write returned Blocked since the last wake-up.
+    blocked_writers: bool,
     ctrl: VecDeque<Ctrl>,
     /// Weighted-fair scheduler: per level, streams with data and the level's virtual time.
     levels: [VecDeque<u64>; 4],
@@ -444,6 +446,7 @@ impl Streams {
             max_data_pending: false,
             buffered: 0,
             retransmitted: 0,
+            blocked_writers: false,
             ctrl: VecDeque::new(),
             levels: Default::default(),
             vtime: [0; 4],
@@ -537,8 +540,20 @@ impl Streams {
     }
 
     /// Bytes the application may still buffer before writes block.
-    pub(crate) fn send_capacity(&self) -> u64 {
-        self.limits.send_buffer.saturating_sub(self.buffered)
+    /// Bulk streams may fill only 7/8 of the connection's send buffer: the rest is kept
+    /// for more urgent streams, so a bulk writer cannot lock them out of the buffer.
+    pub(crate) fn send_capacity(&self, u: Urgency) -> u64 {
+        let limit = if u == Urgency::Bulk {
+            self.limits.send_buffer / 8 * 7
+        } else {
+            self.limits.send_buffer
+        };
+        limit.saturating_sub(self.buffered)
+    }
+
+    /// The urgency of stream `id`.
+    pub(crate) fn urgency(&self, id: StreamId) -> Option<Urgency> {
+        self.map.get(&id.0).map(|s| s.urgency)
     }
 
     pub(crate) fn write(
@@ -547,7 +562,7 @@ impl Streams {
         data: &[u8],
         fin: bool,
     ) -> Result<usize, WriteError> {
-        let room = self.send_capacity();
+        let room = self.send_capacity(self.urgency(id).unwrap_or_default());
         let Some(s) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
             return Err(WriteError::UnknownStream);
         };
@@ -560,6 +575,7 @@ impl Streams {
         let n = (data.len() as u64).min(room) as usize;
         if n == 0 && !data.is_empty() {
             s.want_writable = true;
+            self.blocked_writers = true;
             return Err(WriteError::Blocked);
         }
         s.buf.extend(&data[..n]);
@@ -1270,7 +1286,6 @@ impl Streams {
                 len,
                 fin,
             } => {
-                let room_before = self.send_capacity();
                 let Some(q) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
                     return;
                 };
@@ -1291,12 +1306,11 @@ impl Streams {
                     self.buffered -= n as u64;
                 }
                 let done = q.is_done() && q.base == q.written;
-                let wake = q.want_writable;
                 if done {
                     self.events.push_back(Event::StreamFinished(id));
                     self.maybe_free(id);
                 }
-                if wake && room_before == 0 && self.send_capacity() > 0 {
+                if self.blocked_writers && self.send_capacity(Urgency::Bulk) > 0 {
                     self.wake_blocked_writers();
                 }
             }
@@ -1316,6 +1330,7 @@ impl Streams {
     }
 
     fn wake_blocked_writers(&mut self) {
+        self.blocked_writers = false;
         for (id, s) in &mut self.map {
             if let Some(q) = s.send.as_mut().filter(|q| q.want_writable) {
                 q.want_writable = false;

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use rand_core::OsRng;
 use stoq::conn::cc::ControllerFactory;
 use stoq::conn::{
-    ConnectionHandle, Dir, Endpoint, EndpointConfig, Event, ReadError, Side, StreamId,
-    TransportConfig,
+    ConnectionHandle, Endpoint, EndpointConfig, ReadError, Side, StreamId, TransportConfig,
 };
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
@@ -17,10 +16,10 @@ use stoq::handshake::params::TransportParams;
 use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
 use stoq::sim::{LinkConfig, Sim};
 
-pub const UNIX_NOW: u64 = 1_800_000_000;
+pub(crate) const UNIX_NOW: u64 = 1_800_000_000;
 
 /// The server's FALCON-512 key, generated once per test binary.
-pub fn server_key() -> &'static (Vec<u8>, VerifyingKey) {
+pub(crate) fn server_key() -> &'static (Vec<u8>, VerifyingKey) {
     static K: OnceLock<(Vec<u8>, VerifyingKey)> = OnceLock::new();
     K.get_or_init(|| {
         let (k, p) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
@@ -28,11 +27,11 @@ pub fn server_key() -> &'static (Vec<u8>, VerifyingKey) {
     })
 }
 
-pub fn params() -> TransportParams {
+pub(crate) fn params() -> TransportParams {
     TransportParams::default()
 }
 
-pub fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
+pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
     let (sk, pk) = server_key();
     let server = ServerConfig {
         credential: Credential::RawKey {
@@ -54,7 +53,7 @@ pub fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
     (server, client)
 }
 
-pub fn endpoint_config(
+pub(crate) fn endpoint_config(
     seed: u64,
     start: Instant,
     mtu: usize,
@@ -72,7 +71,7 @@ pub fn endpoint_config(
 }
 
 /// A simulation with one client endpoint and one server endpoint.
-pub fn sim(
+pub(crate) fn sim(
     seed: u64,
     up: LinkConfig,
     down: LinkConfig,
@@ -94,7 +93,7 @@ pub fn sim(
 }
 
 /// Connects a client connection and runs until both sides are established.
-pub fn connect(
+pub(crate) fn connect(
     sim: &mut Sim,
     client: &Arc<ClientConfig>,
     limit: Duration,
@@ -119,7 +118,7 @@ pub fn connect(
 }
 
 /// A transport configuration with the given controller.
-pub fn transport(cc: Arc<dyn ControllerFactory>) -> TransportConfig {
+pub(crate) fn transport(cc: Arc<dyn ControllerFactory>) -> TransportConfig {
     TransportConfig {
         congestion: cc,
         ..TransportConfig::default()
@@ -128,14 +127,14 @@ pub fn transport(cc: Arc<dyn ControllerFactory>) -> TransportConfig {
 
 /// Byte `o` of the stream keyed `key`: a pattern the receiver checks without storing
 /// what was sent.
-pub fn pat(key: u64, o: u64) -> u8 {
+pub(crate) fn pat(key: u64, o: u64) -> u8 {
     let h = ((o / 8) ^ key.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> ((o % 8) * 8)) as u8
 }
 
 /// Reads everything available on `id`, checking it against the pattern; returns
 /// Ok(true) at the end of the stream, Ok(false) when more may come.
-pub fn drain_and_check(
+pub(crate) fn drain_and_check(
     sim: &mut Sim,
     side: Side,
     h: ConnectionHandle,
@@ -167,24 +166,9 @@ pub fn drain_and_check(
     }
 }
 
-/// Events for `side`, drained from the simulator.
-pub fn take_events(sim: &mut Sim, side: Side) -> Vec<(ConnectionHandle, Event)> {
-    let mut out = Vec::new();
-    let mut keep = std::collections::VecDeque::new();
-    while let Some((s, h, e)) = sim.events.pop_front() {
-        if s == side {
-            out.push((h, e));
-        } else {
-            keep.push_back((s, h, e));
-        }
-    }
-    sim.events = keep;
-    out
-}
-
 /// Keeps a stream full of pattern bytes (a bulk sender): writes as much as the send
 /// buffer takes.
-pub fn fill(
+pub(crate) fn fill(
     sim: &mut Sim,
     side: Side,
     h: ConnectionHandle,
@@ -201,7 +185,7 @@ pub fn fill(
     };
     let mut chunk = [0u8; 16384];
     loop {
-        let room = c.send_capacity().min(chunk.len() as u64) as usize;
+        let room = c.send_capacity(id).min(chunk.len() as u64) as usize;
         if room == 0 {
             return;
         }
@@ -213,9 +197,4 @@ pub fn fill(
             _ => return,
         }
     }
-}
-
-/// The dir of a stream, for readability in tests.
-pub fn is_uni(id: StreamId) -> bool {
-    id.dir() == Dir::Uni
 }

@@ -653,7 +653,7 @@ fn random_workloads_over_random_links_lose_nothing() {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = next.fetch_add(1, Relaxed);
                     let Some(&seed) = seeds.get(i) else {
                         return;
                     };

@@ -28,6 +28,10 @@ const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 const PACING_MARGIN: f64 = 0.99;
 const FULL_BW_GROWTH: f64 = 1.25;
 const FULL_BW_ROUNDS: u32 = 3;
+/// Rounds the max-bandwidth filter spans (Linux BBR: the gain cycle plus two).
+const BW_FILTER_ROUNDS: usize = 10;
+/// Loss events in one round that let loss end Startup.
+const STARTUP_FULL_LOSS_COUNT: u32 = 6;
 /// Rounds the ACK-aggregation estimate is remembered (in two halves).
 const EXTRA_ACKED_ROUNDS: u64 = 10;
 
@@ -80,8 +84,13 @@ pub struct Bbr {
     next_round_delivered: u64,
     round_start: bool,
     // Bandwidth model.
-    max_bw_slots: [u64; 2],
-    cycle_count: u64,
+    /// Max-bandwidth filter: the largest delivery rate of each of the last
+    /// [`BW_FILTER_ROUNDS`] packet-timed rounds.
+    bw_rounds: [u64; BW_FILTER_ROUNDS],
+    /// Rounds between bandwidth probes in this cycle (6–8, drawn per cycle).
+    probe_rounds: u64,
+    /// Smoothed per-round loss rate (EWMA, weight 1/4).
+    loss_ewma: f64,
     bw_lo: u64,
     bw_latest: u64,
     inflight_hi: u64,
@@ -89,6 +98,14 @@ pub struct Bbr {
     inflight_latest: u64,
     loss_round_delivered: u64,
     loss_in_round: bool,
+    /// Bytes lost and loss events in the current loss round.
+    lost_in_round: u64,
+    loss_events_in_round: u32,
+    /// Delivered count when the current loss round began.
+    loss_round_start_delivered: u64,
+    probe_rtt_expired: bool,
+    /// Packet-timed rounds since the last bandwidth probe (Reno coexistence).
+    rounds_since_probe: u64,
     loss_events: u64,
     // Delay model.
     min_rtt: Option<Duration>,
@@ -103,8 +120,6 @@ pub struct Bbr {
     full_bw: u64,
     full_bw_count: u32,
     // ProbeBW cycle.
-    cycle_stamp: Instant,
-    probe_wait: Duration,
     up_rounds: u32,
     up_acks: u64,
     // ACK aggregation.
@@ -132,8 +147,9 @@ impl Bbr {
             round_count: 0,
             next_round_delivered: 0,
             round_start: false,
-            max_bw_slots: [0; 2],
-            cycle_count: 0,
+            bw_rounds: [0; BW_FILTER_ROUNDS],
+            probe_rounds: 6,
+            loss_ewma: 0.0,
             bw_lo: u64::MAX,
             bw_latest: 0,
             inflight_hi: u64::MAX,
@@ -141,6 +157,11 @@ impl Bbr {
             inflight_latest: 0,
             loss_round_delivered: 0,
             loss_in_round: false,
+            lost_in_round: 0,
+            loss_events_in_round: 0,
+            loss_round_start_delivered: 0,
+            probe_rtt_expired: false,
+            rounds_since_probe: 0,
             loss_events: 0,
             min_rtt: None,
             min_rtt_stamp: now,
@@ -152,8 +173,6 @@ impl Bbr {
             filled_pipe: false,
             full_bw: 0,
             full_bw_count: 0,
-            cycle_stamp: now,
-            probe_wait: Duration::from_secs(2),
             up_rounds: 0,
             up_acks: 0,
             extra_acked: [0; 2],
@@ -171,7 +190,7 @@ impl Bbr {
 
     /// The bottleneck bandwidth estimate, bytes/s.
     pub fn max_bw(&self) -> u64 {
-        self.max_bw_slots[0].max(self.max_bw_slots[1])
+        self.bw_rounds.iter().copied().max().unwrap_or(0)
     }
 
     /// The bandwidth the model uses: `max_bw` bounded by the short-term `bw_lo`.
@@ -223,7 +242,7 @@ impl Bbr {
         self.jitter
     }
 
-    fn enter(&mut self, s: BbrState, now: Instant) {
+    fn enter(&mut self, s: BbrState, _now: Instant) {
         self.state = s;
         let (p, c) = match s {
             BbrState::Startup => (STARTUP_PACING_GAIN, STARTUP_CWND_GAIN),
@@ -237,21 +256,17 @@ impl Bbr {
         self.cwnd_gain = c;
         match s {
             BbrState::ProbeDown => {
-                self.cycle_stamp = now;
-                // Wait 2–3 s of wall time before the next probe (BBRv3 §4.3.3.5), or
-                // earlier when a Reno flow would have probed (capped at 63 rounds).
-                self.probe_wait = Duration::from_millis(2000 + self.next_jitter() % 1000);
+                self.probe_rounds = 6 + self.next_jitter() % 3;
                 self.up_rounds = 0;
             }
             BbrState::ProbeRefill => {
                 // Forget the short-term bounds: probing starts from the long-term model.
                 self.bw_lo = u64::MAX;
                 self.inflight_lo = u64::MAX;
+                self.rounds_since_probe = 0;
             }
             BbrState::ProbeUp => {
                 // A new cycle: the max-bw filter covers this one and the previous one.
-                self.cycle_count += 1;
-                self.max_bw_slots[(self.cycle_count % 2) as usize] = 0;
                 self.up_rounds = 0;
                 self.up_acks = 0;
             }
@@ -269,12 +284,12 @@ impl Bbr {
     }
 
     fn update_max_bw(&mut self, s: &RateSample) {
-        let slot = (self.cycle_count % 2) as usize;
+        let slot = (self.round_count % BW_FILTER_ROUNDS as u64) as usize;
+        if self.round_start {
+            self.bw_rounds[slot] = 0;
+        }
         if s.delivery_rate >= self.max_bw() || !s.is_app_limited {
-            self.max_bw_slots[slot] = self.max_bw_slots[slot].max(s.delivery_rate);
-            if self.max_bw_slots[slot] < s.delivery_rate {
-                self.max_bw_slots[slot] = s.delivery_rate;
-            }
+            self.bw_rounds[slot] = self.bw_rounds[slot].max(s.delivery_rate);
         }
     }
 
@@ -320,6 +335,8 @@ impl Bbr {
 
     fn update_min_rtt(&mut self, now: Instant, rtt: Duration) {
         let expired = now.saturating_duration_since(self.probe_rtt_min_stamp) > PROBE_RTT_INTERVAL;
+        // Remembered for check_probe_rtt: the stamp is refreshed below.
+        self.probe_rtt_expired = expired;
         if self.probe_rtt_min.is_none_or(|m| rtt <= m) || expired {
             self.probe_rtt_min = Some(rtt);
             self.probe_rtt_min_stamp = now;
@@ -334,8 +351,7 @@ impl Bbr {
     }
 
     fn check_probe_rtt(&mut self, now: Instant, in_flight: u64) {
-        let expired = now.saturating_duration_since(self.probe_rtt_min_stamp) > PROBE_RTT_INTERVAL;
-        if self.state != BbrState::ProbeRtt && expired && self.filled_pipe {
+        if self.state != BbrState::ProbeRtt && self.probe_rtt_expired && self.filled_pipe {
             self.prior_cwnd = self.cwnd;
             self.enter(BbrState::ProbeRtt, now);
             self.probe_rtt_done = None;
@@ -370,7 +386,10 @@ impl Bbr {
     }
 
     fn update_probe_bw(&mut self, now: Instant, in_flight: u64) {
-        let time_to_probe = || now.saturating_duration_since(self.cycle_stamp) >= self.probe_wait;
+        // Probe every 6–8 round trips, as BBRv1's gain cycle does: flows sharing a
+        // bottleneck then converge, because a probe raises a small flow's share by more
+        // than a large one's, and the 10-round filter forgets old shares quickly.
+        let time_to_probe = || self.rounds_since_probe >= self.probe_rounds;
         match self.state {
             BbrState::ProbeDown => {
                 if time_to_probe() {
@@ -379,15 +398,11 @@ impl Bbr {
                     self.enter(BbrState::ProbeCruise, now);
                 }
             }
-            BbrState::ProbeCruise => {
-                if time_to_probe() {
-                    self.enter(BbrState::ProbeRefill, now);
-                }
+            BbrState::ProbeCruise if time_to_probe() => {
+                self.enter(BbrState::ProbeRefill, now);
             }
-            BbrState::ProbeRefill => {
-                if self.round_start {
-                    self.enter(BbrState::ProbeUp, now);
-                }
+            BbrState::ProbeRefill if self.round_start => {
+                self.enter(BbrState::ProbeUp, now);
             }
             BbrState::ProbeUp => {
                 if self.round_start {
@@ -408,8 +423,21 @@ impl Bbr {
     }
 
     /// Per-round loss response for the non-probing states (BBRv3 lower bounds).
-    fn adapt_lower_bounds(&mut self) {
-        if !self.loss_in_round || matches!(self.state, BbrState::Startup | BbrState::ProbeUp) {
+    /// Taken only when the round lost more than 2 %: the draft reacts to any loss, which
+    /// on a path with 1 % random loss ratchets the rate down between probes; random loss
+    /// below the threshold is treated as noise, as `inflight_hi` already treats it.
+    fn adapt_lower_bounds(&mut self, delivered: u64) {
+        let round_delivered = delivered - self.loss_round_start_delivered;
+        let rate = self.lost_in_round as f64 / (round_delivered + self.lost_in_round).max(1) as f64;
+        self.loss_ewma = 0.75 * self.loss_ewma + 0.25 * rate;
+        let lossy = rate > LOSS_THRESH && self.loss_ewma > 0.75 * LOSS_THRESH;
+        if !self.loss_in_round
+            || !lossy
+            || matches!(
+                self.state,
+                BbrState::Startup | BbrState::ProbeUp | BbrState::ProbeRefill
+            )
+        {
             return;
         }
         let bw_lo = if self.bw_lo == u64::MAX {
@@ -477,10 +505,16 @@ impl Controller for Bbr {
         if let Some(s) = ack.sample {
             self.update_round(&s, ack.delivered);
             // Latest-round signals.
+            if self.round_start {
+                self.rounds_since_probe += 1;
+            }
             if s.prior_delivered >= self.loss_round_delivered {
-                self.adapt_lower_bounds();
+                self.adapt_lower_bounds(ack.delivered);
                 self.loss_round_delivered = ack.delivered;
+                self.loss_round_start_delivered = ack.delivered;
                 self.loss_in_round = false;
+                self.lost_in_round = 0;
+                self.loss_events_in_round = 0;
                 self.bw_latest = 0;
                 self.inflight_latest = 0;
             }
@@ -505,8 +539,24 @@ impl Controller for Bbr {
 
     fn on_loss(&mut self, now: Instant, loss: &LossEvent) {
         self.loss_in_round = true;
+        self.lost_in_round += loss.lost;
+        self.loss_events_in_round += 1;
+        // Too high: a burst of loss well above the threshold (a queue overflowing), or
+        // loss above it on a path whose smoothed loss rate is near it too. One round of
+        // random loss slightly above 2 % is noise, not a signal.
+        let inst = loss.lost_since_sent as f64 / loss.tx_in_flight.max(1) as f64;
         let too_high = loss.tx_in_flight > 0
-            && loss.lost_since_sent as f64 > LOSS_THRESH * loss.tx_in_flight as f64;
+            && (inst > 4.0 * LOSS_THRESH
+                || (inst > LOSS_THRESH && self.loss_ewma > 0.75 * LOSS_THRESH));
+        // The long-term bound reacts only while probing for bandwidth (Linux
+        // bbr_handle_lost_packet), and Startup ends on loss only after several loss
+        // events in one round (BBRv3's full-loss count), not on one unlucky packet.
+        let probing = match self.state {
+            BbrState::Startup => self.loss_events_in_round >= STARTUP_FULL_LOSS_COUNT,
+            BbrState::ProbeRefill | BbrState::ProbeUp => true,
+            _ => false,
+        };
+        let too_high = too_high && probing;
         if loss.persistent {
             self.cwnd = minimum_window(self.mtu).max(4 * self.mtu);
             self.loss_events += 1;
