@@ -641,6 +641,8 @@ pub struct Connection {
     /// When the last ack-eliciting 1-RTT packet was sent (keep-alive).
     last_eliciting_1rtt: Option<Instant>,
     path: path::Paths,
+    /// Raw frames a test queued ([`Connection::queue_raw_frames`]).
+    raw_frames: VecDeque<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -729,6 +731,7 @@ impl Connection {
             thinning: false,
             messages: VecDeque::new(),
             last_eliciting_1rtt: None,
+            raw_frames: VecDeque::new(),
             path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
             transport: s.transport,
         };
@@ -1448,7 +1451,12 @@ impl Connection {
             self.spaces[0].discard();
         }
         let payload_end = pkt.len() - TAG_LEN;
-        let payload = &pkt[header_len..payload_end];
+        self.handle_payload(now, i, &pkt[header_len..payload_end]);
+    }
+
+    /// Acts on the frames of an authenticated packet of space `i`, then schedules its
+    /// acknowledgement.
+    fn handle_payload(&mut self, now: Instant, i: usize, payload: &[u8]) {
         let mut eliciting = false;
         for f in frame::Iter::new(payload) {
             let f = match f {
@@ -1489,6 +1497,26 @@ impl Connection {
                 space.ack_deadline = Some(now + MAX_ACK_DELAY);
             }
         }
+    }
+
+    /// Feeds `payload` to an established connection as if it were the decrypted payload
+    /// of a new 1-RTT packet (no packet protection involved): for fuzzing the frame
+    /// handling and state machine behind a completed handshake.
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    #[doc(hidden)]
+    pub fn inject_one_rtt_payload(&mut self, now: Instant, payload: &[u8]) {
+        if self.state != State::Established {
+            return;
+        }
+        self.handle_payload(now, 2, payload);
+    }
+
+    /// Queues raw frame bytes for the next 1-RTT packet, unchecked: lets a test play a
+    /// hostile peer over the real packet path.
+    #[cfg(any(test, feature = "sim"))]
+    #[doc(hidden)]
+    pub fn queue_raw_frames(&mut self, frames: &[u8]) {
+        self.raw_frames.push_back(frames.to_vec());
     }
 
     /// ACK thinning: above ~4,000 ack-eliciting packets per second (about 45 Mbit/s of
@@ -2325,7 +2353,11 @@ impl Connection {
         if i != 2 || !self.state_allows_1rtt() {
             return false;
         }
-        if self.handshake_done_pending || self.ping_pending || self.path.response.is_some() {
+        if self.handshake_done_pending
+            || self.ping_pending
+            || self.path.response.is_some()
+            || !self.raw_frames.is_empty()
+        {
             return true;
         }
         if self.path.validation.is_some_and(|v| v.challenge_pending) {
@@ -2550,6 +2582,13 @@ impl Connection {
         mtu_probe: Option<usize>,
     ) -> bool {
         let mut eliciting = false;
+        while let Some(f) = self.raw_frames.front() {
+            if w.put(f).is_none() {
+                break;
+            }
+            self.raw_frames.pop_front();
+            eliciting = true;
+        }
         // Path frames go out regardless of congestion: they are small and time-critical.
         if let Some(d) = self.path.response
             && frame::encode_path(w, true, &d).is_some()

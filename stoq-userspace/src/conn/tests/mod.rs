@@ -3,6 +3,7 @@
 
 mod hostile;
 mod session;
+mod transport;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

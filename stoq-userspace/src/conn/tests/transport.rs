@@ -1,0 +1,447 @@
+//! Streams, flow control and limits over the in-memory pair, and hostile peers: each
+//! violation gets its own typed close, and the server endpoint stays healthy for the next
+//! client.
+
+use super::*;
+use crate::frame::{self, Out, ty};
+
+fn frames(f: impl FnOnce(&mut Out<'_>)) -> Vec<u8> {
+    let mut buf = vec![0u8; 1200];
+    let mut w = Out::new(&mut buf);
+    f(&mut w);
+    let n = w.len();
+    buf.truncate(n);
+    buf
+}
+
+fn stream_frame(id: u64, offset: u64, data: &[u8], fin: bool) -> Vec<u8> {
+    frames(|w| {
+        frame::encode_stream_header(w, id, offset, data.len(), fin).unwrap();
+        w.put(data).unwrap();
+    })
+}
+
+/// The client (playing the hostile peer) sends `raw` in a 1-RTT packet; returns the
+/// server's error and the client's view of the close.
+fn hostile(p: &mut Pair, raw: &[u8]) -> (Option<ConnectionError>, Option<ConnectionError>) {
+    p.client_conn().queue_raw_frames(raw);
+    p.drive_until(Duration::from_secs(2), |p| p.lost(true).is_some());
+    p.drive_until(Duration::from_millis(200), |_| false);
+    (p.lost(true), p.lost(false))
+}
+
+/// After a hostile close, the same server endpoint accepts a new client and carries data.
+fn endpoint_still_healthy(p: &mut Pair) {
+    let (_, client) = configs(Setup::default());
+    p.connect(client);
+    assert!(
+        p.drive_until(Duration::from_secs(30), |p| p.both_connected()),
+        "a new client could not connect after the hostile one"
+    );
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Bi).unwrap();
+    c.write(id, b"still serving").unwrap();
+    c.finish(id).unwrap();
+    let mut got = Vec::new();
+    let ok = p.drive_until(Duration::from_secs(2), |p| {
+        let mut buf = [0u8; 64];
+        let s = p.server_conn();
+        while let Some(sid) = s.accept_stream(Dir::Bi) {
+            assert_eq!(sid, id);
+        }
+        matches!(s.read(id, &mut buf), Ok(Some(n)) if { got.extend_from_slice(&buf[..n]); true })
+            && got == b"still serving"
+    });
+    assert!(ok, "data on the new connection: {got:?}");
+}
+
+fn expect_close(raw: &[u8], want: impl Fn(&ConnectionError) -> bool, wire_code: u64) {
+    let mut p = connected_pair();
+    let (server, client) = hostile(&mut p, raw);
+    let server = server.expect("the server closed the connection");
+    assert!(want(&server), "server error {server:?}");
+    match client {
+        Some(ConnectionError::PeerClosed { code, .. }) => assert_eq!(code, wire_code, "{server}"),
+        other => panic!("client saw {other:?}, expected a transport close"),
+    }
+    assert!(p.server.stats().rx_datagrams > 0);
+    endpoint_still_healthy(&mut p);
+}
+
+#[test]
+fn stream_data_round_trips_both_ways_with_fin() {
+    let mut p = connected_pair();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Bi).unwrap();
+    assert_eq!(id, StreamId::new(Side::Client, Dir::Bi, 0));
+    let mut written = 0;
+    let mut got = Vec::new();
+    let mut reply = Vec::new();
+    let mut replied = false;
+    let ok = p.drive_until(Duration::from_secs(30), |p| {
+        let c = p.client_conn();
+        if written < data.len() {
+            written += c.write(id, &data[written..]).unwrap_or(0);
+            if written == data.len() {
+                c.finish(id).unwrap();
+            }
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(Some(n)) = c.read(id, &mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let s = p.server_conn();
+        let _ = s.accept_stream(Dir::Bi);
+        loop {
+            match s.read(id, &mut buf) {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(None) => {
+                    if !replied {
+                        s.write(id, b"thanks").unwrap();
+                        s.finish(id).unwrap();
+                        replied = true;
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        reply == b"thanks"
+    });
+    assert!(ok, "got {} of {} bytes", got.len(), data.len());
+    assert_eq!(got, data);
+}
+
+#[test]
+fn flow_control_blocks_and_credit_unblocks() {
+    // A 64 KiB stream window: the sender stops at it until the reader consumes.
+    let (mut server, client) = configs(Setup::default());
+    server.params.initial_max_stream_data_bidi_remote = 64 * 1024;
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client);
+    assert!(p.handshake());
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Bi).unwrap();
+    c.write(id, &vec![7u8; 200 * 1024]).unwrap();
+    p.drive_until(Duration::from_secs(2), |_| false);
+    let s = p.server_conn();
+    s.accept_stream(Dir::Bi).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = s.read(id, &mut buf).unwrap().unwrap();
+    assert_eq!(n, 64 * 1024, "exactly the window arrived before credit");
+    // Reading granted credit: the rest follows.
+    let mut total = n;
+    p.drive_until(Duration::from_secs(5), |p| {
+        while let Ok(Some(n)) = p.server_conn().read(id, &mut buf) {
+            total += n;
+        }
+        total == 200 * 1024
+    });
+    assert_eq!(total, 200 * 1024);
+}
+
+#[test]
+fn stop_sending_is_answered_with_a_reset_and_reported() {
+    let mut p = connected_pair();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    c.write(id, b"first part").unwrap();
+    p.drive_until(Duration::from_millis(100), |_| false);
+    let s = p.server_conn();
+    assert_eq!(s.accept_stream(Dir::Uni), Some(id));
+    s.stop_sending(id, 9).unwrap();
+    let ok = p.drive_until(Duration::from_secs(1), |p| {
+        p.events
+            .iter()
+            .any(|e| e.3 == Event::StreamStopped { id, code: 9 })
+    });
+    assert!(ok, "the client was told");
+    assert_eq!(
+        p.client_conn().write(id, b"more"),
+        Err(WriteError::Stopped(9))
+    );
+}
+
+#[test]
+fn a_peer_reset_reaches_the_reader_and_frees_the_stream() {
+    let mut p = connected_pair();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    c.write(id, b"partial").unwrap();
+    c.reset_stream(id, 42).unwrap();
+    let mut res = None;
+    p.drive_until(Duration::from_secs(1), |p| {
+        let s = p.server_conn();
+        let _ = s.accept_stream(Dir::Uni);
+        res = Some(s.read(id, &mut [0u8; 64]));
+        matches!(res, Some(Err(ReadError::Reset(_))))
+    });
+    assert_eq!(res, Some(Err(ReadError::Reset(42))));
+    p.drive_until(Duration::from_millis(200), |_| false);
+    assert_eq!(
+        p.server_conn().stats().streams,
+        0,
+        "freed once the reset was read"
+    );
+    assert_eq!(
+        p.client_conn().stats().streams,
+        0,
+        "freed once the reset was acknowledged"
+    );
+}
+
+#[test]
+fn stream_limit_is_raised_as_streams_close() {
+    let (mut server, client) = configs(Setup::default());
+    server.params.initial_max_streams_uni = 3;
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client);
+    assert!(p.handshake());
+    let c = p.client_conn();
+    let ids: Vec<_> = (0..3).map(|_| c.open_stream(Dir::Uni).unwrap()).collect();
+    assert_eq!(c.open_stream(Dir::Uni), Err(OpenError::Blocked));
+    for id in &ids {
+        c.write(*id, b"x").unwrap();
+        c.finish(*id).unwrap();
+    }
+    let ok = p.drive_until(Duration::from_secs(2), |p| {
+        let s = p.server_conn();
+        while s.accept_stream(Dir::Uni).is_some() {}
+        for id in &ids {
+            let _ = s.read(*id, &mut [0u8; 8]);
+            let _ = s.read(*id, &mut [0u8; 8]);
+        }
+        p.events
+            .iter()
+            .any(|e| e.3 == Event::StreamsAvailable(Dir::Uni))
+    });
+    assert!(ok, "MAX_STREAMS arrived");
+    assert!(p.client_conn().open_stream(Dir::Uni).is_ok());
+}
+
+#[test]
+fn messages_past_their_deadline_are_abandoned_and_reported() {
+    let mut p = connected_pair();
+    // Everything from the client is lost: the message cannot be delivered.
+    p.tamper = Some(Box::new(|w: &mut Wire| {
+        if w.to_server {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let now = p.now;
+    let id = p
+        .client_conn()
+        .send_message(now, b"frame 1", Duration::from_millis(150), Urgency::Media)
+        .unwrap();
+    let ok = p.drive_until(Duration::from_secs(1), |p| {
+        p.events.iter().any(|e| e.3 == Event::MessageAbandoned(id))
+    });
+    assert!(ok, "abandoned and reported");
+    let t = p.event_time(false, &Event::MessageAbandoned(id)).unwrap();
+    assert!(t >= now - p.start + Duration::from_millis(150));
+    // Delivered when the path works.
+    p.tamper = None;
+    let now = p.now;
+    let id = p
+        .client_conn()
+        .send_message(now, b"frame 2", Duration::from_millis(500), Urgency::Media)
+        .unwrap();
+    let ok = p.drive_until(Duration::from_secs(1), |p| {
+        p.events.iter().any(|e| e.3 == Event::MessageDelivered(id))
+    });
+    assert!(ok);
+}
+
+#[test]
+fn live_adaptation_changes_windows_without_loss() {
+    let (mut server, client) = configs(Setup::default());
+    server.params.initial_max_stream_data_bidi_remote = 16 * 1024;
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client);
+    assert!(p.handshake());
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Bi).unwrap();
+    c.write(id, &vec![1u8; 1 << 20]).unwrap();
+    p.drive_until(Duration::from_millis(200), |_| false);
+    // The receiver widens its window mid-transfer, and the sender's keep-alive and pacing
+    // gain change too: nothing is lost or re-sent because of it.
+    p.server_conn().adapt(Adaptation {
+        stream_window: Some(1 << 20),
+        connection_window: Some(8 << 20),
+        ..Adaptation::default()
+    });
+    p.client_conn().adapt(Adaptation {
+        keep_alive: Some(Some(Duration::from_secs(1))),
+        pacing_gain: Some(1.5),
+        ack_eliciting_threshold: Some(4),
+        ..Adaptation::default()
+    });
+    let _ = p.server_conn().accept_stream(Dir::Bi);
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let ok = p.drive_until(Duration::from_secs(5), |p| {
+        while let Ok(Some(n)) = p.server_conn().read(id, &mut buf) {
+            assert!(buf[..n].iter().all(|b| *b == 1));
+            total += n;
+        }
+        total == 1 << 20
+    });
+    assert!(ok, "{total}");
+    let st = p.client_conn().stats();
+    assert_eq!(st.lost_packets, 0);
+    assert_eq!(st.retransmitted_bytes, 0);
+}
+
+// ----- Hostile peers ----------------------------------------------------------------------
+
+#[test]
+fn hostile_stream_data_beyond_the_stream_window() {
+    // The server grants 4 MiB per stream: a byte beyond it is a flow-control violation.
+    let raw = stream_frame(0, 4 << 20, b"x", false);
+    expect_close(
+        &raw,
+        |e| matches!(e, ConnectionError::FlowControl(_)),
+        code::FLOW_CONTROL_ERROR,
+    );
+}
+
+#[test]
+fn hostile_stream_data_beyond_the_connection_window() {
+    // Five streams, each within its 4 MiB window, 20 MiB in all against a 16 MiB grant.
+    let mut raw = Vec::new();
+    for i in 0..5u64 {
+        raw.extend(stream_frame(i * 4, (4 << 20) - 1, b"x", false));
+    }
+    expect_close(
+        &raw,
+        |e| matches!(e, ConnectionError::FlowControl(_)),
+        code::FLOW_CONTROL_ERROR,
+    );
+}
+
+#[test]
+fn hostile_streams_beyond_the_stream_limit() {
+    // 100 bidirectional streams are allowed: index 100 is one too many.
+    let raw = stream_frame(100 << 2, 0, b"x", false);
+    expect_close(
+        &raw,
+        |e| *e == ConnectionError::StreamLimit,
+        code::STREAM_LIMIT_ERROR,
+    );
+}
+
+#[test]
+fn hostile_ack_of_packets_never_sent() {
+    let raw = frames(|w| {
+        frame::encode_ack(w, [1_000_000..=1_000_000u64].into_iter(), 0).unwrap();
+    });
+    expect_close(
+        &raw,
+        |e| matches!(e, ConnectionError::AckOfUnsentPacket { pn: 1_000_000 }),
+        code::PROTOCOL_VIOLATION,
+    );
+}
+
+#[test]
+fn hostile_overlapping_stream_data_that_disagrees() {
+    let mut raw = stream_frame(0, 0, b"hello world", false);
+    raw.extend(stream_frame(0, 6, b"WORLD", false));
+    expect_close(
+        &raw,
+        |e| matches!(e, ConnectionError::StreamDataMismatch { id: 0, offset: 6 }),
+        code::PROTOCOL_VIOLATION,
+    );
+}
+
+#[test]
+fn hostile_new_connection_id_flood() {
+    // active_connection_id_limit is 4: the fifth CID (with the handshake's) is too many.
+    let raw = frames(|w| {
+        for seq in 1..=20u64 {
+            let cid = ConnectionId::from_slice(&[seq as u8; 8]).unwrap();
+            frame::encode_new_cid(w, seq, 0, &cid, &[seq as u8; 16]).unwrap();
+        }
+    });
+    expect_close(
+        &raw,
+        |e| *e == ConnectionError::ConnectionIdLimit,
+        code::CONNECTION_ID_LIMIT_ERROR,
+    );
+}
+
+#[test]
+fn hostile_path_challenge_flood() {
+    let mut p = connected_pair();
+    let raw = frames(|w| {
+        for i in 0..100u8 {
+            frame::encode_path(w, false, &[i; 8]).unwrap();
+        }
+    });
+    // 3 packets of 100 challenges: over the 256 per second allowed.
+    for _ in 0..3 {
+        p.client_conn().queue_raw_frames(&raw);
+    }
+    p.drive_until(Duration::from_secs(2), |p| p.lost(true).is_some());
+    p.drive_until(Duration::from_millis(200), |_| false);
+    assert_eq!(p.lost(true), Some(ConnectionError::PathChallengeFlood));
+    assert!(
+        matches!(
+            p.lost(false),
+            Some(ConnectionError::PeerClosed {
+                code: code::PROTOCOL_VIOLATION,
+                ..
+            })
+        ),
+        "{:?}",
+        p.lost(false)
+    );
+    endpoint_still_healthy(&mut p);
+}
+
+#[test]
+fn hostile_receive_buffering_is_bounded_by_the_window() {
+    // Every other byte of a 4 MiB window as 1-byte frames would fragment the receive
+    // buffer without bound: the peer is closed long before, and memory stays bounded.
+    let mut p = connected_pair();
+    let mut sent = 0u64;
+    for _ in 0..40 {
+        let raw = frames(|w| {
+            while w.remaining() > 16 {
+                frame::encode_stream_header(w, 0, 1 + 2 * sent, 1, false).unwrap();
+                w.put(b"z").unwrap();
+                sent += 1;
+            }
+        });
+        p.client_conn().queue_raw_frames(&raw);
+    }
+    p.drive_until(Duration::from_secs(2), |p| p.lost(true).is_some());
+    assert_eq!(
+        p.lost(true),
+        Some(ConnectionError::StreamFragmented { id: 0 })
+    );
+    endpoint_still_healthy(&mut p);
+}
+
+#[test]
+fn frames_for_streams_in_the_wrong_state_are_typed() {
+    // STOP_SENDING for a stream the server never opened.
+    let raw = frames(|w| {
+        frame::encode_varints(w, &[ty::STOP_SENDING, 1, 0]).unwrap();
+    });
+    expect_close(
+        &raw,
+        |e| matches!(e, ConnectionError::StreamState(_)),
+        code::STREAM_STATE_ERROR,
+    );
+    // A final size that changes.
+    let mut raw = stream_frame(0, 0, b"abc", true);
+    raw.extend(stream_frame(0, 0, b"abcd", true));
+    expect_close(
+        &raw,
+        |e| *e == ConnectionError::FinalSize,
+        code::FINAL_SIZE_ERROR,
+    );
+}
