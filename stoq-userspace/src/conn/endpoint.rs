@@ -839,6 +839,9 @@ impl Endpoint {
         let Some(c) = self.conns[h.0].as_mut() else {
             return;
         };
+        if !c.cid_service_due() {
+            return;
+        }
         for cid in c.take_retired_cids() {
             self.routes.remove(&cid);
         }

@@ -643,6 +643,8 @@ pub struct Connection {
     path: path::Paths,
     /// Raw frames a test queued ([`Connection::queue_raw_frames`]).
     raw_frames: VecDeque<Vec<u8>>,
+    /// The peer's active_connection_id_limit (at most 8 are issued).
+    peer_cid_limit: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -732,6 +734,7 @@ impl Connection {
             messages: VecDeque::new(),
             last_eliciting_1rtt: None,
             raw_frames: VecDeque::new(),
+            peer_cid_limit: 2,
             path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
             transport: s.transport,
         };
@@ -1904,6 +1907,7 @@ impl Connection {
         self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
         self.peer_ack_delay_exponent = peer.ack_delay_exponent;
         self.peer_max_datagram = peer.max_datagram_frame_size;
+        self.peer_cid_limit = peer.active_connection_id_limit.min(8) as usize;
         self.streams.set_peer_limits(PeerLimits {
             max_data: peer.initial_max_data,
             bidi_local: peer.initial_max_stream_data_bidi_local,
@@ -2054,31 +2058,43 @@ impl Connection {
                     continue;
                 }
                 p.done = true;
-                let p = p.clone();
-                if p.ack_eliciting {
+                // Copy out what is needed (the record is a tombstone from here on).
+                let (pn, time, size, eliciting, in_flight, rate, rec) = (
+                    p.pn,
+                    p.time,
+                    p.size,
+                    p.ack_eliciting,
+                    p.in_flight,
+                    p.rate,
+                    p.rec,
+                );
+                let crypto = p.crypto.take();
+                if eliciting {
                     space.eliciting_in_flight -= 1;
                     newly_eliciting = true;
                 }
-                if p.pn == ack.largest && p.ack_eliciting {
-                    rtt_sample = Some(now.saturating_duration_since(p.time));
+                if pn == ack.largest && eliciting {
+                    rtt_sample = Some(now.saturating_duration_since(time));
                 }
-                if let Some(c) = p.crypto.clone() {
+                if let Some(c) = crypto {
                     space.crypto_acked.insert(c.clone());
                     space.crypto_pending.remove(c);
                 }
-                if i == 2 && p.pn >= self.tx_phase_first_pn {
+                if i == 2 && pn >= self.tx_phase_first_pn {
                     self.tx_phase_acked = true;
                 }
-                if p.in_flight {
-                    let size = u64::from(p.size);
+                if in_flight {
+                    let size = u64::from(size);
                     self.in_flight -= size;
                     acked_bytes += size;
-                    largest_sent = Some(largest_sent.map_or(p.time, |t| t.max(p.time)));
-                    if let Some(rs) = &p.rate {
-                        self.rate.on_acked(now, p.time, size, rs);
+                    largest_sent = Some(largest_sent.map_or(time, |t| t.max(time)));
+                    if let Some(rs) = &rate {
+                        self.rate.on_acked(now, time, size, rs);
                     }
                 }
-                self.on_records(i, p.rec, true);
+                if rec.0 < rec.1 {
+                    self.on_records(i, rec, true);
+                }
             }
         }
         if let Some(rtt) = rtt_sample {
@@ -2668,12 +2684,16 @@ impl Connection {
         if !self.confirmed || self.is_closed() {
             return 0;
         }
-        let limit = self
-            .peer_params()
-            .map_or(2, |p| p.active_connection_id_limit)
-            .min(8) as usize;
+        let limit = self.peer_cid_limit;
         // The handshake CID (sequence 0) counts against the limit too.
         limit.saturating_sub(1 + self.path.issued.len())
+    }
+
+    /// Cheap check whether [`cids_wanted`](Self::cids_wanted) or
+    /// [`take_retired_cids`](Self::take_retired_cids) has anything for the endpoint.
+    pub(crate) fn cid_service_due(&self) -> bool {
+        !self.path.retired_local.is_empty()
+            || (self.confirmed && self.path.issued.len() + 1 < self.peer_cid_limit)
     }
 
     pub(crate) fn issue_cid(&mut self, cid: ConnectionId, reset_token: [u8; 16]) {

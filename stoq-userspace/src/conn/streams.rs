@@ -858,26 +858,19 @@ impl Streams {
         if start < end {
             let skip = (start - offset) as usize;
             let data = &data[skip..];
-            let need = (end - r.base) as usize;
-            if r.buf.len() < need {
-                r.buf.resize(need, 0);
-            }
             // Parts already received must match what arrives again.
             for have in r.filled.overlapping(start..end) {
                 let a = (have.start - start) as usize;
                 let b = (have.end - start) as usize;
                 let at = (have.start - r.base) as usize;
-                if !r.buf.range(at..at + (b - a)).eq(data[a..b].iter()) {
+                if !ring_eq(&r.buf, at, &data[a..b]) {
                     return Err(ConnectionError::StreamDataMismatch {
                         id: id.0,
                         offset: have.start,
                     });
                 }
             }
-            let at = (start - r.base) as usize;
-            for (slot, b) in r.buf.range_mut(at..at + data.len()).zip(data) {
-                *slot = *b;
-            }
+            ring_write(&mut r.buf, (start - r.base) as usize, data);
             r.filled.insert(start..end);
             if r.filled.len() > MAX_RX_FRAGMENTS {
                 return Err(ConnectionError::StreamFragmented { id: id.0 });
@@ -1419,6 +1412,40 @@ impl Streams {
     pub(crate) fn send_progress(&self, id: StreamId) -> Option<(u64, bool)> {
         let q = self.map.get(&id.0)?.send.as_ref()?;
         Some((q.base, q.is_done()))
+    }
+}
+
+/// Writes `data` at position `at` of `buf`, growing it (zero-filled) as needed. In-order
+/// data, the common case, is appended with one copy and no zero-fill.
+fn ring_write(buf: &mut VecDeque<u8>, at: usize, data: &[u8]) {
+    if at == buf.len() {
+        buf.extend(data);
+        return;
+    }
+    let end = at + data.len();
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    let (a, b) = buf.as_mut_slices();
+    if at < a.len() {
+        let k = data.len().min(a.len() - at);
+        a[at..at + k].copy_from_slice(&data[..k]);
+        b[..data.len() - k].copy_from_slice(&data[k..]);
+    } else {
+        let at = at - a.len();
+        b[at..at + data.len()].copy_from_slice(data);
+    }
+}
+
+/// Whether `buf[at..at + data.len()]` equals `data`.
+fn ring_eq(buf: &VecDeque<u8>, at: usize, data: &[u8]) -> bool {
+    let (a, b) = buf.as_slices();
+    if at < a.len() {
+        let k = data.len().min(a.len() - at);
+        a[at..at + k] == data[..k] && b[..data.len() - k] == data[k..]
+    } else {
+        let at = at - a.len();
+        b[at..at + data.len()] == *data
     }
 }
 

@@ -1,0 +1,407 @@
+//! The transport core's per-packet cost, set against the bare AEAD in the same run.
+//!
+//! - `transport/send_packet`: the sender's CPU per full-size 1-RTT STREAM packet: the
+//!   application's write, scheduling, framing, packet protection, the sent-packet record
+//!   and congestion control, plus its share of processing the ACK (one ACK per 8 packets).
+//! - `transport/recv_packet`: the receiver's CPU per packet: header protection, decryption,
+//!   frame decoding, stream reassembly, the application's read, and its share of writing
+//!   the ACK.
+//! - `transport/ack_1000`: processing one ACK that acknowledges 1,000 in-flight packets
+//!   (RTT and delivery-rate samples, BBR, stream-record retirement, buffer release).
+//! - `transport/bare_seal_1400`: sealing a 1,400-byte payload with the connection's suite
+//!   on bare ring, the floor the protocol's own overhead is compared with.
+//!
+//! A summary after criterion prints each figure and its ratio to the bare AEAD.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use rand_core::OsRng;
+use stoq::conn::cc::{AckEvent, Bbr, Controller, ControllerFactory, LossEvent};
+use stoq::conn::{
+    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, StreamId, TransportConfig,
+};
+use stoq::crypto::CipherSuite;
+use stoq::crypto::sig::{SigAlg, SigningKey};
+use stoq::handshake::params::TransportParams;
+use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+
+/// STOQ's BBR doing all its per-packet work, with its window and pacing opened wide: an
+/// in-memory pair has a microsecond RTT, so the real limits would make the benchmark
+/// measure waiting, and the ACK benchmark needs 1,000 packets in flight.
+#[derive(Debug)]
+struct Unbounded(Bbr);
+
+impl Controller for Unbounded {
+    fn on_sent(&mut self, now: Instant, bytes: u64, in_flight: u64) {
+        self.0.on_sent(now, bytes, in_flight);
+    }
+    fn on_ack(&mut self, now: Instant, ack: &AckEvent) {
+        self.0.on_ack(now, ack);
+    }
+    fn on_loss(&mut self, now: Instant, loss: &LossEvent) {
+        self.0.on_loss(now, loss);
+    }
+    fn on_mtu(&mut self, mtu: u64) {
+        self.0.on_mtu(mtu);
+    }
+    fn window(&self) -> u64 {
+        black_box(self.0.window());
+        u64::MAX / 4
+    }
+    fn pacing_rate(&self) -> Option<u64> {
+        black_box(self.0.pacing_rate());
+        Some(u64::MAX / 4)
+    }
+    fn state(&self) -> &'static str {
+        self.0.state()
+    }
+    fn congestion_events(&self) -> u64 {
+        self.0.congestion_events()
+    }
+}
+
+#[derive(Debug)]
+struct UnboundedFactory;
+
+impl ControllerFactory for UnboundedFactory {
+    fn build(&self, now: Instant, mtu: u64) -> Box<dyn Controller> {
+        Box::new(Unbounded(Bbr::new(now, mtu)))
+    }
+}
+
+const BATCH: usize = 8;
+const CHUNK: usize = 1400;
+
+struct Pair {
+    client: Endpoint,
+    server: Endpoint,
+    ch: ConnectionHandle,
+    sh: ConnectionHandle,
+    stream: StreamId,
+    c_addr: SocketAddr,
+    s_addr: SocketAddr,
+    buf: Vec<u8>,
+    data: Vec<u8>,
+    out: Vec<u8>,
+    /// The benchmark's clock: it advances with the wall clock, and the ACK benchmark
+    /// may move it ahead (to let the pacer release a 1,000-packet flight).
+    clock: Instant,
+    last_real: Instant,
+}
+
+fn pair() -> Pair {
+    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let server_cfg = Arc::new(ServerConfig {
+        credential: Credential::RawKey {
+            key,
+            public: public.clone(),
+        },
+        suites: CipherSuite::ALL.to_vec(),
+        params: TransportParams::default(),
+        client_auth: None,
+    });
+    let client_cfg = Arc::new(ClientConfig {
+        server_name: "bench.stoq".into(),
+        trust: Trust::PinnedKey(public),
+        suites: CipherSuite::local_preference().collect(),
+        sig_algs: vec![SigAlg::Falcon512],
+        params: TransportParams::default(),
+        credential: None,
+    });
+    let transport = Arc::new(TransportConfig {
+        // Room for the ACK-1000 benchmark's flight.
+        send_buffer: 64 << 20,
+        congestion: Arc::new(UnboundedFactory),
+        ..TransportConfig::default()
+    });
+    let cfg = EndpointConfig {
+        transport,
+        ..EndpointConfig::new()
+    };
+    let mut client = Endpoint::new(cfg.clone(), None).expect("client");
+    let mut server = Endpoint::new(cfg, Some(server_cfg)).expect("server");
+    let c_addr: SocketAddr = "[fd00:5710::1]:50000".parse().expect("addr");
+    let s_addr: SocketAddr = "[fd00:5710::2]:4433".parse().expect("addr");
+    let now = Instant::now();
+    let ch = client.connect(now, s_addr, client_cfg).expect("connect");
+    let mut buf = Vec::new();
+    let mut sh = None;
+    for _ in 0..50 {
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            let mut d = buf[..t.size].to_vec();
+            if let Some(DatagramEvent::Incoming(i)) = server.handle_datagram(now, c_addr, &mut d) {
+                sh = Some(server.accept(i, now).expect("accept"));
+            }
+        }
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            let mut d = buf[..t.size].to_vec();
+            client.handle_datagram(now, s_addr, &mut d);
+        }
+        while client.poll_event().is_some() {}
+        while server.poll_event().is_some() {}
+    }
+    let sh = sh.expect("server connection");
+    let c = client.connection_mut(ch).expect("client connection");
+    assert!(c.is_established(), "handshake");
+    let stream = c.open_stream(Dir::Uni).expect("stream");
+    Pair {
+        client,
+        server,
+        ch,
+        sh,
+        stream,
+        c_addr,
+        s_addr,
+        buf,
+        data: vec![0x5a; BATCH * CHUNK],
+        out: vec![0; 1 << 20],
+        clock: now,
+        last_real: Instant::now(),
+    }
+}
+
+impl Pair {
+    fn now(&mut self) -> Instant {
+        let r = Instant::now();
+        self.clock += r - self.last_real;
+        self.last_real = r;
+        self.clock
+    }
+
+    /// Writes `n` packets' worth and sends them; returns the datagrams.
+    fn send(&mut self, n: usize, wire: &mut Vec<Vec<u8>>) {
+        let now = self.now();
+        let c = self.client.connection_mut(self.ch).expect("conn");
+        let mut left = n * CHUNK;
+        while left > 0 {
+            let k = left.min(self.data.len());
+            let w = c.write(self.stream, &self.data[..k]).expect("write");
+            left -= w;
+        }
+        // Datagrams go into buffers kept from earlier batches, as an I/O backend's
+        // ring would take them: no allocation is timed.
+        let mut k = 0;
+        loop {
+            if wire.len() <= k {
+                wire.push(Vec::with_capacity(1500));
+            }
+            let Some(t) = self.client.poll_transmit(now, &mut wire[k]) else {
+                break;
+            };
+            wire[k].truncate(t.size);
+            k += 1;
+        }
+        wire.truncate(k);
+    }
+
+    /// Delivers datagrams to the server, reads the stream, returns the server's ACKs.
+    fn receive(&mut self, wire: &mut [Vec<u8>], acks: &mut Vec<Vec<u8>>) {
+        let now = self.now();
+        for d in wire.iter_mut() {
+            self.server.handle_datagram(now, self.c_addr, d);
+        }
+        let s = self.server.connection_mut(self.sh).expect("conn");
+        while s.accept_stream(Dir::Uni).is_some() {}
+        while let Ok(Some(_)) = s.read(self.stream, &mut self.out) {}
+        while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
+            acks.push(self.buf[..t.size].to_vec());
+        }
+        while self.server.poll_event().is_some() {}
+    }
+
+    fn take_acks(&mut self, acks: &mut [Vec<u8>]) {
+        let now = self.now();
+        for d in acks.iter_mut() {
+            self.client.handle_datagram(now, self.s_addr, d);
+        }
+        while self.client.poll_event().is_some() {}
+    }
+
+    fn suite(&self) -> CipherSuite {
+        self.client
+            .connection(self.ch)
+            .and_then(|c| c.suite())
+            .expect("negotiated")
+    }
+}
+
+/// (send per packet, receive per packet) over `iters` packets, timing each side's calls.
+fn send_recv(p: &mut Pair, iters: u64) -> (Duration, Duration, u64) {
+    let (mut ts, mut tr) = (Duration::ZERO, Duration::ZERO);
+    let mut packets = 0u64;
+    let mut wire = Vec::with_capacity(64);
+    let mut acks = Vec::with_capacity(8);
+    while packets < iters {
+        acks.clear();
+        let t = Instant::now();
+        p.send(BATCH, &mut wire);
+        ts += t.elapsed();
+        let t = Instant::now();
+        p.receive(&mut wire, &mut acks);
+        tr += t.elapsed();
+        let t = Instant::now();
+        p.take_acks(&mut acks);
+        ts += t.elapsed();
+        packets += wire.len().max(1) as u64;
+    }
+    (ts, tr, packets)
+}
+
+fn ack_1000(p: &mut Pair) -> Duration {
+    let mut wire = Vec::with_capacity(1100);
+    let mut acks = Vec::new();
+    // Send 1,000 packets without acknowledging them.
+    let mut sent = 0;
+    let c = p.client.connection_mut(p.ch).expect("conn");
+    let mut left = 1020 * CHUNK;
+    while left > 0 {
+        let k = left.min(p.data.len());
+        left -= c.write(p.stream, &p.data[..k]).expect("write");
+    }
+    // The pacer's burst is 64 packets: step time forward between bursts.
+    let mut now = p.now();
+    for _ in 0..100 {
+        while let Some(t) = p.client.poll_transmit(now, &mut p.buf) {
+            wire.push(p.buf[..t.size].to_vec());
+            sent += 1;
+        }
+        if sent >= 1000 {
+            break;
+        }
+        now += Duration::from_millis(1);
+        p.clock = now;
+    }
+    assert!(sent >= 1000, "{sent} packets in flight");
+    let now = p.now();
+    for d in wire.iter_mut() {
+        p.server.handle_datagram(now, p.c_addr, d);
+    }
+    let s = p.server.connection_mut(p.sh).expect("conn");
+    while let Ok(Some(_)) = s.read(p.stream, &mut p.out) {}
+    while let Some(t) = p.server.poll_transmit(now, &mut p.buf) {
+        acks.push(p.buf[..t.size].to_vec());
+    }
+    let t = Instant::now();
+    for d in acks.iter_mut() {
+        p.client.handle_datagram(now, p.s_addr, d);
+    }
+    let el = t.elapsed();
+    while p.client.poll_event().is_some() {}
+    while p.server.poll_event().is_some() {}
+    el
+}
+
+fn bare_seal(suite: CipherSuite) -> impl FnMut() {
+    let alg = match suite {
+        CipherSuite::Aes256Gcm => &ring::aead::AES_256_GCM,
+        _ => &ring::aead::CHACHA20_POLY1305,
+    };
+    let key =
+        ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &[7u8; 32]).expect("key"));
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    move || {
+        n += 1;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&[0u8; 20]),
+                &mut buf,
+            )
+            .expect("seal");
+        let _ = black_box(tag);
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("transport");
+    let mut p = pair();
+    let suite = p.suite();
+    g.bench_function("send_packet", |b| {
+        b.iter_custom(|iters| {
+            let (ts, _, n) = send_recv(&mut p, iters);
+            ts * iters as u32 / n.max(1) as u32
+        })
+    });
+    g.bench_function("recv_packet", |b| {
+        b.iter_custom(|iters| {
+            let (_, tr, n) = send_recv(&mut p, iters);
+            tr * iters as u32 / n.max(1) as u32
+        })
+    });
+    g.sample_size(20);
+    g.bench_function("ack_1000", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| ack_1000(&mut p)).sum())
+    });
+    g.sample_size(100);
+    let mut seal = bare_seal(suite);
+    g.bench_function("bare_seal_1400", |b| b.iter(&mut seal));
+    g.finish();
+}
+
+/// Medians of `runs` measurements each of `n` packets, for the summary.
+fn summary() {
+    let runs: usize = std::env::var("STOQ_SUMMARY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut p = pair();
+    let suite = p.suite();
+    let mut sends = Vec::new();
+    let mut recvs = Vec::new();
+    let mut acks = Vec::new();
+    let mut seals = Vec::new();
+    let mut seal = bare_seal(suite);
+    for _ in 0..runs {
+        let (ts, tr, n) = send_recv(&mut p, 20_000);
+        sends.push(ts.as_nanos() as f64 / n as f64);
+        recvs.push(tr.as_nanos() as f64 / n as f64);
+        acks.push(ack_1000(&mut p).as_nanos() as f64);
+        let t = Instant::now();
+        for _ in 0..20_000 {
+            seal();
+        }
+        seals.push(t.elapsed().as_nanos() as f64 / 20_000.0);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (s, r, a, e) = (
+        med(&mut sends),
+        med(&mut recvs),
+        med(&mut acks),
+        med(&mut seals),
+    );
+    println!("\nsummary ({runs} runs, medians, suite {suite:?}, {CHUNK}-byte STREAM payloads):");
+    println!("  bare AEAD seal        {e:8.0} ns/packet");
+    println!(
+        "  send, all included    {s:8.0} ns/packet  = AEAD + {:.0} ns protocol ({:.2}x the AEAD)",
+        s - e,
+        (s - e) / e
+    );
+    println!(
+        "  receive, all included {r:8.0} ns/packet  = AEAD + {:.0} ns protocol ({:.2}x the AEAD)",
+        r - e,
+        (r - e) / e
+    );
+    println!(
+        "  one ACK of 1,000 packets {:.1} us ({:.0} ns per acknowledged packet)",
+        a / 1e3,
+        a / 1000.0
+    );
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
