@@ -109,6 +109,37 @@ impl EndpointConfig {
                 &vec![0; self.cid_layout.nonce_len()],
             )
             .map_err(ConfigError::Cid)?;
+        if let Some(t) = self
+            .transport
+            .extension_frames
+            .iter()
+            .find(|t| !crate::frame::EXTENSION_TYPES.contains(t))
+        {
+            return Err(ConfigError::ExtensionFrameType(*t));
+        }
+        let t = &self.transport;
+        if t.send_buffer < 4096 {
+            return Err(ConfigError::Transport(
+                "send_buffer below 4096 bytes: writes could never make progress",
+            ));
+        }
+        if t.ack_eliciting_threshold == 0 || t.ack_thinning == 0 {
+            return Err(ConfigError::Transport(
+                "ack_eliciting_threshold and ack_thinning must be at least 1",
+            ));
+        }
+        if !(t.pacing_gain > 0.0 && t.pacing_gain <= 4.0) {
+            return Err(ConfigError::Transport(
+                "pacing_gain must be in (0, 4]: it multiplies the controller's rate",
+            ));
+        }
+        if t.mtu_discovery_max
+            .is_some_and(|m| m < self.max_udp_payload || m > 65_527)
+        {
+            return Err(ConfigError::Transport(
+                "mtu_discovery_max must lie between max_udp_payload and 65527",
+            ));
+        }
         Ok(())
     }
 }
@@ -134,6 +165,14 @@ pub enum ConfigError {
     /// The CID layout or server id is invalid.
     #[error("connection-ID settings: {0}")]
     Cid(CidError),
+    /// A registered extension frame type outside STOQ's extension range.
+    #[error(
+        "extension frame type {0:#x} is outside 0x5f00..=0x5fff: register types from stoq::frame::EXTENSION_TYPES"
+    )]
+    ExtensionFrameType(u64),
+    /// A transport setting out of range.
+    #[error("transport setting {0}")]
+    Transport(&'static str),
 }
 
 /// A connection's index in its endpoint.

@@ -78,6 +78,9 @@ const ACK_ELICITING_THRESHOLD: u32 = 2;
 const ACK_DELAY_EXPONENT: u64 = 3;
 /// Our max_ack_delay.
 const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+/// Extension frames waiting for the application, at most, by count and bytes.
+const MAX_QUEUED_EXTENSIONS: usize = 1024;
+const MAX_EXTENSION_BYTES: usize = 1 << 20;
 /// Smallest space worth starting a packet in.
 const MIN_PACKET_SPACE: usize = 64;
 
@@ -202,6 +205,10 @@ pub enum ConnectionError {
     /// The peer sent PATH_CHALLENGE frames faster than any path validation needs.
     #[error("PATH_CHALLENGE flood")]
     PathChallengeFlood,
+    /// The peer sent extension frames faster than the application reads them (more than
+    /// 1,024 frames or 1 MiB waiting).
+    #[error("extension frames arrive faster than the application reads them")]
+    ExtensionFramesExceeded,
 }
 
 impl ConnectionError {
@@ -221,7 +228,8 @@ impl ConnectionError {
             Self::FinalSize => code::FINAL_SIZE_ERROR,
             Self::StreamDataMismatch { .. }
             | Self::StreamFragmented { .. }
-            | Self::PathChallengeFlood => code::PROTOCOL_VIOLATION,
+            | Self::PathChallengeFlood
+            | Self::ExtensionFramesExceeded => code::PROTOCOL_VIOLATION,
             Self::ConnectionIdLimit => code::CONNECTION_ID_LIMIT_ERROR,
             _ => code::NO_ERROR,
         }
@@ -291,6 +299,8 @@ pub enum Event {
     DatagramSizeChanged(usize),
     /// The peer moved to a new address, now validated.
     PathMigrated(SocketAddr),
+    /// Extension frames are waiting in [`Connection::recv_extension_frame`].
+    ExtensionFrameReceived,
 }
 
 /// Packets and bytes dropped by a connection, by reason.
@@ -398,6 +408,29 @@ pub enum SendDatagramError {
     NotConnected,
 }
 
+/// Why an extension frame could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExtensionError {
+    /// The type is not in `0x5f00..=0x5fff`.
+    #[error("frame type {0:#x} is outside the extension range 0x5f00..=0x5fff")]
+    OutsideRange(u64),
+    /// The payload does not fit one packet on the current path.
+    #[error("extension payload of {size} bytes exceeds {max}")]
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The current limit.
+        max: usize,
+    },
+    /// 1,024 extension frames are queued or unacknowledged: back-pressure.
+    #[error("extension frame queue full")]
+    Blocked,
+    /// The connection is not established or is closed.
+    #[error("connection not established or closed")]
+    NotConnected,
+}
+
 /// Why a message could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -453,6 +486,8 @@ pub(crate) enum Record {
     RetireCid(u64),
     /// A DPLPMTUD probe of this size.
     MtuProbe(u16),
+    /// An extension frame, by its sequence number in the connection.
+    Extension(u64),
 }
 
 /// Transport behaviour that is local policy (not negotiated), shared by an endpoint's
@@ -479,6 +514,11 @@ pub struct TransportConfig {
     /// Probe the path MTU upward (DPLPMTUD, RFC 8899) to at most this UDP payload size;
     /// `None` stays at the endpoint's `max_udp_payload`.
     pub mtu_discovery_max: Option<usize>,
+    /// Extension frame types (from [`frame::EXTENSION_TYPES`]) this endpoint accepts and
+    /// hands to the application ([`Connection::recv_extension_frame`]). Any other
+    /// extension type closes the connection with FRAME_ENCODING_ERROR. Both sides agree
+    /// on their extensions out of band, as STOQ's predecessor did.
+    pub extension_frames: Vec<u64>,
 }
 
 impl Default for TransportConfig {
@@ -491,6 +531,7 @@ impl Default for TransportConfig {
             ack_thinning: 8,
             pacing_gain: 1.0,
             mtu_discovery_max: None,
+            extension_frames: Vec::new(),
         }
     }
 }
@@ -645,6 +686,13 @@ pub struct Connection {
     raw_frames: VecDeque<Vec<u8>>,
     /// The peer's active_connection_id_limit (at most 8 are issued).
     peer_cid_limit: usize,
+    /// Extension frames received, waiting for the application.
+    ext_in: VecDeque<(u64, Vec<u8>)>,
+    ext_in_bytes: usize,
+    /// Extension frames to send (seq, type, payload), and those in flight by seq.
+    ext_out: VecDeque<(u64, u64, Vec<u8>)>,
+    ext_sent: Vec<(u64, u64, Vec<u8>)>,
+    ext_next_seq: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -735,6 +783,11 @@ impl Connection {
             last_eliciting_1rtt: None,
             raw_frames: VecDeque::new(),
             peer_cid_limit: 2,
+            ext_in: VecDeque::new(),
+            ext_in_bytes: 0,
+            ext_out: VecDeque::new(),
+            ext_sent: Vec::new(),
+            ext_next_seq: 0,
             path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
             transport: s.transport,
         };
@@ -879,6 +932,44 @@ impl Connection {
     /// The next received DATAGRAM.
     pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
         self.datagrams_in.pop_front()
+    }
+
+    /// Sends an extension frame of type `ty` (from [`frame::EXTENSION_TYPES`]), reliably:
+    /// it is retransmitted until acknowledged. The peer must have registered the type
+    /// ([`TransportConfig::extension_frames`]) or it closes the connection.
+    ///
+    /// # Errors
+    /// [`ExtensionError`]: a type outside the range, a payload that does not fit one
+    /// packet, a full queue (back-pressure), or no connection.
+    pub fn send_extension_frame(&mut self, ty: u64, payload: &[u8]) -> Result<(), ExtensionError> {
+        if self.state != State::Established {
+            return Err(ExtensionError::NotConnected);
+        }
+        if !frame::EXTENSION_TYPES.contains(&ty) {
+            return Err(ExtensionError::OutsideRange(ty));
+        }
+        // Short header, packet number, type, length and tag.
+        let max = self.path.mtu() - (1 + self.remote_cid.len() + 4 + 4 + 4 + TAG_LEN);
+        if payload.len() > max.min(self.mtu) {
+            return Err(ExtensionError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        if self.ext_out.len() + self.ext_sent.len() >= MAX_QUEUED_EXTENSIONS {
+            return Err(ExtensionError::Blocked);
+        }
+        let seq = self.ext_next_seq;
+        self.ext_next_seq += 1;
+        self.ext_out.push_back((seq, ty, payload.to_vec()));
+        Ok(())
+    }
+
+    /// The next extension frame received: its type and payload.
+    pub fn recv_extension_frame(&mut self) -> Option<(u64, Vec<u8>)> {
+        let f = self.ext_in.pop_front()?;
+        self.ext_in_bytes -= f.1.len();
+        Some(f)
     }
 
     // ----- Streams ----------------------------------------------------------------------
@@ -1708,7 +1799,22 @@ impl Connection {
                 }
                 Ok(())
             }
-            other => Err(ConnectionError::UnsupportedFrame(other.ty())),
+            Frame::Extension { ty, payload } => {
+                if !self.transport.extension_frames.contains(&ty) {
+                    return Err(ConnectionError::UnsupportedFrame(ty));
+                }
+                if self.ext_in.len() >= MAX_QUEUED_EXTENSIONS
+                    || self.ext_in_bytes + payload.len() > MAX_EXTENSION_BYTES
+                {
+                    return Err(ConnectionError::ExtensionFramesExceeded);
+                }
+                self.ext_in_bytes += payload.len();
+                self.ext_in.push_back((ty, payload.to_vec()));
+                if self.ext_in.len() == 1 {
+                    self.events.push_back(Event::ExtensionFrameReceived);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -2169,6 +2275,14 @@ impl Connection {
                     }
                 }
                 (Record::MtuProbe(size), false) => self.path.on_probe_lost(usize::from(size)),
+                (Record::Extension(seq), acked) => {
+                    if let Some(k) = self.ext_sent.iter().position(|e| e.0 == seq) {
+                        let e = self.ext_sent.swap_remove(k);
+                        if !acked {
+                            self.ext_out.push_front(e);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -2382,6 +2496,7 @@ impl Connection {
         data_ok
             && self.state == State::Established
             && (!self.datagrams_out.is_empty()
+                || !self.ext_out.is_empty()
                 || self.streams.wants_send()
                 || !self.path.retire_pending.is_empty()
                 || self.path.issued.iter().any(|c| c.3))
@@ -2659,6 +2774,15 @@ impl Connection {
         let before = w.len();
         self.streams
             .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
+        while let Some((_, ty, payload)) = self.ext_out.front() {
+            if frame::encode_extension(w, *ty, payload).is_none() {
+                break;
+            }
+            let e = self.ext_out.pop_front().expect("front exists");
+            records.push_back(Record::Extension(e.0));
+            self.ext_sent.push(e);
+            eliciting = true;
+        }
         while let Some(d) = self.datagrams_out.front() {
             let need = 1 + frame::varint_len(d.len() as u64) + d.len();
             if need > w.remaining() {

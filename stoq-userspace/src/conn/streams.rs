@@ -1285,12 +1285,21 @@ impl Streams {
                 if q.reset.is_some() {
                     return;
                 }
-                q.acked.insert(offset..offset + u64::from(len));
+                // Only what is still buffered: a range below `base` was released already.
+                let start = offset.max(q.base);
+                let end = offset + u64::from(len);
+                if start < end {
+                    q.acked.insert(start..end);
+                }
                 if fin {
                     q.fin = FinState::Acked;
                 }
                 // Release the acknowledged prefix.
-                if let Some(first) = q.acked.first().filter(|f| f.start <= q.base) {
+                if let Some(first) = q
+                    .acked
+                    .first()
+                    .filter(|f| f.start <= q.base && f.end > q.base)
+                {
                     let n = (first.end - q.base) as usize;
                     q.buf.drain(..n);
                     q.base = first.end;

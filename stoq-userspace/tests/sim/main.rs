@@ -3,4 +3,5 @@
 
 mod cc;
 mod common;
+mod path;
 mod property;

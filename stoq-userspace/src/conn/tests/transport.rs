@@ -445,3 +445,89 @@ fn frames_for_streams_in_the_wrong_state_are_typed() {
         code::FINAL_SIZE_ERROR,
     );
 }
+
+#[test]
+fn registered_extension_frames_arrive_reliably_and_others_close() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    // The server registers 0x5f01; its endpoint config is rebuilt with it.
+    let mut cfg = endpoint_config(2, 1452, p.start);
+    cfg.transport = Arc::new(TransportConfig {
+        extension_frames: vec![0x5f01],
+        ..TransportConfig::default()
+    });
+    let (server, _) = configs(Setup::default());
+    p.server = Endpoint::new(cfg, Some(Arc::new(server))).unwrap();
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    // Lose the first copy: it is retransmitted.
+    let mut dropped = false;
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server && !dropped && w.data.len() > 100 {
+            dropped = true;
+            return Verdict::Drop;
+        }
+        Verdict::Deliver
+    }));
+    let payload = vec![0xab; 300];
+    p.client_conn()
+        .send_extension_frame(0x5f01, &payload)
+        .unwrap();
+    let mut got = None;
+    let ok = p.drive_until(Duration::from_secs(3), |p| {
+        got = got
+            .take()
+            .or_else(|| p.server_conn().recv_extension_frame());
+        got.is_some()
+    });
+    assert!(ok, "the extension frame arrived");
+    assert_eq!(got, Some((0x5f01, payload)));
+    assert!(
+        p.client_conn().stats().lost_packets >= 1,
+        "it was retransmitted"
+    );
+    assert_eq!(
+        p.client_conn().send_extension_frame(0x1234, b"x"),
+        Err(ExtensionError::OutsideRange(0x1234))
+    );
+    // An unregistered type closes the connection with FRAME_ENCODING_ERROR.
+    p.tamper = None;
+    p.client_conn()
+        .send_extension_frame(0x5f02, b"unknown")
+        .unwrap();
+    p.drive_until(Duration::from_secs(1), |p| p.lost(true).is_some());
+    assert_eq!(
+        p.lost(true),
+        Some(ConnectionError::UnsupportedFrame(0x5f02))
+    );
+}
+
+#[test]
+fn bad_transport_settings_are_typed_config_errors() {
+    let start = Instant::now();
+    let mut cfg = endpoint_config(1, 1452, start);
+    cfg.transport = Arc::new(TransportConfig {
+        extension_frames: vec![0x30],
+        ..TransportConfig::default()
+    });
+    assert_eq!(
+        Endpoint::new(cfg.clone(), None).unwrap_err(),
+        ConfigError::ExtensionFrameType(0x30)
+    );
+    cfg.transport = Arc::new(TransportConfig {
+        pacing_gain: 0.0,
+        ..TransportConfig::default()
+    });
+    assert!(matches!(
+        Endpoint::new(cfg.clone(), None),
+        Err(ConfigError::Transport(_))
+    ));
+    cfg.transport = Arc::new(TransportConfig {
+        mtu_discovery_max: Some(1000),
+        ..TransportConfig::default()
+    });
+    assert!(matches!(
+        Endpoint::new(cfg, None),
+        Err(ConfigError::Transport(_))
+    ));
+}
