@@ -828,7 +828,8 @@ impl Endpoint {
         }
     }
 
-    /// The next datagram to send, written into `buf`.
+    /// The next datagram to send, written into `buf`: it is `buf[..size]` (see
+    /// [`Connection::poll_transmit`]). Connections take turns, one datagram each.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((to, d)) = self.responses.pop_front() {
             buf.clear();

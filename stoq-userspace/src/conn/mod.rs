@@ -13,13 +13,16 @@
 //! 2. drains [`Endpoint::poll_event`];
 //! 3. arms a timer for [`Endpoint::poll_timeout`] and calls `handle_timeout` when it fires.
 //!
-//! # What a connection does today
+//! # What a connection does
 //! The handshake over Initial and Handshake packets (CRYPTO frames with offsets, so a
-//! message spans datagrams), ACKs, loss detection and PTO (RFC 9002), the anti-amplification
-//! limit, Retry, version negotiation, stateless reset, idle timeout, closing and draining,
-//! 1-RTT key updates, and DATAGRAM frames. Streams, flow control, congestion control and
-//! path migration come with the transport core; frames that need them are refused with a
-//! typed error rather than ignored.
+//! message spans datagrams); streams with connection- and stream-level flow control,
+//! stream limits and an urgency scheduler ([`streams`]); DATAGRAMs, partially reliable
+//! messages and extension frames; RFC 9002 ACKs, loss detection and PTO; congestion
+//! control through a [`cc::Controller`] (STOQ's BBR by default) with a pacer; the
+//! anti-amplification limit, Retry, version negotiation and stateless reset; CID issuance
+//! and retirement, migration with path validation, and DPLPMTUD; idle timeout,
+//! keep-alive, closing and draining; 1-RTT key updates. `docs/transport.md` describes the
+//! design.
 
 pub mod cc;
 mod endpoint;
@@ -1342,8 +1345,10 @@ impl Connection {
         self.replay_early(now);
     }
 
-    /// Writes the next datagram to send into `buf` (resized to the path MTU; reuse it to
-    /// avoid allocation) and returns where it goes and its size.
+    /// Writes the next datagram to send into `buf` and returns where it goes and its size:
+    /// the datagram is `buf[..size]`. `buf` is grown to the path MTU when shorter and never
+    /// shrunk or cleared, so a buffer reused across calls costs no allocation and no
+    /// zero-fill.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         match self.state {
             State::Drained | State::Draining => return None,
