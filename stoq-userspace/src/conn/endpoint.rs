@@ -64,6 +64,11 @@ pub struct EndpointConfig {
     /// Transport policy for every connection: congestion control, buffers, keep-alive,
     /// ACK frequency, MTU discovery.
     pub transport: Arc<TransportConfig>,
+    /// Most bytes of stream data all connections together may hold (send buffers and
+    /// receive reassembly). Above it, new clients are refused with
+    /// [`AcceptError::MemoryLimit`]; established connections are bounded by their own
+    /// windows. [`EndpointConfig::new`] sets half the machine's memory.
+    pub max_memory: u64,
 }
 
 impl EndpointConfig {
@@ -86,6 +91,7 @@ impl EndpointConfig {
             rng_seed: seed,
             unix_time_at: (Instant::now(), unix),
             transport: Arc::new(TransportConfig::default()),
+            max_memory: half_of_physical_memory(),
         }
     }
 
@@ -142,6 +148,20 @@ impl EndpointConfig {
         }
         Ok(())
     }
+}
+
+/// Half the machine's RAM (Linux `sysinfo`), or 1 GiB where it cannot be read.
+fn half_of_physical_memory() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysinfo only writes the struct we pass; it is plain old data.
+        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `si` is a valid, writable sysinfo struct for the call's duration.
+        if unsafe { libc::sysinfo(&mut si) } == 0 {
+            return (si.totalram as u64).saturating_mul(u64::from(si.mem_unit)) / 2;
+        }
+    }
+    1 << 30
 }
 
 impl Default for EndpointConfig {
@@ -225,6 +245,11 @@ pub enum AcceptError {
     /// `max_connections` reached; the client was refused.
     #[error("connection limit reached (max_connections); the client was refused")]
     ConnectionLimit,
+    /// The connections' buffered data exceeds `max_memory`; the client was refused.
+    #[error(
+        "memory limit reached: connections hold more than max_memory bytes; the client was refused (raise EndpointConfig::max_memory or lower the windows)"
+    )]
+    MemoryLimit,
 }
 
 /// Why [`Endpoint::retry`] failed.
@@ -291,6 +316,8 @@ pub struct EndpointStats {
     pub responses_dropped: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Stream data held by all connections (send buffers and reassembly), bytes.
+    pub memory: u64,
 }
 
 /// A sans-IO endpoint: many connections behind one socket (or one AF_XDP queue).
@@ -309,6 +336,12 @@ pub struct Endpoint {
     /// new client.
     pub(super) handshaking: usize,
     routes: HashMap<ConnectionId, ConnectionHandle>,
+    /// The CIDs routed to each slab entry, so freeing a connection touches only its own.
+    conn_routes: Vec<Vec<ConnectionId>>,
+    /// Each slab entry's last sampled memory, and the total.
+    conn_mem: Vec<u64>,
+    mem_total: u64,
+    mem_resampled: Option<Instant>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
     incoming: HashMap<ConnectionId, Vec<Vec<u8>>>,
     used_tokens: HashSet<[u8; 12]>,
@@ -354,6 +387,10 @@ impl Endpoint {
             live: 0,
             handshaking: 0,
             routes: HashMap::new(),
+            conn_routes: Vec::new(),
+            conn_mem: Vec::new(),
+            mem_total: 0,
+            mem_resampled: None,
             reset_tokens: HashMap::new(),
             incoming: HashMap::new(),
             used_tokens: HashSet::new(),
@@ -366,7 +403,9 @@ impl Endpoint {
 
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
-        self.stats
+        let mut s = self.stats;
+        s.memory = self.mem_total;
+        s
     }
 
     /// Live connections.
@@ -417,8 +456,23 @@ impl Endpoint {
             ConnectionHandle(i)
         } else {
             self.conns.push(Some(conn));
+            self.conn_routes.push(Vec::new());
+            self.conn_mem.push(0);
             ConnectionHandle(self.conns.len() - 1)
         }
+    }
+
+    /// Routes `cid` to `h`.
+    fn route(&mut self, cid: ConnectionId, h: ConnectionHandle) {
+        self.routes.insert(cid, h);
+        self.conn_routes[h.0].push(cid);
+    }
+
+    /// Re-samples connection `h`'s memory into the endpoint's total.
+    fn account(&mut self, h: ConnectionHandle) {
+        let now = self.conns[h.0].as_ref().map_or(0, Connection::memory);
+        self.mem_total = self.mem_total - self.conn_mem[h.0] + now;
+        self.conn_mem[h.0] = now;
     }
 
     fn setup(&mut self, side: Side, now: Instant, remote: SocketAddr) -> Setup {
@@ -484,7 +538,7 @@ impl Endpoint {
         let hs = Handshake::client(config, params.clone(), &mut self.rng);
         let local = s.local_cid;
         let h = self.insert(Connection::new(s, hs, params));
-        self.routes.insert(local, h);
+        self.route(local, h);
         Ok(h)
     }
 
@@ -520,6 +574,7 @@ impl Endpoint {
                 c.handle_datagram(now, remote, data);
             }
             self.service_cids(h);
+            self.account(h);
             return Some(DatagramEvent::Connection(h));
         }
         if let Some(held) = self.incoming.get_mut(&dcid) {
@@ -661,6 +716,24 @@ impl Endpoint {
             self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
             return Err(AcceptError::ConnectionLimit);
         }
+        if self.mem_total > self.config.max_memory {
+            // Reads through `connection_mut` are seen at the next I/O event: refresh every
+            // sample before refusing (at most once a millisecond, so a flood of Initials
+            // cannot make each refusal walk every connection).
+            if self
+                .mem_resampled
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(1))
+            {
+                self.mem_resampled = Some(now);
+                for i in 0..self.conns.len() {
+                    self.account(ConnectionHandle(i));
+                }
+            }
+            if self.mem_total > self.config.max_memory {
+                self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+                return Err(AcceptError::MemoryLimit);
+            }
+        }
         let mut s = self.setup(Side::Server, now, incoming.remote);
         s.remote_cid = incoming.scid;
         s.initial_dcid = incoming.dcid;
@@ -676,8 +749,8 @@ impl Endpoint {
         let hs = Handshake::server(server, params.clone());
         let local = s.local_cid;
         let h = self.insert(Connection::new(s, hs, params));
-        self.routes.insert(local, h);
-        self.routes.insert(incoming.dcid, h);
+        self.route(local, h);
+        self.route(incoming.dcid, h);
         self.stats.accepted += 1;
         let conn = self.conns[h.0].as_mut().expect("just inserted");
         for mut d in datagrams {
@@ -846,6 +919,8 @@ impl Endpoint {
                 && let Some(t) = c.poll_transmit(now, buf)
             {
                 self.next_poll = (i + 1) % n;
+                // Writes since the last sample show up here.
+                self.account(ConnectionHandle(i));
                 return Some(t);
             }
         }
@@ -869,6 +944,7 @@ impl Endpoint {
             {
                 c.handle_timeout(now);
                 self.service_cids(ConnectionHandle(i));
+                self.account(ConnectionHandle(i));
             }
         }
     }
@@ -884,12 +960,13 @@ impl Endpoint {
         }
         for cid in c.take_retired_cids() {
             self.routes.remove(&cid);
+            self.conn_routes[h.0].retain(|c| *c != cid);
         }
         let want = c.cids_wanted();
         for _ in 0..want {
             let cid = self.new_cid();
             let token = reset_token(&self.reset_key, &cid);
-            self.routes.insert(cid, h);
+            self.route(cid, h);
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.issue_cid(cid, token);
             }
@@ -930,8 +1007,14 @@ impl Endpoint {
                 self.handshaking -= 1;
             }
             self.free.push(h.0);
-            self.routes.retain(|_, v| *v != h);
-            self.reset_tokens.retain(|_, v| *v != h);
+            for cid in std::mem::take(&mut self.conn_routes[h.0]) {
+                self.routes.remove(&cid);
+            }
+            if let Some(t) = c.peer_reset_token() {
+                self.reset_tokens.remove(&t);
+            }
+            self.mem_total -= self.conn_mem[h.0];
+            self.conn_mem[h.0] = 0;
         }
     }
 }

@@ -1051,6 +1051,12 @@ impl Connection {
         self.streams.set_urgency(id, urgency)
     }
 
+    /// Bytes of stream data this connection holds: unacknowledged send data and received
+    /// data not yet read. Bounded by `send_buffer` and the receive windows.
+    pub fn memory(&self) -> u64 {
+        self.streams.memory()
+    }
+
     /// Whether every byte written to every stream has been acknowledged by the peer (or
     /// its stream reset): what a graceful shutdown waits for before closing.
     pub fn all_sent_data_acked(&self) -> bool {

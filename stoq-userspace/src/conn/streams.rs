@@ -401,6 +401,8 @@ pub(crate) struct Streams {
     pub(crate) retransmitted: u64,
     /// Some write returned Blocked since the last wake-up.
     blocked_writers: bool,
+    /// Bytes held in receive buffers (filled or not, up to the highest offset received).
+    rx_buffered: u64,
     ctrl: VecDeque<Ctrl>,
     /// Weighted-fair scheduler: per level, streams with data and the level's virtual time.
     levels: [VecDeque<u64>; 4],
@@ -447,6 +449,7 @@ impl Streams {
             buffered: 0,
             retransmitted: 0,
             blocked_writers: false,
+            rx_buffered: 0,
             ctrl: VecDeque::new(),
             levels: Default::default(),
             vtime: [0; 4],
@@ -491,6 +494,11 @@ impl Streams {
     /// Number of open streams.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Bytes held: unacknowledged send data plus received data not yet read.
+    pub(crate) fn memory(&self) -> u64 {
+        self.buffered + self.rx_buffered
     }
 
     // ----- Application side ---------------------------------------------------------------
@@ -624,6 +632,7 @@ impl Streams {
         // Unread data is discarded: credit it so the connection window does not shrink.
         let unread = r.highest - r.base;
         r.base = r.highest;
+        self.rx_buffered -= r.buf.len() as u64;
         r.buf = VecDeque::new();
         r.filled.clear();
         self.rx_consumed += unread;
@@ -674,6 +683,7 @@ impl Streams {
         out[..from_a].copy_from_slice(&a[..from_a]);
         out[from_a..n].copy_from_slice(&b[..n - from_a]);
         r.buf.drain(..n);
+        self.rx_buffered -= n as u64;
         r.base += n as u64;
         r.filled.remove_below(r.base);
         if !r.readable() {
@@ -870,7 +880,9 @@ impl Streams {
                     });
                 }
             }
+            let before = r.buf.len();
             ring_write(&mut r.buf, (start - r.base) as usize, data);
+            self.rx_buffered += (r.buf.len() - before) as u64;
             r.filled.insert(start..end);
             if r.filled.len() > MAX_RX_FRAGMENTS {
                 return Err(ConnectionError::StreamFragmented { id: id.0 });
@@ -927,6 +939,7 @@ impl Streams {
         r.highest = final_size;
         r.base = final_size;
         r.final_size = Some(final_size);
+        self.rx_buffered -= r.buf.len() as u64;
         r.buf = VecDeque::new();
         r.filled.clear();
         if r.stopped.is_some() {

@@ -187,6 +187,8 @@ pub(super) struct Pair {
     /// Checked after every server transmit: bytes sent ≤ 3 × bytes received until the
     /// client's address is validated.
     pub(super) amplification_checks: usize,
+    /// Refusals from `Endpoint::accept`.
+    pub(super) accept_errors: Vec<AcceptError>,
 }
 
 pub(super) fn endpoint_config(seed: u8, mtu: usize, start: Instant) -> EndpointConfig {
@@ -235,6 +237,7 @@ impl Pair {
             seq: 0,
             buf: Vec::new(),
             amplification_checks: 0,
+            accept_errors: Vec::new(),
         }
     }
 
@@ -344,8 +347,10 @@ impl Pair {
                     self.server.handle_datagram(self.now, w.from, &mut w.data)
                 {
                     if self.accept {
-                        let h = self.server.accept(i, self.now).unwrap();
-                        self.server_conns.push(h);
+                        match self.server.accept(i, self.now) {
+                            Ok(h) => self.server_conns.push(h),
+                            Err(e) => self.accept_errors.push(e),
+                        }
                     } else {
                         self.server.ignore(i);
                     }

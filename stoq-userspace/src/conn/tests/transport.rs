@@ -531,3 +531,53 @@ fn bad_transport_settings_are_typed_config_errors() {
         Err(ConfigError::Transport(_))
     ));
 }
+
+#[test]
+fn new_clients_are_refused_above_the_memory_limit() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    let mut cfg = endpoint_config(2, 1452, p.start);
+    cfg.max_memory = 100_000;
+    let (server, _) = configs(Setup::default());
+    p.server = Endpoint::new(cfg, Some(Arc::new(server))).unwrap();
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    // 200 kB that the server application does not read.
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    c.write(id, &vec![3u8; 200_000]).unwrap();
+    p.drive_until(Duration::from_secs(2), |_| false);
+    assert!(
+        p.server.stats().memory >= 200_000,
+        "{}",
+        p.server.stats().memory
+    );
+    let (_, client) = configs(Setup::default());
+    p.connect(client);
+    p.drive_until(Duration::from_secs(2), |p| !p.accept_errors.is_empty());
+    // (The client's first flight is two Initials: each is refused.)
+    assert!(
+        p.accept_errors
+            .iter()
+            .all(|e| *e == AcceptError::MemoryLimit)
+    );
+    p.drive_until(Duration::from_secs(2), |p| p.lost(false).is_some());
+    assert!(matches!(
+        p.lost(false),
+        Some(ConnectionError::PeerClosed {
+            code: code::CONNECTION_REFUSED,
+            ..
+        })
+    ));
+    // Reading the data frees the memory, and clients are accepted again.
+    let mut buf = vec![0u8; 1 << 18];
+    let h = p.server_conns[0];
+    let s = p.server.connection_mut(h).unwrap();
+    let _ = s.accept_stream(Dir::Uni);
+    while let Ok(Some(_)) = s.read(id, &mut buf) {}
+    p.drive_until(Duration::from_millis(100), |_| false);
+    let (_, client) = configs(Setup::default());
+    p.connect(client);
+    assert!(p.drive_until(Duration::from_secs(5), |p| p.both_connected()));
+    assert!(p.server.stats().memory < 100_000);
+}
