@@ -2162,6 +2162,8 @@ impl Connection {
         let mut rtt_sample = None;
         let mut acked_bytes = 0u64;
         let mut largest_sent: Option<Instant> = None;
+        // Consecutive STREAM ranges of one stream are acknowledged as one.
+        let mut acked_data: Option<StreamRecord> = None;
         for r in ack.ranges() {
             let space = &mut self.spaces[i];
             let start = space.sent.partition_point(|p| p.pn < *r.start());
@@ -2210,9 +2212,12 @@ impl Connection {
                     }
                 }
                 if rec.0 < rec.1 {
-                    self.on_records(i, rec, true);
+                    self.on_acked_records(i, rec, &mut acked_data);
                 }
             }
+        }
+        if let Some(d) = acked_data.take() {
+            self.streams.on_acked(d);
         }
         if let Some(rtt) = rtt_sample {
             let delay = if i == 2 {
@@ -2253,6 +2258,58 @@ impl Connection {
         self.spaces[i].compact();
         self.update_messages(now);
         Ok(())
+    }
+
+    /// Acts on the records of an acknowledged packet, merging STREAM data that continues
+    /// the range in `acc` (the common case: an ACK covering a run of packets of one
+    /// stream) so the stream is updated once per run, not once per packet.
+    fn on_acked_records(&mut self, i: usize, rec: (u64, u64), acc: &mut Option<StreamRecord>) {
+        for seq in rec.0..rec.1 {
+            let space = &self.spaces[i];
+            let Some(&r) = seq
+                .checked_sub(space.records_base)
+                .and_then(|k| space.records.get(k as usize))
+            else {
+                continue;
+            };
+            if let Record::Stream(StreamRecord::Data {
+                id,
+                offset,
+                len,
+                fin,
+            }) = r
+            {
+                if let Some(StreamRecord::Data {
+                    id: aid,
+                    offset: aoff,
+                    len: alen,
+                    fin: afin,
+                }) = acc.as_mut()
+                    && *aid == id
+                    && !*afin
+                    && *aoff + u64::from(*alen) == offset
+                    && let Some(n) = alen.checked_add(len)
+                {
+                    *alen = n;
+                    *afin = fin;
+                    continue;
+                }
+                if let Some(d) = acc.replace(StreamRecord::Data {
+                    id,
+                    offset,
+                    len,
+                    fin,
+                }) {
+                    self.streams.on_acked(d);
+                }
+                continue;
+            }
+            // Anything else is applied in order, after the data before it.
+            if let Some(d) = acc.take() {
+                self.streams.on_acked(d);
+            }
+            self.on_records(i, (seq, seq + 1), true);
+        }
     }
 
     /// Acts on the frame records of an acknowledged or lost packet.
