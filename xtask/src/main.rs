@@ -183,11 +183,19 @@ fn fuzz(args: &[String]) -> Result<(), Fail> {
     for t in &targets {
         eprintln!("xtask: fuzzing {t} for {seconds} s");
         let mut c = util::nightly_cargo();
-        c.current_dir(util::root().join("fuzz"));
+        let dir = util::root().join("fuzz");
+        c.current_dir(&dir);
+        c.args(["fuzz", "run", t]);
+        // Committed seed inputs (fuzz/seeds/<target>) start the search from valid input;
+        // new finds go to the first directory, the ignored fuzz/corpus/<target>.
+        let seeds = dir.join("seeds").join(t);
+        if seeds.is_dir() {
+            let corpus = dir.join("corpus").join(t);
+            std::fs::create_dir_all(&corpus)
+                .map_err(|e| Fail(format!("creating {}: {e}", corpus.display())))?;
+            c.arg(&corpus).arg(&seeds);
+        }
         c.args([
-            "fuzz",
-            "run",
-            t,
             "--",
             &format!("-max_total_time={seconds}"),
             "-rss_limit_mb=2048",
