@@ -571,7 +571,7 @@ impl Endpoint {
         }
         if let Some(&h) = self.routes.get(&dcid) {
             if let Some(c) = self.conns[h.0].as_mut() {
-                c.handle_datagram(now, remote, data);
+                c.handle_datagram_classified(now, remote, data, Some(info));
             }
             self.service_cids(h);
             self.account(h);

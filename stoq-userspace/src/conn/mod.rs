@@ -531,7 +531,7 @@ impl Default for TransportConfig {
             send_buffer: 16 << 20,
             keep_alive: None,
             ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
-            ack_thinning: 8,
+            ack_thinning: 10,
             pacing_gain: 1.0,
             mtu_discovery_max: None,
             extension_frames: Vec::new(),
@@ -1297,6 +1297,18 @@ impl Connection {
     /// Processes one received datagram, all of whose packets carry this connection's CID.
     /// Decryption happens in place in `data`.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, data: &mut [u8]) {
+        self.handle_datagram_classified(now, remote, data, None);
+    }
+
+    /// As [`handle_datagram`](Self::handle_datagram), reusing the endpoint's parse of the
+    /// first packet's header.
+    pub(crate) fn handle_datagram_classified(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &mut [u8],
+        mut first: Option<WireHeader>,
+    ) {
         if self.state == State::Drained {
             return;
         }
@@ -1317,9 +1329,15 @@ impl Connection {
         let mut first_dcid: Option<ConnectionId> = None;
         while off < data.len() {
             let rest = &mut data[off..];
-            let Ok(info) = classify_payload(rest, &self.classifier) else {
-                self.stats.dropped.malformed += 1;
-                break;
+            let info = match first.take() {
+                Some(i) => i,
+                None => match classify_payload(rest, &self.classifier) {
+                    Ok(i) => i,
+                    Err(_) => {
+                        self.stats.dropped.malformed += 1;
+                        break;
+                    }
+                },
             };
             let len = match info.kind {
                 PacketKind::Initial | PacketKind::Handshake => {
