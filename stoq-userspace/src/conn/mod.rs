@@ -2545,7 +2545,7 @@ impl Connection {
                 && self.state == State::Established
                 && self.spaces[2].eliciting_in_flight > 0)
         {
-            self.spaces[2].probes = 1;
+            self.spaces[2].probes = self.spaces[2].probes.max(1);
         }
     }
 

@@ -162,6 +162,7 @@ struct Work {
     migrated: bool,
     lost: Option<String>,
     last_client: Option<stoq::conn::ConnectionStats>,
+    last_server: Option<stoq::conn::ConnectionStats>,
     path_migrations: u32,
 }
 
@@ -194,6 +195,9 @@ impl Work {
         }
         if let Some(c) = sim.client.connection(self.client) {
             self.last_client = Some(c.stats());
+        }
+        if let Some(c) = self.server.and_then(|h| sim.server.connection(h)) {
+            self.last_server = Some(c.stats());
         }
         let elapsed = sim.elapsed();
         let ch = self.client;
@@ -488,7 +492,8 @@ impl Work {
         let ss = self
             .server
             .and_then(|h| sim.server.connection(h))
-            .map(|c| c.stats());
+            .map(|c| c.stats())
+            .or(self.last_server);
         format!(
             "at {:?}: plan {:?}\nclient sends {:?}\nserver rx {:?}\nclient rx {:?}\nmessages {:?} reported {:?}\nclient {:?}\nserver {:?}\nup {:?}\ndown {:?}",
             sim.elapsed(),
@@ -583,6 +588,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         migrated: false,
         lost: None,
         last_client: None,
+        last_server: None,
         path_migrations: 0,
     };
     let end = sim.now + TIME_BOUND;
