@@ -71,8 +71,8 @@ use crate::handshake::{Epoch, Handshake, HandshakeError, KeyChange};
 pub const INITIAL_SUITE: CipherSuite = CipherSuite::ChaCha20Poly1305;
 /// Largest DATAGRAM payloads queued for sending or receiving, each way.
 const MAX_QUEUED_DATAGRAMS: usize = 1024;
-/// Early 1-RTT packets a server holds until the handshake completes.
-const MAX_EARLY_PACKETS: usize = 4;
+/// Packets held until the keys to open them arrive (handshake only).
+const MAX_EARLY_PACKETS: usize = 8;
 /// Loss declared after this many later packets are acknowledged (RFC 9002 §6.1.1).
 const PACKET_THRESHOLD: u64 = 3;
 /// Ack-eliciting 1-RTT packets received before an ACK is sent at once.
@@ -1489,11 +1489,17 @@ impl Connection {
             return;
         }
         if self.spaces[i].rx.is_none() {
-            if i == 2
-                && self.pending_rx_1rtt.is_some()
-                && self.early_packets.len() < MAX_EARLY_PACKETS
-            {
-                // The client's 1-RTT packets overtook its Finished: hold a few.
+            // Packets that overtook the one carrying their keys (RFC 9001 §4.1.4): the
+            // client's 1-RTT packets ahead of its Finished at the server; the server's
+            // Handshake or 1-RTT packets ahead of its lost or reordered Initial at the
+            // client. Hold a few; they are replayed when the keys arrive.
+            let keys_coming = !self.spaces[i].discarded
+                && match i {
+                    2 => self.pending_rx_1rtt.is_some() || self.state == State::Handshaking,
+                    1 => self.state == State::Handshaking,
+                    _ => false,
+                };
+            if keys_coming && self.early_packets.len() < MAX_EARLY_PACKETS {
                 self.early_packets.push(pkt.to_vec());
             } else {
                 self.stats.dropped.no_keys += 1;
@@ -2085,13 +2091,24 @@ impl Connection {
     }
 
     fn replay_early(&mut self, now: Instant) {
-        if self.spaces[2].rx.is_none() || self.early_packets.is_empty() {
+        if self.early_packets.is_empty() {
             return;
         }
         for mut p in std::mem::take(&mut self.early_packets) {
-            if let Ok(info) = classify_payload(&p, &self.classifier) {
-                let (remote, len) = (self.remote, p.len());
-                self.handle_packet(now, &mut p, &info, remote, len);
+            let Ok(info) = classify_payload(&p, &self.classifier) else {
+                continue;
+            };
+            match Self::epoch_of(info.kind) {
+                Some(i) if self.spaces[i].rx.is_some() => {
+                    let (remote, len) = (self.remote, p.len());
+                    self.handle_packet(now, &mut p, &info, remote, len);
+                }
+                // Still waiting for its keys.
+                Some(i) if !self.spaces[i].discarded => self.early_packets.push(p),
+                _ => {}
+            }
+            if self.is_closed() {
+                return;
             }
         }
     }
@@ -2534,7 +2551,11 @@ impl Connection {
             {
                 // Two probes in the application space (RFC 9002 §6.2.4 allows up to two):
                 // on a lossy path one lost probe then does not cost a whole PTO.
-                s.probes = if i == 2 { 2 } else { 1 };
+                s.probes = if i == 2 || self.side == Side::Client {
+                    2
+                } else {
+                    1
+                };
                 if i < 2 {
                     s.requeue_all_crypto();
                 }
