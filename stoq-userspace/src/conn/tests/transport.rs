@@ -581,3 +581,91 @@ fn new_clients_are_refused_above_the_memory_limit() {
     assert!(p.drive_until(Duration::from_secs(5), |p| p.both_connected()));
     assert!(p.server.stats().memory < 100_000);
 }
+
+#[test]
+fn keep_alive_keeps_an_idle_connection_open() {
+    let (mut server, mut client) = configs(Setup::default());
+    server.params.max_idle_timeout_ms = 1_000;
+    client.params.max_idle_timeout_ms = 1_000;
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    p.client_conn().adapt(Adaptation {
+        keep_alive: Some(Some(Duration::from_millis(300))),
+        ..Adaptation::default()
+    });
+    // Five idle timeouts of silence from the application: PINGs keep it alive.
+    p.drive_until(Duration::from_secs(5), |_| false);
+    assert!(p.client_conn().is_established(), "{:?}", p.lost(false));
+    assert!(p.server_conn().is_established());
+    // Without keep-alive it times out.
+    p.client_conn().adapt(Adaptation {
+        keep_alive: Some(None),
+        ..Adaptation::default()
+    });
+    p.drive_until(Duration::from_secs(5), |p| p.lost(false).is_some());
+    assert_eq!(p.lost(false), Some(ConnectionError::TimedOut));
+}
+
+#[test]
+fn a_blocked_writer_is_told_when_it_can_write_again() {
+    let mut p = connected_pair();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    // Fill the 7/8 of the 16 MiB send buffer a bulk stream may use.
+    let chunk = vec![5u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match c.write(id, &chunk) {
+            Ok(n) => total += n,
+            Err(WriteError::Blocked) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(total as u64, (16u64 << 20) / 8 * 7);
+    assert_eq!(c.send_capacity(id), 0);
+    let mut buf = vec![0u8; 1 << 20];
+    let ok = p.drive_until(Duration::from_secs(10), |p| {
+        let s = p.server_conn();
+        let _ = s.accept_stream(Dir::Uni);
+        while let Ok(Some(_)) = s.read(id, &mut buf) {}
+        p.events.iter().any(|e| e.3 == Event::StreamWritable(id))
+    });
+    assert!(ok, "StreamWritable after ACKs freed room");
+    assert!(p.client_conn().send_capacity(id) > 0);
+}
+
+#[test]
+fn a_path_that_never_answers_is_abandoned_for_the_old_one() {
+    let mut p = connected_pair();
+    p.exchange_datagrams(b"before");
+    // The client's packets now arrive from a new address, and nothing sent there arrives.
+    let new_addr: SocketAddr = "[fd00:5710::99]:41000".parse().unwrap();
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server {
+            w.from = new_addr;
+            Verdict::Deliver
+        } else if w.data.len() < 1000 {
+            // Everything the server sends to the new path is lost.
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let h = p.server_conns[0];
+    p.client_conn().send_datagram(b"from the new path").unwrap();
+    let moved = p.drive_until(Duration::from_secs(1), |p| {
+        p.server.connection(h).unwrap().remote_address() == new_addr
+    });
+    assert!(moved, "the server followed the new address");
+    // Validation fails: the server returns to the address that worked.
+    let back = p.drive_until(Duration::from_secs(10), |p| {
+        p.server.connection(h).unwrap().remote_address() == client_addr()
+    });
+    assert!(back, "the server went back to the old path");
+    assert!(
+        !p.events
+            .iter()
+            .any(|e| matches!(e.3, Event::PathMigrated(_)))
+    );
+}
