@@ -1740,7 +1740,7 @@ impl Connection {
                     ));
                 }
                 if !self.confirmed {
-                    self.confirm();
+                    self.confirm(now);
                 }
                 Ok(())
             }
@@ -2076,15 +2076,14 @@ impl Connection {
         self.events.push_back(Event::Connected);
         if self.side == Side::Server {
             // The server confirms at completion (RFC 9001 §4.1.2).
-            self.confirm();
+            self.confirm(now);
         }
         Ok(())
     }
 
-    fn confirm(&mut self) {
+    fn confirm(&mut self, now: Instant) {
         self.confirmed = true;
-        self.path
-            .start_discovery(self.last_eliciting_1rtt.unwrap_or(self.unix_base.0));
+        self.path.start_discovery(now);
         self.spaces[0].discard();
         self.spaces[1].discard();
         self.events.push_back(Event::HandshakeConfirmed);

@@ -56,7 +56,8 @@ pub(crate) struct Paths {
     pub(crate) retired_local: Vec<ConnectionId>,
     /// PATH_RESPONSE to send: the latest challenge's data.
     pub(crate) response: Option<[u8; 8]>,
-    challenges: (Instant, u32),
+    /// PATH_CHALLENGEs counted in the current one-second window, and when it began.
+    challenges: (Option<Instant>, u32),
     pub(crate) validation: Option<Validation>,
     // DPLPMTUD.
     mtu: usize,
@@ -82,7 +83,7 @@ impl Paths {
             next_issue_seq: 1,
             retired_local: Vec::new(),
             response: None,
-            challenges: (Instant::now(), 0),
+            challenges: (None, 0),
             validation: None,
             mtu,
             mtu_max: max,
@@ -168,8 +169,12 @@ impl Paths {
         now: Instant,
         data: [u8; 8],
     ) -> Result<(), ConnectionError> {
-        if now.saturating_duration_since(self.challenges.0) >= Duration::from_secs(1) {
-            self.challenges = (now, 0);
+        if self
+            .challenges
+            .0
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.challenges = (Some(now), 0);
         }
         self.challenges.1 += 1;
         if self.challenges.1 > MAX_CHALLENGES_PER_SEC {
