@@ -2299,11 +2299,7 @@ impl Connection {
     /// stream) so the stream is updated once per run, not once per packet.
     fn on_acked_records(&mut self, i: usize, rec: (u64, u64), acc: &mut Option<StreamRecord>) {
         for seq in rec.0..rec.1 {
-            let space = &self.spaces[i];
-            let Some(&r) = seq
-                .checked_sub(space.records_base)
-                .and_then(|k| space.records.get(k as usize))
-            else {
+            let Some(r) = self.spaces[i].record(seq) else {
                 continue;
             };
             if let Record::Stream(StreamRecord::Data {
@@ -2342,51 +2338,51 @@ impl Connection {
             if let Some(d) = acc.take() {
                 self.streams.on_acked(d);
             }
-            self.on_records(i, (seq, seq + 1), true);
+            self.on_record(r, true);
         }
     }
 
     /// Acts on the frame records of an acknowledged or lost packet.
     fn on_records(&mut self, i: usize, rec: (u64, u64), acked: bool) {
         for seq in rec.0..rec.1 {
-            let space = &self.spaces[i];
-            let Some(&r) = seq
-                .checked_sub(space.records_base)
-                .and_then(|k| space.records.get(k as usize))
-            else {
-                continue;
-            };
-            match (r, acked) {
-                (Record::Stream(s), true) => self.streams.on_acked(s),
-                (Record::Stream(s), false) => self.streams.on_lost(s),
-                (Record::NewCid(seq), false) => {
-                    if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq) {
-                        c.3 = true;
-                    }
-                }
-                (Record::RetireCid(seq), false) if !self.path.retire_pending.contains(&seq) => {
-                    self.path.retire_pending.push_back(seq);
-                }
-                (Record::MtuProbe(size), true) => {
-                    if let Some(mtu) = self.path.on_probe_acked(usize::from(size)) {
-                        self.cc.on_mtu(mtu as u64);
-                        self.pacer.set_mtu(mtu as u64);
-                        if let Some(d) = self.max_datagram_size() {
-                            self.events.push_back(Event::DatagramSizeChanged(d));
-                        }
-                    }
-                }
-                (Record::MtuProbe(size), false) => self.path.on_probe_lost(usize::from(size)),
-                (Record::Extension(seq), acked) => {
-                    if let Some(k) = self.ext_sent.iter().position(|e| e.0 == seq) {
-                        let e = self.ext_sent.swap_remove(k);
-                        if !acked {
-                            self.ext_out.push_front(e);
-                        }
-                    }
-                }
-                _ => {}
+            if let Some(r) = self.spaces[i].record(seq) {
+                self.on_record(r, acked);
             }
+        }
+    }
+
+    /// Acts on one frame record of an acknowledged or lost packet.
+    fn on_record(&mut self, r: Record, acked: bool) {
+        match (r, acked) {
+            (Record::Stream(s), true) => self.streams.on_acked(s),
+            (Record::Stream(s), false) => self.streams.on_lost(s),
+            (Record::NewCid(seq), false) => {
+                if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq) {
+                    c.3 = true;
+                }
+            }
+            (Record::RetireCid(seq), false) if !self.path.retire_pending.contains(&seq) => {
+                self.path.retire_pending.push_back(seq);
+            }
+            (Record::MtuProbe(size), true) => {
+                if let Some(mtu) = self.path.on_probe_acked(usize::from(size)) {
+                    self.cc.on_mtu(mtu as u64);
+                    self.pacer.set_mtu(mtu as u64);
+                    if let Some(d) = self.max_datagram_size() {
+                        self.events.push_back(Event::DatagramSizeChanged(d));
+                    }
+                }
+            }
+            (Record::MtuProbe(size), false) => self.path.on_probe_lost(usize::from(size)),
+            (Record::Extension(seq), acked) => {
+                if let Some(k) = self.ext_sent.iter().position(|e| e.0 == seq) {
+                    let e = self.ext_sent.swap_remove(k);
+                    if !acked {
+                        self.ext_out.push_front(e);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

@@ -115,11 +115,15 @@ impl Space {
         self.records_base + self.records.len() as u64
     }
 
+    /// Record number `seq`, if still kept.
+    pub(crate) fn record(&self, seq: u64) -> Option<Record> {
+        let k = seq.checked_sub(self.records_base)?;
+        self.records.get(k as usize).copied()
+    }
+
     /// The records of a packet.
     pub(crate) fn records_of(&self, rec: (u64, u64)) -> impl Iterator<Item = Record> + '_ {
-        let a = rec.0.saturating_sub(self.records_base) as usize;
-        let b = rec.1.saturating_sub(self.records_base) as usize;
-        self.records.range(a.min(b)..b).copied()
+        (rec.0..rec.1).filter_map(|seq| self.record(seq))
     }
 
     /// Whether an ACK frame is owed.
