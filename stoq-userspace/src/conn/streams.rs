@@ -354,6 +354,13 @@ impl Hasher for IdHasher {
 
 type Map = HashMap<u64, Stream, BuildHasherDefault<IdHasher>>;
 
+/// Which half of a stream a frame acts on, from this side's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Send,
+    Recv,
+}
+
 /// Control frames waiting to go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ctrl {
@@ -798,6 +805,22 @@ impl Streams {
         Ok(self.map.contains_key(&id.0))
     }
 
+    /// A unidirectional stream has only its initiator's sending half and the other
+    /// side's receiving half: a frame acting on the `half` this side lacks is a
+    /// STREAM_STATE_ERROR (`what` names it). Bidirectional streams have both.
+    fn check_half(
+        &self,
+        id: StreamId,
+        half: Half,
+        what: &'static str,
+    ) -> Result<(), ConnectionError> {
+        let ours = id.initiator() == self.side;
+        if id.dir() == Dir::Uni && ours != (half == Half::Send) {
+            return Err(ConnectionError::StreamState(what));
+        }
+        Ok(())
+    }
+
     pub(crate) fn on_stream(
         &mut self,
         id: StreamId,
@@ -805,11 +828,11 @@ impl Streams {
         data: &[u8],
         fin: bool,
     ) -> Result<(), ConnectionError> {
-        if id.dir() == Dir::Uni && id.initiator() == self.side {
-            return Err(ConnectionError::StreamState(
-                "STREAM frame on this side's unidirectional stream",
-            ));
-        }
+        self.check_half(
+            id,
+            Half::Recv,
+            "STREAM frame on this side's unidirectional stream",
+        )?;
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e < 1 << 62)
@@ -817,13 +840,9 @@ impl Streams {
         if !self.get_or_open(id)? {
             return Ok(());
         }
-        let Some(s) = self.map.get_mut(&id.0) else {
+        // Past check_half, the stream has this half; gone means finished and freed.
+        let Some(r) = self.map.get_mut(&id.0).and_then(|s| s.recv.as_mut()) else {
             return Ok(());
-        };
-        let Some(r) = s.recv.as_mut() else {
-            return Err(ConnectionError::StreamState(
-                "STREAM frame on a send-only stream",
-            ));
         };
         if let Some(fs) = r.final_size {
             if end > fs || (fin && end != fs) {
@@ -901,21 +920,17 @@ impl Streams {
         code: u64,
         final_size: u64,
     ) -> Result<(), ConnectionError> {
-        if id.dir() == Dir::Uni && id.initiator() == self.side {
-            return Err(ConnectionError::StreamState(
-                "RESET_STREAM on this side's unidirectional stream",
-            ));
-        }
+        self.check_half(
+            id,
+            Half::Recv,
+            "RESET_STREAM on this side's unidirectional stream",
+        )?;
         if !self.get_or_open(id)? {
             return Ok(());
         }
-        let Some(s) = self.map.get_mut(&id.0) else {
+        // Past check_half, the stream has this half; gone means finished and freed.
+        let Some(r) = self.map.get_mut(&id.0).and_then(|s| s.recv.as_mut()) else {
             return Ok(());
-        };
-        let Some(r) = s.recv.as_mut() else {
-            return Err(ConnectionError::StreamState(
-                "RESET_STREAM on a send-only stream",
-            ));
         };
         if r.final_size.is_some_and(|f| f != final_size) || final_size < r.highest {
             return Err(ConnectionError::FinalSize);
@@ -959,21 +974,17 @@ impl Streams {
         id: StreamId,
         code: u64,
     ) -> Result<(), ConnectionError> {
-        if id.dir() == Dir::Uni && id.initiator() != self.side {
-            return Err(ConnectionError::StreamState(
-                "STOP_SENDING on the peer's unidirectional stream",
-            ));
-        }
+        self.check_half(
+            id,
+            Half::Send,
+            "STOP_SENDING on the peer's unidirectional stream",
+        )?;
         if !self.get_or_open(id)? {
             return Ok(());
         }
-        let Some(s) = self.map.get_mut(&id.0) else {
+        // Past check_half, the stream has this half; gone means finished and freed.
+        let Some(q) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
             return Ok(());
-        };
-        let Some(q) = s.send.as_mut() else {
-            return Err(ConnectionError::StreamState(
-                "STOP_SENDING on a receive-only stream",
-            ));
         };
         if q.stopped.is_some() || q.reset.is_some() || q.fin == FinState::Acked {
             return Ok(());
@@ -997,21 +1008,17 @@ impl Streams {
         id: StreamId,
         max: u64,
     ) -> Result<(), ConnectionError> {
-        if id.dir() == Dir::Uni && id.initiator() != self.side {
-            return Err(ConnectionError::StreamState(
-                "MAX_STREAM_DATA on the peer's unidirectional stream",
-            ));
-        }
+        self.check_half(
+            id,
+            Half::Send,
+            "MAX_STREAM_DATA on the peer's unidirectional stream",
+        )?;
         if !self.get_or_open(id)? {
             return Ok(());
         }
-        let Some(s) = self.map.get_mut(&id.0) else {
+        // Past check_half, the stream has this half; gone means finished and freed.
+        let Some(q) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
             return Ok(());
-        };
-        let Some(q) = s.send.as_mut() else {
-            return Err(ConnectionError::StreamState(
-                "MAX_STREAM_DATA on a receive-only stream",
-            ));
         };
         if max > q.max_data {
             q.max_data = max;
@@ -1039,11 +1046,11 @@ impl Streams {
     }
 
     pub(crate) fn on_stream_data_blocked(&mut self, id: StreamId) -> Result<(), ConnectionError> {
-        if id.dir() == Dir::Uni && id.initiator() == self.side {
-            return Err(ConnectionError::StreamState(
-                "STREAM_DATA_BLOCKED on this side's unidirectional stream",
-            ));
-        }
+        self.check_half(
+            id,
+            Half::Recv,
+            "STREAM_DATA_BLOCKED on this side's unidirectional stream",
+        )?;
         self.get_or_open(id).map(drop)
     }
 
