@@ -92,35 +92,26 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     // The simulator tests (the transport property test over 1,000 seeds, congestion
     // control on a simulated bottleneck) run in release mode: they move gigabytes.
     let mut c = cargo();
-    c.args([
-        "test",
-        "--release",
-        "-p",
-        "stoq",
-        "--features",
-        "sim",
-        "--test",
-        "sim",
-    ]);
+    c.args(SIM_TESTS);
     run(&mut c)
 }
+
+/// The simulator test binary, in release mode (it needs the `sim` feature).
+const SIM_TESTS: [&str; 8] = [
+    "test",
+    "--release",
+    "-p",
+    "stoq",
+    "--features",
+    "sim",
+    "--test",
+    "sim",
+];
 
 /// `cargo xtask sim [--seeds N] [--first F] [--seed S]`.
 fn sim(args: &[String]) -> Result<(), Fail> {
     let mut c = cargo();
-    c.args([
-        "test",
-        "--release",
-        "-p",
-        "stoq",
-        "--features",
-        "sim",
-        "--test",
-        "sim",
-        "--",
-        "--nocapture",
-        "property::",
-    ]);
+    c.args(SIM_TESTS).args(["--", "--nocapture", "property::"]);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let var = match a.as_str() {
