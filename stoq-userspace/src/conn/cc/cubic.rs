@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{AckEvent, Controller, LossEvent, initial_window, minimum_window};
+use super::{
+    AckEvent, Controller, LossEvent, initial_window, loss_based_state, minimum_window,
+    rescale_window,
+};
 
 const BETA: f64 = 0.7;
 const C: f64 = 0.4;
@@ -119,7 +122,7 @@ impl Controller for Cubic {
     }
 
     fn on_mtu(&mut self, mtu: u64) {
-        self.window = self.window * mtu / self.mtu.max(1);
+        self.window = rescale_window(self.window, self.mtu, mtu);
         self.mtu = mtu;
     }
 
@@ -132,13 +135,7 @@ impl Controller for Cubic {
     }
 
     fn state(&self) -> &'static str {
-        if self.recovery_start.is_some() {
-            "recovery"
-        } else if self.window < self.ssthresh {
-            "slow_start"
-        } else {
-            "congestion_avoidance"
-        }
+        loss_based_state(self.recovery_start.is_some(), self.window, self.ssthresh)
     }
 
     fn congestion_events(&self) -> u64 {

@@ -31,6 +31,22 @@ pub fn minimum_window(mtu: u64) -> u64 {
     2 * mtu
 }
 
+/// The state name of a loss-based controller (NewReno, CUBIC).
+fn loss_based_state(in_recovery: bool, window: u64, ssthresh: u64) -> &'static str {
+    if in_recovery {
+        "recovery"
+    } else if window < ssthresh {
+        "slow_start"
+    } else {
+        "congestion_avoidance"
+    }
+}
+
+/// A window in bytes kept at the same number of packets when the MTU changes.
+fn rescale_window(window: u64, old_mtu: u64, new_mtu: u64) -> u64 {
+    window * new_mtu / old_mtu.max(1)
+}
+
 /// What one delivery-rate sample measured (Linux tcp_rate.c semantics).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateSample {

@@ -2,7 +2,10 @@
 
 use std::time::Instant;
 
-use super::{AckEvent, Controller, LossEvent, initial_window, minimum_window};
+use super::{
+    AckEvent, Controller, LossEvent, initial_window, loss_based_state, minimum_window,
+    rescale_window,
+};
 
 /// NewReno with RFC 9002's constants (loss reduction factor 1/2).
 #[derive(Debug, Clone)]
@@ -69,7 +72,7 @@ impl Controller for NewReno {
     }
 
     fn on_mtu(&mut self, mtu: u64) {
-        self.window = self.window * mtu / self.mtu.max(1);
+        self.window = rescale_window(self.window, self.mtu, mtu);
         self.mtu = mtu;
     }
 
@@ -82,13 +85,7 @@ impl Controller for NewReno {
     }
 
     fn state(&self) -> &'static str {
-        if self.recovery_start.is_some() {
-            "recovery"
-        } else if self.window < self.ssthresh {
-            "slow_start"
-        } else {
-            "congestion_avoidance"
-        }
+        loss_based_state(self.recovery_start.is_some(), self.window, self.ssthresh)
     }
 
     fn congestion_events(&self) -> u64 {
