@@ -4,25 +4,16 @@
 //! bound or grow without bound; a bad frame closes the connection with a typed error.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use rand_core::OsRng;
 use stoq::conn::{ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig};
 use stoq::crypto::CipherSuite;
-use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
-
-fn keys() -> &'static (Vec<u8>, VerifyingKey) {
-    static K: OnceLock<(Vec<u8>, VerifyingKey)> = OnceLock::new();
-    K.get_or_init(|| {
-        let (sk, pk) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-        (sk.as_bytes().to_vec(), pk)
-    })
-}
 
 struct Pair {
     client: Endpoint,
@@ -63,30 +54,17 @@ impl Pair {
 }
 
 fn connected(now: Instant) -> Pair {
-    let (sk, pk) = keys();
-    let server_cfg = Arc::new(ServerConfig {
-        credential: Credential::RawKey {
-            key: SigningKey::from_bytes(sk).expect("key"),
-            public: pk.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    });
+    let server_cfg = Arc::new(common::server_config());
     let mut cfg = EndpointConfig::new();
     cfg.rng_seed = [3; 32];
     cfg.unix_time_at = (now, 1_800_000_000);
     let server = Endpoint::new(cfg.clone(), Some(server_cfg)).expect("endpoint");
     cfg.rng_seed = [4; 32];
     let mut client = Endpoint::new(cfg, None).expect("endpoint");
-    let client_cfg = Arc::new(ClientConfig {
-        server_name: "fuzz.stoq".into(),
-        trust: Trust::PinnedKey(pk.clone()),
-        suites: vec![CipherSuite::ChaCha20Poly1305],
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    });
+    let client_cfg = Arc::new(common::client_config(
+        "fuzz.stoq",
+        vec![CipherSuite::ChaCha20Poly1305],
+    ));
     let server_addr: SocketAddr = "[fd00:5710::2]:4433".parse().expect("addr");
     let ch = client
         .connect(now, server_addr, client_cfg)
