@@ -13,11 +13,14 @@
 //! After criterion, a summary prints the handshake/primitives ratio per side from medians
 //! taken in this same process.
 
+mod common;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::configs;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use fn_dsa::{
     DOMAIN_NONE, FN_DSA_LOGN_512, HASH_ID_RAW, KeyPairGenerator, KeyPairGeneratorStandard,
@@ -28,32 +31,8 @@ use ml_kem::kem::{Decapsulate, Encapsulate};
 use ml_kem::{KemCore, MlKem768};
 use rand_core::OsRng;
 use stoq::conn::{DatagramEvent, Endpoint, EndpointConfig, Event};
-use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::crypto::{CipherSuite, HeaderKey, PacketKey, TAG_LEN, protect_packet};
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
-
-fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let server = ServerConfig {
-        credential: Credential::RawKey {
-            key,
-            public: public.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    };
-    let client = ClientConfig {
-        server_name: "bench.stoq".into(),
-        trust: Trust::PinnedKey(public),
-        suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    };
-    (Arc::new(server), Arc::new(client))
-}
+use stoq::handshake::{ClientConfig, ServerConfig};
 
 /// One complete handshake between two fresh endpoints; returns the time spent inside the
 /// client's and the server's calls.

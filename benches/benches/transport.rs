@@ -13,21 +13,19 @@
 //!
 //! A summary after criterion prints each figure and its ratio to the bare AEAD.
 
+mod common;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use rand_core::OsRng;
 use stoq::conn::cc::{AckEvent, Bbr, Controller, ControllerFactory, LossEvent};
 use stoq::conn::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, StreamId, TransportConfig,
 };
 use stoq::crypto::CipherSuite;
-use stoq::crypto::sig::{SigAlg, SigningKey};
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
 
 /// STOQ's BBR doing all its per-packet work, with its window and pacing opened wide: an
 /// in-memory pair has a microsecond RTT, so the real limits would make the benchmark
@@ -96,24 +94,7 @@ struct Pair {
 }
 
 fn pair() -> Pair {
-    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let server_cfg = Arc::new(ServerConfig {
-        credential: Credential::RawKey {
-            key,
-            public: public.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    });
-    let client_cfg = Arc::new(ClientConfig {
-        server_name: "bench.stoq".into(),
-        trust: Trust::PinnedKey(public),
-        suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    });
+    let (server_cfg, client_cfg) = common::configs();
     let transport = Arc::new(TransportConfig {
         // Room for the ACK-1000 benchmark's flight.
         send_buffer: 64 << 20,
