@@ -2544,8 +2544,10 @@ impl Connection {
             }
             if s.eliciting_in_flight > 0 || (i < 2 && self.side == Side::Client && !self.confirmed)
             {
-                // Two probes in the application space (RFC 9002 §6.2.4 allows up to two):
-                // on a lossy path one lost probe then does not cost a whole PTO.
+                // Two probes (RFC 9002 §6.2.4 allows up to two) in the application space
+                // and in a client's handshake spaces: on a lossy path one lost probe then
+                // does not cost a whole PTO, and a client's second Initial doubles the
+                // server's anti-amplification budget.
                 s.probes = if i == 2 || self.side == Side::Client {
                     2
                 } else {
@@ -2556,11 +2558,8 @@ impl Connection {
                 }
             }
         }
-        if self.handshake_done_pending
-            || (self.side == Side::Server
-                && self.state == State::Established
-                && self.spaces[2].eliciting_in_flight > 0)
-        {
+        // A lost HANDSHAKE_DONE is probed even with nothing else in flight.
+        if self.handshake_done_pending {
             self.spaces[2].probes = self.spaces[2].probes.max(1);
         }
     }
