@@ -22,6 +22,7 @@ pub mod conn;
 pub mod crypto;
 pub mod frame;
 pub mod handshake;
+pub mod io;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod xdp;

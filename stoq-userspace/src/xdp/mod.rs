@@ -15,7 +15,7 @@
 //! Attachments are bpf_links owned by this process: when the [`Attachment`] is dropped, or
 //! the process dies, the kernel detaches the program. Nothing is left behind.
 
-mod caps;
+pub(crate) mod caps;
 mod error;
 mod stats;
 pub mod xsk;

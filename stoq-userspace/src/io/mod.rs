@@ -1,0 +1,447 @@
+//! I/O backends: how datagrams reach the sans-IO core and leave it.
+//!
+//! One trait, [`Backend`], covers every way STOQ moves packets: batch receive, batch send,
+//! capabilities that can degrade while running (a device that refuses GSO turns it off),
+//! and a readiness handle the engine waits on. The engine ([`crate::engine`]) drives one
+//! backend per worker.
+//!
+//! - [`udp::UdpBackend`]: plain UDP sockets. On Linux, `recvmmsg`/`sendmmsg` with UDP GSO
+//!   (`UDP_SEGMENT`) and GRO (`UDP_GRO`); elsewhere one datagram per call.
+//! - [`select`]: the automatic choice between backends, with the reason for each one
+//!   skipped.
+//!
+//! Buffers are allocated once per worker ([`RxBatch`], [`TxBatch`]) and reused: nothing on
+//! the per-packet path allocates.
+
+pub mod select;
+pub mod udp;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// Which backend moves the packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// AF_XDP sockets fed by the `stoq_xdp` program.
+    AfXdp,
+    /// io_uring with multishot receive and GSO sends.
+    IoUring,
+    /// UDP sockets (`recvmmsg`/`sendmmsg` with GSO/GRO on Linux).
+    Udp,
+}
+
+impl BackendKind {
+    /// Every backend, in the default order of preference.
+    pub const ALL: [Self; 3] = [Self::AfXdp, Self::IoUring, Self::Udp];
+
+    /// The name used in configuration, `STOQ_BACKEND` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AfXdp => "af_xdp",
+            Self::IoUring => "io_uring",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// Parses [`name`](Self::name) (case-insensitive; `xdp` and `uring` also accepted).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "af_xdp" | "afxdp" | "xdp" => Some(Self::AfXdp),
+            "io_uring" | "iouring" | "uring" => Some(Self::IoUring),
+            "udp" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a backend can do right now. Capabilities only ever shrink at run time (a send
+/// that the device refuses with GSO turns GSO off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Most datagrams one send may carry as GSO segments (1: no GSO).
+    pub gso_segments: u16,
+    /// Receives may coalesce datagrams (GRO); [`RxMeta::stride`] splits them.
+    pub gro: bool,
+    /// ECN marks are read and written.
+    pub ecn: bool,
+    /// Packets move without a copy between kernel and user memory.
+    pub zero_copy: bool,
+}
+
+/// Counters every backend keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    /// Receive calls that returned data.
+    pub rx_batches: u64,
+    /// Datagrams received (GRO super-datagrams split).
+    pub rx_datagrams: u64,
+    /// Send calls.
+    pub tx_batches: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Datagrams the OS refused to send (unreachable, no route, ...), dropped.
+    pub tx_errors: u64,
+    /// Times a send found the socket buffer full.
+    pub tx_would_block: u64,
+}
+
+/// One batch I/O backend. Calls never block: [`readiness`](Self::readiness) says what to
+/// wait on.
+pub trait Backend: Send + std::fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// What it can do now.
+    fn capabilities(&self) -> Capabilities;
+    /// The local address packets arrive at.
+    fn local_addr(&self) -> SocketAddr;
+    /// Receives what is waiting into `batch` (cleared first); returns the number of
+    /// slots filled, 0 when nothing waits.
+    ///
+    /// # Errors
+    /// Only errors that leave the backend unusable.
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
+    /// Sends from the front of `batch`, removing what left. What remains when the OS
+    /// buffer is full stays for the next call (after the readiness handle says writable).
+    ///
+    /// # Errors
+    /// Only errors that leave the backend unusable; a datagram the network refuses is
+    /// dropped and counted.
+    fn send(&mut self, batch: &mut TxBatch) -> io::Result<()>;
+    /// The file descriptor to wait on for readability and writability.
+    #[cfg(unix)]
+    fn readiness(&self) -> std::os::fd::RawFd;
+    /// Counters.
+    fn stats(&self) -> BackendStats;
+}
+
+/// Where one received slot came from and how to split it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    /// The sender.
+    pub from: SocketAddr,
+    /// Bytes in the slot.
+    pub len: usize,
+    /// With GRO, the size of each coalesced datagram (the last may be shorter); equal to
+    /// `len` otherwise.
+    pub stride: usize,
+}
+
+/// Receive buffers: `slots` buffers of `slot_size` bytes, allocated once.
+#[derive(Debug)]
+pub struct RxBatch {
+    buf: Vec<u8>,
+    slot_size: usize,
+    meta: Vec<RxMeta>,
+    filled: usize,
+}
+
+impl RxBatch {
+    /// `slots` buffers of `slot_size` bytes each (64 KiB lets GRO coalesce fully).
+    pub fn new(slots: usize, slot_size: usize) -> Self {
+        let slots = slots.max(1);
+        let none = RxMeta {
+            from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            len: 0,
+            stride: 0,
+        };
+        Self {
+            buf: vec![0; slots * slot_size],
+            slot_size,
+            meta: vec![none; slots],
+            filled: 0,
+        }
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    /// Slots filled by the last receive.
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Slot `i`'s whole buffer, for a backend to receive into.
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        let s = self.slot_size;
+        &mut self.buf[i * s..(i + 1) * s]
+    }
+
+    /// Records what slot `i` received; slots are filled in order.
+    pub fn set(&mut self, i: usize, meta: RxMeta) {
+        debug_assert!(meta.len <= self.slot_size);
+        self.meta[i] = meta;
+        self.filled = self.filled.max(i + 1);
+    }
+
+    /// Slot `i`'s metadata and received bytes.
+    pub fn get_mut(&mut self, i: usize) -> (RxMeta, &mut [u8]) {
+        let m = self.meta[i];
+        let s = self.slot_size;
+        (m, &mut self.buf[i * s..i * s + m.len])
+    }
+
+    /// Calls `f` for every datagram received, GRO batches split by their stride.
+    pub fn for_each(&mut self, mut f: impl FnMut(SocketAddr, &mut [u8])) {
+        for i in 0..self.filled {
+            let (m, data) = self.get_mut(i);
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            for d in data.chunks_mut(stride.max(1)) {
+                f(m.from, d);
+            }
+        }
+    }
+}
+
+/// One send: `segments` datagrams of `segment_size` bytes (the last may be shorter) to one
+/// destination, contiguous in the [`TxBatch`] arena: one GSO send where the backend can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxItem {
+    /// The destination.
+    pub to: SocketAddr,
+    /// Offset in the arena.
+    pub offset: usize,
+    /// Total bytes.
+    pub len: usize,
+    /// Bytes per datagram (all but the last are exactly this long).
+    pub segment_size: usize,
+    /// Datagrams in the item.
+    pub segments: u16,
+    /// No further datagram may join (the last one was shorter).
+    closed: bool,
+}
+
+/// Send buffers: an arena of `capacity` datagrams of up to `mtu` bytes, grouped into
+/// [`TxItem`]s of same-destination, same-size datagrams for GSO.
+#[derive(Debug)]
+pub struct TxBatch {
+    arena: Vec<u8>,
+    mtu: usize,
+    capacity: usize,
+    datagrams: usize,
+    items: Vec<TxItem>,
+    /// First item not yet sent.
+    head: usize,
+    /// Most segments per item (1 disables grouping).
+    max_segments: u16,
+}
+
+/// GSO sends are limited to one 64 KiB UDP payload.
+const GSO_MAX_BYTES: usize = 65_000;
+
+impl TxBatch {
+    /// Room for `capacity` datagrams of up to `mtu` bytes.
+    pub fn new(capacity: usize, mtu: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            arena: vec![0; capacity * mtu],
+            mtu,
+            capacity,
+            datagrams: 0,
+            items: Vec::with_capacity(capacity),
+            head: 0,
+            max_segments: 1,
+        }
+    }
+
+    /// Lets up to `n` same-size datagrams to one destination share an item (GSO).
+    pub fn set_max_segments(&mut self, n: u16) {
+        self.max_segments = n.max(1);
+    }
+
+    /// Whether another datagram fits.
+    pub fn has_room(&self) -> bool {
+        self.datagrams < self.capacity
+    }
+
+    /// Whether nothing waits to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.head == self.items.len()
+    }
+
+    /// Datagrams queued, sent or not.
+    pub fn datagrams(&self) -> usize {
+        self.datagrams
+    }
+
+    /// Appends one datagram that `write` produces in place: it gets `mtu` bytes and
+    /// returns the destination and length, or `None` if it had nothing (then nothing is
+    /// added). Returns whether a datagram was added.
+    pub fn push_with(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    ) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        let offset = self.items.last().map_or(0, |it| it.offset + it.len);
+        let Some((to, len)) = write(&mut self.arena[offset..offset + self.mtu]) else {
+            return false;
+        };
+        let len = len.min(self.mtu);
+        self.datagrams += 1;
+        let max_segments = self.max_segments;
+        let open_item = self.items.len() > self.head;
+        if let Some(last) = self.items.last_mut().filter(|it| {
+            open_item
+                && !it.closed
+                && it.to == to
+                && it.segments < max_segments
+                && len <= it.segment_size
+                && it.len + len <= GSO_MAX_BYTES
+        }) {
+            last.len += len;
+            last.segments += 1;
+            last.closed = len < last.segment_size;
+            return true;
+        }
+        self.items.push(TxItem {
+            to,
+            offset,
+            len,
+            segment_size: len,
+            segments: 1,
+            closed: false,
+        });
+        true
+    }
+
+    /// The items not yet sent.
+    pub fn pending(&self) -> &[TxItem] {
+        &self.items[self.head..]
+    }
+
+    /// An item's bytes.
+    pub fn bytes(&self, item: &TxItem) -> &[u8] {
+        &self.arena[item.offset..item.offset + item.len]
+    }
+
+    /// Marks the first `n` pending items as sent; the arena is reused once all are.
+    pub fn advance(&mut self, n: usize) {
+        self.head = (self.head + n).min(self.items.len());
+        if self.head == self.items.len() {
+            self.items.clear();
+            self.head = 0;
+            self.datagrams = 0;
+        }
+    }
+
+    /// Splits every pending multi-segment item into single datagrams (after a device
+    /// refused GSO), and stops grouping.
+    pub fn split_segments(&mut self) {
+        self.max_segments = 1;
+        let pending: Vec<TxItem> = self.items.drain(self.head..).collect();
+        for it in pending {
+            let mut off = it.offset;
+            let end = it.offset + it.len;
+            while off < end {
+                let len = it.segment_size.min(end - off);
+                self.items.push(TxItem {
+                    to: it.to,
+                    offset: off,
+                    len,
+                    segment_size: len,
+                    segments: 1,
+                    closed: true,
+                });
+                off += len;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[test]
+    fn tx_groups_same_size_same_destination() {
+        let mut b = TxBatch::new(16, 1500);
+        b.set_max_segments(4);
+        for (port, len) in [(1, 1000), (1, 1000), (1, 1000), (1, 1000), (1, 1000)] {
+            assert!(b.push_with(|buf| {
+                buf[..len].fill(7);
+                Some((addr(port), len))
+            }));
+        }
+        // A shorter one closes its group; another destination starts a new one.
+        assert!(b.push_with(|_| Some((addr(1), 300))));
+        assert!(b.push_with(|_| Some((addr(1), 1000))));
+        assert!(b.push_with(|_| Some((addr(2), 1000))));
+        assert!(!b.push_with(|_| None));
+        let p = b.pending();
+        let shape: Vec<(u16, usize, usize)> = p
+            .iter()
+            .map(|i| (i.segments, i.segment_size, i.len))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (4, 1000, 4000),
+                (2, 1000, 1300),
+                (1, 1000, 1000),
+                (1, 1000, 1000)
+            ]
+        );
+        // Contiguous in the arena.
+        assert_eq!(p[1].offset, 4000);
+        assert_eq!(b.datagrams(), 8);
+        b.split_segments();
+        assert_eq!(b.pending().len(), 8);
+        assert_eq!(b.pending()[5].len, 300);
+        b.advance(8);
+        assert!(b.is_empty());
+        assert_eq!(b.datagrams(), 0);
+    }
+
+    #[test]
+    fn tx_respects_capacity() {
+        let mut b = TxBatch::new(2, 1500);
+        assert!(b.push_with(|_| Some((addr(1), 10))));
+        assert!(b.push_with(|_| Some((addr(1), 10))));
+        assert!(!b.has_room());
+        assert!(!b.push_with(|_| panic!("no room: must not be called")));
+    }
+
+    #[test]
+    fn rx_splits_by_stride() {
+        let mut b = RxBatch::new(2, 4096);
+        b.slot_mut(0)[..2500].fill(1);
+        b.set(
+            0,
+            RxMeta {
+                from: addr(9),
+                len: 2500,
+                stride: 1000,
+            },
+        );
+        let mut lens = Vec::new();
+        b.for_each(|from, d| {
+            assert_eq!(from, addr(9));
+            lens.push(d.len());
+        });
+        assert_eq!(lens, vec![1000, 1000, 500]);
+    }
+}

@@ -1,0 +1,646 @@
+//! The UDP socket backend: the one that runs everywhere.
+//!
+//! On Linux it moves batches with `recvmmsg`/`sendmmsg`, sends runs of same-size datagrams
+//! as one GSO send (`UDP_SEGMENT`), and lets the kernel coalesce received datagrams (GRO,
+//! `UDP_GRO`). A device that refuses GSO (`EIO`) turns it off for the socket's lifetime,
+//! and the batch is resent datagram by datagram. On other systems it sends and receives
+//! one datagram per call through the standard library.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{Backend, BackendKind, BackendStats, Capabilities, RxBatch, TxBatch};
+
+/// Settings of a UDP socket backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// The address to bind (`[::]:port` binds both IPv6 and IPv4).
+    pub bind: SocketAddr,
+    /// Share the port with other sockets (one per worker) through `SO_REUSEPORT`.
+    pub reuse_port: bool,
+    /// Kernel socket buffer size asked for, each way (as root the `rmem_max`/`wmem_max`
+    /// ceilings are bypassed with `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`).
+    pub buffer_bytes: usize,
+    /// Use UDP GSO where the kernel has it.
+    pub gso: bool,
+    /// Use UDP GRO where the kernel has it.
+    pub gro: bool,
+}
+
+impl UdpConfig {
+    /// Defaults for `bind`: 8 MiB buffers, GSO and GRO on, no port sharing.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            reuse_port: false,
+            buffer_bytes: 8 << 20,
+            gso: true,
+            gro: true,
+        }
+    }
+}
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 64;
+
+/// Most GSO segments per send the kernel accepts (`UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: u16 = 64;
+
+/// A UDP socket backend.
+#[derive(Debug)]
+pub struct UdpBackend {
+    socket: Socket,
+    local: SocketAddr,
+    caps: Capabilities,
+    stats: BackendStats,
+}
+
+impl UdpBackend {
+    /// Opens and binds the socket, non-blocking, and probes GSO and GRO.
+    ///
+    /// # Errors
+    /// The OS error of `socket`, `bind` or a required option.
+    pub fn bind(config: &UdpConfig) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::for_address(config.bind),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        if config.bind.is_ipv6() {
+            // Dual stack for [::]; ignored where the OS refuses.
+            let _ = socket.set_only_v6(false);
+        }
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+        if config.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        set_buffers(&socket, config.buffer_bytes);
+        socket.set_nonblocking(true)?;
+        socket.bind(&config.bind.into())?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
+        let caps = probe_offloads(&socket, config);
+        Ok(Self {
+            socket,
+            local,
+            caps,
+            stats: BackendStats::default(),
+        })
+    }
+
+    /// The socket, for options this backend does not set (e.g. a reuseport BPF program).
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+/// Asks for `bytes` of socket buffer each way; as root, past the sysctl ceilings.
+fn set_buffers(socket: &Socket, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: a valid socket fd and a c_int option value of the right size.
+            let _ = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const v).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+    // Without privilege the forced variants fail: fall back to the capped ones.
+    if socket.recv_buffer_size().is_ok_and(|n| n < bytes) {
+        let _ = socket.set_recv_buffer_size(bytes);
+    }
+    if socket.send_buffer_size().is_ok_and(|n| n < bytes) {
+        let _ = socket.set_send_buffer_size(bytes);
+    }
+}
+
+/// `to` as an IPv6 socket can address it: IPv4 peers of a dual-stack socket are written
+/// v4-mapped.
+fn mapped(to: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match to {
+        SocketAddr::V4(a) if v6_socket => SocketAddr::V6(std::net::SocketAddrV6::new(
+            a.ip().to_ipv6_mapped(),
+            a.port(),
+            0,
+            0,
+        )),
+        other => other,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn probe_offloads(socket: &Socket, config: &UdpConfig) -> Capabilities {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut caps = Capabilities {
+        gso_segments: 1,
+        ..Capabilities::default()
+    };
+    if config.gso {
+        let mut v: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd; `v` and `len` describe a c_int buffer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&raw mut v).cast(),
+                &raw mut len,
+            )
+        };
+        if r == 0 {
+            caps.gso_segments = MAX_GSO_SEGMENTS;
+        }
+    }
+    if config.gro {
+        let on: libc::c_int = 1;
+        // SAFETY: valid fd; a c_int option value.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        caps.gro = r == 0;
+    }
+    caps
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_offloads(_socket: &Socket, _config: &UdpConfig) -> Capabilities {
+    Capabilities {
+        gso_segments: 1,
+        ..Capabilities::default()
+    }
+}
+
+impl Backend for UdpBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Udp
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        batch.clear();
+        let n = sys::recv(&self.socket, batch)?;
+        if n > 0 {
+            self.stats.rx_batches += 1;
+            for i in 0..n {
+                let (m, _) = batch.get_mut(i);
+                let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
+                self.stats.rx_datagrams += m.len.div_ceil(stride).max(1) as u64;
+            }
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, batch: &mut TxBatch) -> io::Result<()> {
+        if self.caps.gso_segments <= 1 {
+            batch.set_max_segments(1);
+        }
+        sys::send(
+            &self.socket,
+            batch,
+            self.local.is_ipv6(),
+            &mut self.caps,
+            &mut self.stats,
+        )
+    }
+
+    #[cfg(unix)]
+    fn readiness(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.stats
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    //! `recvmmsg`/`sendmmsg` with GSO and GRO control messages.
+
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+
+    use socket2::{SockAddr, Socket};
+
+    use super::BATCH;
+    use crate::io::{BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
+
+    /// Room for one UDP_SEGMENT or UDP_GRO control message (and a spare).
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    struct Control([u8; 64]);
+
+    fn errno() -> io::Error {
+        io::Error::last_os_error()
+    }
+
+    pub(super) fn recv(socket: &Socket, batch: &mut RxBatch) -> io::Result<usize> {
+        let n = batch.slots().min(BATCH);
+        let slot = batch.slot_size();
+        let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
+        let mut control = [Control([0; 64]); BATCH];
+        // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid
+        // value (null pointers, zero lengths).
+        let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            iov[i].iov_base = batch.slot_mut(i).as_mut_ptr().cast();
+            iov[i].iov_len = slot;
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = names[i].as_mut_ptr().cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &raw mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = control[i].0.as_mut_ptr().cast();
+            h.msg_controllen = control[i].0.len();
+        }
+        let got = loop {
+            // SAFETY: `hdrs[..n]` point at live buffers (slots, names, control) that
+            // outlive the call; the kernel writes within the lengths given.
+            let r = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = errno();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::Interrupted => {}
+                // An ICMP error from an earlier send: not this socket's failure.
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {}
+                _ => return Err(e),
+            }
+        };
+        for i in 0..got {
+            let h = &hdrs[i].msg_hdr;
+            let len = hdrs[i].msg_len as usize;
+            // SAFETY: zero-initialised, then possibly written by the kernel: initialised.
+            let name = unsafe { names[i].assume_init_ref() };
+            let Some(from) = socket_addr(name, h.msg_namelen) else {
+                batch.set(
+                    i,
+                    RxMeta {
+                        from: "0.0.0.0:0".parse().expect("literal"),
+                        len: 0,
+                        stride: 0,
+                    },
+                );
+                continue;
+            };
+            let stride = gro_size(h).unwrap_or(len);
+            batch.set(i, RxMeta { from, len, stride });
+        }
+        Ok(got)
+    }
+
+    /// The IPv4 or IPv6 address in `s` (of `len` bytes), if it is one.
+    fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+        let len = len as usize;
+        match libc::c_int::from(s.ss_family) {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in, which fits.
+                let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in>() };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in6, which fits.
+                let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in6>() };
+                let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                // A v4-mapped sender on a dual-stack socket is an IPv4 peer.
+                Some(match ip.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, u16::from_be(a.sin6_port))),
+                    None => SocketAddr::V6(SocketAddrV6::new(
+                        ip,
+                        u16::from_be(a.sin6_port),
+                        a.sin6_flowinfo,
+                        a.sin6_scope_id,
+                    )),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The UDP_GRO segment size in a received message's control data.
+    fn gro_size(h: &libc::msghdr) -> Option<usize> {
+        // SAFETY: `h` is a msghdr the kernel filled; CMSG_FIRSTHDR/NXTHDR stay within
+        // `msg_controllen` and return null at the end.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
+        while !c.is_null() {
+            // SAFETY: `c` is non-null and points inside the control buffer.
+            let cm = unsafe { &*c };
+            if cm.cmsg_level == libc::SOL_UDP && cm.cmsg_type == libc::UDP_GRO {
+                // SAFETY: a UDP_GRO message carries one c_int; read unaligned.
+                let v =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) };
+                return usize::try_from(v).ok().filter(|v| *v > 0);
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            c = unsafe { libc::CMSG_NXTHDR(h, c) };
+        }
+        None
+    }
+
+    pub(super) fn send(
+        socket: &Socket,
+        batch: &mut TxBatch,
+        v6_socket: bool,
+        caps: &mut Capabilities,
+        stats: &mut BackendStats,
+    ) -> io::Result<()> {
+        while !batch.is_empty() {
+            let pending = batch.pending();
+            let n = pending.len().min(BATCH);
+            let mut names: [MaybeUninit<SockAddr>; BATCH] =
+                [const { MaybeUninit::uninit() }; BATCH];
+            let mut control = [Control([0; 64]); BATCH];
+            // SAFETY: plain C structs; all-zero is valid.
+            let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for i in 0..n {
+                let it = pending[i];
+                let bytes = batch.bytes(&it);
+                iov[i].iov_base = bytes.as_ptr().cast_mut().cast();
+                iov[i].iov_len = bytes.len();
+                let name = names[i].write(SockAddr::from(super::mapped(it.to, v6_socket)));
+                let h = &mut hdrs[i].msg_hdr;
+                h.msg_name = name.as_ptr().cast_mut().cast();
+                h.msg_namelen = name.len();
+                h.msg_iov = &raw mut iov[i];
+                h.msg_iovlen = 1;
+                if it.segments > 1 {
+                    h.msg_control = control[i].0.as_mut_ptr().cast();
+                    // SAFETY: CMSG_SPACE is a pure size computation.
+                    h.msg_controllen =
+                        unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                    // SAFETY: msg_control points at a zeroed, aligned buffer of at least
+                    // CMSG_SPACE(2) bytes, so the first header and its data fit.
+                    unsafe {
+                        let c = libc::CMSG_FIRSTHDR(h);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = libc::UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                        std::ptr::write_unaligned(
+                            libc::CMSG_DATA(c).cast::<u16>(),
+                            it.segment_size as u16,
+                        );
+                    }
+                }
+            }
+            // SAFETY: `hdrs[..n]` point at the arena, `names` and `control`, all alive
+            // for the call; the kernel only reads them.
+            let r = unsafe {
+                libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0)
+            };
+            // The addresses were written for i < n only.
+            for name in names.iter_mut().take(n) {
+                // SAFETY: initialised in the loop above.
+                unsafe { name.assume_init_drop() };
+            }
+            if r >= 0 {
+                let sent = r as usize;
+                stats.tx_batches += 1;
+                stats.tx_datagrams += batch.pending()[..sent]
+                    .iter()
+                    .map(|it| u64::from(it.segments))
+                    .sum::<u64>();
+                batch.advance(sent);
+                continue;
+            }
+            let e = errno();
+            let first = batch.pending()[0];
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    stats.tx_would_block += 1;
+                    return Ok(());
+                }
+                Some(libc::EINTR) => {}
+                Some(libc::EIO | libc::EINVAL) if first.segments > 1 => {
+                    // The device cannot segment (no checksum offload, for one): GSO off
+                    // for good, and the batch goes out datagram by datagram.
+                    tracing::warn!("UDP GSO refused by the device ({e}); sending without it");
+                    caps.gso_segments = 1;
+                    batch.split_segments();
+                }
+                Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
+                _ => {
+                    // Unreachable, no route, refused by a firewall, too large: this
+                    // datagram is lost (loss recovery will see it); the rest go on.
+                    stats.tx_errors += u64::from(first.segments);
+                    batch.advance(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    //! One datagram per call, through the standard library's calls via socket2.
+
+    use std::io;
+    use std::mem::MaybeUninit;
+
+    use socket2::Socket;
+
+    use crate::io::{BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
+
+    pub(super) fn recv(socket: &Socket, batch: &mut RxBatch) -> io::Result<usize> {
+        let mut n = 0;
+        while n < batch.slots() {
+            let slot = batch.slot_mut(n);
+            // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recv_from
+            // only writes initialised bytes into it.
+            let uninit = unsafe {
+                std::slice::from_raw_parts_mut(
+                    slot.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                    slot.len(),
+                )
+            };
+            match socket.recv_from(uninit) {
+                Ok((len, addr)) => {
+                    let Some(from) = addr.as_socket() else {
+                        continue;
+                    };
+                    batch.set(
+                        n,
+                        RxMeta {
+                            from,
+                            len,
+                            stride: len,
+                        },
+                    );
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    pub(super) fn send(
+        socket: &Socket,
+        batch: &mut TxBatch,
+        v6_socket: bool,
+        _caps: &mut Capabilities,
+        stats: &mut BackendStats,
+    ) -> io::Result<()> {
+        batch.split_segments();
+        while let Some(it) = batch.pending().first().copied() {
+            match socket.send_to(batch.bytes(&it), &super::mapped(it.to, v6_socket).into()) {
+                Ok(_) => {
+                    stats.tx_datagrams += 1;
+                    batch.advance(1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stats.tx_would_block += 1;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    stats.tx_errors += 1;
+                    batch.advance(1);
+                }
+            }
+        }
+        stats.tx_batches += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{RxBatch, TxBatch};
+
+    fn pair() -> (UdpBackend, UdpBackend) {
+        let cfg = UdpConfig::new("127.0.0.1:0".parse().expect("addr"));
+        (
+            UdpBackend::bind(&cfg).expect("bind a"),
+            UdpBackend::bind(&cfg).expect("bind b"),
+        )
+    }
+
+    /// Waits (bounded) until `b` has received `want` datagrams.
+    fn drain(b: &mut UdpBackend, want: usize) -> Vec<Vec<u8>> {
+        let mut rx = RxBatch::new(8, 65_536);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            if b.recv(&mut rx).expect("recv") == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            rx.for_each(|_, d| got.push(d.to_vec()));
+        }
+        got
+    }
+
+    #[test]
+    fn batches_arrive_intact_and_in_order() {
+        let (mut a, mut b) = pair();
+        let to = b.local_addr();
+        let mut tx = TxBatch::new(100, 1500);
+        tx.set_max_segments(a.capabilities().gso_segments);
+        for i in 0..100u16 {
+            let len = if i == 99 { 17 } else { 1200 };
+            assert!(tx.push_with(|buf| {
+                buf[..len].fill(i as u8);
+                buf[..2].copy_from_slice(&i.to_be_bytes());
+                Some((to, len))
+            }));
+        }
+        a.send(&mut tx).expect("send");
+        assert!(tx.is_empty(), "100 datagrams fit the socket buffer");
+        let got = drain(&mut b, 100);
+        assert_eq!(got.len(), 100);
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, i);
+            assert_eq!(d.len(), if i == 99 { 17 } else { 1200 });
+            assert!(d[2..].iter().all(|x| *x == i as u8));
+        }
+        assert_eq!(a.stats().tx_datagrams, 100);
+        assert_eq!(b.stats().rx_datagrams, 100);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_has_gso_and_gro() {
+        let (a, _) = pair();
+        let c = a.capabilities();
+        assert_eq!(
+            c.gso_segments, MAX_GSO_SEGMENTS,
+            "UDP_SEGMENT since Linux 4.18"
+        );
+        assert!(c.gro, "UDP_GRO since Linux 5.0");
+    }
+
+    #[test]
+    fn unreachable_destination_is_counted_not_fatal() {
+        let (mut a, mut b) = pair();
+        let mut tx = TxBatch::new(4, 1500);
+        // Port 0 is never a valid destination: the OS refuses it.
+        let bad: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let to = b.local_addr();
+        assert!(tx.push_with(|_| Some((bad, 100))));
+        assert!(tx.push_with(|buf| {
+            buf[0] = 42;
+            Some((to, 100))
+        }));
+        a.send(&mut tx).expect("send carries on");
+        assert!(tx.is_empty());
+        assert_eq!(a.stats().tx_errors, 1);
+        let got = drain(&mut b, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0][0], 42);
+    }
+}
