@@ -16,10 +16,12 @@
 //! The protocol core, the I/O engine and the async API build on these.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod classifier;
 pub mod codec;
 pub mod conn;
 pub mod crypto;
+pub mod engine;
 pub mod frame;
 pub mod handshake;
 pub mod io;
@@ -30,3 +32,5 @@ pub mod xdp;
 /// The wire format: header views, varints, connection-ID layout and the classifier,
 /// re-exported from `stoq-common`.
 pub use stoq_common as wire;
+
+pub use api::{Connection, Endpoint, RecvStream, SendStream};

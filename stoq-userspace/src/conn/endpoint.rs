@@ -348,6 +348,8 @@ pub struct Endpoint {
     used_order: VecDeque<[u8; 12]>,
     responses: VecDeque<(SocketAddr, Vec<u8>)>,
     next_poll: usize,
+    /// Connections freed, for [`Endpoint::poll_removed`].
+    removed: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
 }
 
@@ -397,6 +399,7 @@ impl Endpoint {
             used_order: VecDeque::new(),
             responses: VecDeque::new(),
             next_poll: 0,
+            removed: VecDeque::new(),
             stats: EndpointStats::default(),
         })
     }
@@ -406,6 +409,11 @@ impl Endpoint {
         let mut s = self.stats;
         s.memory = self.mem_total;
         s
+    }
+
+    /// Connections whose handshake has neither completed nor failed.
+    pub fn handshaking(&self) -> usize {
+        self.handshaking
     }
 
     /// Live connections.
@@ -927,6 +935,51 @@ impl Endpoint {
         None
     }
 
+    /// As [`poll_transmit`](Self::poll_transmit), into a fixed buffer (an I/O backend's
+    /// frame): the datagram is `buf[..size]`. The buffer should hold the largest datagram
+    /// the transport may send (`max_udp_payload`, or `mtu_discovery_max` when larger);
+    /// shorter buffers make smaller datagrams, and a stateless response that does not fit
+    /// is dropped (counted in `responses_dropped`).
+    pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((to, d)) = self.responses.pop_front() {
+            if d.len() > buf.len() {
+                self.stats.responses_dropped += 1;
+                continue;
+            }
+            buf[..d.len()].copy_from_slice(&d);
+            return Some(Transmit {
+                destination: to,
+                size: d.len(),
+            });
+        }
+        let n = self.conns.len();
+        for k in 0..n {
+            let i = (self.next_poll + k) % n;
+            if let Some(c) = self.conns[i].as_mut()
+                && let Some(t) = c.poll_transmit_into(now, buf)
+            {
+                self.next_poll = (i + 1) % n;
+                self.account(ConnectionHandle(i));
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The largest datagram any connection may send: the size an I/O buffer passed to
+    /// [`poll_transmit_into`](Self::poll_transmit_into) should have.
+    pub fn max_datagram_size(&self) -> usize {
+        self.config
+            .max_udp_payload
+            .max(self.config.transport.mtu_discovery_max.unwrap_or(0))
+    }
+
+    /// A connection freed since the last call (it drained and its last event was
+    /// returned): its handle may now be reused by a new connection.
+    pub fn poll_removed(&mut self) -> Option<ConnectionHandle> {
+        self.removed.pop_front()
+    }
+
     /// The earliest timer over all connections.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conns
@@ -1015,6 +1068,11 @@ impl Endpoint {
             }
             self.mem_total -= self.conn_mem[h.0];
             self.conn_mem[h.0] = 0;
+            // Bounded: an application that never asks keeps the latest only.
+            if self.removed.len() >= self.config.max_connections {
+                self.removed.pop_front();
+            }
+            self.removed.push_back(h);
         }
     }
 }

@@ -1374,6 +1374,18 @@ impl Connection {
     /// shrunk or cleared, so a buffer reused across calls costs no allocation and no
     /// zero-fill.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let mtu = self.path.largest_datagram();
+        if buf.len() < mtu {
+            buf.resize(mtu, 0);
+        }
+        self.poll_transmit_into(now, buf)
+    }
+
+    /// As [`poll_transmit`](Self::poll_transmit), into a fixed buffer (an I/O backend's
+    /// frame): the datagram is `buf[..size]`, and never longer than `buf`. A buffer shorter
+    /// than the path MTU only makes datagrams smaller; one shorter than 1,200 bytes may
+    /// make the handshake stall.
+    pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         match self.state {
             State::Drained | State::Draining => return None,
             State::Closing if !self.close_pending => return None,
@@ -1382,7 +1394,7 @@ impl Connection {
         let data_ok = self.state != State::Established || self.data_allowed(now);
         let mut limit = self.path.mtu();
         // A due MTU probe takes a datagram of its own (1-RTT, PING + PADDING).
-        let probe = if data_ok && self.validated && self.state == State::Established {
+        let mut probe = if data_ok && self.validated && self.state == State::Established {
             self.path.probe_due(now)
         } else {
             None
@@ -1401,7 +1413,12 @@ impl Connection {
             }
         }
         if buf.len() < limit {
-            buf.resize(limit, 0);
+            if probe.is_some() {
+                // The probe does not fit this buffer: try it with a larger one later.
+                probe = None;
+                limit = self.path.mtu();
+            }
+            limit = limit.min(buf.len());
         }
         let wants =
             [0, 1, 2].map(|i| probe.is_some() && i == 2 || self.space_wants_send(i, data_ok));

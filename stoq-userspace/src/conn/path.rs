@@ -108,6 +108,12 @@ impl Paths {
     }
 
     /// The next probe size, if one should go out now.
+    /// The largest datagram this path may ever ask for: the current MTU or the probe
+    /// ceiling.
+    pub(crate) fn largest_datagram(&self) -> usize {
+        self.mtu_max.max(self.mtu())
+    }
+
     pub(crate) fn probe_due(&mut self, now: Instant) -> Option<usize> {
         if self.probe_in_flight || self.next_probe.is_none_or(|t| now < t) {
             return None;

@@ -84,7 +84,8 @@ pub enum SigError {
     BadSignature,
 }
 
-/// A FALCON signing key, wiped on drop.
+/// A FALCON signing key, wiped on drop (clones too).
+#[derive(Clone)]
 pub struct SigningKey {
     alg: SigAlg,
     encoded: Zeroizing<Vec<u8>>,

@@ -62,7 +62,7 @@ pub enum Epoch {
 }
 
 /// How a side proves its identity.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Credential {
     /// A bare key pair: the peer must have the public key pinned.
     RawKey {
@@ -111,7 +111,7 @@ pub enum Trust {
 }
 
 /// The client's handshake settings.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The name the server must prove (checked against certificates).
     pub server_name: String,

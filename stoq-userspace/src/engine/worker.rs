@@ -1,0 +1,829 @@
+//! One worker: its thread, its state behind one lock, and the loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::{EngineConfig, EngineInfo, Handler};
+use crate::conn::{
+    ConfigError, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, StreamId,
+};
+use crate::handshake::ServerConfig;
+use crate::io::select::{self, SelectError};
+use crate::io::udp::{UdpBackend, UdpConfig};
+use crate::io::{Backend, BackendKind, BackendStats, RxBatch, TxBatch};
+use crate::wire::cid::CidLayout;
+
+/// Datagrams waiting for their owner worker, per worker.
+const HANDOFF_QUEUE: usize = 4096;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No usable backend (a forced one cannot run).
+    #[error(transparent)]
+    Backend(#[from] SelectError),
+    /// The socket could not be bound.
+    #[error("cannot bind {addr}: {source} (is the port in use, or the address not local?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The endpoint settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// More workers than CID worker ids (255).
+    #[error("{0} workers asked for; at most 255 (one CID worker id each)")]
+    TooManyWorkers(usize),
+    /// The OS refused an event loop resource (epoll, eventfd) or a thread.
+    #[error("engine setup: {0}")]
+    Os(#[source] io::Error),
+}
+
+/// Per-worker counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's id (also inside its CIDs).
+    pub worker: u8,
+    /// Datagrams this worker received that belonged to another worker, handed over.
+    pub handoffs_out: u64,
+    /// Datagrams other workers handed to this one.
+    pub handoffs_in: u64,
+    /// Handoffs dropped because the owner's queue was full.
+    pub handoffs_dropped: u64,
+    /// Loop iterations.
+    pub loops: u64,
+    /// The backend's counters.
+    pub backend: BackendStats,
+    /// Live connections.
+    pub connections: usize,
+}
+
+/// What the async handles of one connection share with its worker.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) handle: ConnectionHandle,
+    pub(crate) serial: u64,
+    /// Set once, when the connection ends.
+    pub(crate) error: OnceLock<ConnectionError>,
+}
+
+/// Tasks waiting on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Wakers {
+    pub(crate) connect: Option<Waker>,
+    pub(crate) read: HashMap<StreamId, Waker>,
+    pub(crate) write: HashMap<StreamId, Waker>,
+    pub(crate) finish: HashMap<StreamId, Waker>,
+    pub(crate) message: HashMap<StreamId, Waker>,
+    pub(crate) accept: [Option<Waker>; 2],
+    pub(crate) open: [Option<Waker>; 2],
+    pub(crate) datagram: Option<Waker>,
+    pub(crate) closed: Vec<Waker>,
+}
+
+impl Wakers {
+    fn wake_all(&mut self) {
+        let singles = [
+            self.connect.take(),
+            self.datagram.take(),
+            self.accept[0].take(),
+            self.accept[1].take(),
+            self.open[0].take(),
+            self.open[1].take(),
+        ];
+        for w in singles.into_iter().flatten() {
+            w.wake();
+        }
+        for (_, w) in self
+            .read
+            .drain()
+            .chain(self.write.drain())
+            .chain(self.finish.drain())
+            .chain(self.message.drain())
+        {
+            w.wake();
+        }
+        for w in self.closed.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// A connection as its worker tracks it for the async API.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) connected: bool,
+    pub(crate) server_side: bool,
+    pub(crate) wakers: Wakers,
+    /// Streams whose data was all acknowledged after `finish`.
+    pub(crate) finished: HashSet<StreamId>,
+    /// Messages whose outcome someone awaits: `Some(true)` delivered, `Some(false)`
+    /// abandoned.
+    pub(crate) messages: HashMap<StreamId, Option<bool>>,
+}
+
+/// A worker's state, behind its lock.
+pub(crate) struct State {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) slots: Vec<Option<Slot>>,
+    /// Server connections whose handshake completed, waiting for `accept`.
+    pub(crate) accept_queue: VecDeque<Arc<ConnShared>>,
+    pub(crate) accept_waker: Option<Waker>,
+    pub(crate) max_accept_queue: usize,
+    pub(crate) handler: Option<Box<dyn Handler>>,
+    /// Stop accepting; close when `close_all` is set.
+    pub(crate) shutting_down: bool,
+    /// The loop should exit.
+    pub(crate) stop: bool,
+    pub(crate) stats: WorkerStats,
+    /// Wakers of tasks waiting for this worker's connections to drain.
+    pub(crate) drained_wakers: Vec<Waker>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("endpoint", &self.endpoint)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+impl State {
+    /// Starts tracking connection `h` for the async API.
+    pub(crate) fn track(
+        &mut self,
+        worker: &Arc<Worker>,
+        h: ConnectionHandle,
+        server_side: bool,
+    ) -> Arc<ConnShared> {
+        let shared = Arc::new(ConnShared {
+            worker: worker.clone(),
+            handle: h,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            error: OnceLock::new(),
+        });
+        if self.slots.len() <= h.0 {
+            self.slots.resize_with(h.0 + 1, || None);
+        }
+        self.slots[h.0] = Some(Slot {
+            shared: shared.clone(),
+            connected: false,
+            server_side,
+            wakers: Wakers::default(),
+            finished: HashSet::new(),
+            messages: HashMap::new(),
+        });
+        shared
+    }
+
+    fn on_datagram(&mut self, worker: &Arc<Worker>, now: Instant, from: SocketAddr, d: &mut [u8]) {
+        if let Some(DatagramEvent::Incoming(inc)) = self.endpoint.handle_datagram(now, from, d) {
+            let room = self.handler.is_some()
+                || (!self.shutting_down
+                    && self.accept_queue.len() + self.endpoint.handshaking()
+                        < self.max_accept_queue);
+            if !room {
+                self.endpoint.refuse(inc, now);
+                return;
+            }
+            if let Ok(h) = self.endpoint.accept(inc, now) {
+                self.track(worker, h, true);
+            }
+        }
+    }
+
+    /// Hands events to the handler and to waiting tasks; forgets freed connections.
+    fn dispatch(&mut self) {
+        while let Some((h, e)) = self.endpoint.poll_event() {
+            if let Some(handler) = self.handler.as_mut() {
+                handler.on_event(&mut self.endpoint, h, &e);
+            }
+            let Some(slot) = self.slots.get_mut(h.0).and_then(Option::as_mut) else {
+                continue;
+            };
+            let w = &mut slot.wakers;
+            match e {
+                Event::Connected => {
+                    slot.connected = true;
+                    if let Some(k) = w.connect.take() {
+                        k.wake();
+                    }
+                    if slot.server_side && self.handler.is_none() {
+                        if self.accept_queue.len() < self.max_accept_queue {
+                            self.accept_queue.push_back(slot.shared.clone());
+                            if let Some(k) = self.accept_waker.take() {
+                                k.wake();
+                            }
+                        } else if let Some(c) = self.endpoint.connection_mut(h) {
+                            c.close(Instant::now(), 0x2, b"accept queue full");
+                        }
+                    }
+                }
+                Event::Lost(err) => {
+                    let _ = slot.shared.error.set(err);
+                    w.wake_all();
+                }
+                Event::StreamOpened(dir) => {
+                    if let Some(k) = w.accept[dir_index(dir)].take() {
+                        k.wake();
+                    }
+                }
+                Event::StreamReadable(id) => {
+                    if let Some(k) = w.read.remove(&id) {
+                        k.wake();
+                    }
+                }
+                Event::StreamWritable(id) | Event::StreamStopped { id, .. } => {
+                    if let Some(k) = w.write.remove(&id) {
+                        k.wake();
+                    }
+                    if let Some(k) = w.finish.remove(&id) {
+                        k.wake();
+                    }
+                }
+                Event::StreamFinished(id) => {
+                    slot.finished.insert(id);
+                    if let Some(k) = w.finish.remove(&id) {
+                        k.wake();
+                    }
+                }
+                Event::StreamsAvailable(dir) => {
+                    if let Some(k) = w.open[dir_index(dir)].take() {
+                        k.wake();
+                    }
+                }
+                Event::DatagramReceived => {
+                    if let Some(k) = w.datagram.take() {
+                        k.wake();
+                    }
+                }
+                Event::MessageDelivered(id) | Event::MessageAbandoned(id) => {
+                    let delivered = matches!(e, Event::MessageDelivered(_));
+                    if let Some(o) = slot.messages.get_mut(&id) {
+                        *o = Some(delivered);
+                        if let Some(k) = w.message.remove(&id) {
+                            k.wake();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(h) = self.endpoint.poll_removed() {
+            if let Some(mut slot) = self.slots.get_mut(h.0).and_then(Option::take) {
+                let _ = slot.shared.error.set(ConnectionError::LocallyClosed);
+                slot.wakers.wake_all();
+            }
+        }
+        if self.endpoint.connection_count() == 0 {
+            for w in self.drained_wakers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+pub(crate) fn dir_index(d: Dir) -> usize {
+    match d {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+/// A datagram on its way to the worker that owns its connection.
+#[derive(Debug)]
+struct Handoff {
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// One worker: shared between its thread and the async handles of its connections.
+pub(crate) struct Worker {
+    pub(crate) id: u8,
+    pub(crate) state: Mutex<State>,
+    dirty: AtomicBool,
+    sleeping: AtomicBool,
+    waker: mio::Waker,
+    handoff: Sender<Handoff>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// The state, even if a task panicked while holding the lock (the state machine
+    /// itself never panics; a panicking application task must not take the worker down).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells the worker the application made work (data to send, a window to open):
+    /// wakes it if it sleeps. Costs a syscall only when it does.
+    pub(crate) fn notify(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The running engine: its workers and their threads.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) workers: Vec<Arc<Worker>>,
+    pub(crate) info: EngineInfo,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+}
+
+impl Engine {
+    /// Chooses the backend, binds one socket per worker and starts the threads.
+    pub(crate) fn start(
+        config: EngineConfig,
+        server: Option<Arc<ServerConfig>>,
+    ) -> Result<Arc<Self>, EngineError> {
+        config.endpoint.validate()?;
+        let selection = select::select(config.backend)?;
+        let n = match config.workers {
+            0 if server.is_some() => super::available_cores(),
+            0 => 1,
+            n => n,
+        };
+        if n > 255 {
+            return Err(EngineError::TooManyWorkers(n));
+        }
+        let mut bind = config.bind;
+        let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = match selection.chosen {
+                BackendKind::Udp => UdpBackend::bind(&UdpConfig {
+                    reuse_port: n > 1,
+                    buffer_bytes: config.socket_buffer,
+                    ..UdpConfig::new(bind)
+                }),
+                other => unreachable!("selection only chooses runnable backends, not {other}"),
+            }
+            .map_err(|source| EngineError::Bind { addr: bind, source })?;
+            // Later workers share the port the first one got.
+            bind = b.local_addr();
+            backends.push(Box::new(b));
+        }
+        if n > 1 {
+            #[cfg(target_os = "linux")]
+            steer::attach(&backends, &config.endpoint.cid_layout).map_err(EngineError::Os)?;
+        }
+        let info = EngineInfo {
+            selection,
+            local_addr: backends[0].local_addr(),
+            workers: n,
+            capabilities: backends[0].capabilities(),
+        };
+        let mut workers = Vec::with_capacity(n);
+        let mut parts = Vec::with_capacity(n);
+        for (i, backend) in backends.into_iter().enumerate() {
+            let poll = mio::Poll::new().map_err(EngineError::Os)?;
+            let waker = mio::Waker::new(poll.registry(), WAKE).map_err(EngineError::Os)?;
+            let mut ecfg = config.endpoint.clone();
+            ecfg.worker_id = i as u8;
+            // Each worker's endpoint draws its own secrets from its own seed.
+            ecfg.rng_seed[31] ^= i as u8;
+            let endpoint = Endpoint::new(ecfg, server.clone())?;
+            let (tx, rx) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+            let worker = Arc::new(Worker {
+                id: i as u8,
+                state: Mutex::new(State {
+                    endpoint,
+                    slots: Vec::new(),
+                    accept_queue: VecDeque::new(),
+                    accept_waker: None,
+                    max_accept_queue: config.endpoint.max_incoming,
+                    handler: config.handler.as_ref().map(|f| f.build(i as u8)),
+                    shutting_down: false,
+                    stop: false,
+                    stats: WorkerStats {
+                        worker: i as u8,
+                        ..WorkerStats::default()
+                    },
+                    drained_wakers: Vec::new(),
+                }),
+                dirty: AtomicBool::new(false),
+                sleeping: AtomicBool::new(false),
+                waker,
+                handoff: tx,
+            });
+            workers.push(worker);
+            parts.push((backend, poll, rx));
+        }
+        let engine = Arc::new(Self {
+            workers,
+            info,
+            threads: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        let mut threads = Vec::with_capacity(n);
+        for (i, (backend, poll, rx)) in parts.into_iter().enumerate() {
+            let peers: Vec<Arc<Worker>> = engine.workers.clone();
+            let layout = config.endpoint.cid_layout;
+            let batch = config.batch.max(1);
+            let pin = config.pin_workers;
+            let t = std::thread::Builder::new()
+                .name(format!("stoq-worker-{i}"))
+                .spawn(move || {
+                    if pin {
+                        pin_to_core(i);
+                    }
+                    let w = peers[i].clone();
+                    if let Err(e) = run(&w, backend, poll, &rx, &peers, layout, batch) {
+                        tracing::error!(worker = i, "worker stopped: {e}");
+                        let mut st = w.lock();
+                        st.stop = true;
+                        fail_all(&mut st, &e);
+                    }
+                })
+                .map_err(EngineError::Os)?;
+            threads.push(t);
+        }
+        *engine
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
+        Ok(engine)
+    }
+
+    /// The worker for the next client connection (round robin).
+    pub(crate) fn pick(&self) -> &Arc<Worker> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        &self.workers[i]
+    }
+
+    /// Stops every worker and joins its thread. Connections still open are dropped
+    /// without a close (call the graceful shutdown first).
+    pub(crate) fn stop(&self) {
+        for w in &self.workers {
+            w.lock().stop = true;
+            w.notify();
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Counters of every worker.
+    pub(crate) fn stats(&self) -> Vec<WorkerStats> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let st = w.lock();
+                WorkerStats {
+                    connections: st.endpoint.connection_count(),
+                    ..st.stats
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The loop ended with an I/O error: every connection of this worker is gone.
+fn fail_all(st: &mut State, e: &io::Error) {
+    tracing::error!("backend failed: {e}");
+    for slot in st.slots.iter_mut().flatten() {
+        let _ = slot.shared.error.set(ConnectionError::LocallyClosed);
+        slot.wakers.wake_all();
+    }
+    if let Some(w) = st.accept_waker.take() {
+        w.wake();
+    }
+    for w in st.drained_wakers.drain(..) {
+        w.wake();
+    }
+}
+
+const SOCKET: mio::Token = mio::Token(0);
+const WAKE: mio::Token = mio::Token(1);
+
+/// The CID's worker id, if the datagram's destination CID follows `layout`.
+fn owner(d: &[u8], layout: &CidLayout) -> Option<u8> {
+    let first = *d.first()?;
+    let off = if first & 0x80 == 0 {
+        1
+    } else {
+        if usize::from(*d.get(5)?) != layout.len() {
+            return None;
+        }
+        6
+    };
+    let cid = d.get(off..off + layout.len())?;
+    layout
+        .matches_first_octet(cid[0])
+        .then(|| cid[layout.worker_offset()])
+}
+
+/// The worker loop. Returns only when told to stop, or on a backend failure.
+fn run(
+    worker: &Arc<Worker>,
+    mut backend: Box<dyn Backend>,
+    mut poll: mio::Poll,
+    handoffs: &Receiver<Handoff>,
+    peers: &[Arc<Worker>],
+    layout: CidLayout,
+    batch: usize,
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let fd = backend.readiness();
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            SOCKET,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+    }
+    let caps = backend.capabilities();
+    let max_dgram = worker.lock().endpoint.max_datagram_size();
+    let slot_size = if caps.gro { 65_536 } else { max_dgram };
+    let mut rx = RxBatch::new(batch.min(crate::io::udp::BATCH), slot_size);
+    let mut tx = TxBatch::new(batch * 4, max_dgram);
+    tx.set_max_segments(caps.gso_segments);
+    let mut events = mio::Events::with_capacity(16);
+    let me = worker.id;
+    let n = peers.len();
+    loop {
+        let got = backend.recv(&mut rx)?;
+        worker.dirty.store(false, Ordering::SeqCst);
+        let (timeout, stop) = {
+            let mut st = worker.lock();
+            if st.stop {
+                return Ok(());
+            }
+            st.stats.loops += 1;
+            let now = Instant::now();
+            if got > 0 {
+                let st = &mut *st;
+                rx.for_each(|from, d| {
+                    if n > 1
+                        && let Some(o) = owner(d, &layout)
+                        && o != me
+                        && usize::from(o) < n
+                    {
+                        let h = Handoff {
+                            from,
+                            data: d.to_vec(),
+                        };
+                        match peers[usize::from(o)].handoff.try_send(h) {
+                            Ok(()) => {
+                                st.stats.handoffs_out += 1;
+                                peers[usize::from(o)].notify();
+                            }
+                            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                                st.stats.handoffs_dropped += 1;
+                            }
+                        }
+                        return;
+                    }
+                    st.on_datagram(worker, now, from, d);
+                });
+            }
+            while let Ok(mut h) = handoffs.try_recv() {
+                st.stats.handoffs_in += 1;
+                st.on_datagram(worker, now, h.from, &mut h.data);
+            }
+            if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                st.endpoint.handle_timeout(now);
+            }
+            st.dispatch();
+            if tx.is_empty() {
+                let ep = &mut st.endpoint;
+                while tx.has_room()
+                    && tx.push_with(|buf| {
+                        ep.poll_transmit_into(now, buf)
+                            .map(|t| (t.destination, t.size))
+                    })
+                {}
+            }
+            st.stats.backend = backend.stats();
+            (st.endpoint.poll_timeout(), st.stop)
+        };
+        if stop {
+            return Ok(());
+        }
+        let queued = tx.datagrams();
+        if !tx.is_empty() {
+            backend.send(&mut tx)?;
+        }
+        let blocked = !tx.is_empty();
+        if got > 0 || (queued > 0 && !blocked) {
+            // More may be waiting either way: go round without sleeping.
+            continue;
+        }
+        worker.sleeping.store(true, Ordering::SeqCst);
+        if worker.dirty.load(Ordering::SeqCst) || !handoffs.is_empty() {
+            worker.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        let wait = timeout.map(|t| t.saturating_duration_since(Instant::now()));
+        match poll.poll(&mut events, wait.map(|d| d.min(Duration::from_secs(3600)))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        worker.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Pins the calling thread to core `i` modulo the cores it may use (best effort).
+fn pin_to_core(i: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this thread; the size matches the set.
+        if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut allowed) }
+            != 0
+        {
+            return;
+        }
+        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
+            .collect();
+        if cores.is_empty() {
+            return;
+        }
+        // SAFETY: as above.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the core number comes from the allowed set, below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cores[i % cores.len()], &mut set) };
+        // SAFETY: pid 0 is this thread; the size matches the set.
+        let _ = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = i;
+}
+
+#[cfg(target_os = "linux")]
+mod steer {
+    //! A classic-BPF program on the SO_REUSEPORT group: datagrams whose destination CID
+    //! follows the layout go to the socket of the worker named inside it; the rest (a
+    //! client's first Initial, random CIDs) are spread by the kernel's hash.
+
+    use std::io;
+    use std::os::fd::RawFd;
+
+    use crate::io::Backend;
+    use crate::wire::cid::CidLayout;
+
+    // Classic BPF opcodes (linux/filter.h).
+    const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
+    const ALU_AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_A: u16 = 0x16; // BPF_RET | BPF_A
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+
+    fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// The program. Offsets are into the UDP payload (the kernel pulls the UDP header
+    /// before running it); the return value indexes the group's sockets in bind order,
+    /// and an index past the group makes the kernel fall back to its hash.
+    pub(super) fn program(layout: &CidLayout) -> Vec<libc::sock_filter> {
+        let len = layout.len() as u32;
+        let w_short = 1 + layout.worker_offset() as u32;
+        let w_long = 6 + layout.worker_offset() as u32;
+        vec![
+            op(LD_W_LEN, 0, 0, 0),       // 0: A = payload length
+            op(JGT_K, 0, 16, w_short),   // 1: long enough for a short header's worker byte?
+            op(LD_B_ABS, 0, 0, 0),       // 2: A = first byte
+            op(JSET_K, 0, 9, 0x80),      // 3: long header -> 4, short -> 13
+            op(LD_W_LEN, 0, 0, 0),       // 4: long:
+            op(JGT_K, 0, 12, w_long),    // 5: long enough?
+            op(LD_B_ABS, 0, 0, 5),       // 6: DCID length
+            op(JEQ_K, 0, 10, len),       // 7: the layout's?
+            op(LD_B_ABS, 0, 0, 6),       // 8: the CID's first octet
+            op(ALU_AND_K, 0, 0, 0x1f),   // 9
+            op(JEQ_K, 0, 7, len - 1),    // 10: describes the layout's length?
+            op(LD_B_ABS, 0, 0, w_long),  // 11: the worker id
+            op(RET_A, 0, 0, 0),          // 12
+            op(LD_B_ABS, 0, 0, 1),       // 13: short: the CID's first octet
+            op(ALU_AND_K, 0, 0, 0x1f),   // 14
+            op(JEQ_K, 0, 2, len - 1),    // 15: describes the layout's length?
+            op(LD_B_ABS, 0, 0, w_short), // 16: the worker id
+            op(RET_A, 0, 0, 0),          // 17
+            op(RET_K, 0, 0, u32::MAX),   // 18: not ours to steer: the kernel's hash
+        ]
+    }
+
+    /// Attaches the program to the group (through the first socket).
+    pub(super) fn attach(backends: &[Box<dyn Backend>], layout: &CidLayout) -> io::Result<()> {
+        let prog = program(layout);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        let fd: RawFd = backends[0].readiness();
+        // SAFETY: a valid socket fd and a sock_fprog pointing at `prog`, alive for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&raw const fprog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A tiny interpreter for the instructions the program uses, to check it
+        /// without a kernel.
+        fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
+            let (mut a, mut pc) = (0u32, 0usize);
+            loop {
+                let f = prog[pc];
+                pc += 1;
+                match f.code {
+                    LD_W_LEN => a = pkt.len() as u32,
+                    LD_B_ABS => match pkt.get(f.k as usize) {
+                        Some(b) => a = u32::from(*b),
+                        None => return 0,
+                    },
+                    ALU_AND_K => a &= f.k,
+                    JEQ_K => pc += usize::from(if a == f.k { f.jt } else { f.jf }),
+                    JGT_K => pc += usize::from(if a > f.k { f.jt } else { f.jf }),
+                    JSET_K => pc += usize::from(if a & f.k != 0 { f.jt } else { f.jf }),
+                    RET_A => return a,
+                    RET_K => return f.k,
+                    c => panic!("opcode {c:#x}"),
+                }
+            }
+        }
+
+        #[test]
+        fn steers_by_the_worker_byte() {
+            let layout = CidLayout::DEFAULT;
+            let prog = program(&layout);
+            let cid = layout.build(0, 7, 3, &[9; 8]).expect("cid");
+            let mut short = vec![0x40];
+            short.extend_from_slice(cid.as_bytes());
+            short.extend_from_slice(&[0; 30]);
+            assert_eq!(run(&prog, &short), 3);
+            let mut long = vec![0xc0, 0, 0, 0, 1, cid.len() as u8];
+            long.extend_from_slice(cid.as_bytes());
+            long.extend_from_slice(&[0; 30]);
+            assert_eq!(run(&prog, &long), 3);
+            // A client's first Initial with a 16-byte random CID: the kernel's hash.
+            let mut initial = vec![0xc0, 0, 0, 0, 1, 16];
+            initial.extend_from_slice(&[0xab; 16]);
+            assert_eq!(run(&prog, &initial), u32::MAX);
+            // Too short: the kernel's hash.
+            assert_eq!(run(&prog, &[0x40, 1]), u32::MAX);
+            assert_eq!(super::super::owner(&short, &layout), Some(3));
+            assert_eq!(super::super::owner(&long, &layout), Some(3));
+            assert_eq!(super::super::owner(&initial, &layout), None);
+        }
+    }
+}
