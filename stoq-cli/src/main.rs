@@ -1,1 +1,280 @@
-fn main() {}
+//! `stoq`: keys and certificates, a server and a client that move files or generate load,
+//! a backend probe, and the end-to-end demo.
+
+mod demo;
+mod keys;
+mod transfer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stoq::io::BackendKind;
+
+/// STOQ: a post-quantum secure UDP transport.
+#[derive(Debug, Parser)]
+#[command(name = "stoq", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generates a FALCON key pair: <OUT>.key (private) and <OUT>.pub (public).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+        /// falcon512 (default) or falcon1024.
+        #[arg(long, default_value = "falcon512")]
+        alg: String,
+    },
+    /// Issues a certificate for a public key, signed by an issuer key.
+    Cert {
+        /// The issuer's private key.
+        #[arg(long)]
+        issuer_key: PathBuf,
+        /// The issuer's public key.
+        #[arg(long)]
+        issuer_pub: PathBuf,
+        /// The subject's public key.
+        #[arg(long)]
+        subject: PathBuf,
+        /// A name the certificate covers (repeat for more; `*.example.com` wildcards).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Let the certificate issue others.
+        #[arg(long)]
+        ca: bool,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Runs a server that receives uploads, serves downloads, and sinks load.
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:4433")]
+        listen: SocketAddr,
+        /// The server's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The server's public key (raw-key mode: clients pin it).
+        #[arg(long, conflicts_with = "cert")]
+        public: Option<PathBuf>,
+        /// The server's certificate (certificate mode: clients trust its issuer).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Directory to store uploads in and serve downloads from (none: uploads are
+        /// checked and discarded, downloads refused).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Connects to a server and sends a file, fetches one, or generates load.
+    Client {
+        /// The server's address.
+        server: SocketAddr,
+        /// The name the server must prove.
+        #[arg(long, default_value = "localhost")]
+        name: String,
+        /// The server's public key, pinned.
+        #[arg(long, conflicts_with = "ca")]
+        pin: Option<PathBuf>,
+        /// A certificate issuer's public key to trust.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Upload this file.
+        #[arg(long, group = "job")]
+        send: Option<PathBuf>,
+        /// Download this file name from the server's directory.
+        #[arg(long, group = "job")]
+        get: Option<String>,
+        /// Where to write a download (default: the name, in the current directory).
+        #[arg(long, requires = "get")]
+        out: Option<PathBuf>,
+        /// Send this many bytes of generated data (suffixes k, M, G).
+        #[arg(long, group = "job")]
+        load: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Prints which I/O backends this host can run, and why not.
+    Probe,
+    /// The end-to-end demo: a server and a client in this process move data over the
+    /// best backend available (as root across a veth pair between two network
+    /// namespaces, otherwise over loopback) and report the backend, why, and the speed.
+    Demo {
+        /// Bytes to move (suffixes k, M, G).
+        #[arg(long, default_value = "1G")]
+        bytes: String,
+        /// Use loopback even as root.
+        #[arg(long)]
+        loopback: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+/// Engine options shared by the commands that run one.
+#[derive(Debug, Clone, clap::Args)]
+struct EngineArgs {
+    /// Force a backend (af_xdp, io_uring, udp); also STOQ_BACKEND.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Worker threads (0: one per core for a server, one for a client).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+impl EngineArgs {
+    fn apply(&self, bind: SocketAddr) -> Result<stoq::engine::EngineConfig, String> {
+        let mut c = stoq::engine::EngineConfig::new(bind);
+        c.workers = self.workers;
+        if let Some(b) = &self.backend {
+            c.backend = Some(
+                BackendKind::parse(b)
+                    .ok_or_else(|| format!("--backend {b}: use af_xdp, io_uring or udp"))?,
+            );
+        }
+        Ok(c)
+    }
+}
+
+/// Parses a byte count with an optional k/M/G suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a byte count (e.g. 1G, 512M, 4096)"))
+}
+
+fn probe() {
+    let sel = stoq::io::select::select(None);
+    for p in stoq::io::select::probe_all() {
+        match p.result {
+            Ok(()) => println!("{:<9} available", p.kind.name()),
+            Err(why) => println!("{:<9} unavailable: {why}", p.kind.name()),
+        }
+    }
+    match sel {
+        Ok(s) => println!("chosen: {}", s.chosen),
+        Err(e) => println!("no backend: {e}"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Keygen { out, alg } => keys::keygen(&out, &alg),
+        Command::Cert {
+            issuer_key,
+            issuer_pub,
+            subject,
+            names,
+            days,
+            ca,
+            out,
+        } => keys::cert(&keys::CertArgs {
+            issuer_key,
+            issuer_pub,
+            subject,
+            names,
+            days,
+            ca,
+            out,
+        }),
+        Command::Probe => {
+            probe();
+            Ok(())
+        }
+        Command::Server {
+            listen,
+            key,
+            public,
+            cert,
+            dir,
+            engine,
+        } => transfer::server(
+            listen,
+            &key,
+            public.as_deref(),
+            cert.as_deref(),
+            dir,
+            &engine,
+        ),
+        Command::Client {
+            server,
+            name,
+            pin,
+            ca,
+            send,
+            get,
+            out,
+            load,
+            engine,
+        } => transfer::client(&transfer::ClientArgs {
+            server,
+            name,
+            pin,
+            ca,
+            send,
+            get,
+            out,
+            load,
+            engine,
+        }),
+        Command::Demo {
+            bytes,
+            loopback,
+            engine,
+        } => demo::run(&bytes, loopback, &engine),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stoq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("3k"), Ok(3072));
+        assert!(parse_bytes("12x").is_err());
+        assert!(parse_bytes("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_check();
+    }
+
+    impl Cli {
+        fn command_check() {
+            use clap::CommandFactory;
+            Self::command().debug_assert();
+        }
+    }
+}

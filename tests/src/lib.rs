@@ -7,9 +7,9 @@
 
 pub mod echo;
 pub mod frames;
-pub mod netns;
 
 use stoq::xdp::{XdpError, XdpProgram};
+pub use stoq_netns as netns;
 
 /// Whether `var` is set to a non-empty value other than `0`.
 fn flag(var: &str) -> bool {

@@ -1,4 +1,5 @@
-//! Network namespaces and veth pairs for tests, removed on drop even when a test fails.
+//! Network namespaces and veth pairs for STOQ's tests, demo and benchmarks, removed on drop
+//! even when a test fails.
 //!
 //! Names follow `stoq-<purpose>-<pid>-<n>`; addresses come from 10.200.0.0/16 and
 //! fd00:5710::/64. Only these namespaces and the loopback device are ever sent to.
