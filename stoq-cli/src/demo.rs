@@ -14,12 +14,18 @@ use rand_core::OsRng;
 use stoq::Endpoint;
 use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::handshake::{Credential, Trust};
-use stoq_netns::VethPair;
 
 use crate::transfer::{self, Pattern};
 use crate::{EngineArgs, parse_bytes};
 
 /// Why the demo cannot use namespaces here, if it cannot.
+#[cfg(not(target_os = "linux"))]
+fn namespaces_unavailable() -> Option<String> {
+    Some("network namespaces need Linux".into())
+}
+
+/// Why the demo cannot use namespaces here, if it cannot.
+#[cfg(target_os = "linux")]
 fn namespaces_unavailable() -> Option<String> {
     let eff = stoq::xdp::effective_capabilities().unwrap_or(0);
     let missing: Vec<&str> = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")]
@@ -35,6 +41,53 @@ fn namespaces_unavailable() -> Option<String> {
         return Some("the `ip` tool (iproute2) is not installed".into());
     }
     None
+}
+
+/// The namespaces (kept alive by the returned guard), the two endpoints in them, the
+/// server's address and a description of the path.
+type Placed = (
+    Option<Box<dyn std::any::Any>>,
+    Endpoint,
+    Endpoint,
+    SocketAddr,
+    String,
+);
+
+#[cfg(target_os = "linux")]
+fn across_namespaces(
+    engine: &EngineArgs,
+    scfg: Arc<stoq::handshake::ServerConfig>,
+    ccfg: Arc<stoq::handshake::ClientConfig>,
+) -> Result<Placed, String> {
+    let v =
+        stoq_netns::VethPair::new("demo").map_err(|e| format!("creating the veth pair: {e}"))?;
+    let bind = SocketAddr::new(v.b4.into(), 4433);
+    let s_cfg = engine.apply(bind)?;
+    let c_cfg = engine.apply("0.0.0.0:0".parse().expect("literal"))?;
+    // Sockets belong to the namespace of the thread that opens them.
+    let server =
+        v.b.run(move || Endpoint::server(s_cfg, scfg))
+            .map_err(|e| e.to_string())?;
+    let client =
+        v.a.run(move || Endpoint::client(c_cfg, ccfg))
+            .map_err(|e| e.to_string())?;
+    let path = format!(
+        "veth pair {} -> {} between network namespaces {} and {}",
+        v.a4,
+        v.b4,
+        v.a.name(),
+        v.b.name()
+    );
+    Ok((Some(Box::new(v)), server, client, bind, path))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn across_namespaces(
+    _engine: &EngineArgs,
+    _scfg: Arc<stoq::handshake::ServerConfig>,
+    _ccfg: Arc<stoq::handshake::ClientConfig>,
+) -> Result<Placed, String> {
+    Err("network namespaces need Linux".into())
 }
 
 pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<(), String> {
@@ -54,38 +107,15 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
         namespaces_unavailable()
     };
     // Declared first so it is dropped last: the namespaces outlive the endpoints in them.
-    let topology = match &why_loopback {
-        None => Some(VethPair::new("demo").map_err(|e| format!("creating the veth pair: {e}"))?),
-        Some(_) => None,
-    };
-    let (server, client, target, path) = match &topology {
-        Some(v) => {
-            let bind = SocketAddr::new(v.b4.into(), 4433);
-            let s_cfg = engine.apply(bind)?;
-            let c_cfg = engine.apply("0.0.0.0:0".parse().expect("literal"))?;
-            let server =
-                v.b.run(move || Endpoint::server(s_cfg, scfg))
-                    .map_err(|e| e.to_string())?;
-            let client =
-                v.a.run(move || Endpoint::client(c_cfg, ccfg))
-                    .map_err(|e| e.to_string())?;
-            let path = format!(
-                "veth pair {} -> {} between network namespaces {} and {}",
-                v.a4,
-                v.b4,
-                v.a.name(),
-                v.b.name()
-            );
-            (server, client, bind, path)
-        }
-        None => {
+    let (topology, server, client, target, path) = match &why_loopback {
+        None => across_namespaces(engine, scfg, ccfg)?,
+        Some(why) => {
             let s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
             let c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
             let server = Endpoint::server(s_cfg, scfg).map_err(|e| e.to_string())?;
             let client = Endpoint::client(c_cfg, ccfg).map_err(|e| e.to_string())?;
             let target = server.local_addr();
-            let path = format!("loopback ({})", why_loopback.as_deref().unwrap_or_default());
-            (server, client, target, path)
+            (None, server, client, target, format!("loopback ({why})"))
         }
     };
     let info = server.info().clone();

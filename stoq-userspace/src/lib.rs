@@ -27,6 +27,7 @@ pub mod handshake;
 pub mod io;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(target_os = "linux")]
 pub mod xdp;
 
 /// The wire format: header views, varints, connection-ID layout and the classifier,
