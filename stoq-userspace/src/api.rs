@@ -177,6 +177,36 @@ impl Endpoint {
         self.engine.info.local_addr
     }
 
+    /// Moves this endpoint's sockets to new ones bound to `bind` (port 0: a fresh port):
+    /// what a NAT rebinding or a network change does to a client. Connections carry on;
+    /// the server validates the new path. Returns the new local address of worker 0.
+    ///
+    /// # Errors
+    /// The bind error.
+    pub fn rebind(&self, bind: SocketAddr) -> io::Result<SocketAddr> {
+        let mut first = None;
+        for i in 0..self.engine.workers.len() {
+            let a = self.engine.rebind(i, bind, self.engine.socket_buffer)?;
+            first.get_or_insert(a);
+        }
+        Ok(first.unwrap_or(bind))
+    }
+
+    /// Runs `f` on every live protocol connection of every worker (under each worker's
+    /// lock, briefly): for introspection such as per-connection statistics.
+    pub fn with_connections<R>(&self, mut f: impl FnMut(&conn::Connection) -> R) -> Vec<R> {
+        let mut out = Vec::new();
+        for w in &self.engine.workers {
+            let st = w.lock();
+            for slot in st.slots.iter().flatten() {
+                if let Some(c) = st.endpoint.connection(slot.shared.handle) {
+                    out.push(f(c));
+                }
+            }
+        }
+        out
+    }
+
     /// Each worker's counters (handoffs, batches, connections).
     pub fn worker_stats(&self) -> Vec<WorkerStats> {
         self.engine.stats()
@@ -391,6 +421,11 @@ impl Connection {
     /// The peer's address (it changes when the peer migrates).
     pub fn remote_address(&self) -> Option<SocketAddr> {
         self.with(|c, _| c.remote_address()).ok()
+    }
+
+    /// The connection ID this side was first reached by (it is on the wire, in clear).
+    pub fn local_cid(&self) -> Option<crate::wire::cid::ConnectionId> {
+        self.with(|c, _| c.local_cid()).ok()
     }
 
     /// Statistics: RTT, congestion window, bytes and packets, losses.

@@ -6,6 +6,7 @@
 //! capability fails the test instead, so they can never pass silently where they must run.
 
 pub mod echo;
+pub mod engine;
 pub mod frames;
 
 use stoq::xdp::{XdpError, XdpProgram};

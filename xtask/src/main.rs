@@ -96,8 +96,28 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     // control on a simulated bottleneck) run in release mode: they move gigabytes.
     let mut c = cargo();
     c.args(SIM_TESTS);
+    run(&mut c)?;
+    // The engine end to end over veth pairs (1 GiB transfers, 1,000 connections, a
+    // million hostile datagrams), in release mode, one test at a time (each owns the CPU).
+    let mut c = cargo();
+    c.args(E2E_TESTS).args(["--", "--test-threads", "1"]);
+    if is_root() {
+        c.env("STOQ_REQUIRE_PRIVILEGED", "1");
+    }
     run(&mut c)
 }
+
+/// The engine's end-to-end test binary, in release mode.
+const E2E_TESTS: [&str; 8] = [
+    "test",
+    "--release",
+    "-p",
+    "stoq-tests",
+    "--features",
+    "e2e",
+    "--test",
+    "netns_engine",
+];
 
 /// The simulator test binary, in release mode (it needs the `sim` feature).
 const SIM_TESTS: [&str; 8] = [

@@ -44,6 +44,11 @@ pub struct EngineConfig {
     pub batch: usize,
     /// Application logic to run on the worker threads themselves (see [`Handler`]).
     pub handler: Option<Arc<dyn HandlerFactory>>,
+    /// With several workers, steer datagrams to the worker named in their CID in the
+    /// kernel (a classic-BPF program on the SO_REUSEPORT group). Off, the kernel hashes
+    /// addresses, and a datagram that lands on the wrong worker is handed over in
+    /// userspace (counted in [`WorkerStats::handoffs_out`]).
+    pub steering: bool,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -56,6 +61,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("socket_buffer", &self.socket_buffer)
             .field("batch", &self.batch)
             .field("handler", &self.handler.is_some())
+            .field("steering", &self.steering)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +79,7 @@ impl EngineConfig {
             socket_buffer: 8 << 20,
             batch: 64,
             handler: None,
+            steering: true,
         }
     }
 }

@@ -151,6 +151,8 @@ pub(crate) struct State {
     pub(crate) stats: WorkerStats,
     /// Wakers of tasks waiting for this worker's connections to drain.
     pub(crate) drained_wakers: Vec<Waker>,
+    /// A new backend to switch to (a client's rebinding), taken by the loop.
+    pub(crate) rebind: Option<Box<dyn Backend>>,
 }
 
 impl std::fmt::Debug for State {
@@ -355,6 +357,7 @@ impl Worker {
 pub(crate) struct Engine {
     pub(crate) workers: Vec<Arc<Worker>>,
     pub(crate) info: EngineInfo,
+    pub(crate) socket_buffer: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
 }
@@ -391,8 +394,8 @@ impl Engine {
             bind = b.local_addr();
             backends.push(Box::new(b));
         }
-        if n > 1 {
-            #[cfg(target_os = "linux")]
+        #[cfg(target_os = "linux")]
+        if n > 1 && config.steering {
             steer::attach(&backends, &config.endpoint.cid_layout).map_err(EngineError::Os)?;
         }
         let info = EngineInfo {
@@ -428,6 +431,7 @@ impl Engine {
                         ..WorkerStats::default()
                     },
                     drained_wakers: Vec::new(),
+                    rebind: None,
                 }),
                 dirty: AtomicBool::new(false),
                 sleeping: AtomicBool::new(false),
@@ -440,6 +444,7 @@ impl Engine {
         let engine = Arc::new(Self {
             workers,
             info,
+            socket_buffer: config.socket_buffer,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
         });
@@ -449,6 +454,7 @@ impl Engine {
             let layout = config.endpoint.cid_layout;
             let batch = config.batch.max(1);
             let pin = config.pin_workers;
+            let steering = config.steering;
             let t = std::thread::Builder::new()
                 .name(format!("stoq-worker-{i}"))
                 .spawn(move || {
@@ -456,7 +462,13 @@ impl Engine {
                         pin_to_core(i);
                     }
                     let w = peers[i].clone();
-                    if let Err(e) = run(&w, backend, poll, &rx, &peers, layout, batch) {
+                    let cfg = LoopConfig {
+                        peers,
+                        layout,
+                        batch,
+                        steering,
+                    };
+                    if let Err(e) = run(&w, backend, poll, &rx, &cfg) {
                         tracing::error!(worker = i, "worker stopped: {e}");
                         let mut st = w.lock();
                         st.stop = true;
@@ -471,6 +483,23 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
         Ok(engine)
+    }
+
+    /// Moves worker `i` to a new UDP socket bound to `bind` (a client's rebinding).
+    pub(crate) fn rebind(
+        &self,
+        i: usize,
+        bind: SocketAddr,
+        buffer: usize,
+    ) -> io::Result<SocketAddr> {
+        let b = UdpBackend::bind(&UdpConfig {
+            buffer_bytes: buffer,
+            ..UdpConfig::new(bind)
+        })?;
+        let addr = b.local_addr();
+        self.workers[i].lock().rebind = Some(Box::new(b));
+        self.workers[i].notify();
+        Ok(addr)
     }
 
     /// The worker for the next client connection (round robin).
@@ -536,33 +565,55 @@ fn fail_all(st: &mut State, e: &io::Error) {
 const SOCKET: mio::Token = mio::Token(0);
 const WAKE: mio::Token = mio::Token(1);
 
-/// The CID's worker id, if the datagram's destination CID follows `layout`.
-fn owner(d: &[u8], layout: &CidLayout) -> Option<u8> {
+/// The worker that owns a datagram, by the same rule as the kernel's steering program: the
+/// worker id inside a destination CID that follows `layout`; with `spread`, any other long
+/// header (a client's first Initials, under the CID it chose) belongs to worker
+/// `first CID byte % workers`. `None`: whichever worker received it handles it.
+///
+/// Userspace must agree with the kernel because the kernel does not always ask the
+/// program: GRO may merge datagrams of one client address (several new connections
+/// from one socket) and deliver them by the first one's verdict.
+fn owner(d: &[u8], layout: &CidLayout, workers: usize, spread: bool) -> Option<u8> {
     let first = *d.first()?;
-    let off = if first & 0x80 == 0 {
-        1
-    } else {
-        if usize::from(*d.get(5)?) != layout.len() {
-            return None;
-        }
-        6
-    };
-    let cid = d.get(off..off + layout.len())?;
-    layout
-        .matches_first_octet(cid[0])
-        .then(|| cid[layout.worker_offset()])
+    if first & 0x80 == 0 {
+        let cid = d.get(1..1 + layout.len())?;
+        return layout
+            .matches_first_octet(cid[0])
+            .then(|| cid[layout.worker_offset()]);
+    }
+    let dcid_len = usize::from(*d.get(5)?);
+    let cid = d.get(6..6 + dcid_len)?;
+    if dcid_len == layout.len() && layout.matches_first_octet(cid[0]) {
+        return Some(cid[layout.worker_offset()]);
+    }
+    (spread && workers > 0)
+        .then(|| cid.first().map(|b| (usize::from(*b) % workers) as u8))
+        .flatten()
 }
 
 /// The worker loop. Returns only when told to stop, or on a backend failure.
+/// What a worker's loop needs besides its backend and poller.
+struct LoopConfig {
+    peers: Vec<Arc<Worker>>,
+    layout: CidLayout,
+    batch: usize,
+    steering: bool,
+}
+
 fn run(
     worker: &Arc<Worker>,
     mut backend: Box<dyn Backend>,
     mut poll: mio::Poll,
     handoffs: &Receiver<Handoff>,
-    peers: &[Arc<Worker>],
-    layout: CidLayout,
-    batch: usize,
+    cfg: &LoopConfig,
 ) -> io::Result<()> {
+    let LoopConfig {
+        peers,
+        layout,
+        batch,
+        steering,
+    } = cfg;
+    let (layout, batch, steering) = (*layout, *batch, *steering);
     #[cfg(unix)]
     {
         let fd = backend.readiness();
@@ -584,7 +635,7 @@ fn run(
     loop {
         let got = backend.recv(&mut rx)?;
         worker.dirty.store(false, Ordering::SeqCst);
-        let (timeout, stop) = {
+        let (timeout, stop, rebind) = {
             let mut st = worker.lock();
             if st.stop {
                 return Ok(());
@@ -595,7 +646,7 @@ fn run(
                 let st = &mut *st;
                 rx.for_each(|from, d| {
                     if n > 1
-                        && let Some(o) = owner(d, &layout)
+                        && let Some(o) = owner(d, &layout, n, steering)
                         && o != me
                         && usize::from(o) < n
                     {
@@ -635,10 +686,25 @@ fn run(
                 {}
             }
             st.stats.backend = backend.stats();
-            (st.endpoint.poll_timeout(), st.stop)
+            (st.endpoint.poll_timeout(), st.stop, st.rebind.take())
         };
         if stop {
             return Ok(());
+        }
+        if let Some(new) = rebind {
+            // Pending sends go out of the new socket: the peer sees the address change.
+            #[cfg(unix)]
+            {
+                let old = backend.readiness();
+                let _ = poll.registry().deregister(&mut mio::unix::SourceFd(&old));
+                let fd = new.readiness();
+                poll.registry().register(
+                    &mut mio::unix::SourceFd(&fd),
+                    SOCKET,
+                    mio::Interest::READABLE | mio::Interest::WRITABLE,
+                )?;
+            }
+            backend = new;
         }
         let queued = tx.datagrams();
         if !tx.is_empty() {
@@ -710,6 +776,7 @@ mod steer {
     const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
     const ALU_AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const ALU_MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
     const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
@@ -720,39 +787,49 @@ mod steer {
         libc::sock_filter { code, jt, jf, k }
     }
 
-    /// The program. Offsets are into the UDP payload (the kernel pulls the UDP header
-    /// before running it); the return value indexes the group's sockets in bind order,
-    /// and an index past the group makes the kernel fall back to its hash.
-    pub(super) fn program(layout: &CidLayout) -> Vec<libc::sock_filter> {
+    /// The program for a group of `workers` sockets. Offsets are into the UDP payload
+    /// (the kernel pulls the UDP header before running it); the return value indexes the
+    /// group's sockets in bind order, and an index past the group makes the kernel fall
+    /// back to its address hash.
+    ///
+    /// - A CID in the layout (short or long header): the worker byte inside it.
+    /// - Any other long header (a client's first Initial, with the random CID it chose):
+    ///   its first CID byte modulo the workers, so new connections spread over the workers
+    ///   even from one client socket, and an Initial's retransmissions land together.
+    /// - Anything else: the kernel's hash.
+    pub(super) fn program(layout: &CidLayout, workers: usize) -> Vec<libc::sock_filter> {
         let len = layout.len() as u32;
         let w_short = 1 + layout.worker_offset() as u32;
         let w_long = 6 + layout.worker_offset() as u32;
         vec![
-            op(LD_W_LEN, 0, 0, 0),       // 0: A = payload length
-            op(JGT_K, 0, 16, w_short),   // 1: long enough for a short header's worker byte?
-            op(LD_B_ABS, 0, 0, 0),       // 2: A = first byte
-            op(JSET_K, 0, 9, 0x80),      // 3: long header -> 4, short -> 13
-            op(LD_W_LEN, 0, 0, 0),       // 4: long:
-            op(JGT_K, 0, 12, w_long),    // 5: long enough?
-            op(LD_B_ABS, 0, 0, 5),       // 6: DCID length
-            op(JEQ_K, 0, 10, len),       // 7: the layout's?
-            op(LD_B_ABS, 0, 0, 6),       // 8: the CID's first octet
-            op(ALU_AND_K, 0, 0, 0x1f),   // 9
-            op(JEQ_K, 0, 7, len - 1),    // 10: describes the layout's length?
-            op(LD_B_ABS, 0, 0, w_long),  // 11: the worker id
-            op(RET_A, 0, 0, 0),          // 12
-            op(LD_B_ABS, 0, 0, 1),       // 13: short: the CID's first octet
-            op(ALU_AND_K, 0, 0, 0x1f),   // 14
-            op(JEQ_K, 0, 2, len - 1),    // 15: describes the layout's length?
+            op(LD_W_LEN, 0, 0, 0),                      // 0: A = payload length
+            op(JGT_K, 0, 19, w_short), // 1: long enough for a short header's worker byte?
+            op(LD_B_ABS, 0, 0, 0),     // 2: A = first byte
+            op(JSET_K, 0, 9, 0x80),    // 3: long header -> 4, short -> 13
+            op(LD_W_LEN, 0, 0, 0),     // 4: long:
+            op(JGT_K, 0, 12, w_long),  // 5: long enough for the worker byte? else spread
+            op(LD_B_ABS, 0, 0, 5),     // 6: DCID length
+            op(JEQ_K, 0, 10, len),     // 7: the layout's? else spread
+            op(LD_B_ABS, 0, 0, 6),     // 8: the CID's first octet
+            op(ALU_AND_K, 0, 0, 0x1f), // 9
+            op(JEQ_K, 0, 7, len - 1),  // 10: describes the layout's length? else spread
+            op(LD_B_ABS, 0, 0, w_long), // 11: the worker id
+            op(RET_A, 0, 0, 0),        // 12
+            op(LD_B_ABS, 0, 0, 1),     // 13: short: the CID's first octet
+            op(ALU_AND_K, 0, 0, 0x1f), // 14
+            op(JEQ_K, 0, 5, len - 1),  // 15: describes the layout's length? else hash
             op(LD_B_ABS, 0, 0, w_short), // 16: the worker id
-            op(RET_A, 0, 0, 0),          // 17
-            op(RET_K, 0, 0, u32::MAX),   // 18: not ours to steer: the kernel's hash
+            op(RET_A, 0, 0, 0),        // 17
+            op(LD_B_ABS, 0, 0, 6),     // 18: spread: the first byte of a foreign CID
+            op(ALU_MOD_K, 0, 0, workers.max(1) as u32), // 19
+            op(RET_A, 0, 0, 0),        // 20
+            op(RET_K, 0, 0, u32::MAX), // 21: not ours to steer: the kernel's hash
         ]
     }
 
     /// Attaches the program to the group (through the first socket).
     pub(super) fn attach(backends: &[Box<dyn Backend>], layout: &CidLayout) -> io::Result<()> {
-        let prog = program(layout);
+        let prog = program(layout, backends.len());
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr().cast_mut(),
@@ -792,6 +869,7 @@ mod steer {
                         None => return 0,
                     },
                     ALU_AND_K => a &= f.k,
+                    ALU_MOD_K => a %= f.k,
                     JEQ_K => pc += usize::from(if a == f.k { f.jt } else { f.jf }),
                     JGT_K => pc += usize::from(if a > f.k { f.jt } else { f.jf }),
                     JSET_K => pc += usize::from(if a & f.k != 0 { f.jt } else { f.jf }),
@@ -802,10 +880,59 @@ mod steer {
             }
         }
 
+        /// The program in the kernel: two sockets in a SO_REUSEPORT group on loopback,
+        /// and datagrams naming worker 0 or 1 must arrive at that socket.
+        #[test]
+        fn kernel_steers_to_the_named_socket() {
+            use crate::io::udp::{UdpBackend, UdpConfig};
+            use crate::io::{Backend, RxBatch};
+            let layout = CidLayout::DEFAULT;
+            let mut cfg = UdpConfig::new("127.0.0.1:0".parse().expect("addr"));
+            cfg.reuse_port = true;
+            let a = UdpBackend::bind(&cfg).expect("a");
+            cfg.bind = a.local_addr();
+            let b = UdpBackend::bind(&cfg).expect("b");
+            let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(a), Box::new(b)];
+            attach(&backends, &layout).expect("attach");
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("sender");
+            let mut want = [0usize; 2];
+            for i in 0..40u8 {
+                let worker = i % 2;
+                let cid = layout.build(0, 7, worker, &[i; 8]).expect("cid");
+                let mut d = vec![0x40];
+                d.extend_from_slice(cid.as_bytes());
+                d.extend_from_slice(&[0; 40]);
+                tx.send_to(&d, backends[0].local_addr()).expect("send");
+                want[usize::from(worker)] += 1;
+                // A client's Initial with a random 16-byte CID: spread by its first byte.
+                let mut init = vec![0xc0, 0, 0, 0, 1, 16, 0x10 + i];
+                init.extend_from_slice(&[worker; 15]);
+                init.extend_from_slice(&[0; 1200]);
+                tx.send_to(&init, backends[0].local_addr()).expect("send");
+                want[usize::from((0x10 + i) % 2)] += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut rx = RxBatch::new(64, 2048);
+            for (w, b) in backends.iter_mut().enumerate() {
+                let mut got = 0;
+                while b.recv(&mut rx).expect("recv") > 0 {
+                    rx.for_each(|_, d| {
+                        if d[0] & 0x80 == 0 {
+                            assert_eq!(usize::from(d[1 + layout.worker_offset()]), w);
+                        } else {
+                            assert_eq!(usize::from(d[6] % 2), w, "Initial {:#x}", d[6]);
+                        }
+                        got += 1;
+                    });
+                }
+                assert_eq!(got, want[w], "socket {w}");
+            }
+        }
+
         #[test]
         fn steers_by_the_worker_byte() {
             let layout = CidLayout::DEFAULT;
-            let prog = program(&layout);
+            let prog = program(&layout, 4);
             let cid = layout.build(0, 7, 3, &[9; 8]).expect("cid");
             let mut short = vec![0x40];
             short.extend_from_slice(cid.as_bytes());
@@ -815,15 +942,26 @@ mod steer {
             long.extend_from_slice(cid.as_bytes());
             long.extend_from_slice(&[0; 30]);
             assert_eq!(run(&prog, &long), 3);
-            // A client's first Initial with a 16-byte random CID: the kernel's hash.
+            // A client's first Initial with a 16-byte random CID: spread by its first byte.
             let mut initial = vec![0xc0, 0, 0, 0, 1, 16];
             initial.extend_from_slice(&[0xab; 16]);
-            assert_eq!(run(&prog, &initial), u32::MAX);
+            initial.extend_from_slice(&[0; 1200]);
+            assert_eq!(run(&prog, &initial), 0xab % 4);
+            // A short header with a foreign CID: the kernel's hash.
+            let mut foreign = vec![0x40, 0xff];
+            foreign.extend_from_slice(&[0; 40]);
+            assert_eq!(run(&prog, &foreign), u32::MAX);
             // Too short: the kernel's hash.
             assert_eq!(run(&prog, &[0x40, 1]), u32::MAX);
-            assert_eq!(super::super::owner(&short, &layout), Some(3));
-            assert_eq!(super::super::owner(&long, &layout), Some(3));
-            assert_eq!(super::super::owner(&initial, &layout), None);
+            // Userspace agrees with the program.
+            let owner = |d: &[u8], spread| super::super::owner(d, &layout, 4, spread);
+            for spread in [true, false] {
+                assert_eq!(owner(&short, spread), Some(3));
+                assert_eq!(owner(&long, spread), Some(3));
+                assert_eq!(owner(&foreign, spread), None);
+            }
+            assert_eq!(owner(&initial, true), Some(0xab % 4));
+            assert_eq!(owner(&initial, false), None);
         }
     }
 }
