@@ -383,3 +383,4 @@ macro_rules! backend_tests {
 }
 
 backend_tests!(udp, BackendKind::Udp);
+backend_tests!(io_uring, BackendKind::IoUring);

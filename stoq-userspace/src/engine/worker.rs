@@ -381,18 +381,11 @@ impl Engine {
         let mut bind = config.bind;
         let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(n);
         for _ in 0..n {
-            let b = match selection.chosen {
-                BackendKind::Udp => UdpBackend::bind(&UdpConfig {
-                    reuse_port: n > 1,
-                    buffer_bytes: config.socket_buffer,
-                    ..UdpConfig::new(bind)
-                }),
-                other => unreachable!("selection only chooses runnable backends, not {other}"),
-            }
-            .map_err(|source| EngineError::Bind { addr: bind, source })?;
+            let b = open_backend(selection.chosen, bind, n > 1, config.socket_buffer)
+                .map_err(|source| EngineError::Bind { addr: bind, source })?;
             // Later workers share the port the first one got.
             bind = b.local_addr();
-            backends.push(Box::new(b));
+            backends.push(b);
         }
         #[cfg(target_os = "linux")]
         if n > 1 && config.steering {
@@ -545,6 +538,35 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Opens one backend of `kind` on `bind`.
+fn open_backend(
+    kind: BackendKind,
+    bind: SocketAddr,
+    reuse_port: bool,
+    buffer: usize,
+) -> io::Result<Box<dyn Backend>> {
+    let udp = UdpConfig {
+        reuse_port,
+        buffer_bytes: buffer,
+        ..UdpConfig::new(bind)
+    };
+    Ok(match kind {
+        #[cfg(target_os = "linux")]
+        BackendKind::IoUring => Box::new(crate::io::uring::UringBackend::bind(
+            &crate::io::uring::UringConfig {
+                udp,
+                ..crate::io::uring::UringConfig::new(bind)
+            },
+        )?),
+        BackendKind::Udp => Box::new(UdpBackend::bind(&udp)?),
+        other => {
+            return Err(io::Error::other(format!(
+                "backend {other} cannot be opened by this engine"
+            )));
+        }
+    })
 }
 
 /// The loop ended with an I/O error: every connection of this worker is gone.
@@ -834,7 +856,7 @@ mod steer {
             len: prog.len() as u16,
             filter: prog.as_ptr().cast_mut(),
         };
-        let fd: RawFd = backends[0].readiness();
+        let fd: RawFd = backends[0].socket_fd();
         // SAFETY: a valid socket fd and a sock_fprog pointing at `prog`, alive for the call.
         let r = unsafe {
             libc::setsockopt(

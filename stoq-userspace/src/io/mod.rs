@@ -13,8 +13,12 @@
 //! Buffers are allocated once per worker ([`RxBatch`], [`TxBatch`]) and reused: nothing on
 //! the per-packet path allocates.
 
+#[cfg(target_os = "linux")]
+pub(crate) mod mmap;
 pub mod select;
 pub mod udp;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -117,6 +121,10 @@ pub trait Backend: Send + std::fmt::Debug {
     /// The file descriptor to wait on for readability and writability.
     #[cfg(unix)]
     fn readiness(&self) -> std::os::fd::RawFd;
+    /// The UDP socket that holds the port, for options set on the SO_REUSEPORT group
+    /// (the engine's steering program).
+    #[cfg(unix)]
+    fn socket_fd(&self) -> std::os::fd::RawFd;
     /// Counters.
     fn stats(&self) -> BackendStats;
 }

@@ -31,8 +31,11 @@ pub enum Unavailable {
     /// io_uring is switched off by the `kernel.io_uring_disabled` sysctl.
     #[error("io_uring disabled by kernel.io_uring_disabled={0} (set it to 0)")]
     IoUringDisabled(u8),
+    /// The kernel refused the setup.
+    #[error("{0}")]
+    Setup(String),
     /// This STOQ version has no engine backend of this kind yet.
-    #[error("not available in this STOQ version yet (the UDP backend serves instead)")]
+    #[error("not available in this STOQ version yet (the next backend serves instead)")]
     NotImplemented,
 }
 
@@ -131,7 +134,10 @@ fn probe_io_uring() -> Result<(), Unavailable> {
     if disabled == 2 || (disabled == 1 && !is_root()) {
         return Err(Unavailable::IoUringDisabled(disabled));
     }
-    Err(Unavailable::NotImplemented)
+    super::uring::probe().map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => Unavailable::IoUringDisabled(disabled),
+        _ => Unavailable::Setup(format!("io_uring_setup: {e}")),
+    })
 }
 
 #[cfg(target_os = "linux")]

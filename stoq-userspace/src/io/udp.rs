@@ -126,9 +126,49 @@ fn set_buffers(socket: &Socket, bytes: usize) {
     }
 }
 
+/// The IPv4 or IPv6 address in `s` (of `len` bytes), if it is one.
+#[cfg(target_os = "linux")]
+pub(crate) fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which fits.
+            let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which fits.
+            let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            // A v4-mapped sender on a dual-stack socket is an IPv4 peer.
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => {
+                    SocketAddr::V4(std::net::SocketAddrV4::new(v4, u16::from_be(a.sin6_port)))
+                }
+                None => SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A placeholder address.
+pub(crate) const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
 /// `to` as an IPv6 socket can address it: IPv4 peers of a dual-stack socket are written
 /// v4-mapped.
-fn mapped(to: SocketAddr, v6_socket: bool) -> SocketAddr {
+pub(crate) fn mapped(to: SocketAddr, v6_socket: bool) -> SocketAddr {
     match to {
         SocketAddr::V4(a) if v6_socket => SocketAddr::V6(std::net::SocketAddrV6::new(
             a.ip().to_ipv6_mapped(),
@@ -236,6 +276,12 @@ impl Backend for UdpBackend {
         self.socket.as_raw_fd()
     }
 
+    #[cfg(unix)]
+    fn socket_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
     fn stats(&self) -> BackendStats {
         self.stats
     }
@@ -247,7 +293,6 @@ mod sys {
 
     use std::io;
     use std::mem::MaybeUninit;
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
 
     use socket2::{SockAddr, Socket};
@@ -314,7 +359,7 @@ mod sys {
             let len = hdrs[i].msg_len as usize;
             // SAFETY: zero-initialised, then possibly written by the kernel: initialised.
             let name = unsafe { names[i].assume_init_ref() };
-            let Some(from) = socket_addr(name, h.msg_namelen) else {
+            let Some(from) = super::socket_addr(name, h.msg_namelen) else {
                 batch.set(
                     i,
                     RxMeta {
@@ -329,37 +374,6 @@ mod sys {
             batch.set(i, RxMeta { from, len, stride });
         }
         Ok(got)
-    }
-
-    /// The IPv4 or IPv6 address in `s` (of `len` bytes), if it is one.
-    fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-        let len = len as usize;
-        match libc::c_int::from(s.ss_family) {
-            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-                // SAFETY: the family says the storage holds a sockaddr_in, which fits.
-                let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in>() };
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-                // SAFETY: the family says the storage holds a sockaddr_in6, which fits.
-                let a = unsafe { &*(&raw const *s).cast::<libc::sockaddr_in6>() };
-                let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-                // A v4-mapped sender on a dual-stack socket is an IPv4 peer.
-                Some(match ip.to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, u16::from_be(a.sin6_port))),
-                    None => SocketAddr::V6(SocketAddrV6::new(
-                        ip,
-                        u16::from_be(a.sin6_port),
-                        a.sin6_flowinfo,
-                        a.sin6_scope_id,
-                    )),
-                })
-            }
-            _ => None,
-        }
     }
 
     /// The UDP_GRO segment size in a received message's control data.
