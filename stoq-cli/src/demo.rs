@@ -16,6 +16,8 @@ use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::handshake::{Credential, Trust};
 
 use crate::transfer::{self, Pattern};
+use stoq::io::BackendKind;
+
 use crate::{EngineArgs, parse_bytes};
 
 /// Why the demo cannot use namespaces here, if it cannot.
@@ -43,91 +45,77 @@ fn namespaces_unavailable() -> Option<String> {
     None
 }
 
-/// The namespaces (kept alive by the returned guard), the two endpoints in them, the
-/// server's address and a description of the path.
-type Placed = (
-    Option<Box<dyn std::any::Any>>,
-    Endpoint,
-    Endpoint,
-    SocketAddr,
-    String,
-);
-
-#[cfg(target_os = "linux")]
-fn across_namespaces(
-    engine: &EngineArgs,
-    scfg: Arc<stoq::handshake::ServerConfig>,
-    ccfg: Arc<stoq::handshake::ClientConfig>,
-) -> Result<Placed, String> {
-    let v =
-        stoq_netns::VethPair::new("demo").map_err(|e| format!("creating the veth pair: {e}"))?;
-    let bind = SocketAddr::new(v.b4.into(), 4433);
-    let s_cfg = engine.apply(bind)?;
-    let c_cfg = engine.apply("0.0.0.0:0".parse().expect("literal"))?;
-    // Sockets belong to the namespace of the thread that opens them.
-    let server =
-        v.b.run(move || Endpoint::server(s_cfg, scfg))
-            .map_err(|e| e.to_string())?;
-    let client =
-        v.a.run(move || Endpoint::client(c_cfg, ccfg))
-            .map_err(|e| e.to_string())?;
-    let path = format!(
-        "veth pair {} -> {} between network namespaces {} and {}",
-        v.a4,
-        v.b4,
-        v.a.name(),
-        v.b.name()
-    );
-    Ok((Some(Box::new(v)), server, client, bind, path))
+/// Where the two endpoints run.
+enum Place {
+    /// Both on loopback, with the reason.
+    Loopback(String),
+    /// In two namespaces joined by a veth pair (kept alive here).
+    #[cfg(target_os = "linux")]
+    Veth(stoq_netns::VethPair),
 }
 
-#[cfg(not(target_os = "linux"))]
-fn across_namespaces(
-    _engine: &EngineArgs,
-    _scfg: Arc<stoq::handshake::ServerConfig>,
-    _ccfg: Arc<stoq::handshake::ClientConfig>,
-) -> Result<Placed, String> {
-    Err("network namespaces need Linux".into())
-}
-
-pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<(), String> {
-    let size = parse_bytes(bytes)?;
-    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let scfg = Arc::new(transfer::server_config(Credential::RawKey {
-        key,
-        public: public.clone(),
-    }));
-    let ccfg = Arc::new(transfer::client_config(
-        "demo.stoq",
-        Trust::PinnedKey(public),
-    ));
-    let why_loopback = if loopback {
-        Some("--loopback given".to_string())
-    } else {
-        namespaces_unavailable()
-    };
-    // Declared first so it is dropped last: the namespaces outlive the endpoints in them.
-    let (topology, server, client, target, path) = match &why_loopback {
-        None => across_namespaces(engine, scfg, ccfg)?,
-        Some(why) => {
-            let s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
-            let c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
-            let server = Endpoint::server(s_cfg, scfg).map_err(|e| e.to_string())?;
-            let client = Endpoint::client(c_cfg, ccfg).map_err(|e| e.to_string())?;
-            let target = server.local_addr();
-            (None, server, client, target, format!("loopback ({why})"))
+impl Place {
+    fn describe(&self) -> String {
+        match self {
+            Self::Loopback(why) => format!("loopback ({why})"),
+            #[cfg(target_os = "linux")]
+            Self::Veth(v) => format!(
+                "veth pair {} -> {} between network namespaces {} and {}",
+                v.a4,
+                v.b4,
+                v.a.name(),
+                v.b.name()
+            ),
         }
-    };
-    let info = server.info().clone();
-    println!("path:     {path}");
+    }
+
+    /// A server and a client placed here; returns them and the server's address.
+    fn endpoints(
+        &self,
+        engine: &EngineArgs,
+        scfg: Arc<stoq::handshake::ServerConfig>,
+        ccfg: Arc<stoq::handshake::ClientConfig>,
+    ) -> Result<(Endpoint, Endpoint, SocketAddr), String> {
+        match self {
+            Self::Loopback(_) => {
+                let s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                let c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                let server = Endpoint::server(s_cfg, scfg).map_err(|e| e.to_string())?;
+                let client = Endpoint::client(c_cfg, ccfg).map_err(|e| e.to_string())?;
+                let target = server.local_addr();
+                Ok((server, client, target))
+            }
+            #[cfg(target_os = "linux")]
+            Self::Veth(v) => {
+                let bind = SocketAddr::new(v.b4.into(), 4433);
+                let s_cfg = engine.apply(bind)?;
+                // A specific address, so that AF_XDP can name the interface on this side too.
+                let c_cfg = engine.apply(SocketAddr::new(v.a4.into(), 0))?;
+                // Sockets belong to the namespace of the thread that opens them.
+                let server =
+                    v.b.run(move || Endpoint::server(s_cfg, scfg))
+                        .map_err(|e| e.to_string())?;
+                let client =
+                    v.a.run(move || Endpoint::client(c_cfg, ccfg))
+                        .map_err(|e| e.to_string())?;
+                Ok((server, client, bind))
+            }
+        }
+    }
+}
+
+/// Prints which backend runs and why.
+fn print_backend(server: &Endpoint, client: &Endpoint) {
+    let info = server.info();
     println!("backend:  {}", info.selection.chosen);
-    let caps = info.capabilities;
-    println!(
-        "          GSO {} segments, GRO {}, {} server workers",
-        caps.gso_segments,
-        if caps.gro { "on" } else { "off" },
-        info.workers
-    );
+    println!("          {}; {} server workers", info.detail, info.workers);
+    let cinfo = client.info();
+    if cinfo.selection.chosen != info.selection.chosen {
+        println!(
+            "          (the client runs on {}: {})",
+            cinfo.selection.chosen, cinfo.detail
+        );
+    }
     if info.selection.forced {
         println!("why:      forced");
     } else if info.selection.skipped.is_empty() {
@@ -138,11 +126,20 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
             println!("            {k}: {reason}");
         }
     }
+}
+
+/// One transfer of `size` bytes from the client to the server.
+fn transfer_once(
+    server: Endpoint,
+    client: Endpoint,
+    target: SocketAddr,
+    size: u64,
+) -> Result<f64, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let server = Arc::new(server);
         let s = server.clone();
         tokio::spawn(async move {
@@ -162,11 +159,66 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
         client.shutdown(Duration::from_secs(2)).await;
         server.shutdown(Duration::from_secs(2)).await;
         if o.hash_ok && o.bytes == size {
-            Ok(())
+            Ok(o.gbit_per_s())
         } else {
             Err("the data arrived damaged".to_string())
         }
-    });
-    drop(topology);
-    result
+    })
+}
+
+pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<(), String> {
+    let size = parse_bytes(bytes)?;
+    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let scfg = Arc::new(transfer::server_config(Credential::RawKey {
+        key,
+        public: public.clone(),
+    }));
+    let ccfg = Arc::new(transfer::client_config(
+        "demo.stoq",
+        Trust::PinnedKey(public),
+    ));
+    let why_loopback = if loopback {
+        Some("--loopback given".to_string())
+    } else {
+        namespaces_unavailable()
+    };
+    let place = match why_loopback {
+        Some(why) => Place::Loopback(why),
+        #[cfg(target_os = "linux")]
+        None => Place::Veth(
+            stoq_netns::VethPair::new("demo")
+                .map_err(|e| format!("creating the veth pair: {e}"))?,
+        ),
+        #[cfg(not(target_os = "linux"))]
+        None => unreachable!("namespaces need Linux"),
+    };
+    println!("path:     {}", place.describe());
+    // The best backend (automatic, unless --backend forces one); across namespaces, the
+    // XDP path too, forced, so the main job always shows it and how it compares.
+    let (server, client, target) = place.endpoints(engine, scfg.clone(), ccfg.clone())?;
+    print_backend(&server, &client);
+    let best_kind = server.info().selection.chosen;
+    let best = transfer_once(server, client, target, size)?;
+    let in_namespaces = !matches!(place, Place::Loopback(_));
+    if in_namespaces && engine.backend.is_none() && best_kind != BackendKind::AfXdp {
+        println!();
+        println!("The XDP path, forced (AF_XDP):");
+        let xdp = EngineArgs {
+            backend: Some("af_xdp".into()),
+            ..engine.clone()
+        };
+        match place.endpoints(&xdp, scfg, ccfg) {
+            Ok((server, client, target)) => {
+                print_backend(&server, &client);
+                let x = transfer_once(server, client, target, size)?;
+                println!(
+                    "af_xdp moved {x:.2} Gbit/s = {:.2}x the automatic choice ({best_kind}, {best:.2} Gbit/s)",
+                    x / best
+                );
+            }
+            Err(e) => println!("af_xdp could not run here: {e}"),
+        }
+    }
+    drop(place);
+    Ok(())
 }

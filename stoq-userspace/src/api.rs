@@ -207,6 +207,13 @@ impl Endpoint {
         out
     }
 
+    /// The XDP program's counters when the AF_XDP backend runs: packets the kernel
+    /// dropped (by reason), redirected to the sockets, and passed.
+    #[cfg(target_os = "linux")]
+    pub fn xdp_stats(&self) -> Option<crate::xdp::SteerStats> {
+        self.engine.xdp_stats()
+    }
+
     /// Each worker's counters (handoffs, batches, connections).
     pub fn worker_stats(&self) -> Vec<WorkerStats> {
         self.engine.stats()

@@ -58,7 +58,7 @@ pub struct Pair {
     pub veth: VethPair,
 }
 
-/// Builds a [`Pair`]; `tune` adjusts the server's engine settings.
+/// Builds a [`Pair`]; `tune` adjusts both engines' settings (the client keeps one worker).
 ///
 /// # Panics
 /// If the namespaces or endpoints cannot be created (the caller checked privileges).
@@ -66,7 +66,7 @@ pub fn pair(
     purpose: &str,
     v6: bool,
     backend: BackendKind,
-    tune: impl FnOnce(&mut EngineConfig),
+    tune: impl Fn(&mut EngineConfig),
 ) -> Pair {
     let veth = VethPair::new(purpose).expect("create netns + veth");
     let (s, c) = configs();
@@ -76,13 +76,12 @@ pub fn pair(
     scfg.backend = Some(backend);
     scfg.workers = 2;
     tune(&mut scfg);
-    let any: SocketAddr = if v6 {
-        "[::]:0".parse().expect("literal")
-    } else {
-        "0.0.0.0:0".parse().expect("literal")
-    };
-    let mut ccfg = EngineConfig::new(any);
+    // A specific address, so that AF_XDP can name the client's interface too.
+    let client_ip: IpAddr = if v6 { veth.a6.into() } else { veth.a4.into() };
+    let mut ccfg = EngineConfig::new(SocketAddr::new(client_ip, 0));
     ccfg.backend = Some(backend);
+    tune(&mut ccfg);
+    ccfg.workers = 1;
     // Sockets belong to the namespace of the thread that opens them.
     let server = veth
         .b

@@ -15,6 +15,7 @@
 //! address change under SO_REUSEPORT hashing) is handed to the owner named in its
 //! connection ID over a crossbeam channel, and counted.
 
+pub(crate) mod open;
 pub(crate) mod worker;
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct EngineConfig {
     pub backend: Option<BackendKind>,
     /// The protocol endpoint's settings (each worker gets its own id in its CIDs).
     pub endpoint: EndpointConfig,
+    /// How the AF_XDP backend attaches its XDP program.
+    pub xdp_mode: XdpMode,
     /// Kernel socket buffer bytes per socket, each way.
     pub socket_buffer: usize,
     /// Datagrams per receive and per send batch.
@@ -58,6 +61,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("workers", &self.workers)
             .field("pin_workers", &self.pin_workers)
             .field("backend", &self.backend)
+            .field("xdp_mode", &self.xdp_mode)
             .field("socket_buffer", &self.socket_buffer)
             .field("batch", &self.batch)
             .field("handler", &self.handler.is_some())
@@ -75,6 +79,7 @@ impl EngineConfig {
             workers: 0,
             pin_workers: true,
             backend: None,
+            xdp_mode: XdpMode::Auto,
             endpoint: EndpointConfig::new(),
             socket_buffer: 8 << 20,
             batch: 64,
@@ -82,6 +87,18 @@ impl EngineConfig {
             steering: true,
         }
     }
+}
+
+/// How the AF_XDP backend attaches the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Driver (native) mode, else skb (generic) mode.
+    #[default]
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Skb (generic) mode only.
+    Skb,
 }
 
 /// Application logic that runs on a worker thread, next to its connections: events arrive
@@ -121,6 +138,8 @@ pub struct EngineInfo {
     pub workers: usize,
     /// Capabilities of worker 0's backend when it started.
     pub capabilities: crate::io::Capabilities,
+    /// How the backend runs: XDP mode and copy or zero-copy; GSO and GRO.
+    pub detail: String,
 }
 
 /// Number of CPU cores this process may run on.

@@ -357,6 +357,9 @@ impl Worker {
 pub(crate) struct Engine {
     pub(crate) workers: Vec<Arc<Worker>>,
     pub(crate) info: EngineInfo,
+    /// The XDP program and its attachment (AF_XDP), removed when the engine stops.
+    #[cfg(target_os = "linux")]
+    xdp: Mutex<Option<super::open::XdpGuard>>,
     pub(crate) socket_buffer: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
@@ -378,15 +381,42 @@ impl Engine {
         if n > 255 {
             return Err(EngineError::TooManyWorkers(n));
         }
-        let mut bind = config.bind;
-        let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let b = open_backend(selection.chosen, bind, n > 1, config.socket_buffer)
-                .map_err(|source| EngineError::Bind { addr: bind, source })?;
-            // Later workers share the port the first one got.
-            bind = b.local_addr();
-            backends.push(b);
+        // The chosen backend, else (unless forced) the next ones in order, each failure
+        // recorded as the reason it was skipped.
+        let mut selection = selection;
+        let order: Vec<BackendKind> = if selection.forced {
+            vec![selection.chosen]
+        } else {
+            BackendKind::ALL
+                .iter()
+                .copied()
+                .skip_while(|k| *k != selection.chosen)
+                .collect()
+        };
+        let mut opened = None;
+        for kind in order {
+            match super::open::open(kind, &config, n, selection.forced) {
+                Ok(o) => {
+                    opened = Some(o);
+                    break;
+                }
+                Err(reason) if selection.forced => {
+                    return Err(EngineError::Backend(SelectError::ForcedUnavailable {
+                        kind,
+                        reason,
+                    }));
+                }
+                Err(reason) => selection.skipped.push((kind, reason)),
+            }
         }
+        let opened = opened.ok_or_else(|| {
+            EngineError::Os(io::Error::other(format!(
+                "no backend could start: {selection}"
+            )))
+        })?;
+        selection.chosen = opened.kind;
+        let backends = opened.backends;
+        let n = backends.len();
         #[cfg(target_os = "linux")]
         if n > 1 && config.steering {
             steer::attach(&backends, &config.endpoint.cid_layout).map_err(EngineError::Os)?;
@@ -396,6 +426,7 @@ impl Engine {
             local_addr: backends[0].local_addr(),
             workers: n,
             capabilities: backends[0].capabilities(),
+            detail: opened.detail,
         };
         let mut workers = Vec::with_capacity(n);
         let mut parts = Vec::with_capacity(n);
@@ -437,6 +468,8 @@ impl Engine {
         let engine = Arc::new(Self {
             workers,
             info,
+            #[cfg(target_os = "linux")]
+            xdp: Mutex::new(opened.xdp),
             socket_buffer: config.socket_buffer,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
@@ -517,6 +550,24 @@ impl Engine {
         for t in threads {
             let _ = t.join();
         }
+        #[cfg(target_os = "linux")]
+        drop(
+            self.xdp
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    /// The XDP program's verdict counters (AF_XDP only): what the kernel dropped, by
+    /// reason, redirected and passed.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn xdp_stats(&self) -> Option<crate::xdp::SteerStats> {
+        self.xdp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(super::open::XdpGuard::stats)
     }
 
     /// Counters of every worker.
@@ -540,35 +591,6 @@ impl Drop for Engine {
     }
 }
 
-/// Opens one backend of `kind` on `bind`.
-fn open_backend(
-    kind: BackendKind,
-    bind: SocketAddr,
-    reuse_port: bool,
-    buffer: usize,
-) -> io::Result<Box<dyn Backend>> {
-    let udp = UdpConfig {
-        reuse_port,
-        buffer_bytes: buffer,
-        ..UdpConfig::new(bind)
-    };
-    Ok(match kind {
-        #[cfg(target_os = "linux")]
-        BackendKind::IoUring => Box::new(crate::io::uring::UringBackend::bind(
-            &crate::io::uring::UringConfig {
-                udp,
-                ..crate::io::uring::UringConfig::new(bind)
-            },
-        )?),
-        BackendKind::Udp => Box::new(UdpBackend::bind(&udp)?),
-        other => {
-            return Err(io::Error::other(format!(
-                "backend {other} cannot be opened by this engine"
-            )));
-        }
-    })
-}
-
 /// The loop ended with an I/O error: every connection of this worker is gone.
 fn fail_all(st: &mut State, e: &io::Error) {
     tracing::error!("backend failed: {e}");
@@ -585,6 +607,8 @@ fn fail_all(st: &mut State, e: &io::Error) {
 }
 
 const SOCKET: mio::Token = mio::Token(0);
+/// How long a worker out of transmit frames waits for completions before trying again.
+const STARVED_WAIT: Duration = Duration::from_millis(1);
 const WAKE: mio::Token = mio::Token(1);
 
 /// The worker that owns a datagram, by the same rule as the kernel's steering program: the
@@ -654,7 +678,10 @@ fn run(
     let mut events = mio::Events::with_capacity(16);
     let me = worker.id;
     let n = peers.len();
+    let direct = backend.has_direct_tx();
     loop {
+        let mut direct_sent = 0;
+        let mut starved = false;
         let got = backend.recv(&mut rx)?;
         worker.dirty.store(false, Ordering::SeqCst);
         let (timeout, stop, rebind) = {
@@ -698,7 +725,21 @@ fn run(
                 st.endpoint.handle_timeout(now);
             }
             st.dispatch();
-            if tx.is_empty() {
+            if direct {
+                // Datagrams are written straight into the backend's frames.
+                let ep = &mut st.endpoint;
+                let mut drained = false;
+                let r = backend.send_direct(&mut |buf| {
+                    let t = ep.poll_transmit_into(now, buf);
+                    drained |= t.is_none();
+                    t.map(|t| (t.destination, t.size))
+                });
+                direct_sent = match r {
+                    Some(r) => r?,
+                    None => 0,
+                };
+                starved = !drained;
+            } else if tx.is_empty() {
                 let ep = &mut st.endpoint;
                 while tx.has_room()
                     && tx.push_with(|buf| {
@@ -728,10 +769,16 @@ fn run(
             }
             backend = new;
         }
-        let queued = tx.datagrams();
-        if !tx.is_empty() {
-            backend.send(&mut tx)?;
-        }
+        let queued = if direct {
+            backend.flush()?;
+            direct_sent
+        } else {
+            let q = tx.datagrams();
+            if !tx.is_empty() {
+                backend.send(&mut tx)?;
+            }
+            q
+        };
         let blocked = !tx.is_empty();
         if got > 0 || (queued > 0 && !blocked) {
             // More may be waiting either way: go round without sleeping.
@@ -742,7 +789,11 @@ fn run(
             worker.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
-        let wait = timeout.map(|t| t.saturating_duration_since(Instant::now()));
+        let mut wait = timeout.map(|t| t.saturating_duration_since(Instant::now()));
+        if starved {
+            // Out of frames with data to send: completions free them without an event.
+            wait = Some(wait.map_or(STARVED_WAIT, |w| w.min(STARVED_WAIT)));
+        }
         match poll.poll(&mut events, wait.map(|d| d.min(Duration::from_secs(3600)))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

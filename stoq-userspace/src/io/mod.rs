@@ -14,7 +14,11 @@
 //! the per-packet path allocates.
 
 #[cfg(target_os = "linux")]
+pub mod afxdp;
+#[cfg(target_os = "linux")]
 pub(crate) mod mmap;
+#[cfg(target_os = "linux")]
+pub(crate) mod netlink;
 pub mod select;
 pub mod udp;
 #[cfg(target_os = "linux")]
@@ -96,6 +100,10 @@ pub struct BackendStats {
     pub tx_would_block: u64,
 }
 
+/// Writes one datagram into the buffer given (a frame's payload area) and returns its
+/// destination and length, or `None` when there is nothing more to send.
+pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Option<(SocketAddr, usize)> + 'a;
+
 /// One batch I/O backend. Calls never block: [`readiness`](Self::readiness) says what to
 /// wait on.
 pub trait Backend: Send + std::fmt::Debug {
@@ -121,6 +129,29 @@ pub trait Backend: Send + std::fmt::Debug {
     /// The file descriptor to wait on for readability and writability.
     #[cfg(unix)]
     fn readiness(&self) -> std::os::fd::RawFd;
+    /// Whether [`send_direct`](Self::send_direct) is how this backend sends.
+    fn has_direct_tx(&self) -> bool {
+        false
+    }
+    /// Sends datagrams written straight into the backend's own frames (AF_XDP's UMEM):
+    /// `fill` gets a frame's payload area and returns the destination and length, or
+    /// `None` when it has nothing more. Returns how many were queued, to go out with
+    /// [`flush`](Self::flush); `None` for backends without frames of their own (the engine
+    /// then uses [`send`](Self::send) with a [`TxBatch`]).
+    fn send_direct(
+        &mut self,
+        fill: &mut Fill<'_>,
+    ) -> Option<io::Result<usize>> {
+        let _ = fill;
+        None
+    }
+    /// Transmits what [`send_direct`](Self::send_direct) queued.
+    ///
+    /// # Errors
+    /// Only errors that leave the backend unusable.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// The UDP socket that holds the port, for options set on the SO_REUSEPORT group
     /// (the engine's steering program).
     #[cfg(unix)]

@@ -31,12 +31,16 @@ pub enum Unavailable {
     /// io_uring is switched off by the `kernel.io_uring_disabled` sysctl.
     #[error("io_uring disabled by kernel.io_uring_disabled={0} (set it to 0)")]
     IoUringDisabled(u8),
+    /// The interface offers AF_XDP only in copy mode, which moves less per CPU than the
+    /// socket backends with GSO/GRO (docs/benchmarks.md): it is not chosen on its own.
+    #[error(
+        "{0} has no zero-copy AF_XDP (copy mode only), which is slower than io_uring/UDP with \
+         GSO/GRO; force it with STOQ_BACKEND=af_xdp"
+    )]
+    CopyModeOnly(String),
     /// The kernel refused the setup.
     #[error("{0}")]
     Setup(String),
-    /// This STOQ version has no engine backend of this kind yet.
-    #[error("not available in this STOQ version yet (the next backend serves instead)")]
-    NotImplemented,
 }
 
 /// One backend's probe.
@@ -116,7 +120,7 @@ fn probe_af_xdp() -> Result<(), Unavailable> {
     if let Err(e) = crate::xdp::program_object() {
         return Err(Unavailable::EbpfNotBuilt(e.to_string()));
     }
-    Err(Unavailable::NotImplemented)
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -270,6 +270,15 @@ impl XskSocket {
         Ok(me)
     }
 
+    /// The kernel's counters for this socket (`XDP_STATISTICS`): drops, invalid
+    /// descriptors, full or empty rings.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
+        getopt(self.fd.as_raw_fd(), libc::XDP_STATISTICS)
+    }
+
     /// Whether the kernel runs this socket in zero-copy mode.
     pub fn is_zero_copy(&self) -> bool {
         self.zero_copy
@@ -313,17 +322,37 @@ impl XskSocket {
 
     /// Hands up to `max` received frames to `f`, then recycles them into the fill ring.
     pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        let mut descs = Vec::with_capacity(max.min(256));
-        let n = self.rx.consume(max, |d| descs.push(d));
+        let mut descs = [libc::xdp_desc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        }; 64];
+        let mut total = 0;
         let mask = !(u64::from(self.cfg.frame_size) - 1);
-        for d in &descs {
-            if let Some(frame) = self.frame(d.addr, d.len) {
-                f(frame);
+        while total < max {
+            let mut k = 0;
+            let n = self.rx.consume((max - total).min(descs.len()), |d| {
+                descs[k] = d;
+                k += 1;
+            });
+            if n == 0 {
+                break;
             }
-            self.free.push(d.addr & mask);
+            for d in &descs[..n] {
+                if let Some(frame) = self.frame(d.addr, d.len) {
+                    f(frame);
+                }
+                self.free.push(d.addr & mask);
+            }
+            total += n;
         }
         self.refill();
-        n
+        total
+    }
+
+    /// Whether the kernel needs a kick (a `poll`/`recvfrom`) to fill the RX ring.
+    pub fn rx_needs_wakeup(&self) -> bool {
+        self.cfg.need_wakeup && self.fill.needs_wakeup()
     }
 
     /// Builds one frame with `build` (which returns its length) and queues it on the TX
@@ -374,10 +403,122 @@ impl XskSocket {
         Ok(())
     }
 
+    /// The size of each UMEM frame.
+    pub fn frame_size(&self) -> usize {
+        self.cfg.frame_size as usize
+    }
+
+    /// Takes a free frame for transmission: its UMEM address and its bytes. Give it back
+    /// with [`tx_submit`](Self::tx_submit) or [`tx_cancel`](Self::tx_cancel).
+    pub fn tx_frame(&mut self) -> Option<(u64, &mut [u8])> {
+        if self.free.is_empty() {
+            self.complete();
+        }
+        let addr = self.free.pop()?;
+        let fs = self.cfg.frame_size as usize;
+        // SAFETY: `addr` is a free frame (in no ring, so the kernel does not touch it),
+        // inside the UMEM mapping; the borrow of `self` keeps it exclusive.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(addr as usize), fs)
+        };
+        Some((addr, buf))
+    }
+
+    /// The bytes of a frame taken with [`tx_frame`](Self::tx_frame) and not yet submitted.
+    ///
+    /// # Panics
+    /// If `frame` lies outside the UMEM (it never does when it came from `tx_frame`).
+    pub fn frame_mut(&mut self, frame: u64) -> &mut [u8] {
+        let fs = self.cfg.frame_size as usize;
+        assert!(
+            frame as usize + fs <= self.umem.len,
+            "frame {frame} outside the UMEM"
+        );
+        // SAFETY: inside the mapping (checked); a frame taken with `tx_frame` is in no
+        // ring, so the kernel does not touch it, and `&mut self` keeps it exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(frame as usize), fs) }
+    }
+
+    /// Returns an unused frame taken with [`tx_frame`](Self::tx_frame).
+    pub fn tx_cancel(&mut self, frame: u64) {
+        self.free.push(frame);
+    }
+
+    /// Queues `len` bytes at `frame + offset` on the TX ring (not yet kicked: see
+    /// [`tx_flush`](Self::tx_flush)). Returns false, taking the frame back, when the
+    /// ring is full.
+    pub fn tx_submit(&mut self, frame: u64, offset: usize, len: usize) -> bool {
+        let desc = libc::xdp_desc {
+            addr: frame + offset as u64,
+            len: len as u32,
+            options: 0,
+        };
+        if self.tx.produce(&[desc]) == 1 {
+            true
+        } else {
+            self.free.push(frame);
+            false
+        }
+    }
+
+    /// Kicks the kernel to transmit what was queued (when it asks for a kick), and reaps
+    /// completions.
+    ///
+    /// # Errors
+    /// A `sendto` failure other than a busy or full device.
+    pub fn tx_flush(&mut self) -> io::Result<()> {
+        // In copy mode each kick transmits at most 32 frames (the kernel's TX batch) and
+        // answers EAGAIN while more wait: kick until the ring is drained (bounded).
+        let rounds = (self.cfg.ring_size / 32 + 2) as usize;
+        for _ in 0..rounds {
+            if self.tx_pending() == 0 {
+                break;
+            }
+            // Copy mode transmits only inside the kick; zero-copy drivers say when they
+            // need one.
+            if self.zero_copy && self.cfg.need_wakeup && !self.tx.needs_wakeup() {
+                break;
+            }
+            // SAFETY: sendto with no buffer only kicks the kernel's TX processing.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {}
+                    // The device queue is full: try again at the next flush.
+                    Some(libc::EBUSY | libc::ENOBUFS) => break,
+                    _ => return Err(e),
+                }
+            }
+            self.complete();
+        }
+        self.complete();
+        Ok(())
+    }
+
+    /// Descriptors queued on the TX ring that the kernel has not consumed yet.
+    pub fn tx_pending(&self) -> u32 {
+        let prod = self.tx.producer().load(Ordering::Relaxed);
+        let cons = self.tx.consumer().load(Ordering::Acquire);
+        prod.wrapping_sub(cons)
+    }
+
     /// Reaps completed transmissions; returns how many frames came back.
     pub fn complete(&mut self) -> usize {
+        // A descriptor may point inside its frame (headers start where they fit): the
+        // completion returns that address, and the frame is its chunk.
+        let mask = !(u64::from(self.cfg.frame_size) - 1);
         let free = &mut self.free;
-        self.comp.consume(usize::MAX, |addr| free.push(addr))
+        self.comp.consume(usize::MAX, |addr| free.push(addr & mask))
     }
 }
 
