@@ -133,6 +133,13 @@ impl VethPair {
 
     /// Creates the pair (one rx/tx queue each, so every frame arrives on queue 0).
     pub fn new(purpose: &str) -> io::Result<Self> {
+        Self::with_queues(purpose, 1)
+    }
+
+    /// Creates the pair with `queues` rx and tx queues on each side: the sender's flows
+    /// spread over the receiver's queues, as RSS spreads them on a real NIC.
+    pub fn with_queues(purpose: &str, queues: u32) -> io::Result<Self> {
+        let q = queues.max(1).to_string();
         let a = NetNs::new(&format!("{purpose}a"))?;
         let b = NetNs::new(&format!("{purpose}b"))?;
         let n = (std::process::id() % 200 + NEXT.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
@@ -150,6 +157,10 @@ impl VethPair {
             Self::A_IF,
             "netns",
             a.name(),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "type",
             "veth",
             "peer",
@@ -157,6 +168,10 @@ impl VethPair {
             Self::B_IF,
             "netns",
             b.name(),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         a.ip(&["addr", "add", &format!("{a4}/24"), "dev", Self::A_IF])?;
         b.ip(&["addr", "add", &format!("{b4}/24"), "dev", Self::B_IF])?;

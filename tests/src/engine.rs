@@ -68,7 +68,21 @@ pub fn pair(
     backend: BackendKind,
     tune: impl Fn(&mut EngineConfig),
 ) -> Pair {
-    let veth = VethPair::new(purpose).expect("create netns + veth");
+    pair_with_queues(purpose, v6, backend, 1, tune)
+}
+
+/// As [`pair`], over a veth pair with `queues` queues each way.
+///
+/// # Panics
+/// As [`pair`].
+pub fn pair_with_queues(
+    purpose: &str,
+    v6: bool,
+    backend: BackendKind,
+    queues: u32,
+    tune: impl Fn(&mut EngineConfig),
+) -> Pair {
+    let veth = VethPair::with_queues(purpose, queues).expect("create netns + veth");
     let (s, c) = configs();
     let server_ip: IpAddr = if v6 { veth.b6.into() } else { veth.b4.into() };
     let target = SocketAddr::new(server_ip, 4433);

@@ -1,6 +1,7 @@
 //! The endpoint: CID routing, new-connection admission, and stateless answers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -347,7 +348,7 @@ pub struct Endpoint {
     used_tokens: HashSet<[u8; 12]>,
     used_order: VecDeque<[u8; 12]>,
     responses: VecDeque<(SocketAddr, Vec<u8>)>,
-    next_poll: usize,
+    sched: Schedule,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
@@ -398,7 +399,7 @@ impl Endpoint {
             used_tokens: HashSet::new(),
             used_order: VecDeque::new(),
             responses: VecDeque::new(),
-            next_poll: 0,
+            sched: Schedule::default(),
             removed: VecDeque::new(),
             stats: EndpointStats::default(),
         })
@@ -428,6 +429,10 @@ impl Endpoint {
 
     /// The connection behind `h`, mutably (to send, close, or read).
     pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
+        // The application may make work (data to send, timers): look at it again.
+        if self.conns.get(h.0).is_some_and(Option::is_some) {
+            self.sched.touch(h.0);
+        }
         self.conns.get_mut(h.0)?.as_mut()
     }
 
@@ -459,15 +464,18 @@ impl Endpoint {
         self.live += 1;
         self.handshaking += 1;
         conn.counted_handshaking = true;
-        if let Some(i) = self.free.pop() {
+        let h = if let Some(i) = self.free.pop() {
             self.conns[i] = Some(conn);
             ConnectionHandle(i)
         } else {
             self.conns.push(Some(conn));
             self.conn_routes.push(Vec::new());
             self.conn_mem.push(0);
+            self.sched.grow(self.conns.len());
             ConnectionHandle(self.conns.len() - 1)
-        }
+        };
+        self.sched.touch(h.0);
+        h
     }
 
     /// Routes `cid` to `h`.
@@ -580,6 +588,7 @@ impl Endpoint {
         if let Some(&h) = self.routes.get(&dcid) {
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.handle_datagram_classified(now, remote, data, Some(info));
+                self.sched.touch(h.0);
             }
             self.service_cids(h);
             self.account(h);
@@ -622,6 +631,7 @@ impl Endpoint {
         };
         if let Some(c) = self.conns[h.0].as_mut() {
             c.on_reset();
+            self.sched.touch(h.0);
         }
         self.stats.resets_received += 1;
         true
@@ -920,19 +930,11 @@ impl Endpoint {
                 size: d.len(),
             });
         }
-        let n = self.conns.len();
-        for k in 0..n {
-            let i = (self.next_poll + k) % n;
-            if let Some(c) = self.conns[i].as_mut()
-                && let Some(t) = c.poll_transmit(now, buf)
-            {
-                self.next_poll = (i + 1) % n;
-                // Writes since the last sample show up here.
-                self.account(ConnectionHandle(i));
-                return Some(t);
-            }
+        let size = self.max_datagram_size();
+        if buf.len() < size {
+            buf.resize(size, 0);
         }
-        None
+        self.poll_connections(now, buf)
     }
 
     /// As [`poll_transmit`](Self::poll_transmit), into a fixed buffer (an I/O backend's
@@ -952,18 +954,53 @@ impl Endpoint {
                 size: d.len(),
             });
         }
-        let n = self.conns.len();
-        for k in 0..n {
-            let i = (self.next_poll + k) % n;
-            if let Some(c) = self.conns[i].as_mut()
-                && let Some(t) = c.poll_transmit_into(now, buf)
-            {
-                self.next_poll = (i + 1) % n;
-                self.account(ConnectionHandle(i));
-                return Some(t);
+        self.poll_connections(now, buf)
+    }
+
+    /// The next datagram of the connections that may have something to send, taking
+    /// turns (one datagram each).
+    fn poll_connections(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.refresh();
+        for _ in 0..self.sched.sendable.len() {
+            let Some(i) = self.sched.sendable.pop_front() else {
+                break;
+            };
+            let Some(c) = self.conns[i].as_mut() else {
+                self.sched.is_sendable[i] = false;
+                continue;
+            };
+            let t = c.poll_transmit_into(now, buf);
+            // Sending moves timers (loss detection, pacing) and may raise events.
+            let d = c.poll_timeout();
+            self.sched.set_deadline(i, d);
+            self.sched.mark_eventful(i);
+            match t {
+                Some(t) => {
+                    self.sched.sendable.push_back(i);
+                    // Writes since the last sample show up here.
+                    self.account(ConnectionHandle(i));
+                    return Some(t);
+                }
+                None => self.sched.is_sendable[i] = false,
             }
         }
         None
+    }
+
+    /// Takes in the connections touched since the last poll: their timers, and whether
+    /// they may send or have events.
+    fn refresh(&mut self) {
+        while let Some(i) = self.sched.touched.pop() {
+            self.sched.is_touched[i] = false;
+            let Some(c) = self.conns[i].as_ref() else {
+                continue;
+            };
+            let d = c.poll_timeout();
+            self.sched.set_deadline(i, d);
+            self.sched.mark_sendable(i);
+            self.sched.mark_eventful(i);
+        }
+        self.sched.compact(self.live);
     }
 
     /// The largest datagram any connection may send: the size an I/O buffer passed to
@@ -981,17 +1018,29 @@ impl Endpoint {
     }
 
     /// The earliest timer over all connections.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .iter()
-            .flatten()
-            .filter_map(Connection::poll_timeout)
-            .min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.refresh();
+        while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
+            if self.sched.deadline[i] == Some(t) && self.conns[i].is_some() {
+                return Some(t);
+            }
+            self.sched.timers.pop();
+        }
+        None
     }
 
     /// Fires every expired connection timer.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
+        self.refresh();
+        while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.sched.timers.pop();
+            if self.sched.deadline[i] != Some(t) {
+                continue;
+            }
+            self.sched.deadline[i] = None;
             if let Some(c) = self.conns[i].as_mut()
                 && c.poll_timeout().is_some_and(|t| t <= now)
             {
@@ -999,6 +1048,7 @@ impl Endpoint {
                 self.service_cids(ConnectionHandle(i));
                 self.account(ConnectionHandle(i));
             }
+            self.sched.touch(i);
         }
     }
 
@@ -1029,8 +1079,11 @@ impl Endpoint {
     /// The next connection event. Connections that drained are freed after their last
     /// event has been returned.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
-        for i in 0..self.conns.len() {
+        self.refresh();
+        while let Some(&i) = self.sched.eventful.front() {
             let Some(c) = self.conns[i].as_mut() else {
+                self.sched.eventful.pop_front();
+                self.sched.is_eventful[i] = false;
                 continue;
             };
             if let Some(e) = c.poll_event() {
@@ -1046,6 +1099,8 @@ impl Endpoint {
                 }
                 return Some((h, e));
             }
+            self.sched.eventful.pop_front();
+            self.sched.is_eventful[i] = false;
             if c.is_drained() {
                 self.remove(ConnectionHandle(i));
             }
@@ -1068,11 +1123,79 @@ impl Endpoint {
             }
             self.mem_total -= self.conn_mem[h.0];
             self.conn_mem[h.0] = 0;
+            self.sched.deadline[h.0] = None;
             // Bounded: an application that never asks keeps the latest only.
             if self.removed.len() >= self.config.max_connections {
                 self.removed.pop_front();
             }
             self.removed.push_back(h);
+        }
+    }
+}
+
+/// Which connections need the endpoint's attention, so that polling costs what changed
+/// rather than the number of connections: a connection is looked at again when a datagram,
+/// a timer or the application touched it. Timers sit in a min-heap with lazy deletion.
+#[derive(Debug, Default)]
+struct Schedule {
+    touched: Vec<usize>,
+    is_touched: Vec<bool>,
+    sendable: VecDeque<usize>,
+    is_sendable: Vec<bool>,
+    eventful: VecDeque<usize>,
+    is_eventful: Vec<bool>,
+    deadline: Vec<Option<Instant>>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+}
+
+impl Schedule {
+    fn grow(&mut self, n: usize) {
+        self.is_touched.resize(n, false);
+        self.is_sendable.resize(n, false);
+        self.is_eventful.resize(n, false);
+        self.deadline.resize(n, None);
+    }
+
+    fn touch(&mut self, i: usize) {
+        if !self.is_touched[i] {
+            self.is_touched[i] = true;
+            self.touched.push(i);
+        }
+    }
+
+    fn mark_sendable(&mut self, i: usize) {
+        if !self.is_sendable[i] {
+            self.is_sendable[i] = true;
+            self.sendable.push_back(i);
+        }
+    }
+
+    fn mark_eventful(&mut self, i: usize) {
+        if !self.is_eventful[i] {
+            self.is_eventful[i] = true;
+            self.eventful.push_back(i);
+        }
+    }
+
+    fn set_deadline(&mut self, i: usize, d: Option<Instant>) {
+        if self.deadline[i] != d {
+            self.deadline[i] = d;
+            if let Some(t) = d {
+                self.timers.push(Reverse((t, i)));
+            }
+        }
+    }
+
+    /// Rebuilds the heap when stale entries outnumber the live ones, keeping it within a
+    /// constant factor of the connection count.
+    fn compact(&mut self, live: usize) {
+        if self.timers.len() > 2 * live + 64 {
+            self.timers = self
+                .deadline
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.map(|t| Reverse((t, i))))
+                .collect();
         }
     }
 }

@@ -28,9 +28,7 @@ use stoq_common::wire::{ethernet, ipv4, ipv6, udp};
 
 use super::netlink::{self, Netlink};
 use super::udp::{UdpBackend, UdpConfig};
-use super::{
-    Backend, BackendKind, BackendStats, Capabilities, Fill, RxBatch, RxMeta, TxBatch,
-};
+use super::{Backend, BackendKind, BackendStats, Capabilities, Fill, RxBatch, RxMeta, TxBatch};
 use crate::xdp::xsk::{XskConfig, XskSocket};
 
 /// Room in front of each transmitted datagram: Ethernet, IPv6 (the larger) and UDP.
@@ -104,8 +102,10 @@ impl AfXdpBackend {
         // SAFETY: a fresh descriptor nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
         for fd in [xsk.as_raw_fd(), udp.socket_fd()] {
+            // Readable only: the UDP socket is nearly always writable, and a descriptor
+            // that is always ready would hide every new event from the engine.
             let mut ev = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLOUT) as u32,
+                events: libc::EPOLLIN as u32,
                 u64: fd as u64,
             };
             // SAFETY: valid epoll and target descriptors; `ev` is a live epoll_event.
@@ -319,6 +319,12 @@ impl Backend for AfXdpBackend {
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         batch.clear();
+        // The engine waits on this epoll descriptor edge-triggered: consume its ready list,
+        // so that the next arrival makes it ready again (level-triggered inside, it lists
+        // again what still has data).
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: a valid epoll fd and a live buffer of 4 events; zero timeout.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), evs.as_mut_ptr(), 4, 0) };
         let mut n = 0;
         let slots = batch.slots();
         let local = self.local;
@@ -396,10 +402,7 @@ impl Backend for AfXdpBackend {
         true
     }
 
-    fn send_direct(
-        &mut self,
-        fill: &mut Fill<'_>,
-    ) -> Option<io::Result<usize>> {
+    fn send_direct(&mut self, fill: &mut Fill<'_>) -> Option<io::Result<usize>> {
         let mut sent = 0;
         let (src_mac, local) = (self.mac, self.local);
         while let Some((frame, buf)) = self.xsk.tx_frame() {

@@ -138,10 +138,7 @@ pub trait Backend: Send + std::fmt::Debug {
     /// `None` when it has nothing more. Returns how many were queued, to go out with
     /// [`flush`](Self::flush); `None` for backends without frames of their own (the engine
     /// then uses [`send`](Self::send) with a [`TxBatch`]).
-    fn send_direct(
-        &mut self,
-        fill: &mut Fill<'_>,
-    ) -> Option<io::Result<usize>> {
+    fn send_direct(&mut self, fill: &mut Fill<'_>) -> Option<io::Result<usize>> {
         let _ = fill;
         None
     }
