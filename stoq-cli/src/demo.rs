@@ -78,8 +78,10 @@ impl Place {
     ) -> Result<(Endpoint, Endpoint, SocketAddr), String> {
         match self {
             Self::Loopback(_) => {
-                let s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
-                let c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                let mut s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                one_core_each(&mut s_cfg);
+                let mut c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                c_cfg.first_cpu = s_cfg.first_cpu + s_cfg.workers.max(1);
                 let server = Endpoint::server(s_cfg, scfg).map_err(|e| e.to_string())?;
                 let client = Endpoint::client(c_cfg, ccfg).map_err(|e| e.to_string())?;
                 let target = server.local_addr();
@@ -88,9 +90,12 @@ impl Place {
             #[cfg(target_os = "linux")]
             Self::Veth(v) => {
                 let bind = SocketAddr::new(v.b4.into(), 4433);
-                let s_cfg = engine.apply(bind)?;
+                let mut s_cfg = engine.apply(bind)?;
+                one_core_each(&mut s_cfg);
                 // A specific address, so that AF_XDP can name the interface on this side too.
-                let c_cfg = engine.apply(SocketAddr::new(v.a4.into(), 0))?;
+                let mut c_cfg = engine.apply(SocketAddr::new(v.a4.into(), 0))?;
+                // The client's worker on the core after the server's workers.
+                c_cfg.first_cpu = s_cfg.first_cpu + s_cfg.workers.max(1);
                 // Sockets belong to the namespace of the thread that opens them.
                 let server =
                     v.b.run(move || Endpoint::server(s_cfg, scfg))
@@ -101,6 +106,15 @@ impl Place {
                 Ok((server, client, bind))
             }
         }
+    }
+}
+
+/// One connection needs one server worker: unless `--workers` says otherwise, the server
+/// gets one (on the first core) and the client the next core, so the two sides of the demo
+/// do not share a core.
+fn one_core_each(server: &mut stoq::engine::EngineConfig) {
+    if server.workers == 0 {
+        server.workers = 1;
     }
 }
 

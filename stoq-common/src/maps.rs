@@ -167,10 +167,18 @@ pub const COUNTER_PASS_BASE: u32 = 3;
 pub const COUNTER_DROP_BASE: u32 = COUNTER_PASS_BASE + PassReason::ALL.len() as u32;
 /// First counter of the STOQ [`PacketKind`]s (counted in addition to the verdict).
 pub const COUNTER_KIND_BASE: u32 = COUNTER_DROP_BASE + DropReason::ALL.len() as u32;
+/// Counter: STOQ packets passed to the kernel because they are larger than an AF_XDP
+/// frame holds ([`XSK_MAX_FRAME`]): a GSO or GRO super-packet in generic (skb) mode. The
+/// kernel stack segments them for the socket that reserves the port.
+pub const COUNTER_OVERSIZE: u32 = COUNTER_KIND_BASE + PacketKind::ALL.len() as u32;
 /// Entries in [`COUNTERS_MAP`] (room to grow without changing the map size).
 pub const NUM_COUNTERS: u32 = 32;
 
-const _: () = assert!(COUNTER_KIND_BASE + (PacketKind::ALL.len() as u32) <= NUM_COUNTERS);
+/// The largest frame the program redirects into an AF_XDP socket: STOQ's 2 KiB UMEM
+/// frames less the 256 bytes of `XDP_PACKET_HEADROOM` the kernel keeps in copy mode.
+pub const XSK_MAX_FRAME: u32 = 2048 - 256;
+
+const _: () = assert!(COUNTER_OVERSIZE < NUM_COUNTERS);
 
 impl PassReason {
     /// Index of this reason's counter.

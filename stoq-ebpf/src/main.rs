@@ -2,7 +2,9 @@
 //!
 //! For each frame it runs the shared classifier from `stoq-common`:
 //! - a well-formed STOQ packet to a port in `STOQ_PORTS` is redirected into
-//!   `XSKMAP[rx_queue_index]`, or passed to the kernel when no socket is bound there;
+//!   `XSKMAP[rx_queue_index]`, or passed to the kernel when no socket is bound there or
+//!   when it is larger than an AF_XDP frame (a GSO/GRO super-packet in generic mode, which
+//!   the kernel stack segments for the socket reserving the port);
 //! - a malformed datagram to a STOQ port is dropped;
 //! - everything else is passed.
 //!
@@ -17,8 +19,8 @@ use aya_ebpf::maps::{Array, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use stoq_common::classify::{Verdict, classify_frame};
 use stoq_common::maps::{
-    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, ClassifierConfig, MAX_QUEUES,
-    NUM_COUNTERS, PORT_WORDS, PortSet,
+    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE, COUNTER_REDIRECTED, ClassifierConfig,
+    MAX_QUEUES, NUM_COUNTERS, PORT_WORDS, PortSet, XSK_MAX_FRAME,
 };
 use stoq_common::ptr::Bytes;
 
@@ -63,6 +65,10 @@ pub fn stoq_xdp(ctx: XdpContext) -> u32 {
             let queue = ctx.rx_queue_index();
             if XSKMAP.get(queue).is_none() {
                 count(COUNTER_NO_SOCKET);
+                return xdp_action::XDP_PASS;
+            }
+            if ctx.data_end() - ctx.data() > XSK_MAX_FRAME as usize {
+                count(COUNTER_OVERSIZE);
                 return xdp_action::XDP_PASS;
             }
             match XSKMAP.redirect(queue, u64::from(xdp_action::XDP_PASS)) {

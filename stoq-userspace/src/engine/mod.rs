@@ -33,8 +33,11 @@ pub struct EngineConfig {
     pub bind: SocketAddr,
     /// Worker threads; 0 means one per CPU core for a server and one for a client.
     pub workers: usize,
-    /// Pin worker `i` to CPU `i` (modulo the cores available).
+    /// Pin worker `i` to CPU `first_cpu + i` (modulo the cores available).
     pub pin_workers: bool,
+    /// The CPU of worker 0 when pinning: lets a client and a server in one process (or
+    /// two engines on one host) take different cores.
+    pub first_cpu: usize,
     /// Force a backend instead of choosing automatically (see [`crate::io::select`]).
     pub backend: Option<BackendKind>,
     /// The protocol endpoint's settings (each worker gets its own id in its CIDs).
@@ -60,6 +63,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("bind", &self.bind)
             .field("workers", &self.workers)
             .field("pin_workers", &self.pin_workers)
+            .field("first_cpu", &self.first_cpu)
             .field("backend", &self.backend)
             .field("xdp_mode", &self.xdp_mode)
             .field("socket_buffer", &self.socket_buffer)
@@ -78,6 +82,7 @@ impl EngineConfig {
             bind,
             workers: 0,
             pin_workers: true,
+            first_cpu: 0,
             backend: None,
             xdp_mode: XdpMode::Auto,
             endpoint: EndpointConfig::new(),

@@ -395,6 +395,13 @@ impl Engine {
         };
         let mut opened = None;
         for kind in order {
+            // The chosen one passed its probe; the ones after it have not been asked yet.
+            if kind != selection.chosen
+                && let Err(reason) = select::probe(kind).result
+            {
+                selection.skipped.push((kind, reason));
+                continue;
+            }
             match super::open::open(kind, &config, n, selection.forced) {
                 Ok(o) => {
                     opened = Some(o);
@@ -479,13 +486,13 @@ impl Engine {
             let peers: Vec<Arc<Worker>> = engine.workers.clone();
             let layout = config.endpoint.cid_layout;
             let batch = config.batch.max(1);
-            let pin = config.pin_workers;
+            let pin = config.pin_workers.then_some(config.first_cpu + i);
             let steering = config.steering;
             let t = std::thread::Builder::new()
                 .name(format!("stoq-worker-{i}"))
                 .spawn(move || {
-                    if pin {
-                        pin_to_core(i);
+                    if let Some(cpu) = pin {
+                        pin_to_core(cpu);
                     }
                     let w = peers[i].clone();
                     let cfg = LoopConfig {

@@ -44,14 +44,51 @@ mod object {
 /// The embedded XDP object (empty when it was not built).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stoq-xdp.o"));
 
-/// The embedded `stoq_xdp` object, or why it is missing.
+/// The environment variable naming an XDP object to load instead of the embedded one (to
+/// ship the object separately, or to test what happens without a valid one).
+pub const OBJECT_ENV: &str = "STOQ_XDP_OBJECT";
+
+/// The `stoq_xdp` object: the file named by [`OBJECT_ENV`] if set, else the embedded one;
+/// or why there is none.
 pub fn program_object() -> Result<&'static [u8], XdpError> {
+    if let Some(path) = std::env::var_os(OBJECT_ENV) {
+        static LOADED: std::sync::OnceLock<Result<&'static [u8], String>> =
+            std::sync::OnceLock::new();
+        let r = LOADED.get_or_init(|| {
+            let p = std::path::Path::new(&path);
+            match std::fs::read(p) {
+                Ok(b) if b.starts_with(b"\x7fELF") => Ok(leak_aligned(&b)),
+                Ok(_) => Err(format!(
+                    "{} ({OBJECT_ENV}) is not an ELF object",
+                    p.display()
+                )),
+                Err(e) => Err(format!(
+                    "{} ({OBJECT_ENV}) could not be read: {e}",
+                    p.display()
+                )),
+            }
+        });
+        return r
+            .clone()
+            .map_err(|reason| XdpError::ProgramNotBuilt { reason });
+    }
     match object::NOT_BUILT {
         None if !OBJECT.is_empty() => Ok(OBJECT),
         reason => Err(XdpError::ProgramNotBuilt {
             reason: reason.unwrap_or("the embedded object is empty").to_string(),
         }),
     }
+}
+
+/// Copies `b` into 8-byte-aligned memory that lives for the process (the ELF parser reads
+/// its structures in place, as `include_bytes_aligned` provides for the embedded object).
+fn leak_aligned(b: &[u8]) -> &'static [u8] {
+    let words: &'static mut [u64] = Box::leak(vec![0u64; b.len().div_ceil(8)].into_boxed_slice());
+    // SAFETY: `words` spans at least `b.len()` bytes, is initialised, lives forever and is
+    // not referenced elsewhere; u8 has no alignment requirement.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), b.len()) };
+    bytes.copy_from_slice(b);
+    bytes
 }
 
 /// How to attach.

@@ -3,7 +3,9 @@
 use std::fmt;
 
 use stoq_common::classify::{DropReason, PacketKind, PassReason};
-use stoq_common::maps::{COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_REDIRECTED, NUM_COUNTERS};
+use stoq_common::maps::{
+    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE, COUNTER_REDIRECTED, NUM_COUNTERS,
+};
 
 /// Counters summed over CPUs. Every frame the program sees lands in exactly one of
 /// `redirected`, `no_socket`, `aborted`, a pass reason or a drop reason; STOQ packets are
@@ -54,6 +56,12 @@ impl SteerStats {
         self.raw[kind.counter() as usize]
     }
 
+    /// STOQ packets passed to the kernel because they exceed an AF_XDP frame (GSO/GRO
+    /// super-packets in generic mode).
+    pub fn oversize(&self) -> u64 {
+        self.raw[COUNTER_OVERSIZE as usize]
+    }
+
     /// All drops.
     pub fn dropped_total(&self) -> u64 {
         DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
@@ -68,6 +76,7 @@ impl SteerStats {
     pub fn total(&self) -> u64 {
         self.redirected()
             + self.no_socket()
+            + self.oversize()
             + self.aborted()
             + self.passed_total()
             + self.dropped_total()
@@ -92,6 +101,9 @@ impl fmt::Display for SteerStats {
             self.no_socket(),
             self.aborted()
         )?;
+        if self.oversize() != 0 {
+            write!(f, " oversize={}", self.oversize())?;
+        }
         for r in PassReason::ALL {
             if self.passed(r) != 0 {
                 write!(f, " pass.{}={}", r.name(), self.passed(r))?;
