@@ -1,1 +1,2 @@
-//! Benchmarks live in `benches/`; this crate has no library code.
+//! Micro-benchmarks live in `benches/`; the end-to-end harness is `src/bin/stoq-bench.rs`.
+//! This crate has no library code.

@@ -191,10 +191,35 @@ fn selfcheck(extra: &[String]) -> Result<(), Fail> {
     run(&mut c)
 }
 
+/// `cargo xtask bench [--quick] [criterion args]`: the criterion micro-benchmarks (not with
+/// `--quick`), then the end-to-end harness over a veth pair on every backend (root).
 fn bench(extra: &[String]) -> Result<(), Fail> {
     let _ = ebpf_or_reason()?;
+    let quick = extra.iter().any(|a| a == "--quick");
+    if !quick {
+        let mut c = cargo();
+        c.args(["bench", "-p", "stoq-benches", "--"]).args(extra);
+        run(&mut c)?;
+    }
+    if !is_root() {
+        return Err(Fail(
+            "the end-to-end benchmark needs root (network namespaces, XDP): run it as root".into(),
+        ));
+    }
     let mut c = cargo();
-    c.args(["bench", "-p", "stoq-benches", "--"]).args(extra);
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "stoq-benches",
+        "--bin",
+        "stoq-bench",
+        "--",
+    ]);
+    if quick {
+        c.arg("--quick");
+    }
     run(&mut c)
 }
 
