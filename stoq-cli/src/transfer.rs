@@ -6,8 +6,9 @@
 //!   directory (or checks and discards them without one) and answers
 //!   `OK <sha256-hex> <bytes>`;
 //! - `SINK <size>` then `size` bytes: checked and discarded, same answer;
-//! - `GET <name> [<offset>]`: the server answers `OK <size>` and the file from `offset`,
-//!   or `ERR <reason>`.
+//! - `GET <name> [<offset>]`: the server answers `OK <bytes> <sha256-hex of the whole
+//!   file>` and the file from `offset`, or `ERR <reason>`. The client checks the hash of
+//!   the whole file it assembled, resumed parts included.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -164,12 +165,16 @@ pub(crate) async fn serve_request(
             if offset > len {
                 return reply(&mut send, "ERR offset past the end").await;
             }
+            let hash = match file_hash(&mut f).await {
+                Ok(h) => h,
+                Err(e) => return reply(&mut send, &format!("ERR {e}")).await,
+            };
             use tokio::io::AsyncSeekExt;
             if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
                 return reply(&mut send, "ERR seek failed").await;
             }
             if send
-                .write_all_data(format!("OK {}\n", len - offset).as_bytes())
+                .write_all_data(format!("OK {} {}\n", len - offset, hex(&hash)).as_bytes())
                 .await
                 .is_err()
             {
@@ -194,6 +199,22 @@ pub(crate) async fn serve_request(
         }
         _ => reply(&mut send, "ERR unknown request").await,
     }
+}
+
+/// SHA-256 of a whole file (from its start).
+async fn file_hash(f: &mut tokio::fs::File) -> std::io::Result<[u8; 32]> {
+    use tokio::io::AsyncSeekExt;
+    f.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
 }
 
 /// Serves every request stream of one connection.
@@ -499,8 +520,11 @@ async fn download(conn: &Connection, name: &str, out: Option<&Path>) -> Result<(
     send.finish().map_err(|e| e.to_string())?;
     let (line, first) = read_header(&mut recv).await?;
     let words: Vec<&str> = line.split_whitespace().collect();
-    let size: u64 = match words.as_slice() {
-        ["OK", n] => n.parse().map_err(|_| "bad size from the server")?,
+    let (size, want): (u64, String) = match words.as_slice() {
+        ["OK", n, h] => (
+            n.parse().map_err(|_| "bad size from the server")?,
+            (*h).to_string(),
+        ),
         _ => return Err(format!("server: {line}")),
     };
     let mut f = tokio::fs::OpenOptions::new()
@@ -528,12 +552,23 @@ async fn download(conn: &Connection, name: &str, out: Option<&Path>) -> Result<(
             have + n
         ));
     }
+    let mut whole = tokio::fs::File::open(&part)
+        .await
+        .map_err(|e| e.to_string())?;
+    let got = hex(&file_hash(&mut whole).await.map_err(|e| e.to_string())?);
+    if got != want {
+        // A resumed part that does not match the file as it is now: start over next time.
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(format!(
+            "SHA-256 mismatch ({got} here, {want} at the server): the partial file was removed; run again"
+        ));
+    }
     tokio::fs::rename(&part, &out)
         .await
         .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "received {} ({} bytes, {} resumed) in {secs:.2} s: {:.2} Gbit/s",
+        "received {} ({} bytes, {} resumed) in {secs:.2} s: {:.2} Gbit/s; SHA-256 matches",
         out.display(),
         have + n,
         have,

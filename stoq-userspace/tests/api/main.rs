@@ -251,3 +251,77 @@ async fn connect_to_nobody_times_out_with_a_typed_error() {
     .expect("bounded");
     assert!(matches!(r, Err(stoq::api::ConnectError::Lost(_))), "{r:?}");
 }
+
+/// The low-level per-core API: a handler on the worker thread echoes streams straight
+/// through the protocol endpoint, with no async task and no channel hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_handler_echoes_without_tasks() {
+    use stoq::conn::{ConnectionHandle, Event, StreamId};
+    use stoq::engine::Handler;
+
+    struct Echo {
+        buf: Vec<u8>,
+        events: Arc<std::sync::atomic::AtomicU64>,
+    }
+    impl Handler for Echo {
+        fn on_event(&mut self, ep: &mut stoq::conn::Endpoint, h: ConnectionHandle, e: &Event) {
+            self.events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Event::StreamReadable(id) = e else { return };
+            let Some(c) = ep.connection_mut(h) else {
+                return;
+            };
+            let id: StreamId = *id;
+            loop {
+                match c.read(id, &mut self.buf) {
+                    Ok(Some(n)) => {
+                        let mut off = 0;
+                        while off < n {
+                            match c.write(id, &self.buf[off..n]) {
+                                Ok(k) if k > 0 => off += k,
+                                _ => break,
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = c.finish(id);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    let (s, c) = configs();
+    let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ev = events.clone();
+    let mut scfg = EngineConfig::new("127.0.0.1:0".parse().expect("addr"));
+    scfg.backend = Some(BackendKind::Udp);
+    scfg.workers = 1;
+    scfg.handler = Some(Arc::new(move |_worker: u8| -> Box<dyn Handler> {
+        Box::new(Echo {
+            buf: vec![0; 64 << 10],
+            events: ev.clone(),
+        })
+    }));
+    let server = Endpoint::server(scfg, s).expect("server");
+    let mut ccfg = EngineConfig::new("127.0.0.1:0".parse().expect("addr"));
+    ccfg.backend = Some(BackendKind::Udp);
+    let client = Endpoint::client(ccfg, c).expect("client");
+    let conn = client
+        .connect(server.local_addr(), "test.stoq")
+        .await
+        .expect("connect");
+    for len in [1usize, 1000, 100_000] {
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        let data = pattern(len);
+        send.write_all(&data).await.expect("write");
+        send.finish().expect("finish");
+        let mut back = Vec::new();
+        recv.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, data, "{len} bytes echoed by the handler");
+    }
+    assert!(events.load(std::sync::atomic::Ordering::Relaxed) > 3);
+    conn.close(0, b"");
+}

@@ -1,0 +1,140 @@
+//! The resumable file transfer: `stoq client --get` is killed mid-download, run again, and
+//! resumes from what it kept; the whole file's SHA-256 is checked against the server's.
+//! Over loopback on the UDP backend: no privileges needed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STOQ: &str = env!("CARGO_BIN_EXE_stoq");
+
+/// Kills a child process on drop, whatever happens.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+#[test]
+fn a_killed_download_resumes_and_the_hash_matches() {
+    let dir = std::env::temp_dir().join(format!("stoq-resume-{}", std::process::id()));
+    let srv = dir.join("srv");
+    let cli = dir.join("cli");
+    std::fs::create_dir_all(&srv).expect("dirs");
+    std::fs::create_dir_all(&cli).expect("dirs");
+    // 128 MiB of a pattern that changes everywhere.
+    let mut f = std::fs::File::create(srv.join("big.bin")).expect("file");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..128 {
+        for b in &mut block {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        f.write_all(&block).expect("write");
+    }
+    drop(f);
+    let key = dir.join("server");
+    let ok = Command::new(STOQ)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .status()
+        .expect("keygen");
+    assert!(ok.success());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Kill(
+        Command::new(STOQ)
+            .args([
+                "server",
+                "--listen",
+                &listen,
+                "--backend",
+                "udp",
+                "--workers",
+                "1",
+            ])
+            .arg("--key")
+            .arg(dir.join("server.key"))
+            .arg("--public")
+            .arg(dir.join("server.pub"))
+            .arg("--dir")
+            .arg(&srv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server"),
+    );
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("server banner");
+    assert!(line.contains("listening on"), "{line}");
+    let out = cli.join("big.bin");
+    let part = cli.join("big.part");
+    let client = || {
+        let mut c = Command::new(STOQ);
+        c.args(["client", &listen, "--name", "localhost", "--backend", "udp"])
+            .args(["--get", "big.bin"])
+            .arg("--pin")
+            .arg(dir.join("server.pub"))
+            .arg("--out")
+            .arg(&out);
+        c
+    };
+    // First attempt: killed once a few MiB arrived.
+    let mut first = Kill(
+        client()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client"),
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while size(&part) < (2 << 20)
+        && Instant::now() < end
+        && first.0.try_wait().ok().flatten().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let kept = size(&part);
+    assert!(
+        !out.exists(),
+        "the download must not have finished before the kill"
+    );
+    assert!(kept > 0, "something was kept before the kill");
+    // Second attempt: resumes from what was kept, and checks the whole file's hash.
+    let o = client().output().expect("client again");
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("SHA-256 matches"), "{text}");
+    assert!(
+        text.contains(&format!("{kept} resumed")),
+        "resumed from {kept}: {text}"
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("result"),
+        std::fs::read(srv.join("big.bin")).expect("original")
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
