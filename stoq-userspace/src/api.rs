@@ -152,6 +152,38 @@ impl Endpoint {
         })
     }
 
+    /// A server on backends the application built, one per worker (the in-memory
+    /// simulated path, or a backend of its own); `config.bind` and `config.backend` are
+    /// not used.
+    ///
+    /// # Errors
+    /// As [`server`](Self::server).
+    pub fn server_on(
+        config: EngineConfig,
+        backends: Vec<Box<dyn crate::io::Backend>>,
+        server: Arc<ServerConfig>,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            engine: Engine::start_with(config, Some(server), Some(backends))?,
+            client: None,
+        })
+    }
+
+    /// A client on a backend the application built.
+    ///
+    /// # Errors
+    /// As [`server`](Self::server).
+    pub fn client_on(
+        config: EngineConfig,
+        backend: Box<dyn crate::io::Backend>,
+        client: Arc<ClientConfig>,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            engine: Engine::start_with(config, None, Some(vec![backend]))?,
+            client: Some(client),
+        })
+    }
+
     /// An endpoint that accepts and connects through the same sockets.
     ///
     /// # Errors

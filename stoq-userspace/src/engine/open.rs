@@ -20,12 +20,14 @@ pub(crate) struct Opened {
     pub(crate) xdp: Option<XdpGuard>,
 }
 
-/// Opens one socket-based backend of `kind` on `bind`.
+/// Opens one socket-based backend of `kind` on `bind`. io_uring's queue depth and receive
+/// buffer count follow the batch size: four batches of each in flight.
 pub(crate) fn open_socket_backend(
     kind: BackendKind,
     bind: SocketAddr,
     reuse_port: bool,
     buffer: usize,
+    batch: usize,
 ) -> io::Result<Box<dyn Backend>> {
     let udp = UdpConfig {
         reuse_port,
@@ -37,7 +39,8 @@ pub(crate) fn open_socket_backend(
         BackendKind::IoUring => Box::new(crate::io::uring::UringBackend::bind(
             &crate::io::uring::UringConfig {
                 udp,
-                ..crate::io::uring::UringConfig::new(bind)
+                queue_depth: (4 * batch).clamp(64, 4096).next_power_of_two() as u32,
+                buffers: (4 * batch).clamp(64, 32_768).next_power_of_two() as u16,
             },
         )?),
         BackendKind::Udp => Box::new(UdpBackend::bind(&udp)?),
@@ -64,7 +67,7 @@ pub(crate) fn open(
             let mut bind = config.bind;
             let mut backends = Vec::with_capacity(n);
             for _ in 0..n {
-                let b = open_socket_backend(kind, bind, n > 1, config.socket_buffer)
+                let b = open_socket_backend(kind, bind, n > 1, config.socket_buffer, config.batch)
                     .map_err(|e| Unavailable::Setup(format!("cannot bind {bind}: {e}")))?;
                 // Later workers share the port the first one got.
                 bind = b.local_addr();

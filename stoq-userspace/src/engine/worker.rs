@@ -17,7 +17,6 @@ use crate::conn::{
 };
 use crate::handshake::ServerConfig;
 use crate::io::select::{self, SelectError};
-use crate::io::udp::{UdpBackend, UdpConfig};
 use crate::io::{Backend, BackendKind, BackendStats, RxBatch, TxBatch};
 use crate::wire::cid::CidLayout;
 
@@ -361,6 +360,7 @@ pub(crate) struct Engine {
     #[cfg(target_os = "linux")]
     xdp: Mutex<Option<super::open::XdpGuard>>,
     pub(crate) socket_buffer: usize,
+    batch: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
 }
@@ -371,8 +371,27 @@ impl Engine {
         config: EngineConfig,
         server: Option<Arc<ServerConfig>>,
     ) -> Result<Arc<Self>, EngineError> {
+        Self::start_with(config, server, None)
+    }
+
+    /// As [`start`](Self::start), on backends the application built (one per worker).
+    pub(crate) fn start_with(
+        config: EngineConfig,
+        server: Option<Arc<ServerConfig>>,
+        given: Option<Vec<Box<dyn Backend>>>,
+    ) -> Result<Arc<Self>, EngineError> {
         config.endpoint.validate()?;
-        let selection = select::select(config.backend)?;
+        let selection = match &given {
+            Some(b) if !b.is_empty() => select::Selection {
+                chosen: b[0].kind(),
+                forced: true,
+                skipped: Vec::new(),
+            },
+            Some(_) => {
+                return Err(EngineError::Os(io::Error::other("no backend given")));
+            }
+            None => select::select(config.backend)?,
+        };
         let n = match config.workers {
             0 if server.is_some() => super::available_cores(),
             0 => 1,
@@ -393,7 +412,14 @@ impl Engine {
                 .skip_while(|k| *k != selection.chosen)
                 .collect()
         };
-        let mut opened = None;
+        let mut opened = given.map(|backends| super::open::Opened {
+            kind: BackendKind::Custom,
+            detail: "supplied by the application".into(),
+            backends,
+            #[cfg(target_os = "linux")]
+            xdp: None,
+        });
+        let order = if opened.is_some() { Vec::new() } else { order };
         for kind in order {
             // The chosen one passed its probe; the ones after it have not been asked yet.
             if kind != selection.chosen
@@ -478,6 +504,7 @@ impl Engine {
             #[cfg(target_os = "linux")]
             xdp: Mutex::new(opened.xdp),
             socket_buffer: config.socket_buffer,
+            batch: config.batch,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
         });
@@ -518,19 +545,21 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Moves worker `i` to a new UDP socket bound to `bind` (a client's rebinding).
+    /// Moves worker `i` to a new socket bound to `bind` (a client's rebinding).
     pub(crate) fn rebind(
         &self,
         i: usize,
         bind: SocketAddr,
         buffer: usize,
     ) -> io::Result<SocketAddr> {
-        let b = UdpBackend::bind(&UdpConfig {
-            buffer_bytes: buffer,
-            ..UdpConfig::new(bind)
-        })?;
+        // The same kind of socket backend; AF_XDP and custom backends move to UDP.
+        let kind = match self.info.selection.chosen {
+            BackendKind::IoUring => BackendKind::IoUring,
+            _ => BackendKind::Udp,
+        };
+        let b = super::open::open_socket_backend(kind, bind, false, buffer, self.batch)?;
         let addr = b.local_addr();
-        self.workers[i].lock().rebind = Some(Box::new(b));
+        self.workers[i].lock().rebind = Some(b);
         self.workers[i].notify();
         Ok(addr)
     }

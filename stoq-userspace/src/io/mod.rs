@@ -20,6 +20,8 @@ pub(crate) mod mmap;
 #[cfg(target_os = "linux")]
 pub(crate) mod netlink;
 pub mod select;
+#[cfg(all(target_os = "linux", any(test, feature = "sim")))]
+pub mod simnet;
 pub mod udp;
 #[cfg(target_os = "linux")]
 pub mod uring;
@@ -37,6 +39,8 @@ pub enum BackendKind {
     IoUring,
     /// UDP sockets (`recvmmsg`/`sendmmsg` with GSO/GRO on Linux).
     Udp,
+    /// A backend the application supplied (for example the in-memory simulated path).
+    Custom,
 }
 
 impl BackendKind {
@@ -49,6 +53,7 @@ impl BackendKind {
             Self::AfXdp => "af_xdp",
             Self::IoUring => "io_uring",
             Self::Udp => "udp",
+            Self::Custom => "custom",
         }
     }
 

@@ -97,6 +97,9 @@ pub enum SelectError {
 pub fn probe(kind: BackendKind) -> Probe {
     let result = match kind {
         BackendKind::Udp => Ok(()),
+        BackendKind::Custom => Err(Unavailable::Setup(
+            "a custom backend is given to the engine, not chosen (Endpoint::server_on)".into(),
+        )),
         BackendKind::AfXdp => probe_af_xdp(),
         BackendKind::IoUring => probe_io_uring(),
     };

@@ -3,5 +3,6 @@
 
 mod cc;
 mod common;
+mod engine;
 mod path;
 mod property;
