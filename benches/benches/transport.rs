@@ -263,6 +263,9 @@ fn ack_1000(p: &mut Pair) -> Duration {
         }
         now += Duration::from_millis(1);
         p.clock = now;
+        // The pacer's timer: the sans-IO contract is poll_transmit until None, then
+        // handle_timeout when poll_timeout is due.
+        p.client.handle_timeout(now);
     }
     assert!(sent >= 1000, "{sent} packets in flight");
     let now = p.now();

@@ -960,7 +960,7 @@ impl Endpoint {
     /// The next datagram of the connections that may have something to send, taking
     /// turns (one datagram each).
     fn poll_connections(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        self.refresh();
+        self.refresh_touched();
         for _ in 0..self.sched.sendable.len() {
             let Some(i) = self.sched.sendable.pop_front() else {
                 break;
@@ -970,9 +970,9 @@ impl Endpoint {
                 continue;
             };
             let t = c.poll_transmit_into(now, buf);
-            // Sending moves timers (loss detection, pacing) and may raise events.
-            let d = c.poll_timeout();
-            self.sched.set_deadline(i, d);
+            // Sending moves timers (loss detection, pacing) and may raise events: the
+            // deadline is recomputed once, when the timers are next asked for.
+            self.sched.retime(i);
             self.sched.mark_eventful(i);
             match t {
                 Some(t) => {
@@ -987,9 +987,22 @@ impl Endpoint {
         None
     }
 
-    /// Takes in the connections touched since the last poll: their timers, and whether
-    /// they may send or have events.
+    /// Takes in the connections touched since the last poll (their timers, and whether
+    /// they may send or have events) and recomputes the timers that sending moved.
     fn refresh(&mut self) {
+        self.refresh_touched();
+        while let Some(i) = self.sched.retimed.pop() {
+            self.sched.is_retimed[i] = false;
+            if let Some(c) = self.conns[i].as_ref() {
+                let d = c.poll_timeout();
+                self.sched.set_deadline(i, d);
+            }
+        }
+        self.sched.compact(self.live);
+    }
+
+    /// Takes in the connections touched since the last poll.
+    fn refresh_touched(&mut self) {
         while let Some(i) = self.sched.touched.pop() {
             self.sched.is_touched[i] = false;
             let Some(c) = self.conns[i].as_ref() else {
@@ -1000,7 +1013,6 @@ impl Endpoint {
             self.sched.mark_sendable(i);
             self.sched.mark_eventful(i);
         }
-        self.sched.compact(self.live);
     }
 
     /// The largest datagram any connection may send: the size an I/O buffer passed to
@@ -1079,7 +1091,7 @@ impl Endpoint {
     /// The next connection event. Connections that drained are freed after their last
     /// event has been returned.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
-        self.refresh();
+        self.refresh_touched();
         while let Some(&i) = self.sched.eventful.front() {
             let Some(c) = self.conns[i].as_mut() else {
                 self.sched.eventful.pop_front();
@@ -1146,10 +1158,15 @@ struct Schedule {
     is_eventful: Vec<bool>,
     deadline: Vec<Option<Instant>>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Connections whose timers moved by sending, to recompute once before the timers
+    /// are next read.
+    retimed: Vec<usize>,
+    is_retimed: Vec<bool>,
 }
 
 impl Schedule {
     fn grow(&mut self, n: usize) {
+        self.is_retimed.resize(n, false);
         self.is_touched.resize(n, false);
         self.is_sendable.resize(n, false);
         self.is_eventful.resize(n, false);
@@ -1160,6 +1177,13 @@ impl Schedule {
         if !self.is_touched[i] {
             self.is_touched[i] = true;
             self.touched.push(i);
+        }
+    }
+
+    fn retime(&mut self, i: usize) {
+        if !self.is_retimed[i] {
+            self.is_retimed[i] = true;
+            self.retimed.push(i);
         }
     }
 
