@@ -288,7 +288,7 @@ impl Backend for UdpBackend {
 }
 
 #[cfg(target_os = "linux")]
-mod sys {
+pub(crate) mod sys {
     //! `recvmmsg`/`sendmmsg` with GSO and GRO control messages.
 
     use std::io;
@@ -303,7 +303,44 @@ mod sys {
     /// Room for one UDP_SEGMENT or UDP_GRO control message (and a spare).
     #[repr(C, align(8))]
     #[derive(Clone, Copy)]
-    struct Control([u8; 64]);
+    pub(crate) struct Control(pub(crate) [u8; 64]);
+
+    impl Control {
+        pub(crate) const ZERO: Self = Self([0; 64]);
+    }
+
+    /// Points `h` at `bytes` (through `iov`) for `name`, with a UDP_SEGMENT control
+    /// message in `control` when `it` is a GSO group. All of them must stay alive and
+    /// unmoved until the send completes. (Shared by `sendmmsg` and io_uring's `sendmsg`.)
+    pub(crate) fn prepare_send(
+        h: &mut libc::msghdr,
+        iov: &mut libc::iovec,
+        name: &SockAddr,
+        bytes: &[u8],
+        control: &mut Control,
+        it: &crate::io::TxItem,
+    ) {
+        iov.iov_base = bytes.as_ptr().cast_mut().cast();
+        iov.iov_len = bytes.len();
+        h.msg_name = name.as_ptr().cast_mut().cast();
+        h.msg_namelen = name.len();
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        if it.segments > 1 {
+            h.msg_control = control.0.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+            // SAFETY: msg_control points at a zeroed, aligned buffer of at least
+            // CMSG_SPACE(2) bytes, so the first header and its data fit.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), it.segment_size as u16);
+            }
+        }
+    }
 
     fn errno() -> io::Error {
         io::Error::last_os_error()
@@ -313,7 +350,7 @@ mod sys {
         let n = batch.slots().min(BATCH);
         let slot = batch.slot_size();
         let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
-        let mut control = [Control([0; 64]); BATCH];
+        let mut control = [Control::ZERO; BATCH];
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid
         // value (null pointers, zero lengths).
         let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -377,7 +414,7 @@ mod sys {
     }
 
     /// The UDP_GRO segment size in a received message's control data.
-    fn gro_size(h: &libc::msghdr) -> Option<usize> {
+    pub(crate) fn gro_size(h: &libc::msghdr) -> Option<usize> {
         // SAFETY: `h` is a msghdr the kernel filled; CMSG_FIRSTHDR/NXTHDR stay within
         // `msg_controllen` and return null at the end.
         let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
@@ -408,40 +445,22 @@ mod sys {
             let n = pending.len().min(BATCH);
             let mut names: [MaybeUninit<SockAddr>; BATCH] =
                 [const { MaybeUninit::uninit() }; BATCH];
-            let mut control = [Control([0; 64]); BATCH];
+            let mut control = [Control::ZERO; BATCH];
             // SAFETY: plain C structs; all-zero is valid.
             let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
             let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
             for i in 0..n {
                 let it = pending[i];
-                let bytes = batch.bytes(&it);
-                iov[i].iov_base = bytes.as_ptr().cast_mut().cast();
-                iov[i].iov_len = bytes.len();
                 let name = names[i].write(SockAddr::from(super::mapped(it.to, v6_socket)));
-                let h = &mut hdrs[i].msg_hdr;
-                h.msg_name = name.as_ptr().cast_mut().cast();
-                h.msg_namelen = name.len();
-                h.msg_iov = &raw mut iov[i];
-                h.msg_iovlen = 1;
-                if it.segments > 1 {
-                    h.msg_control = control[i].0.as_mut_ptr().cast();
-                    // SAFETY: CMSG_SPACE is a pure size computation.
-                    h.msg_controllen =
-                        unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-                    // SAFETY: msg_control points at a zeroed, aligned buffer of at least
-                    // CMSG_SPACE(2) bytes, so the first header and its data fit.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = libc::UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(c).cast::<u16>(),
-                            it.segment_size as u16,
-                        );
-                    }
-                }
+                prepare_send(
+                    &mut hdrs[i].msg_hdr,
+                    &mut iov[i],
+                    name,
+                    batch.bytes(&it),
+                    &mut control[i],
+                    &it,
+                );
             }
             // SAFETY: `hdrs[..n]` point at the arena, `names` and `control`, all alive
             // for the call; the kernel only reads them.

@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::mmap::Mmap;
+use super::udp::sys::{Control, prepare_send};
 use super::udp::{BATCH, UdpBackend, UdpConfig};
 use super::{Backend, BackendKind, BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
 
@@ -287,25 +288,14 @@ fn sockaddr(name: &[u8], len: u32) -> Option<SocketAddr> {
     super::udp::socket_addr(&ss, len as libc::socklen_t)
 }
 
-/// The UDP_GRO segment size among received control messages.
+/// The UDP_GRO segment size among received control messages (parsed as `recvmmsg`'s
+/// are, through a `msghdr` pointing at them).
 fn gro_size(control: &[u8]) -> Option<usize> {
-    // cmsghdr: len (usize), level (i32), type (i32), then data aligned to usize.
-    let hdr = size_of::<libc::cmsghdr>();
-    let mut off = 0;
-    while off + hdr <= control.len() {
-        let len = usize::from_ne_bytes(control[off..off + 8].try_into().ok()?);
-        let level = i32::from_ne_bytes(control[off + 8..off + 12].try_into().ok()?);
-        let ty = i32::from_ne_bytes(control[off + 12..off + 16].try_into().ok()?);
-        if len < hdr || off + len > control.len() {
-            return None;
-        }
-        if level == libc::SOL_UDP && ty == libc::UDP_GRO && len >= hdr + 4 {
-            let v = i32::from_ne_bytes(control[off + hdr..off + hdr + 4].try_into().ok()?);
-            return usize::try_from(v).ok().filter(|v| *v > 0);
-        }
-        off += len.next_multiple_of(size_of::<usize>());
-    }
-    None
+    // SAFETY: all-zero is a valid msghdr.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_control = control.as_ptr().cast_mut().cast();
+    h.msg_controllen = control.len();
+    super::udp::sys::gro_size(&h)
 }
 
 impl Backend for UringBackend {
@@ -368,43 +358,22 @@ impl Backend for UringBackend {
             let n = pending.len().min(BATCH);
             let mut names: [socket2::SockAddr; BATCH] =
                 std::array::from_fn(|_| socket2::SockAddr::from(super::udp::UNSPECIFIED));
-            #[repr(C, align(8))]
-            #[derive(Clone, Copy)]
-            struct Control([u8; 32]);
-            let mut control = [Control([0; 32]); BATCH];
+            let mut control = [Control::ZERO; BATCH];
             // SAFETY: plain C structs; all-zero is valid.
             let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
             let mut hdrs: [libc::msghdr; BATCH] = unsafe { std::mem::zeroed() };
             for i in 0..n {
                 let it = pending[i];
-                let bytes = batch.bytes(&it);
-                iov[i].iov_base = bytes.as_ptr().cast_mut().cast();
-                iov[i].iov_len = bytes.len();
                 names[i] = socket2::SockAddr::from(super::udp::mapped(it.to, v6));
-                let h = &mut hdrs[i];
-                h.msg_name = names[i].as_ptr().cast_mut().cast();
-                h.msg_namelen = names[i].len();
-                h.msg_iov = &raw mut iov[i];
-                h.msg_iovlen = 1;
-                if it.segments > 1 {
-                    h.msg_control = control[i].0.as_mut_ptr().cast();
-                    // SAFETY: a pure size computation.
-                    h.msg_controllen =
-                        unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-                    // SAFETY: msg_control points at a zeroed, aligned buffer of at least
-                    // CMSG_SPACE(2) bytes.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = libc::UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(c).cast::<u16>(),
-                            it.segment_size as u16,
-                        );
-                    }
-                }
+                prepare_send(
+                    &mut hdrs[i],
+                    &mut iov[i],
+                    &names[i],
+                    batch.bytes(&it),
+                    &mut control[i],
+                    &it,
+                );
             }
             {
                 let mut sq = self.ring.submission();
