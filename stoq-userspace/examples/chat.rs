@@ -13,32 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand_core::OsRng;
-use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::engine::EngineConfig;
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::handshake::{ClientConfig, ServerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let server_cfg = Arc::new(ServerConfig {
-        credential: Credential::RawKey {
-            key,
-            public: public.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    });
-    let client_cfg = Arc::new(ClientConfig {
-        server_name: "chat.example".into(),
-        trust: Trust::PinnedKey(public),
-        suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    });
+    let server_cfg = Arc::new(ServerConfig::raw_key(key, public.clone()));
+    let client_cfg = Arc::new(ClientConfig::pinned("chat.example", public));
 
     // The relay: remember every connection, forward each datagram to the others.
     let server = stoq::Endpoint::server(EngineConfig::new("127.0.0.1:0".parse()?), server_cfg)?;

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
-use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::engine::EngineConfig;
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::handshake::{ClientConfig, ServerConfig};
 use stoq::io::BackendKind;
 use stoq::{Connection, Endpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,23 +22,8 @@ pub const SERVER_NAME: &str = "e2e.stoq";
 /// A server with a fresh FALCON-512 key and a client that pins it.
 pub fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let server = ServerConfig {
-        credential: Credential::RawKey {
-            key,
-            public: public.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    };
-    let client = ClientConfig {
-        server_name: SERVER_NAME.into(),
-        trust: Trust::PinnedKey(public),
-        suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    };
+    let server = ServerConfig::raw_key(key, public.clone());
+    let client = ClientConfig::pinned(SERVER_NAME, public);
     (Arc::new(server), Arc::new(client))
 }
 

@@ -14,11 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand_core::OsRng;
 use stoq::Endpoint;
-use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::engine::{EngineConfig, XdpMode};
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::handshake::{ClientConfig, ServerConfig};
 use stoq::io::BackendKind;
 use stoq_netns::VethPair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,23 +55,8 @@ const SUBJECTS: [Subject; 4] = [
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
     (
-        Arc::new(ServerConfig {
-            credential: Credential::RawKey {
-                key,
-                public: public.clone(),
-            },
-            suites: CipherSuite::ALL.to_vec(),
-            params: TransportParams::default(),
-            client_auth: None,
-        }),
-        Arc::new(ClientConfig {
-            server_name: "bench.stoq".into(),
-            trust: Trust::PinnedKey(public),
-            suites: CipherSuite::local_preference().collect(),
-            sig_algs: vec![SigAlg::Falcon512],
-            params: TransportParams::default(),
-            credential: None,
-        }),
+        Arc::new(ServerConfig::raw_key(key, public.clone())),
+        Arc::new(ClientConfig::pinned("bench.stoq", public)),
     )
 }
 

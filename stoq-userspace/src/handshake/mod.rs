@@ -141,6 +141,36 @@ pub struct ServerConfig {
     pub client_auth: Option<Trust>,
 }
 
+impl ServerConfig {
+    /// A server that proves itself with a bare key pair (its clients pin `public`),
+    /// accepts every suite, uses the default transport parameters and does not
+    /// authenticate clients: the shortest way to a running server.
+    pub fn raw_key(key: SigningKey, public: VerifyingKey) -> Self {
+        Self {
+            credential: Credential::RawKey { key, public },
+            suites: CipherSuite::ALL.to_vec(),
+            params: TransportParams::default(),
+            client_auth: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A client that pins the server's `public` key for `server_name`, offers the suites
+    /// this CPU runs fastest first, uses the default transport parameters and presents
+    /// no credential.
+    pub fn pinned(server_name: impl Into<String>, public: VerifyingKey) -> Self {
+        Self {
+            server_name: server_name.into(),
+            sig_algs: vec![public.alg()],
+            trust: Trust::PinnedKey(public),
+            suites: CipherSuite::local_preference().collect(),
+            params: TransportParams::default(),
+            credential: None,
+        }
+    }
+}
+
 /// Why a handshake failed: one variant per reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -8,34 +8,17 @@ use std::time::Duration;
 
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
-use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigAlg, SigningKey};
 use stoq::engine::EngineConfig;
-use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::handshake::{ClientConfig, ServerConfig};
 use stoq::io::BackendKind;
 use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
-    let server = ServerConfig {
-        credential: Credential::RawKey {
-            key,
-            public: public.clone(),
-        },
-        suites: CipherSuite::ALL.to_vec(),
-        params: TransportParams::default(),
-        client_auth: None,
-    };
-    let client = ClientConfig {
-        server_name: "test.stoq".into(),
-        trust: Trust::PinnedKey(public),
-        suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512],
-        params: TransportParams::default(),
-        credential: None,
-    };
+    let server = ServerConfig::raw_key(key, public.clone());
+    let client = ClientConfig::pinned("test.stoq", public);
     (Arc::new(server), Arc::new(client))
 }
 
