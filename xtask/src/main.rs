@@ -7,7 +7,8 @@
 //! cargo xtask selfcheck             build-ebpf, then the XDP self-check
 //! cargo xtask sim [--seeds N]       the transport simulator's property test over N seeds
 //! cargo xtask fuzz [--seconds N]    every fuzz target for N seconds (default 30)
-//! cargo xtask bench [ARGS]          criterion micro-benchmarks
+//! cargo xtask bench [ARGS]          the end-to-end harness (root): STOQ vs quinn, TCP, raw UDP
+//! cargo xtask bench --micro [ARGS]  the criterion micro-benchmarks
 //! ```
 //!
 //! Only `std` is used, so the tool compiles in seconds on a fresh machine.
@@ -30,7 +31,9 @@ fn usage() -> ExitCode {
          sim [--seeds N] [--first F] [--seed S]\n                      \
          the simulator property test (default 1,000 seeds; --seed replays one)\n  \
          fuzz [--seconds N] [TARGET...]  run fuzz targets (default: all, 30 s each)\n  \
-         bench [ARGS]        run the criterion benchmarks (ARGS go to criterion)"
+         bench [ARGS]        build-ebpf, then the end-to-end harness as root (ARGS go to\n                      \
+         stoq-bench: --quick, --reps N, --only G, --iface IF --peer ADDR ...)\n  \
+         bench --micro [ARGS]  the criterion micro-benchmarks (ARGS go to criterion)"
     );
     ExitCode::from(2)
 }
@@ -191,21 +194,25 @@ fn selfcheck(extra: &[String]) -> Result<(), Fail> {
     run(&mut c)
 }
 
-/// `cargo xtask bench [--quick] [criterion args]`: the criterion micro-benchmarks (not with
-/// `--quick`), then the end-to-end harness over a veth pair on every backend (root).
+/// `cargo xtask bench [ARGS]`: the end-to-end harness (`stoq-bench`, root), built in
+/// release mode with the XDP object; `--micro [ARGS]`: the criterion micro-benchmarks.
 fn bench(extra: &[String]) -> Result<(), Fail> {
-    let _ = ebpf_or_reason()?;
-    let quick = extra.iter().any(|a| a == "--quick");
-    if !quick {
+    if extra.first().is_some_and(|a| a == "--micro") {
         let mut c = cargo();
-        c.args(["bench", "-p", "stoq-benches", "--"]).args(extra);
-        run(&mut c)?;
+        c.args(["bench", "-p", "stoq-benches", "--"])
+            .args(&extra[1..]);
+        return run(&mut c);
     }
     if !is_root() {
         return Err(Fail(
-            "the end-to-end benchmark needs root (network namespaces, XDP): run it as root".into(),
+            "the end-to-end benchmark needs root: it creates network namespaces joined by veth \
+             pairs, attaches XDP programs and shapes a link with tc. Run it as root \
+             (sudo -E cargo xtask bench), or run `cargo xtask bench --micro` for the \
+             micro-benchmarks, which need nothing"
+                .into(),
         ));
     }
+    let _ = ebpf_or_reason()?;
     let mut c = cargo();
     c.args([
         "run",
@@ -216,10 +223,8 @@ fn bench(extra: &[String]) -> Result<(), Fail> {
         "--bin",
         "stoq-bench",
         "--",
-    ]);
-    if quick {
-        c.arg("--quick");
-    }
+    ])
+    .args(extra);
     run(&mut c)
 }
 

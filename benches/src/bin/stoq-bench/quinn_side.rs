@@ -1,0 +1,219 @@
+//! quinn 0.11 (rustls with its ring provider): the same scenarios through quinn's API, the
+//! way its users write them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::roles::{Hold, Ready, Stop, runtime};
+use crate::spec::{Outcome, RoleSpec, Scenario, Subject, unhex};
+
+const NAME: &str = "bench.stoq";
+
+fn transport(spec: &RoleSpec) -> Result<Arc<TransportConfig>, String> {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(Duration::from_secs(300)).map_err(|e| e.to_string())?,
+    ));
+    if spec.udp_payload > 1452 {
+        let mut m = MtuDiscoveryConfig::default();
+        m.upper_bound(spec.udp_payload.min(65_527) as u16);
+        t.mtu_discovery_config(Some(m));
+    }
+    if matches!(spec.subject, Subject::Quinn { tuned: true }) {
+        // Windows sized for a 10 Gbit/s path with a few milliseconds of queue: what a user
+        // chasing throughput would set.
+        t.stream_receive_window(VarInt::from_u32(32 << 20));
+        t.receive_window(VarInt::from_u32(64 << 20));
+        t.send_window(64 << 20);
+    }
+    Ok(Arc::new(t))
+}
+
+fn cert(spec: &RoleSpec) -> Result<CertificateDer<'static>, String> {
+    Ok(CertificateDer::from(unhex(&spec.keys.quinn_cert)?))
+}
+
+/// Runs quinn's server until `stop`.
+pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), String> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(unhex(&spec.keys.quinn_key)?));
+    let mut sc =
+        quinn::ServerConfig::with_single_cert(vec![cert(spec)?], key).map_err(|e| e.to_string())?;
+    sc.transport_config(transport(spec)?);
+    let addr = spec.server;
+    runtime()?.block_on(async move {
+        let ep = quinn::Endpoint::server(sc, addr).map_err(|e| e.to_string())?;
+        ready("quinn-udp (GSO/GRO where the kernel has them)".into());
+        let ep2 = ep.clone();
+        tokio::spawn(async move {
+            while let Some(inc) = ep2.accept().await {
+                tokio::spawn(async move {
+                    let Ok(c) = inc.await else { return };
+                    let c2 = c.clone();
+                    tokio::spawn(async move {
+                        while let Ok((mut w, mut r)) = c2.accept_bi().await {
+                            tokio::spawn(async move {
+                                let mut b = [0u8; 64];
+                                while r.read_exact(&mut b).await.is_ok() {
+                                    if w.write_all(&b).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                    });
+                    while let Ok(mut r) = c.accept_uni().await {
+                        let c = c.clone();
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 256 << 10];
+                            let mut n = 0u64;
+                            while let Ok(Some(k)) = r.read(&mut buf).await {
+                                n += k as u64;
+                            }
+                            if let Ok(mut s) = c.open_uni().await {
+                                let _ = s.write_all(&n.to_be_bytes()).await;
+                                let _ = s.finish();
+                                let _ = s.stopped().await;
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        stop.notified().await;
+        ep.close(0u32.into(), b"");
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+        Ok::<_, String>(())
+    })
+}
+
+/// Runs the client's scenario on quinn.
+pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert(spec)?).map_err(|e| e.to_string())?;
+    let mut cc =
+        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|e| e.to_string())?;
+    cc.transport_config(transport(spec)?);
+    let (bind, to, scenario) = (spec.client_bind, spec.server, spec.scenario);
+    runtime()?.block_on(async move {
+        let mut ep = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+        ep.set_default_client_config(cc);
+        let connect = move |ep: quinn::Endpoint| async move {
+            ep.connect(to, NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut out = Outcome {
+            detail: "quinn-udp".into(),
+            ..Outcome::default()
+        };
+        match scenario {
+            Scenario::Bulk { .. } | Scenario::Shaped { .. } => {
+                let (conns, secs, shaped) = scenario.bulk_shape();
+                let probe = if shaped {
+                    let p = crate::plain::Probe::start(bind, to)?;
+                    out.base_rtt_us = p.baseline();
+                    p.run();
+                    Some(p)
+                } else {
+                    None
+                };
+                let mut cs = Vec::new();
+                for _ in 0..conns {
+                    cs.push(connect(ep.clone()).await?);
+                }
+                out.cpu_start_s = crate::spec::cpu_seconds();
+                let t = Instant::now();
+                let mut joins = Vec::new();
+                for c in cs {
+                    joins.push(tokio::spawn(async move {
+                        let chunk = vec![0x5au8; 256 << 10];
+                        let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
+                        let mut sent = 0u64;
+                        while t.elapsed().as_secs_f64() < secs {
+                            s.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                            sent += chunk.len() as u64;
+                        }
+                        s.finish().map_err(|e| e.to_string())?;
+                        let mut back = c.accept_uni().await.map_err(|e| e.to_string())?;
+                        let mut b = [0u8; 8];
+                        back.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+                        let got = u64::from_be_bytes(b);
+                        c.close(0u32.into(), b"");
+                        if got != sent {
+                            return Err(format!("the server counted {got} of {sent} bytes"));
+                        }
+                        Ok::<_, String>(sent)
+                    }));
+                }
+                for j in joins {
+                    out.bytes += j.await.map_err(|e| e.to_string())??;
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                if let Some(p) = probe {
+                    out.quantiles_us = p.finish();
+                }
+            }
+            Scenario::Rr { secs } => {
+                let c = connect(ep.clone()).await?;
+                let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                let mut lat = Vec::with_capacity(1 << 20);
+                let req = [7u8; 64];
+                let mut resp = [0u8; 64];
+                let t = Instant::now();
+                while t.elapsed().as_secs_f64() < secs {
+                    let s = Instant::now();
+                    w.write_all(&req).await.map_err(|e| e.to_string())?;
+                    r.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
+                    lat.push(s.elapsed().as_nanos() as u64);
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = lat.len() as u64;
+                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                c.close(0u32.into(), b"");
+            }
+            Scenario::Handshakes { secs } => {
+                let t = Instant::now();
+                while t.elapsed().as_secs_f64() < secs {
+                    let c = connect(ep.clone()).await?;
+                    c.close(0u32.into(), b"");
+                    out.count += 1;
+                }
+                out.secs = t.elapsed().as_secs_f64();
+            }
+            Scenario::Idle { conns } => {
+                let tasks = 32.min(conns.max(1));
+                let t = Instant::now();
+                let mut joins = Vec::new();
+                for i in 0..tasks {
+                    let ep = ep.clone();
+                    let n = conns / tasks + usize::from(i < conns % tasks);
+                    joins.push(tokio::spawn(async move {
+                        let mut v = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            v.push(connect(ep.clone()).await?);
+                        }
+                        Ok::<_, String>(v)
+                    }));
+                }
+                let mut held = Vec::with_capacity(conns);
+                for j in joins {
+                    held.extend(j.await.map_err(|e| e.to_string())??);
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = held.len() as u64;
+                out.rss_kib = crate::spec::rss_kib();
+                hold(held.len());
+                for c in &held {
+                    c.close(0u32.into(), b"");
+                }
+            }
+        }
+        ep.close(0u32.into(), b"");
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+        Ok(out)
+    })
+}

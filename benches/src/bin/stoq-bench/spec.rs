@@ -1,0 +1,221 @@
+//! What the orchestrator tells a role process, and what the role answers: both JSON, one
+//! line each, so the same exchange works through a pipe (local namespaces) and through the
+//! agent's TCP connection (`--peer`).
+
+use serde::{Deserialize, Serialize};
+
+/// A thing measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Subject {
+    /// STOQ on one backend (`af_xdp`, `io_uring`, `udp`), XDP attach mode (`driver`,
+    /// `skb`, `auto`) and cipher suite (`aes256gcm`, `chacha20poly1305`).
+    Stoq {
+        backend: String,
+        xdp: String,
+        suite: String,
+    },
+    /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
+    Quinn { tuned: bool },
+    /// Kernel TCP with this congestion control, no encryption.
+    Tcp { cc: String },
+    /// Raw UDP datagrams, no crypto and no protocol (sendmmsg/recvmmsg with GSO/GRO).
+    RawUdp,
+}
+
+impl Subject {
+    /// A short label for tables and charts.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Self::Stoq {
+                backend,
+                xdp,
+                suite,
+            } => {
+                let b = match (backend.as_str(), xdp.as_str()) {
+                    ("af_xdp", "driver") => "af_xdp drv".to_string(),
+                    ("af_xdp", "skb") => "af_xdp skb".to_string(),
+                    (b, _) => b.to_string(),
+                };
+                let s = if suite == "chacha20poly1305" {
+                    ", ChaCha20"
+                } else {
+                    ""
+                };
+                format!("STOQ {b}{s}")
+            }
+            Self::Quinn { tuned: false } => "quinn (default)".into(),
+            Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
+            Self::Tcp { cc } => format!("TCP {}", cc.to_uppercase()),
+            Self::RawUdp => "raw UDP".into(),
+        }
+    }
+
+    /// The STOQ subject on `backend` with the default suite.
+    pub(crate) fn stoq(backend: &str, xdp: &str) -> Self {
+        Self::Stoq {
+            backend: backend.into(),
+            xdp: xdp.into(),
+            suite: "aes256gcm".into(),
+        }
+    }
+
+    /// Whether this subject encrypts.
+    pub(crate) fn encrypts(&self) -> bool {
+        matches!(self, Self::Stoq { .. } | Self::Quinn { .. })
+    }
+}
+
+/// What a client does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Scenario {
+    /// `conns` connections, one stream each, sending for `secs`.
+    Bulk { conns: usize, secs: f64 },
+    /// 64-byte request, 64-byte response, one outstanding, for `secs`.
+    Rr { secs: f64 },
+    /// Sequential full handshakes for `secs`.
+    Handshakes { secs: f64 },
+    /// Open `conns` connections and hold them until told to let go.
+    Idle { conns: usize },
+    /// One connection sending for `secs` while a UDP probe measures the round trip every
+    /// 10 ms (the bottleneck run).
+    Shaped { secs: f64 },
+}
+
+impl Scenario {
+    /// For a transfer (bulk or shaped): connections, seconds and whether to probe the
+    /// round trip; `(0, 0.0, false)` for the rest.
+    pub(crate) fn bulk_shape(self) -> (usize, f64, bool) {
+        match self {
+            Self::Bulk { conns, secs } => (conns, secs, false),
+            Self::Shaped { secs } => (1, secs, true),
+            _ => (0, 0.0, false),
+        }
+    }
+}
+
+/// Everything a role process needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RoleSpec {
+    /// `server` or `client`.
+    pub(crate) role: String,
+    pub(crate) subject: Subject,
+    pub(crate) scenario: Scenario,
+    /// The server's address (the client connects to it; the server binds it).
+    pub(crate) server: std::net::SocketAddr,
+    /// The client's bind address (port 0).
+    pub(crate) client_bind: std::net::SocketAddr,
+    /// The CPUs this process runs on.
+    pub(crate) cpus: Vec<usize>,
+    /// Largest UDP payload (STOQ's datagram size, raw UDP's datagram size).
+    pub(crate) udp_payload: usize,
+    /// Key material for both sides, hex: STOQ's FALCON key pair, quinn's certificate and key.
+    pub(crate) keys: Keys,
+}
+
+/// Key material generated once by the orchestrator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Keys {
+    pub(crate) stoq_secret: String,
+    pub(crate) stoq_public: String,
+    pub(crate) quinn_cert: String,
+    pub(crate) quinn_key: String,
+}
+
+/// A role's last line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Outcome {
+    /// Bytes delivered (counted by the receiver).
+    pub(crate) bytes: u64,
+    /// Seconds the measured part took.
+    pub(crate) secs: f64,
+    /// Round trips or handshakes completed.
+    pub(crate) count: u64,
+    /// Latency quantiles in microseconds, 0.0..=1.0 in 1,000 steps (request/response and
+    /// probe runs).
+    pub(crate) quantiles_us: Vec<f64>,
+    /// Probe round trips before the transfer (bottleneck run), microseconds, median.
+    pub(crate) base_rtt_us: f64,
+    /// CPU seconds (user + system) of the process over the measured part: a client counts
+    /// from [`Outcome::cpu_start_s`], the orchestrator subtracts a server's start-up.
+    pub(crate) cpu_s: f64,
+    /// The process's CPU seconds when the measured part began.
+    pub(crate) cpu_start_s: f64,
+    /// Resident memory at the end, KiB.
+    pub(crate) rss_kib: u64,
+    /// How the backend ran (STOQ), or the socket options used.
+    pub(crate) detail: String,
+    /// Datagrams sent and received (raw UDP), to show loss.
+    pub(crate) sent: u64,
+}
+
+/// Encodes bytes as lower-case hex.
+pub(crate) fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// Decodes lower-case hex.
+pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err("odd hex length".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// CPU seconds this process has used.
+pub(crate) fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// This process's resident memory, KiB.
+pub(crate) fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Pins the calling process's threads (present and future) to `cpus`.
+pub(crate) fn pin(cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: c is below CPU_SETSIZE for any machine this runs on.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is this thread; the set is valid for its size.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+}
+
+/// Latency quantiles (1,001 points, microseconds) of `ns`, which it sorts.
+pub(crate) fn quantiles(ns: &mut [u64]) -> Vec<f64> {
+    if ns.is_empty() {
+        return Vec::new();
+    }
+    ns.sort_unstable();
+    (0..=1000)
+        .map(|i| {
+            let idx = ((ns.len() - 1) * i) / 1000;
+            ns[idx] as f64 / 1e3
+        })
+        .collect()
+}

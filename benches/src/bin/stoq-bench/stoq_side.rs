@@ -1,0 +1,230 @@
+//! STOQ's server and client roles, through the public async API a user would write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stoq::Endpoint;
+use stoq::crypto::CipherSuite;
+use stoq::crypto::sig::{SigningKey, VerifyingKey};
+use stoq::engine::{EngineConfig, XdpMode};
+use stoq::handshake::{ClientConfig, ServerConfig};
+use stoq::io::BackendKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::roles::{Hold, Ready, Stop, runtime};
+use crate::spec::{Outcome, RoleSpec, Scenario, Subject, unhex};
+
+const NAME: &str = "bench.stoq";
+/// Long enough to hold 100,000 idle connections while the last ones are opened.
+const IDLE_MS: u64 = 300_000;
+
+fn engine(spec: &RoleSpec, bind: std::net::SocketAddr) -> Result<EngineConfig, String> {
+    let Subject::Stoq { backend, xdp, .. } = &spec.subject else {
+        return Err("not a STOQ subject".into());
+    };
+    let mut e = EngineConfig::new(bind);
+    e.backend = Some(BackendKind::parse(backend).ok_or_else(|| format!("backend {backend}"))?);
+    e.xdp_mode = match xdp.as_str() {
+        "driver" => XdpMode::Driver,
+        "skb" => XdpMode::Skb,
+        _ => XdpMode::Auto,
+    };
+    e.workers = spec.cpus.len().max(1);
+    e.first_cpu = spec.cpus.first().copied().unwrap_or(0);
+    e.endpoint.max_udp_payload = spec.udp_payload;
+    e.endpoint.max_connections = 250_000;
+    Ok(e)
+}
+
+fn suite(spec: &RoleSpec) -> CipherSuite {
+    match &spec.subject {
+        Subject::Stoq { suite, .. } if suite == "chacha20poly1305" => CipherSuite::ChaCha20Poly1305,
+        _ => CipherSuite::Aes256Gcm,
+    }
+}
+
+fn public(spec: &RoleSpec) -> Result<VerifyingKey, String> {
+    VerifyingKey::from_bytes(&unhex(&spec.keys.stoq_public)?).map_err(|e| e.to_string())
+}
+
+/// Runs the server until `stop`: bulk streams are counted and answered with their byte
+/// count, request/response streams echoed, every connection held until the peer closes.
+pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), String> {
+    let key = SigningKey::from_bytes(&unhex(&spec.keys.stoq_secret)?).map_err(|e| e.to_string())?;
+    let mut cfg = ServerConfig::raw_key(key, public(spec)?);
+    cfg.params.max_idle_timeout_ms = IDLE_MS;
+    cfg.params.max_udp_payload_size = spec.udp_payload as u64;
+    let e = engine(spec, spec.server)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Arc::new(Endpoint::server(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
+        ready(server.info().detail.clone());
+        let s2 = server.clone();
+        tokio::spawn(async move {
+            while let Some(c) = s2.accept().await {
+                tokio::spawn(async move {
+                    let c2 = c.clone();
+                    tokio::spawn(async move {
+                        while let Ok((mut w, mut r)) = c2.accept_bi().await {
+                            tokio::spawn(async move {
+                                let mut b = [0u8; 64];
+                                while r.read_exact(&mut b).await.is_ok() {
+                                    if w.write_all(&b).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                    });
+                    while let Ok(mut r) = c.accept_uni().await {
+                        let c = c.clone();
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 256 << 10];
+                            let mut n = 0u64;
+                            while let Ok(k) = r.read(&mut buf).await {
+                                if k == 0 {
+                                    break;
+                                }
+                                n += k as u64;
+                            }
+                            if let Ok(mut s) = c.open_uni().await {
+                                let _ = s.write_all(&n.to_be_bytes()).await;
+                                let _ = s.finish();
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        stop.notified().await;
+        server.shutdown(Duration::from_secs(1)).await;
+        Ok::<_, String>(())
+    })
+}
+
+/// Runs the client's scenario.
+pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
+    let mut cfg = ClientConfig::pinned(NAME, public(spec)?);
+    cfg.suites = vec![suite(spec)];
+    cfg.params.max_idle_timeout_ms = IDLE_MS;
+    cfg.params.max_udp_payload_size = spec.udp_payload as u64;
+    let e = engine(spec, spec.client_bind)?;
+    let (to, bind) = (spec.server, spec.client_bind);
+    let scenario = spec.scenario;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let client = Arc::new(Endpoint::client(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
+        let mut out = Outcome {
+            detail: client.info().detail.clone(),
+            ..Outcome::default()
+        };
+        match scenario {
+            Scenario::Bulk { conns, secs } => bulk(&client, to, conns, secs, &mut out).await?,
+            Scenario::Shaped { secs } => {
+                let probe = crate::plain::Probe::start(bind, to)?;
+                out.base_rtt_us = probe.baseline();
+                probe.run();
+                bulk(&client, to, 1, secs, &mut out).await?;
+                out.quantiles_us = probe.finish();
+            }
+            Scenario::Rr { secs } => {
+                let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
+                let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                let mut lat = Vec::with_capacity(1 << 20);
+                let req = [7u8; 64];
+                let mut resp = [0u8; 64];
+                let t = Instant::now();
+                while t.elapsed().as_secs_f64() < secs {
+                    let s = Instant::now();
+                    w.write_all(&req).await.map_err(|e| e.to_string())?;
+                    r.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
+                    lat.push(s.elapsed().as_nanos() as u64);
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = lat.len() as u64;
+                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                c.close(0, b"");
+            }
+            Scenario::Handshakes { secs } => {
+                let t = Instant::now();
+                while t.elapsed().as_secs_f64() < secs {
+                    let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
+                    c.close(0, b"");
+                    out.count += 1;
+                }
+                out.secs = t.elapsed().as_secs_f64();
+            }
+            Scenario::Idle { conns } => {
+                let tasks = 32.min(conns.max(1));
+                let mut joins = Vec::new();
+                for i in 0..tasks {
+                    let client = client.clone();
+                    let n = conns / tasks + usize::from(i < conns % tasks);
+                    joins.push(tokio::spawn(async move {
+                        let mut v = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            v.push(client.connect(to, NAME).await.map_err(|e| e.to_string())?);
+                        }
+                        Ok::<_, String>(v)
+                    }));
+                }
+                let t = Instant::now();
+                let mut held = Vec::with_capacity(conns);
+                for j in joins {
+                    held.extend(j.await.map_err(|e| e.to_string())??);
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = held.len() as u64;
+                out.rss_kib = crate::spec::rss_kib();
+                hold(held.len());
+                for c in &held {
+                    c.close(0, b"");
+                }
+            }
+        }
+        client.shutdown(Duration::from_secs(1)).await;
+        Ok(out)
+    })
+}
+
+async fn bulk(
+    client: &Arc<Endpoint>,
+    to: std::net::SocketAddr,
+    conns: usize,
+    secs: f64,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    let mut cs = Vec::new();
+    for _ in 0..conns {
+        cs.push(client.connect(to, NAME).await.map_err(|e| e.to_string())?);
+    }
+    out.cpu_start_s = crate::spec::cpu_seconds();
+    let t = Instant::now();
+    let mut joins = Vec::new();
+    for c in cs {
+        joins.push(tokio::spawn(async move {
+            let chunk = vec![0x5au8; 256 << 10];
+            let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
+            let mut sent = 0u64;
+            while t.elapsed().as_secs_f64() < secs {
+                s.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                sent += chunk.len() as u64;
+            }
+            s.finish().map_err(|e| e.to_string())?;
+            let mut back = c.accept_uni().await.map_err(|e| e.to_string())?;
+            let mut b = [0u8; 8];
+            back.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            let got = u64::from_be_bytes(b);
+            c.close(0, b"");
+            if got != sent {
+                return Err(format!("the server counted {got} of {sent} bytes"));
+            }
+            Ok::<_, String>(sent)
+        }));
+    }
+    for j in joins {
+        out.bytes += j.await.map_err(|e| e.to_string())??;
+    }
+    out.secs = t.elapsed().as_secs_f64();
+    Ok(())
+}
