@@ -14,6 +14,96 @@ use std::time::{Duration, Instant};
 
 /// Frames held at most per direction (beyond, new frames are dropped and counted).
 const MAX_HELD: usize = 50_000;
+/// Frames per `recvmmsg`/`sendmmsg`.
+const BATCH: usize = 64;
+/// Room per received frame (offloads are off on the bridged links: frames are MTU-sized).
+const SLOT: usize = 16 << 10;
+
+/// Receives up to [`BATCH`] frames into `arena` (slot `i` at `i * SLOT`); returns their
+/// lengths.
+fn recv_batch(fd: &OwnedFd, arena: &mut [u8]) -> Vec<usize> {
+    let mut iov: Vec<libc::iovec> = arena
+        .chunks_mut(SLOT)
+        .take(BATCH)
+        .map(|c| libc::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: c.len(),
+        })
+        .collect();
+    // SAFETY: zeroed mmsghdrs are valid; each is pointed at one iovec below.
+    let mut hdr: Vec<libc::mmsghdr> = (0..iov.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (h, v) in hdr.iter_mut().zip(iov.iter_mut()) {
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: hdr and the buffers its iovecs point into outlive the call.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            hdr.as_mut_ptr(),
+            hdr.len() as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n <= 0 {
+        return Vec::new();
+    }
+    hdr[..n as usize]
+        .iter()
+        .map(|h| h.msg_len as usize)
+        .collect()
+}
+
+/// Sends `frames` with one `sendmmsg`; returns how many the kernel took.
+fn send_batch<'a>(fd: &OwnedFd, frames: impl Iterator<Item = &'a [u8]>) -> usize {
+    let mut iov: Vec<libc::iovec> = frames
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr().cast_mut().cast(),
+            iov_len: f.len(),
+        })
+        .collect();
+    // SAFETY: zeroed mmsghdrs are valid; each is pointed at one iovec below.
+    let mut hdr: Vec<libc::mmsghdr> = (0..iov.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (h, v) in hdr.iter_mut().zip(iov.iter_mut()) {
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    let mut done = 0;
+    while done < hdr.len() {
+        // SAFETY: the headers and the frames they point at outlive the call; the kernel
+        // only reads the frames.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdr[done..].as_mut_ptr(),
+                (hdr.len() - done) as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            // The frame at `done` was refused: count it dropped and go on with the rest.
+            return done + send_batch_rest(fd, &mut hdr[done + 1..]);
+        }
+        done += n as usize;
+    }
+    done
+}
+
+fn send_batch_rest(fd: &OwnedFd, hdr: &mut [libc::mmsghdr]) -> usize {
+    let mut ok = 0;
+    for h in hdr {
+        // SAFETY: as in send_batch; one header at a time.
+        if unsafe { libc::sendmsg(fd.as_raw_fd(), &h.msg_hdr, libc::MSG_DONTWAIT) } >= 0 {
+            ok += 1;
+        }
+    }
+    ok
+}
 
 /// An `AF_PACKET` socket bound to one interface, seeing every frame it receives but not
 /// the ones it sends.
@@ -127,7 +217,7 @@ impl Delay {
                     },
                 ];
                 let mut pool: Vec<Vec<u8>> = Vec::new();
-                let mut scratch = vec![0u8; 65_536];
+                let mut rx = vec![0u8; BATCH * SLOT];
                 while !st.load(Ordering::Relaxed) {
                     let now = Instant::now();
                     let next = dirs
@@ -157,42 +247,38 @@ impl Delay {
                     unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
                     let now = Instant::now();
                     for d in &mut dirs {
-                        for _ in 0..256 {
-                            // SAFETY: receives into a buffer we own, of its length.
-                            let n = unsafe {
-                                libc::recv(
-                                    d.from.as_raw_fd(),
-                                    scratch.as_mut_ptr().cast(),
-                                    scratch.len(),
-                                    0,
-                                )
-                            };
-                            if n <= 0 {
+                        for _ in 0..8 {
+                            let got = recv_batch(&d.from, &mut rx);
+                            for (i, &n) in got.iter().enumerate() {
+                                if d.held.len() >= MAX_HELD {
+                                    s2.dropped.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                let mut b = pool.pop().unwrap_or_default();
+                                b.clear();
+                                b.extend_from_slice(&rx[i * SLOT..i * SLOT + n]);
+                                d.held.push_back((now + one_way, b));
+                            }
+                            if got.len() < BATCH {
                                 break;
                             }
-                            if d.held.len() >= MAX_HELD {
-                                s2.dropped.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            let mut b = pool.pop().unwrap_or_default();
-                            b.clear();
-                            b.extend_from_slice(&scratch[..n as usize]);
-                            d.held.push_back((now + one_way, b));
                         }
-                        while d.held.front().is_some_and(|f| f.0 <= now) {
-                            let Some((_, b)) = d.held.pop_front() else {
+                        loop {
+                            let due = d.held.iter().take(BATCH).take_while(|f| f.0 <= now).count();
+                            if due == 0 {
                                 break;
-                            };
-                            // SAFETY: sends the initialised bytes of a buffer we own.
-                            let r = unsafe {
-                                libc::send(d.to.as_raw_fd(), b.as_ptr().cast(), b.len(), 0)
-                            };
-                            if r < 0 {
-                                s2.dropped.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                s2.forwarded.fetch_add(1, Ordering::Relaxed);
                             }
-                            pool.push(b);
+                            let sent = send_batch(&d.to, d.held.iter().take(due).map(|f| &f.1[..]));
+                            // What the egress refused (TBF full, socket buffer full) is
+                            // dropped, as a router's full queue drops.
+                            let sent = sent.min(due);
+                            s2.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
+                            s2.dropped.fetch_add((due - sent) as u64, Ordering::Relaxed);
+                            for _ in 0..due {
+                                if let Some((_, b)) = d.held.pop_front() {
+                                    pool.push(b);
+                                }
+                            }
                         }
                     }
                 }

@@ -70,3 +70,6 @@ fn main() -> ExitCode {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,8 @@ usage: stoq-bench [OPTIONS]                 (as root; `cargo xtask bench` builds
   --reps N           repetitions per subject, interleaved (default 3)
   --queues N         rx/tx queues per veth side (default 1)
   --delay-ms N       one-way delay of the bottleneck run (default 10)
-  --rate-mbit N      TBF rate of the bottleneck run (default 1000)
+  --rate-mbit N      TBF rate of the bottleneck run (default 500: on a 2-core machine the
+                     delay emulator itself tops out near 1 Gbit/s)
   --only G[,G...]    only these groups: bulk1 bulk8 jumbo rr handshakes idle scaling bottleneck
   --iface IF --peer ADDR
                      across a real NIC: this host is the client, ADDR the server, running
@@ -49,7 +50,7 @@ impl Options {
             reps: 3,
             queues: 1,
             delay_ms: 10,
-            rate_mbit: 1000,
+            rate_mbit: 500,
             only: None,
             iface: None,
             peer: None,
@@ -210,19 +211,22 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         reps: o.reps,
         cases: rr_subjects.into_iter().map(|s| case(s, rr)).collect(),
     });
-    let hs = Scenario::Handshakes {
-        secs: if q { 0.5 } else { 3.0 },
-    };
-    v.push(Group {
-        id: "handshakes",
-        title: "Sequential full handshakes, one server core".into(),
-        path: Path::Veth(1500),
-        reps: o.reps,
-        cases: vec![
-            case(Subject::stoq("io_uring", "auto"), hs),
-            case(Subject::Quinn { tuned: false }, hs),
-        ],
-    });
+    for (parallel, how) in [(1, "sequential"), (8, "8 in flight")] {
+        let hs = Scenario::Handshakes {
+            secs: if q { 0.5 } else { 3.0 },
+            parallel,
+        };
+        v.push(Group {
+            id: "handshakes",
+            title: format!("Full handshakes, {how}, one server core"),
+            path: Path::Veth(1500),
+            reps: o.reps,
+            cases: vec![
+                case(Subject::stoq("io_uring", "auto"), hs),
+                case(Subject::Quinn { tuned: false }, hs),
+            ],
+        });
+    }
     for (n, reps) in if q {
         [(200, 1), (1000, 1)]
     } else {
@@ -391,7 +395,7 @@ fn run_case(topo: &Topo, c: &Case, keys: &Keys) -> Result<(Outcome, Outcome, [u6
         Scenario::Idle { conns } => 60 + conns as u64 / 100,
         Scenario::Bulk { secs, .. }
         | Scenario::Rr { secs }
-        | Scenario::Handshakes { secs }
+        | Scenario::Handshakes { secs, .. }
         | Scenario::Shaped { secs } => 60 + secs as u64,
     };
     if idle {

@@ -72,8 +72,9 @@ pub(crate) enum Scenario {
     Bulk { conns: usize, secs: f64 },
     /// 64-byte request, 64-byte response, one outstanding, for `secs`.
     Rr { secs: f64 },
-    /// Sequential full handshakes for `secs`.
-    Handshakes { secs: f64 },
+    /// Full handshakes for `secs`, `parallel` at a time (each connects, completes the
+    /// handshake, closes and starts over).
+    Handshakes { secs: f64, parallel: usize },
     /// Open `conns` connections and hold them until told to let go.
     Idle { conns: usize },
     /// One connection sending for `secs` while a UDP probe measures the round trip every

@@ -145,12 +145,23 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 out.quantiles_us = crate::spec::quantiles(&mut lat);
                 c.close(0, b"");
             }
-            Scenario::Handshakes { secs } => {
+            Scenario::Handshakes { secs, parallel } => {
                 let t = Instant::now();
-                while t.elapsed().as_secs_f64() < secs {
-                    let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
-                    c.close(0, b"");
-                    out.count += 1;
+                let mut joins = Vec::new();
+                for _ in 0..parallel.max(1) {
+                    let client = client.clone();
+                    joins.push(tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while t.elapsed().as_secs_f64() < secs {
+                            let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
+                            c.close(0, b"");
+                            n += 1;
+                        }
+                        Ok::<_, String>(n)
+                    }));
+                }
+                for j in joins {
+                    out.count += j.await.map_err(|e| e.to_string())??;
                 }
                 out.secs = t.elapsed().as_secs_f64();
             }

@@ -235,7 +235,7 @@ impl Topo {
         let text = String::from_utf8_lossy(&out.stdout);
         let tbf = text
             .split_whitespace()
-            .skip_while(|w| *w != "dropped")
+            .skip_while(|w| w.trim_start_matches('(') != "dropped")
             .nth(1)?
             .trim_end_matches(',')
             .parse::<u64>()
