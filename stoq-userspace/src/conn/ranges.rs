@@ -1,10 +1,11 @@
 //! A small, bounded set of disjoint `u64` ranges: received packet numbers (for ACK
 //! frames) and CRYPTO-stream bytes pending or acknowledged.
 //!
-//! Stored as a sorted `Vec` of half-open ranges. The capacity is fixed at construction;
-//! when an insertion would exceed it, the lowest range is forgotten (for ACK tracking that
-//! is the oldest information, which the peer no longer needs). So the set never allocates
-//! after construction and never grows without bound, whatever a peer sends.
+//! Stored as a sorted `Vec` of half-open ranges, at most `cap` of them; when an insertion
+//! would exceed that, the lowest range is forgotten (for ACK tracking that is the oldest
+//! information, which the peer no longer needs). The `Vec` grows on demand to at most
+//! `cap + 1` entries and is then reused, so the set never grows without bound whatever a
+//! peer sends, and an idle connection holds only the few ranges it has used.
 
 use std::ops::Range;
 
@@ -19,7 +20,7 @@ impl RangeSet {
     /// An empty set holding at most `cap` ranges.
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            ranges: Vec::with_capacity(cap.min(64) + 1),
+            ranges: Vec::new(),
             cap: cap.max(1),
         }
     }
@@ -169,13 +170,26 @@ mod tests {
     #[test]
     fn bounded_forgets_the_lowest() {
         let mut s = RangeSet::new(4);
+        assert_eq!(
+            s.ranges.capacity(),
+            0,
+            "nothing allocated before the first range"
+        );
+        let mut cap = None;
         for i in 0..100 {
             s.insert(i * 2..i * 2 + 1);
             assert!(s.len() <= 4);
+            if i == 10 {
+                cap = Some(s.ranges.capacity());
+            }
         }
         assert_eq!(s.iter().last(), Some(198..199));
         assert_eq!(s.first(), Some(192..193));
-        assert_eq!(s.ranges.capacity(), 5, "no reallocation");
+        assert_eq!(Some(s.ranges.capacity()), cap, "no reallocation once full");
+        assert!(
+            s.ranges.capacity() <= 8,
+            "bounded by the cap, not the traffic"
+        );
     }
 
     #[test]

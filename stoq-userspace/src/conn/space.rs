@@ -93,7 +93,8 @@ impl Space {
             ack_now: false,
             ack_deadline: None,
             unacked_eliciting: 0,
-            sent: VecDeque::with_capacity(64),
+            // Grown on demand (then reused): an idle connection holds only what it used.
+            sent: VecDeque::new(),
             eliciting_in_flight: 0,
             last_eliciting_sent: None,
             loss_time: None,
@@ -105,7 +106,7 @@ impl Space {
             crypto_in: BTreeMap::new(),
             crypto_in_bytes: 0,
             discarded: false,
-            records: VecDeque::with_capacity(64),
+            records: VecDeque::new(),
             records_base: 0,
         }
     }
@@ -151,13 +152,19 @@ impl Space {
         self.probes = 0;
     }
 
-    /// Drops keys and state for good (RFC 9001 §4.9).
+    /// Drops keys and state for good (RFC 9001 §4.9), and gives the memory back: the
+    /// Initial and Handshake spaces of an established connection hold nothing.
     pub(crate) fn discard(&mut self) {
         self.tx = None;
         self.rx = None;
         self.forget_in_flight();
-        self.crypto_pending.clear();
-        self.crypto_in.clear();
+        self.sent = VecDeque::new();
+        self.records = VecDeque::new();
+        self.crypto_out = Vec::new();
+        self.crypto_pending = RangeSet::new(1);
+        self.crypto_acked = RangeSet::new(1);
+        self.received = RangeSet::new(1);
+        self.crypto_in = BTreeMap::new();
         self.crypto_in_bytes = 0;
         self.ack_now = false;
         self.ack_deadline = None;

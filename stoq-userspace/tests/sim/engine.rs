@@ -56,7 +56,7 @@ fn a_transfer_survives_a_lossy_path_and_a_blackhole() {
         });
         let conn = client.connect(b, "stoq.example").await.expect("connect");
         let data: Vec<u8> = (0..(4u32 << 20))
-            .map(|i| (i * 2_654_435_761) as u8)
+            .map(|i| i.wrapping_mul(2_654_435_761) as u8)
             .collect();
         let mut s = conn.open_uni().await.expect("open");
         s.write_all(&data).await.expect("write");
