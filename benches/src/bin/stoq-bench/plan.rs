@@ -487,7 +487,10 @@ pub(crate) fn run(o: &Options) -> Result<bool, String> {
         ceil.falcon512_signs_per_s
     );
     let mut veth = match (&o.iface, o.peer) {
-        (Some(_), Some(peer)) => {
+        (Some(iface), Some(peer)) => {
+            if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+                return Err(format!("--iface {iface}: no such interface here"));
+            }
             let client = local_ip_for(peer)?;
             Topo::Peer {
                 server: peer,

@@ -373,6 +373,86 @@ fn spread(row: &Row, k: &str, prec: usize) -> (String, String) {
     )
 }
 
+/// Every table where some peer beats STOQ's best backend, said plainly.
+fn trailing(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut titles: Vec<&str> = Vec::new();
+    for r in rows {
+        if !titles.contains(&r.title.as_str()) {
+            titles.push(&r.title);
+        }
+    }
+    for t in titles {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.title == t).collect();
+        let Some(kind) = mine
+            .iter()
+            .find_map(|r| r.median_run.as_ref().map(|m| m.scenario))
+        else {
+            continue;
+        };
+        let (key, lower, unit) = match kind {
+            Scenario::Bulk { .. } | Scenario::Shaped { .. } => ("gbps", false, "Gbit/s"),
+            Scenario::Rr { .. } => ("p50_us", true, "µs p50"),
+            Scenario::Handshakes { .. } => ("hs_per_s", false, "handshakes/s"),
+            Scenario::Idle { .. } => ("server_kib_per_conn", true, "KiB per connection"),
+        };
+        // Scaling rows compare like with like: the same cores.
+        let groups: Vec<Vec<usize>> = mine.iter().fold(Vec::new(), |mut v, r| {
+            if !v.contains(&r.server_cpus) {
+                v.push(r.server_cpus.clone());
+            }
+            v
+        });
+        for cpus in groups {
+            let same: Vec<&&Row> = mine.iter().filter(|r| r.server_cpus == cpus).collect();
+            let better = |a: f64, b: f64| if lower { a < b } else { a > b };
+            let Some(best) = same
+                .iter()
+                .filter(|r| matches!(r.subject, Subject::Stoq { .. }))
+                .filter_map(|r| Some((r, r.m(key)?)))
+                .reduce(|x, y| if better(y.1, x.1) { y } else { x })
+            else {
+                continue;
+            };
+            for p in same
+                .iter()
+                .filter(|r| !matches!(r.subject, Subject::Stoq { .. }))
+            {
+                let Some(v) = p.m(key) else { continue };
+                if better(v, best.1) {
+                    let cores = if groups_len(&mine) > 1 {
+                        format!(" ({} server cores)", cpus.len())
+                    } else {
+                        String::new()
+                    };
+                    out.push(format!(
+                        "**{t}{cores}:** {} {v:.2} {unit} against STOQ's best ({}) {:.2}{}.",
+                        p.label,
+                        best.0.label,
+                        best.1,
+                        if p.subject.encrypts() {
+                            ""
+                        } else {
+                            " (a peer without encryption)"
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn groups_len(rows: &[&Row]) -> usize {
+    let mut v: Vec<&Vec<usize>> = Vec::new();
+    for r in rows {
+        if !v.contains(&&r.server_cpus) {
+            v.push(&r.server_cpus);
+        }
+    }
+    v.len()
+}
+
 /// What held each bulk subject back, from each side's CPU use.
 fn bottleneck(row: &Row, aead: Option<f64>) -> String {
     let sc = row.server_cpus.len() as f64;
@@ -602,6 +682,18 @@ impl Report {
                     yes(mine <= q)
                 );
             }
+        }
+
+        let _ = writeln!(s, "\n## Where STOQ trails\n");
+        let trails = trailing(rows);
+        if trails.is_empty() {
+            let _ = writeln!(
+                s,
+                "Nowhere in this run: STOQ's best backend leads every peer in every table."
+            );
+        }
+        for t in trails {
+            let _ = writeln!(s, "- {t}");
         }
 
         // Tables, in plan order.

@@ -261,7 +261,10 @@ impl Topo {
                     .map_err(|e| format!("the agent on {peer}:{AGENT_PORT}: {e}"))?;
                 let mut w = s.try_clone().map_err(|e| e.to_string())?;
                 writeln!(w, "{json}").map_err(|e| e.to_string())?;
-                return Ok(Proc::new(None, Box::new(w), Box::new(s)));
+                let control = s.try_clone().map_err(|e| e.to_string())?;
+                let mut p = Proc::new(None, Box::new(w), Box::new(s));
+                p.control = Some(control);
+                return Ok(p);
             }
             Self::Peer { .. } => None,
         };
@@ -289,6 +292,8 @@ impl Topo {
 /// A running role: its lines arrive on a channel so every wait has a deadline.
 pub(crate) struct Proc {
     child: Option<Child>,
+    /// The agent connection of a remote role: shut down to end it.
+    control: Option<TcpStream>,
     w: Option<Box<dyn Write + Send>>,
     lines: mpsc::Receiver<String>,
 }
@@ -319,6 +324,7 @@ impl Proc {
         });
         Self {
             child,
+            control: None,
             w: Some(w),
             lines,
         }
@@ -366,6 +372,9 @@ impl Proc {
     }
 
     fn kill(&mut self) {
+        if let Some(s) = &self.control {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(c) = &mut self.child {
             let _ = c.kill();
             let _ = c.wait();
@@ -377,6 +386,9 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.w = None;
+        if let Some(s) = &self.control {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
         if let Some(c) = &mut self.child {
             if matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(200));
@@ -385,6 +397,22 @@ impl Drop for Proc {
                 }
             }
             let _ = c.wait();
+        }
+    }
+}
+
+/// Copies line traffic as it comes (`std::io::copy` may splice socket to pipe and hold a
+/// short line back).
+fn pump(r: &mut impl std::io::Read, w: &mut impl Write) {
+    let mut b = [0u8; 4096];
+    loop {
+        match r.read(&mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if w.write_all(&b[..n]).and_then(|()| w.flush()).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -419,11 +447,20 @@ pub(crate) fn agent(listen: SocketAddr) -> Result<(), String> {
                 return;
             };
             let mut back = s;
-            let relay = std::thread::spawn(move || std::io::copy(&mut cout, &mut back));
-            let _ = std::io::copy(&mut r, &mut cin);
+            let relay = std::thread::spawn(move || pump(&mut cout, &mut back));
+            pump(&mut r, &mut cin);
             drop(cin);
-            let _ = relay.join();
+            // The role stops on end of input; one that does not within 10 s is killed, so
+            // a lost orchestrator never leaves a server holding the port.
+            for _ in 0..100 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
             let _ = child.wait();
+            let _ = relay.join();
         });
     }
     Ok(())
