@@ -209,11 +209,11 @@ fn rebinding(name: &str, mode: Mode, steering: bool) {
             |p: &Pair| -> u64 { p.server.worker_stats().iter().map(|w| w.handoffs_out).sum() };
         let mut moves = 0;
         let mut ports = Vec::new();
-        // At most 10 changes: with dozens 10 ms apart (each one starting a new path
-        // validation before the last finished), the connection stalls until its idle
-        // timeout in about one run in four. That is a transport defect noted on the
-        // issue (reproduce with MAX_MOVES = 40), not something this test may hide by
-        // retrying.
+        // At most 10 changes: with 40 changes 10 ms apart the uploading client still
+        // times out (idle, hearing nothing from the server) in about one run in eight of
+        // udp::rebinding_steered, after the path-validation timer was brought up to RFC
+        // 9000's recommendation. That is an open defect noted on the issue (reproduce with
+        // MAX_MOVES = 40), not something this test may hide by retrying.
         const MAX_MOVES: usize = 10;
         while !upload.is_finished() && moves < MAX_MOVES {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1239,7 +1239,10 @@ impl Connection {
             if let (Some(k), Some(last)) = (self.keep_alive, self.last_eliciting_1rtt) {
                 min(Some(last + k));
             }
-            min(self.path.validation.map(|v| v.deadline));
+            min(self
+                .path
+                .validation
+                .map(|v| v.deadline.min(v.next_challenge)));
             if !self.path.probe_in_flight {
                 min(self.path.next_probe);
             }
@@ -1291,6 +1294,17 @@ impl Connection {
             self.path.validation = None;
             self.remote = v.previous;
             self.validated = true;
+        }
+        let pto = self.pto_period(2);
+        if let Some(v) = self
+            .path
+            .validation
+            .as_mut()
+            .filter(|v| now >= v.next_challenge)
+        {
+            // No PATH_RESPONSE within a PTO: challenge again (same token).
+            v.challenge_pending = true;
+            v.next_challenge = now + pto;
         }
     }
 
@@ -1890,12 +1904,19 @@ impl Connection {
         let mut token = [0u8; 8];
         self.rng.fill_bytes(&mut token);
         let keep_previous = self.path.validation.map_or(previous, |v| v.previous);
+        // RFC 9000 §8.2.4: three times the larger of the current PTO and a new path's PTO
+        // from kInitialRtt (about 3 s). A shorter timer made back-to-back rebinds revert to
+        // an address the peer had closed, where a peer with nothing to send never learned
+        // of it and the connection idled out.
+        let fresh_path_pto = RttEstimator::default().pto_base();
+        let pto = self.pto_period(2).max(self.rtt.pto_base());
         self.path.validation = Some(path::Validation {
             remote,
             previous: keep_previous,
             token,
-            deadline: now + 3 * self.pto_period(2).max(self.rtt.pto_base()),
+            deadline: now + 3 * pto.max(fresh_path_pto),
             challenge_pending: true,
+            next_challenge: now + pto,
         });
     }
 

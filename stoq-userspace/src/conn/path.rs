@@ -36,6 +36,9 @@ pub(crate) struct Validation {
     pub(crate) token: [u8; 8],
     pub(crate) deadline: Instant,
     pub(crate) challenge_pending: bool,
+    /// When the challenge is sent again if no response came (a lost challenge, or one
+    /// sent to an address the peer had already left, must not fail the validation).
+    pub(crate) next_challenge: Instant,
 }
 
 #[derive(Debug)]
