@@ -709,9 +709,14 @@ impl Report {
             let run0 = self.runs.iter().find(|r| r.title == t);
             let _ = writeln!(
                 s,
-                "\n## {t}\n\nPath: {}; MTU {}; {} runs per subject.\n",
-                run0.map_or(String::new(), |r| r.path.clone()),
-                first.mtu,
+                "\n## {t}\n\nPath: {}; {} runs per subject.\n",
+                run0.map_or(String::new(), |r| {
+                    if r.path.contains("MTU") {
+                        r.path.clone()
+                    } else {
+                        format!("{}; MTU {}", r.path, first.mtu)
+                    }
+                }),
                 first.runs
             );
             let kind = run0.map(|r| r.scenario);
