@@ -1332,7 +1332,7 @@ impl Streams {
                     self.events.push_back(Event::StreamFinished(id));
                     self.maybe_free(id);
                 }
-                if self.blocked_writers && self.send_capacity(Urgency::Bulk) > 0 {
+                if self.blocked_writers && self.send_capacity(Urgency::Bulk) >= self.wake_room() {
                     self.wake_blocked_writers();
                 }
             }
@@ -1349,6 +1349,14 @@ impl Streams {
             }
             _ => {}
         }
+    }
+
+    /// Free send buffer a blocked writer waits for before it is woken: an eighth of the
+    /// buffer, at most 256 KiB. Waking it for every acknowledged packet made writer and
+    /// worker trade the CPU for a few kilobytes at a time (a context switch per ACK on
+    /// a shared core).
+    fn wake_room(&self) -> u64 {
+        (self.limits.send_buffer / 8).clamp(1, 256 << 10)
     }
 
     fn wake_blocked_writers(&mut self) {

@@ -121,7 +121,7 @@ pub(crate) fn tcp_client(spec: &RoleSpec) -> Result<Outcome, String> {
             let streams = (0..conns)
                 .map(|_| tcp_connect(spec, b'B'))
                 .collect::<Result<Vec<_>, _>>()?;
-            out.cpu_start_s = crate::spec::cpu_seconds();
+            crate::spec::start_measuring(&mut out);
             let t = Instant::now();
             let joins: Vec<_> = streams
                 .into_iter()
@@ -249,7 +249,7 @@ pub(crate) fn udp_client(spec: &RoleSpec) -> Result<Outcome, String> {
             let size = spec.udp_payload;
             let mut tx = TxBatch::new(256, size);
             tx.set_max_segments(caps.gso_segments.max(1));
-            out.cpu_start_s = crate::spec::cpu_seconds();
+            crate::spec::start_measuring(&mut out);
             let t = Instant::now();
             while t.elapsed().as_secs_f64() < secs {
                 while tx.has_room() {

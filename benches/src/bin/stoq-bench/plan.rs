@@ -386,10 +386,11 @@ fn run_case(topo: &Topo, c: &Case, keys: &Keys) -> Result<(Outcome, Outcome, [u6
     }
     // The server's start-up (key decoding, engine start) is not part of what it serves.
     s.send("cpu")?;
-    let cpu0: f64 = s
-        .expect("CPU", 10)?
-        .parse()
-        .map_err(|_| "bad CPU".to_string())?;
+    let line = s.expect("CPU", 10)?;
+    let mut it = line.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(cpu0)), Some(Ok(ctx0))) = (it.next(), it.next()) else {
+        return Err(format!("bad CPU line `{line}`"));
+    };
     let mut cl = topo.spawn(&spec("client", &c.client_cpus))?;
     let limit = match c.scenario {
         Scenario::Idle { conns } => 60 + conns as u64 / 100,
@@ -408,6 +409,7 @@ fn run_case(topo: &Topo, c: &Case, keys: &Keys) -> Result<(Outcome, Outcome, [u6
     let so = s.finish(30).map_err(|e| format!("server: {e}"));
     let mut so = so?;
     so.cpu_s -= cpu0;
+    so.ctx_switches -= ctx0;
     Ok((so, co?, rss))
 }
 

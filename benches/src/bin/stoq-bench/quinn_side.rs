@@ -125,7 +125,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 for _ in 0..conns {
                     cs.push(connect(ep.clone()).await?);
                 }
-                out.cpu_start_s = crate::spec::cpu_seconds();
+                crate::spec::start_measuring(&mut out);
                 let t = Instant::now();
                 let mut joins = Vec::new();
                 for c in cs {

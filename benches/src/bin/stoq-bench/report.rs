@@ -118,6 +118,8 @@ impl Run {
                 put("server_cpu_s_per_gb", s.cpu_s / gb);
                 put("client_cpu_s_per_gb", c.cpu_s / gb);
                 put("server_cores_busy", s.cpu_s / c.secs);
+                put("server_ctx_switches_per_gb", s.ctx_switches / gb);
+                put("client_ctx_switches_per_gb", c.ctx_switches / gb);
                 put("client_cores_busy", c.cpu_s / c.secs);
                 if c.sent > 0 {
                     put("loss", 1.0 - c.count as f64 / c.sent as f64);

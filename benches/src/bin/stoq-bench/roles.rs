@@ -103,7 +103,7 @@ fn server(spec: &RoleSpec) -> Result<Outcome, String> {
     for line in std::io::stdin().lock().lines() {
         match line.as_deref().map(str::trim) {
             Ok("rss") => println!("RSS {}", rss_kib()),
-            Ok("cpu") => println!("CPU {}", cpu_seconds()),
+            Ok("cpu") => println!("CPU {} {}", cpu_seconds(), crate::spec::ctx_switches()),
             Ok("stop") | Err(_) => break,
             Ok(_) => {}
         }
@@ -116,6 +116,7 @@ fn server(spec: &RoleSpec) -> Result<Outcome, String> {
     }
     Ok(Outcome {
         cpu_s: cpu_seconds(),
+        ctx_switches: crate::spec::ctx_switches(),
         rss_kib: rss_kib(),
         detail,
         ..Outcome::default()
@@ -135,6 +136,7 @@ fn client(spec: &RoleSpec) -> Result<Outcome, String> {
         Subject::RawUdp => crate::plain::udp_client(spec)?,
     };
     out.cpu_s = cpu_seconds() - out.cpu_start_s;
+    out.ctx_switches = crate::spec::ctx_switches() - out.ctx_start;
     if out.rss_kib == 0 {
         out.rss_kib = rss_kib();
     }

@@ -141,6 +141,12 @@ pub(crate) struct Outcome {
     pub(crate) cpu_s: f64,
     /// The process's CPU seconds when the measured part began.
     pub(crate) cpu_start_s: f64,
+    /// Context switches (voluntary and not) over the measured part, like `cpu_s`.
+    #[serde(default)]
+    pub(crate) ctx_switches: f64,
+    /// Context switches when the measured part began.
+    #[serde(default)]
+    pub(crate) ctx_start: f64,
     /// Resident memory at the end, KiB.
     pub(crate) rss_kib: u64,
     /// How the backend ran (STOQ), or the socket options used.
@@ -170,14 +176,31 @@ pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// CPU seconds this process has used.
-pub(crate) fn cpu_seconds() -> f64 {
+fn rusage() -> libc::rusage {
     // SAFETY: getrusage writes into the zeroed struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u
+}
+
+/// CPU seconds this process has used.
+pub(crate) fn cpu_seconds() -> f64 {
+    let u = rusage();
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Context switches this process's threads have made (voluntary and involuntary).
+pub(crate) fn ctx_switches() -> f64 {
+    let u = rusage();
+    (u.ru_nvcsw + u.ru_nivcsw) as f64
+}
+
+/// Marks the start of the measured part of a client's run.
+pub(crate) fn start_measuring(out: &mut Outcome) {
+    out.cpu_start_s = cpu_seconds();
+    out.ctx_start = ctx_switches();
 }
 
 /// This process's resident memory, KiB.

@@ -209,7 +209,7 @@ async fn bulk(
     for _ in 0..conns {
         cs.push(client.connect(to, NAME).await.map_err(|e| e.to_string())?);
     }
-    out.cpu_start_s = crate::spec::cpu_seconds();
+    crate::spec::start_measuring(out);
     let t = Instant::now();
     let mut joins = Vec::new();
     for c in cs {
