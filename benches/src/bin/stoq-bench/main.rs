@@ -6,6 +6,7 @@
 //! stoq-bench --iface IF --peer ADDR [...]     across a real NIC; the peer runs the agent
 //! stoq-bench agent [--listen ADDR]            the peer side of --peer (TCP port 4499)
 //! stoq-bench role JSON                        one server or client (spawned by the above)
+//! stoq-bench render DIR                       report.md and charts again from DIR/report.json
 //! ```
 //!
 //! Every server and client is its own process, pinned to its own CPUs, so each side's CPU
@@ -52,6 +53,24 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("stoq-bench agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("render") => {
+            // Writes report.md and the charts again from a run's report.json.
+            let Some(dir) = args.get(1).map(std::path::PathBuf::from) else {
+                eprintln!("stoq-bench render: needs the run's directory");
+                return ExitCode::from(2);
+            };
+            let r = std::fs::read_to_string(dir.join("report.json"))
+                .map_err(|e| e.to_string())
+                .and_then(|t| report::Report::from_json(&t))
+                .and_then(|r| r.write(&dir));
+            match r {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("stoq-bench render: {e}");
                     ExitCode::FAILURE
                 }
             }

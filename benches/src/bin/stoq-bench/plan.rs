@@ -26,7 +26,8 @@ usage: stoq-bench [OPTIONS]                 (as root; `cargo xtask bench` builds
                      across a real NIC: this host is the client, ADDR the server, running
                      `stoq-bench agent` (root); the bottleneck run is skipped
   --out DIR          where the report goes (default target/bench/<unix time>)
-stoq-bench agent [--listen ADDR]            the peer side of --peer (default 0.0.0.0:4499)";
+stoq-bench agent [--listen ADDR]            the peer side of --peer (default 0.0.0.0:4499)
+stoq-bench render DIR                       report.md and charts again from DIR/report.json";
 
 /// Command-line options.
 #[derive(Debug, Clone)]

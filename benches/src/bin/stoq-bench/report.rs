@@ -483,6 +483,25 @@ fn bottleneck(row: &Row, aead: Option<f64>) -> String {
 }
 
 impl Report {
+    /// Reads a `report.json` written by [`Report::write`] back (to render it again).
+    pub(crate) fn from_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let field = |k: &str| v.get(k).cloned().ok_or(format!("report.json has no `{k}`"));
+        let num = |a: &str, b: &str| {
+            v.get(a)
+                .and_then(|x| x.get(b))
+                .and_then(serde_json::Value::as_u64)
+        };
+        Ok(Self {
+            machine: serde_json::from_value(field("machine")?).map_err(|e| e.to_string())?,
+            ceilings: serde_json::from_value(field("ceilings")?).map_err(|e| e.to_string())?,
+            runs: serde_json::from_value(field("runs")?).map_err(|e| e.to_string())?,
+            seconds: field("seconds")?.as_f64().unwrap_or(0.0),
+            delay_ms: num("bottleneck", "one_way_delay_ms").unwrap_or(0),
+            rate_mbit: num("bottleneck", "rate_mbit").unwrap_or(0) as u32,
+        })
+    }
+
     fn aead(&self, suite: &str) -> Option<f64> {
         self.ceilings
             .aead_gbps
@@ -802,14 +821,17 @@ impl Report {
                 Some(Scenario::Shaped { .. }) => {
                     let _ = writeln!(
                         s,
-                        "| Subject | Gbit/s | Min–max | Base RTT ms | RTT p50 under load ms | p99 ms | RTT inflation | Bottleneck drops |\n|---|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | Gbit/s | Min–max | Base RTT ms | RTT p50 under load ms | p99 ms | RTT inflation | Bottleneck drops |\n|---|---|---|---|---|---|---|---|---|---|"
                     );
                     for r in &mine {
                         let (med, mm) = spread(r, "gbps", 3);
                         let _ = writeln!(
                             s,
-                            "| {} | {med} | {mm} | {} | {} | {} | {}× | {} |",
+                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} | {} | {}× | {} |",
                             r.label,
+                            r.backend,
+                            cores(&r.server_cpus),
+                            cores(&r.client_cpus),
                             spread(r, "base_rtt_ms", 2).0,
                             spread(r, "rtt_p50_ms", 2).0,
                             spread(r, "rtt_p99_ms", 2).0,
@@ -830,15 +852,17 @@ impl Report {
                         .and_then(|r| r.m("p50_us"));
                     let _ = writeln!(
                         s,
-                        "| Subject | How it ran | p50 µs | Min–max | p99 µs | p99.9 µs | Requests/s | p50 × raw UDP |\n|---|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | p50 µs | Min–max | p99 µs | p99.9 µs | Requests/s | p50 × raw UDP |\n|---|---|---|---|---|---|---|---|---|"
                     );
                     for r in &mine {
                         let (med, mm) = spread(r, "p50_us", 1);
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {med} | {mm} | {} | {} | {} | {} |",
+                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} | {} | {} |",
                             r.label,
                             r.backend,
+                            cores(&r.server_cpus),
+                            cores(&r.client_cpus),
                             spread(r, "p99_us", 1).0,
                             spread(r, "p999_us", 1).0,
                             spread(r, "rps", 0).0,
@@ -853,7 +877,7 @@ impl Report {
                         .and_then(|r| r.m("hs_per_s"));
                     let _ = writeln!(
                         s,
-                        "| Subject | Key exchange / signature | Handshakes/s | Min–max | Server CPU µs per handshake | × quinn | Signature-bound limit ÷ rate |\n|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | Key exchange / signature | Handshakes/s | Min–max | Server CPU µs per handshake | × quinn | Signature-bound limit ÷ rate |\n|---|---|---|---|---|---|---|---|---|"
                     );
                     for r in &mine {
                         let (med, mm) = spread(r, "hs_per_s", 0);
@@ -869,8 +893,11 @@ impl Report {
                         };
                         let _ = writeln!(
                             s,
-                            "| {} | {kx} | {med} | {mm} | {} | {} | {lim} |",
+                            "| {} | {} | {} / {} | {kx} | {med} | {mm} | {} | {} | {lim} |",
                             r.label,
+                            r.backend,
+                            cores(&r.server_cpus),
+                            cores(&r.client_cpus),
                             spread(r, "server_cpu_us_per_hs", 0).0,
                             ratio(r.m("hs_per_s"), quinn)
                         );
@@ -886,14 +913,17 @@ impl Report {
                 Some(Scenario::Idle { .. }) => {
                     let _ = writeln!(
                         s,
-                        "| Subject | Server KiB per connection | Min–max | Client KiB per connection | Opened per second |\n|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | Server KiB per connection | Min–max | Client KiB per connection | Opened per second |\n|---|---|---|---|---|---|---|"
                     );
                     for r in &mine {
                         let (med, mm) = spread(r, "server_kib_per_conn", 2);
                         let _ = writeln!(
                             s,
-                            "| {} | {med} | {mm} | {} | {} |",
+                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} |",
                             r.label,
+                            r.backend,
+                            cores(&r.server_cpus),
+                            cores(&r.client_cpus),
                             spread(r, "client_kib_per_conn", 2).0,
                             spread(r, "opened_per_s", 0).0
                         );

@@ -117,6 +117,15 @@ fn report_medians_ratios_goals_and_bottlenecks() {
         dir.join("goodput.svg").exists(),
         "the goodput chart is drawn"
     );
+    // What `stoq-bench render` does: the same report from the JSON alone.
+    let again = Report::from_json(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+        .unwrap()
+        .write(&dir)
+        .unwrap();
+    assert_eq!(
+        again, md,
+        "report.json holds everything report.md is made from"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let row = md.lines().find(|l| l.starts_with("| STOQ udp")).unwrap();
     assert!(row.contains("| 10.00 | 8.00–12.00 | 2.00× |"), "{row}");
