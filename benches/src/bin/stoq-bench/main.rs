@@ -21,6 +21,7 @@ mod report;
 mod roles;
 mod spec;
 mod stoq_side;
+mod streams;
 mod topo;
 
 use std::process::ExitCode;

@@ -53,25 +53,14 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
                     let Ok(c) = inc.await else { return };
                     let c2 = c.clone();
                     tokio::spawn(async move {
-                        while let Ok((mut w, mut r)) = c2.accept_bi().await {
-                            tokio::spawn(async move {
-                                let mut b = [0u8; 64];
-                                while r.read_exact(&mut b).await.is_ok() {
-                                    if w.write_all(&b).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            });
+                        while let Ok((w, r)) = c2.accept_bi().await {
+                            tokio::spawn(crate::streams::echo_64(r, w));
                         }
                     });
-                    while let Ok(mut r) = c.accept_uni().await {
+                    while let Ok(r) = c.accept_uni().await {
                         let c = c.clone();
                         tokio::spawn(async move {
-                            let mut buf = vec![0u8; 256 << 10];
-                            let mut n = 0u64;
-                            while let Ok(Some(k)) = r.read(&mut buf).await {
-                                n += k as u64;
-                            }
+                            let n = crate::streams::count(r).await;
                             if let Ok(mut s) = c.open_uni().await {
                                 let _ = s.write_all(&n.to_be_bytes()).await;
                                 let _ = s.finish();
@@ -130,23 +119,13 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 let mut joins = Vec::new();
                 for c in cs {
                     joins.push(tokio::spawn(async move {
-                        let chunk = vec![0x5au8; 256 << 10];
                         let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
-                        let mut sent = 0u64;
-                        while t.elapsed().as_secs_f64() < secs {
-                            s.write_all(&chunk).await.map_err(|e| e.to_string())?;
-                            sent += chunk.len() as u64;
-                        }
+                        let sent = crate::streams::send_for(&mut s, t, secs).await?;
                         s.finish().map_err(|e| e.to_string())?;
-                        let mut back = c.accept_uni().await.map_err(|e| e.to_string())?;
-                        let mut b = [0u8; 8];
-                        back.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-                        let got = u64::from_be_bytes(b);
+                        let back = c.accept_uni().await.map_err(|e| e.to_string())?;
+                        let r = crate::streams::check_count(back, sent).await;
                         c.close(0u32.into(), b"");
-                        if got != sent {
-                            return Err(format!("the server counted {got} of {sent} bytes"));
-                        }
-                        Ok::<_, String>(sent)
+                        r
                     }));
                 }
                 for j in joins {
@@ -159,20 +138,8 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
             }
             Scenario::Rr { secs } => {
                 let c = connect(ep.clone()).await?;
-                let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
-                let mut lat = Vec::with_capacity(1 << 20);
-                let req = [7u8; 64];
-                let mut resp = [0u8; 64];
-                let t = Instant::now();
-                while t.elapsed().as_secs_f64() < secs {
-                    let s = Instant::now();
-                    w.write_all(&req).await.map_err(|e| e.to_string())?;
-                    r.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
-                    lat.push(s.elapsed().as_nanos() as u64);
-                }
-                out.secs = t.elapsed().as_secs_f64();
-                out.count = lat.len() as u64;
-                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                let (w, r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                crate::streams::ping_pong(w, r, secs, &mut out).await?;
                 c.close(0u32.into(), b"");
             }
             Scenario::Handshakes { secs, parallel } => {

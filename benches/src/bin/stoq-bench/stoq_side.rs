@@ -9,7 +9,7 @@ use stoq::crypto::sig::{SigningKey, VerifyingKey};
 use stoq::engine::{EngineConfig, XdpMode};
 use stoq::handshake::{ClientConfig, ServerConfig};
 use stoq::io::BackendKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::roles::{Hold, Ready, Stop, runtime};
 use crate::spec::{Outcome, RoleSpec, Scenario, Subject, unhex};
@@ -65,28 +65,14 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
                 tokio::spawn(async move {
                     let c2 = c.clone();
                     tokio::spawn(async move {
-                        while let Ok((mut w, mut r)) = c2.accept_bi().await {
-                            tokio::spawn(async move {
-                                let mut b = [0u8; 64];
-                                while r.read_exact(&mut b).await.is_ok() {
-                                    if w.write_all(&b).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            });
+                        while let Ok((w, r)) = c2.accept_bi().await {
+                            tokio::spawn(crate::streams::echo_64(r, w));
                         }
                     });
-                    while let Ok(mut r) = c.accept_uni().await {
+                    while let Ok(r) = c.accept_uni().await {
                         let c = c.clone();
                         tokio::spawn(async move {
-                            let mut buf = vec![0u8; 256 << 10];
-                            let mut n = 0u64;
-                            while let Ok(k) = r.read(&mut buf).await {
-                                if k == 0 {
-                                    break;
-                                }
-                                n += k as u64;
-                            }
+                            let n = crate::streams::count(r).await;
                             if let Ok(mut s) = c.open_uni().await {
                                 let _ = s.write_all(&n.to_be_bytes()).await;
                                 let _ = s.finish();
@@ -129,20 +115,8 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
             }
             Scenario::Rr { secs } => {
                 let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
-                let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
-                let mut lat = Vec::with_capacity(1 << 20);
-                let req = [7u8; 64];
-                let mut resp = [0u8; 64];
-                let t = Instant::now();
-                while t.elapsed().as_secs_f64() < secs {
-                    let s = Instant::now();
-                    w.write_all(&req).await.map_err(|e| e.to_string())?;
-                    r.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
-                    lat.push(s.elapsed().as_nanos() as u64);
-                }
-                out.secs = t.elapsed().as_secs_f64();
-                out.count = lat.len() as u64;
-                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                let (w, r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                crate::streams::ping_pong(w, r, secs, &mut out).await?;
                 c.close(0, b"");
             }
             Scenario::Handshakes { secs, parallel } => {
@@ -214,23 +188,13 @@ async fn bulk(
     let mut joins = Vec::new();
     for c in cs {
         joins.push(tokio::spawn(async move {
-            let chunk = vec![0x5au8; 256 << 10];
             let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
-            let mut sent = 0u64;
-            while t.elapsed().as_secs_f64() < secs {
-                s.write_all(&chunk).await.map_err(|e| e.to_string())?;
-                sent += chunk.len() as u64;
-            }
+            let sent = crate::streams::send_for(&mut s, t, secs).await?;
             s.finish().map_err(|e| e.to_string())?;
-            let mut back = c.accept_uni().await.map_err(|e| e.to_string())?;
-            let mut b = [0u8; 8];
-            back.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-            let got = u64::from_be_bytes(b);
+            let back = c.accept_uni().await.map_err(|e| e.to_string())?;
+            let r = crate::streams::check_count(back, sent).await;
             c.close(0, b"");
-            if got != sent {
-                return Err(format!("the server counted {got} of {sent} bytes"));
-            }
-            Ok::<_, String>(sent)
+            r
         }));
     }
     for j in joins {
