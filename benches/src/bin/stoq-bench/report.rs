@@ -256,6 +256,17 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// The first three cells of a row: subject, how it ran, server / client cores.
+    fn who(&self) -> String {
+        format!(
+            "{} | {} | {} / {}",
+            self.label,
+            self.backend,
+            cores(&self.server_cpus),
+            cores(&self.client_cpus)
+        )
+    }
+
     fn m(&self, k: &str) -> Option<f64> {
         self.metrics.get(k).filter(|s| s.n > 0).map(|s| s.median)
     }
@@ -791,11 +802,8 @@ impl Report {
                         let g = r.m("gbps");
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                            r.label,
-                            r.backend,
-                            cores(&r.server_cpus),
-                            cores(&r.client_cpus),
+                            "| {} | {med} | {mm} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                            r.who(),
                             ratio(g, peer("quinn (default)")),
                             ratio(g, peer("quinn (tuned windows)")),
                             ratio(g, peer("TCP CUBIC")),
@@ -827,11 +835,8 @@ impl Report {
                         let (med, mm) = spread(r, "gbps", 3);
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} | {} | {}× | {} |",
-                            r.label,
-                            r.backend,
-                            cores(&r.server_cpus),
-                            cores(&r.client_cpus),
+                            "| {} | {med} | {mm} | {} | {} | {} | {}× | {} |",
+                            r.who(),
                             spread(r, "base_rtt_ms", 2).0,
                             spread(r, "rtt_p50_ms", 2).0,
                             spread(r, "rtt_p99_ms", 2).0,
@@ -858,11 +863,8 @@ impl Report {
                         let (med, mm) = spread(r, "p50_us", 1);
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} | {} | {} |",
-                            r.label,
-                            r.backend,
-                            cores(&r.server_cpus),
-                            cores(&r.client_cpus),
+                            "| {} | {med} | {mm} | {} | {} | {} | {} |",
+                            r.who(),
                             spread(r, "p99_us", 1).0,
                             spread(r, "p999_us", 1).0,
                             spread(r, "rps", 0).0,
@@ -893,11 +895,8 @@ impl Report {
                         };
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} / {} | {kx} | {med} | {mm} | {} | {} | {lim} |",
-                            r.label,
-                            r.backend,
-                            cores(&r.server_cpus),
-                            cores(&r.client_cpus),
+                            "| {} | {kx} | {med} | {mm} | {} | {} | {lim} |",
+                            r.who(),
                             spread(r, "server_cpu_us_per_hs", 0).0,
                             ratio(r.m("hs_per_s"), quinn)
                         );
@@ -919,11 +918,8 @@ impl Report {
                         let (med, mm) = spread(r, "server_kib_per_conn", 2);
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} / {} | {med} | {mm} | {} | {} |",
-                            r.label,
-                            r.backend,
-                            cores(&r.server_cpus),
-                            cores(&r.client_cpus),
+                            "| {} | {med} | {mm} | {} | {} |",
+                            r.who(),
                             spread(r, "client_kib_per_conn", 2).0,
                             spread(r, "opened_per_s", 0).0
                         );
