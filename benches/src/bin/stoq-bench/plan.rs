@@ -445,7 +445,6 @@ fn machine(o: &Options, cores: usize) -> Machine {
         stoq: env!("CARGO_PKG_VERSION").into(),
         quinn: version("quinn"),
         rustls: version("rustls"),
-        rustc: option_env!("STOQ_RUSTC").unwrap_or("").to_string(),
         command: format!(
             "cargo xtask bench{}",
             std::env::args()

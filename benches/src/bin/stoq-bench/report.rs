@@ -20,7 +20,6 @@ pub(crate) struct Machine {
     pub(crate) stoq: String,
     pub(crate) quinn: String,
     pub(crate) rustls: String,
-    pub(crate) rustc: String,
     pub(crate) command: String,
     pub(crate) quick: bool,
     pub(crate) queues: u32,
