@@ -436,6 +436,18 @@ impl Endpoint {
         self.conns.get_mut(h.0)?.as_mut()
     }
 
+    /// This endpoint now sends from a new local address (its socket was replaced): every
+    /// established connection tells its peer with a PING from the new address (see
+    /// [`Connection::handle_local_address_change`]).
+    pub fn handle_local_address_change(&mut self) {
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            if let Some(c) = c {
+                c.handle_local_address_change();
+                self.sched.touch(i);
+            }
+        }
+    }
+
     fn ms_since_start(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.config.unix_time_at.0)
             .as_millis() as u64

@@ -1250,6 +1250,19 @@ impl Connection {
         t
     }
 
+    /// This side now sends from a new local address (the application moved to a new
+    /// socket). The peer learns the new address only from packets that come from it, and
+    /// a side with nothing to send (idle, or blocked on flow control waiting for the
+    /// peer's MAX_DATA) would never tell it: the peer would go on sending to the address
+    /// this side left, and the connection would idle out. So an ack-eliciting PING is
+    /// queued; a lost PING is sent again on PTO like any probe (RFC 9000 §9.2, and what
+    /// quinn does on rebind).
+    pub fn handle_local_address_change(&mut self) {
+        if self.state == State::Established {
+            self.ping_pending = true;
+        }
+    }
+
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {

@@ -804,6 +804,10 @@ fn run(
                 )?;
             }
             backend = new;
+            // Every connection announces the new address with a PING, sent on the next
+            // round (which must not sleep first).
+            worker.lock().endpoint.handle_local_address_change();
+            worker.dirty.store(true, Ordering::SeqCst);
         }
         let queued = if direct {
             backend.flush()?;

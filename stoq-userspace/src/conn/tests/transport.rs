@@ -669,3 +669,44 @@ fn a_path_that_never_answers_is_abandoned_for_the_old_one() {
             .any(|e| matches!(e.3, Event::PathMigrated(_)))
     );
 }
+
+#[test]
+fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut p = connected_pair();
+    p.exchange_datagrams(b"before");
+    // Let the ACKs settle: nothing is left to send either way.
+    p.drive_until(Duration::from_millis(300), |_| false);
+    // The client moves to a new socket while idle. What the server sends to the old
+    // address is lost (nobody listens there) until the server has moved.
+    let new_addr: SocketAddr = "[fd00:5710::1]:41001".parse().unwrap();
+    let server_moved = Rc::new(Cell::new(false));
+    let seen = Rc::clone(&server_moved);
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server {
+            w.from = new_addr;
+            Verdict::Deliver
+        } else if seen.get() {
+            Verdict::Deliver
+        } else {
+            Verdict::Drop
+        }
+    }));
+    let h = p.server_conns[0];
+    p.client.handle_local_address_change();
+    // Well inside any PTO or keep-alive: only the PING announcing the move gets there.
+    let moved = p.drive_until(Duration::from_millis(100), |p| {
+        let at = p.server.connection(h).unwrap().remote_address();
+        server_moved.set(at == new_addr);
+        at == new_addr
+    });
+    assert!(moved, "the server learnt the client's new address");
+    let validated = p.drive_until(Duration::from_secs(2), |p| {
+        p.events
+            .iter()
+            .any(|e| e.3 == Event::PathMigrated(new_addr))
+    });
+    assert!(validated, "the new path was validated");
+    p.exchange_datagrams(b"after the move");
+}
