@@ -596,14 +596,27 @@ pub fn encode_ack(
     ranges: impl Iterator<Item = RangeInclusive<u64>> + Clone,
     delay: u64,
 ) -> Option<()> {
+    encode_ack_ecn(out, ranges, delay, None)
+}
+
+/// As [`encode_ack`], as an ACK_ECN frame carrying the ECT(0), ECT(1) and CE counts when
+/// `ecn` is given.
+pub fn encode_ack_ecn(
+    out: &mut Out<'_>,
+    ranges: impl Iterator<Item = RangeInclusive<u64>> + Clone,
+    delay: u64,
+    ecn: Option<[u64; 3]>,
+) -> Option<()> {
     let mut it = ranges.clone();
     let first = it.next()?;
+    let counts = ecn.map_or(0, |c| c.iter().map(|v| varint_len(*v)).sum());
     // Count the ranges that fit, with a margin for the header.
     let header = 1
         + varint_len(*first.end())
         + varint_len(delay)
         + 8
-        + varint_len(first.end() - first.start());
+        + varint_len(first.end() - first.start())
+        + counts;
     let mut budget = out.remaining().checked_sub(header)?;
     let mut count = 0u64;
     let mut prev_start = *first.start();
@@ -617,7 +630,7 @@ pub fn encode_ack(
         count += 1;
         prev_start = *r.start();
     }
-    out.varint(ty::ACK)?;
+    out.varint(if ecn.is_some() { ty::ACK_ECN } else { ty::ACK })?;
     out.varint(*first.end())?;
     out.varint(delay)?;
     out.varint(count)?;
@@ -627,6 +640,11 @@ pub fn encode_ack(
         out.varint(prev_start - r.end() - 2)?;
         out.varint(r.end() - r.start())?;
         prev_start = *r.start();
+    }
+    if let Some(c) = ecn {
+        for v in c {
+            out.varint(v)?;
+        }
     }
     Some(())
 }
@@ -809,6 +827,25 @@ mod tests {
         };
         assert!(a.ranges().count() < ranges.len());
         assert_eq!(a.ranges().next(), Some(90..=100));
+    }
+
+    #[test]
+    fn ack_ecn_round_trip() {
+        let ranges = [90..=100u64, 50..=60];
+        let mut buf = [0u8; 64];
+        let mut out = Out::new(&mut buf);
+        encode_ack_ecn(&mut out, ranges.iter().cloned(), 3, Some([70, 0, 1 << 40])).unwrap();
+        let n = out.len();
+        assert_eq!(buf[0], ty::ACK_ECN as u8);
+        let Frame::Ack(a) = one(&buf[..n]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.ecn, Some([70, 0, 1 << 40]));
+        assert_eq!(a.ranges().collect::<Vec<_>>(), ranges.to_vec());
+        // The counts are budgeted: a frame that cannot hold them is not written partly.
+        let mut tiny = [0u8; 8];
+        let mut out = Out::new(&mut tiny);
+        assert!(encode_ack_ecn(&mut out, ranges.iter().cloned(), 3, Some([1 << 40; 3])).is_none());
     }
 
     #[test]

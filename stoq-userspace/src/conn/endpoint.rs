@@ -2,7 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,9 @@ use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION
 use zeroize::Zeroizing;
 
 use super::token::{TokenError, TokenKey, reset_token, retry_tag};
-use super::{Connection, Event, Setup, Side, Transmit, TransportConfig};
+use super::{
+    Connection, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit, TransportConfig,
+};
 use crate::handshake::{self, Handshake};
 
 /// Stateless responses queued at most (Retry, Version Negotiation, reset, refusal); more
@@ -205,6 +207,7 @@ pub struct ConnectionHandle(pub usize);
 #[derive(Debug)]
 pub struct Incoming {
     remote: SocketAddr,
+    local_ip: Option<IpAddr>,
     dcid: ConnectionId,
     scid: ConnectionId,
     orig_dcid: ConnectionId,
@@ -344,10 +347,13 @@ pub struct Endpoint {
     mem_total: u64,
     mem_resampled: Option<Instant>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
-    incoming: HashMap<ConnectionId, Vec<Vec<u8>>>,
+    incoming: HashMap<ConnectionId, Vec<(EcnCodepoint, Vec<u8>)>>,
+    /// What the backend told of the datagram being processed.
+    rx_info: DatagramInfo,
     used_tokens: HashSet<[u8; 12]>,
     used_order: VecDeque<[u8; 12]>,
-    responses: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Destination, local address to send from, datagram.
+    responses: VecDeque<(SocketAddr, Option<IpAddr>, Vec<u8>)>,
     sched: Schedule,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
@@ -396,6 +402,7 @@ impl Endpoint {
             mem_resampled: None,
             reset_tokens: HashMap::new(),
             incoming: HashMap::new(),
+            rx_info: DatagramInfo::default(),
             used_tokens: HashSet::new(),
             used_order: VecDeque::new(),
             responses: VecDeque::new(),
@@ -511,6 +518,7 @@ impl Endpoint {
             side,
             now,
             remote,
+            local_ip: None,
             local_cid,
             remote_cid: ConnectionId::EMPTY,
             initial_dcid: ConnectionId::EMPTY,
@@ -577,7 +585,21 @@ impl Endpoint {
         remote: SocketAddr,
         data: &mut [u8],
     ) -> Option<DatagramEvent> {
+        self.handle_datagram_info(now, remote, DatagramInfo::default(), data)
+    }
+
+    /// As [`handle_datagram`](Self::handle_datagram), with what the I/O backend knows
+    /// of the datagram: its ECN codepoint (counted and reported to the peer) and the
+    /// local address it arrived at (replies go out from it).
+    pub fn handle_datagram_info(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        info: DatagramInfo,
+        data: &mut [u8],
+    ) -> Option<DatagramEvent> {
         self.stats.rx_datagrams += 1;
+        self.rx_info = info;
         let info = match classify_payload(data, &self.classifier) {
             Ok(i) => i,
             Err(r) => {
@@ -599,7 +621,7 @@ impl Endpoint {
         }
         if let Some(&h) = self.routes.get(&dcid) {
             if let Some(c) = self.conns[h.0].as_mut() {
-                c.handle_datagram_classified(now, remote, data, Some(info));
+                c.handle_datagram_classified(now, remote, self.rx_info, data, Some(info));
                 self.sched.touch(h.0);
             }
             self.service_cids(h);
@@ -609,7 +631,7 @@ impl Endpoint {
         if let Some(held) = self.incoming.get_mut(&dcid) {
             // More of a client's first flight, before the application decided.
             if held.len() < MAX_INCOMING_DATAGRAMS {
-                held.push(data.to_vec());
+                held.push((self.rx_info.ecn, data.to_vec()));
             }
             return None;
         }
@@ -668,12 +690,13 @@ impl Endpoint {
             return None;
         }
         if self.live >= self.config.max_connections {
-            self.refuse_raw(now, remote, dcid, scid);
+            self.refuse_raw(now, remote, self.rx_info.local_ip, dcid, scid);
             return None;
         }
         let token = &data[info.token_off..info.token_off + info.token_len];
         let mut incoming = Incoming {
             remote,
+            local_ip: self.rx_info.local_ip,
             dcid,
             scid,
             orig_dcid: dcid,
@@ -725,7 +748,8 @@ impl Endpoint {
             self.stats.incoming_full += 1;
             return None;
         }
-        self.incoming.insert(dcid, vec![data.to_vec()]);
+        self.incoming
+            .insert(dcid, vec![(self.rx_info.ecn, data.to_vec())]);
         Some(DatagramEvent::Incoming(incoming))
     }
 
@@ -743,7 +767,13 @@ impl Endpoint {
             return Err(AcceptError::NotAServer);
         };
         if self.live >= self.config.max_connections {
-            self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+            self.refuse_raw(
+                now,
+                incoming.remote,
+                incoming.local_ip,
+                incoming.dcid,
+                incoming.scid,
+            );
             return Err(AcceptError::ConnectionLimit);
         }
         if self.mem_total > self.config.max_memory {
@@ -760,11 +790,18 @@ impl Endpoint {
                 }
             }
             if self.mem_total > self.config.max_memory {
-                self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+                self.refuse_raw(
+                    now,
+                    incoming.remote,
+                    incoming.local_ip,
+                    incoming.dcid,
+                    incoming.scid,
+                );
                 return Err(AcceptError::MemoryLimit);
             }
         }
         let mut s = self.setup(Side::Server, now, incoming.remote);
+        s.local_ip = incoming.local_ip;
         s.remote_cid = incoming.scid;
         s.initial_dcid = incoming.dcid;
         s.orig_dcid = incoming.orig_dcid;
@@ -783,8 +820,12 @@ impl Endpoint {
         self.route(incoming.dcid, h);
         self.stats.accepted += 1;
         let conn = self.conns[h.0].as_mut().expect("just inserted");
-        for mut d in datagrams {
-            conn.handle_datagram(now, incoming.remote, &mut d);
+        for (ecn, mut d) in datagrams {
+            let info = DatagramInfo {
+                local_ip: incoming.local_ip,
+                ecn,
+            };
+            conn.handle_datagram_info(now, incoming.remote, info, &mut d);
         }
         Ok(h)
     }
@@ -792,7 +833,13 @@ impl Endpoint {
     /// Refuses a new client with CONNECTION_REFUSED, keeping no state.
     pub fn refuse(&mut self, incoming: Incoming, now: Instant) {
         self.incoming.remove(&incoming.dcid);
-        self.refuse_raw(now, incoming.remote, incoming.dcid, incoming.scid);
+        self.refuse_raw(
+            now,
+            incoming.remote,
+            incoming.local_ip,
+            incoming.dcid,
+            incoming.scid,
+        );
     }
 
     /// Answers a new client with a Retry, keeping no state.
@@ -813,12 +860,13 @@ impl Endpoint {
         self.incoming.remove(&incoming.dcid);
     }
 
-    fn respond(&mut self, to: SocketAddr, datagram: Vec<u8>) -> bool {
+    /// Queues a stateless response to `to`, sent from `from_ip` when known.
+    fn respond(&mut self, to: SocketAddr, from_ip: Option<IpAddr>, datagram: Vec<u8>) -> bool {
         if self.responses.len() >= MAX_RESPONSES {
             self.stats.responses_dropped += 1;
             return false;
         }
-        self.responses.push_back((to, datagram));
+        self.responses.push_back((to, from_ip, datagram));
         true
     }
 
@@ -841,7 +889,7 @@ impl Endpoint {
         buf[0] |= (self.rng.next_u32() & 0x0f) as u8;
         let tag = retry_tag(incoming.dcid.as_bytes(), &buf[..n - RETRY_TAG_LEN]);
         buf[n - RETRY_TAG_LEN..n].copy_from_slice(&tag);
-        if self.respond(incoming.remote, buf) {
+        if self.respond(incoming.remote, incoming.local_ip, buf) {
             self.stats.retries_sent += 1;
         }
     }
@@ -867,7 +915,7 @@ impl Endpoint {
         let mut buf = vec![0u8; repr.buffer_len()];
         if repr.emit(&mut buf).is_ok() {
             buf[0] |= (self.rng.next_u32() & 0x7f) as u8;
-            if self.respond(remote, buf) {
+            if self.respond(remote, self.rx_info.local_ip, buf) {
                 self.stats.version_negotiations_sent += 1;
             }
         }
@@ -892,7 +940,7 @@ impl Endpoint {
         // Looks like a CID of this layout to the peer's classifier; random otherwise.
         buf[1] = self.config.cid_layout.first_octet(buf[1] % 7);
         buf[len - 16..].copy_from_slice(&reset_token(&self.reset_key, &dcid));
-        if self.respond(remote, buf) {
+        if self.respond(remote, self.rx_info.local_ip, buf) {
             self.stats.resets_sent += 1;
         }
     }
@@ -901,6 +949,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         remote: SocketAddr,
+        local_ip: Option<IpAddr>,
         dcid: ConnectionId,
         scid: ConnectionId,
     ) {
@@ -924,7 +973,7 @@ impl Endpoint {
         if let Some(t) = c.poll_transmit(now, &mut buf)
             && {
                 buf.truncate(t.size);
-                self.respond(remote, buf)
+                self.respond(remote, local_ip, buf)
             }
         {
             self.stats.refused += 1;
@@ -934,12 +983,14 @@ impl Endpoint {
     /// The next datagram to send, written into `buf`: it is `buf[..size]` (see
     /// [`Connection::poll_transmit`]). Connections take turns, one datagram each.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if let Some((to, d)) = self.responses.pop_front() {
+        if let Some((to, src_ip, d)) = self.responses.pop_front() {
             buf.clear();
             buf.extend_from_slice(&d);
             return Some(Transmit {
                 destination: to,
                 size: d.len(),
+                ecn: EcnCodepoint::NotEct,
+                src_ip,
             });
         }
         let size = self.max_datagram_size();
@@ -955,7 +1006,7 @@ impl Endpoint {
     /// shorter buffers make smaller datagrams, and a stateless response that does not fit
     /// is dropped (counted in `responses_dropped`).
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some((to, d)) = self.responses.pop_front() {
+        while let Some((to, src_ip, d)) = self.responses.pop_front() {
             if d.len() > buf.len() {
                 self.stats.responses_dropped += 1;
                 continue;
@@ -964,6 +1015,8 @@ impl Endpoint {
             return Some(Transmit {
                 destination: to,
                 size: d.len(),
+                ecn: EcnCodepoint::NotEct,
+                src_ip,
             });
         }
         self.poll_connections(now, buf)

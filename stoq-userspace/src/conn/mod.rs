@@ -25,6 +25,7 @@
 //! design.
 
 pub mod cc;
+pub mod ecn;
 mod endpoint;
 mod path;
 mod ranges;
@@ -37,7 +38,7 @@ mod token;
 mod tests;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,10 @@ use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_paylo
 use stoq_common::maps::ClassifierConfig;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
-use self::cc::{AckEvent, Controller, ControllerFactory, DeliveryRate, LossEvent, Pacer};
+use self::cc::{
+    AckEvent, Controller, ControllerFactory, DeliveryRate, LossEvent, Pacer, PacketRateState,
+};
+pub use self::ecn::{DatagramInfo, EcnCodepoint};
 pub use self::endpoint::{
     AcceptError, ConfigError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint,
     EndpointConfig, EndpointStats, Incoming, RetryError, RetryPolicy,
@@ -377,6 +381,13 @@ pub struct ConnectionStats {
     pub path_mtu: usize,
     /// Live streams.
     pub streams: usize,
+    /// Where ECN validation of the path stands: `testing`, `unknown`, `capable`,
+    /// `failed` or `off`.
+    pub ecn_state: &'static str,
+    /// CE marks the peer reported on this side's packets (each a congestion signal).
+    pub ecn_ce_reported: u64,
+    /// Packets received marked CE.
+    pub ecn_ce_received: u64,
 }
 
 /// A datagram to send.
@@ -386,6 +397,24 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// Bytes at the front of the caller's buffer.
     pub size: usize,
+    /// The ECN codepoint to send it with (ECT(0) while the path's ECN is being validated
+    /// or has been; the backend writes it in the IP header).
+    pub ecn: EcnCodepoint,
+    /// The local address to send from (`IP_PKTINFO`), when the datagram that opened the
+    /// path arrived at a known one; `None` lets the OS choose.
+    pub src_ip: Option<IpAddr>,
+}
+
+impl Transmit {
+    /// `size` bytes to `destination`, unmarked, from whatever address the OS picks.
+    pub fn new(destination: SocketAddr, size: usize) -> Self {
+        Self {
+            destination,
+            size,
+            ecn: EcnCodepoint::NotEct,
+            src_ip: None,
+        }
+    }
 }
 
 /// Why a DATAGRAM could not be queued.
@@ -514,6 +543,10 @@ pub struct TransportConfig {
     pub ack_thinning: u32,
     /// Multiplies the congestion controller's pacing gain.
     pub pacing_gain: f64,
+    /// Send ECT(0)-marked packets and react to CE marks (RFC 9000 §13.4), after validating
+    /// that the path and the peer carry them. On by default; received marks are counted
+    /// and reported either way.
+    pub ecn: bool,
     /// Probe the path MTU upward (DPLPMTUD, RFC 8899) to at most this UDP payload size;
     /// `None` stays at the endpoint's `max_udp_payload`.
     pub mtu_discovery_max: Option<usize>,
@@ -533,6 +566,7 @@ impl Default for TransportConfig {
             ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
             ack_thinning: 10,
             pacing_gain: 1.0,
+            ecn: true,
             mtu_discovery_max: None,
             extension_frames: Vec::new(),
         }
@@ -590,6 +624,8 @@ pub(crate) struct Setup {
     pub(crate) side: Side,
     pub(crate) now: Instant,
     pub(crate) remote: SocketAddr,
+    /// The local address the first datagram arrived at, if known.
+    pub(crate) local_ip: Option<IpAddr>,
     pub(crate) local_cid: ConnectionId,
     pub(crate) remote_cid: ConnectionId,
     /// The DCID of the client's Initial (after any Retry): Initial keys derive from it.
@@ -613,6 +649,14 @@ pub struct Connection {
     spaces: [Space; 3],
     rng: ChaCha20Rng,
     remote: SocketAddr,
+    /// The local address replies go out from (see [`Transmit::src_ip`]).
+    local_ip: Option<IpAddr>,
+    /// ECN validation of the current path.
+    ecn: ecn::Validation,
+    /// Whether the datagram being written goes out ECT(0).
+    ecn_marking: bool,
+    /// What the backend told of the datagram being processed.
+    rx_info: DatagramInfo,
     local_cid: ConnectionId,
     remote_cid: ConnectionId,
     orig_dcid: ConnectionId,
@@ -729,6 +773,10 @@ impl Connection {
             spaces,
             rng: ChaCha20Rng::from_seed(s.rng_seed),
             remote: s.remote,
+            local_ip: s.local_ip,
+            ecn: ecn::Validation::new(s.transport.ecn),
+            ecn_marking: false,
+            rx_info: DatagramInfo::default(),
             local_cid: s.local_cid,
             remote_cid: s.remote_cid,
             orig_dcid: s.orig_dcid,
@@ -881,6 +929,7 @@ impl Connection {
         s.cc_state = self.cc.state();
         s.path_mtu = self.path.mtu();
         s.streams = self.streams.len();
+        s.ecn_state = self.ecn.name();
         s
     }
 
@@ -1261,6 +1310,9 @@ impl Connection {
         if self.state == State::Established {
             self.ping_pending = true;
         }
+        // What the OS chooses as the source may differ now; ECN is validated per path.
+        self.local_ip = None;
+        self.ecn.reset();
     }
 
     /// Handles expired timers.
@@ -1324,7 +1376,19 @@ impl Connection {
     /// Processes one received datagram, all of whose packets carry this connection's CID.
     /// Decryption happens in place in `data`.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, data: &mut [u8]) {
-        self.handle_datagram_classified(now, remote, data, None);
+        self.handle_datagram_classified(now, remote, DatagramInfo::default(), data, None);
+    }
+
+    /// As [`handle_datagram`](Self::handle_datagram), with what the I/O backend knows
+    /// of the datagram: its ECN codepoint and the local address it arrived at.
+    pub fn handle_datagram_info(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        info: DatagramInfo,
+        data: &mut [u8],
+    ) {
+        self.handle_datagram_classified(now, remote, info, data, None);
     }
 
     /// As [`handle_datagram`](Self::handle_datagram), reusing the endpoint's parse of the
@@ -1333,12 +1397,14 @@ impl Connection {
         &mut self,
         now: Instant,
         remote: SocketAddr,
+        rx: DatagramInfo,
         data: &mut [u8],
         mut first: Option<WireHeader>,
     ) {
         if self.state == State::Drained {
             return;
         }
+        self.rx_info = rx;
         self.stats.rx_datagrams += 1;
         self.stats.rx_bytes += data.len() as u64;
         let long_header = data.first().is_some_and(|b| b & 0x80 != 0);
@@ -1449,6 +1515,8 @@ impl Connection {
         }
         let wants =
             [0, 1, 2].map(|i| probe.is_some() && i == 2 || self.space_wants_send(i, data_ok));
+        // Every packet of the datagram shares its IP header, so its ECN mark.
+        self.ecn_marking = self.ecn.should_mark();
         let mut len = 0;
         let mut has_initial = false;
         for i in 0..3 {
@@ -1495,9 +1563,17 @@ impl Connection {
         self.tx_bytes += len as u64;
         self.stats.tx_datagrams += 1;
         self.stats.tx_bytes += len as u64;
+        let ecn = if self.ecn_marking {
+            self.ecn.on_marked_sent();
+            EcnCodepoint::Ect0
+        } else {
+            EcnCodepoint::NotEct
+        };
         Some(Transmit {
             destination: self.remote,
             size: len,
+            ecn,
+            src_ip: self.local_ip,
         })
     }
 
@@ -1596,9 +1672,13 @@ impl Connection {
         if newest {
             space.largest_rx = Some((pn, now));
         }
-        if gap {
+        // A CE mark is acknowledged at once, so the sender reacts within a round trip
+        // (RFC 9000 §13.2.1).
+        let ce = space.ecn.on_received(self.rx_info.ecn);
+        if gap || ce {
             space.ack_now = true;
         }
+        self.stats.ecn_ce_received += u64::from(ce);
         self.stats.rx_packets += 1;
         if i == 2 && remote != self.remote {
             if !newest {
@@ -1904,6 +1984,11 @@ impl Connection {
         let previous = self.remote;
         let port_only = previous.ip() == remote.ip();
         self.remote = remote;
+        if self.rx_info.local_ip.is_some() {
+            self.local_ip = self.rx_info.local_ip;
+        }
+        // ECN is validated per path (RFC 9000 §13.4.2).
+        self.ecn.reset();
         self.validated = false;
         self.rx_bytes = datagram as u64;
         self.tx_bytes = 0;
@@ -2238,6 +2323,9 @@ impl Connection {
         if ack.largest >= space.next_pn {
             return Err(ConnectionError::AckOfUnsentPacket { pn: ack.largest });
         }
+        let raises_largest = space.largest_acked.is_none_or(|l| ack.largest > l);
+        let mut newly_marked = 0u64;
+        let mut largest_newly: Option<(Instant, Option<PacketRateState>)> = None;
         space.largest_acked = Some(
             space
                 .largest_acked
@@ -2272,6 +2360,10 @@ impl Connection {
                     p.rate,
                     p.rec,
                 );
+                newly_marked += u64::from(p.ecn);
+                if pn == ack.largest {
+                    largest_newly = Some((time, rate));
+                }
                 let crypto = p.crypto.take();
                 if eliciting {
                     space.eliciting_in_flight -= 1;
@@ -2303,6 +2395,9 @@ impl Connection {
         }
         if let Some(d) = acked_data.take() {
             self.streams.on_acked(d);
+        }
+        if raises_largest {
+            self.on_ack_ecn(now, i, ack.ecn, newly_marked, largest_newly);
         }
         if let Some(rtt) = rtt_sample {
             let delay = if i == 2 {
@@ -2343,6 +2438,49 @@ impl Connection {
         self.spaces[i].compact();
         self.update_messages(now);
         Ok(())
+    }
+
+    /// Checks an ACK's ECN counts (RFC 9000 §13.4.2.1) and treats new CE marks as a
+    /// congestion signal: one response per round trip, like a loss, with nothing lost.
+    fn on_ack_ecn(
+        &mut self,
+        now: Instant,
+        i: usize,
+        counts: Option<[u64; 3]>,
+        newly_marked: u64,
+        largest: Option<(Instant, Option<PacketRateState>)>,
+    ) {
+        let before = self.ecn.failure;
+        let verdict = self
+            .ecn
+            .on_ack(&mut self.spaces[i].ecn, counts, newly_marked);
+        if before.is_none()
+            && let Some(why) = self.ecn.failure
+        {
+            tracing::debug!("ECN validation failed: {why}; sending unmarked");
+        }
+        let ecn::AckVerdict::Congestion(marks) = verdict else {
+            return;
+        };
+        self.stats.ecn_ce_reported += marks;
+        let Some((sent, rate)) = largest else {
+            return;
+        };
+        // Each CE mark stands for a packet the queue would have dropped.
+        let bytes = marks.saturating_mul(self.path.mtu() as u64);
+        self.cc.on_ecn_ce(
+            now,
+            &LossEvent {
+                lost: bytes,
+                in_flight: self.in_flight,
+                largest_lost_sent: sent,
+                tx_in_flight: rate.map_or(self.in_flight, |r| r.tx_in_flight),
+                lost_since_sent: bytes,
+                is_app_limited: rate.is_some_and(|r| r.is_app_limited),
+                persistent: false,
+                delivered: self.rate.delivered(),
+            },
+        );
     }
 
     /// Acts on the records of an acknowledged packet, merging STREAM data that continues
@@ -2462,6 +2600,9 @@ impl Connection {
                 p.done = true;
                 let p = p.clone();
                 lost += 1;
+                if p.ecn {
+                    self.ecn.on_marked_lost();
+                }
                 lost_bytes += u64::from(p.size);
                 if p.ack_eliciting {
                     space.eliciting_in_flight -= 1;
@@ -2520,7 +2661,7 @@ impl Connection {
         }
     }
 
-    fn rate_lost_since(&self, rs: &cc::PacketRateState) -> u64 {
+    fn rate_lost_since(&self, rs: &PacketRateState) -> u64 {
         self.rate.lost().saturating_sub(rs.lost)
     }
 
@@ -2725,10 +2866,11 @@ impl Connection {
                 let delay = space.largest_rx.map_or(0, |(_, t)| {
                     now.saturating_duration_since(t).as_micros() as u64 >> ACK_DELAY_EXPONENT
                 });
-                if frame::encode_ack(
+                if frame::encode_ack_ecn(
                     &mut w,
                     space.received.iter_desc(),
                     if i == 2 { delay } else { 0 },
+                    space.ecn.ack_counts(),
                 )
                 .is_some()
                 {
@@ -2837,9 +2979,13 @@ impl Connection {
             handshake_done,
             done: !eliciting,
             in_flight,
+            ecn: self.ecn_marking,
             rate,
             rec,
         });
+        if self.ecn_marking {
+            space.ecn.sent_marked += 1;
+        }
         space.compact();
         if in_flight {
             self.in_flight += packet_len as u64;

@@ -31,6 +31,8 @@ pub(crate) struct SentPacket {
     pub(crate) done: bool,
     /// Counted in bytes in flight (ack-eliciting).
     pub(crate) in_flight: bool,
+    /// Sent ECT(0)-marked.
+    pub(crate) ecn: bool,
     /// Delivery-rate sampler state at send time.
     pub(crate) rate: Option<PacketRateState>,
     /// Its frame records: `records[rec.0 - records_base .. rec.1 - records_base]`.
@@ -74,6 +76,8 @@ pub(crate) struct Space {
     pub(crate) crypto_in_bytes: u64,
     /// Keys discarded: the space is closed for good.
     pub(crate) discarded: bool,
+    /// ECN counts, ours and as the peer reported them.
+    pub(crate) ecn: super::ecn::SpaceCounts,
     /// Frame records of the packets in `sent`, in order (a ring reused across packets, so
     /// recording allocates nothing in steady state).
     pub(crate) records: VecDeque<Record>,
@@ -106,6 +110,7 @@ impl Space {
             crypto_in: BTreeMap::new(),
             crypto_in_bytes: 0,
             discarded: false,
+            ecn: super::ecn::SpaceCounts::default(),
             records: VecDeque::new(),
             records_base: 0,
         }

@@ -13,7 +13,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{EngineConfig, EngineInfo, Handler};
 use crate::conn::{
-    ConfigError, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, StreamId,
+    ConfigError, ConnectionError, ConnectionHandle, DatagramEvent, DatagramInfo, Dir, Endpoint,
+    Event, StreamId,
 };
 use crate::handshake::ServerConfig;
 use crate::io::select::{self, SelectError};
@@ -193,8 +194,17 @@ impl State {
         shared
     }
 
-    fn on_datagram(&mut self, worker: &Arc<Worker>, now: Instant, from: SocketAddr, d: &mut [u8]) {
-        if let Some(DatagramEvent::Incoming(inc)) = self.endpoint.handle_datagram(now, from, d) {
+    fn on_datagram(
+        &mut self,
+        worker: &Arc<Worker>,
+        now: Instant,
+        from: SocketAddr,
+        info: DatagramInfo,
+        d: &mut [u8],
+    ) {
+        if let Some(DatagramEvent::Incoming(inc)) =
+            self.endpoint.handle_datagram_info(now, from, info, d)
+        {
             let room = self.handler.is_some()
                 || (!self.shutting_down
                     && self.accept_queue.len() + self.endpoint.handshaking()
@@ -311,6 +321,7 @@ pub(crate) fn dir_index(d: Dir) -> usize {
 #[derive(Debug)]
 struct Handoff {
     from: SocketAddr,
+    info: DatagramInfo,
     data: Vec<u8>,
 }
 
@@ -729,7 +740,7 @@ fn run(
             let now = Instant::now();
             if got > 0 {
                 let st = &mut *st;
-                rx.for_each(|from, d| {
+                rx.for_each(|from, info, d| {
                     if n > 1
                         && let Some(o) = owner(d, &layout, n, steering)
                         && o != me
@@ -737,6 +748,7 @@ fn run(
                     {
                         let h = Handoff {
                             from,
+                            info,
                             data: d.to_vec(),
                         };
                         match peers[usize::from(o)].handoff.try_send(h) {
@@ -750,12 +762,12 @@ fn run(
                         }
                         return;
                     }
-                    st.on_datagram(worker, now, from, d);
+                    st.on_datagram(worker, now, from, info, d);
                 });
             }
             while let Ok(mut h) = handoffs.try_recv() {
                 st.stats.handoffs_in += 1;
-                st.on_datagram(worker, now, h.from, &mut h.data);
+                st.on_datagram(worker, now, h.from, h.info, &mut h.data);
             }
             if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 st.endpoint.handle_timeout(now);
@@ -768,7 +780,7 @@ fn run(
                 let r = backend.send_direct(&mut |buf| {
                     let t = ep.poll_transmit_into(now, buf);
                     drained |= t.is_none();
-                    t.map(|t| (t.destination, t.size))
+                    t
                 });
                 direct_sent = match r {
                     Some(r) => r?,
@@ -777,12 +789,7 @@ fn run(
                 starved = !drained;
             } else if tx.is_empty() {
                 let ep = &mut st.endpoint;
-                while tx.has_room()
-                    && tx.push_with(|buf| {
-                        ep.poll_transmit_into(now, buf)
-                            .map(|t| (t.destination, t.size))
-                    })
-                {}
+                while tx.has_room() && tx.push_with(|buf| ep.poll_transmit_into(now, buf)) {}
             }
             st.stats.backend = backend.stats();
             (st.endpoint.poll_timeout(), st.stop, st.rebind.take())
@@ -1029,7 +1036,7 @@ mod steer {
             for (w, b) in backends.iter_mut().enumerate() {
                 let mut got = 0;
                 while b.recv(&mut rx).expect("recv") > 0 {
-                    rx.for_each(|_, d| {
+                    rx.for_each(|_, _, d| {
                         if d[0] & 0x80 == 0 {
                             assert_eq!(usize::from(d[1 + layout.worker_offset()]), w);
                         } else {

@@ -28,7 +28,10 @@ use stoq_common::wire::{ethernet, ipv4, ipv6, udp};
 
 use super::netlink::{self, Netlink};
 use super::udp::{UdpBackend, UdpConfig};
-use super::{Backend, BackendKind, BackendStats, Capabilities, Fill, RxBatch, RxMeta, TxBatch};
+use super::{
+    Backend, BackendKind, BackendStats, Capabilities, EcnCodepoint, Fill, RxBatch, RxMeta,
+    Transmit, TxBatch,
+};
 use crate::xdp::xsk::{XskConfig, XskSocket};
 
 /// Room in front of each transmitted datagram: Ethernet, IPv6 (the larger) and UDP.
@@ -192,11 +195,23 @@ impl AfXdpBackend {
 }
 
 /// Parses an Ethernet/IP/UDP frame: (source MAC, source, destination, payload range).
-fn parse(frame: &[u8]) -> Option<([u8; 6], SocketAddr, SocketAddr, std::ops::Range<usize>)> {
+/// What [`parse`] found in a received frame.
+struct Parsed {
+    /// The sender's MAC address.
+    mac: [u8; 6],
+    from: SocketAddr,
+    to: SocketAddr,
+    /// The ECN bits of the TOS or traffic class.
+    ecn: EcnCodepoint,
+    /// Where the UDP payload lies in the frame.
+    payload: std::ops::Range<usize>,
+}
+
+fn parse(frame: &[u8]) -> Option<Parsed> {
     let e = ethernet::Packet::new_checked(frame).ok()?;
     let eth = ethernet::Repr::parse(&e).ok()?;
     let l3 = e.header_len();
-    let (src, dst, l4, l4_len) = match eth.ethertype {
+    let (src, dst, tos, l4, l4_len) = match eth.ethertype {
         ethernet::ETHERTYPE_IPV4 => {
             let p = ipv4::Packet::new_checked(&frame[l3..]).ok()?;
             let r = ipv4::Repr::parse(&p).ok()?;
@@ -206,6 +221,7 @@ fn parse(frame: &[u8]) -> Option<([u8; 6], SocketAddr, SocketAddr, std::ops::Ran
             (
                 IpAddr::from(r.src),
                 IpAddr::from(r.dst),
+                r.tos,
                 l3 + p.header_len(),
                 r.payload_len,
             )
@@ -219,6 +235,7 @@ fn parse(frame: &[u8]) -> Option<([u8; 6], SocketAddr, SocketAddr, std::ops::Ran
             (
                 IpAddr::from(r.src),
                 IpAddr::from(r.dst),
+                r.traffic_class,
                 l3 + ipv6::HEADER_LEN,
                 r.payload_len,
             )
@@ -228,12 +245,13 @@ fn parse(frame: &[u8]) -> Option<([u8; 6], SocketAddr, SocketAddr, std::ops::Ran
     let u = udp::Packet::new_checked(frame.get(l4..l4 + l4_len)?).ok()?;
     let r = udp::Repr::parse(&u).ok()?;
     let start = l4 + udp::HEADER_LEN;
-    Some((
-        eth.src.0,
-        SocketAddr::new(src, r.src_port),
-        SocketAddr::new(dst, r.dst_port),
-        start..start + r.payload_len,
-    ))
+    Some(Parsed {
+        mac: eth.src.0,
+        from: SocketAddr::new(src, r.src_port),
+        to: SocketAddr::new(dst, r.dst_port),
+        ecn: EcnCodepoint::from_bits(tos),
+        payload: start..start + r.payload_len,
+    })
 }
 
 /// Writes Ethernet, IP and UDP headers in front of `payload_len` bytes at `HEADROOM` in
@@ -244,6 +262,7 @@ fn emit_headers(
     dst_mac: [u8; 6],
     from: SocketAddr,
     to: SocketAddr,
+    ecn: EcnCodepoint,
     payload_len: usize,
 ) -> Option<(usize, usize)> {
     let udp_len = udp::HEADER_LEN + payload_len;
@@ -273,7 +292,7 @@ fn emit_headers(
             protocol: ipv4::PROTO_UDP,
             payload_len: udp_len,
             ttl: 64,
-            tos: 0,
+            tos: ecn.bits(),
         }
         .emit(frame.get_mut(l3..)?)
         .ok()?,
@@ -283,7 +302,7 @@ fn emit_headers(
             next_header: 17,
             payload_len: udp_len,
             hop_limit: 64,
-            traffic_class: 0,
+            traffic_class: ecn.bits(),
         }
         .emit(frame.get_mut(l3..)?)
         .ok()?,
@@ -308,7 +327,10 @@ impl Backend for AfXdpBackend {
         Capabilities {
             gso_segments: 1,
             gro: false,
-            ecn: false,
+            // The program's frames carry the IP header: its ECN bits are read and written
+            // directly, and the destination address is the header's.
+            ecn: true,
+            pktinfo: true,
             zero_copy: self.xsk.is_zero_copy(),
         }
     }
@@ -331,7 +353,14 @@ impl Backend for AfXdpBackend {
         let seen = &mut self.seen;
         seen.clear();
         self.xsk.recv(slots, |frame| {
-            let Some((mac, from, to, range)) = parse(frame) else {
+            let Some(Parsed {
+                mac,
+                from,
+                to,
+                ecn,
+                payload: range,
+            }) = parse(frame)
+            else {
                 return;
             };
             if to.port() != local.port() || range.len() > batch.slot_size() {
@@ -341,9 +370,9 @@ impl Backend for AfXdpBackend {
             batch.set(
                 n,
                 RxMeta {
-                    from,
-                    len: range.len(),
-                    stride: range.len(),
+                    ecn,
+                    dst: Some(to.ip()),
+                    ..RxMeta::new(from, range.len())
                 },
             );
             if seen.last() != Some(&(from.ip(), mac)) {
@@ -384,11 +413,16 @@ impl Backend for AfXdpBackend {
         batch.split_segments();
         while let Some(it) = batch.pending().first().copied() {
             let bytes = batch.bytes(&it).to_vec();
-            let mut one = Some((it.to, bytes));
+            let mut one = Some(bytes);
             let sent = self.send_direct(&mut |buf: &mut [u8]| {
-                let (to, b) = one.take()?;
+                let b = one.take()?;
                 buf.get_mut(..b.len())?.copy_from_slice(&b);
-                Some((to, b.len()))
+                Some(Transmit {
+                    destination: it.to,
+                    size: b.len(),
+                    ecn: it.ecn,
+                    src_ip: it.src,
+                })
             });
             batch.advance(1);
             if let Some(Err(e)) = sent {
@@ -406,10 +440,11 @@ impl Backend for AfXdpBackend {
         let mut sent = 0;
         let (src_mac, local) = (self.mac, self.local);
         while let Some((frame, buf)) = self.xsk.tx_frame() {
-            let Some((to, len)) = buf.get_mut(HEADROOM..).and_then(&mut *fill) else {
+            let Some(t) = buf.get_mut(HEADROOM..).and_then(&mut *fill) else {
                 self.xsk.tx_cancel(frame);
                 break;
             };
+            let (to, len) = (t.destination, t.size);
             if to.is_ipv4() != local.is_ipv4() {
                 // An IPv4 peer of an IPv6 address (or the reverse) has no route here.
                 self.stats.tx_errors += 1;
@@ -422,9 +457,12 @@ impl Backend for AfXdpBackend {
                 self.xsk.tx_cancel(frame);
                 continue;
             };
+            // The interface's address: the socket holds one (a transmit's `src_ip` is the
+            // address the peer's datagram arrived at, which is this one).
             let from = SocketAddr::new(local.ip(), local.port());
             let buf = self.xsk.frame_mut(frame);
-            let Some((start, flen)) = emit_headers(buf, src_mac, dst_mac, from, to, len) else {
+            let Some((start, flen)) = emit_headers(buf, src_mac, dst_mac, from, to, t.ecn, len)
+            else {
                 self.stats.tx_errors += 1;
                 self.xsk.tx_cancel(frame);
                 continue;
@@ -493,13 +531,15 @@ mod tests {
             let mut frame = vec![0u8; 2048];
             let payload: Vec<u8> = (0..1200u32).map(|i| i as u8).collect();
             frame[HEADROOM..HEADROOM + payload.len()].copy_from_slice(&payload);
+            let ecn = EcnCodepoint::Ect0;
             let (start, len) =
-                emit_headers(&mut frame, [2; 6], [4; 6], from, to, payload.len()).expect("emit");
+                emit_headers(&mut frame, [2; 6], [4; 6], from, to, ecn, 1200).expect("emit");
             let wire = &frame[start..start + len];
-            let (mac, src, dst, range) = parse(wire).expect("parse");
-            assert_eq!(mac, [2; 6]);
-            assert_eq!((src, dst), (from, to));
-            assert_eq!(&wire[range], &payload[..]);
+            let p = parse(wire).expect("parse");
+            assert_eq!(p.mac, [2; 6]);
+            assert_eq!((p.from, p.to), (from, to));
+            assert_eq!(p.ecn, ecn, "the ECN bits cross in the IP header");
+            assert_eq!(&wire[p.payload], &payload[..]);
             // The UDP checksum is complete (required for IPv6).
             let l4 = len - payload.len() - udp::HEADER_LEN;
             let u = udp::Packet::new_checked(&wire[l4..]).expect("udp");
@@ -524,8 +564,8 @@ mod tests {
                 frame[14] = 0x45;
             }
             let len = (rng % 200) as usize;
-            if let Some((_, _, _, r)) = parse(&frame[..len]) {
-                assert!(r.end <= len);
+            if let Some(p) = parse(&frame[..len]) {
+                assert!(p.payload.end <= len);
             }
         }
     }

@@ -27,7 +27,9 @@ pub mod udp;
 pub mod uring;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+pub use crate::conn::{DatagramInfo, EcnCodepoint, Transmit};
 
 /// Which backend moves the packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +86,9 @@ pub struct Capabilities {
     pub gro: bool,
     /// ECN marks are read and written.
     pub ecn: bool,
+    /// The local address of received datagrams is known, and sends can choose theirs
+    /// (`IP_PKTINFO`/`IPV6_PKTINFO`, or the packet headers themselves for AF_XDP).
+    pub pktinfo: bool,
     /// Packets move without a copy between kernel and user memory.
     pub zero_copy: bool,
 }
@@ -105,9 +110,10 @@ pub struct BackendStats {
     pub tx_would_block: u64,
 }
 
-/// Writes one datagram into the buffer given (a frame's payload area) and returns its
-/// destination and length, or `None` when there is nothing more to send.
-pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Option<(SocketAddr, usize)> + 'a;
+/// Writes one datagram into the buffer given (a frame's payload area) and returns how to
+/// send it (destination, length, ECN mark, source address), or `None` when there is
+/// nothing more to send.
+pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Option<Transmit> + 'a;
 
 /// One batch I/O backend. Calls never block: [`readiness`](Self::readiness) says what to
 /// wait on.
@@ -172,6 +178,32 @@ pub struct RxMeta {
     /// With GRO, the size of each coalesced datagram (the last may be shorter); equal to
     /// `len` otherwise.
     pub stride: usize,
+    /// The ECN codepoint it arrived with (all of a GRO batch share one: the kernel only
+    /// coalesces datagrams with the same TOS).
+    pub ecn: EcnCodepoint,
+    /// The local address it was sent to, when the backend knows it.
+    pub dst: Option<IpAddr>,
+}
+
+impl RxMeta {
+    /// `len` bytes from `from`, one datagram, nothing else known.
+    pub fn new(from: SocketAddr, len: usize) -> Self {
+        Self {
+            from,
+            len,
+            stride: len,
+            ecn: EcnCodepoint::NotEct,
+            dst: None,
+        }
+    }
+
+    /// What the transport is told of each datagram in the slot.
+    pub fn info(&self) -> DatagramInfo {
+        DatagramInfo {
+            local_ip: self.dst,
+            ecn: self.ecn,
+        }
+    }
 }
 
 /// Receive buffers: `slots` buffers of `slot_size` bytes, allocated once.
@@ -187,11 +219,10 @@ impl RxBatch {
     /// `slots` buffers of `slot_size` bytes each (64 KiB lets GRO coalesce fully).
     pub fn new(slots: usize, slot_size: usize) -> Self {
         let slots = slots.max(1);
-        let none = RxMeta {
-            from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            len: 0,
-            stride: 0,
-        };
+        let none = RxMeta::new(
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            0,
+        );
         Self {
             buf: vec![0; slots * slot_size],
             slot_size,
@@ -240,13 +271,15 @@ impl RxBatch {
         (m, &mut self.buf[i * s..i * s + m.len])
     }
 
-    /// Calls `f` for every datagram received, GRO batches split by their stride.
-    pub fn for_each(&mut self, mut f: impl FnMut(SocketAddr, &mut [u8])) {
+    /// Calls `f` for every datagram received, GRO batches split by their stride, with
+    /// its sender and what else the backend knows of it.
+    pub fn for_each(&mut self, mut f: impl FnMut(SocketAddr, DatagramInfo, &mut [u8])) {
         for i in 0..self.filled {
             let (m, data) = self.get_mut(i);
             let stride = if m.stride == 0 { m.len } else { m.stride };
+            let info = m.info();
             for d in data.chunks_mut(stride.max(1)) {
-                f(m.from, d);
+                f(m.from, info, d);
             }
         }
     }
@@ -266,6 +299,10 @@ pub struct TxItem {
     pub segment_size: usize,
     /// Datagrams in the item.
     pub segments: u16,
+    /// The ECN codepoint all of them carry.
+    pub ecn: EcnCodepoint,
+    /// The source address all of them are sent from (`None`: the OS chooses).
+    pub src: Option<IpAddr>,
     /// No further datagram may join (the last one was shorter).
     closed: bool,
 }
@@ -324,20 +361,18 @@ impl TxBatch {
     }
 
     /// Appends one datagram that `write` produces in place: it gets `mtu` bytes and
-    /// returns the destination and length, or `None` if it had nothing (then nothing is
-    /// added). Returns whether a datagram was added.
-    pub fn push_with(
-        &mut self,
-        write: impl FnOnce(&mut [u8]) -> Option<(SocketAddr, usize)>,
-    ) -> bool {
+    /// returns how to send it, or `None` if it had nothing (then nothing is added).
+    /// Returns whether a datagram was added.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<Transmit>) -> bool {
         if !self.has_room() {
             return false;
         }
         let offset = self.items.last().map_or(0, |it| it.offset + it.len);
-        let Some((to, len)) = write(&mut self.arena[offset..offset + self.mtu]) else {
+        let Some(t) = write(&mut self.arena[offset..offset + self.mtu]) else {
             return false;
         };
-        let len = len.min(self.mtu);
+        let (to, ecn, src) = (t.destination, t.ecn, t.src_ip);
+        let len = t.size.min(self.mtu);
         self.datagrams += 1;
         let max_segments = self.max_segments;
         let open_item = self.items.len() > self.head;
@@ -345,6 +380,8 @@ impl TxBatch {
             open_item
                 && !it.closed
                 && it.to == to
+                && it.ecn == ecn
+                && it.src == src
                 && it.segments < max_segments
                 && len <= it.segment_size
                 && it.len + len <= GSO_MAX_BYTES
@@ -360,6 +397,8 @@ impl TxBatch {
             len,
             segment_size: len,
             segments: 1,
+            ecn,
+            src,
             closed: false,
         });
         true
@@ -401,6 +440,8 @@ impl TxBatch {
                     len,
                     segment_size: len,
                     segments: 1,
+                    ecn: it.ecn,
+                    src: it.src,
                     closed: true,
                 });
                 off += len;
@@ -424,13 +465,13 @@ mod tests {
         for (port, len) in [(1, 1000), (1, 1000), (1, 1000), (1, 1000), (1, 1000)] {
             assert!(b.push_with(|buf| {
                 buf[..len].fill(7);
-                Some((addr(port), len))
+                Some(Transmit::new(addr(port), len))
             }));
         }
         // A shorter one closes its group; another destination starts a new one.
-        assert!(b.push_with(|_| Some((addr(1), 300))));
-        assert!(b.push_with(|_| Some((addr(1), 1000))));
-        assert!(b.push_with(|_| Some((addr(2), 1000))));
+        assert!(b.push_with(|_| Some(Transmit::new(addr(1), 300))));
+        assert!(b.push_with(|_| Some(Transmit::new(addr(1), 1000))));
+        assert!(b.push_with(|_| Some(Transmit::new(addr(2), 1000))));
         assert!(!b.push_with(|_| None));
         let p = b.pending();
         let shape: Vec<(u16, usize, usize)> = p
@@ -460,8 +501,8 @@ mod tests {
     #[test]
     fn tx_respects_capacity() {
         let mut b = TxBatch::new(2, 1500);
-        assert!(b.push_with(|_| Some((addr(1), 10))));
-        assert!(b.push_with(|_| Some((addr(1), 10))));
+        assert!(b.push_with(|_| Some(Transmit::new(addr(1), 10))));
+        assert!(b.push_with(|_| Some(Transmit::new(addr(1), 10))));
         assert!(!b.has_room());
         assert!(!b.push_with(|_| panic!("no room: must not be called")));
     }
@@ -473,14 +514,15 @@ mod tests {
         b.set(
             0,
             RxMeta {
-                from: addr(9),
-                len: 2500,
                 stride: 1000,
+                ecn: EcnCodepoint::Ce,
+                ..RxMeta::new(addr(9), 2500)
             },
         );
         let mut lens = Vec::new();
-        b.for_each(|from, d| {
+        b.for_each(|from, info, d| {
             assert_eq!(from, addr(9));
+            assert_eq!(info.ecn, EcnCodepoint::Ce, "every datagram of a GRO batch");
             lens.push(d.len());
         });
         assert_eq!(lens, vec![1000, 1000, 500]);

@@ -154,14 +154,7 @@ impl Backend for SimBackend {
                     continue;
                 }
                 batch.slot_mut(n)[..data.len()].copy_from_slice(&data);
-                batch.set(
-                    n,
-                    RxMeta {
-                        from,
-                        len: data.len(),
-                        stride: data.len(),
-                    },
-                );
+                batch.set(n, RxMeta::new(from, data.len()));
                 n += 1;
             }
             link.next_arrival()

@@ -2,7 +2,11 @@
 //!
 //! On Linux it moves batches with `recvmmsg`/`sendmmsg`, sends runs of same-size datagrams
 //! as one GSO send (`UDP_SEGMENT`), and lets the kernel coalesce received datagrams (GRO,
-//! `UDP_GRO`). A device that refuses GSO (`EIO`) turns it off for the socket's lifetime,
+//! `UDP_GRO`). Control messages carry each datagram's ECN codepoint both ways (`IP_TOS`
+//! and `IPV6_TCLASS`, received through `IP_RECVTOS`/`IPV6_RECVTCLASS`) and, on a socket
+//! bound to a wildcard address, the local address: received through `IP_PKTINFO`/
+//! `IPV6_RECVPKTINFO` and set on sends, so a multi-homed server answers from the address
+//! the client chose. A device that refuses GSO (`EIO`) turns it off for the socket's lifetime,
 //! and the batch is resent datagram by datagram. On other systems it sends and receives
 //! one datagram per call through the standard library.
 
@@ -53,6 +57,8 @@ pub const MAX_GSO_SEGMENTS: u16 = 64;
 pub struct UdpBackend {
     socket: Socket,
     local: SocketAddr,
+    /// Bound to a wildcard address: sends name their source address (`IP_PKTINFO`).
+    wildcard: bool,
     caps: Capabilities,
     stats: BackendStats,
 }
@@ -83,10 +89,12 @@ impl UdpBackend {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
-        let caps = probe_offloads(&socket, config);
+        let mut caps = probe_offloads(&socket, config);
+        (caps.ecn, caps.pktinfo) = enable_rx_info(&socket, local.is_ipv6());
         Ok(Self {
             socket,
             local,
+            wildcard: local.ip().is_unspecified(),
             caps,
             stats: BackendStats::default(),
         })
@@ -222,6 +230,43 @@ fn probe_offloads(socket: &Socket, config: &UdpConfig) -> Capabilities {
     caps
 }
 
+/// Asks for each datagram's TOS / traffic class (ECN) and destination address in control
+/// messages. A dual-stack IPv6 socket asks for both families' (IPv4 peers arrive on it
+/// too). Returns whether ECN and pktinfo are available.
+#[cfg(target_os = "linux")]
+fn enable_rx_info(socket: &Socket, v6: bool) -> (bool, bool) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let on = |level: libc::c_int, opt: libc::c_int| {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd; a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    let v4_ecn = on(libc::IPPROTO_IP, libc::IP_RECVTOS);
+    let v4_info = on(libc::IPPROTO_IP, libc::IP_PKTINFO);
+    if v6 {
+        let ecn = on(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS);
+        let info = on(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO);
+        (ecn, info)
+    } else {
+        (v4_ecn, v4_info)
+    }
+}
+
+/// The portable path reads no control messages.
+#[cfg(not(target_os = "linux"))]
+fn enable_rx_info(_socket: &Socket, _v6: bool) -> (bool, bool) {
+    (false, false)
+}
+
 #[cfg(not(target_os = "linux"))]
 fn probe_offloads(_socket: &Socket, _config: &UdpConfig) -> Capabilities {
     Capabilities {
@@ -265,6 +310,7 @@ impl Backend for UdpBackend {
             &self.socket,
             batch,
             self.local.is_ipv6(),
+            self.wildcard,
             &mut self.caps,
             &mut self.stats,
         )
@@ -300,17 +346,55 @@ pub(crate) mod sys {
     use super::BATCH;
     use crate::io::{BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
 
-    /// Room for one UDP_SEGMENT or UDP_GRO control message (and a spare).
+    /// Room for the control messages of one datagram: on send UDP_SEGMENT, a TOS or
+    /// traffic class and a pktinfo (24 + 24 + 40 bytes); on receive UDP_GRO, TOS and
+    /// traffic class, and both pktinfos (a v4 datagram on a dual-stack socket).
     #[repr(C, align(8))]
     #[derive(Clone, Copy)]
-    pub(crate) struct Control(pub(crate) [u8; 64]);
+    pub(crate) struct Control(pub(crate) [u8; CONTROL_LEN]);
+
+    /// Bytes of [`Control`].
+    pub(crate) const CONTROL_LEN: usize = 160;
 
     impl Control {
-        pub(crate) const ZERO: Self = Self([0; 64]);
+        pub(crate) const ZERO: Self = Self([0; CONTROL_LEN]);
+
+        /// Appends a control message at `*off` (a multiple of 8), advancing it; a message
+        /// that does not fit is left out.
+        fn push(&mut self, off: &mut usize, level: libc::c_int, ty: libc::c_int, data: &[u8]) {
+            // SAFETY: CMSG_SPACE and CMSG_LEN are pure size computations.
+            let (space, len) = unsafe {
+                (
+                    libc::CMSG_SPACE(data.len() as u32) as usize,
+                    libc::CMSG_LEN(data.len() as u32) as usize,
+                )
+            };
+            if *off + space > CONTROL_LEN {
+                return;
+            }
+            let hdr = libc::cmsghdr {
+                cmsg_len: len as _,
+                cmsg_level: level,
+                cmsg_type: ty,
+            };
+            let data_off = len - data.len();
+            // SAFETY: `*off + space` ≤ the buffer, the header and its data fit in `space`
+            // bytes; written unaligned, so the buffer's alignment does not matter.
+            unsafe {
+                std::ptr::write_unaligned(
+                    self.0.as_mut_ptr().add(*off).cast::<libc::cmsghdr>(),
+                    hdr,
+                );
+            }
+            self.0[*off + data_off..*off + data_off + data.len()].copy_from_slice(data);
+            self.0[*off + len..*off + space].fill(0);
+            *off += space;
+        }
     }
 
-    /// Points `h` at `bytes` (through `iov`) for `name`, with a UDP_SEGMENT control
-    /// message in `control` when `it` is a GSO group. All of them must stay alive and
+    /// Points `h` at `bytes` (through `iov`) for `name`, with control messages in
+    /// `control`: UDP_SEGMENT when `it` is a GSO group, its ECN codepoint, and its source
+    /// address when `send_src` (a wildcard-bound socket). All of them must stay alive and
     /// unmoved until the send completes. (Shared by `sendmmsg` and io_uring's `sendmsg`.)
     pub(crate) fn prepare_send(
         h: &mut libc::msghdr,
@@ -319,26 +403,74 @@ pub(crate) mod sys {
         bytes: &[u8],
         control: &mut Control,
         it: &crate::io::TxItem,
+        send_src: bool,
     ) {
+        use std::net::{IpAddr, SocketAddr};
         iov.iov_base = bytes.as_ptr().cast_mut().cast();
         iov.iov_len = bytes.len();
         h.msg_name = name.as_ptr().cast_mut().cast();
         h.msg_namelen = name.len();
         h.msg_iov = iov;
         h.msg_iovlen = 1;
+        let mut off = 0;
         if it.segments > 1 {
-            h.msg_control = control.0.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-            // SAFETY: msg_control points at a zeroed, aligned buffer of at least
-            // CMSG_SPACE(2) bytes, so the first header and its data fit.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(h);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), it.segment_size as u16);
+            let seg = it.segment_size as u16;
+            control.push(
+                &mut off,
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                &seg.to_ne_bytes(),
+            );
+        }
+        let v4 = matches!(it.to, SocketAddr::V4(_));
+        if it.ecn != crate::io::EcnCodepoint::NotEct {
+            let tos = libc::c_int::from(it.ecn.bits()).to_ne_bytes();
+            // An IPv4 destination, even on a dual-stack IPv6 socket, takes IPv4 options.
+            if v4 {
+                control.push(&mut off, libc::IPPROTO_IP, libc::IP_TOS, &tos);
+            } else {
+                control.push(&mut off, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &tos);
             }
+        }
+        match (send_src, it.src, v4) {
+            (true, Some(IpAddr::V4(a)), true) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(a).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                // SAFETY: a plain C struct viewed as its bytes.
+                let b = unsafe {
+                    std::slice::from_raw_parts(
+                        (&raw const info).cast::<u8>(),
+                        size_of::<libc::in_pktinfo>(),
+                    )
+                };
+                control.push(&mut off, libc::IPPROTO_IP, libc::IP_PKTINFO, b);
+            }
+            (true, Some(IpAddr::V6(a)), false) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                // SAFETY: a plain C struct viewed as its bytes.
+                let b = unsafe {
+                    std::slice::from_raw_parts(
+                        (&raw const info).cast::<u8>(),
+                        size_of::<libc::in6_pktinfo>(),
+                    )
+                };
+                control.push(&mut off, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, b);
+            }
+            _ => {}
+        }
+        if off > 0 {
+            h.msg_control = control.0.as_mut_ptr().cast();
+            h.msg_controllen = off as _;
         }
     }
 
@@ -397,46 +529,96 @@ pub(crate) mod sys {
             // SAFETY: zero-initialised, then possibly written by the kernel: initialised.
             let name = unsafe { names[i].assume_init_ref() };
             let Some(from) = super::socket_addr(name, h.msg_namelen) else {
-                batch.set(
-                    i,
-                    RxMeta {
-                        from: "0.0.0.0:0".parse().expect("literal"),
-                        len: 0,
-                        stride: 0,
-                    },
-                );
+                batch.set(i, RxMeta::new(super::UNSPECIFIED, 0));
                 continue;
             };
-            let stride = gro_size(h).unwrap_or(len);
-            batch.set(i, RxMeta { from, len, stride });
+            let c = parse_control(h);
+            batch.set(
+                i,
+                RxMeta {
+                    from,
+                    len,
+                    stride: c.gro.unwrap_or(len),
+                    ecn: c.ecn,
+                    dst: c.dst,
+                },
+            );
         }
         Ok(got)
     }
 
-    /// The UDP_GRO segment size in a received message's control data.
-    pub(crate) fn gro_size(h: &libc::msghdr) -> Option<usize> {
+    /// What a received message's control data said.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(crate) struct Received {
+        /// UDP_GRO segment size.
+        pub(crate) gro: Option<usize>,
+        /// ECN codepoint from the TOS or traffic class.
+        pub(crate) ecn: crate::io::EcnCodepoint,
+        /// Destination address from the pktinfo.
+        pub(crate) dst: Option<std::net::IpAddr>,
+    }
+
+    /// Parses a received message's control data: UDP_GRO, IP_TOS / IPV6_TCLASS and
+    /// IP_PKTINFO / IPV6_PKTINFO. Messages shorter than their type needs are ignored.
+    pub(crate) fn parse_control(h: &libc::msghdr) -> Received {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let mut r = Received::default();
         // SAFETY: `h` is a msghdr the kernel filled; CMSG_FIRSTHDR/NXTHDR stay within
         // `msg_controllen` and return null at the end.
         let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
         while !c.is_null() {
             // SAFETY: `c` is non-null and points inside the control buffer.
             let cm = unsafe { &*c };
-            if cm.cmsg_level == libc::SOL_UDP && cm.cmsg_type == libc::UDP_GRO {
-                // SAFETY: a UDP_GRO message carries one c_int; read unaligned.
-                let v =
-                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) };
-                return usize::try_from(v).ok().filter(|v| *v > 0);
+            // SAFETY: CMSG_LEN(0) is a pure size computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let n = (cm.cmsg_len as usize).saturating_sub(header);
+            // SAFETY: the kernel wrote `n` data bytes after the header, inside the buffer.
+            let data = unsafe { std::slice::from_raw_parts(libc::CMSG_DATA(c), n) };
+            let int = || -> Option<libc::c_int> {
+                Some(libc::c_int::from_ne_bytes(data.get(..4)?.try_into().ok()?))
+            };
+            match (cm.cmsg_level, cm.cmsg_type) {
+                (libc::SOL_UDP, libc::UDP_GRO) => {
+                    r.gro = int()
+                        .and_then(|v| usize::try_from(v).ok())
+                        .filter(|v| *v > 0);
+                }
+                // IPv4 reports the TOS as one byte; IPv6 the traffic class as an int.
+                (libc::IPPROTO_IP, libc::IP_TOS) => {
+                    if let Some(b) = data.first() {
+                        r.ecn = crate::io::EcnCodepoint::from_bits(*b);
+                    }
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                    if let Some(v) = int() {
+                        r.ecn = crate::io::EcnCodepoint::from_bits(v as u8);
+                    }
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if n >= size_of::<libc::in_pktinfo>() => {
+                    // ipi_ifindex (4 bytes), ipi_spec_dst, then ipi_addr: the header's
+                    // destination address.
+                    let a: [u8; 4] = data[8..12].try_into().expect("4 bytes");
+                    r.dst = Some(IpAddr::V4(Ipv4Addr::from(a)));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if n >= size_of::<libc::in6_pktinfo>() => {
+                    let a: [u8; 16] = data[..16].try_into().expect("16 bytes");
+                    let ip = Ipv6Addr::from(a);
+                    // An IPv4 datagram on a dual-stack socket reports a v4-mapped address.
+                    r.dst = Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4));
+                }
+                _ => {}
             }
             // SAFETY: as for CMSG_FIRSTHDR.
             c = unsafe { libc::CMSG_NXTHDR(h, c) };
         }
-        None
+        r
     }
 
     pub(super) fn send(
         socket: &Socket,
         batch: &mut TxBatch,
         v6_socket: bool,
+        send_src: bool,
         caps: &mut Capabilities,
         stats: &mut BackendStats,
     ) -> io::Result<()> {
@@ -460,6 +642,7 @@ pub(crate) mod sys {
                     batch.bytes(&it),
                     &mut control[i],
                     &it,
+                    send_src,
                 );
             }
             // SAFETY: `hdrs[..n]` point at the arena, `names` and `control`, all alive
@@ -538,14 +721,7 @@ mod sys {
                     let Some(from) = addr.as_socket() else {
                         continue;
                     };
-                    batch.set(
-                        n,
-                        RxMeta {
-                            from,
-                            len,
-                            stride: len,
-                        },
-                    );
+                    batch.set(n, RxMeta::new(from, len));
                     n += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -565,6 +741,7 @@ mod sys {
         socket: &Socket,
         batch: &mut TxBatch,
         v6_socket: bool,
+        _send_src: bool,
         _caps: &mut Capabilities,
         stats: &mut BackendStats,
     ) -> io::Result<()> {
@@ -594,7 +771,7 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{RxBatch, TxBatch};
+    use crate::io::{RxBatch, Transmit, TxBatch};
 
     fn pair() -> (UdpBackend, UdpBackend) {
         let cfg = UdpConfig::new("127.0.0.1:0".parse().expect("addr"));
@@ -606,6 +783,14 @@ mod tests {
 
     /// Waits (bounded) until `b` has received `want` datagrams.
     fn drain(b: &mut UdpBackend, want: usize) -> Vec<Vec<u8>> {
+        drain_info(b, want).into_iter().map(|d| d.2).collect()
+    }
+
+    /// As [`drain`], with each datagram's sender and what the backend knew of it.
+    fn drain_info(
+        b: &mut UdpBackend,
+        want: usize,
+    ) -> Vec<(SocketAddr, crate::io::DatagramInfo, Vec<u8>)> {
         let mut rx = RxBatch::new(8, 65_536);
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -613,7 +798,7 @@ mod tests {
             if b.recv(&mut rx).expect("recv") == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            rx.for_each(|_, d| got.push(d.to_vec()));
+            rx.for_each(|from, info, d| got.push((from, info, d.to_vec())));
         }
         got
     }
@@ -629,7 +814,7 @@ mod tests {
             assert!(tx.push_with(|buf| {
                 buf[..len].fill(i as u8);
                 buf[..2].copy_from_slice(&i.to_be_bytes());
-                Some((to, len))
+                Some(Transmit::new(to, len))
             }));
         }
         a.send(&mut tx).expect("send");
@@ -664,10 +849,10 @@ mod tests {
         // Port 0 is never a valid destination: the OS refuses it.
         let bad: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let to = b.local_addr();
-        assert!(tx.push_with(|_| Some((bad, 100))));
+        assert!(tx.push_with(|_| Some(Transmit::new(bad, 100))));
         assert!(tx.push_with(|buf| {
             buf[0] = 42;
-            Some((to, 100))
+            Some(Transmit::new(to, 100))
         }));
         a.send(&mut tx).expect("send carries on");
         assert!(tx.is_empty());
@@ -675,5 +860,97 @@ mod tests {
         let got = drain(&mut b, 1);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0][0], 42);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod control_tests {
+    //! ECN and pktinfo control messages, over loopback.
+
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::io::{EcnCodepoint, RxBatch, Transmit, TxBatch};
+
+    fn recv_all(b: &mut UdpBackend, want: usize) -> Vec<(SocketAddr, crate::io::DatagramInfo)> {
+        let mut rx = RxBatch::new(8, 65_536);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            if b.recv(&mut rx).expect("recv") == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            rx.for_each(|from, info, _| got.push((from, info)));
+        }
+        got
+    }
+
+    fn send(a: &mut UdpBackend, to: SocketAddr, ecn: EcnCodepoint, src: Option<IpAddr>, n: usize) {
+        let mut tx = TxBatch::new(n, 1500);
+        tx.set_max_segments(a.capabilities().gso_segments);
+        for _ in 0..n {
+            assert!(tx.push_with(|_| Some(Transmit {
+                destination: to,
+                size: 1200,
+                ecn,
+                src_ip: src,
+            })));
+        }
+        a.send(&mut tx).expect("send");
+        assert!(tx.is_empty());
+        assert_eq!(a.stats().tx_errors, 0);
+    }
+
+    /// Each ECN codepoint crosses loopback, in GSO groups and singly, both families (the
+    /// IPv4 case on a dual-stack IPv6 socket too).
+    #[test]
+    fn ecn_marks_cross_both_ways() {
+        for (bind_a, bind_b, dst) in [
+            ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1"),
+            ("[::1]:0", "[::1]:0", "::1"),
+            ("[::]:0", "[::]:0", "127.0.0.1"),
+        ] {
+            let mut a = UdpBackend::bind(&UdpConfig::new(bind_a.parse().unwrap())).unwrap();
+            let mut b = UdpBackend::bind(&UdpConfig::new(bind_b.parse().unwrap())).unwrap();
+            assert!(b.capabilities().ecn && b.capabilities().pktinfo);
+            let to = SocketAddr::new(dst.parse().unwrap(), b.local_addr().port());
+            for ecn in [
+                EcnCodepoint::Ect0,
+                EcnCodepoint::Ce,
+                EcnCodepoint::NotEct,
+                EcnCodepoint::Ect1,
+            ] {
+                send(&mut a, to, ecn, None, 3);
+                let got = recv_all(&mut b, 3);
+                assert_eq!(got.len(), 3, "{bind_a} -> {to}");
+                for (_, info) in got {
+                    assert_eq!(info.ecn, ecn, "{bind_a} -> {to}");
+                    assert_eq!(info.local_ip, Some(to.ip()), "pktinfo: {bind_a} -> {to}");
+                }
+            }
+        }
+    }
+
+    /// A wildcard-bound socket sends from the address named in the transmit: the
+    /// receiver sees it as the sender, whichever of the host's addresses it is.
+    #[test]
+    fn the_source_address_is_the_one_asked_for() {
+        let mut a = UdpBackend::bind(&UdpConfig::new("0.0.0.0:0".parse().unwrap())).unwrap();
+        let mut b = UdpBackend::bind(&UdpConfig::new("0.0.0.0:0".parse().unwrap())).unwrap();
+        let to: SocketAddr = SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_addr().port());
+        // All of 127.0.0.0/8 is local: 127.0.0.2 is an address the OS would not pick.
+        let src: IpAddr = "127.0.0.2".parse().unwrap();
+        send(&mut a, to, EcnCodepoint::Ect0, Some(src), 2);
+        let got = recv_all(&mut b, 2);
+        assert_eq!(got.len(), 2);
+        for (from, info) in got {
+            assert_eq!(from.ip(), src);
+            assert_eq!(from.port(), a.local_addr().port());
+            assert_eq!(info.ecn, EcnCodepoint::Ect0);
+        }
+        // Without a source the OS picks 127.0.0.1.
+        send(&mut a, to, EcnCodepoint::NotEct, None, 1);
+        let got = recv_all(&mut b, 1);
+        assert_eq!(got[0].0.ip(), IpAddr::from([127, 0, 0, 1]));
     }
 }

@@ -57,8 +57,8 @@ const RECV: u64 = u64::MAX;
 const POLL_OUT: u64 = u64::MAX - 1;
 /// Room for the sender's address in a receive buffer.
 const NAME_LEN: usize = size_of::<libc::sockaddr_storage>();
-/// Room for control messages (UDP_GRO) in a receive buffer.
-const CONTROL_LEN: usize = 64;
+/// Room for control messages (UDP_GRO, TOS, pktinfo) in a receive buffer.
+const CONTROL_LEN: usize = super::udp::sys::CONTROL_LEN;
 /// `io_uring_recvmsg_out`, before the name in each receive buffer.
 const OUT_HEADER: usize = 16;
 
@@ -247,7 +247,7 @@ impl UringBackend {
                 Ok(out) if !out.is_payload_truncated() => {
                     let payload = out.payload_data();
                     let from = sockaddr(out.name_data(), out.incoming_name_len());
-                    let stride = gro_size(out.control_data()).unwrap_or(payload.len());
+                    let c = parse_control(out.control_data());
                     match from {
                         Some(from) if payload.len() <= batch.slot_size() => {
                             batch.slot_mut(i)[..payload.len()].copy_from_slice(payload);
@@ -256,7 +256,9 @@ impl UringBackend {
                                 RxMeta {
                                     from,
                                     len: payload.len(),
-                                    stride,
+                                    stride: c.gro.unwrap_or(payload.len()),
+                                    ecn: c.ecn,
+                                    dst: c.dst,
                                 },
                             );
                             true
@@ -288,14 +290,14 @@ fn sockaddr(name: &[u8], len: u32) -> Option<SocketAddr> {
     super::udp::socket_addr(&ss, len as libc::socklen_t)
 }
 
-/// The UDP_GRO segment size among received control messages (parsed as `recvmmsg`'s
-/// are, through a `msghdr` pointing at them).
-fn gro_size(control: &[u8]) -> Option<usize> {
+/// The received control messages (GRO size, ECN, destination), parsed as `recvmmsg`'s
+/// are, through a `msghdr` pointing at them.
+fn parse_control(control: &[u8]) -> super::udp::sys::Received {
     // SAFETY: all-zero is a valid msghdr.
     let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
     h.msg_control = control.as_ptr().cast_mut().cast();
     h.msg_controllen = control.len();
-    super::udp::sys::gro_size(&h)
+    super::udp::sys::parse_control(&h)
 }
 
 impl Backend for UringBackend {
@@ -353,6 +355,7 @@ impl Backend for UringBackend {
         }
         let fd = self.udp.socket().as_raw_fd();
         let v6 = self.udp.local_addr().is_ipv6();
+        let wildcard = self.udp.local_addr().ip().is_unspecified();
         while !batch.is_empty() {
             let pending = batch.pending();
             let n = pending.len().min(BATCH);
@@ -373,6 +376,7 @@ impl Backend for UringBackend {
                     batch.bytes(&it),
                     &mut control[i],
                     &it,
+                    wildcard,
                 );
             }
             {
@@ -496,7 +500,7 @@ mod tests {
             assert!(tx.push_with(|buf| {
                 buf[..len].fill(i as u8);
                 buf[..2].copy_from_slice(&i.to_be_bytes());
-                Some((to, len))
+                Some(crate::io::Transmit::new(to, len))
             }));
         }
         a.send(&mut tx).expect("send");
@@ -508,7 +512,7 @@ mod tests {
             if b.recv(&mut rx).expect("recv") == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            rx.for_each(|_, d| got.push(d.to_vec()));
+            rx.for_each(|_, _, d| got.push(d.to_vec()));
         }
         assert_eq!(got.len(), 200);
         for (i, d) in got.iter().enumerate() {
@@ -535,7 +539,7 @@ mod tests {
             if i % 100 == 99 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 while b.recv(&mut rx).expect("recv") > 0 {
-                    rx.for_each(|_, _| got += 1);
+                    rx.for_each(|_, _, _| got += 1);
                 }
             }
         }
@@ -544,7 +548,7 @@ mod tests {
             if b.recv(&mut rx).expect("recv") == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            rx.for_each(|_, _| got += 1);
+            rx.for_each(|_, _, _| got += 1);
         }
         // Loopback may drop when the socket buffer fills; most must arrive, and the
         // receive must keep working after ENOBUFS.

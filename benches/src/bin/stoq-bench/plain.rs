@@ -207,7 +207,7 @@ pub(crate) fn udp_server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<()
         }
         let now = Instant::now();
         let mut replies = Vec::new();
-        rx.for_each(|from, d| match d.first() {
+        rx.for_each(|from, _, d| match d.first() {
             Some(b'D') => {
                 bytes += d.len() as u64;
                 dgrams += 1;
@@ -255,7 +255,7 @@ pub(crate) fn udp_client(spec: &RoleSpec) -> Result<Outcome, String> {
                 while tx.has_room() {
                     tx.push_with(|buf| {
                         buf[0] = b'D';
-                        Some((spec.server, size))
+                        Some(stoq::io::Transmit::new(spec.server, size))
                     });
                 }
                 out.sent += tx.datagrams() as u64;
@@ -274,7 +274,7 @@ pub(crate) fn udp_client(spec: &RoleSpec) -> Result<Outcome, String> {
                 poll(fd, libc::POLLIN, 50);
                 let mut rx = RxBatch::new(8, 2048);
                 let _ = b.recv(&mut rx);
-                rx.for_each(|_, d| {
+                rx.for_each(|_, _, d| {
                     if d.len() == 25 && d[0] == b'A' {
                         let u =
                             |i: usize| u64::from_be_bytes(d[i..i + 8].try_into().unwrap_or([0; 8]));

@@ -119,6 +119,12 @@ pub trait Controller: Send + Debug {
     fn on_ack(&mut self, now: Instant, ack: &AckEvent);
     /// Packets were declared lost.
     fn on_loss(&mut self, now: Instant, loss: &LossEvent);
+    /// The peer reported new CE marks (ECN): a router queue is filling. `signal` reads
+    /// as a loss of the marked bytes with nothing actually lost. Classic ECN (RFC 3168)
+    /// asks for the same response as to a loss, which is the default.
+    fn on_ecn_ce(&mut self, now: Instant, signal: &LossEvent) {
+        self.on_loss(now, signal);
+    }
     /// The sender ran out of data with room left in the window.
     fn on_app_limited(&mut self, _now: Instant) {}
     /// The path MTU changed.

@@ -1,6 +1,7 @@
 //! Two endpoints wired together in memory (quinn's `Pair` idea), with simulated time, a
 //! fixed one-way delay, a path MTU, and a hook that can drop or rewrite any datagram.
 
+mod ecn;
 mod hostile;
 mod session;
 mod transport;
@@ -160,9 +161,19 @@ pub(super) struct Wire {
     pub(super) seq: usize,
     pub(super) data: Vec<u8>,
     pub(super) from: SocketAddr,
+    /// The IP header's ECN bits (a tamper may set CE, or clear them as a bleaching
+    /// middlebox does).
+    pub(super) ecn: EcnCodepoint,
 }
 
 type Tamper = Box<dyn FnMut(&mut Wire) -> Verdict>;
+
+fn info(w: &Wire) -> DatagramInfo {
+    DatagramInfo {
+        local_ip: None,
+        ecn: w.ecn,
+    }
+}
 
 pub(super) struct Pair {
     pub(super) start: Instant,
@@ -318,6 +329,7 @@ impl Pair {
             seq: self.seq,
             data: self.buf[..t.size].to_vec(),
             from,
+            ecn: t.ecn,
         };
         self.seq += 1;
         if let Some(f) = self.tamper.as_mut()
@@ -335,6 +347,7 @@ impl Pair {
             seq: usize::MAX,
             data,
             from,
+            ecn: EcnCodepoint::NotEct,
         };
         self.queue.push_back((self.now, w));
     }
@@ -344,7 +357,8 @@ impl Pair {
             let (_, mut w) = self.queue.pop_front().unwrap();
             if w.to_server {
                 if let Some(DatagramEvent::Incoming(i)) =
-                    self.server.handle_datagram(self.now, w.from, &mut w.data)
+                    self.server
+                        .handle_datagram_info(self.now, w.from, info(&w), &mut w.data)
                 {
                     if self.accept {
                         match self.server.accept(i, self.now) {
@@ -356,7 +370,9 @@ impl Pair {
                     }
                 }
             } else {
-                let _ = self.client.handle_datagram(self.now, w.from, &mut w.data);
+                let _ = self
+                    .client
+                    .handle_datagram_info(self.now, w.from, info(&w), &mut w.data);
                 if let Some(h) = self.client_conn
                     && let Some(c) = self.client.connection_mut(h)
                     && c.is_established()
