@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::conn::{ConnectionHandle, DatagramEvent, Endpoint, Event, Side};
+use crate::conn::{
+    ConnectionHandle, DatagramEvent, DatagramInfo, EcnCodepoint, Endpoint, Event, Side,
+};
 
 /// One direction of a simulated path.
 #[derive(Debug, Clone)]
@@ -48,6 +50,10 @@ pub struct LinkConfig {
     pub mtu: usize,
     /// Bottleneck queue capacity in bytes (only with a rate).
     pub queue_bytes: usize,
+    /// ECN marking at the bottleneck (an AQM's step threshold, as DCTCP's K): an
+    /// ECN-capable datagram that finds more than this many bytes queued is marked CE.
+    /// `None`: the queue only drops when full.
+    pub ecn_mark_above: Option<usize>,
     /// Periods, from the simulation start, during which everything is dropped.
     pub blackholes: Vec<(Duration, Duration)>,
 }
@@ -66,6 +72,7 @@ impl Default for LinkConfig {
             corrupt: 0.0,
             mtu: 1500,
             queue_bytes: usize::MAX,
+            ecn_mark_above: None,
             blackholes: Vec::new(),
         }
     }
@@ -96,6 +103,8 @@ pub struct LinkStats {
     pub duplicated: u64,
     /// Held back (reordered).
     pub reordered: u64,
+    /// Marked CE by the bottleneck.
+    pub ce_marked: u64,
 }
 
 /// A datagram in flight.
@@ -103,7 +112,21 @@ pub struct LinkStats {
 struct InFlight {
     from: SocketAddr,
     to: SocketAddr,
+    ecn: EcnCodepoint,
     data: Vec<u8>,
+}
+
+/// A datagram a link delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The sender.
+    pub from: SocketAddr,
+    /// The addressee.
+    pub to: SocketAddr,
+    /// The IP header's ECN bits on arrival (CE if the bottleneck marked it).
+    pub ecn: EcnCodepoint,
+    /// The bytes (corrupted if the link flipped a bit).
+    pub data: Vec<u8>,
 }
 
 /// One direction of a path.
@@ -169,8 +192,15 @@ impl Link {
         }
     }
 
-    /// Offers a datagram at `now`.
-    pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+    /// Offers a datagram at `now`, sent with the ECN codepoint `ecn`.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        mut ecn: EcnCodepoint,
+        data: &[u8],
+    ) {
         self.stats.sent += 1;
         self.stats.sent_bytes += data.len() as u64;
         if data.len() > self.cfg.mtu {
@@ -213,6 +243,12 @@ impl Link {
                 self.stats.queue_drops += 1;
                 return;
             }
+            if self.cfg.ecn_mark_above.is_some_and(|k| backlog > k as u64)
+                && matches!(ecn, EcnCodepoint::Ect0 | EcnCodepoint::Ect1)
+            {
+                ecn = EcnCodepoint::Ce;
+                self.stats.ce_marked += 1;
+            }
             let start = self.busy_until.max(now);
             self.last_queue_delay = start - now;
             self.max_queue_delay = self.max_queue_delay.max(self.last_queue_delay);
@@ -241,15 +277,29 @@ impl Link {
         let dup = self.cfg.duplicate;
         if self.chance(dup) {
             self.stats.duplicated += 1;
-            self.push(arrive + Duration::from_micros(50), from, to, data.clone());
+            let copy = InFlight {
+                from,
+                to,
+                ecn,
+                data: data.clone(),
+            };
+            self.push(arrive + Duration::from_micros(50), copy);
         }
-        self.push(arrive, from, to, data);
+        self.push(
+            arrive,
+            InFlight {
+                from,
+                to,
+                ecn,
+                data,
+            },
+        );
     }
 
-    fn push(&mut self, at: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+    fn push(&mut self, at: Instant, d: InFlight) {
         self.seq += 1;
         self.heap.push(Reverse((at, self.seq)));
-        self.slots.insert(self.seq, InFlight { from, to, data });
+        self.slots.insert(self.seq, d);
     }
 
     /// When the next datagram arrives.
@@ -257,8 +307,8 @@ impl Link {
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// The next datagram due by `now`: (from, to, bytes).
-    pub fn pop(&mut self, now: Instant) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+    /// The next datagram due by `now`.
+    pub fn pop(&mut self, now: Instant) -> Option<Delivered> {
         let Reverse((t, seq)) = *self.heap.peek()?;
         if t > now {
             return None;
@@ -267,7 +317,20 @@ impl Link {
         let d = self.slots.remove(&seq)?;
         self.stats.delivered += 1;
         self.stats.delivered_bytes += d.data.len() as u64;
-        Some((d.from, d.to, d.data))
+        Some(Delivered {
+            from: d.from,
+            to: d.to,
+            ecn: d.ecn,
+            data: d.data,
+        })
+    }
+}
+
+/// What the receiving endpoint is told of a delivered datagram.
+fn arrival(d: &Delivered) -> DatagramInfo {
+    DatagramInfo {
+        local_ip: Some(d.to.ip()),
+        ecn: d.ecn,
     }
 }
 
@@ -336,18 +399,20 @@ impl Sim {
     fn flush(&mut self) {
         while let Some(t) = self.client.poll_transmit(self.now, &mut self.buf) {
             let (from, to) = (self.client_addr, t.destination);
-            self.up.send(self.now, from, to, &self.buf[..t.size]);
+            self.up.send(self.now, from, to, t.ecn, &self.buf[..t.size]);
         }
         while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf) {
             let (from, to) = (self.server_addr, t.destination);
-            self.down.send(self.now, from, to, &self.buf[..t.size]);
+            self.down
+                .send(self.now, from, to, t.ecn, &self.buf[..t.size]);
         }
     }
 
     fn deliver(&mut self) {
-        while let Some((from, _to, mut d)) = self.up.pop(self.now) {
+        while let Some(mut d) = self.up.pop(self.now) {
             if let Some(DatagramEvent::Incoming(i)) =
-                self.server.handle_datagram(self.now, from, &mut d)
+                self.server
+                    .handle_datagram_info(self.now, d.from, arrival(&d), &mut d.data)
             {
                 if let Ok(h) = self.server.accept(i, self.now) {
                     self.server_conns.push(h);
@@ -356,8 +421,10 @@ impl Sim {
         }
         // The client receives whatever reaches any of its addresses (an old NAT binding
         // keeps working for a while).
-        while let Some((from, _to, mut d)) = self.down.pop(self.now) {
-            let _ = self.client.handle_datagram(self.now, from, &mut d);
+        while let Some(mut d) = self.down.pop(self.now) {
+            let _ = self
+                .client
+                .handle_datagram_info(self.now, d.from, arrival(&d), &mut d.data);
         }
         while let Some((h, e)) = self.client.poll_event() {
             self.events.push_back((Side::Client, h, e));

@@ -129,6 +129,8 @@ impl Backend for SimBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             gso_segments: 1,
+            ecn: true,
+            pktinfo: true,
             ..Capabilities::default()
         }
     }
@@ -147,14 +149,21 @@ impl Backend for SimBackend {
         let next = {
             let mut link = self.inc.link();
             while n < batch.slots() {
-                let Some((from, to, data)) = link.pop(now) else {
+                let Some(d) = link.pop(now) else {
                     break;
                 };
-                if to != self.local || data.len() > batch.slot_size() {
+                if d.to != self.local || d.data.len() > batch.slot_size() {
                     continue;
                 }
-                batch.slot_mut(n)[..data.len()].copy_from_slice(&data);
-                batch.set(n, RxMeta::new(from, data.len()));
+                batch.slot_mut(n)[..d.data.len()].copy_from_slice(&d.data);
+                batch.set(
+                    n,
+                    RxMeta {
+                        ecn: d.ecn,
+                        dst: Some(d.to.ip()),
+                        ..RxMeta::new(d.from, d.data.len())
+                    },
+                );
                 n += 1;
             }
             link.next_arrival()
@@ -175,7 +184,7 @@ impl Backend for SimBackend {
         let next = {
             let mut link = self.out.link();
             while let Some(it) = batch.pending().first().copied() {
-                link.send(now, self.local, it.to, batch.bytes(&it));
+                link.send(now, self.local, it.to, it.ecn, batch.bytes(&it));
                 self.stats.tx_datagrams += 1;
                 batch.advance(1);
             }

@@ -58,7 +58,7 @@ struct Plan {
 
 fn link(r: &mut Rng, blackhole: &[(Duration, Duration)]) -> LinkConfig {
     let lossy = r.chance(0.7);
-    LinkConfig {
+    let mut link = LinkConfig {
         rate_bps: r.chance(0.6).then(|| (2 + r.below(98)) * 1_000_000),
         delay: r.ms(1, 60),
         jitter: if r.chance(0.3) {
@@ -74,8 +74,13 @@ fn link(r: &mut Rng, blackhole: &[(Duration, Duration)]) -> LinkConfig {
         corrupt: if r.chance(0.3) { r.unit() * 0.05 } else { 0.0 },
         mtu: 1500,
         queue_bytes: (16 + r.below(1024)) as usize * 1024,
+        ecn_mark_above: None,
         blackholes: blackhole.to_vec(),
-    }
+    };
+    // A third of the bottlenecks mark CE from a quarter full (derived, not drawn, so
+    // every seed keeps the plan it had before ECN).
+    link.ecn_mark_above = (link.queue_bytes % 3 == 0).then_some(link.queue_bytes / 4);
+    link
 }
 
 fn plan(seed: u64) -> Plan {
