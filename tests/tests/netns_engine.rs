@@ -63,6 +63,92 @@ fn bulk(name: &str, mode: Mode, v6: bool) {
         );
         assert_eq!(p.server.info().selection.chosen, mode.0);
         eprintln!("{name}: server {}", p.server.info().detail);
+        // ECN crossed the veth both ways: each side's marks were counted by the other's
+        // backend and reported back (a backend that lost the bits would fail validation).
+        let client_ecn = conn.stats().map(|s| s.ecn_state);
+        let server_ecn = p.server.with_connections(|c| c.stats().ecn_state);
+        assert_eq!(client_ecn, Some("capable"), "client ECN validation");
+        assert_eq!(server_ecn, vec!["capable"], "server ECN validation");
+        conn.close(0, b"");
+    });
+}
+
+/// A server bound to the wildcard address of a host with two addresses, reached at the
+/// second one: it must answer from that address (IP_PKTINFO / IPV6_PKTINFO). The OS alone
+/// would answer from the first, which the client would drop as another path before the
+/// handshake completes.
+fn multihomed(name: &str, mode: Mode, v6: bool) {
+    if !privileged(name) {
+        return;
+    }
+    let p = engine::pair("multihome", v6, mode.0, move |c| {
+        mode.tune()(c);
+        if c.bind.port() == 4433 {
+            c.bind = if v6 { "[::]:4433" } else { "0.0.0.0:4433" }
+                .parse()
+                .expect("literal");
+        }
+    });
+    let (second, prefix): (std::net::IpAddr, &str) = if v6 {
+        let mut o = p.veth.b6.octets();
+        o[15] = 3;
+        (std::net::Ipv6Addr::from(o).into(), "64")
+    } else {
+        let mut o = p.veth.b4.octets();
+        o[3] = 3;
+        (std::net::Ipv4Addr::from(o).into(), "24")
+    };
+    let cidr = format!("{second}/{prefix}");
+    let mut args = vec!["addr", "add", &cidr, "dev", stoq_netns::VethPair::B_IF];
+    if v6 {
+        // IPv6 source selection prefers the newest address; a deprecated one (still
+        // reachable, and usable when asked for) is never the OS's pick.
+        args = [&["-6"][..], &args, &["nodad", "preferred_lft", "0"]].concat();
+    }
+    p.veth.b.ip(&args).expect("second address");
+    // The premise: without pktinfo, the OS answers from another address than `second`.
+    let client_ip = if v6 {
+        std::net::IpAddr::from(p.veth.a6)
+    } else {
+        p.veth.a4.into()
+    };
+    let heard = p
+        .veth
+        .a
+        .run(move || UdpSocket::bind((client_ip, 0)).expect("probe socket"));
+    heard
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let to = heard.local_addr().expect("addr");
+    p.veth.b.run(move || {
+        let s = UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" }).expect("socket");
+        s.send_to(b"which address?", to).expect("send");
+    });
+    let mut b = [0u8; 32];
+    let (_, os_pick) = heard.recv_from(&mut b).expect("probe reply");
+    assert_ne!(
+        os_pick.ip(),
+        second,
+        "the OS's own choice is the first address"
+    );
+    let target = SocketAddr::new(second, 4433);
+    engine::runtime().block_on(async {
+        tokio::spawn(engine::serve(p.server.clone()));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            p.client.connect(target, SERVER_NAME),
+        )
+        .await
+        .expect("the handshake completed in time")
+        .expect("connect");
+        engine::echo(&conn, &engine::pattern(5, 256 << 10)).await;
+        let st = conn.stats().expect("stats");
+        assert_eq!(st.dropped.other_path, 0, "every reply came from {second}");
+        assert_eq!(conn.remote_address(), Some(target));
+        eprintln!(
+            "{name}: answered from {second} (the OS would pick {})",
+            os_pick.ip()
+        );
         conn.close(0, b"");
     });
 }
@@ -428,5 +514,28 @@ macro_rules! backend_tests {
 
 backend_tests!(udp, BackendKind::Udp);
 backend_tests!(io_uring, BackendKind::IoUring);
+
+/// The socket backends can bind a wildcard address (AF_XDP serves one address).
+macro_rules! multihomed_tests {
+    ($m:ident, $kind:expr) => {
+        mod $m {
+            use super::*;
+
+            const MODE: Mode = Mode($kind, XdpMode::Auto);
+
+            #[test]
+            fn answers_from_the_address_asked_ipv4() {
+                multihomed(concat!(stringify!($m), "_multihome_ipv4"), MODE, false);
+            }
+            #[test]
+            fn answers_from_the_address_asked_ipv6() {
+                multihomed(concat!(stringify!($m), "_multihome_ipv6"), MODE, true);
+            }
+        }
+    };
+}
+
+multihomed_tests!(udp_wildcard, BackendKind::Udp);
+multihomed_tests!(io_uring_wildcard, BackendKind::IoUring);
 backend_tests!(af_xdp_driver, BackendKind::AfXdp, XdpMode::Driver);
 backend_tests!(af_xdp_skb, BackendKind::AfXdp, XdpMode::Skb);

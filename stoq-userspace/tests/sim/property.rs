@@ -79,7 +79,10 @@ fn link(r: &mut Rng, blackhole: &[(Duration, Duration)]) -> LinkConfig {
     };
     // A third of the bottlenecks mark CE from a quarter full (derived, not drawn, so
     // every seed keeps the plan it had before ECN).
-    link.ecn_mark_above = link.queue_bytes.is_multiple_of(3).then_some(link.queue_bytes / 4);
+    link.ecn_mark_above = link
+        .queue_bytes
+        .is_multiple_of(3)
+        .then_some(link.queue_bytes / 4);
     link
 }
 
