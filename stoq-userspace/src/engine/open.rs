@@ -77,13 +77,15 @@ pub(crate) fn open(
             Ok(Opened {
                 kind,
                 detail: format!(
-                    "GSO {}, GRO {}",
+                    "GSO {}, GRO {}, ECN {}, pktinfo {}",
                     if c.gso_segments > 1 {
                         format!("{} segments", c.gso_segments)
                     } else {
                         "off".into()
                     },
-                    if c.gro { "on" } else { "off" }
+                    on_off(c.gro),
+                    on_off(c.ecn),
+                    on_off(c.pktinfo),
                 ),
                 backends,
                 #[cfg(target_os = "linux")]
@@ -225,4 +227,8 @@ fn open_af_xdp(config: &EngineConfig, allow_copy: bool) -> Result<Opened, Unavai
         backends,
         xdp: Some(guard),
     })
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
 }
