@@ -4,7 +4,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-use super::{EngineConfig, XdpMode};
+use super::EngineConfig;
+#[cfg(target_os = "linux")]
+use super::XdpMode;
 use crate::io::select::Unavailable;
 use crate::io::udp::{UdpBackend, UdpConfig};
 use crate::io::{Backend, BackendKind};
@@ -27,7 +29,7 @@ pub(crate) fn open_socket_backend(
     bind: SocketAddr,
     reuse_port: bool,
     buffer: usize,
-    batch: usize,
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))] batch: usize,
 ) -> io::Result<Box<dyn Backend>> {
     let udp = UdpConfig {
         reuse_port,
@@ -58,7 +60,7 @@ pub(crate) fn open(
     kind: BackendKind,
     config: &EngineConfig,
     n: usize,
-    forced: bool,
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))] forced: bool,
 ) -> Result<Opened, Unavailable> {
     match kind {
         #[cfg(target_os = "linux")]

@@ -169,6 +169,7 @@ pub(crate) fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> O
 }
 
 /// A placeholder address.
+#[cfg(target_os = "linux")]
 pub(crate) const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::UNSPECIFIED,
     0,
