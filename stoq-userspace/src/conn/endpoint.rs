@@ -347,6 +347,8 @@ pub struct Endpoint {
     mem_total: u64,
     mem_resampled: Option<Instant>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
+    /// The token each connection has in `reset_tokens`: that of the peer CID it sends to.
+    conn_reset: Vec<Option<[u8; 16]>>,
     incoming: HashMap<ConnectionId, Vec<(EcnCodepoint, Vec<u8>)>>,
     /// What the backend told of the datagram being processed.
     rx_info: DatagramInfo,
@@ -401,6 +403,7 @@ impl Endpoint {
             mem_total: 0,
             mem_resampled: None,
             reset_tokens: HashMap::new(),
+            conn_reset: Vec::new(),
             incoming: HashMap::new(),
             rx_info: DatagramInfo::default(),
             used_tokens: HashSet::new(),
@@ -490,6 +493,7 @@ impl Endpoint {
             self.conns.push(Some(conn));
             self.conn_routes.push(Vec::new());
             self.conn_mem.push(0);
+            self.conn_reset.push(None);
             self.sched.grow(self.conns.len());
             ConnectionHandle(self.conns.len() - 1)
         };
@@ -1074,10 +1078,30 @@ impl Endpoint {
                 continue;
             };
             let d = c.poll_timeout();
+            let token = c.active_reset_token();
+            if token != self.conn_reset[i] {
+                self.set_reset_token(ConnectionHandle(i), token);
+            }
             self.sched.set_deadline(i, d);
             self.sched.mark_sendable(i);
             self.sched.mark_eventful(i);
         }
+    }
+
+    /// Makes `token` the one that identifies a stateless reset for `h` (RFC 9000 §10.3:
+    /// the token of the CID it now sends to, which changes when it rotates CIDs or the
+    /// peer retires the one in use). A token another connection registered first stays
+    /// that connection's: a peer cannot take over another's reset detection.
+    fn set_reset_token(&mut self, h: ConnectionHandle, token: Option<[u8; 16]>) {
+        if let Some(old) = self.conn_reset[h.0].take()
+            && self.reset_tokens.get(&old) == Some(&h)
+        {
+            self.reset_tokens.remove(&old);
+        }
+        if let Some(t) = token {
+            self.reset_tokens.entry(t).or_insert(h);
+        }
+        self.conn_reset[h.0] = token;
     }
 
     /// The largest datagram any connection may send: the size an I/O buffer passed to
@@ -1169,11 +1193,6 @@ impl Endpoint {
                     c.counted_handshaking = false;
                     self.handshaking -= 1;
                 }
-                if e == Event::Connected
-                    && let Some(t) = c.peer_reset_token()
-                {
-                    self.reset_tokens.insert(t, h);
-                }
                 return Some((h, e));
             }
             self.sched.eventful.pop_front();
@@ -1195,9 +1214,7 @@ impl Endpoint {
             for cid in std::mem::take(&mut self.conn_routes[h.0]) {
                 self.routes.remove(&cid);
             }
-            if let Some(t) = c.peer_reset_token() {
-                self.reset_tokens.remove(&t);
-            }
+            self.set_reset_token(h, None);
             self.mem_total -= self.conn_mem[h.0];
             self.conn_mem[h.0] = 0;
             self.sched.deadline[h.0] = None;

@@ -2307,8 +2307,18 @@ impl Connection {
         self.state = State::Drained;
     }
 
-    pub(crate) fn peer_reset_token(&self) -> Option<[u8; 16]> {
-        self.peer_reset_token
+    /// The stateless-reset token of the peer CID this side sends to: the one from the
+    /// transport parameters for the handshake CID, then that of each NEW_CONNECTION_ID
+    /// moved to. `None` before the handshake confirms it.
+    pub(crate) fn active_reset_token(&self) -> Option<[u8; 16]> {
+        if !self.is_established() {
+            return None;
+        }
+        if self.path.active_seq == 0 {
+            self.peer_reset_token
+        } else {
+            self.path.active_cid().map(|c| c.reset_token)
+        }
     }
 
     // ----- ACKs and loss recovery -------------------------------------------------------

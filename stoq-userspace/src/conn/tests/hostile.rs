@@ -544,6 +544,28 @@ fn stateless_reset_after_server_restart() {
     assert_eq!(p.client.stats().resets_received, 1);
 }
 
+/// As above, after the client moved to a CID from NEW_CONNECTION_ID: the reset carries
+/// that CID's token, which the client must recognise too (RFC 9000 §10.3).
+#[test]
+fn stateless_reset_after_a_cid_rotation() {
+    let mut p = connected_pair();
+    p.exchange_datagrams(b"before rotation");
+    assert!(
+        p.client_conn().rotate_connection_id(),
+        "the server issued spare CIDs"
+    );
+    p.exchange_datagrams(b"after rotation");
+    let (server2, _) = configs(Setup::default());
+    let mut cfg = endpoint_config(2, 1452, p.start);
+    cfg.retry = RetryPolicy::Never;
+    p.server = Endpoint::new(cfg, Some(Arc::new(server2))).unwrap();
+    p.server_conns.clear();
+    p.client_conn().send_datagram(b"anyone there?").unwrap();
+    p.drive_until(Duration::from_secs(2), |p| p.lost(false).is_some());
+    assert_eq!(p.lost(false), Some(ConnectionError::Reset));
+    assert_eq!(p.client.stats().resets_received, 1);
+}
+
 /// Misuse gets typed errors that say what to fix.
 #[test]
 fn misuse_is_typed() {
