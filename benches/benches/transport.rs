@@ -402,6 +402,19 @@ fn summary() {
 criterion_group!(benches, bench);
 
 fn main() {
+    // `STOQ_PROFILE_SECS=N`: only the send/receive loop, for N seconds, for a profiler
+    // (no criterion, no bare AEAD, no ACK benchmark in the samples).
+    if let Some(secs) = std::env::var("STOQ_PROFILE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let mut p = pair();
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            black_box(send_recv(&mut p, 20_000));
+        }
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
