@@ -655,6 +655,9 @@ pub struct Connection {
     ecn: ecn::Validation,
     /// Whether the datagram being written goes out ECT(0).
     ecn_marking: bool,
+    /// When the first RTT sample on this path was taken (persistent congestion only
+    /// counts losses of packets sent after it, RFC 9002 §7.6.2).
+    first_rtt_sample: Option<Instant>,
     /// What the backend told of the datagram being processed.
     rx_info: DatagramInfo,
     local_cid: ConnectionId,
@@ -776,6 +779,7 @@ impl Connection {
             local_ip: s.local_ip,
             ecn: ecn::Validation::new(s.transport.ecn),
             ecn_marking: false,
+            first_rtt_sample: None,
             rx_info: DatagramInfo::default(),
             local_cid: s.local_cid,
             remote_cid: s.remote_cid,
@@ -1996,6 +2000,7 @@ impl Connection {
             // A new network path: its capacity and delay are unknown (RFC 9000 §9.4).
             self.cc = self.transport.congestion.build(now, self.path.mtu() as u64);
             self.rtt = RttEstimator::default();
+            self.first_rtt_sample = None;
             let base = self.path_base_mtu();
             self.path.reset_mtu(base, now);
         }
@@ -2360,6 +2365,7 @@ impl Connection {
                     continue;
                 }
                 p.done = true;
+                p.acked = true;
                 // Copy out what is needed (the record is a tombstone from here on).
                 let (pn, time, size, eliciting, in_flight, rate, rec) = (
                     p.pn,
@@ -2424,6 +2430,7 @@ impl Connection {
                 Duration::ZERO
             };
             self.rtt.update(rtt, delay);
+            self.first_rtt_sample.get_or_insert(now);
         }
         if newly_eliciting {
             self.pto_count = 0;
@@ -2594,7 +2601,12 @@ impl Connection {
         let lost_before = now.checked_sub(loss_delay);
         let (mut lost, mut lost_bytes, mut cc_lost) = (0, 0, 0u64);
         let mut newest_lost: Option<SentPacket> = None;
-        let mut oldest_lost_time: Option<Instant> = None;
+        // Persistent congestion (RFC 9002 §7.6): the longest run of ack-eliciting packets,
+        // newly lost or lost before, with none acknowledged in between, that ends in a
+        // newly lost one. `run` is the send time of the current run's first packet.
+        let mut run: Option<Instant> = None;
+        let mut longest = Duration::ZERO;
+        let after_first_sample = self.first_rtt_sample;
         let mut idx = 0;
         while idx < self.spaces[i].sent.len() {
             let space = &mut self.spaces[i];
@@ -2604,6 +2616,11 @@ impl Connection {
                 break;
             }
             if p.done {
+                if p.acked {
+                    run = None;
+                } else if p.ack_eliciting && after_first_sample.is_some_and(|f| p.time > f) {
+                    run.get_or_insert(p.time);
+                }
                 continue;
             }
             if largest - p.pn >= PACKET_THRESHOLD || lost_before.is_some_and(|t| p.time <= t) {
@@ -2632,12 +2649,18 @@ impl Connection {
                     if !probe {
                         cc_lost += u64::from(p.size);
                         self.rate.on_lost(u64::from(p.size));
-                        oldest_lost_time.get_or_insert(p.time);
                         newest_lost = Some(p.clone());
                     }
                 }
+                if p.ack_eliciting && after_first_sample.is_some_and(|f| p.time > f) {
+                    let start = *run.get_or_insert(p.time);
+                    longest = longest.max(p.time.saturating_duration_since(start));
+                }
                 self.on_records(i, p.rec, false);
             } else {
+                // Still in flight, neither acknowledged nor lost: the run goes on past it
+                // only if it is lost later, which a later call sees whole.
+                run = None;
                 let t = p.time + loss_delay;
                 space.loss_time = Some(space.loss_time.map_or(t, |l| l.min(t)));
             }
@@ -2648,12 +2671,11 @@ impl Connection {
         self.stats.lost_packets += lost;
         self.stats.lost_bytes += lost_bytes;
         if let Some(p) = newest_lost {
-            // Persistent congestion: losses spanning more than 3 PTOs with nothing
-            // acknowledged in between (RFC 9002 §7.6, simplified to one ACK's losses).
-            let span =
-                oldest_lost_time.map_or(Duration::ZERO, |t| p.time.saturating_duration_since(t));
+            // Persistent congestion: a run of lost packets spanning more than
+            // 3 × (PTO without backoff + max_ack_delay), all sent after the first RTT
+            // sample, with nothing acknowledged in between (RFC 9002 §7.6).
             let pc = self.rtt.pto_base() + self.peer_max_ack_delay;
-            let persistent = self.rtt.has_sample() && span > 3 * pc;
+            let persistent = self.rtt.has_sample() && longest > 3 * pc;
             let rs = p.rate.expect("in-flight packets carry rate state");
             self.cc.on_loss(
                 now,
@@ -2988,6 +3010,7 @@ impl Connection {
             crypto,
             handshake_done,
             done: !eliciting,
+            acked: false,
             in_flight,
             ecn: self.ecn_marking,
             rate,

@@ -29,6 +29,9 @@ pub(crate) struct SentPacket {
     pub(crate) handshake_done: bool,
     /// Acknowledged or lost: a tombstone until it reaches the front of the queue.
     pub(crate) done: bool,
+    /// Acknowledged (a tombstone that breaks a run of losses: persistent congestion needs
+    /// every packet across the period lost).
+    pub(crate) acked: bool,
     /// Counted in bytes in flight (ack-eliciting).
     pub(crate) in_flight: bool,
     /// Sent ECT(0)-marked.

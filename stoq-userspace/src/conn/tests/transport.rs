@@ -710,3 +710,83 @@ fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
     assert!(validated, "the new path was validated");
     p.exchange_datagrams(b"after the move");
 }
+
+/// A NewReno client sending a DATAGRAM every 20 ms through an outage of `outage`; with
+/// `middle_gets_through`, the one datagram sent half-way reaches the server (and is
+/// acknowledged, but that ACK is lost in the outage too). Returns the smallest congestion
+/// window seen after the outage.
+fn smallest_window_after_outage(outage: Duration, middle_gets_through: bool) -> u64 {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    let transport = TransportConfig {
+        congestion: cc::Congestion::NewReno.factory(),
+        ..TransportConfig::default()
+    };
+    p.client = Endpoint::new(
+        EndpointConfig {
+            transport: Arc::new(transport),
+            ..endpoint_config(1, 1452, p.start)
+        },
+        None,
+    )
+    .unwrap();
+    let down = Rc::new(Cell::new(false));
+    let pass_one = Rc::new(Cell::new(false));
+    let (d, pass) = (Rc::clone(&down), Rc::clone(&pass_one));
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if !d.get() {
+            return Verdict::Deliver;
+        }
+        if w.to_server && pass.get() {
+            pass.set(false);
+            return Verdict::Deliver;
+        }
+        Verdict::Drop
+    }));
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    for i in 0..5u8 {
+        p.exchange_datagrams(&[i]);
+    }
+    let start = p.now;
+    let mut middle_sent = false;
+    let mut smallest = u64::MAX;
+    // 20 ms ticks: a DATAGRAM each during the outage, then two seconds to recover.
+    while p.now - start < outage + Duration::from_secs(2) {
+        let t = p.now - start;
+        down.set(t < outage);
+        if t < outage {
+            if middle_gets_through && !middle_sent && t >= outage / 2 {
+                pass_one.set(true);
+                middle_sent = true;
+            }
+            p.client_conn().send_datagram(b"tick").unwrap();
+        } else {
+            smallest = smallest.min(p.client_conn().stats().cwnd);
+        }
+        p.drive_until(Duration::from_millis(20), |_| false);
+    }
+    assert!(p.lost(false).is_none(), "the connection survived");
+    smallest
+}
+
+/// Everything sent across more than 3 PTOs lost, with nothing acknowledged in between:
+/// persistent congestion collapses the window to the minimum (RFC 9002 §7.6).
+#[test]
+fn an_outage_of_several_ptos_is_persistent_congestion() {
+    assert_eq!(
+        smallest_window_after_outage(Duration::from_millis(600), false),
+        cc::minimum_window(1452)
+    );
+}
+
+/// The same losses with one packet in the middle acknowledged (the ACK arriving only
+/// with the later ones) are two shorter runs, neither longer than 3 PTOs: a loss, not
+/// persistent congestion.
+#[test]
+fn an_acknowledged_packet_splits_the_run_of_losses() {
+    let w = smallest_window_after_outage(Duration::from_millis(240), true);
+    assert!(w > cc::minimum_window(1452), "window {w}");
+}
