@@ -6,7 +6,8 @@
 //! cargo xtask demo [ARGS]           build-ebpf, then `stoq demo`: the README's main job
 //! cargo xtask selfcheck             build-ebpf, then the XDP self-check
 //! cargo xtask sim [--seeds N]       the transport simulator's property test over N seeds
-//! cargo xtask fuzz [--seconds N]    every fuzz target for N seconds (default 30)
+//! cargo xtask fuzz [--seconds N] [--jobs J]  every fuzz target for N seconds (default 30),
+//!                                  J at a time (default: one per core)
 //! cargo xtask bench [ARGS]          the end-to-end harness (root): STOQ vs quinn, TCP, raw UDP
 //! cargo xtask bench --micro [ARGS]  the criterion micro-benchmarks
 //! ```
@@ -30,7 +31,8 @@ fn usage() -> ExitCode {
          selfcheck           build-ebpf, then run the XDP path self-check\n  \
          sim [--seeds N] [--first F] [--seed S]\n                      \
          the simulator property test (default 1,000 seeds; --seed replays one)\n  \
-         fuzz [--seconds N] [TARGET...]  run fuzz targets (default: all, 30 s each)\n  \
+         fuzz [--seconds N] [--jobs J] [TARGET...]\n                      \
+         run fuzz targets (default: all, 30 s each, one per core at a time)\n  \
          bench [ARGS]        build-ebpf, then the end-to-end harness as root (ARGS go to\n                      \
          stoq-bench: --quick, --reps N, --only G, --iface IF --peer ADDR ...)\n  \
          bench --micro [ARGS]  the criterion micro-benchmarks (ARGS go to criterion)"
@@ -230,43 +232,108 @@ fn bench(extra: &[String]) -> Result<(), Fail> {
 
 fn fuzz(args: &[String]) -> Result<(), Fail> {
     let mut seconds = 30u32;
+    let mut jobs = std::thread::available_parallelism().map_or(1, usize::from);
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--seconds" {
-            seconds = it
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Fail("--seconds needs a number".into()))?;
-        } else {
-            targets.push(a.clone());
+        let mut number = |what: &str| {
+            it.next()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| Fail(format!("{what} needs a number")))
+        };
+        match a.as_str() {
+            "--seconds" => seconds = number("--seconds")?,
+            "--jobs" => jobs = number("--jobs")?.max(1) as usize,
+            _ => targets.push(a.clone()),
         }
     }
     util::ensure_cargo_fuzz()?;
     if targets.is_empty() {
         targets = util::fuzz_targets()?;
     }
-    for t in &targets {
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
-        let mut c = util::nightly_cargo();
-        let dir = util::root().join("fuzz");
-        c.current_dir(&dir);
-        c.args(["fuzz", "run", t]);
-        // Committed seed inputs (fuzz/seeds/<target>) start the search from valid input;
-        // new finds go to the first directory, the ignored fuzz/corpus/<target>.
-        let seeds = dir.join("seeds").join(t);
-        if seeds.is_dir() {
-            let corpus = dir.join("corpus").join(t);
-            std::fs::create_dir_all(&corpus)
-                .map_err(|e| Fail(format!("creating {}: {e}", corpus.display())))?;
-            c.arg(&corpus).arg(&seeds);
+    let dir = util::root().join("fuzz");
+    // One build of every target first, so the runs below start at once and in parallel
+    // without queueing on cargo's build lock.
+    let mut build = util::nightly_cargo();
+    build.current_dir(&dir).args(["fuzz", "build"]);
+    run(&mut build)?;
+    let logs = util::root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| Fail(format!("creating {}: {e}", logs.display())))?;
+    // Each target gets a core of its own for the whole time; `jobs` run at once, each
+    // logging to target/fuzz-logs/<target>.log (shown when it fails).
+    let mut queue = targets.iter();
+    let mut running: Vec<(String, std::process::Child, std::path::PathBuf)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < jobs {
+            let Some(t) = queue.next() else { break };
+            eprintln!("xtask: fuzzing {t} for {seconds} s");
+            let mut c = util::nightly_cargo();
+            c.current_dir(&dir);
+            c.args(["fuzz", "run", t]);
+            // Committed seed inputs (fuzz/seeds/<target>) start the search from valid
+            // input; new finds go to the first directory, the ignored fuzz/corpus/<target>.
+            let seeds = dir.join("seeds").join(t);
+            if seeds.is_dir() {
+                let corpus = dir.join("corpus").join(t);
+                std::fs::create_dir_all(&corpus)
+                    .map_err(|e| Fail(format!("creating {}: {e}", corpus.display())))?;
+                c.arg(&corpus).arg(&seeds);
+            }
+            c.args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+            ]);
+            let log = logs.join(format!("{t}.log"));
+            let file = std::fs::File::create(&log)
+                .map_err(|e| Fail(format!("creating {}: {e}", log.display())))?;
+            let err = file
+                .try_clone()
+                .map_err(|e| Fail(format!("{}: {e}", log.display())))?;
+            c.stdout(file).stderr(err);
+            let child = c
+                .spawn()
+                .map_err(|e| Fail(format!("could not start cargo fuzz: {e}")))?;
+            running.push((t.clone(), child, log));
         }
-        c.args([
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-rss_limit_mb=2048",
-        ]);
-        run(&mut c)?;
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            let status = running[k]
+                .1
+                .try_wait()
+                .map_err(|e| Fail(format!("waiting for cargo fuzz: {e}")))?;
+            let Some(status) = status else {
+                k += 1;
+                continue;
+            };
+            let (t, _, log) = running.swap_remove(k);
+            if status.success() {
+                eprintln!("xtask: {t}: no finding in {seconds} s");
+            } else {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!(
+                    "xtask: {t} FAILED ({status}); the end of {}:",
+                    log.display()
+                );
+                for l in tail.iter().rev() {
+                    eprintln!("  {l}");
+                }
+                failed.push(t);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Fail(format!(
+            "fuzz targets with a finding or an error: {}",
+            failed.join(", ")
+        )));
     }
     eprintln!(
         "xtask: {} fuzz targets ran {seconds} s each without a finding",
