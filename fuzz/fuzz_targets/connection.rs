@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use stoq::conn::{ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig};
+use stoq::conn::{
+    ConnectionHandle, DatagramEvent, DatagramInfo, Dir, EcnCodepoint, Endpoint, EndpointConfig,
+};
 use stoq::crypto::CipherSuite;
 
 struct Pair {
@@ -25,14 +27,24 @@ struct Pair {
     buf: Vec<u8>,
 }
 
+fn arrival(ecn: EcnCodepoint) -> DatagramInfo {
+    DatagramInfo {
+        local_ip: None,
+        ecn,
+    }
+}
+
 impl Pair {
     fn exchange(&mut self, now: Instant) {
         for _ in 0..16 {
             let mut moved = false;
             while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
                 let mut d = self.buf[..t.size].to_vec();
+                // The ECN marks cross, so ECN validation succeeds and the fuzzer's ACK_ECN
+                // frames meet a path whose marks are being checked.
                 if let Some(DatagramEvent::Incoming(i)) =
-                    self.server.handle_datagram(now, self.client_addr, &mut d)
+                    self.server
+                        .handle_datagram_info(now, self.client_addr, arrival(t.ecn), &mut d)
                     && let Ok(h) = self.server.accept(i, now)
                 {
                     self.sh = Some(h);
@@ -41,7 +53,8 @@ impl Pair {
             }
             while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
                 let mut d = self.buf[..t.size].to_vec();
-                self.client.handle_datagram(now, self.server_addr, &mut d);
+                self.client
+                    .handle_datagram_info(now, self.server_addr, arrival(t.ecn), &mut d);
                 moved = true;
             }
             while self.client.poll_event().is_some() {}
@@ -79,6 +92,8 @@ fn connected(now: Instant) -> Pair {
         buf: Vec::new(),
     };
     p.exchange(now);
+    let ecn = p.client.connection(ch).map(|c| c.stats().ecn_state);
+    assert_eq!(ecn, Some("capable"), "the handshake validated ECN");
     p
 }
 

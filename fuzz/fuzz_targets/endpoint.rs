@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use stoq::conn::{DatagramEvent, Endpoint, EndpointConfig};
+use stoq::conn::{DatagramEvent, DatagramInfo, EcnCodepoint, Endpoint, EndpointConfig};
 use stoq::crypto::CipherSuite;
 
 fuzz_target!(|data: &[u8]| {
@@ -32,11 +32,19 @@ fuzz_target!(|data: &[u8]| {
     for (i, chunk) in data.split(|b| *b == 0xfe).take(64).enumerate() {
         let mut d = chunk.to_vec();
         let t = now + Duration::from_millis(i as u64);
-        if let Some(DatagramEvent::Incoming(inc)) = server.handle_datagram(t, peer, &mut d) {
+        // Every ECN codepoint, with and without a known local address, as a backend
+        // would report them.
+        let info = DatagramInfo {
+            local_ip: (i % 2 == 0).then(|| "fd00:5710::2".parse().expect("addr")),
+            ecn: EcnCodepoint::from_bits(chunk.len() as u8),
+        };
+        if let Some(DatagramEvent::Incoming(inc)) =
+            server.handle_datagram_info(t, peer, info, &mut d)
+        {
             let _ = server.accept(inc, t);
         }
         let mut d = chunk.to_vec();
-        client.handle_datagram(t, peer, &mut d);
+        client.handle_datagram_info(t, peer, info, &mut d);
         while server.poll_transmit(t, &mut buf).is_some() {}
         while client.poll_transmit(t, &mut buf).is_some() {}
         server.handle_timeout(t);
