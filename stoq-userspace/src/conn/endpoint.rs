@@ -771,13 +771,7 @@ impl Endpoint {
             return Err(AcceptError::NotAServer);
         };
         if self.live >= self.config.max_connections {
-            self.refuse_raw(
-                now,
-                incoming.remote,
-                incoming.local_ip,
-                incoming.dcid,
-                incoming.scid,
-            );
+            self.refuse_incoming(now, &incoming);
             return Err(AcceptError::ConnectionLimit);
         }
         if self.mem_total > self.config.max_memory {
@@ -794,13 +788,7 @@ impl Endpoint {
                 }
             }
             if self.mem_total > self.config.max_memory {
-                self.refuse_raw(
-                    now,
-                    incoming.remote,
-                    incoming.local_ip,
-                    incoming.dcid,
-                    incoming.scid,
-                );
+                self.refuse_incoming(now, &incoming);
                 return Err(AcceptError::MemoryLimit);
             }
         }
@@ -837,13 +825,7 @@ impl Endpoint {
     /// Refuses a new client with CONNECTION_REFUSED, keeping no state.
     pub fn refuse(&mut self, incoming: Incoming, now: Instant) {
         self.incoming.remove(&incoming.dcid);
-        self.refuse_raw(
-            now,
-            incoming.remote,
-            incoming.local_ip,
-            incoming.dcid,
-            incoming.scid,
-        );
+        self.refuse_incoming(now, &incoming);
     }
 
     /// Answers a new client with a Retry, keeping no state.
@@ -947,6 +929,17 @@ impl Endpoint {
         if self.respond(remote, self.rx_info.local_ip, buf) {
             self.stats.resets_sent += 1;
         }
+    }
+
+    /// [`refuse_raw`](Self::refuse_raw) for a client the endpoint already described.
+    fn refuse_incoming(&mut self, now: Instant, incoming: &Incoming) {
+        self.refuse_raw(
+            now,
+            incoming.remote,
+            incoming.local_ip,
+            incoming.dcid,
+            incoming.scid,
+        );
     }
 
     fn refuse_raw(

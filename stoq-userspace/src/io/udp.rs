@@ -788,7 +788,7 @@ mod tests {
     }
 
     /// As [`drain`], with each datagram's sender and what the backend knew of it.
-    fn drain_info(
+    pub(super) fn drain_info(
         b: &mut UdpBackend,
         want: usize,
     ) -> Vec<(SocketAddr, crate::io::DatagramInfo, Vec<u8>)> {
@@ -871,19 +871,13 @@ mod control_tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::io::{EcnCodepoint, RxBatch, Transmit, TxBatch};
+    use crate::io::{EcnCodepoint, Transmit, TxBatch};
 
     fn recv_all(b: &mut UdpBackend, want: usize) -> Vec<(SocketAddr, crate::io::DatagramInfo)> {
-        let mut rx = RxBatch::new(8, 65_536);
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while got.len() < want && std::time::Instant::now() < deadline {
-            if b.recv(&mut rx).expect("recv") == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            rx.for_each(|from, info, _| got.push((from, info)));
-        }
-        got
+        tests::drain_info(b, want)
+            .into_iter()
+            .map(|(from, info, _)| (from, info))
+            .collect()
     }
 
     fn send(a: &mut UdpBackend, to: SocketAddr, ecn: EcnCodepoint, src: Option<IpAddr>, n: usize) {

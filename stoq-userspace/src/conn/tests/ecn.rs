@@ -63,21 +63,8 @@ fn a_bleaching_path_fails_validation_and_stops_marking() {
 
 #[test]
 fn ce_marks_reduce_the_window_with_nothing_lost() {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
     // NewReno answers a congestion signal deterministically: the window halves.
-    let transport = TransportConfig {
-        congestion: cc::Congestion::NewReno.factory(),
-        ..TransportConfig::default()
-    };
-    p.client = Endpoint::new(
-        EndpointConfig {
-            transport: Arc::new(transport),
-            ..endpoint_config(1, 1452, p.start)
-        },
-        None,
-    )
-    .unwrap();
+    let (mut p, client) = newreno_client_pair();
     // A router marks a few of the client's datagrams CE once the transfer runs.
     p.tamper = Some(Box::new(|w: &mut Wire| {
         if w.to_server && (300..303).contains(&w.seq) {

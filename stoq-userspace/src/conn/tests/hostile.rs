@@ -532,6 +532,12 @@ fn unknown_versions_get_version_negotiation_and_the_client_gives_up() {
 fn stateless_reset_after_server_restart() {
     let mut p = connected_pair();
     p.exchange_datagrams(b"before restart");
+    restart_server_and_expect_reset(&mut p);
+}
+
+/// Replaces the server with a fresh one (same reset key, no connections), has the client
+/// send, and checks the reset came back and ended the client's connection.
+fn restart_server_and_expect_reset(p: &mut Pair) {
     let (server2, _) = configs(Setup::default());
     let mut cfg = endpoint_config(2, 1452, p.start);
     cfg.retry = RetryPolicy::Never;
@@ -555,15 +561,7 @@ fn stateless_reset_after_a_cid_rotation() {
         "the server issued spare CIDs"
     );
     p.exchange_datagrams(b"after rotation");
-    let (server2, _) = configs(Setup::default());
-    let mut cfg = endpoint_config(2, 1452, p.start);
-    cfg.retry = RetryPolicy::Never;
-    p.server = Endpoint::new(cfg, Some(Arc::new(server2))).unwrap();
-    p.server_conns.clear();
-    p.client_conn().send_datagram(b"anyone there?").unwrap();
-    p.drive_until(Duration::from_secs(2), |p| p.lost(false).is_some());
-    assert_eq!(p.lost(false), Some(ConnectionError::Reset));
-    assert_eq!(p.client.stats().resets_received, 1);
+    restart_server_and_expect_reset(&mut p);
 }
 
 /// Misuse gets typed errors that say what to fix.

@@ -211,6 +211,26 @@ pub(super) fn endpoint_config(seed: u8, mtu: usize, start: Instant) -> EndpointC
     }
 }
 
+/// A pair (not yet connected) whose client runs NewReno, for tests that need a
+/// controller's deterministic answer to a congestion signal; and the client config.
+pub(super) fn newreno_client_pair() -> (Pair, ClientConfig) {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    let transport = TransportConfig {
+        congestion: cc::Congestion::NewReno.factory(),
+        ..TransportConfig::default()
+    };
+    p.client = Endpoint::new(
+        EndpointConfig {
+            transport: Arc::new(transport),
+            ..endpoint_config(1, 1452, p.start)
+        },
+        None,
+    )
+    .unwrap();
+    (p, client)
+}
+
 /// Two endpoints with the default setup (ChaCha20, FALCON-512, pinned key), connected.
 pub(super) fn connected_pair() -> Pair {
     let (server, client) = configs(Setup::default());

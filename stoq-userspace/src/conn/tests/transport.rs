@@ -718,20 +718,7 @@ fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
 fn smallest_window_after_outage(outage: Duration, middle_gets_through: bool) -> u64 {
     use std::cell::Cell;
     use std::rc::Rc;
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    let transport = TransportConfig {
-        congestion: cc::Congestion::NewReno.factory(),
-        ..TransportConfig::default()
-    };
-    p.client = Endpoint::new(
-        EndpointConfig {
-            transport: Arc::new(transport),
-            ..endpoint_config(1, 1452, p.start)
-        },
-        None,
-    )
-    .unwrap();
+    let (mut p, client) = newreno_client_pair();
     let down = Rc::new(Cell::new(false));
     let pass_one = Rc::new(Cell::new(false));
     let (d, pass) = (Rc::clone(&down), Rc::clone(&pass_one));
