@@ -77,6 +77,45 @@ impl ControllerFactory for UnboundedFactory {
 const BATCH: usize = 8;
 const CHUNK: usize = 1400;
 
+/// Datagrams in fixed 1,500-byte frames reused from batch to batch, the way the engine's
+/// I/O backends hand out ring frames.
+#[derive(Default)]
+struct Frames {
+    frames: Vec<(Box<[u8]>, usize)>,
+    used: usize,
+}
+
+impl Frames {
+    fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.used
+    }
+
+    /// Lets `fill` write a datagram into the next free frame; keeps it if one was written.
+    fn next_frame(
+        &mut self,
+        fill: impl FnOnce(&mut [u8]) -> Option<stoq::conn::Transmit>,
+    ) -> Option<stoq::conn::Transmit> {
+        if self.frames.len() == self.used {
+            self.frames.push((vec![0; 1500].into_boxed_slice(), 0));
+        }
+        let (f, len) = &mut self.frames[self.used];
+        let t = fill(f)?;
+        *len = t.size;
+        self.used += 1;
+        Some(t)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.frames[..self.used]
+            .iter_mut()
+            .map(|(f, len)| &mut f[..*len])
+    }
+}
+
 struct Pair {
     client: Endpoint,
     server: Endpoint,
@@ -160,7 +199,7 @@ impl Pair {
     }
 
     /// Writes `n` packets' worth and sends them; returns the datagrams.
-    fn send(&mut self, n: usize, wire: &mut Vec<Vec<u8>>) {
+    fn send(&mut self, n: usize, wire: &mut Frames) {
         let now = self.now();
         let t = Instant::now();
         let c = self.client.connection_mut(self.ch).expect("conn");
@@ -171,24 +210,18 @@ impl Pair {
             left -= w;
         }
         self.write_time += t.elapsed();
-        // Datagrams go into buffers kept from earlier batches, as an I/O backend's
-        // ring would take them: no allocation is timed.
-        let mut k = 0;
-        loop {
-            if wire.len() <= k {
-                wire.push(Vec::with_capacity(1500));
-            }
-            let Some(t) = self.client.poll_transmit(now, &mut wire[k]) else {
-                break;
-            };
-            wire[k].truncate(t.size);
-            k += 1;
-        }
-        wire.truncate(k);
+        // Datagrams go into fixed frames kept from earlier batches, as the engine writes
+        // them into its I/O backend's ring (`poll_transmit_into`): no allocation and no
+        // zero-fill is timed.
+        wire.clear();
+        while wire
+            .next_frame(|f| self.client.poll_transmit_into(now, f))
+            .is_some()
+        {}
     }
 
     /// Delivers datagrams to the server, reads the stream, returns the server's ACKs.
-    fn receive(&mut self, wire: &mut [Vec<u8>], acks: &mut Vec<Vec<u8>>) {
+    fn receive(&mut self, wire: &mut Frames, acks: &mut Frames) {
         let now = self.now();
         for d in wire.iter_mut() {
             self.server.handle_datagram(now, self.c_addr, d);
@@ -196,13 +229,15 @@ impl Pair {
         let s = self.server.connection_mut(self.sh).expect("conn");
         while s.accept_stream(Dir::Uni).is_some() {}
         while let Ok(Some(_)) = s.read(self.stream, &mut self.out) {}
-        while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
-            acks.push(self.buf[..t.size].to_vec());
-        }
+        acks.clear();
+        while acks
+            .next_frame(|f| self.server.poll_transmit_into(now, f))
+            .is_some()
+        {}
         while self.server.poll_event().is_some() {}
     }
 
-    fn take_acks(&mut self, acks: &mut [Vec<u8>]) {
+    fn take_acks(&mut self, acks: &mut Frames) {
         let now = self.now();
         for d in acks.iter_mut() {
             self.client.handle_datagram(now, self.s_addr, d);
@@ -222,10 +257,9 @@ impl Pair {
 fn send_recv(p: &mut Pair, iters: u64) -> (Duration, Duration, u64) {
     let (mut ts, mut tr) = (Duration::ZERO, Duration::ZERO);
     let mut packets = 0u64;
-    let mut wire = Vec::with_capacity(64);
-    let mut acks = Vec::with_capacity(8);
+    let mut wire = Frames::default();
+    let mut acks = Frames::default();
     while packets < iters {
-        acks.clear();
         let t = Instant::now();
         p.send(BATCH, &mut wire);
         ts += t.elapsed();

@@ -189,7 +189,11 @@ impl Default for CidLayout {
 }
 
 /// A connection ID of 0 to 20 bytes, stored inline.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Equality, ordering and hashing are those of [`as_bytes`](Self::as_bytes), so a map
+/// keyed by `ConnectionId` can be searched with the `&[u8]` of a packet's header
+/// ([`Borrow<[u8]>`](core::borrow::Borrow)), without copying it out first.
+#[derive(Clone, Copy)]
 pub struct ConnectionId {
     bytes: [u8; MAX_CID_LEN],
     len: u8,
@@ -231,6 +235,39 @@ impl ConnectionId {
     }
 }
 
+impl PartialEq for ConnectionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ConnectionId {}
+
+impl PartialOrd for ConnectionId {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ConnectionId {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl core::hash::Hash for ConnectionId {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, which `Borrow<[u8]>` requires.
+        self.as_bytes().hash(state);
+    }
+}
+
+impl core::borrow::Borrow<[u8]> for ConnectionId {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl fmt::Debug for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.as_bytes() {
@@ -253,6 +290,38 @@ mod tests {
         assert_eq!(l.worker_id(&cid), Some(7));
         assert_eq!(l.server_id(&cid), Some(0xbeef));
         assert_eq!(CidLayout::new(13, 2).unwrap().worker_id(&cid), None);
+    }
+
+    #[test]
+    fn compares_and_hashes_as_its_bytes() {
+        use core::borrow::Borrow;
+        use core::hash::{BuildHasher, BuildHasherDefault, Hasher};
+        // A tiny FNV so the test needs no std hasher.
+        #[derive(Default)]
+        struct Fnv(u64);
+        impl Hasher for Fnv {
+            fn finish(&self) -> u64 {
+                self.0
+            }
+            fn write(&mut self, b: &[u8]) {
+                for x in b {
+                    self.0 = (self.0 ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+        }
+        let h = BuildHasherDefault::<Fnv>::default();
+        let cases: [&[u8]; 5] = [&[], &[0], &[0, 0], &[1, 2, 3], &[0xff; 20]];
+        for a in cases {
+            let ca = ConnectionId::from_slice(a).unwrap();
+            let borrowed: &[u8] = ca.borrow();
+            assert_eq!(borrowed, a);
+            assert_eq!(h.hash_one(ca), h.hash_one(a), "{a:?}");
+            for b in cases {
+                let cb = ConnectionId::from_slice(b).unwrap();
+                assert_eq!(ca == cb, a == b, "{a:?} {b:?}");
+                assert_eq!(ca.cmp(&cb), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -70,30 +70,40 @@ impl VarInt {
 
     /// Decodes a varint from the front of `buf`, returning it and the bytes consumed.
     pub fn decode(buf: &[u8]) -> Result<(Self, usize), UnexpectedEnd> {
+        // Fixed-width loads per length class: no loop and no variable-length copy on
+        // the per-frame path.
         let first = *buf.first().ok_or(UnexpectedEnd)?;
-        let len = 1usize << (first >> 6);
-        let bytes = buf.get(..len).ok_or(UnexpectedEnd)?;
-        let mut v = u64::from(first & 0x3f);
-        for b in &bytes[1..] {
-            v = (v << 8) | u64::from(*b);
-        }
+        let (v, len) = match first >> 6 {
+            0 => (u64::from(first), 1),
+            1 => {
+                let b = buf.first_chunk::<2>().ok_or(UnexpectedEnd)?;
+                (u64::from(u16::from_be_bytes(*b) & 0x3fff), 2)
+            }
+            2 => {
+                let b = buf.first_chunk::<4>().ok_or(UnexpectedEnd)?;
+                (u64::from(u32::from_be_bytes(*b) & 0x3fff_ffff), 4)
+            }
+            _ => {
+                let b = buf.first_chunk::<8>().ok_or(UnexpectedEnd)?;
+                (u64::from_be_bytes(*b) & 0x3fff_ffff_ffff_ffff, 8)
+            }
+        };
         Ok((Self(v), len))
     }
 
     /// Encodes into the front of `buf`, returning the bytes written, or `None` if `buf` is
     /// shorter than [`size`](Self::size).
     pub fn encode(self, buf: &mut [u8]) -> Option<usize> {
-        let len = self.size();
-        let out = buf.get_mut(..len)?;
-        let tag: u64 = match len {
-            1 => 0,
-            2 => 1 << 14,
-            4 => 2 << 30,
-            _ => 3 << 62,
-        };
-        let v = self.0 | tag;
-        out.copy_from_slice(&v.to_be_bytes()[8 - len..]);
-        Some(len)
+        // One fixed-width store per length class (a variable-length copy would be a
+        // `memcpy` call per varint).
+        let v = self.0;
+        match self.size() {
+            1 => *buf.first_mut()? = v as u8,
+            2 => *buf.first_chunk_mut()? = (v as u16 | 0x4000).to_be_bytes(),
+            4 => *buf.first_chunk_mut()? = (v as u32 | 0x8000_0000).to_be_bytes(),
+            _ => *buf.first_chunk_mut()? = (v | 0xc000_0000_0000_0000).to_be_bytes(),
+        }
+        Some(self.size())
     }
 }
 

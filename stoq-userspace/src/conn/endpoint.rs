@@ -613,8 +613,6 @@ impl Endpoint {
                 return None;
             }
         };
-        let dcid = ConnectionId::from_slice(&data[info.dcid_off..info.dcid_off + info.dcid_len])
-            .unwrap_or(ConnectionId::EMPTY);
         if info.kind == PacketKind::UnknownVersion {
             if self.server.is_some() {
                 self.version_negotiation(remote, data, &info);
@@ -623,7 +621,9 @@ impl Endpoint {
             }
             return None;
         }
-        if let Some(&h) = self.routes.get(&dcid) {
+        // Routed by the header's bytes: no copy of the CID on the per-packet path.
+        let dcid = &data[info.dcid_off..info.dcid_off + info.dcid_len];
+        if let Some(&h) = self.routes.get(dcid) {
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.handle_datagram_classified(now, remote, self.rx_info, data, Some(info));
                 self.sched.touch(h.0);
@@ -632,7 +632,7 @@ impl Endpoint {
             self.account(h);
             return Some(DatagramEvent::Connection(h));
         }
-        if let Some(held) = self.incoming.get_mut(&dcid) {
+        if let Some(held) = self.incoming.get_mut(dcid) {
             // More of a client's first flight, before the application decided.
             if held.len() < MAX_INCOMING_DATAGRAMS {
                 held.push((self.rx_info.ecn, data.to_vec()));
@@ -641,6 +641,7 @@ impl Endpoint {
         }
         match info.kind {
             PacketKind::Initial if self.server.is_some() => {
+                let dcid = ConnectionId::from_slice(dcid).unwrap_or(ConnectionId::EMPTY);
                 self.new_client(now, remote, data, &info, dcid)
             }
             PacketKind::Short => {

@@ -1423,7 +1423,9 @@ impl Connection {
         }
         let dlen = data.len();
         let mut off = 0;
-        let mut first_dcid: Option<ConnectionId> = None;
+        // Where the first packet's DCID lies in `data`; every coalesced packet must carry
+        // the same one (RFC 9000 §12.2). Compared in place, not copied out.
+        let mut first_dcid: Option<(usize, usize)> = None;
         while off < data.len() {
             let rest = &mut data[off..];
             let info = match first.take() {
@@ -1442,17 +1444,17 @@ impl Connection {
                 }
                 _ => rest.len(),
             };
-            let dcid =
-                ConnectionId::from_slice(&rest[info.dcid_off..info.dcid_off + info.dcid_len])
-                    .unwrap_or(ConnectionId::EMPTY);
             match first_dcid {
-                None => first_dcid = Some(dcid),
-                Some(d) if d != dcid => {
-                    self.stats.dropped.mismatched_cid += 1;
-                    break;
+                None => first_dcid = Some((off + info.dcid_off, info.dcid_len)),
+                Some((at, n)) => {
+                    let this = off + info.dcid_off;
+                    if n != info.dcid_len || data[at..at + n] != data[this..this + n] {
+                        self.stats.dropped.mismatched_cid += 1;
+                        break;
+                    }
                 }
-                Some(_) => {}
             }
+            let rest = &mut data[off..];
             self.handle_packet(now, &mut rest[..len], &info, remote, dlen);
             off += len;
             if self.state == State::Drained {

@@ -628,3 +628,34 @@ fn misuse_is_typed() {
         "a maximum-size datagram fits one packet"
     );
 }
+
+/// A coalesced packet whose DCID differs from the first packet's is dropped and counted
+/// (RFC 9000 §12.2); the first packet is still used, and the handshake completes once the
+/// dropped packet is retransmitted.
+#[test]
+fn coalesced_packet_with_another_dcid_is_dropped() {
+    use stoq_common::classify::classify_payload;
+    use stoq_common::maps::ClassifierConfig;
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    let classifier = ClassifierConfig::new(&stoq_common::cid::CidLayout::DEFAULT);
+    let tampered = std::rc::Rc::new(std::cell::Cell::new(false));
+    let t2 = tampered.clone();
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        // The server's first datagram: an Initial with a Handshake packet after it.
+        if !w.to_server && !t2.get() {
+            let first = classify_payload(&w.data, &classifier).expect("server Initial");
+            let second = first.pn_off + first.length as usize;
+            assert!(second < w.data.len(), "the server's first flight is coalesced");
+            let info = classify_payload(&w.data[second..], &classifier).expect("second");
+            w.data[second + info.dcid_off] ^= 0x01;
+            t2.set(true);
+        }
+        Verdict::Deliver
+    }));
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    assert!(tampered.get());
+    let d = p.client_conn().stats().dropped;
+    assert_eq!(d.mismatched_cid, 1, "{d:?}");
+}
