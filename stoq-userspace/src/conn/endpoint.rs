@@ -1290,12 +1290,16 @@ impl Schedule {
     /// constant factor of the connection count.
     fn compact(&mut self, live: usize) {
         if self.timers.len() > 2 * live + 64 {
-            self.timers = self
-                .deadline
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| d.map(|t| Reverse((t, i))))
-                .collect();
+            // Rebuilt in the heap's own allocation: no allocation on the packet path.
+            let mut v = std::mem::take(&mut self.timers).into_vec();
+            v.clear();
+            v.extend(
+                self.deadline
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| d.map(|t| Reverse((t, i)))),
+            );
+            self.timers = BinaryHeap::from(v);
         }
     }
 }

@@ -3132,6 +3132,11 @@ impl Connection {
         }
         self.streams
             .write_streams(w, &mut |r| records.push_back(Record::Stream(r)));
+        if self.streams.has_blocked_signal() {
+            // Flow control stopped a stream just now: say so in this packet.
+            self.streams
+                .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
+        }
         eliciting || w.len() > before
     }
 

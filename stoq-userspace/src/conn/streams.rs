@@ -1078,19 +1078,22 @@ impl Streams {
             || self.has_stream_data()
     }
 
-    /// Whether any STREAM frame could be sent now (within flow control).
+    /// Whether a STREAM frame may be sendable now: some stream is queued with data.
+    ///
+    /// Asked for every packet, so it looks at the queues, not at each queued stream: a
+    /// queued stream that flow control blocks says "yes" once, and the next
+    /// [`write_streams`](Self::write_streams) takes it off its queue (raising its BLOCKED
+    /// signal, which [`has_blocked_signal`](Self::has_blocked_signal) then reports) until
+    /// credit arrives and [`schedule`](Self::schedule) queues it again.
     pub(crate) fn has_stream_data(&self) -> bool {
-        let conn_credit = self.peer_max_data > self.tx_data;
-        self.levels.iter().flatten().any(|id| {
-            self.map
-                .get(id)
-                .and_then(|s| s.send.as_ref())
-                .is_some_and(|q| {
-                    !q.retransmit.is_empty()
-                        || (q.sent < q.written && conn_credit && q.sent < q.max_data)
-                        || (q.fin == FinState::Pending && q.sent == q.written)
-                })
-        })
+        self.levels.iter().any(|l| !l.is_empty())
+    }
+
+    /// Whether [`write_control`](Self::write_control) has a BLOCKED signal or a queued
+    /// control frame to write: checked after [`write_streams`](Self::write_streams), which
+    /// raises them, so they leave in the same packet.
+    pub(crate) fn has_blocked_signal(&self) -> bool {
+        self.data_blocked_pending || !self.ctrl.is_empty()
     }
 
     /// Writes control frames (flow-control credit, resets, stops, blocked signals) into

@@ -646,7 +646,10 @@ fn coalesced_packet_with_another_dcid_is_dropped() {
         if !w.to_server && !t2.get() {
             let first = classify_payload(&w.data, &classifier).expect("server Initial");
             let second = first.pn_off + first.length as usize;
-            assert!(second < w.data.len(), "the server's first flight is coalesced");
+            assert!(
+                second < w.data.len(),
+                "the server's first flight is coalesced"
+            );
             let info = classify_payload(&w.data[second..], &classifier).expect("second");
             w.data[second + info.dcid_off] ^= 0x01;
             t2.set(true);
