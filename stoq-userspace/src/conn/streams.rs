@@ -1503,3 +1503,77 @@ fn copy_range(w: &mut Out<'_>, a: &[u8], b: &[u8], at: usize, n: usize) -> Optio
         w.put(b.get(at..at + n)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Frame, Iter};
+
+    /// One packet's worth of frames from `write_control` then `write_streams` (and
+    /// `write_control` again when a BLOCKED signal came up), as the connection writes them.
+    fn packet(s: &mut Streams) -> Vec<u8> {
+        let mut buf = vec![0u8; 1200];
+        let mut w = Out::new(&mut buf);
+        s.write_control(&mut w, &mut |_| {});
+        s.write_streams(&mut w, &mut |_| {});
+        if s.has_blocked_signal() {
+            s.write_control(&mut w, &mut |_| {});
+        }
+        let n = w.len();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn a_flow_blocked_stream_says_so_once_and_resumes_with_credit() {
+        let mut s = Streams::new(
+            Side::Client,
+            Limits {
+                local_bidi_window: 1 << 20,
+                remote_bidi_window: 1 << 20,
+                uni_window: 1 << 20,
+                conn_window: 1 << 20,
+                max_streams: [16, 16],
+                send_buffer: 1 << 20,
+            },
+        );
+        s.set_peer_limits(PeerLimits {
+            max_data: 1 << 20,
+            bidi_local: 0,
+            bidi_remote: 0,
+            uni: 1000,
+            max_streams_bidi: 0,
+            max_streams_uni: 4,
+        });
+        let id = s.open(Dir::Uni).unwrap();
+        assert_eq!(s.write(id, &[7u8; 3000], false).unwrap(), 3000);
+        assert!(s.has_stream_data());
+        // The first packet carries the 1,000 bytes the window allows, and says the stream
+        // is blocked at 1,000 in the same packet.
+        let p = packet(&mut s);
+        let frames: Vec<Frame<'_>> = Iter::new(&p).map(Result::unwrap).collect();
+        assert!(
+            matches!(frames[0], Frame::Stream { offset: 0, data, .. } if data.len() == 1000),
+            "{frames:?}"
+        );
+        assert!(
+            frames.iter().any(|f| matches!(
+                f,
+                Frame::StreamDataBlocked { id: i, limit: 1000 } if *i == id.0
+            )),
+            "{frames:?}"
+        );
+        // Blocked: nothing more is sendable, and the signal is not repeated.
+        assert!(!s.has_stream_data());
+        assert!(packet(&mut s).is_empty());
+        // Credit requeues the stream.
+        s.on_max_stream_data(id, 5000).unwrap();
+        assert!(s.has_stream_data());
+        let p = packet(&mut s);
+        let frames: Vec<Frame<'_>> = Iter::new(&p).map(Result::unwrap).collect();
+        assert!(
+            matches!(frames[0], Frame::Stream { offset: 1000, data, .. } if data.len() > 1000),
+            "{frames:?}"
+        );
+    }
+}
