@@ -2565,8 +2565,11 @@ impl Connection {
             (Record::Stream(s), true) => self.streams.on_acked(s),
             (Record::Stream(s), false) => self.streams.on_lost(s),
             (Record::NewCid(seq), false) => {
-                if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq) {
+                if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq)
+                    && !c.3
+                {
                     c.3 = true;
+                    self.path.issued_unsent += 1;
                 }
             }
             (Record::RetireCid(seq), false) if !self.path.retire_pending.contains(&seq) => {
@@ -2826,7 +2829,7 @@ impl Connection {
                 || !self.ext_out.is_empty()
                 || self.streams.wants_send()
                 || !self.path.retire_pending.is_empty()
-                || self.path.issued.iter().any(|c| c.3))
+                || self.path.issued_unsent > 0)
     }
 
     fn state_allows_1rtt(&self) -> bool {
@@ -3096,13 +3099,21 @@ impl Connection {
             records.push_back(Record::RetireCid(seq));
             eliciting = true;
         }
-        for c in self.path.issued.iter_mut().filter(|c| c.3) {
-            if frame::encode_new_cid(w, c.0, 0, &c.1, &c.2).is_none() {
-                break;
+        debug_assert_eq!(
+            self.path.issued_unsent,
+            self.path.issued.iter().filter(|c| c.3).count(),
+            "the unsent-CID count matches the list"
+        );
+        if self.path.issued_unsent > 0 {
+            for c in self.path.issued.iter_mut().filter(|c| c.3) {
+                if frame::encode_new_cid(w, c.0, 0, &c.1, &c.2).is_none() {
+                    break;
+                }
+                c.3 = false;
+                self.path.issued_unsent -= 1;
+                records.push_back(Record::NewCid(c.0));
+                eliciting = true;
             }
-            c.3 = false;
-            records.push_back(Record::NewCid(c.0));
-            eliciting = true;
         }
         let before = w.len();
         self.streams
@@ -3162,6 +3173,7 @@ impl Connection {
         let seq = self.path.next_issue_seq;
         self.path.next_issue_seq += 1;
         self.path.issued.push((seq, cid, reset_token, true));
+        self.path.issued_unsent += 1;
     }
 
     /// CIDs the peer retired, for the endpoint to stop routing.

@@ -52,8 +52,11 @@ pub(crate) struct Paths {
     /// Highest sequence number seen from the peer.
     highest_peer_seq: Option<u64>,
     pub(crate) retire_pending: VecDeque<u64>,
-    /// CIDs this side issued: (seq, cid, frame pending).
+    /// CIDs this side issued: (seq, cid, reset token, NEW_CONNECTION_ID pending).
     pub(crate) issued: Vec<(u64, ConnectionId, [u8; 16], bool)>,
+    /// How many of `issued` have their NEW_CONNECTION_ID pending: asked for every
+    /// packet, so kept as a count instead of a scan.
+    pub(crate) issued_unsent: usize,
     pub(crate) next_issue_seq: u64,
     /// CIDs the peer retired, for the endpoint to unroute.
     pub(crate) retired_local: Vec<ConnectionId>,
@@ -83,6 +86,7 @@ impl Paths {
             highest_peer_seq: None,
             retire_pending: VecDeque::new(),
             issued: Vec::new(),
+            issued_unsent: 0,
             next_issue_seq: 1,
             retired_local: Vec::new(),
             response: None,
@@ -275,7 +279,8 @@ impl Paths {
             ));
         }
         if let Some(i) = self.issued.iter().position(|c| c.0 == seq) {
-            let (_, cid, _, _) = self.issued.remove(i);
+            let (_, cid, _, pending) = self.issued.remove(i);
+            self.issued_unsent -= usize::from(pending);
             self.retired_local.push(cid);
         }
         Ok(())
