@@ -426,18 +426,24 @@ fn summary() {
     println!("\nsummary ({runs} runs, medians, suite {suite:?}, {CHUNK}-byte STREAM payloads):");
     println!("  bare AEAD seal        {e:8.0} ns/packet");
     println!(
-        "  send, all included    {s:8.0} ns/packet  = AEAD + {:.0} ns protocol ({rs:.2}x the AEAD)",
+        "  send, all included    {s:8.0} ns/packet  = AEAD + {:.0} ns protocol ({:.2}x the AEAD)",
         s - e,
+        (s - e) / e
     );
     println!(
-        "    of which the application's write {w:.0} ns; without it, protocol {:.0} ns ({rw:.2}x the AEAD)",
+        "    of which the application's write {w:.0} ns; without it, protocol {:.0} ns ({:.2}x the AEAD)",
         s - w - e,
+        (s - w - e) / e
     );
     println!(
-        "  receive, all included {r:8.0} ns/packet  = AEAD + {:.0} ns protocol ({rr:.2}x the AEAD)",
+        "  receive, all included {r:8.0} ns/packet  = AEAD + {:.0} ns protocol ({:.2}x the AEAD)",
         r - e,
+        (r - e) / e
     );
-    println!("  (ratios: the median over runs of each run's protocol time over its own AEAD time)");
+    println!(
+        "  per-run ratios (each run's protocol time over its own AEAD time, median): \
+         send {rs:.2}x, without the write {rw:.2}x, receive {rr:.2}x"
+    );
     println!(
         "  one ACK of 1,000 packets {:.1} us ({:.0} ns per acknowledged packet)",
         a / 1e3,
