@@ -123,7 +123,13 @@ fuzz_target!(|data: &[u8]| {
             while let Some(id) = c.accept_stream(dir) {
                 while let Ok(Some(_)) = c.read(id, &mut out) {}
                 if sel & 2 != 0 {
-                    let _ = c.write(id, &out[..64]);
+                    // Copied and shared writes both feed the send buffer that the
+                    // peer's ACKs, losses and STOP_SENDING then act on.
+                    if sel & 4 != 0 {
+                        let _ = c.write_chunk(id, &mut bytes::Bytes::copy_from_slice(&out[..64]));
+                    } else {
+                        let _ = c.write(id, &out[..64]);
+                    }
                     let _ = c.finish(id);
                 }
             }

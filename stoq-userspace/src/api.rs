@@ -722,7 +722,16 @@ impl SendStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let r = self.conn.with(|c, slot| match c.write(self.id, buf) {
+        self.poll_write_with(cx, |c| c.write(self.id, buf))
+    }
+
+    /// Runs one write on the connection; waits while the send buffer is full.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut conn::Connection) -> Result<usize, WriteError>,
+    ) -> Poll<Result<usize, StreamError>> {
+        let r = self.conn.with(|c, slot| match write(c) {
             Ok(n) if n > 0 => Poll::Ready(Ok(n)),
             Ok(_) | Err(WriteError::Blocked) => {
                 slot.wakers.write.insert(self.id, cx.waker().clone());
@@ -738,6 +747,21 @@ impl SendStream {
             Ok(p) => p,
             Err(e) => Poll::Ready(Err(e.into())),
         }
+    }
+
+    /// Writes all of `data` without copying it into the stream: the stream holds the
+    /// same allocation until the peer acknowledges it (see
+    /// [`Connection::write_chunk`](conn::Connection::write_chunk)). Waits while the send
+    /// buffer is full.
+    ///
+    /// # Errors
+    /// [`StreamError`]: stopped by the peer, already finished, or the connection is gone.
+    pub async fn write_chunk(&mut self, mut data: bytes::Bytes) -> Result<(), StreamError> {
+        let id = self.id;
+        while !data.is_empty() {
+            poll_fn(|cx| self.poll_write_with(cx, |c| c.write_chunk(id, &mut data))).await?;
+        }
+        Ok(())
     }
 
     /// Writes all of `data`.

@@ -6,7 +6,7 @@
 //! one round trip before the queue would have overflowed, with no packet lost.
 //!
 //! The sender must first learn that the path and the peer carry marks faithfully
-//! ([`Validation`]): the first [`TESTING_PACKETS`] packets on a path are sent ECT(0); the
+//! (`Validation`): the first [`TESTING_PACKETS`] packets on a path are sent ECT(0); the
 //! peer's counts must then account for every ECT(0) packet it acknowledges. A path that
 //! loses every test packet (a middlebox dropping ECT traffic), or that clears the marks
 //! (bleaching), or a peer that reports impossible counts, fails validation and packets go

@@ -30,6 +30,7 @@ mod endpoint;
 mod path;
 mod ranges;
 pub mod rtt;
+mod sendbuf;
 mod space;
 pub mod streams;
 mod token;
@@ -1059,6 +1060,27 @@ impl Connection {
             return Err(WriteError::NotConnected);
         }
         self.streams.write(id, data, false)
+    }
+
+    /// Writes the front of `data` to a stream without copying it: the stream keeps a
+    /// reference to the same allocation until the bytes are acknowledged, and the one
+    /// copy made is into the packet. Takes what fits in the send buffer, splitting it off
+    /// `data` (which keeps the rest), and returns how much.
+    ///
+    /// For an application that already holds its payload in [`Bytes`](bytes::Bytes) (a
+    /// proxy, a file or cache server); [`write`](Self::write) copies from a slice.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn write_chunk(
+        &mut self,
+        id: StreamId,
+        data: &mut bytes::Bytes,
+    ) -> Result<usize, WriteError> {
+        if self.state != State::Established {
+            return Err(WriteError::NotConnected);
+        }
+        self.streams.write_chunk(id, data, false)
     }
 
     /// Finishes a stream: a FIN follows the data written so far.

@@ -11,7 +11,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use bytes::Bytes;
+
 use super::ranges::RangeSet;
+use super::sendbuf::SendBuf;
 use super::{ConnectionError, Event, Side};
 use crate::frame::{self, Out, ty};
 use crate::handshake::params::TransportParams;
@@ -219,7 +222,7 @@ struct Reset {
 #[derive(Debug)]
 struct Send {
     /// Bytes from `base` to `written`: everything not yet acknowledged.
-    buf: VecDeque<u8>,
+    buf: SendBuf,
     base: u64,
     written: u64,
     /// Offset below which every byte was sent at least once.
@@ -244,7 +247,7 @@ struct Send {
 impl Send {
     fn new(max_data: u64) -> Self {
         Self {
-            buf: VecDeque::new(),
+            buf: SendBuf::default(),
             base: 0,
             written: 0,
             sent: 0,
@@ -577,6 +580,27 @@ impl Streams {
         data: &[u8],
         fin: bool,
     ) -> Result<usize, WriteError> {
+        self.write_with(id, data.len(), fin, |b, n| b.push_slice(&data[..n]))
+    }
+
+    /// Writes the front of `data` without copying it (what fits; `data` keeps the rest).
+    pub(crate) fn write_chunk(
+        &mut self,
+        id: StreamId,
+        data: &mut Bytes,
+        fin: bool,
+    ) -> Result<usize, WriteError> {
+        self.write_with(id, data.len(), fin, |b, n| b.push_chunk(data.split_to(n)))
+    }
+
+    /// Takes up to `len` bytes into the stream's buffer with `push(buffer, n)`.
+    fn write_with(
+        &mut self,
+        id: StreamId,
+        len: usize,
+        fin: bool,
+        push: impl FnOnce(&mut SendBuf, usize),
+    ) -> Result<usize, WriteError> {
         let room = self.send_capacity(self.urgency(id).unwrap_or_default());
         let Some(s) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
             return Err(WriteError::UnknownStream);
@@ -587,15 +611,15 @@ impl Streams {
         if s.fin != FinState::Open || s.reset.is_some() {
             return Err(WriteError::Closed);
         }
-        let n = (data.len() as u64).min(room) as usize;
-        if n == 0 && !data.is_empty() {
+        let n = (len as u64).min(room) as usize;
+        if n == 0 && len > 0 {
             s.want_writable = true;
             self.blocked_writers = true;
             return Err(WriteError::Blocked);
         }
-        s.buf.extend(&data[..n]);
+        push(&mut s.buf, n);
         s.written += n as u64;
-        if fin && n == data.len() {
+        if fin && n == len {
             s.fin = FinState::Pending;
         }
         self.buffered += n as u64;
@@ -615,7 +639,7 @@ impl Streams {
             return Err(WriteError::Closed);
         }
         self.buffered -= s.buf.len() as u64;
-        s.buf = VecDeque::new();
+        s.buf.clear();
         s.retransmit.clear();
         s.reset = Some(Reset {
             code,
@@ -1258,9 +1282,8 @@ impl Streams {
             let end = offset + n;
             let fin = fin_ready && end == q.written;
             let at = (offset - q.base) as usize;
-            let (a, b) = q.buf.as_slices();
             let ok = frame::encode_stream_header(w, id, offset, n as usize, fin).is_some()
-                && copy_range(w, a, b, at, n as usize).is_some();
+                && q.buf.copy_to(w, at, n as usize).is_some();
             if !ok {
                 return;
             }
@@ -1324,7 +1347,7 @@ impl Streams {
                     .filter(|f| f.start <= q.base && f.end > q.base)
                 {
                     let n = (first.end - q.base) as usize;
-                    drain_front(&mut q.buf, n);
+                    q.buf.drain_front(n);
                     q.base = first.end;
                     q.acked.remove_below(q.base);
                     q.retransmit.remove_below(q.base);
@@ -1499,20 +1522,6 @@ fn drain_front(buf: &mut VecDeque<u8>, n: usize) {
         buf.clear();
     } else {
         buf.drain(..n);
-    }
-}
-
-fn copy_range(w: &mut Out<'_>, a: &[u8], b: &[u8], at: usize, n: usize) -> Option<()> {
-    if at < a.len() {
-        let k = n.min(a.len() - at);
-        w.put(&a[at..at + k])?;
-        if k < n {
-            w.put(b.get(..n - k)?)?;
-        }
-        Some(())
-    } else {
-        let at = at - a.len();
-        w.put(b.get(at..at + n)?)
     }
 }
 

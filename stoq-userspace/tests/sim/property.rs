@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use stoq::conn::{
@@ -277,7 +278,13 @@ impl Work {
                 for (j, b) in self.buf[..n].iter_mut().enumerate() {
                     *b = pat(key(*id), *written + j as u64);
                 }
-                match c.write(*id, &self.buf[..n]) {
+                // Copied and shared (zero-copy) writes, mixed within a stream.
+                let r = if (*written / 1000) % 3 == 1 {
+                    c.write_chunk(*id, &mut Bytes::copy_from_slice(&self.buf[..n]))
+                } else {
+                    c.write(*id, &self.buf[..n])
+                };
+                match r {
                     Ok(k) => *written += k as u64,
                     Err(_) => break,
                 }
