@@ -410,7 +410,7 @@ fn summary() {
     let runs: usize = std::env::var("STOQ_SUMMARY_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60)
+        .unwrap_or(300)
         .max(1);
     const PACKETS: u64 = 4_000;
     let mut p = pair();
