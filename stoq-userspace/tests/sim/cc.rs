@@ -464,3 +464,41 @@ fn ecn_marks_keep_cubic_out_of_the_buffer() {
         "queue p90 {q90:?} with ECN vs median {plain_q50:?} without"
     );
 }
+
+/// The fairness check above, from other start offsets of the second flow and over two
+/// 10 s windows. Known to fail today: two BBR flows settle into unequal shares for tens
+/// of seconds (ratios up to about 3:1) depending on when the second one starts, so the
+/// passing test above holds for its scenario, not in general. Kept as the measure of the
+/// fix; `cargo test -p stoq --features sim --release --test sim -- --ignored
+/// converge_from` prints every case.
+#[test]
+#[ignore = "BBR fairness is not yet robust to the second flow's start time (see docs/transport.md)"]
+fn two_bbr_flows_converge_from_any_start() {
+    let mut worst: f64 = 0.0;
+    for start_ms in [1000u64, 1500, 2000, 2500, 3000, 4000] {
+        let (t, _) = bulk(
+            Congestion::Bbr.factory(),
+            0.0,
+            &[Duration::ZERO, Duration::from_millis(start_ms)],
+            Duration::from_secs(40),
+        );
+        for (from, to) in [(20, 30), (30, 40)] {
+            let (from, to) = (Duration::from_secs(from), Duration::from_secs(to));
+            let a = t[0].goodput_between(from, to);
+            let b = t[1].goodput_between(from, to);
+            let off = (a - b).abs() / (a + b);
+            println!(
+                "second flow at {start_ms} ms, {from:?}-{to:?}: {:.1} / {:.1} Mbit/s ({:.0} % off a fair share)",
+                a / 1e6,
+                b / 1e6,
+                off * 100.0
+            );
+            worst = worst.max(off);
+        }
+    }
+    assert!(
+        worst <= 0.2,
+        "{:.0} % off a fair share at worst",
+        worst * 100.0
+    );
+}
