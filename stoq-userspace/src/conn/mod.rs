@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use stoq_common::cid::ConnectionId;
 use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_payload};
 use stoq_common::maps::ClassifierConfig;
@@ -847,6 +847,12 @@ impl Connection {
             path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
             transport: s.transport,
         };
+        // The controller's randomisation comes from a stream of its own under the
+        // connection's seed (ChaCha output, safe to show in probe timing), leaving the
+        // main generator's sequence as it was.
+        let mut cc_rng = ChaCha20Rng::from_seed(s.rng_seed);
+        cc_rng.set_stream(1);
+        me.cc.seed(cc_rng.next_u64());
         if me.transport.pacing_gain != 1.0 {
             me.cc.set_pacing_gain(me.transport.pacing_gain);
         }
@@ -2008,7 +2014,6 @@ impl Connection {
     /// The peer's packets now come from `remote` (NAT rebinding or migration): switch to
     /// it, validate it, and limit what is sent there until it answers (RFC 9000 §9).
     fn on_peer_address_change(&mut self, now: Instant, remote: SocketAddr, datagram: usize) {
-        use rand_core::RngCore;
         let previous = self.remote;
         let port_only = previous.ip() == remote.ip();
         self.remote = remote;
@@ -2023,6 +2028,7 @@ impl Connection {
         if !port_only {
             // A new network path: its capacity and delay are unknown (RFC 9000 §9.4).
             self.cc = self.transport.congestion.build(now, self.path.mtu() as u64);
+            self.cc.seed(self.rng.next_u64());
             self.rtt = RttEstimator::default();
             self.first_rtt_sample = None;
             let base = self.path_base_mtu();

@@ -127,7 +127,8 @@ pub struct Bbr {
     extra_acked_slot_round: u64,
     ack_epoch_start: Instant,
     ack_epoch_acked: u64,
-    /// A deterministic jitter source for the probe wait (no OS randomness in the core).
+    /// The jitter source for the probe wait: xorshift, seeded per connection through
+    /// [`Controller::seed`] (no OS randomness in the core).
     jitter: u64,
 }
 
@@ -568,7 +569,13 @@ impl Controller for Bbr {
         self.loss_events += 1;
         if !loss.is_app_limited {
             let target = self.inflight(1.0);
-            self.inflight_hi = loss.tx_in_flight.max((BETA * target as f64) as u64);
+            // A multiplicative decrease of the long-term bound, as for the lower bounds:
+            // two flows that keep a shared buffer full are both bounded by
+            // `inflight_hi`, and only a bound cut in proportion to what was in flight
+            // (with the equal additive growth of each probe) converges their shares
+            // (AIMD). Keeping it at `tx_in_flight` kept any split.
+            let cut = (BETA * loss.tx_in_flight as f64) as u64;
+            self.inflight_hi = cut.max((BETA * target as f64) as u64);
         }
         match self.state {
             // Leave Startup on loss only when the loss is the path's answer to a full
@@ -601,6 +608,11 @@ impl Controller for Bbr {
 
     fn congestion_events(&self) -> u64 {
         self.loss_events
+    }
+
+    fn seed(&mut self, seed: u64) {
+        // xorshift needs a non-zero state.
+        self.jitter = seed | 1;
     }
 
     fn set_pacing_gain(&mut self, gain: f64) {

@@ -139,6 +139,11 @@ pub trait Controller: Send + Debug {
     fn congestion_events(&self) -> u64;
     /// Scales the pacing gain at run time (live adaptation); 1.0 is the controller's own.
     fn set_pacing_gain(&mut self, _gain: f64) {}
+    /// Seeds the controller's randomisation (BBR's time between bandwidth probes), so
+    /// flows sharing a bottleneck do not probe in lock-step. The connection calls it
+    /// once after building the controller, with a value from its own seeded generator:
+    /// the core stays deterministic for a given seed.
+    fn seed(&mut self, _seed: u64) {}
 }
 
 /// Builds a connection's controller.
