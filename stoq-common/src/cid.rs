@@ -190,10 +190,11 @@ impl Default for CidLayout {
 
 /// A connection ID of 0 to 20 bytes, stored inline.
 ///
-/// Equality, ordering and hashing are those of [`as_bytes`](Self::as_bytes), so a map
-/// keyed by `ConnectionId` can be searched with the `&[u8]` of a packet's header
-/// ([`Borrow<[u8]>`](core::borrow::Borrow)), without copying it out first.
-#[derive(Clone, Copy)]
+/// Equality, ordering and hashing agree with those of [`as_bytes`](Self::as_bytes) (the
+/// bytes past `len` are always zero, so the derived comparisons of the whole array match
+/// the slice's), so a map keyed by `ConnectionId` can be searched with the `&[u8]` of a
+/// packet's header ([`Borrow<[u8]>`](core::borrow::Borrow)), without copying it out first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnectionId {
     bytes: [u8; MAX_CID_LEN],
     len: u8,
@@ -232,26 +233,6 @@ impl ConnectionId {
     /// Whether the CID is empty.
     pub const fn is_empty(&self) -> bool {
         self.len == 0
-    }
-}
-
-impl PartialEq for ConnectionId {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for ConnectionId {}
-
-impl PartialOrd for ConnectionId {
-    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ConnectionId {
-    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
     }
 }
 

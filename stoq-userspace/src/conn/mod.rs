@@ -1086,7 +1086,7 @@ impl Connection {
         if self.state != State::Established {
             return Err(WriteError::NotConnected);
         }
-        self.streams.write_chunk(id, data, false)
+        self.streams.write_chunk(id, data)
     }
 
     /// Finishes a stream: a FIN follows the data written so far.
@@ -2592,14 +2592,7 @@ impl Connection {
         match (r, acked) {
             (Record::Stream(s), true) => self.streams.on_acked(s),
             (Record::Stream(s), false) => self.streams.on_lost(s),
-            (Record::NewCid(seq), false) => {
-                if let Some(c) = self.path.issued.iter_mut().find(|c| c.0 == seq)
-                    && !c.3
-                {
-                    c.3 = true;
-                    self.path.issued_unsent += 1;
-                }
-            }
+            (Record::NewCid(seq), false) => self.path.on_new_cid_lost(seq),
             (Record::RetireCid(seq), false) if !self.path.retire_pending.contains(&seq) => {
                 self.path.retire_pending.push_back(seq);
             }
@@ -2857,7 +2850,7 @@ impl Connection {
                 || !self.ext_out.is_empty()
                 || self.streams.wants_send()
                 || !self.path.retire_pending.is_empty()
-                || self.path.issued_unsent > 0)
+                || self.path.has_unsent_cids())
     }
 
     fn state_allows_1rtt(&self) -> bool {
@@ -3127,22 +3120,10 @@ impl Connection {
             records.push_back(Record::RetireCid(seq));
             eliciting = true;
         }
-        debug_assert_eq!(
-            self.path.issued_unsent,
-            self.path.issued.iter().filter(|c| c.3).count(),
-            "the unsent-CID count matches the list"
-        );
-        if self.path.issued_unsent > 0 {
-            for c in self.path.issued.iter_mut().filter(|c| c.3) {
-                if frame::encode_new_cid(w, c.0, 0, &c.1, &c.2).is_none() {
-                    break;
-                }
-                c.3 = false;
-                self.path.issued_unsent -= 1;
-                records.push_back(Record::NewCid(c.0));
-                eliciting = true;
-            }
-        }
+        self.path.write_new_cids(w, |seq| {
+            records.push_back(Record::NewCid(seq));
+            eliciting = true;
+        });
         let before = w.len();
         self.streams
             .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
@@ -3171,11 +3152,6 @@ impl Connection {
         }
         self.streams
             .write_streams(w, &mut |r| records.push_back(Record::Stream(r)));
-        if self.streams.has_blocked_signal() {
-            // Flow control stopped a stream just now: say so in this packet.
-            self.streams
-                .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
-        }
         eliciting || w.len() > before
     }
 
@@ -3198,10 +3174,7 @@ impl Connection {
     }
 
     pub(crate) fn issue_cid(&mut self, cid: ConnectionId, reset_token: [u8; 16]) {
-        let seq = self.path.next_issue_seq;
-        self.path.next_issue_seq += 1;
-        self.path.issued.push((seq, cid, reset_token, true));
-        self.path.issued_unsent += 1;
+        self.path.issue(cid, reset_token);
     }
 
     /// CIDs the peer retired, for the endpoint to stop routing.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use stoq_common::cid::ConnectionId;
 
 use super::ConnectionError;
+use crate::frame::{self, Out};
 
 /// Most PATH_CHALLENGE frames answered per second; beyond that a peer is flooding.
 pub(crate) const MAX_CHALLENGES_PER_SEC: u32 = 256;
@@ -55,8 +56,8 @@ pub(crate) struct Paths {
     /// CIDs this side issued: (seq, cid, reset token, NEW_CONNECTION_ID pending).
     pub(crate) issued: Vec<(u64, ConnectionId, [u8; 16], bool)>,
     /// How many of `issued` have their NEW_CONNECTION_ID pending: asked for every
-    /// packet, so kept as a count instead of a scan.
-    pub(crate) issued_unsent: usize,
+    /// packet, so kept as a count instead of a scan (only the methods below change it).
+    issued_unsent: usize,
     pub(crate) next_issue_seq: u64,
     /// CIDs the peer retired, for the endpoint to unroute.
     pub(crate) retired_local: Vec<ConnectionId>,
@@ -269,6 +270,50 @@ impl Paths {
         self.retire_pending.push_back(old);
         self.active_seq = seq;
         Some(cid)
+    }
+
+    /// Issues `cid`, with its stateless-reset token; its NEW_CONNECTION_ID is pending.
+    pub(crate) fn issue(&mut self, cid: ConnectionId, reset_token: [u8; 16]) {
+        let seq = self.next_issue_seq;
+        self.next_issue_seq += 1;
+        self.issued.push((seq, cid, reset_token, true));
+        self.issued_unsent += 1;
+    }
+
+    /// The NEW_CONNECTION_ID for `seq` was lost: send it again, if the CID is still issued.
+    pub(crate) fn on_new_cid_lost(&mut self, seq: u64) {
+        if let Some(c) = self.issued.iter_mut().find(|c| c.0 == seq)
+            && !c.3
+        {
+            c.3 = true;
+            self.issued_unsent += 1;
+        }
+    }
+
+    /// Whether a NEW_CONNECTION_ID frame is pending.
+    pub(crate) fn has_unsent_cids(&self) -> bool {
+        debug_assert_eq!(
+            self.issued_unsent,
+            self.issued.iter().filter(|c| c.3).count(),
+            "the unsent-CID count matches the list"
+        );
+        self.issued_unsent > 0
+    }
+
+    /// Writes the pending NEW_CONNECTION_ID frames that fit in `w`, calling `sent(seq)`
+    /// for each.
+    pub(crate) fn write_new_cids(&mut self, w: &mut Out<'_>, mut sent: impl FnMut(u64)) {
+        if !self.has_unsent_cids() {
+            return;
+        }
+        for c in self.issued.iter_mut().filter(|c| c.3) {
+            if frame::encode_new_cid(w, c.0, 0, &c.1, &c.2).is_none() {
+                break;
+            }
+            c.3 = false;
+            self.issued_unsent -= 1;
+            sent(c.0);
+        }
     }
 
     /// The peer retired our CID `seq`.

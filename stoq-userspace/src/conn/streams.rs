@@ -588,9 +588,8 @@ impl Streams {
         &mut self,
         id: StreamId,
         data: &mut Bytes,
-        fin: bool,
     ) -> Result<usize, WriteError> {
-        self.write_with(id, data.len(), fin, |b, n| b.push_chunk(data.split_to(n)))
+        self.write_with(id, data.len(), false, |b, n| b.push_chunk(data.split_to(n)))
     }
 
     /// Takes up to `len` bytes into the stream's buffer with `push(buffer, n)`.
@@ -1107,17 +1106,10 @@ impl Streams {
     /// Asked for every packet, so it looks at the queues, not at each queued stream: a
     /// queued stream that flow control blocks says "yes" once, and the next
     /// [`write_streams`](Self::write_streams) takes it off its queue (raising its BLOCKED
-    /// signal, which [`has_blocked_signal`](Self::has_blocked_signal) then reports) until
-    /// credit arrives and [`schedule`](Self::schedule) queues it again.
+    /// signal, which it writes in the same packet) until credit arrives and
+    /// [`schedule`](Self::schedule) queues it again.
     pub(crate) fn has_stream_data(&self) -> bool {
         self.levels.iter().any(|l| !l.is_empty())
-    }
-
-    /// Whether [`write_control`](Self::write_control) has a BLOCKED signal or a queued
-    /// control frame to write: checked after [`write_streams`](Self::write_streams), which
-    /// raises them, so they leave in the same packet.
-    pub(crate) fn has_blocked_signal(&self) -> bool {
-        self.data_blocked_pending || !self.ctrl.is_empty()
     }
 
     /// Writes control frames (flow-control credit, resets, stops, blocked signals) into
@@ -1220,6 +1212,14 @@ impl Streams {
 
     /// Writes STREAM frames into `w` as the scheduler orders them, recording each.
     pub(crate) fn write_streams(&mut self, w: &mut Out<'_>, rec: &mut impl FnMut(StreamRecord)) {
+        self.write_stream_frames(w, rec);
+        if self.data_blocked_pending || !self.ctrl.is_empty() {
+            // Flow control stopped a stream just now: say so in this packet.
+            self.write_control(w, rec);
+        }
+    }
+
+    fn write_stream_frames(&mut self, w: &mut Out<'_>, rec: &mut impl FnMut(StreamRecord)) {
         // Each iteration writes a frame or removes a stream from its level's queue, so this
         // ends; the cap guards the bound regardless.
         for _ in 0..256 {
@@ -1530,16 +1530,13 @@ mod tests {
     use super::*;
     use crate::frame::{Frame, Iter};
 
-    /// One packet's worth of frames from `write_control` then `write_streams` (and
-    /// `write_control` again when a BLOCKED signal came up), as the connection writes them.
+    /// One packet's worth of frames from `write_control` then `write_streams`, as the
+    /// connection writes them.
     fn packet(s: &mut Streams) -> Vec<u8> {
         let mut buf = vec![0u8; 1200];
         let mut w = Out::new(&mut buf);
         s.write_control(&mut w, &mut |_| {});
         s.write_streams(&mut w, &mut |_| {});
-        if s.has_blocked_signal() {
-            s.write_control(&mut w, &mut |_| {});
-        }
         let n = w.len();
         buf.truncate(n);
         buf
