@@ -465,13 +465,20 @@ fn ecn_marks_keep_cubic_out_of_the_buffer() {
     );
 }
 
-/// The fairness check above, from other start offsets of the second flow and over two
-/// 10 s windows. Known to fail today: 7 of the 12 windows are within 20 % of a fair
-/// share, the worst 37 % off, so the passing test above holds for its scenario, not in
-/// general. Kept as the measure of the fix; `cargo test -p stoq --features sim --release
-/// --test sim -- --ignored converge_from` prints every case.
+/// How far two flows' goodputs over `[from, to)` are from a fair share (0: equal; 0.2:
+/// one has 20 % more than the fair share, the other 20 % less).
+fn off_fair_share(t: &[Trace], from: u64, to: u64) -> (f64, f64, f64) {
+    let (from, to) = (Duration::from_secs(from), Duration::from_secs(to));
+    let a = t[0].goodput_between(from, to);
+    let b = t[1].goodput_between(from, to);
+    ((a - b).abs() / (a + b), a / 1e6, b / 1e6)
+}
+
+/// The fairness check above, from six start offsets of the second flow and over two 10 s
+/// windows each: every window within 20 % of a fair share. Before flows in ProbeDown or
+/// Cruise cut `inflight_hi` on a lossy round (only the prober did), 7 of these 12 were,
+/// the worst 37 % off: the test above held for its own scenario only.
 #[test]
-#[ignore = "BBR fairness is not yet robust to the second flow's start time (see docs/transport.md)"]
 fn two_bbr_flows_converge_from_any_start() {
     let mut worst: f64 = 0.0;
     for start_ms in [1000u64, 1500, 2000, 2500, 3000, 4000] {
@@ -482,14 +489,60 @@ fn two_bbr_flows_converge_from_any_start() {
             Duration::from_secs(40),
         );
         for (from, to) in [(20, 30), (30, 40)] {
-            let (from, to) = (Duration::from_secs(from), Duration::from_secs(to));
-            let a = t[0].goodput_between(from, to);
-            let b = t[1].goodput_between(from, to);
-            let off = (a - b).abs() / (a + b);
+            let (off, a, b) = off_fair_share(&t, from, to);
             println!(
-                "second flow at {start_ms} ms, {from:?}-{to:?}: {:.1} / {:.1} Mbit/s ({:.0} % off a fair share)",
-                a / 1e6,
-                b / 1e6,
+                "second flow at {start_ms} ms, {from}-{to} s: {a:.1} / {b:.1} Mbit/s ({:.0} % off a fair share)",
+                off * 100.0
+            );
+            worst = worst.max(off);
+        }
+    }
+    assert!(
+        worst <= 0.2,
+        "{:.0} % off a fair share at worst",
+        worst * 100.0
+    );
+}
+
+/// Fairness beyond the acceptance link: other rates, round-trip times and buffer sizes
+/// (half a BDP to two), so the convergence is not tuned to one path. The second flow
+/// starts at a different offset on each.
+#[test]
+fn two_bbr_flows_converge_on_other_paths() {
+    let mut worst: f64 = 0.0;
+    let paths = [
+        (50_000_000u64, 20u64, 1.0f64, 1000u64),
+        (200_000_000, 5, 1.0, 2500),
+        (100_000_000, 10, 0.5, 4000),
+        (100_000_000, 10, 2.0, 1000),
+        (100_000_000, 25, 1.0, 2500),
+    ];
+    for (rate, one_way_ms, bdps, start_ms) in paths {
+        let bdp = rate as f64 / 8.0 * (2 * one_way_ms) as f64 / 1000.0;
+        let up = LinkConfig {
+            rate_bps: Some(rate),
+            delay: Duration::from_millis(one_way_ms),
+            queue_bytes: (bdp * bdps) as usize,
+            ..LinkConfig::default()
+        };
+        let down = LinkConfig {
+            delay: Duration::from_millis(one_way_ms),
+            ..LinkConfig::default()
+        };
+        let (t, _, _, _) = bulk_over(
+            Congestion::Bbr.factory(),
+            up,
+            down,
+            &[Duration::ZERO, Duration::from_millis(start_ms)],
+            Duration::from_secs(40),
+        );
+        for (from, to) in [(20, 30), (30, 40)] {
+            let (off, a, b) = off_fair_share(&t, from, to);
+            println!(
+                "{} Mbit/s, {} ms RTT, {bdps} BDP buffer, second flow at {start_ms} ms, {from}-{to} s: \
+                 {a:.1} / {b:.1} Mbit/s ({:.0} % off a fair share)",
+                rate / 1_000_000,
+                2 * one_way_ms,
                 off * 100.0
             );
             worst = worst.max(off);
