@@ -121,23 +121,24 @@ fn one_core_each(server: &mut stoq::engine::EngineConfig) {
 /// Prints which backend runs and why.
 fn print_backend(server: &Endpoint, client: &Endpoint) {
     let info = server.info();
-    println!("backend:  {}", info.selection.chosen);
-    println!("          {}; {} server workers", info.detail, info.workers);
+    say!("backend:  {}", info.selection.chosen);
+    say!("          {}; {} server workers", info.detail, info.workers);
     let cinfo = client.info();
     if cinfo.selection.chosen != info.selection.chosen {
-        println!(
+        say!(
             "          (the client runs on {}: {})",
-            cinfo.selection.chosen, cinfo.detail
+            cinfo.selection.chosen,
+            cinfo.detail
         );
     }
     if info.selection.forced {
-        println!("why:      forced");
+        say!("why:      forced");
     } else if info.selection.skipped.is_empty() {
-        println!("why:      the first choice");
+        say!("why:      the first choice");
     } else {
-        println!("why:      every better backend was skipped:");
+        say!("why:      every better backend was skipped:");
         for (k, reason) in &info.selection.skipped {
-            println!("            {k}: {reason}");
+            say!("            {k}: {reason}");
         }
     }
 }
@@ -165,10 +166,10 @@ fn transfer_once(
             .connect(target, "demo.stoq")
             .await
             .map_err(|e| format!("connecting: {e}"))?;
-        println!("connected: X25519+ML-KEM-768 key exchange, FALCON-512 server key pinned");
+        say!("connected: X25519+ML-KEM-768 key exchange, FALCON-512 server key pinned");
         let pb = indicatif::ProgressBar::hidden();
         let o = transfer::upload(&conn, &format!("SINK {size}"), Pattern::new(), size, &pb).await?;
-        println!("{}", transfer::report("moved", &o, &conn));
+        say!("{}", transfer::report("moved", &o, &conn));
         conn.close(0, b"demo done");
         client.shutdown(Duration::from_secs(2)).await;
         server.shutdown(Duration::from_secs(2)).await;
@@ -206,7 +207,7 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
         #[cfg(not(target_os = "linux"))]
         None => unreachable!("namespaces need Linux"),
     };
-    println!("path:     {}", place.describe());
+    say!("path:     {}", place.describe());
     // The best backend (automatic, unless --backend forces one); across namespaces, the
     // XDP path too, forced, so the main job always shows it and how it compares.
     let (server, client, target) = place.endpoints(engine, scfg.clone(), ccfg.clone())?;
@@ -215,8 +216,8 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
     let best = transfer_once(server, client, target, size)?;
     let in_namespaces = !matches!(place, Place::Loopback(_));
     if in_namespaces && engine.backend.is_none() && best_kind != BackendKind::AfXdp {
-        println!();
-        println!("The XDP path, forced (AF_XDP):");
+        say!();
+        say!("The XDP path, forced (AF_XDP):");
         let xdp = EngineArgs {
             backend: Some("af_xdp".into()),
             ..engine.clone()
@@ -225,12 +226,12 @@ pub(crate) fn run(bytes: &str, loopback: bool, engine: &EngineArgs) -> Result<()
             Ok((server, client, target)) => {
                 print_backend(&server, &client);
                 let x = transfer_once(server, client, target, size)?;
-                println!(
+                say!(
                     "af_xdp moved {x:.2} Gbit/s = {:.2}x the automatic choice ({best_kind}, {best:.2} Gbit/s)",
                     x / best
                 );
             }
-            Err(e) => println!("af_xdp could not run here: {e}"),
+            Err(e) => say!("af_xdp could not run here: {e}"),
         }
     }
     drop(place);

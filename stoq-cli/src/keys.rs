@@ -62,7 +62,7 @@ pub(crate) fn keygen(out: &Path, alg: &str) -> Result<(), String> {
     let p = with_ext(out, "pub");
     write(&k, &pem_encode(PEM_PRIVATE, key.as_bytes()), true)?;
     write(&p, &pem_encode(PEM_PUBLIC, public.as_bytes()), false)?;
-    println!(
+    say!(
         "{} key pair: {} (private, mode 0600) and {}",
         alg.name(),
         k.display(),
@@ -112,7 +112,7 @@ pub(crate) fn cert(a: &CertArgs) -> Result<(), String> {
             .map_err(|e| format!("the issuer's private and public keys do not match: {e}"))?;
     }
     write(&a.out, &pem_encode(PEM_CERT, c.as_bytes()), false)?;
-    println!(
+    say!(
         "certificate for {} valid {} days: {}",
         a.names.join(", "),
         a.days,

@@ -1,13 +1,28 @@
 //! `stoq`: keys and certificates, a server and a client that move files or generate load,
 //! a backend probe, and the end-to-end demo.
 
+/// `say!` that survives a closed standard output (`stoq demo | head`): the first
+/// failed write marks it gone and later lines are dropped, so the command runs to its
+/// end and its guards (namespaces, XDP programs) clean up, where `say!` would panic
+/// mid-run.
+macro_rules! say {
+    () => {
+        $crate::say_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod keys;
 mod transfer;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use stoq::io::BackendKind;
@@ -166,13 +181,26 @@ fn probe() {
     let sel = stoq::io::select::select(None);
     for p in stoq::io::select::probe_all() {
         match p.result {
-            Ok(()) => println!("{:<9} available", p.kind.name()),
-            Err(why) => println!("{:<9} unavailable: {why}", p.kind.name()),
+            Ok(()) => say!("{:<9} available", p.kind.name()),
+            Err(why) => say!("{:<9} unavailable: {why}", p.kind.name()),
         }
     }
     match sel {
-        Ok(s) => println!("chosen: {}", s.chosen),
-        Err(e) => println!("no backend: {e}"),
+        Ok(s) => say!("chosen: {}", s.chosen),
+        Err(e) => say!("no backend: {e}"),
+    }
+}
+
+/// Set once standard output has refused a write.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to standard output unless it is gone (see [`say!`]).
+fn say_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
     }
 }
 

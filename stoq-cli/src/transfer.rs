@@ -280,7 +280,7 @@ pub(crate) fn server(
     runtime()?.block_on(async {
         let ep = Endpoint::server(cfg, Arc::new(server_config(credential)))
             .map_err(|e| e.to_string())?;
-        println!(
+        say!(
             "listening on {} with {} workers: {}",
             ep.local_addr(),
             ep.info().workers,
@@ -297,9 +297,10 @@ pub(crate) fn server(
             }
         }
         let r = ep.shutdown(Duration::from_secs(5)).await;
-        println!(
+        say!(
             "shut down: {} connections, {} with unacknowledged data",
-            r.connections, r.unacknowledged
+            r.connections,
+            r.unacknowledged
         );
         Ok(())
     })
@@ -486,7 +487,7 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
             let pb = progress(size);
             let o = upload(&conn, &format!("PUT {name} {size}"), f, size, &pb).await?;
             pb.finish_and_clear();
-            println!("{}", report("sent", &o, &conn));
+            say!("{}", report("sent", &o, &conn));
             if o.hash_ok {
                 Ok(())
             } else {
@@ -499,7 +500,7 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
             let pb = progress(size);
             let o = upload(&conn, &format!("SINK {size}"), Pattern::new(), size, &pb).await?;
             pb.finish_and_clear();
-            println!("{}", report("sent", &o, &conn));
+            say!("{}", report("sent", &o, &conn));
             Ok(())
         };
         conn.close(0, b"done");
@@ -567,7 +568,7 @@ async fn download(conn: &Connection, name: &str, out: Option<&Path>) -> Result<(
         .await
         .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64().max(1e-9);
-    println!(
+    say!(
         "received {} ({} bytes, {} resumed) in {secs:.2} s: {:.2} Gbit/s; SHA-256 matches",
         out.display(),
         have + n,
