@@ -14,6 +14,7 @@
 //! SVG charts; see `docs/benchmarks.md`.
 
 mod delay;
+mod handlers;
 mod plain;
 mod plan;
 mod quinn_side;

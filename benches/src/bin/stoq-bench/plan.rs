@@ -150,6 +150,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         backend: "io_uring".into(),
         xdp: "auto".into(),
         suite: "chacha20poly1305".into(),
+        handler: false,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -200,6 +201,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         secs: if q { 0.3 } else { 1.5 },
     };
     let mut rr_subjects = stoq_backends();
+    rr_subjects.extend([
+        Subject::stoq("af_xdp", "driver").with_handler(),
+        Subject::stoq("udp", "auto").with_handler(),
+    ]);
     rr_subjects.extend([
         Subject::Quinn { tuned: false },
         Subject::Tcp { cc: "cubic".into() },

@@ -8,11 +8,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Subject {
     /// STOQ on one backend (`af_xdp`, `io_uring`, `udp`), XDP attach mode (`driver`,
-    /// `skb`, `auto`) and cipher suite (`aes256gcm`, `chacha20poly1305`).
+    /// `skb`, `auto`) and cipher suite (`aes256gcm`, `chacha20poly1305`). With `handler`
+    /// the request/response loop runs in a worker [`stoq::engine::Handler`] on each side
+    /// (the per-core API) instead of an async task.
     Stoq {
         backend: String,
         xdp: String,
         suite: String,
+        #[serde(default)]
+        handler: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -30,6 +34,7 @@ impl Subject {
                 backend,
                 xdp,
                 suite,
+                handler,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -41,7 +46,8 @@ impl Subject {
                 } else {
                     ""
                 };
-                format!("STOQ {b}{s}")
+                let h = if *handler { ", worker handler" } else { "" };
+                format!("STOQ {b}{s}{h}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
             Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
@@ -56,6 +62,25 @@ impl Subject {
             backend: backend.into(),
             xdp: xdp.into(),
             suite: "aes256gcm".into(),
+            handler: false,
+        }
+    }
+
+    /// The same STOQ subject with the request/response loop in worker handlers.
+    pub(crate) fn with_handler(self) -> Self {
+        match self {
+            Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                ..
+            } => Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler: true,
+            },
+            other => other,
         }
     }
 

@@ -36,6 +36,10 @@ fn engine(spec: &RoleSpec, bind: std::net::SocketAddr) -> Result<EngineConfig, S
     Ok(e)
 }
 
+fn uses_handler(spec: &RoleSpec) -> bool {
+    matches!(spec.subject, Subject::Stoq { handler: true, .. })
+}
+
 fn suite(spec: &RoleSpec) -> CipherSuite {
     match &spec.subject {
         Subject::Stoq { suite, .. } if suite == "chacha20poly1305" => CipherSuite::ChaCha20Poly1305,
@@ -54,7 +58,12 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
     let mut cfg = ServerConfig::raw_key(key, public(spec)?);
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
-    let e = engine(spec, spec.server)?;
+    let mut e = engine(spec, spec.server)?;
+    if uses_handler(spec) {
+        // Connections served by a handler skip the accept queue: the handler is the
+        // whole server (request/response only).
+        e.handler = Some(crate::handlers::echo());
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let server = Arc::new(Endpoint::server(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
@@ -94,9 +103,18 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
     cfg.suites = vec![suite(spec)];
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
-    let e = engine(spec, spec.client_bind)?;
+    let mut e = engine(spec, spec.client_bind)?;
     let (to, bind) = (spec.server, spec.client_bind);
     let scenario = spec.scenario;
+    let mut measured = None;
+    if uses_handler(spec) {
+        let Scenario::Rr { secs } = scenario else {
+            return Err("worker handlers serve only request/response".into());
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        e.handler = Some(crate::handlers::ping_pong(secs, tx));
+        measured = Some(rx);
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let client = Arc::new(Endpoint::client(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
@@ -115,8 +133,19 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
             }
             Scenario::Rr { secs } => {
                 let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
-                let (w, r) = c.open_bi().await.map_err(|e| e.to_string())?;
-                crate::streams::ping_pong(w, r, secs, &mut out).await?;
+                let (mut w, r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                if let Some(mut rx) = measured {
+                    // The first request starts the worker handler's loop; the streams
+                    // stay open (unread here) until it reports.
+                    w.write_all(&[7u8; 64]).await.map_err(|e| e.to_string())?;
+                    let (mut lat, secs) = rx.recv().await.ok_or("the handler stopped")?;
+                    out.secs = secs;
+                    out.count = lat.len() as u64;
+                    out.quantiles_us = crate::spec::quantiles(&mut lat);
+                    drop(r);
+                } else {
+                    crate::streams::ping_pong(w, r, secs, &mut out).await?;
+                }
                 c.close(0, b"");
             }
             Scenario::Handshakes { secs, parallel } => {
