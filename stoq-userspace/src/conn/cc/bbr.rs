@@ -463,8 +463,7 @@ impl Bbr {
             && matches!(self.state, BbrState::ProbeDown | BbrState::ProbeCruise)
             && self.round_count > self.cut_round
         {
-            let target = self.inflight(1.0);
-            self.cut_inflight_hi(self.round_lost_tx_in_flight, target);
+            self.cut_inflight_hi(self.round_lost_tx_in_flight);
             self.loss_events += 1;
         }
         self.round_lost_tx_in_flight = 0;
@@ -494,7 +493,8 @@ impl Bbr {
 
     /// The multiplicative decrease of the long-term bound: `BETA` × what was in flight
     /// when the lost data was sent, and never below `BETA` × the model's BDP target.
-    fn cut_inflight_hi(&mut self, tx_in_flight: u64, target: u64) {
+    fn cut_inflight_hi(&mut self, tx_in_flight: u64) {
+        let target = self.inflight(1.0);
         let cut = (BETA * tx_in_flight as f64) as u64;
         self.inflight_hi = cut.max((BETA * target as f64) as u64);
         self.cut_round = self.round_count;
@@ -616,13 +616,12 @@ impl Controller for Bbr {
         }
         self.loss_events += 1;
         if !loss.is_app_limited {
-            let target = self.inflight(1.0);
             // A multiplicative decrease of the long-term bound, as for the lower bounds:
             // two flows that keep a shared buffer full are both bounded by
             // `inflight_hi`, and only a bound cut in proportion to what was in flight
             // (with the equal additive growth of each probe) converges their shares
             // (AIMD). Keeping it at `tx_in_flight` kept any split.
-            self.cut_inflight_hi(loss.tx_in_flight, target);
+            self.cut_inflight_hi(loss.tx_in_flight);
             self.probe_may_cut = false;
         }
         match self.state {
