@@ -119,6 +119,11 @@ impl Handler for PingPong {
                 flush(ep, h, id, &mut self.out);
                 return;
             }
+            Event::Lost(_) => {
+                // Dropping the sender ends the waiting client with an error, not a hang.
+                self.done = None;
+                return;
+            }
             _ => return,
         };
         if self.done.is_none() || id.dir() != Dir::Bi {
