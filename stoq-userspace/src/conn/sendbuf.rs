@@ -2,8 +2,12 @@
 //! position from the oldest one.
 //!
 //! Writes come in two kinds:
-//! - copied ([`push_slice`](SendBuf::push_slice)): appended to a growable tail, so small
-//!   writes coalesce and cost no allocation once the tail has room;
+//! - copied ([`push_slice`](SendBuf::push_slice)): appended to the tail block, so small
+//!   writes coalesce. A full block becomes a chunk and the next one starts; blocks grow
+//!   from 4 KiB to 64 KiB as a stream keeps writing, and acknowledged ones are kept for
+//!   reuse, so a bulk stream allocates nothing once its window is full and never moves
+//!   buffered bytes (a single growable tail would be moved or reallocated each time it
+//!   filled, copying the whole unacknowledged window);
 //! - shared ([`push_chunk`](SendBuf::push_chunk)): a [`Bytes`] kept as it is, so an
 //!   application that already holds its data in `Bytes` hands it over without a copy.
 //!   The only copy left is the one into the packet, which the in-place AEAD needs.
@@ -30,7 +34,18 @@ pub(crate) struct SendBuf {
     tail_pos: u64,
     /// Position (in the same running count as the chunks) of the oldest buffered byte.
     front_pos: u64,
+    /// Acknowledged full-size blocks, kept to be filled again.
+    spare: Vec<BytesMut>,
+    /// The size of the next block (doubling up to [`BLOCK_MAX`]).
+    next_block: usize,
 }
+
+/// The first copied block of a stream.
+const BLOCK_MIN: usize = 4 << 10;
+/// The largest copied block.
+const BLOCK_MAX: usize = 64 << 10;
+/// Acknowledged blocks kept per stream for reuse.
+const SPARE: usize = 2;
 
 impl SendBuf {
     /// Bytes buffered.
@@ -39,8 +54,31 @@ impl SendBuf {
     }
 
     /// Appends a copy of `data`.
-    pub(crate) fn push_slice(&mut self, data: &[u8]) {
-        self.tail.extend_from_slice(data);
+    pub(crate) fn push_slice(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.tail.capacity() - self.tail.len();
+            if room == 0 {
+                if !self.tail.is_empty() {
+                    // Full: it becomes a chunk, and its place is empty with no room.
+                    self.seal_tail();
+                }
+                self.tail = self.new_block();
+                continue;
+            }
+            let n = room.min(data.len());
+            self.tail.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+    }
+
+    /// An empty block for the tail: a spare one, else a new one the next size up.
+    fn new_block(&mut self) -> BytesMut {
+        if let Some(b) = self.spare.pop() {
+            return b;
+        }
+        let size = self.next_block.clamp(BLOCK_MIN, BLOCK_MAX);
+        self.next_block = (size * 2).min(BLOCK_MAX);
+        BytesMut::with_capacity(size)
     }
 
     /// Appends `data` without copying it.
@@ -100,7 +138,9 @@ impl SendBuf {
         while let Some((p, c)) = self.chunks.front_mut() {
             let end = *p + c.len() as u64;
             if end <= target {
-                self.chunks.pop_front();
+                if let Some((_, c)) = self.chunks.pop_front() {
+                    self.keep_block(c);
+                }
                 continue;
             }
             if *p < target {
@@ -121,6 +161,21 @@ impl SendBuf {
             // using the same few cache lines instead of walking its whole capacity. This
             // never allocates.
             let _ = self.tail.try_reclaim(self.tail.capacity() + 1);
+        }
+    }
+
+    /// Keeps an acknowledged chunk's allocation for reuse if it is a full-size block this
+    /// buffer alone holds (not the application's shared `Bytes`).
+    fn keep_block(&mut self, c: Bytes) {
+        if self.spare.len() >= SPARE {
+            return;
+        }
+        if let Ok(mut b) = c.try_into_mut() {
+            b.clear();
+            // An acknowledged chunk was advanced past its start: take the whole block back.
+            if b.try_reclaim(BLOCK_MAX) {
+                self.spare.push(b);
+            }
         }
     }
 
@@ -194,6 +249,49 @@ mod tests {
                 assert_eq!(b.copy_to(&mut Out::new(&mut small), 0, 2), None);
             }
         }
+    }
+
+    /// Where the byte `at` from the front lives now.
+    fn addr(b: &SendBuf, at: usize) -> usize {
+        let pos = b.front_pos + at as u64;
+        if pos >= b.tail_pos {
+            return b.tail.as_ptr() as usize + (pos - b.tail_pos) as usize;
+        }
+        let i = b.chunks.partition_point(|(p, _)| *p <= pos) - 1;
+        let (p, c) = &b.chunks[i];
+        c.as_ptr() as usize + (pos - p) as usize
+    }
+
+    /// A bulk stream written in large copies and acknowledged packet by packet: a
+    /// buffered byte never moves (a growable tail would be moved or reallocated when it
+    /// fills, copying the whole window), and acknowledged blocks are filled again.
+    #[test]
+    fn copied_blocks_are_reused_and_never_moved() {
+        let mut b = SendBuf::default();
+        let chunk: Vec<u8> = (0..(256 << 10)).map(|i| (i % 251) as u8).collect();
+        let mut reused = 0;
+        for _ in 0..40 {
+            let before = b.spare.len();
+            b.push_slice(&chunk);
+            if b.spare.len() < before {
+                reused += 1;
+            }
+            // The newest byte's address, checked again after the next write.
+            let last = b.len() - 1;
+            let at = addr(&b, last);
+            b.push_slice(&chunk[..1000]);
+            assert_eq!(addr(&b, last), at, "a buffered byte moved");
+            // Acknowledge in packet-sized steps, leaving a window of 512 KiB.
+            while b.len() > 512 << 10 {
+                b.drain_front(1_400);
+            }
+        }
+        let want = chunk[..1000].to_vec();
+        assert_eq!(read(&b, b.len() - 1000, 1000), Some(want));
+        assert!(
+            reused > 30,
+            "acknowledged blocks are filled again ({reused} of 40 writes)"
+        );
     }
 
     #[test]
