@@ -35,3 +35,8 @@ pub mod xdp;
 pub use stoq_common as wire;
 
 pub use api::{Connection, Endpoint, RecvStream, SendStream};
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;

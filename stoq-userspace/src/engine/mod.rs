@@ -1,30 +1,115 @@
-//! The per-core engine: worker threads that each own a backend, an [`Endpoint`] and its
-//! connections, timers and pacing.
+//! The per-core engine: workers that each own a backend, an [`Endpoint`] and its
+//! connections, timers and pacing, and run the application tasks served on them.
 //!
-//! Each worker runs one loop:
-//! 1. receive a batch from its backend (no lock held);
-//! 2. under its state lock: feed the datagrams to the endpoint, fire due timers, hand
-//!    events to the optional [`Handler`] and to the async API's waiting tasks, and fill a
-//!    send batch from `poll_transmit_into`, written in place into the batch arena;
-//! 3. send the batch (no lock held), as GSO groups where the backend can;
-//! 4. sleep in `epoll`/`kqueue` until the socket is readable or writable, a timer (or the
-//!    pacer) is due, or the application made work (a write, a read that opened a window).
+//! # The thread model
 //!
-//! The lock is taken once per batch, never per packet; only the application's own calls on
-//! this worker's connections contend for it. A datagram that reaches the wrong worker (an
-//! address change under SO_REUSEPORT hashing) is handed to the owner named in its
-//! connection ID over a crossbeam channel, and counted.
+//! A server engine runs one worker per core, each on a thread of its own, pinned, with its
+//! own tokio current-thread runtime. Everything a connection needs lives on the worker that
+//! owns it, from the client's first Initial (steered by connection ID) to its close:
+//!
+//! ```text
+//!  worker thread i (pinned)                      any other thread
+//! ┌──────────────────────────────────────────┐
+//! │ runtime (current-thread) + local tasks    │   Endpoint::accept(), handles used there:
+//! │  ├─ the loop: recv batch → endpoint →     │ ─ job ─► the loop runs it on thread i
+//! │  │   events → wakers → poll_transmit_into │ ◄─ wake ─ results, pipes for stream data
+//! │  │   → send batch; waits in epoll         │
+//! │  └─ served tasks (Endpoint::serve):       │   worker j ─ handoff (counted) ─► worker i
+//! │      state borrowed, no lock, no hop      │      (a datagram that reached j by mistake)
+//! └──────────────────────────────────────────┘
+//! ```
+//!
+//! - **On the worker** (tasks started by [`crate::Endpoint::serve`] or
+//!   [`crate::Connection::spawn_on_worker`], and [`Handler`]s): stream and datagram calls
+//!   borrow the worker's state directly and wake tasks of the same thread; no lock is taken
+//!   and no other thread is woken between a datagram and the task that reads it.
+//! - **Off the worker** (a handle used from another thread, such as a task started with
+//!   `tokio::spawn` after [`crate::Endpoint::accept`]): calls become jobs the loop runs, and
+//!   stream data crosses through bounded pipes. It works the same, at the price of a
+//!   wake-up each way.
+//! - **A client on the caller's runtime** ([`crate::Endpoint::client_in_runtime`]): one
+//!   worker runs as a task of the application's runtime; its state is behind a lock each
+//!   call takes, as quinn does. On a current-thread runtime the client's tasks and its
+//!   connection share one thread.
+//!
+//! Workers share nothing on the fast path: each has its own endpoint, connections,
+//! statistics (summed when read) and CID worker id. A datagram that reaches the wrong
+//! worker (an address change under SO_REUSEPORT hashing) is handed to the owner named in
+//! its connection ID over a queue, and counted.
 
+mod control;
+pub(crate) mod home;
 pub(crate) mod open;
+pub(crate) mod steer;
 pub(crate) mod worker;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::conn::{ConnectionHandle, Endpoint, EndpointConfig, Event};
-use crate::io::BackendKind;
+pub(crate) use self::control::{Engine, Placement};
+use crate::conn::{ConfigError, ConnectionHandle, Endpoint, EndpointConfig, Event};
+use crate::io::select::SelectError;
+use crate::io::{BackendKind, BackendStats};
 
-pub use self::worker::{EngineError, WorkerStats};
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No usable backend (a forced one cannot run).
+    #[error(transparent)]
+    Backend(#[from] SelectError),
+    /// The socket could not be bound.
+    #[error("cannot bind {addr}: {source} (is the port in use, or the address not local?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The endpoint settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// More workers than CID worker ids (255).
+    #[error("{0} workers asked for; at most 255 (one CID worker id each)")]
+    TooManyWorkers(usize),
+    /// The OS refused an event loop resource (epoll, eventfd) or a thread.
+    #[error("engine setup: {0}")]
+    Os(#[source] io::Error),
+    /// An engine on the caller's runtime was asked for outside one.
+    #[error(
+        "Endpoint::client_in_runtime must be called inside a tokio runtime with I/O and time \
+         enabled (Builder::enable_all); use Endpoint::client for a worker thread of its own"
+    )]
+    NoRuntime,
+}
+
+/// Per-worker counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's id (also inside its CIDs).
+    pub worker: u8,
+    /// Datagrams this worker received that belonged to another worker, handed over.
+    pub handoffs_out: u64,
+    /// Datagrams other workers handed to this one.
+    pub handoffs_in: u64,
+    /// Handoffs dropped because the owner's queue was full.
+    pub handoffs_dropped: u64,
+    /// Loop turns.
+    pub loops: u64,
+    /// The backend's counters.
+    pub backend: BackendStats,
+    /// Live connections.
+    pub connections: usize,
+    /// Hand-offs between this worker and other threads on behalf of its connections:
+    /// calls made through handles used off the worker (each run here as a job) and
+    /// chunks of stream data passed through the pipes of such handles. Zero for
+    /// connections served on the worker.
+    pub crossings: u64,
+    /// Acquisitions of the worker's state lock: only a worker on the caller's runtime
+    /// ([`crate::Endpoint::client_in_runtime`]) has one; zero on the engine's own threads.
+    pub locks: u64,
+}
 
 /// Engine settings.
 #[derive(Clone)]

@@ -15,6 +15,8 @@ use stoq::io::BackendKind;
 use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod served;
+
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
     let server = ServerConfig::raw_key(key, public.clone());

@@ -1,0 +1,586 @@
+//! [`Connection`]: a connection of the async API, and [`Message`], a partially reliable
+//! message sent on it.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use super::remote::{discard, on_worker};
+use super::state::{ConnShared, Slot};
+use super::stream::{RecvStream, SendStream};
+use super::{SendError, ServeError};
+use crate::conn::{
+    self, ConnectionError, ConnectionStats, Dir, OpenError, SendDatagramError, StreamId, Urgency,
+};
+use crate::engine::home::Worker;
+
+/// A connection. Clones share it; it closes when [`close`](Self::close) is called, the
+/// peer closes it, or it times out.
+///
+/// Every handle can be used from any thread. On the connection's own worker thread (in a
+/// task started by [`crate::Endpoint::serve`] or [`spawn_on_worker`](Self::spawn_on_worker))
+/// its calls reach the connection directly: no lock, no other thread woken. From another
+/// thread they are carried to the worker (see the [`crate::engine`] thread model).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+/// How a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Acknowledged in full before its deadline.
+    Delivered,
+    /// Its deadline passed first: it was abandoned.
+    Abandoned,
+}
+
+fn dir_index(d: Dir) -> usize {
+    match d {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+impl Connection {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Self {
+        Self { shared }
+    }
+
+    fn worker(&self) -> &Arc<Worker> {
+        &self.shared.worker
+    }
+
+    /// Runs `f` on the protocol connection and its slot if this thread reaches the
+    /// worker's state: `Ok(Some(_))`. `Ok(None)`: another thread (carry the call to the
+    /// worker); `Err`: the connection is gone.
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&mut conn::Connection, &mut Slot) -> R,
+    ) -> Result<Option<R>, ConnectionError> {
+        let s = &self.shared;
+        match s
+            .worker
+            .with(|st| st.api.with_conn(&mut st.endpoint, s.handle, s.serial, f))
+        {
+            None => Ok(None),
+            Some(None) => Err(s.gone()),
+            Some(Some(r)) => Ok(Some(r)),
+        }
+    }
+
+    /// Tells the worker's loop this thread made work for it.
+    pub(crate) fn kick(&self) {
+        self.shared.worker.kick();
+    }
+
+    /// Hands `f` to the worker's loop as a job (counted as a remote call). False if the
+    /// worker has stopped.
+    pub(crate) fn post_job(&self, f: impl FnOnce(&Arc<Worker>) + Send + 'static) -> bool {
+        let w = self.worker();
+        w.crossings.count.fetch_add(1, Ordering::Relaxed);
+        w.post(Box::new(f))
+    }
+
+    /// Runs `f(self)` here if this thread reaches the connection, else on the worker.
+    pub(crate) fn run(&self, f: impl FnOnce(&Self) + Send + 'static) {
+        if self.is_on_worker() {
+            f(self);
+        } else {
+            let c = self.clone();
+            self.post_job(move |_| f(&c));
+        }
+    }
+
+    /// Runs `f` on the protocol connection on the worker while this thread waits.
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut conn::Connection, &mut Slot) -> R + Send + 'static,
+    ) -> Result<R, ConnectionError> {
+        let s = self.shared.clone();
+        self.worker()
+            .crossings
+            .count
+            .fetch_add(1, Ordering::Relaxed);
+        self.worker()
+            .call(move |st| st.api.with_conn(&mut st.endpoint, s.handle, s.serial, f))
+            .flatten()
+            .ok_or_else(|| self.shared.gone())
+    }
+
+    /// Runs `f` on the protocol connection: here, or on the worker while this thread waits.
+    fn here_or_call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut conn::Connection, &mut Slot) -> R + Send + 'static,
+    ) -> Result<R, ConnectionError> {
+        let mut f = Some(f);
+        match self.with(|c, s| f.take().map(|f| f(c, s))) {
+            Ok(Some(Some(r))) => Ok(r),
+            Ok(_) => self.call(f.take().expect("not run here")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error the connection ended with, once it has.
+    pub(crate) fn ended(&self, c: &conn::Connection) -> ConnectionError {
+        c.error()
+            .cloned()
+            .or_else(|| self.shared.error.get().cloned())
+            .unwrap_or(ConnectionError::LocallyClosed)
+    }
+
+    /// A call that began on the worker's thread went on elsewhere (an executor that moves
+    /// a future between threads): it cannot finish there.
+    pub(crate) fn moved(&self) -> ConnectionError {
+        debug_assert!(
+            false,
+            "a future began on the worker and was polled elsewhere"
+        );
+        self.shared.gone()
+    }
+
+    /// Whether calls from this thread reach the connection directly (this is its worker's
+    /// thread, or the connection's engine runs on the caller's runtime).
+    pub fn is_on_worker(&self) -> bool {
+        self.shared.worker.is_here()
+    }
+
+    /// Runs `f(connection)` as a task on the connection's worker thread, next to the
+    /// connection: its calls take no lock and wake no other thread. The future need not be
+    /// `Send`. This is how a client, or a server that accepted with
+    /// [`crate::Endpoint::accept`], moves work onto the fast path.
+    ///
+    /// # Errors
+    /// [`ServeError::OnCallerRuntime`] for a connection of
+    /// [`crate::Endpoint::client_in_runtime`] (spawn on that runtime instead);
+    /// [`ServeError::Stopped`] if the worker has stopped.
+    pub fn spawn_on_worker<F, Fut>(&self, f: F) -> Result<(), ServeError>
+    where
+        F: FnOnce(Self) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        if self.worker().is_locked() {
+            return Err(ServeError::OnCallerRuntime);
+        }
+        let c = self.clone();
+        let posted = self.worker().post(Box::new(move |_| {
+            tokio::task::spawn_local(async move { f(c).await });
+        }));
+        if posted {
+            Ok(())
+        } else {
+            Err(ServeError::Stopped)
+        }
+    }
+
+    /// The peer's address (it changes when the peer migrates).
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.here_or_call(|c, _| c.remote_address()).ok()
+    }
+
+    /// The connection ID this side was first reached by (it is on the wire, in clear).
+    pub fn local_cid(&self) -> Option<crate::wire::cid::ConnectionId> {
+        if self.shared.error.get().is_some() {
+            return None;
+        }
+        self.shared.local_cid
+    }
+
+    /// Statistics: RTT, congestion window, bytes and packets, losses.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.here_or_call(|c, _| c.stats()).ok()
+    }
+
+    /// The protocol connection's handle on its worker and the worker's id (for the
+    /// low-level [`crate::engine::Handler`] API).
+    pub fn handle(&self) -> (u8, conn::ConnectionHandle) {
+        (self.worker().id, self.shared.handle)
+    }
+
+    /// Resolves once the handshake completed (or failed).
+    pub(crate) async fn connected(&self) -> Result<(), ConnectionError> {
+        if !self.is_on_worker() {
+            return on_worker(self, |c| async move { c.connected_here().await }, discard).await?;
+        }
+        self.connected_here().await
+    }
+
+    async fn connected_here(&self) -> Result<(), ConnectionError> {
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if slot.connected {
+                    return Poll::Ready(Ok(()));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.connect = Some(cx.waker().clone());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn open_here(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| {
+            let r = self.with(|c, slot| match c.open_stream(dir) {
+                Ok(id) => Some(Ok(id)),
+                Err(OpenError::Blocked) => {
+                    slot.wakers.open[dir_index(dir)] = Some(cx.waker().clone());
+                    None
+                }
+                Err(_) => Some(Err(self.ended(c))),
+            });
+            match r {
+                Ok(Some(Some(r))) => Poll::Ready(r),
+                Ok(Some(None)) => Poll::Pending,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn open(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        if !self.is_on_worker() {
+            return on_worker(
+                self,
+                move |c| async move { c.open_here(dir).await },
+                discard,
+            )
+            .await?;
+        }
+        self.open_here(dir).await
+    }
+
+    /// Opens a bidirectional stream (waiting while the peer's stream limit is reached).
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        let id = self.open(Dir::Bi).await?;
+        Ok((SendStream::new(self, id), RecvStream::new(self, id)))
+    }
+
+    /// Opens a unidirectional stream.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
+        let id = self.open(Dir::Uni).await?;
+        Ok(SendStream::new(self, id))
+    }
+
+    async fn accept_here(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        let d = dir_index(dir);
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if let Some(id) = slot.stash.streams[d]
+                    .pop_front()
+                    .or_else(|| c.accept_stream(dir))
+                {
+                    return Poll::Ready(Ok(id));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.accept[d] = Some(cx.waker().clone());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        if !self.is_on_worker() {
+            // A stream accepted for a caller that gave up waits for the next call.
+            let keep = match dir {
+                Dir::Bi => stash_bi,
+                Dir::Uni => stash_uni,
+            };
+            return on_worker(self, move |c| async move { c.accept_here(dir).await }, keep).await?;
+        }
+        self.accept_here(dir).await
+    }
+
+    /// The next bidirectional stream the peer opened.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        let id = self.accept(Dir::Bi).await?;
+        Ok((SendStream::new(self, id), RecvStream::new(self, id)))
+    }
+
+    /// The next unidirectional stream the peer opened.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+        let id = self.accept(Dir::Uni).await?;
+        Ok(RecvStream::new(self, id))
+    }
+
+    /// Sends an unreliable DATAGRAM.
+    ///
+    /// Off the worker the size is checked here and the DATAGRAM handed to the worker; if
+    /// its queue is full there, it is dropped as the network might drop it.
+    ///
+    /// # Errors
+    /// [`SendError`]: too large for [`max_datagram_size`](Self::max_datagram_size), not
+    /// supported by the peer, queue full, or the connection is gone.
+    pub fn send_datagram(&self, data: &[u8]) -> Result<(), SendError> {
+        match self.with(|c, _| c.send_datagram(data)) {
+            Ok(Some(r)) => {
+                r?;
+                self.kick();
+                Ok(())
+            }
+            Ok(None) => {
+                if let Some(e) = self.shared.error.get() {
+                    return Err(SendError::Connection(e.clone()));
+                }
+                let max = match self.shared.max_datagram.load(Ordering::Relaxed) {
+                    0 => return Err(SendDatagramError::UnsupportedByPeer.into()),
+                    m => m - 1,
+                };
+                if data.len() > max {
+                    return Err(SendDatagramError::TooLarge {
+                        size: data.len(),
+                        max,
+                    }
+                    .into());
+                }
+                let d = data.to_vec();
+                let c = self.clone();
+                self.post_job(move |_| {
+                    if let Ok(Some(Ok(()))) = c.with(|c, _| c.send_datagram(&d)) {
+                        c.kick();
+                    }
+                });
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The largest DATAGRAM that can be sent now (`None` if the peer takes none).
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        match self.with(|c, _| c.max_datagram_size()) {
+            Ok(Some(m)) => m,
+            Ok(None) => self
+                .shared
+                .max_datagram
+                .load(Ordering::Relaxed)
+                .checked_sub(1),
+            Err(_) => None,
+        }
+    }
+
+    async fn read_datagram_here(&self) -> Result<Vec<u8>, ConnectionError> {
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if let Some(d) = slot
+                    .stash
+                    .datagrams
+                    .pop_front()
+                    .or_else(|| c.recv_datagram())
+                {
+                    return Poll::Ready(Ok(d));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.datagram = Some(cx.waker().clone());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// The next DATAGRAM received.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn read_datagram(&self) -> Result<Vec<u8>, ConnectionError> {
+        if !self.is_on_worker() {
+            return on_worker(
+                self,
+                |c| async move { c.read_datagram_here().await },
+                stash_datagram,
+            )
+            .await?;
+        }
+        self.read_datagram_here().await
+    }
+
+    /// Sends a partially reliable message: retransmitted until acknowledged or until
+    /// `deadline` from now, then abandoned. The receiver reads it as a unidirectional
+    /// stream; [`Message::outcome`] tells the sender how it ended.
+    ///
+    /// # Errors
+    /// [`SendError`]: larger than the free send buffer, at the stream limit, or the
+    /// connection is gone.
+    pub fn send_message(
+        &self,
+        data: &[u8],
+        deadline: Duration,
+        urgency: Urgency,
+    ) -> Result<Message, SendError> {
+        let send = move |c: &mut conn::Connection, slot: &mut Slot, data: &[u8]| {
+            let id = c.send_message(Instant::now(), data, deadline, urgency)?;
+            slot.messages.insert(id, None);
+            Ok::<_, SendError>(id)
+        };
+        let id = match self.with(|c, slot| send(c, slot, data)) {
+            Ok(Some(r)) => r?,
+            Ok(None) => {
+                let d = data.to_vec();
+                self.call(move |c, slot| send(c, slot, &d))??
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.kick();
+        Ok(Message {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// Closes the connection with an application error code and reason.
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        let reason = reason.to_vec();
+        self.run(move |c| {
+            let _ = c.with(|c, _| c.close(Instant::now(), code, &reason));
+            c.kick();
+        });
+    }
+
+    async fn closed_here(&self) -> ConnectionError {
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if c.is_closed() {
+                    return Poll::Ready(self.ended(c));
+                }
+                if !slot.wakers.closed.iter().any(|w| w.will_wake(cx.waker())) {
+                    slot.wakers.closed.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(self.moved()),
+                Err(e) => Poll::Ready(e),
+            }
+        })
+        .await
+    }
+
+    /// Resolves when the connection has ended, with the reason.
+    pub async fn closed(&self) -> ConnectionError {
+        if !self.is_on_worker() {
+            return match on_worker(self, |c| async move { c.closed_here().await }, discard).await {
+                Ok(e) | Err(e) => e,
+            };
+        }
+        self.closed_here().await
+    }
+}
+
+/// A bidirectional stream accepted for a caller that gave up: the next `accept_bi` gets it.
+fn stash_bi(c: &Connection, id: Result<StreamId, ConnectionError>) {
+    if let Ok(id) = id {
+        let _ = c.with(|_, slot| slot.stash.streams[0].push_front(id));
+    }
+}
+
+/// As [`stash_bi`], for a unidirectional stream.
+fn stash_uni(c: &Connection, id: Result<StreamId, ConnectionError>) {
+    if let Ok(id) = id {
+        let _ = c.with(|_, slot| slot.stash.streams[1].push_front(id));
+    }
+}
+
+/// A DATAGRAM read for a caller that gave up: the next `read_datagram` gets it.
+fn stash_datagram(c: &Connection, d: Result<Vec<u8>, ConnectionError>) {
+    if let Ok(d) = d {
+        let _ = c.with(|_, slot| slot.stash.datagrams.push_front(d));
+    }
+}
+
+/// A message sent with [`Connection::send_message`].
+#[derive(Debug)]
+pub struct Message {
+    conn: Connection,
+    id: StreamId,
+}
+
+impl Message {
+    /// The stream that carries it.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Resolves once the message is delivered or abandoned.
+    ///
+    /// # Errors
+    /// The connection's error if it ended first.
+    pub async fn outcome(&self) -> Result<MessageOutcome, ConnectionError> {
+        if !self.conn.is_on_worker() {
+            let id = self.id;
+            return on_worker(
+                &self.conn,
+                move |c| async move { outcome_here(&c, id).await },
+                discard,
+            )
+            .await?;
+        }
+        outcome_here(&self.conn, self.id).await
+    }
+}
+
+/// On the worker: how message `id` ended, once it has.
+async fn outcome_here(conn: &Connection, id: StreamId) -> Result<MessageOutcome, ConnectionError> {
+    poll_fn(|cx| {
+        match conn.with(|c, slot| match slot.messages.get(&id) {
+            Some(Some(true)) => Poll::Ready(Ok(MessageOutcome::Delivered)),
+            Some(Some(false)) => Poll::Ready(Ok(MessageOutcome::Abandoned)),
+            _ if c.is_closed() => Poll::Ready(Err(conn.ended(c))),
+            _ => {
+                slot.wakers.message.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+        }) {
+            Ok(Some(p)) => p,
+            Ok(None) => Poll::Ready(Err(conn.moved())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    })
+    .await
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.conn.run(move |c| {
+            let _ = c.with(|_, slot| {
+                slot.messages.remove(&id);
+                slot.wakers.message.remove(&id);
+            });
+        });
+    }
+}

@@ -1,0 +1,358 @@
+//! Starting and stopping an engine: the backend choice, one worker per backend (each on a
+//! thread of its own, or one on the caller's runtime), and the calls that reach every
+//! worker (statistics, rebinding, stopping).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::home::{State, Worker};
+use super::worker::LoopConfig;
+use super::{EngineConfig, EngineError, EngineInfo, WorkerStats};
+use crate::conn::Endpoint;
+use crate::handshake::ServerConfig;
+use crate::io::select::{self, SelectError};
+use crate::io::{Backend, BackendKind};
+
+/// Where an engine's workers run.
+#[derive(Debug, Clone)]
+pub(crate) enum Placement {
+    /// One thread per worker, each with its own current-thread runtime: the worker's state
+    /// lives on its thread, and tasks served there reach it without a lock.
+    Threads,
+    /// One worker, as a task on this runtime (the caller's): its state is behind a lock.
+    Runtime(tokio::runtime::Handle),
+}
+
+/// The running engine: its workers and their threads.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) workers: Vec<Arc<Worker>>,
+    pub(crate) info: EngineInfo,
+    /// The XDP program and its attachment (AF_XDP), removed when the engine stops.
+    #[cfg(target_os = "linux")]
+    xdp: Mutex<Option<super::open::XdpGuard>>,
+    pub(crate) socket_buffer: usize,
+    batch: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+}
+
+impl Engine {
+    /// Chooses the backend, binds one socket per worker and starts the workers.
+    pub(crate) fn start(
+        config: EngineConfig,
+        server: Option<Arc<ServerConfig>>,
+        placement: Placement,
+    ) -> Result<Arc<Self>, EngineError> {
+        Self::start_with(config, server, None, placement)
+    }
+
+    /// As [`start`](Self::start), on backends the application built (one per worker).
+    #[allow(clippy::too_many_lines)]
+    pub(crate) fn start_with(
+        config: EngineConfig,
+        server: Option<Arc<ServerConfig>>,
+        given: Option<Vec<Box<dyn Backend>>>,
+        placement: Placement,
+    ) -> Result<Arc<Self>, EngineError> {
+        config.endpoint.validate()?;
+        let selection = match &given {
+            Some(b) if !b.is_empty() => select::Selection {
+                chosen: b[0].kind(),
+                forced: true,
+                skipped: Vec::new(),
+            },
+            Some(_) => {
+                return Err(EngineError::Os(io::Error::other("no backend given")));
+            }
+            None => select::select(config.backend)?,
+        };
+        let n = match (&placement, config.workers) {
+            (Placement::Runtime(_), _) => 1,
+            (_, 0) if server.is_some() => super::available_cores(),
+            (_, 0) => 1,
+            (_, n) => n,
+        };
+        if n > 255 {
+            return Err(EngineError::TooManyWorkers(n));
+        }
+        // The chosen backend, else (unless forced) the next ones in order, each failure
+        // recorded as the reason it was skipped.
+        let mut selection = selection;
+        let order: Vec<BackendKind> = if selection.forced {
+            vec![selection.chosen]
+        } else {
+            BackendKind::ALL
+                .iter()
+                .copied()
+                .skip_while(|k| *k != selection.chosen)
+                .collect()
+        };
+        let mut opened = given.map(|backends| super::open::Opened {
+            kind: BackendKind::Custom,
+            detail: "supplied by the application".into(),
+            backends,
+            #[cfg(target_os = "linux")]
+            xdp: None,
+        });
+        let order = if opened.is_some() { Vec::new() } else { order };
+        for kind in order {
+            // The chosen one passed its probe; the ones after it have not been asked yet.
+            if kind != selection.chosen
+                && let Err(reason) = select::probe(kind).result
+            {
+                selection.skipped.push((kind, reason));
+                continue;
+            }
+            match super::open::open(kind, &config, n, selection.forced) {
+                Ok(o) => {
+                    opened = Some(o);
+                    break;
+                }
+                Err(reason) if selection.forced => {
+                    return Err(EngineError::Backend(SelectError::ForcedUnavailable {
+                        kind,
+                        reason,
+                    }));
+                }
+                Err(reason) => selection.skipped.push((kind, reason)),
+            }
+        }
+        let opened = opened.ok_or_else(|| {
+            EngineError::Os(io::Error::other(format!(
+                "no backend could start: {selection}"
+            )))
+        })?;
+        selection.chosen = opened.kind;
+        let backends = opened.backends;
+        let n = backends.len();
+        #[cfg(target_os = "linux")]
+        if n > 1 && config.steering {
+            super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
+                .map_err(EngineError::Os)?;
+        }
+        let info = EngineInfo {
+            selection,
+            local_addr: backends[0].local_addr(),
+            workers: n,
+            capabilities: backends[0].capabilities(),
+            detail: opened.detail,
+        };
+        let max_accept = config.endpoint.max_incoming;
+        let mut workers = Vec::with_capacity(n);
+        let mut parts = Vec::with_capacity(n);
+        for (i, backend) in backends.into_iter().enumerate() {
+            let mut ecfg = config.endpoint.clone();
+            ecfg.worker_id = i as u8;
+            // Each worker's endpoint draws its own secrets from its own seed.
+            ecfg.rng_seed[31] ^= i as u8;
+            let state = State {
+                endpoint: Endpoint::new(ecfg, server.clone())?,
+                api: crate::api::state::ApiState::new(),
+                handler: config.handler.as_ref().map(|f| f.build(i as u8)),
+                stats: WorkerStats {
+                    worker: i as u8,
+                    ..WorkerStats::default()
+                },
+                stop: false,
+                rebind: None,
+            };
+            let (worker, inbox, state) = match placement {
+                Placement::Threads => {
+                    let (w, inbox) = Worker::pinned(i as u8, max_accept);
+                    (w, inbox, Some(state))
+                }
+                Placement::Runtime(_) => {
+                    let (w, inbox) = Worker::locked(i as u8, state, max_accept);
+                    (w, inbox, None)
+                }
+            };
+            workers.push(worker);
+            parts.push((backend, inbox, state));
+        }
+        let engine = Arc::new(Self {
+            workers,
+            info,
+            #[cfg(target_os = "linux")]
+            xdp: Mutex::new(opened.xdp),
+            socket_buffer: config.socket_buffer,
+            batch: config.batch,
+            threads: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        let mut threads = Vec::with_capacity(n);
+        for (i, (backend, inbox, state)) in parts.into_iter().enumerate() {
+            let worker = engine.workers[i].clone();
+            let cfg = LoopConfig {
+                peers: engine.workers.clone(),
+                layout: config.endpoint.cid_layout,
+                batch: config.batch.max(1),
+                steering: config.steering,
+            };
+            match (&placement, state) {
+                (Placement::Runtime(handle), _) => {
+                    handle.spawn(super::worker::run(worker, backend, inbox, cfg));
+                }
+                (Placement::Threads, Some(state)) => {
+                    let pin = config.pin_workers.then_some(config.first_cpu + i);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(EngineError::Os)?;
+                    let t = std::thread::Builder::new()
+                        .name(format!("stoq-worker-{i}"))
+                        .spawn(move || {
+                            if let Some(cpu) = pin {
+                                pin_to_core(cpu);
+                            }
+                            worker.make_home(state);
+                            super::home::register_own_jobs(&worker, &inbox.jobs);
+                            let local = tokio::task::LocalSet::new();
+                            local.block_on(&rt, super::worker::run(worker, backend, inbox, cfg));
+                            // Tasks still served here end with the set, on this thread.
+                            drop(local);
+                        })
+                        .map_err(EngineError::Os)?;
+                    threads.push(t);
+                }
+                (Placement::Threads, None) => unreachable!("a pinned worker carries its state"),
+            }
+        }
+        *engine
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
+        Ok(engine)
+    }
+
+    /// Moves worker `i` to a new socket bound to `bind` (a client's rebinding).
+    pub(crate) fn rebind(
+        &self,
+        i: usize,
+        bind: SocketAddr,
+        buffer: usize,
+    ) -> io::Result<SocketAddr> {
+        // The same kind of socket backend; AF_XDP and custom backends move to UDP.
+        let kind = match self.info.selection.chosen {
+            BackendKind::IoUring => BackendKind::IoUring,
+            _ => BackendKind::Udp,
+        };
+        let b = super::open::open_socket_backend(kind, bind, false, buffer, self.batch)?;
+        let addr = b.local_addr();
+        let w = &self.workers[i];
+        w.call(move |st| st.rebind = Some(b))
+            .ok_or_else(|| io::Error::other("the worker has stopped"))?;
+        w.kick();
+        Ok(addr)
+    }
+
+    /// The worker for the next client connection (round robin).
+    pub(crate) fn pick(&self) -> &Arc<Worker> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        &self.workers[i]
+    }
+
+    /// Stops every worker and joins its thread. Connections still open are dropped
+    /// without a close (call the graceful shutdown first).
+    pub(crate) fn stop(&self) {
+        for w in &self.workers {
+            if w.is_here() {
+                w.with(|st| st.stop = true);
+                w.kick();
+            } else {
+                w.post(Box::new(|w: &Arc<Worker>| {
+                    w.with(|st| st.stop = true);
+                }));
+            }
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let me = std::thread::current().id();
+        for t in threads {
+            // A worker cannot wait for itself: its loop ends after this call returns.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        #[cfg(target_os = "linux")]
+        drop(
+            self.xdp
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    /// The XDP program's verdict counters (AF_XDP only): what the kernel dropped, by
+    /// reason, redirected and passed.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn xdp_stats(&self) -> Option<crate::xdp::SteerStats> {
+        self.xdp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(super::open::XdpGuard::stats)
+    }
+
+    /// Counters of every worker, each read on its worker.
+    pub(crate) fn stats(&self) -> Vec<WorkerStats> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let mut s = w
+                    .call(|st| WorkerStats {
+                        connections: st.endpoint.connection_count(),
+                        ..st.stats
+                    })
+                    .unwrap_or_default();
+                s.worker = w.id;
+                s.crossings = w.crossings.count.load(Ordering::Relaxed);
+                s.locks = w.crossings.locks.load(Ordering::Relaxed);
+                s
+            })
+            .collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Pins the calling thread to core `i` modulo the cores it may use (best effort).
+fn pin_to_core(i: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this thread; the size matches the set.
+        if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut allowed) }
+            != 0
+        {
+            return;
+        }
+        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
+            .collect();
+        if cores.is_empty() {
+            return;
+        }
+        // SAFETY: as above.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the core number comes from the allowed set, below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cores[i % cores.len()], &mut set) };
+        // SAFETY: pid 0 is this thread; the size matches the set.
+        let _ = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = i;
+}
