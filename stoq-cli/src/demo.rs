@@ -150,25 +150,32 @@ fn transfer_once(
     target: SocketAddr,
     size: u64,
 ) -> Result<f64, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async {
-        let server = Arc::new(server);
-        let s = server.clone();
-        tokio::spawn(async move {
-            while let Some(c) = s.accept().await {
-                tokio::spawn(transfer::serve_connection(c, None));
-            }
-        });
+        // Both sides on their engines' workers: the server serves each connection on the
+        // worker that owns it, the client uploads from a task on its connection's worker.
+        server
+            .serve(|c| transfer::serve_connection(c, None))
+            .map_err(|e| e.to_string())?;
         let conn = client
             .connect(target, "demo.stoq")
             .await
             .map_err(|e| format!("connecting: {e}"))?;
         say!("connected: X25519+ML-KEM-768 key exchange, FALCON-512 server key pinned");
-        let pb = indicatif::ProgressBar::hidden();
-        let o = transfer::upload(&conn, &format!("SINK {size}"), Pattern::new(), size, &pb).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        conn.spawn_on_worker(move |conn| async move {
+            let pb = indicatif::ProgressBar::hidden();
+            let o =
+                transfer::upload(&conn, &format!("SINK {size}"), Pattern::new(), size, &pb).await;
+            let _ = tx.send(o);
+        })
+        .map_err(|e| e.to_string())?;
+        let o = rx
+            .await
+            .map_err(|_| "the client's worker stopped".to_string())??;
         say!("{}", transfer::report("moved", &o, &conn));
         conn.close(0, b"demo done");
         client.shutdown(Duration::from_secs(2)).await;

@@ -218,14 +218,18 @@ async fn file_hash(f: &mut tokio::fs::File) -> std::io::Result<[u8; 32]> {
 }
 
 /// Serves every request stream of one connection.
+/// Serves one connection on its worker (`Endpoint::serve`): each request is a task on the
+/// same worker, so its stream calls take no lock and wake no other thread.
 pub(crate) async fn serve_connection(conn: Connection, dir: Option<Arc<PathBuf>>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_request(send, recv, dir.clone()));
+        tokio::task::spawn_local(serve_request(send, recv, dir.clone()));
     }
 }
 
+/// The command's own runtime: one thread. The server's connections are served on the
+/// engine's workers; the client's engine runs on this runtime, beside the transfer.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))
@@ -287,15 +291,10 @@ pub(crate) fn server(
             ep.info().selection
         );
         let dir = dir.map(Arc::new);
-        loop {
-            tokio::select! {
-                c = ep.accept() => match c {
-                    Some(c) => { tokio::spawn(serve_connection(c, dir.clone())); }
-                    None => break,
-                },
-                _ = tokio::signal::ctrl_c() => break,
-            }
-        }
+        // Every connection is served on the worker that owns it.
+        ep.serve(move |c| serve_connection(c, dir.clone()))
+            .map_err(|e| e.to_string())?;
+        let _ = tokio::signal::ctrl_c().await;
         let r = ep.shutdown(Duration::from_secs(5)).await;
         say!(
             "shut down: {} connections, {} with unacknowledged data",
@@ -467,7 +466,9 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
     };
     let cfg = a.engine.apply(bind)?;
     runtime()?.block_on(async {
-        let ep = Endpoint::client(cfg, Arc::new(client_config(&a.name, trust)))
+        // The client's engine runs on this runtime: the transfer and its connection share
+        // one thread.
+        let ep = Endpoint::client_in_runtime(cfg, Arc::new(client_config(&a.name, trust)))
             .map_err(|e| e.to_string())?;
         eprintln!("{}", ep.info().selection);
         let conn = ep

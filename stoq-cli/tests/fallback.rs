@@ -115,7 +115,7 @@ fn without_bpf_capabilities_af_xdp_is_skipped_with_the_fix() {
         .expect("capsh");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("backend:  io_uring"), "{t}");
+    assert!(t.contains("backend:  udp"), "{t}");
     assert!(
         t.contains("af_xdp: CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW missing (run as root or grant cap_bpf,cap_net_admin,cap_net_raw)"),
         "{t}"
@@ -141,7 +141,7 @@ fn with_a_stub_ebpf_object_af_xdp_is_skipped_with_the_fix() {
     let _ = std::fs::remove_file(&stub);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("backend:  io_uring"), "{t}");
+    assert!(t.contains("backend:  udp"), "{t}");
     assert!(
         t.contains("af_xdp: eBPF object not built (cargo xtask build-ebpf):")
             && t.contains("is not an ELF object"),
@@ -165,11 +165,18 @@ fn with_io_uring_disabled_udp_serves_and_forcing_io_uring_is_an_error() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("backend:  udp"), "{t}");
+    assert!(t.contains("SHA-256 matches"), "{t}");
+    // The probe names the reason and its fix.
+    let o = Command::new(STOQ)
+        .arg("probe")
+        .env_remove("STOQ_BACKEND")
+        .output()
+        .expect("probe");
+    let t = text(&o);
     assert!(
-        t.contains("io_uring: io_uring disabled by kernel.io_uring_disabled=2 (set it to 0)"),
+        t.contains("io_uring disabled by kernel.io_uring_disabled=2 (set it to 0)"),
         "{t}"
     );
-    assert!(t.contains("SHA-256 matches"), "{t}");
     // Forced, by flag or by environment: a typed error naming the reason, no fallback.
     let o = demo(&[], &[], &["--backend", "io_uring"]);
     let t = text(&o);

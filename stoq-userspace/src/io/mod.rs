@@ -46,8 +46,11 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Every backend, in the default order of preference.
-    pub const ALL: [Self; 3] = [Self::AfXdp, Self::IoUring, Self::Udp];
+    /// Every backend, in the default order of preference: AF_XDP (taken on its own only
+    /// with zero-copy), then UDP sockets, then io_uring, which `cargo xtask bench` measures
+    /// slower than UDP sockets on the machines this project is tested on (bulk and
+    /// request/response, docs/benchmarks.md); force it to use it.
+    pub const ALL: [Self; 3] = [Self::AfXdp, Self::Udp, Self::IoUring];
 
     /// The name used in configuration, `STOQ_BACKEND` and reports.
     pub fn name(self) -> &'static str {

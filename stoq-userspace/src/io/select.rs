@@ -1,7 +1,7 @@
 //! Choosing a backend: probe each, take the first that can run, and say why the others
 //! were skipped, each reason with its fix.
 //!
-//! The order of preference is [`BackendKind::ALL`] (AF_XDP, io_uring, UDP). A forced
+//! The order of preference is [`BackendKind::ALL`] (AF_XDP, UDP, io_uring). A forced
 //! backend (configuration, or the `STOQ_BACKEND` environment variable) that cannot run is
 //! an error, never a silent fallback.
 

@@ -155,6 +155,7 @@ pub(crate) fn tcp_client(spec: &RoleSpec) -> Result<Outcome, String> {
         }
         Scenario::Rr { secs } => {
             let mut s = tcp_connect(spec, b'R')?;
+            crate::spec::start_measuring(&mut out);
             let (mut lat, n, el) = ping_pong(secs, |b| {
                 s.write_all(b)?;
                 s.read_exact(b)
@@ -295,6 +296,7 @@ pub(crate) fn udp_client(spec: &RoleSpec) -> Result<Outcome, String> {
             s.connect(spec.server).map_err(|e| e.to_string())?;
             s.set_read_timeout(Some(Duration::from_secs(1)))
                 .map_err(|e| e.to_string())?;
+            crate::spec::start_measuring(&mut out);
             let (mut lat, n, el) = ping_pong(secs, |b| {
                 b[0] = b'E';
                 s.send(b)?;

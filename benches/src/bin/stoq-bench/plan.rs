@@ -22,6 +22,8 @@ usage: stoq-bench [OPTIONS]                 (as root; `cargo xtask bench` builds
   --rate-mbit N      TBF rate of the bottleneck run (default 500: on a 2-core machine the
                      delay emulator itself tops out near 1 Gbit/s)
   --only G[,G...]    only these groups: bulk1 bulk8 jumbo rr handshakes idle scaling bottleneck
+  --subjects S[;S...]
+                     only subjects whose label is one of these (\"STOQ udp\", \"quinn (default)\")
   --iface IF --peer ADDR
                      across a real NIC: this host is the client, ADDR the server, running
                      `stoq-bench agent` (root); the bottleneck run is skipped
@@ -38,6 +40,7 @@ pub(crate) struct Options {
     delay_ms: u64,
     rate_mbit: u32,
     only: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
     iface: Option<String>,
     peer: Option<IpAddr>,
     out: Option<PathBuf>,
@@ -53,6 +56,7 @@ impl Options {
             delay_ms: 10,
             rate_mbit: 500,
             only: None,
+            subjects: None,
             iface: None,
             peer: None,
             out: None,
@@ -75,6 +79,9 @@ impl Options {
                 "--delay-ms" => o.delay_ms = num(val(a)?, a)?,
                 "--rate-mbit" => o.rate_mbit = num(val(a)?, a)?.max(1) as u32,
                 "--only" => o.only = Some(val(a)?.split(',').map(str::to_string).collect()),
+                "--subjects" => {
+                    o.subjects = Some(val(a)?.split(';').map(str::to_string).collect());
+                }
                 "--iface" => o.iface = Some(val(a)?),
                 "--peer" => {
                     let v = val(a)?;
@@ -151,6 +158,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         xdp: "auto".into(),
         suite: "chacha20poly1305".into(),
         handler: false,
+        served: true,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -159,7 +167,11 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::Tcp { cc: "bbr".into() },
     ];
     bulk1.extend(peers.iter().cloned());
+    // The cross-thread path (accept plus tokio::spawn, a client worker thread of its own),
+    // for comparison with the async API on the engine's threads.
+    bulk1.push(Subject::stoq("udp", "auto").cross_thread());
     let mut bulk8: Vec<Subject> = stoq_backends();
+    bulk8.push(Subject::stoq("udp", "auto").cross_thread());
     bulk8.extend(peers.iter().cloned());
     bulk1.push(Subject::RawUdp);
     let mut v = vec![
@@ -204,6 +216,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
     rr_subjects.extend([
         Subject::stoq("af_xdp", "driver").with_handler(),
         Subject::stoq("udp", "auto").with_handler(),
+        Subject::stoq("af_xdp", "driver").cross_thread(),
     ]);
     rr_subjects.extend([
         Subject::Quinn { tuned: false },
@@ -261,7 +274,8 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             (cores - k..cores).collect()
         };
         for s in [
-            Subject::stoq("io_uring", "auto"),
+            Subject::stoq("udp", "auto"),
+            Subject::stoq("udp", "auto").cross_thread(),
             Subject::Tcp { cc: "cubic".into() },
         ] {
             scaling.push(Case {
@@ -304,6 +318,13 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
     }
     if let Some(only) = &o.only {
         v.retain(|g| only.iter().any(|x| x == g.id));
+    }
+    if let Some(subjects) = &o.subjects {
+        for g in &mut v {
+            g.cases
+                .retain(|c| subjects.iter().any(|x| *x == c.subject.label()));
+        }
+        v.retain(|g| !g.cases.is_empty());
     }
     v
 }

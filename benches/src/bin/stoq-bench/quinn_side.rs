@@ -139,6 +139,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
             Scenario::Rr { secs } => {
                 let c = connect(ep.clone()).await?;
                 let (w, r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                crate::spec::start_measuring(&mut out);
                 crate::streams::ping_pong(w, r, secs, &mut out).await?;
                 c.close(0u32.into(), b"");
             }

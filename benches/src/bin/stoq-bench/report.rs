@@ -138,6 +138,11 @@ impl Run {
                 put("p99_us", q(&c.quantiles_us, 0.99));
                 put("p999_us", q(&c.quantiles_us, 0.999));
                 put("rps", c.count as f64 / c.secs);
+                let n = c.count.max(1) as f64;
+                put("server_ctx_switches_per_req", s.ctx_switches / n);
+                put("client_ctx_switches_per_req", c.ctx_switches / n);
+                put("server_cpu_us_per_req", s.cpu_s / n * 1e6);
+                put("client_cpu_us_per_req", c.cpu_s / n * 1e6);
             }
             Scenario::Handshakes { .. } => {
                 put("hs_per_s", c.count as f64 / c.secs);
@@ -385,6 +390,14 @@ fn spread(row: &Row, k: &str, prec: usize) -> (String, String) {
     )
 }
 
+/// A metric's median, or a dash where the run did not record it (older reports).
+fn cell(row: &Row, k: &str, prec: usize) -> String {
+    row.metrics
+        .get(k)
+        .filter(|s| s.n > 0)
+        .map_or_else(|| "—".into(), |s| format!("{:.*}", prec, s.median))
+}
+
 /// Every table where some peer beats STOQ's best backend, said plainly.
 fn trailing(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
@@ -548,6 +561,32 @@ impl Report {
             .find(|r| r.title.starts_with(title) && r.label == label)
     }
 
+    /// STOQ's best subject through the async API on the engine's threads (neither a worker
+    /// handler nor the cross-thread path).
+    fn best_async<'a>(rows: &'a [Row], title: &str, key: &str, lower: bool) -> Option<&'a Row> {
+        rows.iter()
+            .filter(|r| {
+                r.title.starts_with(title)
+                    && matches!(
+                        r.subject,
+                        Subject::Stoq {
+                            served: true,
+                            handler: false,
+                            ..
+                        }
+                    )
+                    && r.m(key).is_some()
+            })
+            .max_by(|a, b| {
+                let (x, y) = (a.m(key).unwrap_or(0.0), b.m(key).unwrap_or(0.0));
+                if lower {
+                    y.total_cmp(&x)
+                } else {
+                    x.total_cmp(&y)
+                }
+            })
+    }
+
     fn best<'a>(
         rows: &'a [Row],
         title: &str,
@@ -658,11 +697,45 @@ impl Report {
                 yes(floor.is_some_and(|f| g >= 0.7 * f))
             );
         }
-        let rr = "Request/response";
-        if let (Some(b), Some(r)) = (
-            Self::best(rows, rr, "p50_us", true, true),
-            Self::find(rows, rr, "raw UDP").and_then(|r| r.m("p50_us")),
+        // The async API (served on the workers, the client on its runtime) against quinn.
+        for (t, conns) in [
+            (bulk, "1 connection"),
+            ("Bulk goodput, 8 connections", "8 connections"),
+        ] {
+            let qd = Self::find(rows, t, "quinn (default)").and_then(|r| r.m("gbps"));
+            let qt = Self::find(rows, t, "quinn (tuned windows)").and_then(|r| r.m("gbps"));
+            if let Some(b) = Self::best_async(rows, t, "gbps", false) {
+                let g = b.m("gbps").unwrap_or(0.0);
+                let q = qd.unwrap_or(0.0).max(qt.unwrap_or(0.0));
+                let _ = writeln!(
+                    s,
+                    "| Bulk, {conns}, async API ≥ 2× quinn (default and tuned) | {} {:.2} Gbit/s = {} quinn default, {} quinn tuned | {} |",
+                    b.label,
+                    g,
+                    ratio(Some(g), qd),
+                    ratio(Some(g), qt),
+                    yes(q > 0.0 && g >= 2.0 * q)
+                );
+            }
+        }
+        if let (Some(b), Some(q)) = (
+            Self::best_async(rows, bulk, "gbps", false),
+            Self::find(rows, bulk, "quinn (default)"),
+        ) && let (Some(mine), Some(theirs)) = (
+            b.m("server_ctx_switches_per_gb"),
+            q.m("server_ctx_switches_per_gb"),
         ) {
+            let _ = writeln!(
+                s,
+                "| Bulk: server context switches per GB ≤ quinn's | {} {mine:.0} vs {theirs:.0} | {} |",
+                b.label,
+                yes(mine <= theirs)
+            );
+        }
+        let rr = "Request/response";
+        let raw_rr = Self::find(rows, rr, "raw UDP").and_then(|r| r.m("p50_us"));
+        let quinn_rr = Self::find(rows, rr, "quinn (default)").and_then(|r| r.m("p50_us"));
+        if let (Some(b), Some(r)) = (Self::best(rows, rr, "p50_us", true, true), raw_rr) {
             let p = b.m("p50_us").unwrap_or(0.0);
             let _ = writeln!(
                 s,
@@ -670,6 +743,42 @@ impl Report {
                 b.label,
                 p / r,
                 yes(p <= 1.3 * r)
+            );
+        }
+        if let (Some(b), Some(r)) = (Self::best_async(rows, rr, "p50_us", true), raw_rr) {
+            let p = b.m("p50_us").unwrap_or(0.0);
+            let _ = writeln!(
+                s,
+                "| Request p50 through the async API ≤ 1.3× raw UDP | {} {p:.1} µs vs {r:.1} µs = {:.2}× | {} |",
+                b.label,
+                p / r,
+                yes(p <= 1.3 * r)
+            );
+            if let Some(q) = quinn_rr {
+                let _ = writeln!(
+                    s,
+                    "| Request p50 through the async API ≤ 0.8× quinn's | {p:.1} µs vs {q:.1} µs = {:.2}× | {} |",
+                    p / q,
+                    yes(p <= 0.8 * q)
+                );
+            }
+        }
+        let scaling = "Core scaling";
+        let stoq_at = |k: usize| {
+            rows.iter()
+                .find(|r| {
+                    r.title.starts_with(scaling)
+                        && matches!(r.subject, Subject::Stoq { .. })
+                        && r.server_cpus.len() == k
+                })
+                .and_then(|r| r.m("gbps"))
+        };
+        if let (Some(one), Some(two)) = (stoq_at(1), stoq_at(2)) {
+            let _ = writeln!(
+                s,
+                "| 8 connections: a 2-worker server ≥ a 1-worker server | {two:.2} vs {one:.2} Gbit/s = {:.2}× | {} |",
+                two / one,
+                yes(two >= one)
             );
         }
         if let (Some(b), Some(q)) = (
@@ -787,7 +896,7 @@ impl Report {
                 Some(Scenario::Bulk { .. }) => {
                     let _ = writeln!(
                         s,
-                        "| Subject | How it ran | Cores (server / client) | Gbit/s | Min–max | × quinn | × quinn tuned | × TCP CUBIC | × raw UDP | % of AEAD ceiling | CPU s/GB server | CPU s/GB client | Bottleneck |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | Gbit/s | Min–max | × quinn | × quinn tuned | × TCP CUBIC | × raw UDP | % of AEAD ceiling | CPU s/GB server | CPU s/GB client | Context switches/GB server | client | Bottleneck |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
                     );
                     let peer =
                         |l: &str| mine.iter().find(|r| r.label == l).and_then(|r| r.m("gbps"));
@@ -801,7 +910,7 @@ impl Report {
                         let g = r.m("gbps");
                         let _ = writeln!(
                             s,
-                            "| {} | {med} | {mm} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                            "| {} | {med} | {mm} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                             r.who(),
                             ratio(g, peer("quinn (default)")),
                             ratio(g, peer("quinn (tuned windows)")),
@@ -813,6 +922,8 @@ impl Report {
                             },
                             spread(r, "server_cpu_s_per_gb", 2).0,
                             spread(r, "client_cpu_s_per_gb", 2).0,
+                            cell(r, "server_ctx_switches_per_gb", 0),
+                            cell(r, "client_ctx_switches_per_gb", 0),
                             bottleneck(r, ceiling)
                         );
                     }
@@ -856,20 +967,35 @@ impl Report {
                         .and_then(|r| r.m("p50_us"));
                     let _ = writeln!(
                         s,
-                        "| Subject | How it ran | Cores (server / client) | p50 µs | Min–max | p99 µs | p99.9 µs | Requests/s | p50 × raw UDP |\n|---|---|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | p50 µs | Min–max | p99 µs | p99.9 µs | Requests/s | p50 × raw UDP | p50 × quinn | Context switches per request, server | client | CPU µs per request, server | client |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
                     );
+                    let quinn = mine
+                        .iter()
+                        .find(|r| r.label == "quinn (default)")
+                        .and_then(|r| r.m("p50_us"));
                     for r in &mine {
                         let (med, mm) = spread(r, "p50_us", 1);
                         let _ = writeln!(
                             s,
-                            "| {} | {med} | {mm} | {} | {} | {} | {} |",
+                            "| {} | {med} | {mm} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                             r.who(),
                             spread(r, "p99_us", 1).0,
                             spread(r, "p999_us", 1).0,
                             spread(r, "rps", 0).0,
-                            ratio(r.m("p50_us"), raw)
+                            ratio(r.m("p50_us"), raw),
+                            ratio(r.m("p50_us"), quinn),
+                            cell(r, "server_ctx_switches_per_req", 2),
+                            cell(r, "client_ctx_switches_per_req", 2),
+                            cell(r, "server_cpu_us_per_req", 1),
+                            cell(r, "client_cpu_us_per_req", 1)
                         );
                     }
+                    let _ = writeln!(
+                        s,
+                        "\nContext switches and CPU per request count each side's whole process over \
+                         the measured round trips (the server's from its start-up on, so its figure \
+                         includes the handshake)."
+                    );
                 }
                 Some(Scenario::Handshakes { .. }) => {
                     let quinn = mine

@@ -8,15 +8,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Subject {
     /// STOQ on one backend (`af_xdp`, `io_uring`, `udp`), XDP attach mode (`driver`,
-    /// `skb`, `auto`) and cipher suite (`aes256gcm`, `chacha20poly1305`). With `handler`
-    /// the request/response loop runs in a worker [`stoq::engine::Handler`] on each side
-    /// (the per-core API) instead of an async task.
+    /// `skb`, `auto`) and cipher suite (`aes256gcm`, `chacha20poly1305`).
+    ///
+    /// How the application runs: with `served`, the async API on the engine's threads (the
+    /// server serves each connection on its worker, `Endpoint::serve`; the client runs on
+    /// its own runtime, `Endpoint::client_in_runtime`, or with several cores one worker per
+    /// core and each connection's work spawned on its worker). Without it, the
+    /// cross-thread path: `accept` plus `tokio::spawn` on the role's runtime, and a client
+    /// worker on a thread of its own (how STOQ's async API ran before the thread-per-core
+    /// engine; older reports' subjects are all this). With `handler` the request/response
+    /// loop runs in a worker [`stoq::engine::Handler`] on each side (no async task).
     Stoq {
         backend: String,
         xdp: String,
         suite: String,
         #[serde(default)]
         handler: bool,
+        #[serde(default)]
+        served: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -35,6 +44,7 @@ impl Subject {
                 xdp,
                 suite,
                 handler,
+                served,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -46,7 +56,11 @@ impl Subject {
                 } else {
                     ""
                 };
-                let h = if *handler { ", worker handler" } else { "" };
+                let h = match (handler, served) {
+                    (true, _) => ", worker handler",
+                    (false, false) => ", cross-thread",
+                    (false, true) => "",
+                };
                 format!("STOQ {b}{s}{h}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
@@ -56,13 +70,15 @@ impl Subject {
         }
     }
 
-    /// The STOQ subject on `backend` with the default suite.
+    /// The STOQ subject on `backend` with the default suite, through the async API on
+    /// the engine's threads.
     pub(crate) fn stoq(backend: &str, xdp: &str) -> Self {
         Self::Stoq {
             backend: backend.into(),
             xdp: xdp.into(),
             suite: "aes256gcm".into(),
             handler: false,
+            served: true,
         }
     }
 
@@ -79,6 +95,27 @@ impl Subject {
                 xdp,
                 suite,
                 handler: true,
+                served: false,
+            },
+            other => other,
+        }
+    }
+
+    /// The same STOQ subject on the cross-thread path (`accept` plus `tokio::spawn`, a
+    /// client worker thread of its own).
+    pub(crate) fn cross_thread(self) -> Self {
+        match self {
+            Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                ..
+            } => Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler: false,
+                served: false,
             },
             other => other,
         }

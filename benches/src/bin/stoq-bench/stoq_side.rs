@@ -1,14 +1,16 @@
 //! STOQ's server and client roles, through the public async API a user would write.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stoq::Endpoint;
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigningKey, VerifyingKey};
 use stoq::engine::{EngineConfig, XdpMode};
 use stoq::handshake::{ClientConfig, ServerConfig};
 use stoq::io::BackendKind;
+use stoq::{Connection, Endpoint};
 use tokio::io::AsyncWriteExt;
 
 use crate::roles::{Hold, Ready, Stop, runtime};
@@ -40,6 +42,61 @@ fn uses_handler(spec: &RoleSpec) -> bool {
     matches!(spec.subject, Subject::Stoq { handler: true, .. })
 }
 
+fn served(spec: &RoleSpec) -> bool {
+    matches!(spec.subject, Subject::Stoq { served: true, .. })
+}
+
+/// The server's work for one connection: bidirectional streams echoed in 64-byte
+/// requests, unidirectional streams counted and answered with their byte count. `spawn`
+/// starts each stream's task: on the worker (`spawn_local`) when served there, on the
+/// role's runtime (`tokio::spawn`) on the cross-thread path.
+async fn serve_conn(c: Connection, spawn: fn(Pin<Box<dyn Future<Output = ()> + Send>>)) {
+    let c2 = c.clone();
+    spawn(Box::pin(async move {
+        while let Ok((w, r)) = c2.accept_bi().await {
+            spawn(Box::pin(crate::streams::echo_64(r, w)));
+        }
+    }));
+    while let Ok(r) = c.accept_uni().await {
+        let c = c.clone();
+        spawn(Box::pin(async move {
+            let n = crate::streams::count(r).await;
+            if let Ok(mut s) = c.open_uni().await {
+                let _ = s.write_all(&n.to_be_bytes()).await;
+                let _ = s.finish();
+            }
+        }));
+    }
+}
+
+fn spawn_local(f: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    tokio::task::spawn_local(f);
+}
+
+fn spawn_here(f: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    tokio::spawn(f);
+}
+
+/// Runs `f(c)` where the client's connection does its work: here when the client runs on
+/// this runtime, else as a task on the connection's worker (the result comes back over a
+/// channel); on the cross-thread path, as a task of this runtime.
+async fn on_conn<F, Fut, R>(c: Connection, served: bool, f: F) -> Result<R, String>
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<R, String>> + Send + 'static,
+    R: Send + 'static,
+{
+    if !served || c.is_on_worker() {
+        return tokio::spawn(f(c)).await.map_err(|e| e.to_string())?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    c.spawn_on_worker(move |c| async move {
+        let _ = tx.send(f(c).await);
+    })
+    .map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the worker stopped".to_string())?
+}
+
 fn suite(spec: &RoleSpec) -> CipherSuite {
     match &spec.subject {
         Subject::Stoq { suite, .. } if suite == "chacha20poly1305" => CipherSuite::ChaCha20Poly1305,
@@ -64,33 +121,24 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
         // whole server (request/response only).
         e.handler = Some(crate::handlers::echo());
     }
+    let served = served(spec);
     let rt = runtime()?;
     rt.block_on(async move {
         let server = Arc::new(Endpoint::server(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
         ready(server.info().detail.clone());
-        let s2 = server.clone();
-        tokio::spawn(async move {
-            while let Some(c) = s2.accept().await {
-                tokio::spawn(async move {
-                    let c2 = c.clone();
-                    tokio::spawn(async move {
-                        while let Ok((w, r)) = c2.accept_bi().await {
-                            tokio::spawn(crate::streams::echo_64(r, w));
-                        }
-                    });
-                    while let Ok(r) = c.accept_uni().await {
-                        let c = c.clone();
-                        tokio::spawn(async move {
-                            let n = crate::streams::count(r).await;
-                            if let Ok(mut s) = c.open_uni().await {
-                                let _ = s.write_all(&n.to_be_bytes()).await;
-                                let _ = s.finish();
-                            }
-                        });
-                    }
-                });
-            }
-        });
+        if served {
+            // Each connection is served on the worker that owns it.
+            server
+                .serve(|c| serve_conn(c, spawn_local))
+                .map_err(|e| e.to_string())?;
+        } else {
+            let s2 = server.clone();
+            tokio::spawn(async move {
+                while let Some(c) = s2.accept().await {
+                    tokio::spawn(serve_conn(c, spawn_here));
+                }
+            });
+        }
         stop.notified().await;
         server.shutdown(Duration::from_secs(1)).await;
         Ok::<_, String>(())
@@ -115,20 +163,33 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
         e.handler = Some(crate::handlers::ping_pong(secs, tx));
         measured = Some(rx);
     }
+    let served = served(spec);
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = Arc::new(Endpoint::client(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
+        let cfg = Arc::new(cfg);
+        // Served: one core runs the client on this runtime (its tasks and connections on
+        // this thread); several cores run one worker each, with each connection's work
+        // spawned on its worker. Otherwise a worker thread of its own, work on this runtime.
+        let client =
+            if served && e.workers <= 1 && std::env::var_os("STOQ_BENCH_DEDICATED").is_none() {
+                Endpoint::client_in_runtime(e, cfg)
+            } else {
+                Endpoint::client(e, cfg)
+            };
+        let client = Arc::new(client.map_err(|e| e.to_string())?);
         let mut out = Outcome {
             detail: client.info().detail.clone(),
             ..Outcome::default()
         };
         match scenario {
-            Scenario::Bulk { conns, secs } => bulk(&client, to, conns, secs, &mut out).await?,
+            Scenario::Bulk { conns, secs } => {
+                bulk(&client, to, conns, secs, served, &mut out).await?;
+            }
             Scenario::Shaped { secs } => {
                 let probe = crate::plain::Probe::start(bind, to)?;
                 out.base_rtt_us = probe.baseline();
                 probe.run();
-                bulk(&client, to, 1, secs, &mut out).await?;
+                bulk(&client, to, 1, secs, served, &mut out).await?;
                 out.quantiles_us = probe.finish();
             }
             Scenario::Rr { secs } => {
@@ -137,6 +198,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 if let Some(mut rx) = measured {
                     // The first request starts the worker handler's loop; the streams
                     // stay open (unread here) until it reports.
+                    crate::spec::start_measuring(&mut out);
                     w.write_all(&[7u8; 64]).await.map_err(|e| e.to_string())?;
                     let (mut lat, secs) = rx.recv().await.ok_or("the handler stopped")?;
                     out.secs = secs;
@@ -144,6 +206,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                     out.quantiles_us = crate::spec::quantiles(&mut lat);
                     drop(r);
                 } else {
+                    crate::spec::start_measuring(&mut out);
                     crate::streams::ping_pong(w, r, secs, &mut out).await?;
                 }
                 c.close(0, b"");
@@ -206,6 +269,7 @@ async fn bulk(
     to: std::net::SocketAddr,
     conns: usize,
     secs: f64,
+    served: bool,
     out: &mut Outcome,
 ) -> Result<(), String> {
     let mut cs = Vec::new();
@@ -216,7 +280,7 @@ async fn bulk(
     let t = Instant::now();
     let mut joins = Vec::new();
     for c in cs {
-        joins.push(tokio::spawn(async move {
+        joins.push(tokio::spawn(on_conn(c, served, move |c| async move {
             let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
             let sent = crate::streams::send_for(&mut s, t, secs).await?;
             s.finish().map_err(|e| e.to_string())?;
@@ -224,7 +288,7 @@ async fn bulk(
             let r = crate::streams::check_count(back, sent).await;
             c.close(0, b"");
             r
-        }));
+        })));
     }
     for j in joins {
         out.bytes += j.await.map_err(|e| e.to_string())??;
