@@ -107,7 +107,7 @@ impl Engine {
                 selection.skipped.push((kind, reason));
                 continue;
             }
-            match super::open::open(kind, &config, n, selection.forced) {
+            match super::open::open(kind, &config, n, server.is_some(), selection.forced) {
                 Ok(o) => {
                     opened = Some(o);
                     break;
@@ -130,7 +130,7 @@ impl Engine {
         let backends = opened.backends;
         let n = backends.len();
         #[cfg(target_os = "linux")]
-        if n > 1 && config.steering {
+        if n > 1 && config.steering && server.is_some() && opened.kind != BackendKind::AfXdp {
             super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
                 .map_err(EngineError::Os)?;
         }
@@ -190,7 +190,7 @@ impl Engine {
                 peers: engine.workers.clone(),
                 layout: config.endpoint.cid_layout,
                 batch: config.batch.max(1),
-                steering: config.steering,
+                idle_poll: config.idle_poll,
             };
             match (&placement, state) {
                 (Placement::Runtime(handle), _) => {

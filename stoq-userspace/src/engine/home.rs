@@ -18,7 +18,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
@@ -114,6 +114,8 @@ pub(crate) struct Worker {
     pub(crate) crossings: Crossings,
     /// The loop ended (stopped, or its backend failed).
     stopped: AtomicBool,
+    /// Live connections, as of the loop's last turn: where new connections go.
+    load: AtomicUsize,
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
@@ -177,6 +179,7 @@ impl Worker {
             api: crate::api::state::SharedApi::new(max_accept),
             crossings: Crossings::default(),
             stopped: AtomicBool::new(false),
+            load: AtomicUsize::new(0),
         });
         (
             w,
@@ -309,6 +312,16 @@ impl Worker {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => run_own_jobs(),
             }
         }
+    }
+
+    /// Live connections as of the loop's last turn.
+    pub(crate) fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// The loop publishes its connection count.
+    pub(crate) fn set_load(&self, n: usize) {
+        self.load.store(n, Ordering::Relaxed);
     }
 
     /// Marks the loop ended: later jobs are refused.

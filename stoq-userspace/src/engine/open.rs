@@ -56,23 +56,32 @@ pub(crate) fn open_socket_backend(
 
 /// Opens `n` backends of `kind` (AF_XDP: one per receive queue, whatever `n`). A forced
 /// AF_XDP backend may run in copy mode; chosen automatically it must be zero-copy.
+///
+/// A server's workers share one port (a SO_REUSEPORT group the kernel steers by connection
+/// ID). A client's workers each bind a port of their own: each worker's connections are
+/// then one flow of their own, which the server can keep on one of its workers while it
+/// receives them coalesced (GRO merges the datagrams of one address pair).
 pub(crate) fn open(
     kind: BackendKind,
     config: &EngineConfig,
     n: usize,
+    share_port: bool,
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))] forced: bool,
 ) -> Result<Opened, Unavailable> {
     match kind {
         #[cfg(target_os = "linux")]
         BackendKind::AfXdp => open_af_xdp(config, forced),
         _ => {
+            let group = share_port && n > 1;
             let mut bind = config.bind;
             let mut backends = Vec::with_capacity(n);
             for _ in 0..n {
-                let b = open_socket_backend(kind, bind, n > 1, config.socket_buffer, config.batch)
+                let b = open_socket_backend(kind, bind, group, config.socket_buffer, config.batch)
                     .map_err(|e| Unavailable::Setup(format!("cannot bind {bind}: {e}")))?;
-                // Later workers share the port the first one got.
-                bind = b.local_addr();
+                if group {
+                    // Later workers share the port the first one got.
+                    bind = b.local_addr();
+                }
                 backends.push(b);
             }
             let c = backends[0].capabilities();

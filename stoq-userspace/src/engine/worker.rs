@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::TrySendError;
 
 use super::home::{Inbox, State, Worker};
+use super::steer::{Placer, Route, route};
 use crate::conn::{DatagramEvent, DatagramInfo};
 use crate::io::{Backend, RxBatch, TxBatch};
 use crate::wire::cid::CidLayout;
@@ -44,7 +45,8 @@ pub(crate) struct LoopConfig {
     pub(crate) peers: Vec<Arc<Worker>>,
     pub(crate) layout: CidLayout,
     pub(crate) batch: usize,
-    pub(crate) steering: bool,
+    /// See [`EngineConfig::idle_poll`](super::EngineConfig::idle_poll).
+    pub(crate) idle_poll: Duration,
 }
 
 /// How long a worker out of transmit frames waits for completions before trying again.
@@ -107,6 +109,11 @@ async fn drive(
     let direct = backend.has_direct_tx();
     let slots = rx.slots();
     let mut may_recv = true;
+    // Datagrams the idle poll received, for the next turn.
+    let mut carried = 0;
+    // When this worker last received or sent.
+    let mut last_io: Option<Instant> = None;
+    let mut placer = Placer::default();
     loop {
         while let Ok(job) = inbox.jobs.try_recv() {
             job(worker);
@@ -114,7 +121,13 @@ async fn drive(
         // Receive when something may be waiting: readiness was reported, or the last batch
         // came full, or this worker is sending (acknowledgments come back). A turn that
         // only answers a task's write skips the empty receive (a system call on sockets).
-        let got = if may_recv { backend.recv(&mut rx)? } else { 0 };
+        let got = if carried > 0 {
+            std::mem::take(&mut carried)
+        } else if may_recv {
+            backend.recv(&mut rx)?
+        } else {
+            0
+        };
         worker.take_dirty();
         let turn = worker
             .with(|st| {
@@ -125,13 +138,16 @@ async fn drive(
                 let now = Instant::now();
                 if got > 0 {
                     rx.for_each(|from, info, d| {
-                        if n > 1
-                            && let Some(o) = super::steer::owner(d, &cfg.layout, n, cfg.steering)
-                            && o != worker.id
-                            && usize::from(o) < n
-                        {
-                            hand_over(st, &cfg.peers[usize::from(o)], from, info, d);
-                            return;
+                        if n > 1 {
+                            let o = match route(d, &cfg.layout) {
+                                Route::Owner(o) => o,
+                                Route::New(dcid) => placer.place(from, dcid, worker.id, &cfg.peers),
+                                Route::Anyone => worker.id,
+                            };
+                            if o != worker.id && usize::from(o) < n {
+                                hand_over(st, &cfg.peers[usize::from(o)], from, info, d);
+                                return;
+                            }
                         }
                         st.on_datagram(worker, now, from, info, d);
                     });
@@ -178,6 +194,7 @@ async fn drive(
                     starved = true;
                 }
                 st.stats.backend = backend.stats();
+                worker.set_load(st.endpoint.connection_count());
                 Some(Ok(Turn {
                     timeout: st.endpoint.poll_timeout(),
                     stop: st.stop,
@@ -216,6 +233,9 @@ async fn drive(
             q
         };
         let blocked = !tx.is_empty();
+        if got > 0 || queued > 0 {
+            last_io = Some(Instant::now());
+        }
         let more_in = got >= slots;
         let more_out = turn.starved && !blocked && (queued > 0 || !direct);
         may_recv = more_in || more_out || queued > 0;
@@ -228,6 +248,30 @@ async fn drive(
         if worker.is_dirty() || !inbox.handoffs.is_empty() || !inbox.jobs.is_empty() {
             continue;
         }
+        // Busy lately (a datagram in or out within the poll budget): look for the next one
+        // before sleeping, until the budget since the last one runs out.
+        if let Some(t) = last_io.filter(|_| !cfg.idle_poll.is_zero())
+            && t.elapsed() < cfg.idle_poll
+        {
+            carried = idle_poll(
+                worker,
+                &mut *backend,
+                &mut rx,
+                inbox,
+                turn.timeout,
+                t + cfg.idle_poll,
+            )?;
+            if carried > 0 {
+                worker.with(|st| st.stats.idle_polls_hit += 1);
+            }
+            if carried > 0
+                || worker.is_dirty()
+                || !inbox.jobs.is_empty()
+                || !inbox.handoffs.is_empty()
+            {
+                continue;
+            }
+        }
         let mut wait = turn.timeout;
         if turn.starved && direct {
             // Out of frames with data to send: completions free them without an event.
@@ -235,6 +279,7 @@ async fn drive(
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
         timer.arm(wait);
+        let mut slept = false;
         poll_fn(|cx| {
             if worker.is_dirty() {
                 return Poll::Ready(());
@@ -254,9 +299,13 @@ async fn drive(
             if worker.is_dirty() {
                 return Poll::Ready(());
             }
+            slept = true;
             Poll::Pending
         })
         .await;
+        if slept {
+            worker.with(|st| st.stats.waits += 1);
+        }
     }
 }
 
@@ -305,6 +354,32 @@ impl State {
             woke |= self.api.on_drained();
         }
         woke
+    }
+}
+
+/// Polls the backend until `until` (or the endpoint's `deadline`, or other work), yielding
+/// the core between polls; returns how many slots it received into `rx`.
+fn idle_poll(
+    worker: &Worker,
+    backend: &mut dyn Backend,
+    rx: &mut RxBatch,
+    inbox: &Inbox,
+    deadline: Option<Instant>,
+    until: Instant,
+) -> io::Result<usize> {
+    let until = deadline.map_or(until, |d| d.min(until));
+    loop {
+        let got = backend.recv(rx)?;
+        if got > 0 {
+            return Ok(got);
+        }
+        if worker.is_dirty() || !inbox.jobs.is_empty() || !inbox.handoffs.is_empty() {
+            return Ok(0);
+        }
+        if Instant::now() >= until {
+            return Ok(0);
+        }
+        std::thread::yield_now();
     }
 }
 

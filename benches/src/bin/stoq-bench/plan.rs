@@ -22,12 +22,16 @@ usage: stoq-bench [OPTIONS]                 (as root; `cargo xtask bench` builds
   --rate-mbit N      TBF rate of the bottleneck run (default 500: on a 2-core machine the
                      delay emulator itself tops out near 1 Gbit/s)
   --only G[,G...]    only these groups: bulk1 bulk8 jumbo rr handshakes idle scaling bottleneck
+  --idle-poll-us N   STOQ's EngineConfig::idle_poll for every STOQ side (default: the
+                     library's default); 0 turns polling off
   --subjects S[;S...]
                      only subjects whose label is one of these (\"STOQ udp\", \"quinn (default)\")
   --iface IF --peer ADDR
                      across a real NIC: this host is the client, ADDR the server, running
                      `stoq-bench agent` (root); the bottleneck run is skipped
   --out DIR          where the report goes (default target/bench/<unix time>)
+  (STOQ_BENCH_DEBUG=1 in the environment: STOQ servers print their workers' counters
+   to standard error when they stop: loop turns, waits, idle-poll hits, handoffs)
 stoq-bench agent [--listen ADDR]            the peer side of --peer (default 0.0.0.0:4499)
 stoq-bench render DIR                       report.md and charts again from DIR/report.json";
 
@@ -39,6 +43,7 @@ pub(crate) struct Options {
     queues: u32,
     delay_ms: u64,
     rate_mbit: u32,
+    idle_poll_us: Option<u64>,
     only: Option<Vec<String>>,
     subjects: Option<Vec<String>>,
     iface: Option<String>,
@@ -55,6 +60,7 @@ impl Options {
             queues: 1,
             delay_ms: 10,
             rate_mbit: 500,
+            idle_poll_us: None,
             only: None,
             subjects: None,
             iface: None,
@@ -78,6 +84,7 @@ impl Options {
                 "--queues" => o.queues = num(val(a)?, a)?.max(1) as u32,
                 "--delay-ms" => o.delay_ms = num(val(a)?, a)?,
                 "--rate-mbit" => o.rate_mbit = num(val(a)?, a)?.max(1) as u32,
+                "--idle-poll-us" => o.idle_poll_us = Some(num(val(a)?, a)?),
                 "--only" => o.only = Some(val(a)?.split(',').map(str::to_string).collect()),
                 "--subjects" => {
                     o.subjects = Some(val(a)?.split(';').map(str::to_string).collect());
@@ -386,7 +393,12 @@ pub(crate) fn suite_id(s: CipherSuite) -> &'static str {
     }
 }
 
-fn run_case(topo: &Topo, c: &Case, keys: &Keys) -> Result<(Outcome, Outcome, [u64; 2]), String> {
+fn run_case(
+    topo: &Topo,
+    c: &Case,
+    keys: &Keys,
+    idle_poll_us: Option<u64>,
+) -> Result<(Outcome, Outcome, [u64; 2]), String> {
     let (server, client_bind) = topo.addrs(4433);
     let spec = |role: &str, cpus: &[usize]| RoleSpec {
         role: role.into(),
@@ -397,6 +409,7 @@ fn run_case(topo: &Topo, c: &Case, keys: &Keys) -> Result<(Outcome, Outcome, [u6
         cpus: cpus.to_vec(),
         udp_payload: c.udp_payload,
         keys: keys.clone(),
+        idle_poll_us,
     };
     let mut s = topo.spawn(&spec("server", &c.server_cpus))?;
     s.expect("READY", 60).map_err(|e| format!("server: {e}"))?;
@@ -546,7 +559,7 @@ pub(crate) fn run(o: &Options) -> Result<bool, String> {
             for c in &g.cases {
                 done += 1;
                 let drops0 = topo.drops();
-                let r = run_case(topo, c, &keys);
+                let r = run_case(topo, c, &keys, o.idle_poll_us);
                 let drops = topo.drops().zip(drops0).map(|(a, b)| a - b);
                 let run = Run::new(g.id, &g.title, topo, &c.subject, c.scenario, rep, r, drops)
                     .with_cpus(&c.server_cpus, &c.client_cpus, c.udp_payload);

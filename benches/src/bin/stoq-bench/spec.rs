@@ -173,6 +173,9 @@ pub(crate) struct RoleSpec {
     pub(crate) udp_payload: usize,
     /// Key material for both sides, hex: STOQ's FALCON key pair, quinn's certificate and key.
     pub(crate) keys: Keys,
+    /// STOQ's idle poll, microseconds (`None`: the library's default).
+    #[serde(default)]
+    pub(crate) idle_poll_us: Option<u64>,
 }
 
 /// Key material generated once by the orchestrator.

@@ -35,6 +35,9 @@ fn engine(spec: &RoleSpec, bind: std::net::SocketAddr) -> Result<EngineConfig, S
     e.first_cpu = spec.cpus.first().copied().unwrap_or(0);
     e.endpoint.max_udp_payload = spec.udp_payload;
     e.endpoint.max_connections = 250_000;
+    if let Some(us) = spec.idle_poll_us {
+        e.idle_poll = Duration::from_micros(us);
+    }
     Ok(e)
 }
 
@@ -116,6 +119,7 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
     let mut e = engine(spec, spec.server)?;
+    let idle_poll_us = e.idle_poll.as_micros();
     if uses_handler(spec) {
         // Connections served by a handler skip the accept queue: the handler is the
         // whole server (request/response only).
@@ -125,7 +129,11 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
     let rt = runtime()?;
     rt.block_on(async move {
         let server = Arc::new(Endpoint::server(e, Arc::new(cfg)).map_err(|e| e.to_string())?);
-        ready(server.info().detail.clone());
+        ready(format!(
+            "{}; idle poll {} µs",
+            server.info().detail,
+            idle_poll_us
+        ));
         if served {
             // Each connection is served on the worker that owns it.
             server
@@ -140,6 +148,21 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
             });
         }
         stop.notified().await;
+        if std::env::var_os("STOQ_BENCH_DEBUG").is_some() {
+            for w in server.worker_stats() {
+                eprintln!(
+                    "server worker {}: loops {} waits {} idle-poll hits {} handoffs in {} out {} \
+                     crossings {}",
+                    w.worker,
+                    w.loops,
+                    w.waits,
+                    w.idle_polls_hit,
+                    w.handoffs_in,
+                    w.handoffs_out,
+                    w.crossings
+                );
+            }
+        }
         server.shutdown(Duration::from_secs(1)).await;
         Ok::<_, String>(())
     })
@@ -170,12 +193,11 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
         // Served: one core runs the client on this runtime (its tasks and connections on
         // this thread); several cores run one worker each, with each connection's work
         // spawned on its worker. Otherwise a worker thread of its own, work on this runtime.
-        let client =
-            if served && e.workers <= 1 && std::env::var_os("STOQ_BENCH_DEDICATED").is_none() {
-                Endpoint::client_in_runtime(e, cfg)
-            } else {
-                Endpoint::client(e, cfg)
-            };
+        let client = if served && e.workers <= 1 {
+            Endpoint::client_in_runtime(e, cfg)
+        } else {
+            Endpoint::client(e, cfg)
+        };
         let client = Arc::new(client.map_err(|e| e.to_string())?);
         let mut out = Outcome {
             detail: client.info().detail.clone(),
