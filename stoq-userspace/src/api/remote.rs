@@ -292,21 +292,34 @@ impl Pipe {
     }
 }
 
-/// Starts the pump that feeds send stream `id` from `pipe`, on the connection's worker.
-/// Returns false if the worker has stopped.
-pub(crate) fn start_send_pump(conn: &Connection, id: StreamId, pipe: Arc<Pipe>) -> bool {
-    let c = conn.clone();
-    conn.post_job(move |_| {
-        tokio::task::spawn_local(pump_send(c, id, pipe));
-    })
+/// Which way a pipe's pump moves data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pump {
+    /// From the pipe into send stream.
+    Send,
+    /// From a receive stream into the pipe.
+    Recv,
 }
 
-/// Starts the pump that fills `pipe` from receive stream `id`, on the connection's worker.
-pub(crate) fn start_recv_pump(conn: &Connection, id: StreamId, pipe: Arc<Pipe>) -> bool {
-    let c = conn.clone();
-    conn.post_job(move |_| {
-        tokio::task::spawn_local(pump_recv(c, id, pipe));
-    })
+/// A pipe for stream `id` used off its worker, with its pump started on the worker; if the
+/// worker has stopped, the pipe reports the connection's error.
+pub(crate) fn open_pipe(conn: &Connection, id: StreamId, pump: Pump) -> Arc<Pipe> {
+    let pipe = Arc::new(Pipe::new(conn.shared.worker.clone()));
+    let (c, p) = (conn.clone(), pipe.clone());
+    let started = conn.post_job(move |_| {
+        match pump {
+            Pump::Send => tokio::task::spawn_local(pump_send(c, id, p)),
+            Pump::Recv => tokio::task::spawn_local(pump_recv(c, id, p)),
+        };
+    });
+    if !started {
+        let gone = StreamError::Connection(conn.shared.gone());
+        match pump {
+            Pump::Send => pipe.set_outcome(Err(gone)),
+            Pump::Recv => pipe.end(End::Failed(gone)),
+        }
+    }
+    pipe
 }
 
 async fn pump_send(conn: Connection, id: StreamId, pipe: Arc<Pipe>) {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::remote::{End, Pipe, Popped};
+use super::remote::{End, Pipe, Popped, Pump, open_pipe};
 use super::{Connection, StreamError};
 use crate::conn::{self, ReadError, StreamId, Urgency, WriteError};
 
@@ -165,11 +165,7 @@ impl SendStream {
     /// The pipe to use from this thread, if the stream is (or now goes) off its worker.
     fn pipe(&mut self) -> Option<Arc<Pipe>> {
         if self.pipe.is_none() && !self.conn.is_on_worker() {
-            let p = Arc::new(Pipe::new(self.conn.shared.worker.clone()));
-            if !super::remote::start_send_pump(&self.conn, self.id, p.clone()) {
-                p.set_outcome(Err(StreamError::Connection(self.conn.shared.gone())));
-            }
-            self.pipe = Some(p);
+            self.pipe = Some(open_pipe(&self.conn, self.id, Pump::Send));
         }
         self.pipe.clone()
     }
@@ -343,15 +339,10 @@ impl RecvStream {
         self.id
     }
 
+    /// The pipe to use from this thread, if the stream is (or now goes) off its worker.
     fn pipe(&mut self) -> Option<Arc<Pipe>> {
         if self.pipe.is_none() && !self.conn.is_on_worker() {
-            let p = Arc::new(Pipe::new(self.conn.shared.worker.clone()));
-            if !super::remote::start_recv_pump(&self.conn, self.id, p.clone()) {
-                p.end(End::Failed(StreamError::Connection(
-                    self.conn.shared.gone(),
-                )));
-            }
-            self.pipe = Some(p);
+            self.pipe = Some(open_pipe(&self.conn, self.id, Pump::Recv));
         }
         self.pipe.clone()
     }

@@ -39,6 +39,13 @@ fn configs_shared() -> (
     C.get_or_init(configs).clone()
 }
 
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn client_cfg() -> EngineConfig {
     let mut cfg = EngineConfig::new("127.0.0.1:0".parse().expect("addr"));
     cfg.backend = Some(BackendKind::Udp);
@@ -104,11 +111,7 @@ async fn send_and_check(conn: &stoq::Connection, data: &[u8]) {
 fn a_non_send_future_is_served_on_its_worker_for_an_in_runtime_client() {
     let (ep, addr) = server(2);
     serve_echo_and_hash(&ep);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    current_thread().block_on(async {
         let (_, c) = configs_shared();
         let client = Endpoint::client_in_runtime(client_cfg(), c).expect("client");
         for round in 0..3u64 {
@@ -166,11 +169,7 @@ async fn an_in_runtime_client_on_a_multi_thread_runtime() {
 fn a_stream_moved_off_its_worker_keeps_its_order() {
     let (ep, addr) = server(1);
     serve_echo_and_hash(&ep);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    current_thread().block_on(async {
         let (_, c) = configs_shared();
         // A client whose worker has a thread of its own: this thread is "another thread".
         let client = Endpoint::client(client_cfg(), c).expect("client");
@@ -196,11 +195,7 @@ fn a_stream_moved_off_its_worker_keeps_its_order() {
         // Another thread writes the rest and finishes.
         let d = data.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
+            current_thread().block_on(async move {
                 s.write_all(&d[2 << 20..])
                     .await
                     .expect("second part, off the worker");
@@ -272,11 +267,7 @@ fn the_wrong_mode_is_a_typed_error() {
     assert!(matches!(r, Err(EngineError::NoRuntime)), "{r:?}");
     assert!(r.unwrap_err().to_string().contains("Endpoint::client"));
     // Serving on an engine that runs on the caller's runtime.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    current_thread().block_on(async {
         let ep = Endpoint::client_in_runtime(client_cfg(), c).expect("client");
         let r = ep.serve(|_conn| async {});
         assert_eq!(r, Err(ServeError::OnCallerRuntime));

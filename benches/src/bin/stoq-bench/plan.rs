@@ -248,7 +248,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             path: Path::Veth(1500),
             reps: o.reps,
             cases: vec![
-                case(Subject::stoq("io_uring", "auto"), hs),
+                case(Subject::stoq("udp", "auto"), hs),
                 case(Subject::Quinn { tuned: false }, hs),
             ],
         });
@@ -264,10 +264,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             path: Path::Veth(1500),
             reps,
             cases: vec![
-                case(
-                    Subject::stoq("io_uring", "auto"),
-                    Scenario::Idle { conns: n },
-                ),
+                case(Subject::stoq("udp", "auto"), Scenario::Idle { conns: n }),
                 case(Subject::Quinn { tuned: false }, Scenario::Idle { conns: n }),
             ],
         });
@@ -313,7 +310,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             path: Path::Chain,
             reps: o.reps,
             cases: [
-                Subject::stoq("io_uring", "auto"),
+                Subject::stoq("udp", "auto"),
                 Subject::Quinn { tuned: false },
                 Subject::Tcp { cc: "bbr".into() },
                 Subject::Tcp { cc: "cubic".into() },
