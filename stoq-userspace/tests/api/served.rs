@@ -273,3 +273,33 @@ fn the_wrong_mode_is_a_typed_error() {
         assert_eq!(r, Err(ServeError::OnCallerRuntime));
     });
 }
+
+/// A client with two workers (a port each) connecting one connection after another: the
+/// server keeps each client port's connections on one worker (their datagrams arrive
+/// coalesced) and puts the two ports on its two workers; no datagram is handed between
+/// them.
+#[test]
+fn a_two_worker_client_spreads_over_a_two_worker_server() {
+    let (ep, addr) = server(2);
+    serve_echo_and_hash(&ep);
+    current_thread().block_on(async {
+        let (_, c) = configs_shared();
+        let mut cfg = client_cfg();
+        cfg.workers = 2;
+        let client = Endpoint::client(cfg, c).expect("client");
+        let mut conns = Vec::new();
+        for _ in 0..8 {
+            conns.push(client.connect(addr, "test.stoq").await.expect("connect"));
+        }
+        for (i, c) in conns.iter().enumerate() {
+            send_and_check(c, &pattern((256 << 10) + i)).await;
+        }
+        let stats = ep.worker_stats();
+        let per_worker: Vec<usize> = stats.iter().map(|w| w.connections).collect();
+        assert_eq!(per_worker, vec![4, 4], "{stats:?}");
+        assert!(stats.iter().all(|w| w.handoffs_out == 0), "{stats:?}");
+        for c in &conns {
+            c.close(0, b"");
+        }
+    });
+}
