@@ -508,6 +508,7 @@ pub(crate) fn run(o: &Options) -> Result<bool, String> {
     let started = Instant::now();
     let keys = keys()?;
     let plan = groups(o, cores);
+    prerequisites(&plan)?;
     let total: usize = plan.iter().map(|g| g.reps * g.cases.len()).sum();
     eprintln!(
         "stoq-bench: {} groups, {total} runs, interleaved; {cores} cores; server on CPU 0, client on CPU {}",
@@ -541,16 +542,33 @@ pub(crate) fn run(o: &Options) -> Result<bool, String> {
     let mut done = 0;
     for g in &plan {
         let chain;
-        let topo = match g.path {
-            Path::Veth(mtu) => {
-                veth.set_mtu(mtu)?;
-                &veth
-            }
-            Path::Chain => {
-                chain = Topo::chain(o.rate_mbit, Duration::from_millis(o.delay_ms))?;
-                &chain
-            }
+        let set_up = match g.path {
+            Path::Veth(mtu) => veth.set_mtu(mtu).map(|()| None),
+            Path::Chain => Topo::chain(o.rate_mbit, Duration::from_millis(o.delay_ms)).map(Some),
         };
+        let topo =
+            match set_up {
+                Ok(None) => &veth,
+                Ok(Some(t)) => {
+                    chain = t;
+                    &chain
+                }
+                Err(e) => {
+                    // The group cannot run: each of its cases is recorded as failed, with why,
+                    // and the rest of the plan goes on.
+                    eprintln!("\n{} — cannot be set up: {e}", g.title);
+                    for rep in 0..g.reps {
+                        for c in &g.cases {
+                            done += 1;
+                            runs.push(
+                                Run::failed(g.id, &g.title, &c.subject, c.scenario, rep, &e)
+                                    .with_cpus(&c.server_cpus, &c.client_cpus, c.udp_payload),
+                            );
+                        }
+                    }
+                    continue;
+                }
+            };
         eprintln!("\n{} — {}", g.title, topo.describe());
         for rep in 0..g.reps {
             for c in &g.cases {
@@ -599,6 +617,30 @@ pub(crate) fn run(o: &Options) -> Result<bool, String> {
         eprintln!("stoq-bench: {failed} runs failed (listed in the report)");
     }
     Ok(failed == 0)
+}
+
+/// Checks, before the first scenario, that every tool the plan needs is installed: a run
+/// must not lose its last group (and its report) to a missing command.
+fn prerequisites(plan: &[Group]) -> Result<(), String> {
+    let mut need = vec![("ip", "iproute2")];
+    if plan.iter().any(|g| g.path == Path::Chain) {
+        need.push(("tc", "iproute2"));
+        need.push(("ethtool", "ethtool"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|(cmd, _)| !std::env::split_paths(&path).any(|d| d.join(cmd).is_file()))
+        .map(|(cmd, pkg)| format!("`{cmd}` (Debian package {pkg})"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing before the first scenario: {}; install it, or leave out the group that needs it (--only)",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// The local address the kernel would use to reach `peer`.

@@ -165,6 +165,35 @@ impl Run {
         run
     }
 
+    /// A run that could not start (its group's path could not be set up).
+    pub(crate) fn failed(
+        group: &str,
+        title: &str,
+        subject: &Subject,
+        scenario: Scenario,
+        rep: usize,
+        why: &str,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            title: title.into(),
+            path: String::new(),
+            mtu: 0,
+            subject: subject.clone(),
+            label: subject.label(),
+            scenario,
+            rep,
+            server_cpus: Vec::new(),
+            client_cpus: Vec::new(),
+            udp_payload: 0,
+            backend: String::new(),
+            error: Some(format!("not run: {why}")),
+            server: None,
+            client: None,
+            metrics: BTreeMap::new(),
+        }
+    }
+
     /// Records the CPUs and datagram size.
     pub(crate) fn with_cpus(mut self, server: &[usize], client: &[usize], payload: usize) -> Self {
         self.server_cpus = server.to_vec();
