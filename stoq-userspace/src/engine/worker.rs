@@ -7,12 +7,13 @@
 //! 2. receive a batch from the backend;
 //! 3. on the state (borrowed, or locked on a locked worker): hand each datagram to the
 //!    endpoint (or over to the worker that owns it), fire due timers, pass events to the
-//!    [`Handler`](super::Handler) and to the tasks waiting on them, and fill a send batch
-//!    from `poll_transmit_into`, written in place;
-//! 4. send the batch, as GSO groups where the backend can;
-//! 5. if tasks were woken, yield so they run at once (a served request answered in the
-//!    same wake-up); else wait for the socket, a timer (or the pacer), a local task that
-//!    made work, or another thread.
+//!    [`Handler`](super::Handler) and to the tasks waiting on them. If that woke tasks,
+//!    the loop yields to them first, so what they write (a served request's answer)
+//!    leaves in this turn's batch;
+//! 4. fill a send batch from `poll_transmit_into`, written in place, and send it, as GSO
+//!    groups where the backend can;
+//! 5. wait for the socket, a timer (or the pacer), a local task that made work, or
+//!    another thread; a worker busy lately polls its backend a little first.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -47,6 +48,8 @@ pub(crate) struct LoopConfig {
     pub(crate) batch: usize,
     /// See [`EngineConfig::idle_poll`](super::EngineConfig::idle_poll).
     pub(crate) idle_poll: Duration,
+    /// The loop yields by waking itself (see [`yield_now`]).
+    pub(crate) queue_yield: bool,
 }
 
 /// How long a worker out of transmit frames waits for completions before trying again.
@@ -78,7 +81,7 @@ struct Turn {
     timeout: Option<Instant>,
     stop: bool,
     rebind: Option<Box<dyn Backend>>,
-    /// Tasks were woken: yield before waiting, they may answer at once.
+    /// Tasks were woken after the send: yield before waiting, they may answer at once.
     woke: bool,
     /// AF_XDP: datagrams queued into frames.
     direct_sent: usize,
@@ -129,7 +132,9 @@ async fn drive(
             0
         };
         worker.take_dirty();
-        let turn = worker
+        // Receive, timers and events. Tasks woken by an event run before this turn sends
+        // (a served request's answer leaves with the ACK, in this turn).
+        let woke = worker
             .with(|st| {
                 if st.stop {
                     return None;
@@ -159,6 +164,21 @@ async fn drive(
                 if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                     st.endpoint.handle_timeout(now);
                 }
+                Some(st.dispatch(worker))
+            })
+            .flatten();
+        let Some(woke) = woke else {
+            return Ok(());
+        };
+        if woke {
+            yield_now(cfg.queue_yield).await;
+            // What the woken tasks wrote goes out below.
+            worker.take_dirty();
+        }
+        let turn = worker
+            .with(|st| {
+                let now = Instant::now();
+                // Events of what the tasks did (a stream finished, a connection closed).
                 let woke = st.dispatch(worker);
                 let mut direct_sent = 0;
                 let starved;
@@ -242,7 +262,7 @@ async fn drive(
         if more_in || more_out || turn.woke {
             // More may be waiting either way; woken tasks may answer at once. Let the
             // tasks on this thread run, then go round without sleeping.
-            yield_now(worker).await;
+            yield_now(cfg.queue_yield).await;
             continue;
         }
         if worker.is_dirty() || !inbox.handoffs.is_empty() || !inbox.jobs.is_empty() {
@@ -358,7 +378,7 @@ impl State {
 }
 
 /// Polls the backend until `until` (or the endpoint's `deadline`, or other work), yielding
-/// the core between polls; returns how many slots it received into `rx`.
+/// the core every few polls; returns how many slots it received into `rx`.
 fn idle_poll(
     worker: &Worker,
     backend: &mut dyn Backend,
@@ -368,6 +388,7 @@ fn idle_poll(
     until: Instant,
 ) -> io::Result<usize> {
     let until = deadline.map_or(until, |d| d.min(until));
+    let mut polls = 0u32;
     loop {
         let got = backend.recv(rx)?;
         if got > 0 {
@@ -379,7 +400,12 @@ fn idle_poll(
         if Instant::now() >= until {
             return Ok(0);
         }
-        std::thread::yield_now();
+        // Give the core to any other runnable thread now and then (a system call each
+        // time, so not after every poll).
+        polls += 1;
+        if polls.is_multiple_of(8) {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -402,10 +428,11 @@ fn hand_over(st: &mut State, owner: &Arc<Worker>, from: SocketAddr, info: Datagr
 }
 
 /// Lets the other tasks of this thread run once, then resumes. On a pinned worker the loop
-/// wakes itself into its local queue behind the tasks it woke (no system call); on a
-/// runtime that may move tasks between threads, tokio's own yield.
-async fn yield_now(worker: &Worker) {
-    if worker.is_locked() {
+/// is a task of the worker's own set of local tasks, which queues a task that wakes itself
+/// behind the ones it woke: the loop does that, with no system call. On the caller's
+/// runtime, tokio's own yield (which polls the reactor before the loop runs again).
+async fn yield_now(queue_yield: bool) {
+    if !queue_yield {
         tokio::task::yield_now().await;
         return;
     }

@@ -61,6 +61,8 @@ pub struct UdpBackend {
     wildcard: bool,
     caps: Capabilities,
     stats: BackendStats,
+    /// Addresses and control messages of a receive batch, kept between calls.
+    scratch: sys::RecvScratch,
 }
 
 impl UdpBackend {
@@ -97,6 +99,7 @@ impl UdpBackend {
             wildcard: local.ip().is_unspecified(),
             caps,
             stats: BackendStats::default(),
+            scratch: sys::RecvScratch::new(),
         })
     }
 
@@ -291,7 +294,7 @@ impl Backend for UdpBackend {
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         batch.clear();
-        let n = sys::recv(&self.socket, batch)?;
+        let n = sys::recv(&self.socket, batch, &mut self.scratch)?;
         if n > 0 {
             self.stats.rx_batches += 1;
             for i in 0..n {
@@ -479,11 +482,38 @@ pub(crate) mod sys {
         io::Error::last_os_error()
     }
 
-    pub(super) fn recv(socket: &Socket, batch: &mut RxBatch) -> io::Result<usize> {
+    /// The address and control-message buffers of a receive batch: zeroed once, then
+    /// written by the kernel call after call. Clearing 18 KiB of them for every receive
+    /// was a tenth of a polling worker's time.
+    pub(crate) struct RecvScratch {
+        names: Box<[MaybeUninit<libc::sockaddr_storage>; BATCH]>,
+        control: Box<[Control; BATCH]>,
+    }
+
+    impl RecvScratch {
+        pub(crate) fn new() -> Self {
+            Self {
+                names: Box::new([MaybeUninit::zeroed(); BATCH]),
+                control: Box::new([Control::ZERO; BATCH]),
+            }
+        }
+    }
+
+    impl std::fmt::Debug for RecvScratch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RecvScratch").finish_non_exhaustive()
+        }
+    }
+
+    pub(super) fn recv(
+        socket: &Socket,
+        batch: &mut RxBatch,
+        scratch: &mut RecvScratch,
+    ) -> io::Result<usize> {
         let n = batch.slots().min(BATCH);
         let slot = batch.slot_size();
-        let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
-        let mut control = [Control::ZERO; BATCH];
+        let names = &mut *scratch.names;
+        let control = &mut *scratch.control;
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid
         // value (null pointers, zero lengths).
         let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -527,7 +557,8 @@ pub(crate) mod sys {
         for i in 0..got {
             let h = &hdrs[i].msg_hdr;
             let len = hdrs[i].msg_len as usize;
-            // SAFETY: zero-initialised, then possibly written by the kernel: initialised.
+            // SAFETY: zero-initialised when the scratch was made, since then only written by
+            // the kernel: initialised.
             let name = unsafe { names[i].assume_init_ref() };
             let Some(from) = super::socket_addr(name, h.msg_namelen) else {
                 batch.set(i, RxMeta::new(super::UNSPECIFIED, 0));
@@ -705,7 +736,21 @@ mod sys {
 
     use crate::io::{BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
 
-    pub(super) fn recv(socket: &Socket, batch: &mut RxBatch) -> io::Result<usize> {
+    /// Nothing to keep between receives on the portable path.
+    #[derive(Debug)]
+    pub(crate) struct RecvScratch;
+
+    impl RecvScratch {
+        pub(crate) fn new() -> Self {
+            Self
+        }
+    }
+
+    pub(super) fn recv(
+        socket: &Socket,
+        batch: &mut RxBatch,
+        _scratch: &mut RecvScratch,
+    ) -> io::Result<usize> {
         let mut n = 0;
         while n < batch.slots() {
             let slot = batch.slot_mut(n);
