@@ -132,6 +132,12 @@ impl EndpointConfig {
                 "send_buffer below 4096 bytes: writes could never make progress",
             ));
         }
+        if t.send_backlog < 16_384 {
+            return Err(ConfigError::Transport(
+                "send_backlog below 16384 bytes: a bulk writer could not keep a packet ready \
+                 (raise it; u64::MAX turns the limit off)",
+            ));
+        }
         if t.ack_eliciting_threshold == 0 || t.ack_thinning == 0 {
             return Err(ConfigError::Transport(
                 "ack_eliciting_threshold and ack_thinning must be at least 1",

@@ -533,6 +533,12 @@ pub struct TransportConfig {
     /// Most bytes buffered for sending per connection, over all streams (back-pressure
     /// beyond it).
     pub send_buffer: u64,
+    /// Most bytes written and not yet sent once, per connection (a not-sent low
+    /// watermark, like TCP_NOTSENT_LOWAT): a writer ahead of the wire by this much waits
+    /// until packets leave, so what it wrote is still in cache when it is packed, without
+    /// shrinking the window of unacknowledged data `send_buffer` allows. Whole messages
+    /// (`send_message`) are not held back by it.
+    pub send_backlog: u64,
     /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
     /// and the idle timer stay alive.
     pub keep_alive: Option<Duration>,
@@ -563,6 +569,7 @@ impl Default for TransportConfig {
         Self {
             congestion: cc::Congestion::Bbr.factory(),
             send_buffer: 16 << 20,
+            send_backlog: 1 << 20,
             keep_alive: None,
             ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
             ack_thinning: 10,
@@ -769,7 +776,8 @@ impl Connection {
         spaces[0].rx = Some(DirectionalKeys::from_secret(INITIAL_SUITE, rx));
         let idle = (params.max_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(params.max_idle_timeout_ms));
-        let limits = Limits::from_params(&params, s.transport.send_buffer);
+        let limits =
+            Limits::from_params(&params, s.transport.send_buffer, s.transport.send_backlog);
         let mut me = Self {
             side: s.side,
             state: State::Handshaking,

@@ -184,10 +184,13 @@ pub(crate) struct Limits {
     pub(crate) max_streams: [u64; 2],
     /// Most unacknowledged bytes buffered for sending, over all streams.
     pub(crate) send_buffer: u64,
+    /// Most bytes written and not yet sent once, over all streams (see
+    /// [`TransportConfig::send_backlog`](super::TransportConfig::send_backlog)).
+    pub(crate) send_backlog: u64,
 }
 
 impl Limits {
-    pub(crate) fn from_params(p: &TransportParams, send_buffer: u64) -> Self {
+    pub(crate) fn from_params(p: &TransportParams, send_buffer: u64, send_backlog: u64) -> Self {
         Self {
             local_bidi_window: p.initial_max_stream_data_bidi_local,
             remote_bidi_window: p.initial_max_stream_data_bidi_remote,
@@ -195,6 +198,7 @@ impl Limits {
             conn_window: p.initial_max_data,
             max_streams: [p.initial_max_streams_bidi, p.initial_max_streams_uni],
             send_buffer,
+            send_backlog,
         }
     }
 }
@@ -407,6 +411,8 @@ pub(crate) struct Streams {
     max_data_pending: bool,
     /// Bytes buffered for sending over all streams (not yet acknowledged).
     buffered: u64,
+    /// Of those, bytes not yet sent once.
+    unsent: u64,
     /// STREAM bytes sent again after a loss.
     pub(crate) retransmitted: u64,
     /// Some write returned Blocked since the last wake-up.
@@ -457,6 +463,7 @@ impl Streams {
             rx_consumed: 0,
             max_data_pending: false,
             buffered: 0,
+            unsent: 0,
             retransmitted: 0,
             blocked_writers: false,
             rx_buffered: 0,
@@ -569,6 +576,22 @@ impl Streams {
         limit.saturating_sub(self.buffered)
     }
 
+    /// Bytes a write may take now: the send buffer's room, and no more than the backlog
+    /// of bytes written but not yet sent allows. A writer far ahead of the wire waits for
+    /// packets to leave, so what it wrote is still in cache when it is packed (copied
+    /// into a packet and sealed) and it gets back-pressure from sending, not only from
+    /// acknowledgements a window later. As with the buffer, bulk streams may fill only 7/8
+    /// of the backlog, so a bulk writer cannot hold back a more urgent one.
+    fn write_room(&self, u: Urgency) -> u64 {
+        let backlog = if u == Urgency::Bulk {
+            self.limits.send_backlog / 8 * 7
+        } else {
+            self.limits.send_backlog
+        };
+        self.send_capacity(u)
+            .min(backlog.saturating_sub(self.unsent))
+    }
+
     /// The urgency of stream `id`.
     pub(crate) fn urgency(&self, id: StreamId) -> Option<Urgency> {
         self.map.get(&id.0).map(|s| s.urgency)
@@ -600,7 +623,7 @@ impl Streams {
         fin: bool,
         push: impl FnOnce(&mut SendBuf, usize),
     ) -> Result<usize, WriteError> {
-        let room = self.send_capacity(self.urgency(id).unwrap_or_default());
+        let room = self.write_room(self.urgency(id).unwrap_or_default());
         let Some(s) = self.map.get_mut(&id.0).and_then(|s| s.send.as_mut()) else {
             return Err(WriteError::UnknownStream);
         };
@@ -622,6 +645,7 @@ impl Streams {
             s.fin = FinState::Pending;
         }
         self.buffered += n as u64;
+        self.unsent += n as u64;
         self.schedule(id.0);
         Ok(n)
     }
@@ -638,6 +662,7 @@ impl Streams {
             return Err(WriteError::Closed);
         }
         self.buffered -= s.buf.len() as u64;
+        self.unsent -= s.written - s.sent;
         s.buf.clear();
         s.retransmit.clear();
         s.reset = Some(Reset {
@@ -1217,6 +1242,10 @@ impl Streams {
             // Flow control stopped a stream just now: say so in this packet.
             self.write_control(w, rec);
         }
+        // Writers held back by the backlog may go on once enough of it has left.
+        if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
+            self.wake_blocked_writers();
+        }
     }
 
     fn write_stream_frames(&mut self, w: &mut Out<'_>, rec: &mut impl FnMut(StreamRecord)) {
@@ -1290,6 +1319,7 @@ impl Streams {
             if fresh {
                 q.sent = end;
                 self.tx_data += n;
+                self.unsent -= n;
             } else {
                 q.retransmit.remove(offset..end);
                 self.retransmitted += n;
@@ -1358,7 +1388,7 @@ impl Streams {
                     self.events.push_back(Event::StreamFinished(id));
                     self.maybe_free(id);
                 }
-                if self.blocked_writers && self.send_capacity(Urgency::Bulk) >= self.wake_room() {
+                if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
                     self.wake_blocked_writers();
                 }
             }
@@ -1553,6 +1583,7 @@ mod tests {
                 conn_window: 1 << 20,
                 max_streams: [16, 16],
                 send_buffer: 1 << 20,
+                send_backlog: 1 << 20,
             },
         );
         s.set_peer_limits(PeerLimits {

@@ -214,12 +214,17 @@ pub(super) fn endpoint_config(seed: u8, mtu: usize, start: Instant) -> EndpointC
 /// A pair (not yet connected) whose client runs NewReno, for tests that need a
 /// controller's deterministic answer to a congestion signal; and the client config.
 pub(super) fn newreno_client_pair() -> (Pair, ClientConfig) {
-    let (server, client) = configs(Setup::default());
-    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
-    let transport = TransportConfig {
+    client_pair_with(TransportConfig {
         congestion: cc::Congestion::NewReno.factory(),
         ..TransportConfig::default()
-    };
+    })
+}
+
+/// A pair (not yet connected) whose client endpoint has `transport`; and the client
+/// config.
+pub(super) fn client_pair_with(transport: TransportConfig) -> (Pair, ClientConfig) {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
     p.client = Endpoint::new(
         EndpointConfig {
             transport: Arc::new(transport),

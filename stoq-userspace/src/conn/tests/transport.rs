@@ -264,8 +264,14 @@ fn live_adaptation_changes_windows_without_loss() {
     assert!(p.handshake());
     let c = p.client_conn();
     let id = c.open_stream(Dir::Bi).unwrap();
-    c.write(id, &vec![1u8; 1 << 20]).unwrap();
-    p.drive_until(Duration::from_millis(200), |_| false);
+    let data = vec![1u8; 1 << 20];
+    let mut written = c.write(id, &data).unwrap();
+    p.drive_until(Duration::from_millis(200), |p| {
+        if let Ok(n) = p.client_conn().write(id, &data[written..]) {
+            written += n;
+        }
+        false
+    });
     // The receiver widens its window mid-transfer, and the sender's keep-alive and pacing
     // gain change too: nothing is lost or re-sent because of it.
     p.server_conn().adapt(Adaptation {
@@ -283,6 +289,11 @@ fn live_adaptation_changes_windows_without_loss() {
     let mut total = 0;
     let mut buf = vec![0u8; 1 << 20];
     let ok = p.drive_until(Duration::from_secs(5), |p| {
+        if written < data.len()
+            && let Ok(n) = p.client_conn().write(id, &data[written..])
+        {
+            written += n;
+        }
         while let Ok(Some(n)) = p.server_conn().read(id, &mut buf) {
             assert!(buf[..n].iter().all(|b| *b == 1));
             total += n;
@@ -523,6 +534,14 @@ fn bad_transport_settings_are_typed_config_errors() {
         Err(ConfigError::Transport(_))
     ));
     cfg.transport = Arc::new(TransportConfig {
+        send_backlog: 1000,
+        ..TransportConfig::default()
+    });
+    assert!(matches!(
+        Endpoint::new(cfg.clone(), None),
+        Err(ConfigError::Transport(m)) if m.contains("send_backlog")
+    ));
+    cfg.transport = Arc::new(TransportConfig {
         mtu_discovery_max: Some(1000),
         ..TransportConfig::default()
     });
@@ -609,7 +628,13 @@ fn keep_alive_keeps_an_idle_connection_open() {
 
 #[test]
 fn a_blocked_writer_is_told_when_it_can_write_again() {
-    let mut p = connected_pair();
+    // The backlog of unsent bytes out of the way: this is about the send buffer.
+    let (mut p, client) = client_pair_with(TransportConfig {
+        send_backlog: u64::MAX,
+        ..TransportConfig::default()
+    });
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
     let c = p.client_conn();
     let id = c.open_stream(Dir::Uni).unwrap();
     // Fill the 7/8 of the 16 MiB send buffer a bulk stream may use.
@@ -633,6 +658,32 @@ fn a_blocked_writer_is_told_when_it_can_write_again() {
     });
     assert!(ok, "StreamWritable after ACKs freed room");
     assert!(p.client_conn().send_capacity(id) > 0);
+}
+
+#[test]
+fn a_writer_ahead_of_the_wire_waits_for_packets_to_leave() {
+    let mut p = connected_pair();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    let backlog = TransportConfig::default().send_backlog;
+    let chunk = vec![5u8; 64 << 10];
+    let mut total = 0u64;
+    while let Ok(n) = c.write(id, &chunk) {
+        total += n as u64;
+    }
+    // A bulk writer stops at 7/8 of the unsent backlog, long before the send buffer.
+    assert_eq!(total, backlog / 8 * 7);
+    assert!(c.send_capacity(id) > total);
+    // An interactive stream still has the last eighth.
+    let chat = c.open_stream(Dir::Uni).unwrap();
+    c.set_urgency(chat, Urgency::Interactive);
+    assert_eq!(c.write(chat, &[1; 64]), Ok(64));
+    // As packets leave, the writer is told it may go on: before the window is acknowledged.
+    let ok = p.drive_until(Duration::from_secs(5), |p| {
+        p.events.iter().any(|e| e.3 == Event::StreamWritable(id))
+    });
+    assert!(ok, "StreamWritable once the backlog drained");
+    assert!(p.client_conn().write(id, &chunk).is_ok_and(|n| n > 0));
 }
 
 #[test]
