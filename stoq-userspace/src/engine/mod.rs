@@ -150,7 +150,9 @@ pub struct EngineConfig {
     /// runnable thread between polls) for up to this long: under load the next datagram
     /// usually comes within it, and neither this worker nor the peer's sender pays a
     /// sleep and a wake-up for it (fewer context switches, lower latency, at the price of
-    /// CPU time spent polling). An idle worker sleeps at once. Zero: never poll.
+    /// CPU time spent polling). An idle worker sleeps at once, and so does one whose
+    /// connections are being used from other threads (which may need its core). Zero:
+    /// never poll.
     pub idle_poll: std::time::Duration,
 }
 
