@@ -386,19 +386,26 @@ impl Backend for AfXdpBackend {
                 self.learn(ip, mac);
             }
         }
-        // What the program passed to the kernel on our port, if anything (rare: copied
-        // from a side batch).
-        if n < slots && self.udp.recv(&mut self.side)? > 0 {
-            for k in 0..self.side.filled() {
-                if n == slots {
-                    break;
-                }
+        // What the program passed to the kernel on our port (GSO super-packets in generic
+        // mode, or datagrams for a queue without a socket), copied from a side batch. Read
+        // only what the engine's batch has room for, and until the socket is drained or
+        // the batch is full: the engine waits edge-triggered on the epoll descriptor, and
+        // a datagram left behind in a socket that reported nothing new would sit there
+        // until some later arrival (a transfer stalled on exactly that, its sender waiting
+        // for the acknowledgments in the queue).
+        while n < slots {
+            let want = (slots - n).min(self.side.slots());
+            let got = self.udp.recv_at_most(&mut self.side, want)?;
+            for k in 0..got {
                 let (m, d) = self.side.get_mut(k);
                 if m.len <= batch.slot_size() {
                     batch.slot_mut(n)[..m.len].copy_from_slice(d);
                     batch.set(n, m);
                     n += 1;
                 }
+            }
+            if got < want {
+                break;
             }
         }
         if n > 0 {

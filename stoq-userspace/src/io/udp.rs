@@ -107,6 +107,26 @@ impl UdpBackend {
     pub fn socket(&self) -> &Socket {
         &self.socket
     }
+
+    /// Receives into `batch` as [`Backend::recv`] does, but at most `max` datagrams (or
+    /// GRO batches): a caller copying them into a fuller batch takes only what fits, and
+    /// leaves the rest queued in the socket.
+    ///
+    /// # Errors
+    /// The OS error of the receive (`WouldBlock` is not one: it returns 0).
+    pub fn recv_at_most(&mut self, batch: &mut RxBatch, max: usize) -> io::Result<usize> {
+        batch.clear();
+        let n = sys::recv(&self.socket, batch, max, &mut self.scratch)?;
+        if n > 0 {
+            self.stats.rx_batches += 1;
+            for i in 0..n {
+                let (m, _) = batch.get_mut(i);
+                let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
+                self.stats.rx_datagrams += m.len.div_ceil(stride).max(1) as u64;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Asks for `bytes` of socket buffer each way; as root, past the sysctl ceilings.
@@ -293,17 +313,7 @@ impl Backend for UdpBackend {
     }
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
-        batch.clear();
-        let n = sys::recv(&self.socket, batch, &mut self.scratch)?;
-        if n > 0 {
-            self.stats.rx_batches += 1;
-            for i in 0..n {
-                let (m, _) = batch.get_mut(i);
-                let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
-                self.stats.rx_datagrams += m.len.div_ceil(stride).max(1) as u64;
-            }
-        }
-        Ok(n)
+        self.recv_at_most(batch, usize::MAX)
     }
 
     fn send(&mut self, batch: &mut TxBatch) -> io::Result<()> {
@@ -508,9 +518,10 @@ pub(crate) mod sys {
     pub(super) fn recv(
         socket: &Socket,
         batch: &mut RxBatch,
+        max: usize,
         scratch: &mut RecvScratch,
     ) -> io::Result<usize> {
-        let n = batch.slots().min(BATCH);
+        let n = batch.slots().min(BATCH).min(max);
         let slot = batch.slot_size();
         let names = &mut *scratch.names;
         let control = &mut *scratch.control;
@@ -749,10 +760,11 @@ mod sys {
     pub(super) fn recv(
         socket: &Socket,
         batch: &mut RxBatch,
+        max: usize,
         _scratch: &mut RecvScratch,
     ) -> io::Result<usize> {
         let mut n = 0;
-        while n < batch.slots() {
+        while n < batch.slots().min(max) {
             let slot = batch.slot_mut(n);
             // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recv_from
             // only writes initialised bytes into it.
@@ -874,6 +886,37 @@ mod tests {
         }
         assert_eq!(a.stats().tx_datagrams, 100);
         assert_eq!(b.stats().rx_datagrams, 100);
+    }
+
+    /// A bounded receive takes only what it was allowed, and what it left stays queued
+    /// in order (the AF_XDP backend's companion socket relies on both).
+    #[test]
+    fn bounded_receive_leaves_the_rest_queued() {
+        let (a, _) = pair();
+        // Without GRO: one datagram per slot, as on the companion socket.
+        let mut b = UdpBackend::bind(&UdpConfig {
+            gro: false,
+            ..UdpConfig::new("127.0.0.1:0".parse().expect("addr"))
+        })
+        .expect("bind b");
+        let to = b.local_addr();
+        for i in 0..6u8 {
+            a.socket.send_to(&[i; 100], &to.into()).expect("send");
+        }
+        let mut rx = RxBatch::new(8, 2048);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 6 && std::time::Instant::now() < deadline {
+            let n = b.recv_at_most(&mut rx, 4).expect("recv");
+            assert!(n <= 4, "took {n} of at most 4");
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            for k in 0..n {
+                got.push(rx.get_mut(k).1[0]);
+            }
+        }
+        assert_eq!(got, [0, 1, 2, 3, 4, 5]);
     }
 
     #[cfg(target_os = "linux")]
