@@ -327,6 +327,13 @@ pub struct TxBatch {
 
 /// GSO sends are limited to one 64 KiB UDP payload.
 const GSO_MAX_BYTES: usize = 65_000;
+/// A GSO group is at least this long, or it is one datagram. Where the receiver runs
+/// generic (skb-mode) XDP, as on a veth pair, a super-packet reaches its program unsplit:
+/// one that fits an AF_XDP frame would land in the socket as a single datagram, and every
+/// packet in it would fail authentication (a pair of probe-timeout probes lost that way,
+/// again and again, stalled a transfer). A longer one is passed to the kernel stack,
+/// which splits it. Small datagrams gain little from grouping anyway.
+const GSO_MIN_GROUP_BYTES: usize = stoq_common::maps::XSK_MAX_FRAME as usize;
 
 impl TxBatch {
     /// Room for `capacity` datagrams of up to `mtu` bytes.
@@ -387,6 +394,7 @@ impl TxBatch {
                 && it.src == src
                 && it.segments < max_segments
                 && len <= it.segment_size
+                && it.len + len > GSO_MIN_GROUP_BYTES
                 && it.len + len <= GSO_MAX_BYTES
         }) {
             last.len += len;
@@ -465,10 +473,10 @@ mod tests {
     fn tx_groups_same_size_same_destination() {
         let mut b = TxBatch::new(16, 1500);
         b.set_max_segments(4);
-        for (port, len) in [(1, 1000), (1, 1000), (1, 1000), (1, 1000), (1, 1000)] {
+        for _ in 0..6 {
             assert!(b.push_with(|buf| {
-                buf[..len].fill(7);
-                Some(Transmit::new(addr(port), len))
+                buf[..1000].fill(7);
+                Some(Transmit::new(addr(1), 1000))
             }));
         }
         // A shorter one closes its group; another destination starts a new one.
@@ -485,20 +493,41 @@ mod tests {
             shape,
             vec![
                 (4, 1000, 4000),
-                (2, 1000, 1300),
+                (3, 1000, 2300),
                 (1, 1000, 1000),
                 (1, 1000, 1000)
             ]
         );
         // Contiguous in the arena.
         assert_eq!(p[1].offset, 4000);
-        assert_eq!(b.datagrams(), 8);
+        assert_eq!(b.datagrams(), 9);
         b.split_segments();
-        assert_eq!(b.pending().len(), 8);
-        assert_eq!(b.pending()[5].len, 300);
-        b.advance(8);
+        assert_eq!(b.pending().len(), 9);
+        assert_eq!(b.pending()[6].len, 300);
+        b.advance(9);
         assert!(b.is_empty());
         assert_eq!(b.datagrams(), 0);
+    }
+
+    /// A group that would fit one AF_XDP frame is never formed (see
+    /// `GSO_MIN_GROUP_BYTES`): small datagrams, and a full one with a short tail, go alone.
+    #[test]
+    fn tx_never_groups_what_fits_one_xsk_frame() {
+        let mut b = TxBatch::new(16, 1500);
+        b.set_max_segments(64);
+        for len in [500, 500, 500, 1200, 400, 1200, 700] {
+            assert!(b.push_with(|_| Some(Transmit::new(addr(1), len))));
+        }
+        let shape: Vec<(u16, usize)> = b.pending().iter().map(|i| (i.segments, i.len)).collect();
+        assert_eq!(
+            shape,
+            vec![(1, 500), (1, 500), (1, 500), (1, 1200), (1, 400), (2, 1900)]
+        );
+        assert!(
+            b.pending()
+                .iter()
+                .all(|i| i.segments == 1 || i.len > stoq_common::maps::XSK_MAX_FRAME as usize)
+        );
     }
 
     #[test]
