@@ -701,6 +701,10 @@ pub struct Connection {
     handshake_done_pending: bool,
     confirmed: bool,
     ping_pending: bool,
+    /// The pending PING announces a new local address: its datagram is padded like a
+    /// path probe, so the peer's anti-amplification budget for the new address lets it
+    /// validate the address and keep acknowledging.
+    address_ping: bool,
     /// Server: 1-RTT receive keys held until the client's Finished verifies.
     pending_rx_1rtt: Option<Secret>,
     early_packets: Vec<Vec<u8>>,
@@ -819,6 +823,7 @@ impl Connection {
             handshake_done_pending: false,
             confirmed: false,
             ping_pending: false,
+            address_ping: false,
             pending_rx_1rtt: None,
             early_packets: Vec::new(),
             key_phase: false,
@@ -1349,6 +1354,7 @@ impl Connection {
     pub fn handle_local_address_change(&mut self) {
         if self.state == State::Established {
             self.ping_pending = true;
+            self.address_ping = true;
         }
         // What the OS chooses as the source may differ now; ECN is validated per path.
         self.local_ip = None;
@@ -1573,7 +1579,7 @@ impl Connection {
             // and from the server when the Initial is ack-eliciting (RFC 9000 §14.1).
             let pad_to = if probe.is_some() && i == 2 {
                 limit - len
-            } else if last && (has_initial || i == 0) {
+            } else if last && (has_initial || i == 0 || (i == 2 && self.path_frames_pending())) {
                 MIN_INITIAL_DATAGRAM.min(limit).saturating_sub(len)
             } else {
                 0
@@ -2861,6 +2867,20 @@ impl Connection {
                 || self.path.has_unsent_cids())
     }
 
+    /// Whether the next 1-RTT packet carries a path probe: a PATH_CHALLENGE or
+    /// PATH_RESPONSE, or the PING that announces a new local address. Their datagrams are
+    /// padded to 1,200 bytes where the anti-amplification budget allows (RFC 9000 §8.2.1,
+    /// §8.2.2): this proves the path carries full-size datagrams, and a peer that receives
+    /// 1,200 bytes from a new address may send 3,600 there before it validates it, which
+    /// is room for its challenge and its acknowledgments. Unpadded, a 33-byte PING left a
+    /// server 99 bytes: a client waiting for acknowledgments and a server waiting for
+    /// bytes then moved only on the client's probe timeouts.
+    fn path_frames_pending(&self) -> bool {
+        self.path.response.is_some()
+            || self.path.validation.is_some_and(|v| v.challenge_pending)
+            || (self.ping_pending && self.address_ping)
+    }
+
     fn state_allows_1rtt(&self) -> bool {
         self.hs.is_complete()
     }
@@ -3104,6 +3124,7 @@ impl Connection {
         }
         if self.ping_pending && w.varint(frame::ty::PING).is_some() {
             self.ping_pending = false;
+            self.address_ping = false;
             eliciting = true;
         }
         if let Some(size) = mtu_probe {

@@ -734,11 +734,22 @@ fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
     let new_addr: SocketAddr = "[fd00:5710::1]:41001".parse().unwrap();
     let server_moved = Rc::new(Cell::new(false));
     let seen = Rc::clone(&server_moved);
+    // The size of the first datagram from the new address, and of the first the server
+    // sends there: both carry path probes (the PING, then the server's challenge).
+    let first_from_new = Rc::new(Cell::new(0));
+    let first_to_new = Rc::new(Cell::new(0));
+    let (up, down) = (Rc::clone(&first_from_new), Rc::clone(&first_to_new));
     p.tamper = Some(Box::new(move |w: &mut Wire| {
         if w.to_server {
             w.from = new_addr;
+            if up.get() == 0 {
+                up.set(w.data.len());
+            }
             Verdict::Deliver
         } else if seen.get() {
+            if down.get() == 0 {
+                down.set(w.data.len());
+            }
             Verdict::Deliver
         } else {
             Verdict::Drop
@@ -759,6 +770,18 @@ fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
             .any(|e| e.3 == Event::PathMigrated(new_addr))
     });
     assert!(validated, "the new path was validated");
+    // Padded to 1,200 bytes (RFC 9000 §8.2): a 33-byte PING would leave the server an
+    // anti-amplification budget of 99 bytes at the new address.
+    assert!(
+        first_from_new.get() >= 1200,
+        "the PING announcing the move was {} bytes",
+        first_from_new.get()
+    );
+    assert!(
+        first_to_new.get() >= 1200,
+        "the server's first datagram to the new address was {} bytes",
+        first_to_new.get()
+    );
     p.exchange_datagrams(b"after the move");
 }
 
