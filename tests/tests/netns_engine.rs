@@ -323,7 +323,19 @@ fn rebinding(name: &str, mode: Mode, steering: bool) {
                 break;
             }
         }
-        let (theirs, n, ours) = upload.await.expect("upload task");
+        let Ok(done) = tokio::time::timeout(Duration::from_secs(60), upload).await else {
+            // A stalled transfer fails with what each side knew, not a hang.
+            panic!(
+                "{name}: the upload stalled after {moves} port changes {ports:?}\n\
+                 client workers {:?}\nserver workers {:?}\nclient connections {:?}\n\
+                 server connections {:?}",
+                p.client.worker_stats(),
+                p.server.worker_stats(),
+                p.client.with_connections(|c| c.stats()),
+                p.server.with_connections(|c| c.stats()),
+            );
+        };
+        let (theirs, n, ours) = done.expect("upload task");
         assert_eq!(n as usize, size);
         assert_eq!(theirs, ours, "SHA-256 after {moves} port changes");
         let h = handoffs(&p);

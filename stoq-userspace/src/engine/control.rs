@@ -130,7 +130,7 @@ impl Engine {
         let backends = opened.backends;
         let n = backends.len();
         #[cfg(target_os = "linux")]
-        if n > 1 && config.steering && server.is_some() && opened.kind != BackendKind::AfXdp {
+        if n > 1 && config.steering && server.is_some() {
             super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
                 .map_err(EngineError::Os)?;
         }
