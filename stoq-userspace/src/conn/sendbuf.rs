@@ -17,6 +17,7 @@
 //! Acknowledged bytes leave from the front ([`drain_front`](SendBuf::drain_front)) in
 //! `O(1)` per chunk released.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,6 +39,9 @@ pub(crate) struct SendBuf {
     spare: Vec<BytesMut>,
     /// The size of the next block (doubling up to [`BLOCK_MAX`]).
     next_block: usize,
+    /// The chunk the last read started in: packets are read in order, so the next read
+    /// usually starts there or in the next one (no search).
+    hint: Cell<usize>,
 }
 
 /// The first copied block of a stream.
@@ -112,8 +116,7 @@ impl SendBuf {
         let mut pos = self.front_pos + at as u64;
         let end = pos + n as u64;
         if pos < self.tail_pos {
-            // The chunk holding `pos`: the last one starting at or before it.
-            let i = self.chunks.partition_point(|(p, _)| *p <= pos) - 1;
+            let i = self.chunk_at(pos);
             for (p, c) in self.chunks.range(i..) {
                 if pos >= end {
                     break;
@@ -131,6 +134,24 @@ impl SendBuf {
         Some(())
     }
 
+    /// The index of the chunk holding `pos` (which is below `tail_pos`): the hinted one or
+    /// the next, else the last one starting at or before it, by binary search.
+    fn chunk_at(&self, pos: u64) -> usize {
+        let h = self.hint.get();
+        for i in [h, h + 1] {
+            if let Some((p, c)) = self.chunks.get(i)
+                && *p <= pos
+                && pos < *p + c.len() as u64
+            {
+                self.hint.set(i);
+                return i;
+            }
+        }
+        let i = self.chunks.partition_point(|(p, _)| *p <= pos) - 1;
+        self.hint.set(i);
+        i
+    }
+
     /// Releases the oldest `n` bytes (acknowledged).
     pub(crate) fn drain_front(&mut self, n: usize) {
         let n = n.min(self.len());
@@ -140,6 +161,7 @@ impl SendBuf {
             if end <= target {
                 if let Some((_, c)) = self.chunks.pop_front() {
                     self.keep_block(c);
+                    self.hint.set(self.hint.get().saturating_sub(1));
                 }
                 continue;
             }
