@@ -269,7 +269,7 @@ async fn drive(
         if got > 0 || queued > 0 {
             last_io = Some(Instant::now());
         }
-        let more_in = got >= slots;
+        let more_in = got >= slots || backend.rx_pending();
         let more_out = turn.starved && !blocked && (queued > 0 || !direct);
         may_recv = more_in || more_out || queued > 0;
         if more_in || more_out || turn.woke {

@@ -140,6 +140,15 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Only errors that leave the backend unusable; a datagram the network refuses is
     /// dropped and counted.
     fn send(&mut self, batch: &mut TxBatch) -> io::Result<()>;
+    /// Whether received datagrams wait inside the backend, where its readiness handle
+    /// cannot report them: the caller must [`recv`](Self::recv) again before it sleeps.
+    ///
+    /// io_uring is the case: a send reaps every completion, receive ones included, and
+    /// the ring's descriptor is only readable while completions sit in its queue, so
+    /// what a send took out of the queue would otherwise wait for the next datagram.
+    fn rx_pending(&mut self) -> bool {
+        false
+    }
     /// The file descriptor to wait on for readability and writability.
     #[cfg(unix)]
     fn readiness(&self) -> std::os::fd::RawFd;

@@ -464,6 +464,16 @@ impl Backend for UringBackend {
         Ok(())
     }
 
+    fn rx_pending(&mut self) -> bool {
+        // Completions a send reaped, a receive the kernel ended (re-armed by `recv`), or
+        // completions the kernel holds back in its overflow list: none makes the ring's
+        // descriptor readable.
+        !self.early.is_empty()
+            || !self.armed
+            || self.ring.submission().cq_overflow()
+            || !self.ring.completion().is_empty()
+    }
+
     fn readiness(&self) -> RawFd {
         self.ring.as_raw_fd()
     }
@@ -521,6 +531,51 @@ mod tests {
         }
         assert_eq!(a.stats().tx_datagrams, 200);
         assert_eq!(b.stats().rx_datagrams, 200);
+    }
+
+    #[test]
+    fn receives_a_send_reaped_are_reported_pending() {
+        // Datagrams arrive while the backend sends: the send reaps their completions,
+        // after which the ring's descriptor is not readable. Unless the backend says
+        // they wait, an engine that sleeps on the descriptor never receives them (the
+        // stall a flood during an upload showed).
+        let mut cfg = UringConfig::new("127.0.0.1:0".parse().expect("addr"));
+        cfg.udp.gro = false;
+        let mut b = UringBackend::bind(&cfg).expect("b");
+        let to = b.local_addr();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        let mut rx = RxBatch::new(16, 2048);
+        assert_eq!(b.recv(&mut rx).expect("recv"), 0);
+        assert!(!b.rx_pending(), "nothing waits yet");
+        for i in 0..10u32 {
+            s.send_to(&i.to_be_bytes(), to).expect("send");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut tx = TxBatch::new(4, 1500);
+        assert!(tx.push_with(|buf| {
+            buf[..4].fill(7);
+            Some(crate::io::Transmit::new(s.local_addr().expect("addr"), 4))
+        }));
+        b.send(&mut tx).expect("send");
+        assert!(tx.is_empty());
+        let mut pfd = libc::pollfd {
+            fd: b.readiness(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let ready = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+        assert_eq!(
+            ready, 0,
+            "the ring's descriptor does not show what the send reaped"
+        );
+        assert!(b.rx_pending(), "the backend must say that datagrams wait");
+        let mut got = 0;
+        while b.rx_pending() {
+            b.recv(&mut rx).expect("recv");
+            rx.for_each(|_, _, _| got += 1);
+        }
+        assert_eq!(got, 10);
     }
 
     #[test]
