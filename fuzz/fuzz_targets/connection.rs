@@ -7,6 +7,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,17 @@ struct Pair {
     client_addr: SocketAddr,
     server_addr: SocketAddr,
     buf: Vec<u8>,
+    /// The client's latest datagrams to the server, replayed on the fuzzer's command.
+    sent: VecDeque<Vec<u8>>,
+    /// Marks the client's own DATAGRAMs (random per process: the fuzzer cannot forge it).
+    tag: [u8; 16],
+    next_id: u64,
+    /// The ids of the client's DATAGRAMs the server delivered: each at most once.
+    seen: HashSet<u64>,
 }
+
+/// Replays kept per pair.
+const KEPT: usize = 64;
 
 fn arrival(ecn: EcnCodepoint) -> DatagramInfo {
     DatagramInfo {
@@ -35,11 +46,39 @@ fn arrival(ecn: EcnCodepoint) -> DatagramInfo {
 }
 
 impl Pair {
+    /// The server delivers each of the client's DATAGRAMs at most once, replays or not
+    /// (RFC 9000 §12.3); other DATAGRAMs (the fuzzer's own frames) are read and dropped.
+    fn check_server_datagrams(&mut self) {
+        let Some(c) = self.sh.and_then(|h| self.server.connection_mut(h)) else {
+            return;
+        };
+        while let Some(d) = c.recv_datagram() {
+            if d.len() == 24 && d[..16] == self.tag {
+                let id = u64::from_be_bytes(d[16..].try_into().expect("8 bytes"));
+                assert!(self.seen.insert(id), "DATAGRAM {id} delivered twice");
+            }
+        }
+    }
+
+    /// Hands every kept client datagram to the server again.
+    fn replay(&mut self, now: Instant) {
+        for d in self.sent.clone() {
+            let mut d = d;
+            self.server
+                .handle_datagram_info(now, self.client_addr, arrival(EcnCodepoint::NotEct), &mut d);
+        }
+        self.check_server_datagrams();
+    }
+
     fn exchange(&mut self, now: Instant) {
         for _ in 0..16 {
             let mut moved = false;
             while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
                 let mut d = self.buf[..t.size].to_vec();
+                if self.sent.len() == KEPT {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(d.clone());
                 // The ECN marks cross, so ECN validation succeeds and the fuzzer's ACK_ECN
                 // frames meet a path whose marks are being checked.
                 if let Some(DatagramEvent::Incoming(i)) =
@@ -57,6 +96,7 @@ impl Pair {
                     .handle_datagram_info(now, self.server_addr, arrival(t.ecn), &mut d);
                 moved = true;
             }
+            self.check_server_datagrams();
             while self.client.poll_event().is_some() {}
             while self.server.poll_event().is_some() {}
             if !moved {
@@ -90,6 +130,18 @@ fn connected(now: Instant) -> Pair {
         client_addr: "[fd00:5710::1]:5000".parse().expect("addr"),
         server_addr,
         buf: Vec::new(),
+        sent: VecDeque::new(),
+        tag: {
+            use std::hash::{BuildHasher, Hasher};
+            let mut tag = [0u8; 16];
+            for half in tag.chunks_mut(8) {
+                let h = std::collections::hash_map::RandomState::new().build_hasher().finish();
+                half.copy_from_slice(&h.to_be_bytes());
+            }
+            tag
+        },
+        next_id: 0,
+        seen: HashSet::new(),
     };
     p.exchange(now);
     let ecn = p.client.connection(ch).map(|c| c.stats().ecn_state);
@@ -109,6 +161,17 @@ fuzz_target!(|data: &[u8]| {
         let Some((&sel, payload)) = chunk.split_first() else {
             continue;
         };
+        // The client sends one of its marked DATAGRAMs per chunk; on the fuzzer's command
+        // the server is handed the client's latest datagrams again.
+        let mut d = p.tag.to_vec();
+        d.extend_from_slice(&p.next_id.to_be_bytes());
+        p.next_id += 1;
+        if let Some(c) = p.client.connection_mut(p.ch) {
+            let _ = c.send_datagram(&d);
+        }
+        if sel & 8 != 0 {
+            p.replay(t);
+        }
         let (ep, h) = if sel & 1 == 0 {
             (&mut p.server, sh)
         } else {
@@ -134,7 +197,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        while c.recv_datagram().is_some() {}
+        if sel & 1 != 0 {
+            while c.recv_datagram().is_some() {}
+        }
+        p.check_server_datagrams();
         p.client.handle_timeout(t);
         p.server.handle_timeout(t);
         p.exchange(t);

@@ -1706,8 +1706,10 @@ impl Connection {
             );
         }
         let space = &mut self.spaces[i];
-        let too_old = space.received.len() >= space::RX_RANGES
-            && space.received.first().is_some_and(|r| pn < r.start);
+        // Below the floor the record of received numbers was forgotten (bounded ranges):
+        // such a packet may have been processed already, so it is dropped (RFC 9000
+        // §12.3), however few ranges are held now.
+        let too_old = pn < space.received.floor();
         if too_old || space.received.contains(pn) {
             self.stats.dropped.duplicate += 1;
             return;

@@ -14,6 +14,9 @@ use std::ops::Range;
 pub(crate) struct RangeSet {
     ranges: Vec<Range<u64>>,
     cap: usize,
+    /// Everything below it was forgotten with an evicted range: from `floor` up the set is
+    /// exact, below it membership is unknown.
+    floor: u64,
 }
 
 impl RangeSet {
@@ -22,6 +25,7 @@ impl RangeSet {
         Self {
             ranges: Vec::new(),
             cap: cap.max(1),
+            floor: 0,
         }
     }
 
@@ -41,6 +45,20 @@ impl RangeSet {
     pub(crate) fn contains(&self, x: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.end <= x);
         self.ranges.get(i).is_some_and(|r| r.start <= x)
+    }
+
+    /// The end of the highest range ever forgotten to keep the set within its cap (0 when
+    /// none was): membership below it is unknown, so for received packet numbers anything
+    /// below it must be treated as already received (RFC 9000 §12.3), whatever ranges are
+    /// held now. Ranges only ever drop from the bottom, so the floor never moves down.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Forgets the lowest range (the set is over its cap).
+    fn evict_lowest(&mut self) {
+        let gone = self.ranges.remove(0);
+        self.floor = self.floor.max(gone.end);
     }
 
     /// The lowest range.
@@ -84,7 +102,7 @@ impl RangeSet {
         } else {
             self.ranges.insert(i, r);
             if self.ranges.len() > self.cap {
-                self.ranges.remove(0);
+                self.evict_lowest();
             }
         }
         true
@@ -103,7 +121,7 @@ impl RangeSet {
                 self.ranges[i] = cur.start..r.start;
                 self.ranges.insert(i + 1, r.end..cur.end);
                 if self.ranges.len() > self.cap {
-                    self.ranges.remove(0);
+                    self.evict_lowest();
                 }
                 return;
             } else if cur.start < r.start {
@@ -190,6 +208,29 @@ mod tests {
             s.ranges.capacity() <= 8,
             "bounded by the cap, not the traffic"
         );
+    }
+
+    #[test]
+    fn what_was_forgotten_stays_below_the_floor_after_a_merge() {
+        // 0, 2, 4, ... 18: ten ranges in a set of four; 0..=11 forgotten.
+        let mut s = RangeSet::new(4);
+        assert_eq!(s.floor(), 0);
+        for i in 0..10 {
+            s.insert(i * 2..i * 2 + 1);
+        }
+        assert_eq!(s.first(), Some(12..13));
+        assert_eq!(s.floor(), 11);
+        // A late 13 merges two ranges: three are left, and the lowest held range starts
+        // at 12 as before. The forgotten numbers are still below the floor: a rule that
+        // looked at the count of ranges would re-open them here.
+        assert!(s.insert(13..14));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.floor(), 11);
+        for forgotten in 0..11 {
+            assert!(forgotten < s.floor() && !s.contains(forgotten));
+        }
+        // From the floor up the set is exact: 11 never arrived and is not below it.
+        assert!(!s.contains(11) && 11 >= s.floor());
     }
 
     #[test]

@@ -167,6 +167,10 @@ struct Work {
     next_message: usize,
     datagrams_sent: usize,
     datagrams_ok: usize,
+    /// Every datagram index delivered: a packet is processed at most once (RFC 9000
+    /// §12.3), though the link duplicates packets and loss makes the receiver forget old
+    /// packet-number ranges.
+    datagrams_seen: HashSet<u64>,
     key_updates_done: usize,
     migrated: bool,
     lost: Option<String>,
@@ -455,6 +459,10 @@ impl Work {
             for (o, b) in d.iter().enumerate().skip(8) {
                 assert_eq!(*b, pat(i, o as u64), "datagram {i} corrupted");
             }
+            assert!(
+                self.datagrams_seen.insert(i),
+                "datagram {i} delivered twice"
+            );
             self.datagrams_ok += 1;
         }
     }
@@ -599,6 +607,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         next_message: 0,
         datagrams_sent: 0,
         datagrams_ok: 0,
+        datagrams_seen: HashSet::new(),
         key_updates_done: 0,
         migrated: false,
         lost: None,
