@@ -8,10 +8,12 @@
 //!
 //! ## Extension frames
 //! Frame types `0x5f00..=0x5fff` ([`EXTENSION_TYPES`]) are STOQ extension frames:
-//! `type (varint) || length (varint) || payload`. Unlike other unknown types, which close
-//! the connection with `FRAME_ENCODING_ERROR`, these carry their own length, so an
-//! application can register and receive them (STOQ's predecessor carried its protocol
-//! extensions this way).
+//! `type (varint) || sequence (varint) || length (varint) || payload`. Unlike other
+//! unknown types, which close the connection with `FRAME_ENCODING_ERROR`, these carry
+//! their own length, so an application can register and receive them (STOQ's predecessor
+//! carried its protocol extensions this way). The sequence number (0, 1, 2, … per
+//! connection and direction, kept across retransmissions) lets the receiver deliver each
+//! frame exactly once, although a frame declared lost spuriously arrives twice.
 
 use std::ops::RangeInclusive;
 
@@ -180,6 +182,8 @@ pub enum Frame<'a> {
     /// A STOQ extension frame (type in [`EXTENSION_TYPES`]).
     Extension {
         ty: u64,
+        /// The sender's sequence number of the frame (the same in every retransmission).
+        seq: u64,
         payload: &'a [u8],
     },
 }
@@ -497,9 +501,11 @@ impl<'a> Iter<'a> {
                 Frame::Datagram(take(r, len).map_err(trunc)?)
             }
             t if EXTENSION_TYPES.contains(&t) => {
+                let seq = r.varint().map_err(trunc)?;
                 let len = r.varint().map_err(trunc)?;
                 Frame::Extension {
                     ty,
+                    seq,
                     payload: take(r, len).map_err(trunc)?,
                 }
             }
@@ -752,16 +758,17 @@ pub fn encode_path(out: &mut Out<'_>, response: bool, data: &[u8; 8]) -> Option<
     out.put(data)
 }
 
-/// Writes an extension frame (type in [`EXTENSION_TYPES`]).
-pub fn encode_extension(out: &mut Out<'_>, ty: u64, payload: &[u8]) -> Option<()> {
+/// Writes an extension frame (type in [`EXTENSION_TYPES`]) with its sequence number.
+pub fn encode_extension(out: &mut Out<'_>, ty: u64, seq: u64, payload: &[u8]) -> Option<()> {
     if !EXTENSION_TYPES.contains(&ty) {
         return None;
     }
-    let need = varint_len(ty) + varint_len(payload.len() as u64) + payload.len();
+    let need = varint_len(ty) + varint_len(seq) + varint_len(payload.len() as u64) + payload.len();
     if need > out.remaining() {
         return None;
     }
     out.varint(ty)?;
+    out.varint(seq)?;
     out.varint(payload.len() as u64)?;
     out.put(payload)
 }
@@ -889,6 +896,7 @@ mod tests {
                 &[0x5f, 0x00, 0x01, 0x42],
                 Frame::Extension {
                     ty: 0x1f00,
+                    seq: 0,
                     payload: &[0x42],
                 },
             ),
@@ -903,11 +911,12 @@ mod tests {
             }
             assert_eq!(got.as_ref(), Ok(want), "{bytes:?}");
         }
-        let ext = [0x80, 0x00, 0x5f, 0x01, 0x02, 0xde, 0xad];
+        let ext = [0x80, 0x00, 0x5f, 0x01, 0x07, 0x02, 0xde, 0xad];
         assert_eq!(
             one(&ext),
             Ok(Frame::Extension {
                 ty: 0x5f01,
+                seq: 7,
                 payload: &[0xde, 0xad]
             })
         );

@@ -375,6 +375,54 @@ impl Connection {
         }
     }
 
+    /// Sends an unreliable DATAGRAM, waiting while the connection's DATAGRAM queue is full
+    /// (the producer is faster than the path) instead of failing with
+    /// [`SendDatagramError::Blocked`] as [`send_datagram`](Self::send_datagram) does:
+    /// back-pressure for a producer that must be slowed rather than dropped. Once queued,
+    /// a DATAGRAM is as unreliable as any other (the network may still lose it).
+    ///
+    /// # Errors
+    /// [`SendError`]: too large for [`max_datagram_size`](Self::max_datagram_size), not
+    /// supported by the peer, or the connection is gone.
+    pub async fn send_datagram_wait(&self, data: &[u8]) -> Result<(), SendError> {
+        if !self.is_on_worker() {
+            let d = data.to_vec();
+            return on_worker(
+                self,
+                move |c| async move { c.send_datagram_wait_here(&d).await },
+                discard,
+            )
+            .await?;
+        }
+        self.send_datagram_wait_here(data).await
+    }
+
+    async fn send_datagram_wait_here(&self, data: &[u8]) -> Result<(), SendError> {
+        poll_fn(|cx| {
+            let r = self.with(|c, slot| match c.send_datagram(data) {
+                Err(SendDatagramError::Blocked) => {
+                    slot.wakers.datagram_room = Some(cx.waker().clone());
+                    None
+                }
+                r => Some(r),
+            });
+            match r {
+                Ok(Some(Some(r))) => {
+                    self.kick();
+                    Poll::Ready(r.map_err(SendError::from))
+                }
+                Ok(Some(None)) => {
+                    // The queue drains as the worker sends.
+                    self.kick();
+                    Poll::Pending
+                }
+                Ok(None) => Poll::Ready(Err(SendError::Connection(self.moved()))),
+                Err(e) => Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
+    }
+
     /// The largest DATAGRAM that can be sent now (`None` if the peer takes none).
     pub fn max_datagram_size(&self) -> Option<usize> {
         match self.with(|c, _| c.max_datagram_size()) {

@@ -60,6 +60,8 @@ pub(crate) struct Wakers {
     pub(crate) accept: [Option<Waker>; 2],
     pub(crate) open: [Option<Waker>; 2],
     pub(crate) datagram: Option<Waker>,
+    /// A sender waiting for room in the DATAGRAM queue.
+    pub(crate) datagram_room: Option<Waker>,
     pub(crate) closed: Vec<Waker>,
 }
 
@@ -68,6 +70,7 @@ impl Wakers {
         let singles = [
             self.connect.take(),
             self.datagram.take(),
+            self.datagram_room.take(),
             self.accept[0].take(),
             self.accept[1].take(),
             self.open[0].take(),
@@ -282,6 +285,7 @@ impl ApiState {
             }
             Event::StreamsAvailable(dir) => wake(w.open[dir_index(*dir)].take()),
             Event::DatagramReceived => wake(w.datagram.take()),
+            Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {
                 slot.shared.max_datagram.store(size + 1, Ordering::Relaxed);
                 false

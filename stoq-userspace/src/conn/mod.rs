@@ -88,6 +88,10 @@ const ACK_DELAY_EXPONENT: u64 = 3;
 const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 /// Extension frames waiting for the application, at most, by count and bytes.
 const MAX_QUEUED_EXTENSIONS: usize = 1024;
+/// How far a new extension frame's sequence number may run ahead of the oldest one not
+/// yet acknowledged: the receiver then knows that every number more than this far below
+/// the highest it saw was delivered, and tracks exactly only the numbers above.
+const EXTENSION_WINDOW: u64 = MAX_QUEUED_EXTENSIONS as u64;
 const MAX_EXTENSION_BYTES: usize = 1 << 20;
 /// Smallest space worth starting a packet in.
 const MIN_PACKET_SPACE: usize = 64;
@@ -309,6 +313,9 @@ pub enum Event {
     PathMigrated(SocketAddr),
     /// Extension frames are waiting in [`Connection::recv_extension_frame`].
     ExtensionFrameReceived,
+    /// The DATAGRAM queue has room again after [`SendDatagramError::Blocked`]: a
+    /// producer faster than the path may send the next one.
+    DatagramsUnblocked,
 }
 
 /// Packets and bytes dropped by a connection, by reason.
@@ -356,6 +363,12 @@ pub struct ConnectionStats {
     pub pto_count: u64,
     /// Times sending stopped at the anti-amplification limit.
     pub amplification_blocked: u64,
+    /// DATAGRAMs refused because the send queue was full ([`SendDatagramError::Blocked`]):
+    /// the application produces faster than the path carries.
+    pub datagrams_blocked: u64,
+    /// Extension frames received again (a retransmission of one already delivered, after
+    /// a spurious loss) and not delivered twice.
+    pub extension_duplicates: u64,
     /// 1-RTT key phase changes of this side's sending keys (initiated or answered).
     pub key_updates: u64,
     /// Dropped packets, by reason.
@@ -698,6 +711,8 @@ pub struct Connection {
     events: VecDeque<Event>,
     datagrams_in: VecDeque<Vec<u8>>,
     datagrams_out: VecDeque<Vec<u8>>,
+    /// A DATAGRAM was refused for a full queue: [`Event::DatagramsUnblocked`] is owed.
+    datagrams_blocked: bool,
     handshake_done_pending: bool,
     confirmed: bool,
     ping_pending: bool,
@@ -755,6 +770,10 @@ pub struct Connection {
     ext_out: VecDeque<(u64, u64, Vec<u8>)>,
     ext_sent: Vec<(u64, u64, Vec<u8>)>,
     ext_next_seq: u64,
+    /// Sequence numbers of the peer's extension frames delivered, within the window below
+    /// the highest seen (`ext_max_seen`): each is delivered once.
+    ext_seen: ranges::RangeSet,
+    ext_max_seen: Option<u64>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -820,6 +839,7 @@ impl Connection {
             events: VecDeque::new(),
             datagrams_in: VecDeque::new(),
             datagrams_out: VecDeque::new(),
+            datagrams_blocked: false,
             handshake_done_pending: false,
             confirmed: false,
             ping_pending: false,
@@ -857,6 +877,8 @@ impl Connection {
             ext_out: VecDeque::new(),
             ext_sent: Vec::new(),
             ext_next_seq: 0,
+            ext_seen: ranges::RangeSet::new(EXTENSION_WINDOW as usize),
+            ext_max_seen: None,
             path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
             transport: s.transport,
         };
@@ -999,6 +1021,8 @@ impl Connection {
             });
         }
         if self.datagrams_out.len() >= MAX_QUEUED_DATAGRAMS {
+            self.datagrams_blocked = true;
+            self.stats.datagrams_blocked += 1;
             return Err(SendDatagramError::Blocked);
         }
         self.datagrams_out.push_back(data.to_vec());
@@ -1032,7 +1056,10 @@ impl Connection {
                 max,
             });
         }
-        if self.ext_out.len() + self.ext_sent.len() >= MAX_QUEUED_EXTENSIONS {
+        let oldest = self.ext_out.iter().chain(&self.ext_sent).map(|e| e.0).min();
+        if self.ext_out.len() + self.ext_sent.len() >= MAX_QUEUED_EXTENSIONS
+            || oldest.is_some_and(|o| self.ext_next_seq - o >= EXTENSION_WINDOW)
+        {
             return Err(ExtensionError::Blocked);
         }
         let seq = self.ext_next_seq;
@@ -2008,9 +2035,19 @@ impl Connection {
                 }
                 Ok(())
             }
-            Frame::Extension { ty, payload } => {
+            Frame::Extension { ty, seq, payload } => {
                 if !self.transport.extension_frames.contains(&ty) {
                     return Err(ConnectionError::UnsupportedFrame(ty));
+                }
+                // Everything a window or more below the highest number seen was delivered
+                // (the sender never runs further ahead of its oldest unacknowledged frame).
+                let floor = self.ext_seen.floor().max(
+                    self.ext_max_seen
+                        .map_or(0, |m| (m + 1).saturating_sub(EXTENSION_WINDOW)),
+                );
+                if seq < floor || self.ext_seen.contains(seq) {
+                    self.stats.extension_duplicates += 1;
+                    return Ok(());
                 }
                 if self.ext_in.len() >= MAX_QUEUED_EXTENSIONS
                     || self.ext_in_bytes + payload.len() > MAX_EXTENSION_BYTES
@@ -2019,6 +2056,11 @@ impl Connection {
                 }
                 self.ext_in_bytes += payload.len();
                 self.ext_in.push_back((ty, payload.to_vec()));
+                self.ext_seen.insert(seq..seq + 1);
+                let max = self.ext_max_seen.map_or(seq, |m| m.max(seq));
+                self.ext_max_seen = Some(max);
+                self.ext_seen
+                    .remove_below((max + 1).saturating_sub(EXTENSION_WINDOW));
                 if self.ext_in.len() == 1 {
                     self.events.push_back(Event::ExtensionFrameReceived);
                 }
@@ -3158,8 +3200,8 @@ impl Connection {
         let before = w.len();
         self.streams
             .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
-        while let Some((_, ty, payload)) = self.ext_out.front() {
-            if frame::encode_extension(w, *ty, payload).is_none() {
+        while let Some((seq, ty, payload)) = self.ext_out.front() {
+            if frame::encode_extension(w, *ty, *seq, payload).is_none() {
                 break;
             }
             let e = self.ext_out.pop_front().expect("front exists");
@@ -3180,6 +3222,10 @@ impl Connection {
             let d = self.datagrams_out.pop_front().expect("front exists");
             let _ = frame::encode_datagram(w, &d, false);
             eliciting = true;
+        }
+        if self.datagrams_blocked && self.datagrams_out.len() < MAX_QUEUED_DATAGRAMS {
+            self.datagrams_blocked = false;
+            self.events.push_back(Event::DatagramsUnblocked);
         }
         self.streams
             .write_streams(w, &mut |r| records.push_back(Record::Stream(r)));

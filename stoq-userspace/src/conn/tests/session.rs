@@ -422,3 +422,32 @@ fn retry_under_load_follows_the_handshaking_count() {
     });
     assert_eq!(p.server.handshaking, 0);
 }
+
+/// A full DATAGRAM queue refuses with `Blocked` (counted), and tells the application when
+/// it has room again.
+#[test]
+fn a_full_datagram_queue_blocks_then_reports_room() {
+    let mut p = connected_pair();
+    let c = p.client_conn();
+    let mut queued = 0u32;
+    let err = loop {
+        match c.send_datagram(&[7; 100]) {
+            Ok(()) => queued += 1,
+            Err(e) => break e,
+        }
+        assert!(queued <= 100_000, "the queue is bounded");
+    };
+    assert_eq!(err, SendDatagramError::Blocked);
+    assert_eq!(c.stats().datagrams_blocked, 1);
+    assert!(p.event_time(false, &Event::DatagramsUnblocked).is_none());
+    p.drive_until(Duration::from_secs(2), |p| {
+        p.event_time(false, &Event::DatagramsUnblocked).is_some()
+    });
+    assert!(
+        p.event_time(false, &Event::DatagramsUnblocked).is_some(),
+        "room reported once the queue drained"
+    );
+    p.client_conn()
+        .send_datagram(&[8; 100])
+        .expect("room again");
+}

@@ -471,11 +471,12 @@ fn registered_extension_frames_arrive_reliably_and_others_close() {
     p.server = Endpoint::new(cfg, Some(Arc::new(server))).unwrap();
     p.connect(client);
     assert!(p.handshake() && p.both_connected());
-    // Lose the first copy: it is retransmitted.
-    let mut dropped = false;
+    // Lose the first copy: it is retransmitted. (Kept, to arrive late below.)
+    let first = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let f2 = first.clone();
     p.tamper = Some(Box::new(move |w: &mut Wire| {
-        if w.to_server && !dropped && w.data.len() > 100 {
-            dropped = true;
+        if w.to_server && f2.borrow().is_none() && w.data.len() > 100 {
+            *f2.borrow_mut() = Some(w.data.clone());
             return Verdict::Drop;
         }
         Verdict::Deliver
@@ -497,6 +498,16 @@ fn registered_extension_frames_arrive_reliably_and_others_close() {
         p.client_conn().stats().lost_packets >= 1,
         "it was retransmitted"
     );
+    // The first copy arrives after all (the loss was spurious): it is not delivered again.
+    let late = first.borrow_mut().take().expect("the first copy");
+    p.inject(true, client_addr(), late);
+    p.drive_until(Duration::from_millis(100), |_| false);
+    assert_eq!(
+        p.server_conn().recv_extension_frame(),
+        None,
+        "delivered once"
+    );
+    assert_eq!(p.server_conn().stats().extension_duplicates, 1);
     assert_eq!(
         p.client_conn().send_extension_frame(0x1234, b"x"),
         Err(ExtensionError::OutsideRange(0x1234))
