@@ -119,8 +119,16 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Prints which I/O backends this host can run, and why not.
-    Probe,
+    /// Prints which I/O backends this host can run, and why not; with `--bind`, which one
+    /// an endpoint bound to that address picks (it opens one there, as a server would).
+    /// Exits non-zero when no backend can run (or the forced one cannot).
+    Probe {
+        /// Open an endpoint on this address (port 0: any) and report what it chose.
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// The end-to-end demo: a server and a client in this process move data over the
     /// best backend available (as root across a veth pair between two network
     /// namespaces, otherwise over loopback) and report the backend, why, and the speed.
@@ -177,18 +185,59 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a byte count (e.g. 1G, 512M, 4096)"))
 }
 
-fn probe() {
-    let sel = stoq::io::select::select(None);
+fn probe(bind: Option<SocketAddr>, engine: &EngineArgs) -> Result<(), String> {
+    let forced = match &engine.backend {
+        Some(b) => Some(
+            BackendKind::parse(b)
+                .ok_or_else(|| format!("--backend {b}: use af_xdp, io_uring or udp"))?,
+        ),
+        None => None,
+    };
+    let sel = stoq::io::select::select(forced);
     for p in stoq::io::select::probe_all() {
         match p.result {
             Ok(()) => say!("{:<9} available", p.kind.name()),
             Err(why) => say!("{:<9} unavailable: {why}", p.kind.name()),
         }
     }
-    match sel {
-        Ok(s) => say!("chosen: {}", s.chosen),
-        Err(e) => say!("no backend: {e}"),
+    let sel = match sel {
+        Ok(s) => s,
+        Err(e) => {
+            say!("no backend: {e}");
+            return Err(format!("no backend can run: {e}"));
+        }
+    };
+    let Some(bind) = bind else {
+        say!("chosen: {}", sel.chosen);
+        return Ok(());
+    };
+    // What the host offers is not what an address gets (AF_XDP needs a specific address on
+    // an interface with zero-copy, for one): open an endpoint there, as a server would, and
+    // report its choice.
+    let mut cfg = engine.apply(bind)?;
+    cfg.workers = 1;
+    let (_, public) = stoq::crypto::sig::SigningKey::generate(
+        stoq::crypto::sig::SigAlg::Falcon512,
+        &mut rand_core::OsRng,
+    );
+    let client = transfer::client_config("probe.stoq", stoq::handshake::Trust::PinnedKey(public));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let _in = rt.enter();
+    let ep = stoq::Endpoint::client(cfg, std::sync::Arc::new(client))
+        .map_err(|e| format!("no endpoint can open on {bind}: {e}"))?;
+    let info = ep.info();
+    say!(
+        "chosen for {bind}: {} ({})",
+        info.selection.chosen,
+        info.detail
+    );
+    for (k, why) in &info.selection.skipped {
+        say!("  {k} skipped: {why}");
     }
+    Ok(())
 }
 
 /// Set once standard output has refused a write.
@@ -225,10 +274,7 @@ fn main() -> ExitCode {
             ca,
             out,
         }),
-        Command::Probe => {
-            probe();
-            Ok(())
-        }
+        Command::Probe { bind, engine } => probe(bind, &engine),
         Command::Server {
             listen,
             key,

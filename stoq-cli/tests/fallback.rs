@@ -117,7 +117,7 @@ fn without_bpf_capabilities_af_xdp_is_skipped_with_the_fix() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("backend:  udp"), "{t}");
     assert!(
-        t.contains("af_xdp: CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW missing (run as root or grant cap_bpf,cap_net_admin,cap_net_raw)"),
+        t.contains("af_xdp: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW missing (run as root or grant cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw)"),
         "{t}"
     );
     assert!(t.contains("SHA-256 matches"), "{t}");
@@ -202,6 +202,76 @@ fn a_misspelt_backend_is_a_typed_error() {
     assert!(!o.status.success(), "{t}");
     assert!(
         t.contains("STOQ_BACKEND=\"dpdk\" names no backend (use af_xdp, io_uring or udp)"),
+        "{t}"
+    );
+}
+
+/// `stoq probe` checks every capability the XDP path needs: with CAP_PERFMON (and
+/// CAP_SYS_ADMIN, which stands in for it) dropped, AF_XDP is unavailable with a one-line
+/// reason naming it, not reported available to fail later with a verifier dump; and a
+/// forced AF_XDP that cannot run makes `probe` exit non-zero.
+#[test]
+fn probe_names_a_missing_perfmon_and_fails_when_the_forced_backend_cannot_run() {
+    let _g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !root("probe_names_a_missing_perfmon") {
+        return;
+    }
+    let o = Command::new("capsh")
+        .args([
+            "--drop=cap_perfmon,cap_sys_admin",
+            "--",
+            "-c",
+            &format!("{STOQ} probe"),
+        ])
+        .env_remove("STOQ_BACKEND")
+        .output()
+        .expect("capsh");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("af_xdp    unavailable: CAP_PERFMON missing (run as root or grant cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw)"),
+        "{t}"
+    );
+    assert!(!t.contains("verifier"), "{t}");
+    let o = Command::new("capsh")
+        .args([
+            "--drop=cap_perfmon,cap_sys_admin",
+            "--",
+            "-c",
+            &format!("{STOQ} probe"),
+        ])
+        .env("STOQ_BACKEND", "af_xdp")
+        .output()
+        .expect("capsh");
+    let t = text(&o);
+    assert!(!o.status.success(), "a forced backend that cannot run: {t}");
+    assert!(t.contains("no backend"), "{t}");
+}
+
+/// `stoq probe --bind` says what an endpoint on that address picks: bound to the wildcard
+/// address, AF_XDP (which serves one address) is skipped with the reason, although the
+/// host can run it.
+#[test]
+fn probe_bind_reports_what_a_wildcard_server_picks() {
+    let _g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !root("probe_bind_reports_what_a_wildcard_server_picks") {
+        return;
+    }
+    let o = Command::new(STOQ)
+        .args(["probe", "--bind", "0.0.0.0:0"])
+        .env_remove("STOQ_BACKEND")
+        .output()
+        .expect("stoq probe");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("chosen for 0.0.0.0:0: "), "{t}");
+    assert!(!t.contains("chosen for 0.0.0.0:0: af_xdp"), "{t}");
+    assert!(
+        t.contains("af_xdp skipped: needs a specific local address"),
         "{t}"
     );
 }

@@ -290,6 +290,12 @@ impl RxBatch {
             let (m, data) = self.get_mut(i);
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let info = m.info();
+            if data.is_empty() {
+                // A zero-length datagram is still a datagram: the endpoint drops and
+                // counts it (as malformed) like any other that carries no packet.
+                f(m.from, info, data);
+                continue;
+            }
             for d in data.chunks_mut(stride.max(1)) {
                 f(m.from, info, d);
             }
@@ -516,6 +522,19 @@ mod tests {
         b.advance(9);
         assert!(b.is_empty());
         assert_eq!(b.datagrams(), 0);
+    }
+
+    /// A zero-length datagram reaches the endpoint (which counts it) instead of vanishing
+    /// in the split by stride.
+    #[test]
+    fn rx_hands_over_zero_length_datagrams() {
+        let mut b = RxBatch::new(4, 2048);
+        b.set(0, RxMeta::new(addr(1), 0));
+        b.slot_mut(1)[..3].copy_from_slice(b"abc");
+        b.set(1, RxMeta::new(addr(2), 3));
+        let mut seen = Vec::new();
+        b.for_each(|from, _, d| seen.push((from.port(), d.len())));
+        assert_eq!(seen, vec![(1, 0), (2, 3)]);
     }
 
     /// A group that would fit one AF_XDP frame is never formed (see

@@ -21,7 +21,7 @@ pub enum Unavailable {
     NotLinux,
     /// Capabilities are missing.
     #[error(
-        "{} missing (run as root or grant cap_bpf,cap_net_admin,cap_net_raw)",
+        "{} missing (run as root or grant cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw)",
         .0.join(", ")
     )]
     MissingCapabilities(Vec<String>),
@@ -114,7 +114,14 @@ pub fn probe_all() -> Vec<Probe> {
 #[cfg(target_os = "linux")]
 fn probe_af_xdp() -> Result<(), Unavailable> {
     use crate::xdp::caps::{Capability, missing};
-    let lack = missing(&[Capability::Bpf, Capability::NetAdmin, Capability::NetRaw]);
+    // CAP_PERFMON too: without it the verifier refuses the program's packet pointer
+    // arithmetic, and the backend would fail later with a verifier dump as its reason.
+    let lack = missing(&[
+        Capability::Bpf,
+        Capability::Perfmon,
+        Capability::NetAdmin,
+        Capability::NetRaw,
+    ]);
     if !lack.is_empty() {
         return Err(Unavailable::MissingCapabilities(
             lack.iter().map(ToString::to_string).collect(),

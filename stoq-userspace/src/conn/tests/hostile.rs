@@ -753,3 +753,16 @@ fn replayed_packets_are_never_processed_twice() {
     assert!(p.server_conn().is_established());
     p.exchange_datagrams(b"after");
 }
+
+/// A zero-length datagram carries no packet: it is dropped and counted as malformed, like
+/// every other datagram dropped.
+#[test]
+fn zero_length_datagrams_are_counted() {
+    let mut p = connected_pair();
+    let before: u64 = p.server.stats().malformed.iter().sum();
+    p.inject(true, client_addr(), Vec::new());
+    p.drive_until(Duration::from_millis(50), |_| false);
+    let after: u64 = p.server.stats().malformed.iter().sum();
+    assert_eq!(after, before + 1);
+    assert!(p.server_conn().is_established());
+}
