@@ -282,6 +282,14 @@ pub(crate) fn server(
     }
     let cfg = engine.apply(listen)?;
     runtime()?.block_on(async {
+        // SIGINT (a terminal) or SIGTERM (systemd, Kubernetes, `kill`): drain, then exit 0.
+        // Watched before the banner, so a signal sent as soon as it is read is caught.
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| format!("cannot watch for {name}: {e}"))
+        };
+        let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
+        let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
         let ep = Endpoint::server(cfg, Arc::new(server_config(credential)))
             .map_err(|e| e.to_string())?;
         say!(
@@ -294,13 +302,28 @@ pub(crate) fn server(
         // Every connection is served on the worker that owns it.
         ep.serve(move |c| serve_connection(c, dir.clone()))
             .map_err(|e| e.to_string())?;
-        let _ = tokio::signal::ctrl_c().await;
+        let sig = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        say!("{sig}: draining (up to 5 s)");
         let r = ep.shutdown(Duration::from_secs(5)).await;
         say!(
             "shut down: {} connections, {} with unacknowledged data",
             r.connections,
             r.unacknowledged
         );
+        for c in r
+            .per_connection
+            .iter()
+            .filter(|c| c.unacknowledged_bytes > 0)
+        {
+            say!(
+                "  {}: {} bytes unacknowledged",
+                c.remote,
+                c.unacknowledged_bytes
+            );
+        }
         Ok(())
     })
 }

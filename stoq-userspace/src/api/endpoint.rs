@@ -26,7 +26,7 @@ pub struct Endpoint {
 }
 
 /// How [`Endpoint::shutdown`] went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Connections open when shutdown began.
     pub connections: usize,
@@ -35,6 +35,20 @@ pub struct ShutdownReport {
     pub unacknowledged: usize,
     /// Whether every connection finished closing before the timeout.
     pub drained: bool,
+    /// Every connection open when shutdown began and still open when the wait for
+    /// acknowledgments ended, with what it had not had acknowledged.
+    pub per_connection: Vec<ConnectionShutdown>,
+}
+
+/// One connection in a [`ShutdownReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionShutdown {
+    /// The peer.
+    pub remote: SocketAddr,
+    /// Stream bytes written and not acknowledged by the peer when the connection was
+    /// closed (sent or still queued): they may not have been delivered. 0: everything
+    /// written was delivered.
+    pub unacknowledged_bytes: u64,
 }
 
 impl Endpoint {
@@ -334,12 +348,14 @@ impl Endpoint {
             connections: 0,
             unacknowledged: 0,
             drained: true,
+            per_connection: Vec::new(),
         };
         for wait in waits {
-            let (connections, unacknowledged, drained) = wait.await;
-            report.connections += connections;
-            report.unacknowledged += unacknowledged;
-            report.drained &= drained;
+            let d = wait.await;
+            report.connections += d.connections;
+            report.unacknowledged += d.unacknowledged;
+            report.drained &= d.drained;
+            report.per_connection.extend(d.per_connection);
         }
         self.engine.stop();
         report
@@ -356,10 +372,21 @@ fn connect_here(
     Ok(st.api.track(w, &st.endpoint, h, false))
 }
 
+/// What one worker's drain found (see [`Endpoint::shutdown`]).
+#[derive(Debug, Default)]
+struct Drained {
+    /// Connections open at the start.
+    connections: usize,
+    /// Of those, the ones still unacknowledged at the deadline.
+    unacknowledged: usize,
+    /// Whether all closed in time.
+    drained: bool,
+    per_connection: Vec<ConnectionShutdown>,
+}
+
 /// Drains worker `w` (on it: here, or as a task on its thread): see
-/// [`Endpoint::shutdown`]. Returns the connections open at the start, those still
-/// unacknowledged at the deadline, and whether all closed in time.
-async fn drain_on(w: &Arc<Worker>, deadline: Instant) -> (usize, usize, bool) {
+/// [`Endpoint::shutdown`].
+async fn drain_on(w: &Arc<Worker>, deadline: Instant) -> Drained {
     if w.is_here() {
         return drain_here(w.clone(), deadline).await;
     }
@@ -370,13 +397,17 @@ async fn drain_on(w: &Arc<Worker>, deadline: Instant) -> (usize, usize, bool) {
             let _ = tx.send(drain_here(w, deadline).await);
         });
     }));
+    let gone = || Drained {
+        drained: true,
+        ..Drained::default()
+    };
     if !posted {
-        return (0, 0, true);
+        return gone();
     }
-    rx.await.unwrap_or((0, 0, true))
+    rx.await.unwrap_or_else(|_| gone())
 }
 
-async fn drain_here(w: Arc<Worker>, deadline: Instant) -> (usize, usize, bool) {
+async fn drain_here(w: Arc<Worker>, deadline: Instant) -> Drained {
     const STEP: Duration = Duration::from_millis(1);
     let connections = w
         .with(|st| {
@@ -403,14 +434,24 @@ async fn drain_here(w: Arc<Worker>, deadline: Instant) -> (usize, usize, bool) {
         tokio::time::sleep(STEP).await;
         unacknowledged = unacked();
     }
-    w.with(|st| {
-        let now = Instant::now();
-        for h in st.api.handles() {
-            if let Some(c) = st.endpoint.connection_mut(h) {
-                c.close(now, 0, b"shutdown");
+    let per_connection = w
+        .with(|st| {
+            let now = Instant::now();
+            let mut report = Vec::new();
+            for h in st.api.handles() {
+                if let Some(c) = st.endpoint.connection_mut(h) {
+                    if !c.is_closed() {
+                        report.push(ConnectionShutdown {
+                            remote: c.remote_address(),
+                            unacknowledged_bytes: c.unacknowledged_bytes(),
+                        });
+                    }
+                    c.close(now, 0, b"shutdown");
+                }
             }
-        }
-    });
+            report
+        })
+        .unwrap_or_default();
     w.kick();
     let drained = loop {
         if w.with(|st| st.endpoint.connection_count()).unwrap_or(0) == 0 {
@@ -421,5 +462,10 @@ async fn drain_here(w: Arc<Worker>, deadline: Instant) -> (usize, usize, bool) {
         }
         tokio::time::sleep(STEP).await;
     };
-    (connections, unacknowledged, drained)
+    Drained {
+        connections,
+        unacknowledged,
+        drained,
+        per_connection,
+    }
 }

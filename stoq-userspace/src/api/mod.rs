@@ -52,7 +52,7 @@ mod stream;
 use std::io;
 
 pub use self::connection::{Connection, Message, MessageOutcome};
-pub use self::endpoint::{Endpoint, ShutdownReport};
+pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 

@@ -1184,6 +1184,11 @@ impl Connection {
         self.streams.all_acked()
     }
 
+    /// Stream bytes written and not yet acknowledged by the peer (sent or still queued).
+    pub fn unacknowledged_bytes(&self) -> u64 {
+        self.streams.buffered()
+    }
+
     /// Bytes that can be written to stream `id` before writes block (0 for an unknown
     /// stream). Bulk streams see 7/8 of the send buffer; the rest is kept for more urgent
     /// streams.

@@ -1492,6 +1492,11 @@ impl Streams {
     }
 
     /// Whether every stream this side sends on has all its data acknowledged.
+    /// Bytes written to send streams and not yet acknowledged.
+    pub(crate) fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
     pub(crate) fn all_acked(&self) -> bool {
         self.buffered == 0
             && self.map.values().all(|s| {

@@ -230,6 +230,95 @@ async fn datagrams_and_messages() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A graceful shutdown with data in flight on several connections: what the peer
+/// acknowledged before the deadline is delivered whole, the rest is reported per
+/// connection, and the call returns by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_unacknowledged_data_per_connection_by_its_deadline() {
+    const LEN: usize = 2 << 20;
+    let (server, client, target) = endpoints("127.0.0.1:0", 1);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let srv = tokio::spawn(async move {
+        for _ in 0..4 {
+            let conn = server.accept().await.expect("client");
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = conn.accept_uni().await else {
+                    return;
+                };
+                let mut tag = [0u8; 1];
+                if s.read_exact(&mut tag).await.is_err() {
+                    return;
+                }
+                if tag[0] == b'r' {
+                    let mut b = Vec::new();
+                    if s.read_to_end(&mut b).await.is_ok() {
+                        let _ = done.send((b.len(), Sha256::digest(&b).to_vec()));
+                    }
+                } else {
+                    // Held unread: the client's data stops at the flow-control limit.
+                    conn.closed().await;
+                    drop(s);
+                }
+            });
+        }
+        server
+    });
+    let data = pattern(LEN);
+    let mut conns = Vec::new();
+    for i in 0..4 {
+        let conn = client.connect(target, "test.stoq").await.expect("connect");
+        let mut s = conn.open_uni().await.expect("open");
+        if i < 2 {
+            s.write_all(b"r").await.expect("tag");
+            s.write_all(&data).await.expect("write");
+            s.finish().expect("finish");
+        } else {
+            // Far more than the server's windows: most of it can never be acknowledged.
+            tokio::spawn(async move {
+                let _ = s.write_all(b"s").await;
+                let big = vec![7u8; 1 << 20];
+                for _ in 0..64 {
+                    if s.write_all(&big).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let timeout = Duration::from_millis(800);
+    let start = std::time::Instant::now();
+    let r = client.shutdown(timeout).await;
+    let took = start.elapsed();
+    assert!(
+        took < timeout + Duration::from_millis(300),
+        "returned {took:?} after a {timeout:?} deadline"
+    );
+    assert_eq!(r.connections, 4, "{r:?}");
+    assert_eq!(r.unacknowledged, 2, "{r:?}");
+    assert_eq!(r.per_connection.len(), 4, "{r:?}");
+    let stuck = r
+        .per_connection
+        .iter()
+        .filter(|c| c.unacknowledged_bytes > 0)
+        .count();
+    assert_eq!(stuck, 2, "{r:?}");
+    // The two streams the server read arrived whole.
+    let want = Sha256::digest(&data).to_vec();
+    for _ in 0..2 {
+        let (n, h) = tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
+            .await
+            .expect("delivered")
+            .expect("a stream");
+        assert_eq!((n, &h), (LEN, &want));
+    }
+    drop(conns);
+    let server = srv.await.expect("server");
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_nobody_times_out_with_a_typed_error() {
     let (_, c) = configs();
