@@ -150,6 +150,12 @@ pub struct Link {
 }
 
 impl Link {
+    /// Changes the largest datagram the link carries from now on (a tunnel appears, a
+    /// route changes): larger ones are dropped, as a path that does not fragment does.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.cfg.mtu = mtu;
+    }
+
     /// A link starting at `start`, drawing randomness from `seed`.
     pub fn new(cfg: LinkConfig, start: Instant, seed: u64) -> Self {
         Self {

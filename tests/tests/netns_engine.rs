@@ -11,10 +11,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stoq::api::MessageOutcome;
+use stoq::api::{MessageOutcome, PathEvent};
 use stoq::conn::Urgency;
 use stoq::engine::{EngineConfig, XdpMode};
 use stoq::io::BackendKind;
+use stoq_netns::VethPair;
 use stoq_tests::engine::{self, Pair, SERVER_NAME};
 use stoq_tests::{Rng, privileged};
 
@@ -99,7 +100,7 @@ fn multihomed(name: &str, mode: Mode, v6: bool) {
         (std::net::Ipv4Addr::from(o).into(), "24")
     };
     let cidr = format!("{second}/{prefix}");
-    let mut args = vec!["addr", "add", &cidr, "dev", stoq_netns::VethPair::B_IF];
+    let mut args = vec!["addr", "add", &cidr, "dev", VethPair::B_IF];
     if v6 {
         // IPv6 source selection prefers the newest address; a deprecated one (still
         // reachable, and usable when asked for) is never the OS's pick.
@@ -460,6 +461,83 @@ fn flood(name: &str, mode: Mode, v6: bool) {
 }
 
 /// The server's (only) connection's CID.
+/// The path's MTU drops mid-transfer (`ip link set mtu 1300` on both ends of the veth, as
+/// when a tunnel appears): the transfer finishes intact, the client detected the black
+/// hole and searched again below the new limit, and its application heard the new
+/// DATAGRAM size through `path_event`.
+fn path_shrinks(name: &str, mode: Mode) {
+    if !privileged(name) {
+        return;
+    }
+    let size = env_usize("STOQ_E2E_BYTES", 1 << 30).min(512 << 20);
+    let p = engine::pair("pmtu", false, mode.0, mode.tune());
+    engine::runtime().block_on(async {
+        tokio::spawn(engine::serve(p.server.clone()));
+        let conn = p
+            .client
+            .connect(p.target, SERVER_NAME)
+            .await
+            .expect("connect");
+        let before = conn.max_datagram_size().expect("datagrams on");
+        let sizes = {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                let mut sizes = Vec::new();
+                while let Ok(e) = c.path_event().await {
+                    if let PathEvent::DatagramSizeChanged(d) = e {
+                        sizes.push(d);
+                    }
+                }
+                sizes
+            })
+        };
+        let up = {
+            let c = conn.clone();
+            tokio::spawn(async move { engine::upload(&c, 5, size).await })
+        };
+        // Mid-transfer: some data has gone at the old size.
+        let moved = engine::eventually(Duration::from_secs(10), || {
+            conn.stats().is_some_and(|s| s.tx_bytes > 32 << 20)
+        })
+        .await;
+        assert!(moved, "the transfer started");
+        for (ns, dev) in [(&p.veth.a, VethPair::A_IF), (&p.veth.b, VethPair::B_IF)] {
+            ns.ip(&["link", "set", "dev", dev, "mtu", "1300"])
+                .expect("lower the MTU");
+        }
+        let (theirs, n, ours) = tokio::time::timeout(Duration::from_secs(120), up)
+            .await
+            .expect("the transfer finished after the MTU dropped")
+            .expect("upload");
+        assert_eq!(n as usize, size, "every byte arrived");
+        assert_eq!(theirs, ours, "SHA-256 of what arrived");
+        let st = conn.stats().expect("stats");
+        let now = conn.max_datagram_size().expect("datagrams on");
+        eprintln!(
+            "{name}: DATAGRAM size {before} -> {now}; path MTU {}, black holes {}, lost {}",
+            st.path_mtu, st.mtu_black_holes, st.lost_packets
+        );
+        assert!(st.mtu_black_holes >= 1, "{st:?}");
+        // 1,300 bytes of IPv4 packet: 1,272 of UDP payload at most.
+        assert!(
+            (1200..=1272).contains(&st.path_mtu),
+            "path MTU {} after the drop",
+            st.path_mtu
+        );
+        assert!(now < before);
+        conn.close(0, b"");
+        let sizes = tokio::time::timeout(Duration::from_secs(5), sizes)
+            .await
+            .expect("the event task ended with the connection")
+            .expect("events");
+        assert_eq!(
+            sizes.last(),
+            Some(&now),
+            "the application heard the size now: {sizes:?}"
+        );
+    });
+}
+
 fn server_cid(p: &Pair) -> Option<Vec<u8>> {
     p.server
         .with_connections(|c| c.local_cid().as_bytes().to_vec())
@@ -553,6 +631,21 @@ macro_rules! multihomed_tests {
             }
         }
     };
+}
+
+/// Path MTU: the socket backends (the kernel refuses a datagram larger than the
+/// interface's MTU; AF_XDP's frames bypass that check).
+mod pmtu {
+    use super::*;
+
+    #[test]
+    fn udp_path_shrinks_mid_transfer() {
+        path_shrinks("udp_pmtu", Mode(BackendKind::Udp, XdpMode::Auto));
+    }
+    #[test]
+    fn io_uring_path_shrinks_mid_transfer() {
+        path_shrinks("io_uring_pmtu", Mode(BackendKind::IoUring, XdpMode::Auto));
+    }
 }
 
 multihomed_tests!(udp_wildcard, BackendKind::Udp);

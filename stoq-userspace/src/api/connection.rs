@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::remote::{discard, on_worker};
 use super::state::{ConnShared, Slot};
 use super::stream::{RecvStream, SendStream};
-use super::{SendError, ServeError};
+use super::{PathEvent, SendError, ServeError};
 use crate::conn::{
     self, ConnectionError, ConnectionStats, Dir, OpenError, SendDatagramError, StreamId, Urgency,
 };
@@ -418,6 +418,48 @@ impl Connection {
                 }
                 Ok(None) => Poll::Ready(Err(SendError::Connection(self.moved()))),
                 Err(e) => Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
+    }
+
+    /// The next thing that happens to the connection's path: its DATAGRAM size changing
+    /// (path MTU discovery, a black hole, a migration), the peer moving, a key update.
+    /// Events wait until read, the latest 64 of them; older ones are dropped unread.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone (events still waiting are read first).
+    pub async fn path_event(&self) -> Result<PathEvent, ConnectionError> {
+        if !self.is_on_worker() {
+            return on_worker(
+                self,
+                |c| async move { c.path_event_here().await },
+                |c, e| {
+                    if let Ok(e) = e {
+                        let _ = c.with(|_, slot| slot.path_events.push_front(e));
+                    }
+                },
+            )
+            .await?;
+        }
+        self.path_event_here().await
+    }
+
+    async fn path_event_here(&self) -> Result<PathEvent, ConnectionError> {
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if let Some(e) = slot.path_events.pop_front() {
+                    return Poll::Ready(Ok(e));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.path_event = Some(cx.waker().clone());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
             }
         })
         .await

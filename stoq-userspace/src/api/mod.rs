@@ -56,6 +56,19 @@ pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 
+/// Something that happened to a connection's path, for [`Connection::path_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathEvent {
+    /// The largest DATAGRAM that can be sent changed (the path MTU moved: discovery
+    /// found more room, a black hole made it drop to the base, or the peer moved).
+    DatagramSizeChanged(usize),
+    /// The peer moved to this address, now validated (NAT rebinding or migration).
+    Migrated(std::net::SocketAddr),
+    /// The 1-RTT keys were updated (by either side).
+    KeysUpdated,
+}
+
 /// Why a connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -62,6 +62,8 @@ pub(crate) struct Wakers {
     pub(crate) datagram: Option<Waker>,
     /// A sender waiting for room in the DATAGRAM queue.
     pub(crate) datagram_room: Option<Waker>,
+    /// A task waiting for the next path event.
+    pub(crate) path_event: Option<Waker>,
     pub(crate) closed: Vec<Waker>,
 }
 
@@ -71,6 +73,7 @@ impl Wakers {
             self.connect.take(),
             self.datagram.take(),
             self.datagram_room.take(),
+            self.path_event.take(),
             self.accept[0].take(),
             self.accept[1].take(),
             self.open[0].take(),
@@ -102,6 +105,11 @@ pub(crate) struct Stash {
     pub(crate) datagrams: VecDeque<Vec<u8>>,
 }
 
+/// Path events kept for [`Connection::path_event`](super::Connection::path_event) until
+/// read; beyond that the oldest are dropped (and counted): the newest say where the path
+/// stands.
+pub(crate) const MAX_PATH_EVENTS: usize = 64;
+
 /// A connection as its worker tracks it for the async API.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -115,6 +123,21 @@ pub(crate) struct Slot {
     /// abandoned.
     pub(crate) messages: HashMap<StreamId, Option<bool>>,
     pub(crate) stash: Stash,
+    /// Path events not yet read, oldest first, and how many were dropped unread.
+    pub(crate) path_events: VecDeque<super::PathEvent>,
+    pub(crate) path_events_dropped: u64,
+}
+
+impl Slot {
+    /// Keeps a path event for the application, dropping the oldest beyond the bound.
+    fn push_path_event(&mut self, e: super::PathEvent) -> bool {
+        if self.path_events.len() >= MAX_PATH_EVENTS {
+            self.path_events.pop_front();
+            self.path_events_dropped += 1;
+        }
+        self.path_events.push_back(e);
+        self.wakers.path_event.take().map(Waker::wake).is_some()
+    }
 }
 
 /// The async API's part of a worker's state.
@@ -182,6 +205,8 @@ impl ApiState {
             finished: HashSet::new(),
             messages: HashMap::new(),
             stash: Stash::default(),
+            path_events: VecDeque::new(),
+            path_events_dropped: 0,
         });
         shared
     }
@@ -288,8 +313,10 @@ impl ApiState {
             Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {
                 slot.shared.max_datagram.store(size + 1, Ordering::Relaxed);
-                false
+                slot.push_path_event(super::PathEvent::DatagramSizeChanged(*size))
             }
+            Event::PathMigrated(to) => slot.push_path_event(super::PathEvent::Migrated(*to)),
+            Event::KeyUpdated => slot.push_path_event(super::PathEvent::KeysUpdated),
             Event::MessageDelivered(id) | Event::MessageAbandoned(id) => {
                 let delivered = matches!(e, Event::MessageDelivered(_));
                 match slot.messages.get_mut(id) {

@@ -369,6 +369,10 @@ pub struct ConnectionStats {
     /// Extension frames received again (a retransmission of one already delivered, after
     /// a spurious loss) and not delivered twice.
     pub extension_duplicates: u64,
+    /// Times the path stopped carrying packets of the current size (a black hole: a
+    /// tunnel appeared, a route changed) and the MTU dropped to 1,200 bytes to search
+    /// upward again.
+    pub mtu_black_holes: u64,
     /// 1-RTT key phase changes of this side's sending keys (initiated or answered).
     pub key_updates: u64,
     /// Dropped packets, by reason.
@@ -1369,8 +1373,17 @@ impl Connection {
                 .path
                 .validation
                 .map(|v| v.deadline.min(v.next_challenge)));
-            if !self.path.probe_in_flight {
-                min(self.path.next_probe);
+            // A probe goes out only when the window has room, the path is validated and
+            // the pacer allows: a due probe that cannot leave is no timer (an ACK, a loss
+            // or the pacer wakes the connection first).
+            if !self.path.probe_in_flight
+                && self.validated
+                && self.in_flight + self.path.mtu() as u64 <= self.cc.window()
+            {
+                min(self
+                    .path
+                    .next_probe
+                    .map(|p| self.pacing_until.map_or(p, |u| p.max(u))));
             }
         }
         t
@@ -2094,8 +2107,16 @@ impl Connection {
             self.cc.seed(self.rng.next_u64());
             self.rtt = RttEstimator::default();
             self.first_rtt_sample = None;
+            let before = self.max_datagram_size();
             let base = self.path_base_mtu();
             self.path.reset_mtu(base, now);
+            self.cc.on_mtu(base as u64);
+            self.pacer.set_mtu(base as u64);
+            if let Some(d) = self.max_datagram_size()
+                && Some(d) != before
+            {
+                self.events.push_back(Event::DatagramSizeChanged(d));
+            }
         }
         let mut token = [0u8; 8];
         self.rng.fill_bytes(&mut token);
@@ -2118,6 +2139,22 @@ impl Connection {
 
     fn path_base_mtu(&self) -> usize {
         self.mtu
+    }
+
+    /// The path stopped carrying packets of the current size: drop to the base size
+    /// (the congestion controller and pacer follow), tell the application, search again.
+    fn on_black_hole(&mut self, now: Instant) {
+        let before = self.max_datagram_size();
+        let mtu = self.path.on_black_hole(now);
+        self.stats.mtu_black_holes += 1;
+        self.cc.on_mtu(mtu as u64);
+        self.pacer.set_mtu(mtu as u64);
+        tracing::debug!(mtu, "path MTU black hole: back to the base size");
+        if let Some(d) = self.max_datagram_size()
+            && Some(d) != before
+        {
+            self.events.push_back(Event::DatagramSizeChanged(d));
+        }
     }
 
     fn on_crypto(
@@ -2497,6 +2534,9 @@ impl Connection {
                         self.rate.on_acked(now, time, size, rs);
                     }
                 }
+                if i == 2 && usize::from(size) > path::BASE_PLPMTU {
+                    self.path.on_acked(usize::from(size), time);
+                }
                 if rec.0 < rec.1 {
                     self.on_acked_records(i, rec, &mut acked_data);
                 }
@@ -2695,6 +2735,7 @@ impl Connection {
         // newly lost one. `run` is the send time of the current run's first packet.
         let mut run: Option<Instant> = None;
         let mut longest = Duration::ZERO;
+        let mut black_hole = false;
         let after_first_sample = self.first_rtt_sample;
         let mut idx = 0;
         while idx < self.spaces[i].sent.len() {
@@ -2741,6 +2782,9 @@ impl Connection {
                         newest_lost = Some(p.clone());
                     }
                 }
+                if !probe && i == 2 && self.path.on_lost(usize::from(p.size), p.time) {
+                    black_hole = true;
+                }
                 if p.ack_eliciting && after_first_sample.is_some_and(|f| p.time > f) {
                     let start = *run.get_or_insert(p.time);
                     longest = longest.max(p.time.saturating_duration_since(start));
@@ -2753,6 +2797,9 @@ impl Connection {
                 let t = p.time + loss_delay;
                 space.loss_time = Some(space.loss_time.map_or(t, |l| l.min(t)));
             }
+        }
+        if black_hole {
+            self.on_black_hole(now);
         }
         let space = &mut self.spaces[i];
         space.crypto_pending.subtract(&space.crypto_acked);
@@ -2850,6 +2897,20 @@ impl Connection {
         // PTO: probe in the space whose timer fired.
         self.pto_count += 1;
         self.stats.pto_count += 1;
+        if self.state == State::Established
+            && self.spaces[2].eliciting_in_flight > 0
+            && self.path.pto_suggests_black_hole(self.pto_count)
+            && self.spaces[2]
+                .sent
+                .iter()
+                .filter(|p| !p.done && p.ack_eliciting)
+                .all(|p| usize::from(p.size) > path::BASE_PLPMTU)
+        {
+            // Nothing acknowledged over two probe timeouts, and every packet waiting for
+            // an acknowledgment larger than the base: the probes about to go out are
+            // sent at the base size instead.
+            self.on_black_hole(now);
+        }
         for i in 0..3 {
             let s = &mut self.spaces[i];
             if s.tx.is_none() {

@@ -20,6 +20,13 @@ const MAX_PENDING_RETIRE: usize = 64;
 const MAX_PROBES: u8 = 3;
 /// DPLPMTUD: the search stops when the bounds are this close.
 const SEARCH_DONE: usize = 16;
+/// The size every QUIC path must carry (RFC 9000 §14.1): where a black hole drops to.
+pub(crate) const BASE_PLPMTU: usize = 1200;
+/// Packets larger than [`BASE_PLPMTU`] declared lost, none of them followed by a large
+/// packet that got through, that make the path a black hole for them (RFC 8899 §4.3).
+/// Congestion loses bursts too, but there large packets sent after the lost ones arrive:
+/// their acknowledgments are what declares the burst lost.
+const BLACK_HOLE_LOSSES: u32 = 8;
 
 /// A connection ID of the peer's, with its reset token.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +82,10 @@ pub(crate) struct Paths {
     probes_lost: u8,
     pub(crate) probe_in_flight: bool,
     pub(crate) next_probe: Option<Instant>,
+    /// Large packets lost, none sent before the latest large one acknowledged.
+    large_lost: u32,
+    /// When the latest-sent large packet that was acknowledged was sent.
+    large_acked_sent: Option<Instant>,
 }
 
 impl Paths {
@@ -101,6 +112,8 @@ impl Paths {
             probes_lost: 0,
             probe_in_flight: false,
             next_probe: None,
+            large_lost: 0,
+            large_acked_sent: None,
         }
     }
 
@@ -167,8 +180,52 @@ impl Paths {
         }
     }
 
+    /// A packet of `size` bytes sent at `sent` was acknowledged.
+    pub(crate) fn on_acked(&mut self, size: usize, sent: Instant) {
+        if size > BASE_PLPMTU {
+            self.large_lost = 0;
+            self.large_acked_sent = Some(self.large_acked_sent.map_or(sent, |t| t.max(sent)));
+        }
+    }
+
+    /// A packet of `size` bytes (not a probe) sent at `sent` was declared lost. Returns
+    /// whether the path has become a black hole for packets of the current size.
+    pub(crate) fn on_lost(&mut self, size: usize, sent: Instant) -> bool {
+        if size <= BASE_PLPMTU
+            || self.mtu <= BASE_PLPMTU
+            || self.large_acked_sent.is_some_and(|t| t > sent)
+        {
+            // Small, already at the base, or a large packet sent later got through.
+            return false;
+        }
+        self.large_lost += 1;
+        self.large_lost >= BLACK_HOLE_LOSSES
+    }
+
+    /// Whether repeated probe timeouts, with nothing acknowledged across them, point at a
+    /// black hole for the current size (every packet sent was that large).
+    pub(crate) fn pto_suggests_black_hole(&self, pto_count: u32) -> bool {
+        pto_count >= 2 && self.mtu > BASE_PLPMTU
+    }
+
+    /// The path stopped carrying packets of the current size (it shrank: a tunnel, a
+    /// route change): drop to the base, which every path carries, and search upward
+    /// again, starting now (RFC 8899 §4.3, §5.2). Returns the new MTU.
+    pub(crate) fn on_black_hole(&mut self, now: Instant) -> usize {
+        self.mtu = BASE_PLPMTU;
+        self.search_low = BASE_PLPMTU;
+        self.search_high = self.mtu_max;
+        self.probe_size = None;
+        self.probes_lost = 0;
+        self.probe_in_flight = false;
+        self.large_lost = 0;
+        self.next_probe = (self.mtu_max > BASE_PLPMTU).then_some(now);
+        self.mtu
+    }
+
     /// The connection falls back to the base MTU (a black hole on the new path).
     pub(crate) fn reset_mtu(&mut self, base: usize, now: Instant) {
+        self.large_lost = 0;
         self.mtu = base;
         self.search_low = base;
         self.search_high = self.mtu_max;

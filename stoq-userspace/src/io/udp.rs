@@ -93,6 +93,8 @@ impl UdpBackend {
             .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
         let mut caps = probe_offloads(&socket, config);
         (caps.ecn, caps.pktinfo) = enable_rx_info(&socket, local.is_ipv6());
+        #[cfg(target_os = "linux")]
+        forbid_fragmentation(&socket, local.is_ipv6());
         Ok(Self {
             socket,
             local,
@@ -282,6 +284,43 @@ fn enable_rx_info(socket: &Socket, v6: bool) -> (bool, bool) {
         (ecn, info)
     } else {
         (v4_ecn, v4_info)
+    }
+}
+
+/// Sets the Don't Fragment bit and never fragments locally (RFC 9000 §14: QUIC datagrams
+/// must not be fragmented): a datagram larger than the interface's MTU fails to send
+/// instead of leaving in IP fragments, so a path that shrinks shows up as loss, which path
+/// MTU discovery detects (a black hole), rather than as fragments a middlebox may drop.
+/// `PROBE` rather than `DO`: the kernel's per-route PMTU cache, fed by ICMP anyone can
+/// forge, does not cap what STOQ sends; its own discovery decides.
+#[cfg(target_os = "linux")]
+fn forbid_fragmentation(socket: &Socket, v6: bool) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| {
+        // SAFETY: valid fd; a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&raw const v).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    // A dual-stack IPv6 socket sends IPv4 too: both families' settings.
+    let _ = set(
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    );
+    if v6 {
+        let _ = set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        );
     }
 }
 
@@ -716,11 +755,18 @@ pub(crate) mod sys {
                     return Ok(());
                 }
                 Some(libc::EINTR) => {}
-                Some(libc::EIO | libc::EINVAL) if first.segments > 1 => {
+                Some(libc::EIO) if first.segments > 1 => {
                     // The device cannot segment (no checksum offload, for one): GSO off
                     // for good, and the batch goes out datagram by datagram.
                     tracing::warn!("UDP GSO refused by the device ({e}); sending without it");
                     caps.gso_segments = 1;
+                    batch.split_segments();
+                }
+                Some(libc::EINVAL) if first.segments > 1 => {
+                    // Segments larger than the interface's MTU now (the path shrank) or
+                    // more than it takes: this batch goes out datagram by datagram, where
+                    // a datagram too large fails alone (EMSGSIZE, counted as lost). GSO
+                    // stays on.
                     batch.split_segments();
                 }
                 Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),

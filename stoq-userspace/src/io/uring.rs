@@ -445,11 +445,16 @@ impl Backend for UringBackend {
                     return Ok(());
                 }
                 libc::EINTR | libc::ECANCELED => {}
-                libc::EIO | libc::EINVAL if first.segments > 1 => {
+                libc::EIO if first.segments > 1 => {
                     tracing::warn!(
                         "UDP GSO refused by the device (errno {err}); sending without it"
                     );
                     self.caps.gso_segments = 1;
+                    batch.split_segments();
+                }
+                libc::EINVAL if first.segments > 1 => {
+                    // Segments larger than the interface's MTU now (the path shrank):
+                    // this batch datagram by datagram (see the UDP backend); GSO stays on.
                     batch.split_segments();
                 }
                 libc::EBADF | libc::ENOTSOCK | libc::EFAULT => {

@@ -113,3 +113,82 @@ fn a_client_that_changes_address_mid_transfer_keeps_its_data() {
     let st = sim.server.connection(sh).unwrap();
     assert_eq!(st.remote_address(), sim.client_addr);
 }
+
+/// The path shrinks mid-transfer (a tunnel appears: 1,500 → 1,300 bytes, both ways). The
+/// sender's full-size packets all vanish; it detects the black hole, drops to the base
+/// size (1,200), searches upward again and settles below the new limit, reporting each
+/// change; the transfer finishes with every byte intact.
+#[test]
+fn a_path_that_shrinks_mid_transfer_is_detected_and_searched_again() {
+    let (mut sim, client) = sim(
+        7,
+        link(1500),
+        link(1500),
+        1452,
+        transport(Congestion::Bbr.factory()),
+        params(),
+    );
+    let h = connect(&mut sim, &client, Duration::from_secs(5)).expect("handshake");
+    let sh = sim.server_conns[0];
+    let id = sim
+        .client
+        .connection_mut(h)
+        .unwrap()
+        .open_stream(Dir::Uni)
+        .unwrap();
+    let total = 20u64 << 20;
+    let (mut sent, mut got) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    let mut shrunk = false;
+    let mut sizes = Vec::new();
+    let got_all = std::cell::Cell::new(false);
+    let ok = sim.run(
+        Duration::from_secs(60),
+        |s| {
+            if sent < total {
+                fill(s, Side::Client, h, id, 11, &mut sent);
+            }
+            if sent >= total / 2 && !shrunk {
+                shrunk = true;
+                s.up.set_mtu(1300);
+                s.down.set_mtu(1300);
+            }
+            let c = s.server.connection_mut(sh).unwrap();
+            let _ = c.accept_stream(Dir::Uni);
+            while let Ok(Some(n)) = c.read(id, &mut buf) {
+                for (i, b) in buf[..n].iter().enumerate() {
+                    assert_eq!(*b, pat(11, got + i as u64), "byte {}", got + i as u64);
+                }
+                got += n as u64;
+            }
+            got_all.set(got >= total);
+            for e in s.events.drain(..) {
+                if let (Side::Client, Event::DatagramSizeChanged(d)) = (e.0, &e.2) {
+                    sizes.push(*d);
+                }
+                assert!(!matches!(e.2, Event::Lost(_)), "{e:?}");
+            }
+        },
+        |_| got_all.get(),
+    );
+    let c = sim.client.connection(h).unwrap();
+    let st = c.stats();
+    assert!(ok, "{got} of {total} bytes; {st:?}");
+    println!("sizes reported: {sizes:?}; path MTU now {}", st.path_mtu);
+    assert!(st.mtu_black_holes >= 1, "{st:?}");
+    assert!(
+        (1200..=1300).contains(&st.path_mtu),
+        "settled at {} on a 1,300-byte path",
+        st.path_mtu
+    );
+    let max = c.max_datagram_size().expect("datagrams on");
+    assert_eq!(
+        sizes.last(),
+        Some(&max),
+        "the last change reported is the size now"
+    );
+    assert!(
+        sizes.iter().any(|d| *d < 1200),
+        "the drop to the base size was reported: {sizes:?}"
+    );
+}

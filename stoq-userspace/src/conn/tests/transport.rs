@@ -724,7 +724,11 @@ fn a_path_that_never_answers_is_abandoned_for_the_old_one() {
     let back = p.drive_until(Duration::from_secs(10), |p| {
         p.server.connection(h).unwrap().remote_address() == client_addr()
     });
-    assert!(back, "the server went back to the old path");
+    assert!(
+        back,
+        "the server went back to the old path: {:?}",
+        p.server.connection(h).unwrap().stats()
+    );
     assert!(
         !p.events
             .iter()
