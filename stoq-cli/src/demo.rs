@@ -79,6 +79,23 @@ impl Place {
         match self {
             Self::Loopback(_) => {
                 let mut s_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
+                let forced = s_cfg
+                    .backend
+                    .or_else(|| stoq::io::select::forced_by_env().ok().flatten());
+                if forced == Some(BackendKind::AfXdp) {
+                    // Both sides would need the one XDP program the loopback interface
+                    // holds (the second attach fails with EBUSY), and with the client on
+                    // UDP instead the server's AF_XDP socket on lo never hears it (tried:
+                    // the handshake times out).
+                    return Err(
+                        "AF_XDP cannot run the demo over loopback: lo holds one XDP \
+                                program, for one side only, and does not bring the other \
+                                side's packets to it; run `stoq demo` as root without \
+                                --loopback (a veth pair between namespaces) to see AF_XDP, \
+                                or pick --backend udp or io_uring"
+                            .into(),
+                    );
+                }
                 one_core_each(&mut s_cfg);
                 let mut c_cfg = engine.apply("127.0.0.1:0".parse().expect("literal"))?;
                 c_cfg.first_cpu = s_cfg.first_cpu + s_cfg.workers.max(1);

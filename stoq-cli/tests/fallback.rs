@@ -206,6 +206,34 @@ fn a_misspelt_backend_is_a_typed_error() {
     );
 }
 
+/// AF_XDP over loopback is refused with the reason and the fix, forced either way (it
+/// used to fail with a bare "Device or resource busy" even as root).
+#[test]
+fn the_loopback_demo_refuses_af_xdp_with_the_reason() {
+    for (args, env) in [
+        (
+            &["demo", "--loopback", "--bytes", "1M", "--backend", "af_xdp"][..],
+            None,
+        ),
+        (&["demo", "--loopback", "--bytes", "1M"][..], Some("af_xdp")),
+    ] {
+        let mut c = Command::new(STOQ);
+        c.args(args);
+        match env {
+            Some(v) => c.env("STOQ_BACKEND", v),
+            None => c.env_remove("STOQ_BACKEND"),
+        };
+        let o = c.output().expect("run");
+        let t = text(&o);
+        assert!(!o.status.success(), "{t}");
+        assert!(
+            t.contains("AF_XDP cannot run the demo over loopback")
+                && t.contains("without --loopback"),
+            "{t}"
+        );
+    }
+}
+
 /// `stoq probe` checks every capability the XDP path needs: with CAP_PERFMON (and
 /// CAP_SYS_ADMIN, which stands in for it) dropped, AF_XDP is unavailable with a one-line
 /// reason naming it, not reported available to fail later with a verifier dump; and a
