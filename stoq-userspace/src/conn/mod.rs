@@ -2906,7 +2906,7 @@ impl Connection {
                 .filter(|p| !p.done && p.ack_eliciting)
                 .all(|p| usize::from(p.size) > path::BASE_PLPMTU)
         {
-            // Nothing acknowledged over two probe timeouts, and every packet waiting for
+            // Nothing acknowledged over three probe timeouts, and every packet waiting for
             // an acknowledgment larger than the base: the probes about to go out are
             // sent at the base size instead.
             self.on_black_hole(now);

@@ -202,10 +202,11 @@ impl Paths {
         self.large_lost >= BLACK_HOLE_LOSSES
     }
 
-    /// Whether repeated probe timeouts, with nothing acknowledged across them, point at a
+    /// Whether repeated probe timeouts (three in a row: two were seen on a lossy path
+    /// that still carried large packets), with nothing acknowledged across them, point at a
     /// black hole for the current size (every packet sent was that large).
     pub(crate) fn pto_suggests_black_hole(&self, pto_count: u32) -> bool {
-        pto_count >= 2 && self.mtu > BASE_PLPMTU
+        pto_count >= 3 && self.mtu > BASE_PLPMTU
     }
 
     /// The path stopped carrying packets of the current size (it shrank: a tunnel, a
