@@ -279,10 +279,14 @@ impl Send {
             || (self.fin == FinState::Pending && self.sent == self.written)
     }
 
+    /// Finished for good: the reset acknowledged, or every byte and the FIN acknowledged.
+    /// The FIN's packet can be acknowledged before an earlier one that was lost: the
+    /// stream is done only once that data is acknowledged too (its retransmission may
+    /// still be in flight).
     fn is_done(&self) -> bool {
         match &self.reset {
             Some(r) => r.acked,
-            None => self.fin == FinState::Acked,
+            None => self.fin == FinState::Acked && self.base == self.written,
         }
     }
 }
@@ -1575,6 +1579,71 @@ mod tests {
         let n = w.len();
         buf.truncate(n);
         buf
+    }
+
+    /// The FIN's packet acknowledged before an earlier packet that was lost, and the
+    /// receive side finished: the stream must live until the lost data is retransmitted
+    /// and acknowledged. It used to be freed at once: the lost bytes were never sent again
+    /// and their buffer space never returned (a simulator seed idled out with 252 KB
+    /// counted as buffered by no stream, every later Bulk write refused).
+    #[test]
+    fn a_stream_whose_fin_is_acknowledged_first_waits_for_its_lost_data() {
+        let limits = Limits {
+            local_bidi_window: 1 << 20,
+            remote_bidi_window: 1 << 20,
+            uni_window: 1 << 20,
+            conn_window: 1 << 20,
+            max_streams: [16, 16],
+            send_buffer: 1 << 20,
+            send_backlog: 1 << 20,
+        };
+        let mut s = Streams::new(Side::Client, limits);
+        s.set_peer_limits(PeerLimits {
+            max_data: 1 << 20,
+            bidi_local: 0,
+            bidi_remote: 1 << 20,
+            uni: 1 << 20,
+            max_streams_bidi: 4,
+            max_streams_uni: 4,
+        });
+        let id = s.open(Dir::Bi).unwrap();
+        assert_eq!(s.write(id, &[7u8; 2000], false).unwrap(), 2000);
+        s.finish(id).unwrap();
+        // Two packets: the first 1,200-byte one, then the rest with the FIN.
+        let mut recs = Vec::new();
+        while s.has_stream_data() {
+            let mut buf = vec![0u8; 1200];
+            let mut w = Out::new(&mut buf);
+            s.write_streams(&mut w, &mut |r| recs.push(r));
+        }
+        assert!(recs.len() >= 2, "{recs:?}");
+        let (first, rest) = recs.split_first().unwrap();
+        for r in rest {
+            s.on_acked(*r);
+        }
+        s.on_lost(*first);
+        // The peer's answer arrives whole and is read: the receive side is done.
+        s.on_stream(id, 0, b"answer", true).unwrap();
+        let mut out = [0u8; 64];
+        while let Ok(Some(_)) = s.read(id, &mut out) {}
+        assert_eq!(
+            s.len(),
+            1,
+            "the stream lives until its lost data is acknowledged"
+        );
+        assert!(!s.all_acked());
+        assert!(s.has_stream_data(), "the lost data is sent again");
+        let mut again = Vec::new();
+        while s.has_stream_data() {
+            let mut buf = vec![0u8; 1200];
+            let mut w = Out::new(&mut buf);
+            s.write_streams(&mut w, &mut |r| again.push(r));
+        }
+        for r in again {
+            s.on_acked(r);
+        }
+        assert_eq!(s.buffered(), 0, "every buffered byte returned");
+        assert_eq!(s.len(), 0, "freed once everything was acknowledged");
     }
 
     #[test]
