@@ -50,6 +50,23 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Runs `stoq <args>` with capabilities `drop` dropped (capsh runs it through a shell:
+/// `--` passes the rest to it), `STOQ_BACKEND` set to `backend` or removed.
+fn without_caps(drop: &str, args: &str, backend: Option<&str>) -> Output {
+    let mut c = Command::new("capsh");
+    c.args([
+        &format!("--drop={drop}"),
+        "--",
+        "-c",
+        &format!("{STOQ} {args}"),
+    ]);
+    match backend {
+        Some(b) => c.env("STOQ_BACKEND", b),
+        None => c.env_remove("STOQ_BACKEND"),
+    };
+    c.output().expect("capsh")
+}
+
 fn demo(prefix: &[&str], env: &[(&str, &str)], extra: &[&str]) -> Output {
     let mut c = if prefix.is_empty() {
         Command::new(STOQ)
@@ -102,17 +119,11 @@ fn without_bpf_capabilities_af_xdp_is_skipped_with_the_fix() {
     if !root("without_bpf_capabilities") {
         return;
     }
-    // capsh runs `stoq` through a shell: `--` passes the rest to it.
-    let o = Command::new("capsh")
-        .args([
-            "--drop=cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw,cap_sys_admin",
-            "--",
-            "-c",
-            &format!("{STOQ} demo --loopback --bytes 16M"),
-        ])
-        .env_remove("STOQ_BACKEND")
-        .output()
-        .expect("capsh");
+    let o = without_caps(
+        "cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw,cap_sys_admin",
+        "demo --loopback --bytes 16M",
+        None,
+    );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("backend:  udp"), "{t}");
@@ -246,16 +257,7 @@ fn probe_names_a_missing_perfmon_and_fails_when_the_forced_backend_cannot_run() 
     if !root("probe_names_a_missing_perfmon") {
         return;
     }
-    let o = Command::new("capsh")
-        .args([
-            "--drop=cap_perfmon,cap_sys_admin",
-            "--",
-            "-c",
-            &format!("{STOQ} probe"),
-        ])
-        .env_remove("STOQ_BACKEND")
-        .output()
-        .expect("capsh");
+    let o = without_caps("cap_perfmon,cap_sys_admin", "probe", None);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
@@ -263,16 +265,7 @@ fn probe_names_a_missing_perfmon_and_fails_when_the_forced_backend_cannot_run() 
         "{t}"
     );
     assert!(!t.contains("verifier"), "{t}");
-    let o = Command::new("capsh")
-        .args([
-            "--drop=cap_perfmon,cap_sys_admin",
-            "--",
-            "-c",
-            &format!("{STOQ} probe"),
-        ])
-        .env("STOQ_BACKEND", "af_xdp")
-        .output()
-        .expect("capsh");
+    let o = without_caps("cap_perfmon,cap_sys_admin", "probe", Some("af_xdp"));
     let t = text(&o);
     assert!(!o.status.success(), "a forced backend that cannot run: {t}");
     assert!(t.contains("no backend"), "{t}");

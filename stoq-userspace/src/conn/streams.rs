@@ -1569,6 +1569,19 @@ mod tests {
     use super::*;
     use crate::frame::{Frame, Iter};
 
+    /// A megabyte of everything: windows, send buffer and backlog.
+    fn limits() -> Limits {
+        Limits {
+            local_bidi_window: 1 << 20,
+            remote_bidi_window: 1 << 20,
+            uni_window: 1 << 20,
+            conn_window: 1 << 20,
+            max_streams: [16, 16],
+            send_buffer: 1 << 20,
+            send_backlog: 1 << 20,
+        }
+    }
+
     /// One packet's worth of frames from `write_control` then `write_streams`, as the
     /// connection writes them.
     fn packet(s: &mut Streams) -> Vec<u8> {
@@ -1588,16 +1601,7 @@ mod tests {
     /// counted as buffered by no stream, every later Bulk write refused).
     #[test]
     fn a_stream_whose_fin_is_acknowledged_first_waits_for_its_lost_data() {
-        let limits = Limits {
-            local_bidi_window: 1 << 20,
-            remote_bidi_window: 1 << 20,
-            uni_window: 1 << 20,
-            conn_window: 1 << 20,
-            max_streams: [16, 16],
-            send_buffer: 1 << 20,
-            send_backlog: 1 << 20,
-        };
-        let mut s = Streams::new(Side::Client, limits);
+        let mut s = Streams::new(Side::Client, limits());
         s.set_peer_limits(PeerLimits {
             max_data: 1 << 20,
             bidi_local: 0,
@@ -1648,18 +1652,7 @@ mod tests {
 
     #[test]
     fn a_flow_blocked_stream_says_so_once_and_resumes_with_credit() {
-        let mut s = Streams::new(
-            Side::Client,
-            Limits {
-                local_bidi_window: 1 << 20,
-                remote_bidi_window: 1 << 20,
-                uni_window: 1 << 20,
-                conn_window: 1 << 20,
-                max_streams: [16, 16],
-                send_buffer: 1 << 20,
-                send_backlog: 1 << 20,
-            },
-        );
+        let mut s = Streams::new(Side::Client, limits());
         s.set_peer_limits(PeerLimits {
             max_data: 1 << 20,
             bidi_local: 0,
