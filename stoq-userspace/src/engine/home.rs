@@ -108,6 +108,9 @@ pub(crate) struct Worker {
     dirty: AtomicBool,
     /// Datagrams other workers received for this one's connections.
     pub(crate) handoff: Sender<Handoff>,
+    /// Buffers of handoffs this worker has processed, for the next ones handed to it: a
+    /// handoff reuses one instead of allocating (a lock-free bounded queue).
+    pub(crate) spare: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     /// The cross-thread half of the async API: the accept queue.
     pub(crate) api: crate::api::state::SharedApi,
     /// Counters of the cross-thread paths.
@@ -153,6 +156,8 @@ pub(crate) struct Inbox {
 
 /// How many datagrams may wait for their owner worker.
 const HANDOFF_QUEUE: usize = 4096;
+/// Handoff buffers a worker keeps for reuse (beyond them, buffers are freed).
+pub(crate) const SPARE_BUFFERS: usize = 512;
 
 impl Worker {
     /// A pinned worker (its state goes to its thread with [`Worker::make_home`]).
@@ -176,6 +181,7 @@ impl Worker {
             wake: Wake::default(),
             dirty: AtomicBool::new(false),
             handoff,
+            spare: crossbeam_channel::bounded(SPARE_BUFFERS),
             api: crate::api::state::SharedApi::new(max_accept),
             crossings: Crossings::default(),
             stopped: AtomicBool::new(false),

@@ -95,6 +95,9 @@ pub struct WorkerStats {
     pub handoffs_in: u64,
     /// Handoffs dropped because the owner's queue was full.
     pub handoffs_dropped: u64,
+    /// Buffers allocated for handoffs because the owner had none spare: grows while
+    /// handoffs ramp up, then stays put (each buffer returns to its owner's spares).
+    pub handoff_buffers_allocated: u64,
     /// Loop turns.
     pub loops: u64,
     /// Times the loop found nothing to do and waited (its thread sleeps unless other tasks

@@ -228,6 +228,7 @@ async fn drive(
                 while let Ok(mut h) = inbox.handoffs.try_recv() {
                     st.stats.handoffs_in += 1;
                     st.on_datagram(worker, now, h.from, h.info, &mut h.data);
+                    recycle(worker, h.data);
                 }
                 if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                     st.endpoint.handle_timeout(now);
@@ -424,22 +425,41 @@ fn idle_poll(
     }
 }
 
-/// Hands a datagram to the worker that owns its connection.
+/// Hands a datagram to the worker that owns its connection, in one of the owner's spare
+/// buffers (allocating only when it has none).
 fn hand_over(st: &mut State, owner: &Arc<Worker>, from: SocketAddr, info: DatagramInfo, d: &[u8]) {
     let h = Handoff {
         from,
         info,
-        data: d.to_vec(),
+        data: handoff_buffer(owner, d, &mut st.stats.handoff_buffers_allocated),
     };
     match owner.handoff.try_send(h) {
         Ok(()) => {
             st.stats.handoffs_out += 1;
             owner.notify();
         }
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+        Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
             st.stats.handoffs_dropped += 1;
+            recycle(owner, h.data);
         }
     }
+}
+
+/// A copy of `d` in one of `owner`'s spare buffers, or a new one (counted in `allocated`).
+fn handoff_buffer(owner: &Worker, d: &[u8], allocated: &mut u64) -> Vec<u8> {
+    let mut b = owner.spare.1.try_recv().unwrap_or_else(|_| {
+        *allocated += 1;
+        // Room for a full-size datagram, so a reused buffer never grows.
+        Vec::with_capacity(d.len().max(2048))
+    });
+    b.clear();
+    b.extend_from_slice(d);
+    b
+}
+
+/// Gives a processed handoff's buffer back to `owner`'s spares (freed if they are full).
+fn recycle(owner: &Worker, b: Vec<u8>) {
+    let _ = owner.spare.0.try_send(b);
 }
 
 /// Lets the other tasks of this thread run once, then resumes. On a pinned worker the loop
@@ -562,5 +582,31 @@ impl Readiness {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Handoff buffers come back to their owner and are reused: after the first round,
+    /// handing over allocates nothing.
+    #[test]
+    fn handoff_buffers_are_reused() {
+        let (owner, _inbox) = Worker::pinned(1, 16);
+        let mut allocated = 0;
+        for round in 0..3 {
+            let bufs: Vec<Vec<u8>> = (0..100u8)
+                .map(|i| handoff_buffer(&owner, &[i; 1200], &mut allocated))
+                .collect();
+            assert!(bufs.iter().enumerate().all(|(i, b)| b == &[i as u8; 1200]));
+            for b in bufs {
+                recycle(&owner, b);
+            }
+            assert_eq!(
+                allocated, 100,
+                "round {round}: only the first round allocates"
+            );
+        }
     }
 }
