@@ -159,13 +159,19 @@ impl EngineArgs {
     fn apply(&self, bind: SocketAddr) -> Result<stoq::engine::EngineConfig, String> {
         let mut c = stoq::engine::EngineConfig::new(bind);
         c.workers = self.workers;
-        if let Some(b) = &self.backend {
-            c.backend = Some(
-                BackendKind::parse(b)
-                    .ok_or_else(|| format!("--backend {b}: use af_xdp, io_uring or udp"))?,
-            );
-        }
+        c.backend = self.backend_kind()?;
         Ok(c)
+    }
+
+    /// The backend `--backend` forces, if any.
+    fn backend_kind(&self) -> Result<Option<BackendKind>, String> {
+        self.backend
+            .as_deref()
+            .map(|b| {
+                BackendKind::parse(b)
+                    .ok_or_else(|| format!("--backend {b}: use af_xdp, io_uring or udp"))
+            })
+            .transpose()
     }
 }
 
@@ -186,14 +192,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 fn probe(bind: Option<SocketAddr>, engine: &EngineArgs) -> Result<(), String> {
-    let forced = match &engine.backend {
-        Some(b) => Some(
-            BackendKind::parse(b)
-                .ok_or_else(|| format!("--backend {b}: use af_xdp, io_uring or udp"))?,
-        ),
-        None => None,
-    };
-    let sel = stoq::io::select::select(forced);
+    let sel = stoq::io::select::select(engine.backend_kind()?);
     for p in stoq::io::select::probe_all() {
         match p.result {
             Ok(()) => say!("{:<9} available", p.kind.name()),

@@ -106,8 +106,7 @@ pub(crate) struct Stash {
 }
 
 /// Path events kept for [`Connection::path_event`](super::Connection::path_event) until
-/// read; beyond that the oldest are dropped (and counted): the newest say where the path
-/// stands.
+/// read; beyond that the oldest are dropped: the newest say where the path stands.
 pub(crate) const MAX_PATH_EVENTS: usize = 64;
 
 /// A connection as its worker tracks it for the async API.
@@ -123,9 +122,8 @@ pub(crate) struct Slot {
     /// abandoned.
     pub(crate) messages: HashMap<StreamId, Option<bool>>,
     pub(crate) stash: Stash,
-    /// Path events not yet read, oldest first, and how many were dropped unread.
+    /// Path events not yet read, oldest first.
     pub(crate) path_events: VecDeque<super::PathEvent>,
-    pub(crate) path_events_dropped: u64,
 }
 
 impl Slot {
@@ -133,7 +131,6 @@ impl Slot {
     fn push_path_event(&mut self, e: super::PathEvent) -> bool {
         if self.path_events.len() >= MAX_PATH_EVENTS {
             self.path_events.pop_front();
-            self.path_events_dropped += 1;
         }
         self.path_events.push_back(e);
         self.wakers.path_event.take().map(Waker::wake).is_some()
@@ -206,7 +203,6 @@ impl ApiState {
             messages: HashMap::new(),
             stash: Stash::default(),
             path_events: VecDeque::new(),
-            path_events_dropped: 0,
         });
         shared
     }

@@ -1274,14 +1274,18 @@ impl Connection {
 
     /// Whether congestion control and pacing let a new data packet leave now.
     fn data_allowed(&mut self, now: Instant) -> bool {
-        let mtu = self.path.mtu() as u64;
-        if self.in_flight + mtu > self.cc.window() {
+        if !self.window_has_room() {
             self.pacing_until = None;
             return false;
         }
         let rate = self.pacing_rate();
-        self.pacing_until = self.pacer.delay(now, rate, mtu);
+        self.pacing_until = self.pacer.delay(now, rate, self.path.mtu() as u64);
         self.pacing_until.is_none()
+    }
+
+    /// Whether the congestion window takes another full-size packet.
+    fn window_has_room(&self) -> bool {
+        self.in_flight + self.path.mtu() as u64 <= self.cc.window()
     }
 
     /// Reports messages that completed and abandons those past their deadline.
@@ -1376,10 +1380,7 @@ impl Connection {
             // A probe goes out only when the window has room, the path is validated and
             // the pacer allows: a due probe that cannot leave is no timer (an ACK, a loss
             // or the pacer wakes the connection first).
-            if !self.path.probe_in_flight
-                && self.validated
-                && self.in_flight + self.path.mtu() as u64 <= self.cc.window()
-            {
+            if !self.path.probe_in_flight && self.validated && self.window_has_room() {
                 min(self
                     .path
                     .next_probe
@@ -2110,13 +2111,7 @@ impl Connection {
             let before = self.max_datagram_size();
             let base = self.path_base_mtu();
             self.path.reset_mtu(base, now);
-            self.cc.on_mtu(base as u64);
-            self.pacer.set_mtu(base as u64);
-            if let Some(d) = self.max_datagram_size()
-                && Some(d) != before
-            {
-                self.events.push_back(Event::DatagramSizeChanged(d));
-            }
+            self.on_mtu_changed(base, before);
         }
         let mut token = [0u8; 8];
         self.rng.fill_bytes(&mut token);
@@ -2147,9 +2142,15 @@ impl Connection {
         let before = self.max_datagram_size();
         let mtu = self.path.on_black_hole(now);
         self.stats.mtu_black_holes += 1;
+        tracing::debug!(mtu, "path MTU black hole: back to the base size");
+        self.on_mtu_changed(mtu, before);
+    }
+
+    /// The path MTU is now `mtu` (the DATAGRAM size was `before`): the congestion
+    /// controller and pacer follow, and the application hears of a new DATAGRAM size.
+    fn on_mtu_changed(&mut self, mtu: usize, before: Option<usize>) {
         self.cc.on_mtu(mtu as u64);
         self.pacer.set_mtu(mtu as u64);
-        tracing::debug!(mtu, "path MTU black hole: back to the base size");
         if let Some(d) = self.max_datagram_size()
             && Some(d) != before
         {

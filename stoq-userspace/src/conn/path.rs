@@ -213,14 +213,8 @@ impl Paths {
     /// route change): drop to the base, which every path carries, and search upward
     /// again, starting now (RFC 8899 §4.3, §5.2). Returns the new MTU.
     pub(crate) fn on_black_hole(&mut self, now: Instant) -> usize {
-        self.mtu = BASE_PLPMTU;
-        self.search_low = BASE_PLPMTU;
-        self.search_high = self.mtu_max;
-        self.probe_size = None;
+        self.reset_mtu(BASE_PLPMTU, now);
         self.probes_lost = 0;
-        self.probe_in_flight = false;
-        self.large_lost = 0;
-        self.next_probe = (self.mtu_max > BASE_PLPMTU).then_some(now);
         self.mtu
     }
 

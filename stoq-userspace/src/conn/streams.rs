@@ -1495,12 +1495,12 @@ impl Streams {
         }
     }
 
-    /// Whether every stream this side sends on has all its data acknowledged.
     /// Bytes written to send streams and not yet acknowledged.
     pub(crate) fn buffered(&self) -> u64 {
         self.buffered
     }
 
+    /// Whether every stream this side sends on has all its data acknowledged.
     pub(crate) fn all_acked(&self) -> bool {
         self.buffered == 0
             && self.map.values().all(|s| {

@@ -131,6 +131,28 @@ impl UdpBackend {
     }
 }
 
+/// Sets the `c_int` socket option `level`/`opt` of `fd` to `v`; returns whether the kernel
+/// took it.
+#[cfg(target_os = "linux")]
+fn set_int_opt(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> bool {
+    // SAFETY: the caller's descriptor is a valid socket; the value is a c_int of the size
+    // given, alive for the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
 /// Asks for `bytes` of socket buffer each way; as root, past the sysctl ceilings.
 fn set_buffers(socket: &Socket, bytes: usize) {
     #[cfg(target_os = "linux")]
@@ -138,16 +160,7 @@ fn set_buffers(socket: &Socket, bytes: usize) {
         use std::os::fd::AsRawFd;
         let v = bytes.min(i32::MAX as usize) as libc::c_int;
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            // SAFETY: a valid socket fd and a c_int option value of the right size.
-            let _ = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const v).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            let _ = set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, opt, v);
         }
     }
     // Without privilege the forced variants fail: fall back to the capped ones.
@@ -240,18 +253,7 @@ fn probe_offloads(socket: &Socket, config: &UdpConfig) -> Capabilities {
         }
     }
     if config.gro {
-        let on: libc::c_int = 1;
-        // SAFETY: valid fd; a c_int option value.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        caps.gro = r == 0;
+        caps.gro = set_int_opt(fd, libc::SOL_UDP, libc::UDP_GRO, 1);
     }
     caps
 }
@@ -263,19 +265,7 @@ fn probe_offloads(socket: &Socket, config: &UdpConfig) -> Capabilities {
 fn enable_rx_info(socket: &Socket, v6: bool) -> (bool, bool) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
-    let on = |level: libc::c_int, opt: libc::c_int| {
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd; a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                opt,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
+    let on = |level: libc::c_int, opt: libc::c_int| set_int_opt(fd, level, opt, 1);
     let v4_ecn = on(libc::IPPROTO_IP, libc::IP_RECVTOS);
     let v4_info = on(libc::IPPROTO_IP, libc::IP_PKTINFO);
     if v6 {
@@ -297,26 +287,16 @@ fn enable_rx_info(socket: &Socket, v6: bool) -> (bool, bool) {
 fn forbid_fragmentation(socket: &Socket, v6: bool) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
-    let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| {
-        // SAFETY: valid fd; a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                opt,
-                (&raw const v).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
     // A dual-stack IPv6 socket sends IPv4 too: both families' settings.
-    let _ = set(
+    let _ = set_int_opt(
+        fd,
         libc::IPPROTO_IP,
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_PROBE,
     );
     if v6 {
-        let _ = set(
+        let _ = set_int_opt(
+            fd,
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IPV6_PMTUDISC_PROBE,
