@@ -8,6 +8,7 @@ use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
 use stoq::handshake::cert::{
     self, CertParams, Certificate, PEM_CERT, PEM_PRIVATE, PEM_PUBLIC, pem_encode,
 };
+use stoq::handshake::chain::MAX_CHAIN_LEN;
 
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
@@ -39,9 +40,27 @@ pub(crate) fn public_key(path: &Path) -> Result<VerifyingKey, String> {
     cert::load_public_key(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Loads a certificate (PEM).
-pub(crate) fn certificate(path: &Path) -> Result<Certificate, String> {
-    cert::load_certificate(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+/// Loads a certificate chain (PEM blocks, leaf first).
+pub(crate) fn certificate_chain(path: &Path) -> Result<Vec<Certificate>, String> {
+    cert::load_certificate_chain(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Loads a trust anchor: a CA's public key, or a CA certificate (its key is the anchor;
+/// the certificate's own issuer and validity are not consulted, as with a root in a TLS
+/// trust store).
+pub(crate) fn trust_anchor(path: &Path) -> Result<VerifyingKey, String> {
+    let text = read(path)?;
+    if text.contains(&format!("-----BEGIN {PEM_CERT}-----")) {
+        let c = cert::load_certificate(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !c.is_ca {
+            return Err(format!(
+                "{}: not a CA certificate; trust a CA's public key or certificate",
+                path.display()
+            ));
+        }
+        return Ok(c.key);
+    }
+    cert::load_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
@@ -80,6 +99,7 @@ pub(crate) struct CertArgs {
     pub(crate) names: Vec<String>,
     pub(crate) days: u64,
     pub(crate) ca: bool,
+    pub(crate) issuer_cert: Option<PathBuf>,
     pub(crate) out: PathBuf,
 }
 
@@ -96,6 +116,32 @@ pub(crate) fn cert(a: &CertArgs) -> Result<(), String> {
     let issuer = private_key(&a.issuer_key)?;
     let issuer_pub = public_key(&a.issuer_pub)?;
     let subject = public_key(&a.subject)?;
+    // An intermediate issuer: its chain follows the new certificate in the output.
+    let issuer_chain = match &a.issuer_cert {
+        Some(p) => {
+            let chain = certificate_chain(p)?;
+            if chain[0].key != issuer_pub {
+                return Err(format!(
+                    "{}: the certificate is not --issuer-pub's: give the issuer's own certificate",
+                    p.display()
+                ));
+            }
+            if !chain[0].is_ca {
+                return Err(format!(
+                    "{}: the issuer's certificate is not a CA certificate: issue it with --ca",
+                    p.display()
+                ));
+            }
+            chain
+        }
+        None => Vec::new(),
+    };
+    if issuer_chain.len() + 1 > MAX_CHAIN_LEN {
+        return Err(format!(
+            "the chain would hold {} certificates; peers accept at most {MAX_CHAIN_LEN}",
+            issuer_chain.len() + 1
+        ));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -107,16 +153,31 @@ pub(crate) fn cert(a: &CertArgs) -> Result<(), String> {
         is_ca: a.ca,
     };
     let c = Certificate::issue(&params, &subject, &issuer, &issuer_pub, &mut OsRng);
-    if !a.ca {
-        c.verify(std::slice::from_ref(&issuer_pub), None, now)
-            .map_err(|e| format!("the issuer's private and public keys do not match: {e}"))?;
+    c.check_signature(&issuer_pub)
+        .map_err(|e| format!("the issuer's private and public keys do not match: {e}"))?;
+    let mut pem = pem_encode(PEM_CERT, c.as_bytes());
+    for above in &issuer_chain {
+        pem.push_str(&pem_encode(PEM_CERT, above.as_bytes()));
     }
-    write(&a.out, &pem_encode(PEM_CERT, c.as_bytes()), false)?;
+    write(&a.out, &pem, false)?;
     say!(
-        "certificate for {} valid {} days: {}",
+        "{} for {} valid {} days: {}{}",
+        if a.ca {
+            "CA certificate"
+        } else {
+            "certificate"
+        },
         a.names.join(", "),
         a.days,
-        a.out.display()
+        a.out.display(),
+        if issuer_chain.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (with the {} issuer certificates above it)",
+                issuer_chain.len()
+            )
+        }
     );
     Ok(())
 }

@@ -63,9 +63,15 @@ enum Command {
         /// Days of validity from now.
         #[arg(long, default_value_t = 365)]
         days: u64,
-        /// Let the certificate issue others.
+        /// Let the certificate issue others (an intermediate CA; the root of trust is
+        /// a key pair from `stoq keygen`, whose public key clients trust with `--ca`).
         #[arg(long)]
         ca: bool,
+        /// The issuer's own certificate (chain), when the issuer is an intermediate CA:
+        /// it is written after the new certificate, so the output is the full chain a
+        /// server presents.
+        #[arg(long)]
+        issuer_cert: Option<PathBuf>,
         /// Where to write the certificate (PEM).
         #[arg(long)]
         out: PathBuf,
@@ -81,7 +87,9 @@ enum Command {
         /// The server's public key (raw-key mode: clients pin it).
         #[arg(long, conflicts_with = "cert")]
         public: Option<PathBuf>,
-        /// The server's certificate (certificate mode: clients trust its issuer).
+        /// The server's certificate, or its chain (leaf first, then the intermediate CA
+        /// certificates; `stoq cert --issuer-cert` writes one): clients trust the key
+        /// at the top.
         #[arg(long)]
         cert: Option<PathBuf>,
         /// Directory to store uploads in and serve downloads from (none: uploads are
@@ -101,7 +109,7 @@ enum Command {
         /// The server's public key, pinned.
         #[arg(long, conflicts_with = "ca")]
         pin: Option<PathBuf>,
-        /// A certificate issuer's public key to trust.
+        /// A trust anchor: a CA's public key, or a CA certificate (its key is trusted).
         #[arg(long)]
         ca: Option<PathBuf>,
         /// Upload this file.
@@ -263,6 +271,7 @@ fn main() -> ExitCode {
             names,
             days,
             ca,
+            issuer_cert,
             out,
         } => keys::cert(&keys::CertArgs {
             issuer_key,
@@ -271,6 +280,7 @@ fn main() -> ExitCode {
             names,
             days,
             ca,
+            issuer_cert,
             out,
         }),
         Command::Probe { bind, engine } => probe(bind, &engine),

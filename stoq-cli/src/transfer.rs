@@ -265,10 +265,8 @@ pub(crate) fn server(
 ) -> Result<(), String> {
     let key = keys::private_key(key)?;
     let credential = match (public, cert) {
-        (_, Some(c)) => Credential::Certificate {
-            key,
-            cert: keys::certificate(c)?,
-        },
+        (_, Some(c)) => Credential::chain(key, keys::certificate_chain(c)?, &mut rand_core::OsRng)
+            .map_err(|e| format!("{}: {e}", c.display()))?,
         (Some(p), None) => Credential::RawKey {
             key,
             public: keys::public_key(p)?,
@@ -479,7 +477,7 @@ pub(crate) fn report(verb: &str, o: &Outcome, conn: &Connection) -> String {
 pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
     let trust = match (&a.pin, &a.ca) {
         (Some(p), _) => Trust::PinnedKey(keys::public_key(p)?),
-        (None, Some(c)) => Trust::Anchors(vec![keys::public_key(c)?]),
+        (None, Some(c)) => Trust::Anchors(vec![keys::trust_anchor(c)?]),
         (None, None) => return Err("give --pin (the server's public key) or --ca".into()),
     };
     let bind: SocketAddr = if a.server.is_ipv6() {

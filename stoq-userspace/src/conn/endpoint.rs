@@ -49,7 +49,9 @@ pub struct EndpointConfig {
     pub server_id: u64,
     /// This worker's id inside its CIDs.
     pub worker_id: u8,
-    /// Largest UDP payload sent (at least 1200).
+    /// Largest UDP payload sent (at least 1200): the ceiling path MTU discovery probes up
+    /// to from [`TransportConfig::initial_mtu`]. Set it to the interface MTU minus the IP
+    /// and UDP headers (1452 for IPv6 on a 1500-byte link, the default).
     pub max_udp_payload: usize,
     /// Most connections at once.
     pub max_connections: usize,
@@ -148,11 +150,10 @@ impl EndpointConfig {
                 "pacing_gain must be in (0, 4]: it multiplies the controller's rate",
             ));
         }
-        if t.mtu_discovery_max
-            .is_some_and(|m| m < self.max_udp_payload || m > 65_527)
-        {
+        if t.initial_mtu < MIN_INITIAL_DATAGRAM || t.initial_mtu > self.max_udp_payload {
             return Err(ConfigError::Transport(
-                "mtu_discovery_max must lie between max_udp_payload and 65527",
+                "initial_mtu must lie between 1200 and max_udp_payload: paths start at it and \
+                 probe up to max_udp_payload",
             ));
         }
         Ok(())
@@ -1006,7 +1007,7 @@ impl Endpoint {
 
     /// As [`poll_transmit`](Self::poll_transmit), into a fixed buffer (an I/O backend's
     /// frame): the datagram is `buf[..size]`. The buffer should hold the largest datagram
-    /// the transport may send (`max_udp_payload`, or `mtu_discovery_max` when larger);
+    /// the transport may send (`max_udp_payload`, the ceiling of path MTU discovery);
     /// shorter buffers make smaller datagrams, and a stateless response that does not fit
     /// is dropped (counted in `responses_dropped`).
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -1107,9 +1108,7 @@ impl Endpoint {
     /// The largest datagram any connection may send: the size an I/O buffer passed to
     /// [`poll_transmit_into`](Self::poll_transmit_into) should have.
     pub fn max_datagram_size(&self) -> usize {
-        self.config
-            .max_udp_payload
-            .max(self.config.transport.mtu_discovery_max.unwrap_or(0))
+        self.config.max_udp_payload
     }
 
     /// A connection freed since the last call (it drained and its last event was

@@ -571,9 +571,14 @@ pub struct TransportConfig {
     /// that the path and the peer carry them. On by default; received marks are counted
     /// and reported either way.
     pub ecn: bool,
-    /// Probe the path MTU upward (DPLPMTUD, RFC 8899) to at most this UDP payload size;
-    /// `None` stays at the endpoint's `max_udp_payload`.
-    pub mtu_discovery_max: Option<usize>,
+    /// The UDP payload size a new path starts at. From here DPLPMTUD (RFC 8899) probes
+    /// upward, once the handshake is confirmed, to the endpoint's
+    /// [`max_udp_payload`](super::EndpointConfig::max_udp_payload) (capped by the peer's
+    /// `max_udp_payload_size`), and drops back here when the path stops carrying large
+    /// packets (a black hole) or the connection moves to a new network path. The default
+    /// is the size every QUIC path carries, 1200; set it to `max_udp_payload` to start at
+    /// full size and not probe (only where every path is known to carry it).
+    pub initial_mtu: usize,
     /// Extension frame types (from [`frame::EXTENSION_TYPES`]) this endpoint accepts and
     /// hands to the application ([`Connection::recv_extension_frame`]). Any other
     /// extension type closes the connection with FRAME_ENCODING_ERROR. Both sides agree
@@ -592,7 +597,7 @@ impl Default for TransportConfig {
             ack_thinning: 10,
             pacing_gain: 1.0,
             ecn: true,
-            mtu_discovery_max: None,
+            initial_mtu: path::BASE_PLPMTU,
             extension_frames: Vec::new(),
         }
     }
@@ -883,7 +888,7 @@ impl Connection {
             ext_next_seq: 0,
             ext_seen: ranges::RangeSet::new(EXTENSION_WINDOW as usize),
             ext_max_seen: None,
-            path: path::Paths::new(s.mtu, s.transport.mtu_discovery_max),
+            path: path::Paths::new(s.transport.initial_mtu.min(s.mtu), s.mtu),
             transport: s.transport,
         };
         // The controller's randomisation comes from a stream of its own under the
@@ -2132,8 +2137,9 @@ impl Connection {
         });
     }
 
+    /// Where a new network path starts: the configured initial size.
     fn path_base_mtu(&self) -> usize {
-        self.mtu
+        self.transport.initial_mtu.min(self.mtu)
     }
 
     /// The path stopped carrying packets of the current size: drop to the base size
@@ -2320,6 +2326,9 @@ impl Connection {
         self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
         self.peer_ack_delay_exponent = peer.ack_delay_exponent;
         self.peer_max_datagram = peer.max_datagram_frame_size;
+        // The peer says the largest datagram it will take: discovery stops there.
+        self.path
+            .cap_mtu(usize::try_from(peer.max_udp_payload_size).unwrap_or(usize::MAX));
         self.peer_cid_limit = peer.active_connection_id_limit.min(8) as usize;
         self.streams.set_peer_limits(PeerLimits {
             max_data: peer.initial_max_data,

@@ -89,8 +89,9 @@ pub(crate) struct Paths {
 }
 
 impl Paths {
-    pub(crate) fn new(mtu: usize, discovery_max: Option<usize>) -> Self {
-        let max = discovery_max.unwrap_or(mtu).max(mtu);
+    /// A path that starts at `mtu` and may probe up to `max` (RFC 8899).
+    pub(crate) fn new(mtu: usize, max: usize) -> Self {
+        let max = max.max(mtu);
         Self {
             peer_cids: VecDeque::new(),
             active_seq: 0,
@@ -119,6 +120,13 @@ impl Paths {
 
     pub(crate) fn mtu(&self) -> usize {
         self.mtu
+    }
+
+    /// Lowers the probe ceiling to `max` (the peer's `max_udp_payload_size`), never below
+    /// the size already in use, which every QUIC endpoint accepts at 1200 and above.
+    pub(crate) fn cap_mtu(&mut self, max: usize) {
+        self.mtu_max = self.mtu_max.min(max).max(self.mtu);
+        self.search_high = self.search_high.min(self.mtu_max);
     }
 
     /// Starts DPLPMTUD once the handshake is confirmed.

@@ -90,6 +90,39 @@ pub enum CertError {
     /// A CA certificate was presented as an end-entity one, or the reverse.
     #[error("certificate role mismatch: {0}")]
     Role(&'static str),
+    /// A chain holds more certificates than [`MAX_CHAIN_LEN`](super::chain::MAX_CHAIN_LEN).
+    #[error(
+        "certificate chain of {len} certificates; at most {max} (a leaf and {} intermediates) are accepted",
+        max - 1
+    )]
+    ChainTooLong {
+        /// Certificates in the chain, leaf included.
+        len: usize,
+        /// The most accepted.
+        max: usize,
+    },
+    /// A certificate above the leaf failed its check.
+    #[error("intermediate certificate {depth} (1 is the leaf's issuer): {reason}")]
+    Intermediate {
+        /// Its position: 1 for the leaf's issuer, 2 for that one's, and so on.
+        depth: usize,
+        /// What is wrong with it.
+        reason: Box<Self>,
+    },
+    /// A configured chain is out of order: certificate `depth` was not issued by the
+    /// one after it.
+    #[error(
+        "certificate {depth} of the chain (0 is the leaf) was not issued by the one after it: list the leaf first, then each issuer in turn"
+    )]
+    ChainOrder {
+        /// The certificate whose issuer does not follow it (0 is the leaf).
+        depth: usize,
+    },
+    /// A configured private key does not belong to the certificate.
+    #[error(
+        "the private key does not match the certificate's public key: give the key the certificate was issued for"
+    )]
+    KeyMismatch,
 }
 
 /// A STOQ certificate.
@@ -257,7 +290,8 @@ impl Certificate {
 
     /// Checks the certificate against `anchors` at time `now` (Unix seconds) for
     /// `server_name` (`None` skips the name check, for client certificates), returning the
-    /// subject's key.
+    /// subject's key: a chain of one, the leaf signed by an anchor. Chains with
+    /// intermediates: [`chain::verify`](super::chain::verify).
     ///
     /// # Errors
     /// [`CertError::UnknownIssuer`], [`CertError::BadSignature`], [`CertError::Expired`],
@@ -268,16 +302,29 @@ impl Certificate {
         server_name: Option<&str>,
         now: u64,
     ) -> Result<&VerifyingKey, CertError> {
-        let issuer = anchors
-            .iter()
-            .find(|a| key_id(a) == self.issuer_key_id)
-            .ok_or_else(|| CertError::UnknownIssuer(hex(&self.issuer_key_id[..8])))?;
+        super::chain::verify(self, &[], anchors, server_name, now)
+    }
+
+    /// Whether `issuer` is the key this certificate names as its issuer.
+    pub fn issued_by(&self, issuer: &VerifyingKey) -> bool {
+        key_id(issuer) == self.issuer_key_id
+    }
+
+    /// Checks the issuer's signature with `issuer`, the key this certificate names.
+    ///
+    /// # Errors
+    /// [`CertError::BadSignature`].
+    pub fn check_signature(&self, issuer: &VerifyingKey) -> Result<(), CertError> {
         if issuer.alg() != self.sig_alg {
             return Err(CertError::BadSignature);
         }
         issuer
             .verify(SIGN_CONTEXT, self.signed_part(), &self.signature)
-            .map_err(|_| CertError::BadSignature)?;
+            .map_err(|_| CertError::BadSignature)
+    }
+
+    /// Checks the validity window at `now` (Unix seconds).
+    pub(crate) fn check_validity(&self, now: u64) -> Result<(), CertError> {
         if now < self.not_before {
             return Err(CertError::NotYetValid {
                 not_before: self.not_before,
@@ -290,20 +337,12 @@ impl Certificate {
                 now,
             });
         }
-        if self.is_ca {
-            return Err(CertError::Role(
-                "a CA certificate cannot authenticate a peer",
-            ));
-        }
-        if let Some(name) = server_name {
-            if !self.matches_name(name) {
-                return Err(CertError::NameMismatch {
-                    expected: name.to_string(),
-                    names: self.names.clone(),
-                });
-            }
-        }
-        Ok(&self.key)
+        Ok(())
+    }
+
+    /// The first 8 bytes of the issuer's key id, in hex: how errors name an issuer.
+    pub(crate) fn issuer_hex(&self) -> String {
+        hex(&self.issuer_key_id[..8])
     }
 }
 
@@ -324,6 +363,12 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 /// # Errors
 /// [`CertError::Pem`] naming what is wrong.
 pub fn pem_decode(label: &'static str, text: &str) -> Result<Vec<u8>, CertError> {
+    pem_decode_next(label, text).map(|(der, _)| der)
+}
+
+/// Decodes the first PEM block labelled `label` in `text`, returning it and the offset
+/// just after it.
+fn pem_decode_next(label: &'static str, text: &str) -> Result<(Vec<u8>, usize), CertError> {
     let err = |d: &str| CertError::Pem {
         expected: label,
         detail: d.to_string(),
@@ -351,9 +396,10 @@ pub fn pem_decode(label: &'static str, text: &str) -> Result<Vec<u8>, CertError>
     if body.len() > 4 * MAX_CERT_LEN {
         return Err(err("block too large"));
     }
-    STANDARD
+    let der = STANDARD
         .decode(body)
-        .map_err(|e| err(&format!("bad base64: {e}")))
+        .map_err(|e| err(&format!("bad base64: {e}")))?;
+    Ok((der, stop + end.len()))
 }
 
 /// Loads a FALCON private key from PEM text.
@@ -370,6 +416,30 @@ pub fn load_private_key(pem: &str) -> Result<SigningKey, CertError> {
 /// [`CertError::Pem`], [`CertError::BadKey`].
 pub fn load_public_key(pem: &str) -> Result<VerifyingKey, CertError> {
     VerifyingKey::from_bytes(&pem_decode(PEM_PUBLIC, pem)?).map_err(CertError::BadKey)
+}
+
+/// Loads a certificate chain from PEM text: every `STOQ CERTIFICATE` block in order, the
+/// leaf first, then each issuer (the layout of a TLS `fullchain.pem`; `stoq cert
+/// --issuer-cert` writes it).
+///
+/// # Errors
+/// [`CertError::Pem`], [`CertError::Malformed`], [`CertError::BadKey`],
+/// [`CertError::ChainTooLong`].
+pub fn load_certificate_chain(pem: &str) -> Result<Vec<Certificate>, CertError> {
+    let max = super::chain::MAX_CHAIN_LEN;
+    let mut chain = Vec::new();
+    let mut rest = pem;
+    loop {
+        let (der, end) = pem_decode_next(PEM_CERT, rest)?;
+        if chain.len() == max {
+            return Err(CertError::ChainTooLong { len: max + 1, max });
+        }
+        chain.push(Certificate::decode(&der)?);
+        rest = &rest[end..];
+        if !rest.contains("-----BEGIN ") {
+            return Ok(chain);
+        }
+    }
 }
 
 /// Loads a certificate from PEM text.
@@ -482,5 +552,39 @@ mod tests {
         for n in 0..cert.as_bytes().len() {
             assert!(Certificate::decode(&cert.as_bytes()[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn pem_chains_load_in_order_and_bounded() {
+        let (_, _, a) = setup(SigAlg::Falcon512);
+        let (_, _, b) = setup(SigAlg::Falcon512);
+        let pem = |certs: &[&Certificate]| {
+            certs
+                .iter()
+                .map(|c| pem_encode(PEM_CERT, c.as_bytes()))
+                .collect::<String>()
+        };
+        assert_eq!(
+            load_certificate_chain(&pem(&[&a])).unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            load_certificate_chain(&pem(&[&a, &b])).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert!(matches!(
+            load_certificate_chain(&pem(&[&a, &b, &a, &b, &a])),
+            Err(CertError::ChainTooLong { len: 5, max: 4 })
+        ));
+        // A second block that is not a certificate is an error, not silently skipped.
+        let mixed = pem(&[&a]) + &pem_encode(PEM_PUBLIC, a.key.as_bytes());
+        assert!(matches!(
+            load_certificate_chain(&mixed),
+            Err(CertError::Pem { .. })
+        ));
+        assert!(matches!(
+            load_certificate_chain(""),
+            Err(CertError::Pem { .. })
+        ));
     }
 }

@@ -92,8 +92,11 @@ pub struct EncryptedExtensions {
 pub enum CredentialKind {
     /// A bare FALCON public key (pinned-key trust).
     RawPublicKey = 0,
-    /// A STOQ certificate (CA trust).
+    /// A STOQ certificate (CA trust) issued directly by a trust anchor.
     Certificate = 1,
+    /// A STOQ certificate chain, leaf first, then intermediates
+    /// ([`chain`](super::chain) encoding).
+    CertificateChain = 2,
 }
 
 /// A Certificate message.
@@ -294,6 +297,7 @@ impl Message {
                 let kind = match r.u8()? {
                     0 => CredentialKind::RawPublicKey,
                     1 => CredentialKind::Certificate,
+                    2 => CredentialKind::CertificateChain,
                     _ => return Err(DecodeError::Invalid("credential kind")),
                 };
                 Self::Certificate(CertificateMsg {

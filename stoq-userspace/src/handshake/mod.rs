@@ -23,6 +23,7 @@
 //! ```
 
 pub mod cert;
+pub mod chain;
 pub mod messages;
 pub mod params;
 pub mod schedule;
@@ -71,16 +72,41 @@ pub enum Credential {
         /// Its public key.
         public: VerifyingKey,
     },
-    /// A key and a certificate for it.
+    /// A key and a certificate for it, with the intermediate CA certificates between it
+    /// and the peer's trust anchor ([`Credential::chain`] checks them).
     Certificate {
         /// Signing key.
         key: SigningKey,
         /// The certificate of its public key.
         cert: Certificate,
+        /// The certificates above it, the leaf's issuer first; empty when a trust anchor
+        /// issued the leaf.
+        intermediates: Vec<Certificate>,
     },
 }
 
 impl Credential {
+    /// A certificate credential from a chain (leaf first, then each issuer up to, not
+    /// including, the trust anchor: the order of a PEM chain file), after checking that
+    /// each certificate is issued by the next, every issuer is a CA and `key` belongs to
+    /// the leaf.
+    ///
+    /// # Errors
+    /// The [`CertError`] from [`chain::check_configured`], naming the fix.
+    pub fn chain(
+        key: SigningKey,
+        mut chain: Vec<Certificate>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self, CertError> {
+        chain::check_configured(&key, &chain, rng)?;
+        let cert = chain.remove(0);
+        Ok(Self::Certificate {
+            key,
+            cert,
+            intermediates: chain,
+        })
+    }
+
     fn signing_key(&self) -> &SigningKey {
         match self {
             Self::RawKey { key, .. } | Self::Certificate { key, .. } => key,
@@ -93,10 +119,27 @@ impl Credential {
                 kind: CredentialKind::RawPublicKey,
                 data: public.as_bytes().to_vec(),
             },
-            Self::Certificate { cert, .. } => CertificateMsg {
+            Self::Certificate {
+                cert,
+                intermediates,
+                ..
+            } if intermediates.is_empty() => CertificateMsg {
                 kind: CredentialKind::Certificate,
                 data: cert.as_bytes().to_vec(),
             },
+            Self::Certificate {
+                cert,
+                intermediates,
+                ..
+            } => {
+                let mut all = Vec::with_capacity(1 + intermediates.len());
+                all.push(cert.clone());
+                all.extend(intermediates.iter().cloned());
+                CertificateMsg {
+                    kind: CredentialKind::CertificateChain,
+                    data: chain::encode(&all),
+                }
+            }
         }
     }
 }
@@ -106,7 +149,8 @@ impl Credential {
 pub enum Trust {
     /// Exactly this public key (SSH/WireGuard style).
     PinnedKey(VerifyingKey),
-    /// A certificate signed by one of these issuer keys.
+    /// A certificate issued by one of these keys, directly or through intermediate CA
+    /// certificates the peer sends (at most [`chain::MAX_CHAIN_LEN`] certificates).
     Anchors(Vec<VerifyingKey>),
 }
 
@@ -782,9 +826,20 @@ fn check_credential(
             }
             Ok(cert.key)
         }
+        (Trust::PinnedKey(pinned), CredentialKind::CertificateChain) => {
+            let chain = chain::decode(&c.data)?;
+            if chain[0].key != *pinned {
+                return Err(HandshakeError::PinMismatch);
+            }
+            Ok(chain[0].key.clone())
+        }
         (Trust::Anchors(anchors), CredentialKind::Certificate) => {
             let cert = Certificate::decode(&c.data)?;
             Ok(cert.verify(anchors, server_name, now)?.clone())
+        }
+        (Trust::Anchors(anchors), CredentialKind::CertificateChain) => {
+            let chain = chain::decode(&c.data)?;
+            Ok(chain::verify(&chain[0], &chain[1..], anchors, server_name, now)?.clone())
         }
         (Trust::Anchors(_), CredentialKind::RawPublicKey) => {
             Err(HandshakeError::Certificate(CertError::Role(

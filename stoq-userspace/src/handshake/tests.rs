@@ -40,6 +40,7 @@ impl Pki {
         Credential::Certificate {
             key,
             cert: Certificate::issue(&p, &public, &self.ca_key, &self.ca_pub, &mut OsRng),
+            intermediates: Vec::new(),
         }
     }
 }
@@ -449,4 +450,121 @@ fn every_byte_flip_of_every_message_fails_the_handshake() {
     }
     assert!(flips > 3000, "{flips} flips");
     eprintln!("{flips} single-byte flips, every one refused");
+}
+
+/// A root key and a credential whose chain holds `depth - 1` intermediate CAs below it
+/// (FALCON-`alg` throughout), for `stoq.example`. `broken` replaces the intermediate at
+/// that depth (1 is the leaf's issuer) with a certificate that is not a CA's.
+fn chain_credential(
+    alg: SigAlg,
+    depth: usize,
+    broken: Option<usize>,
+) -> (Credential, VerifyingKey) {
+    let (root_sk, root_pk) = SigningKey::generate(alg, &mut OsRng);
+    let p = |is_ca| CertParams {
+        serial: 1,
+        not_before: NOW - 100,
+        not_after: NOW + 100,
+        names: vec!["stoq.example".into()],
+        is_ca,
+    };
+    let (mut sk, mut pk) = (root_sk, root_pk.clone());
+    let mut above = Vec::new();
+    for d in (1..depth).rev() {
+        let (nsk, npk) = SigningKey::generate(alg, &mut OsRng);
+        above.push(Certificate::issue(
+            &p(broken != Some(d)),
+            &npk,
+            &sk,
+            &pk,
+            &mut OsRng,
+        ));
+        (sk, pk) = (nsk, npk);
+    }
+    let (leaf_sk, leaf_pk) = SigningKey::generate(alg, &mut OsRng);
+    let leaf = Certificate::issue(&p(false), &leaf_pk, &sk, &pk, &mut OsRng);
+    above.reverse();
+    let cred = Credential::Certificate {
+        key: leaf_sk,
+        cert: leaf,
+        intermediates: above,
+    };
+    (cred, root_pk)
+}
+
+#[test]
+fn certificate_chains_of_depth_one_to_three_authenticate_both_sides() {
+    for alg in [SigAlg::Falcon512, SigAlg::Falcon1024] {
+        for depth in 1..=3 {
+            let (server_cred, root) = chain_credential(alg, depth, None);
+            let (client_cred, client_root) = chain_credential(SigAlg::Falcon512, depth, None);
+            let c = new_client(
+                client_cfg(
+                    Trust::Anchors(vec![root]),
+                    &CipherSuite::ALL,
+                    Some(client_cred),
+                ),
+                &mut OsRng,
+            );
+            let s = new_server(server_cfg(
+                server_cred,
+                &CipherSuite::ALL,
+                Some(Trust::Anchors(vec![client_root])),
+            ));
+            let (c, s) = run(c, s, &mut no_tamper)
+                .unwrap_or_else(|e| panic!("{alg:?} depth {depth}: {e:?}"));
+            assert!(s.peer_key().is_some());
+            assert_agree(c, s);
+        }
+    }
+}
+
+#[test]
+fn a_broken_chain_fails_the_handshake_naming_the_link() {
+    // An intermediate that is not a CA, at each depth of a three-certificate chain.
+    for broken in 1..=2 {
+        let (cred, root) = chain_credential(SigAlg::Falcon512, 3, Some(broken));
+        let c = new_client(
+            client_cfg(Trust::Anchors(vec![root]), &CipherSuite::ALL, None),
+            &mut OsRng,
+        );
+        let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
+        match run(c, s, &mut no_tamper) {
+            Err((
+                Side::Client,
+                HandshakeError::Certificate(CertError::Intermediate { depth, reason }),
+            )) => {
+                assert_eq!(depth, broken);
+                assert!(matches!(*reason, CertError::Role(_)), "{reason}");
+            }
+            other => panic!("broken at {broken}: {:?}", other.map(|_| ())),
+        }
+    }
+    // A chain whose top is not issued by the client's anchor.
+    let (cred, _) = chain_credential(SigAlg::Falcon512, 3, None);
+    let (_, other_root) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let c = new_client(
+        client_cfg(Trust::Anchors(vec![other_root]), &CipherSuite::ALL, None),
+        &mut OsRng,
+    );
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
+    assert!(matches!(
+        run(c, s, &mut no_tamper),
+        Err((
+            Side::Client,
+            HandshakeError::Certificate(CertError::Intermediate { depth: 2, .. })
+        ))
+    ));
+    // The same chain with its leaf's key pinned: trusted by key alone.
+    let (cred, _) = chain_credential(SigAlg::Falcon512, 2, None);
+    let Credential::Certificate { cert, .. } = &cred else {
+        unreachable!()
+    };
+    let c = new_client(
+        client_cfg(Trust::PinnedKey(cert.key.clone()), &CipherSuite::ALL, None),
+        &mut OsRng,
+    );
+    let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
+    let (c, s) = run(c, s, &mut no_tamper).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_agree(c, s);
 }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stoq::conn::cc::{Congestion, ControllerFactory};
-use stoq::conn::{ConnectionHandle, Dir, Event, ReadError, Side, StreamId, Urgency};
+use stoq::conn::{
+    ConnectionHandle, Dir, Event, ReadError, Side, StreamId, TransportConfig, Urgency,
+};
 use stoq::sim::{LinkConfig, LinkStats};
 
 use super::common::*;
@@ -121,7 +123,7 @@ fn bulk_over(
     starts: &[Duration],
     run_for: Duration,
 ) -> (Vec<Trace>, Duration, LinkStats, u64) {
-    let (mut sim, client) = sim(7, up, down, 1452, transport(cc), params());
+    let (mut sim, client) = sim(7, up, down, 1452, fixed_mtu(transport(cc)), params());
     let mut flows: Vec<Option<(ConnectionHandle, StreamId, u64)>> = vec![None; starts.len()];
     let mut rx_conn: HashMap<ConnectionHandle, usize> = HashMap::new();
     let mut received = vec![0u64; starts.len()];
@@ -190,6 +192,15 @@ fn bulk_over(
         .map(|h| sim.client.connection(*h).unwrap().stats().lost_packets)
         .sum();
     (traces, sim.up.max_queue_delay, sim.up.stats, lost)
+}
+
+/// Congestion control is judged at a fixed packet size: paths start at their full 1452
+/// bytes here instead of probing up from 1200, so a trace shows the controller alone.
+fn fixed_mtu(t: TransportConfig) -> TransportConfig {
+    TransportConfig {
+        initial_mtu: 1452,
+        ..t
+    }
 }
 
 fn snapshot(name: &str, trace: &Trace) {
@@ -340,7 +351,7 @@ fn bulk_cannot_starve_an_interactive_stream() {
         up,
         down,
         1452,
-        transport(Congestion::Bbr.factory()),
+        fixed_mtu(transport(Congestion::Bbr.factory())),
         params(),
     );
     let h = connect(&mut sim, &client, Duration::from_secs(5)).unwrap();

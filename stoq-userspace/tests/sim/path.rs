@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use stoq::conn::cc::Congestion;
-use stoq::conn::{Dir, Event, Side, TransportConfig};
+use stoq::conn::{Dir, Event, Side};
 use stoq::sim::LinkConfig;
 
 use super::common::*;
@@ -19,14 +19,15 @@ fn link(mtu: usize) -> LinkConfig {
     }
 }
 
-/// Connects over links of `link_mtu` with discovery up to 8952 bytes; returns the MTU
-/// the client settles on and whether it reported the change.
+/// Connects over links of `link_mtu` with the default start (1200) and discovery up to
+/// 8952 bytes; returns the MTU the client settles on and whether it reported the change.
 fn discover(link_mtu: usize) -> (usize, bool) {
-    let transport = TransportConfig {
-        mtu_discovery_max: Some(8952),
-        ..transport(Congestion::Bbr.factory())
-    };
-    let (mut sim, client) = sim(3, link(link_mtu), link(link_mtu), 1452, transport, params());
+    let transport = transport(Congestion::Bbr.factory());
+    assert_eq!(
+        transport.initial_mtu, 1200,
+        "paths start at the base PLPMTU"
+    );
+    let (mut sim, client) = sim(3, link(link_mtu), link(link_mtu), 8952, transport, params());
     let h = connect(&mut sim, &client, Duration::from_secs(5)).expect("handshake");
     // Idle connection: probes are the only traffic, so discovery must not depend on data.
     sim.run(Duration::from_secs(20), |_| {}, |_| false);

@@ -65,9 +65,13 @@ fn a_bleaching_path_fails_validation_and_stops_marking() {
 fn ce_marks_reduce_the_window_with_nothing_lost() {
     // NewReno answers a congestion signal deterministically: the window halves.
     let (mut p, client) = newreno_client_pair();
-    // A router marks a few of the client's datagrams CE once the transfer runs.
-    p.tamper = Some(Box::new(|w: &mut Wire| {
-        if w.to_server && (300..303).contains(&w.seq) {
+    // A router marks three of the client's datagrams CE once the transfer runs.
+    let mut to_server = 0u64;
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server {
+            to_server += 1;
+        }
+        if w.to_server && (300..303).contains(&to_server) {
             assert_eq!(w.ecn, EcnCodepoint::Ect0, "only ECT packets are CE-marked");
             w.ecn = EcnCodepoint::Ce;
         }

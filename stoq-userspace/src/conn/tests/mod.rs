@@ -113,6 +113,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
             Credential::Certificate {
                 key,
                 cert: issue(pk, &["stoq.example"], UNIX_NOW + 3600, &k.ca),
+                intermediates: Vec::new(),
             },
             Trust::Anchors(vec![k.ca.1.clone()]),
         ),

@@ -172,6 +172,7 @@ fn amplification_limit_blocks_and_resumes() {
     server.credential = Credential::Certificate {
         key: SigningKey::from_bytes(&k.server1024.0).unwrap(),
         cert: issue(&k.server1024.1, &refs, UNIX_NOW + 3600, &k.ca),
+        intermediates: Vec::new(),
     };
     let mut p = Pair::new(server, 1232, RetryPolicy::Never);
     p.connect(client);

@@ -553,12 +553,20 @@ fn bad_transport_settings_are_typed_config_errors() {
         Err(ConfigError::Transport(m)) if m.contains("send_backlog")
     ));
     cfg.transport = Arc::new(TransportConfig {
-        mtu_discovery_max: Some(1000),
+        initial_mtu: 1000,
+        ..TransportConfig::default()
+    });
+    assert!(matches!(
+        Endpoint::new(cfg.clone(), None),
+        Err(ConfigError::Transport(m)) if m.contains("initial_mtu")
+    ));
+    cfg.transport = Arc::new(TransportConfig {
+        initial_mtu: cfg.max_udp_payload + 1,
         ..TransportConfig::default()
     });
     assert!(matches!(
         Endpoint::new(cfg, None),
-        Err(ConfigError::Transport(_))
+        Err(ConfigError::Transport(m)) if m.contains("initial_mtu")
     ));
 }
 
