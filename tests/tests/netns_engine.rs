@@ -478,7 +478,6 @@ fn path_shrinks(name: &str, mode: Mode) {
             .connect(p.target, SERVER_NAME)
             .await
             .expect("connect");
-        let before = conn.max_datagram_size().expect("datagrams on");
         let sizes = {
             let c = conn.clone();
             tokio::spawn(async move {
@@ -501,6 +500,14 @@ fn path_shrinks(name: &str, mode: Mode) {
         })
         .await;
         assert!(moved, "the transfer started");
+        // The path started at 1,200 bytes and discovery has raised it to what the
+        // 1,500-byte link carries.
+        let before = conn.max_datagram_size().expect("datagrams on");
+        assert!(
+            conn.stats().is_some_and(|s| s.path_mtu > 1400),
+            "discovery raised the path MTU: {:?}",
+            conn.stats().map(|s| s.path_mtu)
+        );
         for (ns, dev) in [(&p.veth.a, VethPair::A_IF), (&p.veth.b, VethPair::B_IF)] {
             ns.ip(&["link", "set", "dev", dev, "mtu", "1300"])
                 .expect("lower the MTU");

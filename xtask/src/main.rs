@@ -6,6 +6,7 @@
 //! cargo xtask demo [ARGS]           build-ebpf, then `stoq demo`: the README's main job
 //! cargo xtask selfcheck             build-ebpf, then the XDP self-check
 //! cargo xtask sim [--seeds N]       the transport simulator's property test over N seeds
+//! cargo xtask soak [--minutes N]    mixed load on a veth pair for N minutes (root), bounded
 //! cargo xtask fuzz [--seconds N] [--jobs J]  every fuzz target for N seconds (default 30),
 //!                                  J at a time (default: one per core)
 //! cargo xtask bench [ARGS]          the end-to-end harness (root): STOQ vs quinn, TCP, raw UDP
@@ -31,6 +32,9 @@ fn usage() -> ExitCode {
          selfcheck           build-ebpf, then run the XDP path self-check\n  \
          sim [--seeds N] [--first F] [--seed S]\n                      \
          the simulator property test (default 1,000 seeds; --seed replays one)\n  \
+         soak [--minutes N] [--backend B]\n                      \
+         build-ebpf, then mixed load on a veth pair for N minutes (default 2, root):\n                      \
+         fails on a lost byte or growth of RSS, file descriptors or connection tables\n  \
          fuzz [--seconds N] [--jobs J] [TARGET...]\n                      \
          run fuzz targets (default: all, 30 s each, one per core at a time)\n  \
          bench [ARGS]        build-ebpf, then the end-to-end harness as root (ARGS go to\n                      \
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         "selfcheck" => selfcheck(rest),
         "fuzz" => fuzz(rest),
         "sim" => sim(rest),
+        "soak" => soak(rest),
         "bench" => bench(rest),
         "-h" | "--help" | "help" => return usage(),
         other => {
@@ -153,6 +158,33 @@ fn sim(args: &[String]) -> Result<(), Fail> {
             .filter(|v| v.parse::<u64>().is_ok())
             .ok_or_else(|| Fail(format!("{a} needs a number")))?;
         c.env(var, v);
+    }
+    run(&mut c)
+}
+
+/// `cargo xtask soak [--minutes N] [--backend B]`: the soak (`stoq-soak`), in release
+/// mode with the XDP object, so the server runs on the backend a real one would pick.
+fn soak(args: &[String]) -> Result<(), Fail> {
+    let built = ebpf_or_reason()?;
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "stoq-tests",
+        "--bin",
+        "stoq-soak",
+        "--",
+    ])
+    .args(args);
+    if built {
+        c.env("STOQ_REQUIRE_EBPF", "1");
+    }
+    if is_root() {
+        c.env("STOQ_REQUIRE_PRIVILEGED", "1");
+    } else {
+        eprintln!("xtask: not root: the soak needs network namespaces and will skip");
     }
     run(&mut c)
 }

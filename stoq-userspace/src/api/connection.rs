@@ -519,6 +519,44 @@ impl Connection {
         self.read_datagram_here().await
     }
 
+    /// The next DATAGRAM received, moved into `buf` (its contents replaced). On the
+    /// connection's worker the buffers are swapped, not copied, and `buf`'s old buffer is
+    /// kept for a later datagram: a loop that reuses one `Vec` receives without
+    /// allocating. Elsewhere it costs what [`read_datagram`](Self::read_datagram) does.
+    ///
+    /// # Errors
+    /// The connection's error once it is gone.
+    pub async fn read_datagram_into(&self, buf: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        if !self.is_on_worker() {
+            let d = self.read_datagram().await?;
+            buf.clear();
+            buf.extend_from_slice(&d);
+            return Ok(());
+        }
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                if let Some(d) = slot.stash.datagrams.pop_front() {
+                    buf.clear();
+                    buf.extend_from_slice(&d);
+                    return Poll::Ready(Ok(()));
+                }
+                if c.recv_datagram_into(buf) {
+                    return Poll::Ready(Ok(()));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.datagram = Some(cx.waker().clone());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
     /// Sends a partially reliable message: retransmitted until acknowledged or until
     /// `deadline` from now, then abandoned. The receiver reads it as a unidirectional
     /// stream; [`Message::outcome`] tells the sender how it ended.

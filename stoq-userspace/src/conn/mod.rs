@@ -25,6 +25,7 @@
 //! design.
 
 pub mod cc;
+mod datagrams;
 pub mod ecn;
 mod endpoint;
 mod path;
@@ -718,8 +719,8 @@ pub struct Connection {
     close: Option<(u64, Option<u64>, Vec<u8>)>,
     error: Option<ConnectionError>,
     events: VecDeque<Event>,
-    datagrams_in: VecDeque<Vec<u8>>,
-    datagrams_out: VecDeque<Vec<u8>>,
+    datagrams_in: datagrams::DatagramQueue,
+    datagrams_out: datagrams::DatagramQueue,
     /// A DATAGRAM was refused for a full queue: [`Event::DatagramsUnblocked`] is owed.
     datagrams_blocked: bool,
     handshake_done_pending: bool,
@@ -846,8 +847,8 @@ impl Connection {
             close: None,
             error: None,
             events: VecDeque::new(),
-            datagrams_in: VecDeque::new(),
-            datagrams_out: VecDeque::new(),
+            datagrams_in: datagrams::DatagramQueue::default(),
+            datagrams_out: datagrams::DatagramQueue::default(),
             datagrams_blocked: false,
             handshake_done_pending: false,
             confirmed: false,
@@ -1034,13 +1035,23 @@ impl Connection {
             self.stats.datagrams_blocked += 1;
             return Err(SendDatagramError::Blocked);
         }
-        self.datagrams_out.push_back(data.to_vec());
+        self.datagrams_out.push(data);
         Ok(())
     }
 
-    /// The next received DATAGRAM.
+    /// The next received DATAGRAM, in a buffer of its own (the connection allocates a new
+    /// one for a later datagram; [`recv_datagram_into`](Self::recv_datagram_into) does
+    /// not).
     pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
-        self.datagrams_in.pop_front()
+        self.datagrams_in.pop()
+    }
+
+    /// Moves the next received DATAGRAM into `out`, replacing its contents, and returns
+    /// whether there was one. The buffers are swapped, not copied: `out`'s old buffer is
+    /// kept for a later datagram, so a caller that reuses one `Vec` receives without
+    /// allocating.
+    pub fn recv_datagram_into(&mut self, out: &mut Vec<u8>) -> bool {
+        self.datagrams_in.pop_into(out)
     }
 
     /// Sends an extension frame of type `ty` (from [`frame::EXTENSION_TYPES`]), reliably:
@@ -1981,10 +1992,10 @@ impl Connection {
                     ));
                 }
                 if self.datagrams_in.len() >= MAX_QUEUED_DATAGRAMS {
-                    self.datagrams_in.pop_front();
+                    self.datagrams_in.discard_front();
                     self.stats.dropped.datagram_queue_full += 1;
                 }
-                self.datagrams_in.push_back(d.to_vec());
+                self.datagrams_in.push(d);
                 if self.datagrams_in.len() == 1 {
                     self.events.push_back(Event::DatagramReceived);
                 }
@@ -3290,13 +3301,13 @@ impl Connection {
             if need > w.remaining() {
                 if w.is_empty() {
                     // Cannot fit even alone (the path shrank): drop it.
-                    self.datagrams_out.pop_front();
+                    self.datagrams_out.discard_front();
                     continue;
                 }
                 break;
             }
-            let d = self.datagrams_out.pop_front().expect("front exists");
-            let _ = frame::encode_datagram(w, &d, false);
+            let _ = frame::encode_datagram(w, d, false);
+            self.datagrams_out.discard_front();
             eliciting = true;
         }
         if self.datagrams_blocked && self.datagrams_out.len() < MAX_QUEUED_DATAGRAMS {

@@ -781,18 +781,7 @@ impl Streams {
             return;
         }
         s.queued = true;
-        if self.levels[u].is_empty() {
-            // A level waking up starts at the least virtual time of the busy levels, so
-            // idleness earns it no credit to burst with later.
-            let floor = (0..4)
-                .filter(|&l| !self.levels[l].is_empty())
-                .map(|l| self.vtime[l])
-                .min();
-            if let Some(f) = floor {
-                self.vtime[u] = self.vtime[u].max(f);
-            }
-        }
-        self.levels[u].push_back(id);
+        enqueue(&mut self.levels, &mut self.vtime, u, id);
     }
 
     fn maybe_free(&mut self, id: StreamId) {
@@ -1106,15 +1095,21 @@ impl Streams {
         self.get_or_open(id).map(drop)
     }
 
+    /// Schedules every stream with data to send (connection credit arrived). Walks the
+    /// map in place: called per MAX_DATA frame, it allocates nothing.
     fn wake_writers(&mut self) {
-        let ids: Vec<u64> = self
-            .map
-            .iter()
-            .filter(|(_, s)| s.send.as_ref().is_some_and(Send::has_data))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.schedule(id);
+        let Self {
+            map, levels, vtime, ..
+        } = self;
+        for (id, st) in map.iter_mut() {
+            let u = st.urgency as usize;
+            if let Some(s) = st.send.as_mut()
+                && !s.queued
+                && s.has_data()
+            {
+                s.queued = true;
+                enqueue(levels, vtime, u, *id);
+            }
         }
     }
 
@@ -1562,6 +1557,22 @@ fn drain_front(buf: &mut VecDeque<u8>, n: usize) {
     } else {
         buf.drain(..n);
     }
+}
+
+/// Puts stream `id` at the back of urgency level `u`. A level waking up starts at the
+/// least virtual time of the busy levels, so idleness earns it no credit to burst with
+/// later.
+fn enqueue(levels: &mut [VecDeque<u64>; 4], vtime: &mut [u64; 4], u: usize, id: u64) {
+    if levels[u].is_empty() {
+        let floor = (0..4)
+            .filter(|&l| !levels[l].is_empty())
+            .map(|l| vtime[l])
+            .min();
+        if let Some(f) = floor {
+            vtime[u] = vtime[u].max(f);
+        }
+    }
+    levels[u].push_back(id);
 }
 
 #[cfg(test)]

@@ -332,7 +332,9 @@ fn a_datagram_producer_faster_than_the_path_waits() {
             let (got, twice) = (got.clone(), twice.clone());
             async move {
                 let mut seen = vec![false; N as usize];
-                while let Ok(d) = conn.read_datagram().await {
+                // One buffer for every datagram: on the worker they are swapped in.
+                let mut d = Vec::new();
+                while conn.read_datagram_into(&mut d).await.is_ok() {
                     let i = u32::from_be_bytes(d[..4].try_into().expect("4 bytes"));
                     if std::mem::replace(&mut seen[i as usize], true) {
                         twice.store(true, Ordering::Relaxed);
