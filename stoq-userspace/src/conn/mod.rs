@@ -25,14 +25,18 @@
 //! design.
 
 pub mod cc;
+mod config;
 mod datagrams;
 pub mod ecn;
 mod endpoint;
+mod error;
+mod event;
 mod path;
 mod ranges;
 pub mod rtt;
 mod sendbuf;
 mod space;
+mod stats;
 pub mod streams;
 mod token;
 
@@ -51,16 +55,20 @@ use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_paylo
 use stoq_common::maps::ClassifierConfig;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
-use self::cc::{
-    AckEvent, Controller, ControllerFactory, DeliveryRate, LossEvent, Pacer, PacketRateState,
-};
+use self::cc::{AckEvent, Controller, DeliveryRate, LossEvent, Pacer, PacketRateState};
+pub use self::config::{Adaptation, TransportConfig};
 pub use self::ecn::{DatagramInfo, EcnCodepoint};
 pub use self::endpoint::{
     AcceptError, ConfigError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint,
     EndpointConfig, EndpointStats, Incoming, RetryError, RetryPolicy,
 };
+pub use self::error::{
+    ConnectionError, ExtensionError, KeyUpdateError, MessageError, SendDatagramError, code,
+};
+pub use self::event::Event;
 use self::rtt::RttEstimator;
 use self::space::{MAX_CRYPTO_BUFFER, SentPacket, Space};
+pub use self::stats::{ConnectionStats, DropStats};
 pub use self::streams::{Dir, OpenError, ReadError, StreamId, Urgency, WriteError};
 use self::streams::{Limits, PeerLimits, StreamRecord, Streams};
 pub use self::token::TokenError;
@@ -68,10 +76,10 @@ use crate::crypto::{
     CipherSuite, CryptoError, DirectionalKeys, PacketKey, Secret, TAG_LEN, pn, protect_packet,
     unprotect_header,
 };
-use crate::frame::{self, Frame, FrameError, Out};
+use crate::frame::{self, Frame, Out};
 use crate::handshake::params::TransportParams;
 use crate::handshake::schedule::initial_secrets;
-use crate::handshake::{Epoch, Handshake, HandshakeError, KeyChange};
+use crate::handshake::{Epoch, Handshake, KeyChange};
 
 /// The suite of Initial packets: ChaCha20-Poly1305 runs on every CPU.
 pub const INITIAL_SUITE: CipherSuite = CipherSuite::ChaCha20Poly1305;
@@ -81,8 +89,6 @@ const MAX_QUEUED_DATAGRAMS: usize = 1024;
 const MAX_EARLY_PACKETS: usize = 8;
 /// Loss declared after this many later packets are acknowledged (RFC 9002 §6.1.1).
 const PACKET_THRESHOLD: u64 = 3;
-/// Ack-eliciting 1-RTT packets received before an ACK is sent at once.
-const ACK_ELICITING_THRESHOLD: u32 = 2;
 /// Our ACK delay exponent (the default).
 const ACK_DELAY_EXPONENT: u64 = 3;
 /// Our max_ack_delay.
@@ -96,318 +102,6 @@ const EXTENSION_WINDOW: u64 = MAX_QUEUED_EXTENSIONS as u64;
 const MAX_EXTENSION_BYTES: usize = 1 << 20;
 /// Smallest space worth starting a packet in.
 const MIN_PACKET_SPACE: usize = 64;
-
-/// QUIC transport error codes (RFC 9000 §20.1), as STOQ uses them.
-#[allow(missing_docs)]
-pub mod code {
-    pub const NO_ERROR: u64 = 0x0;
-    pub const INTERNAL_ERROR: u64 = 0x1;
-    pub const CONNECTION_REFUSED: u64 = 0x2;
-    pub const FLOW_CONTROL_ERROR: u64 = 0x3;
-    pub const STREAM_LIMIT_ERROR: u64 = 0x4;
-    pub const STREAM_STATE_ERROR: u64 = 0x5;
-    pub const FINAL_SIZE_ERROR: u64 = 0x6;
-    pub const FRAME_ENCODING_ERROR: u64 = 0x7;
-    pub const TRANSPORT_PARAMETER_ERROR: u64 = 0x8;
-    pub const CONNECTION_ID_LIMIT_ERROR: u64 = 0x9;
-    pub const PROTOCOL_VIOLATION: u64 = 0xa;
-    pub const INVALID_TOKEN: u64 = 0xb;
-    pub const APPLICATION_ERROR: u64 = 0xc;
-    pub const CRYPTO_BUFFER_EXCEEDED: u64 = 0xd;
-    pub const KEY_UPDATE_ERROR: u64 = 0xe;
-    pub const AEAD_LIMIT_REACHED: u64 = 0xf;
-    /// CRYPTO_ERROR: 0x100 + a TLS-style alert number.
-    pub const CRYPTO_ERROR: u64 = 0x100;
-}
-
-/// Why a connection ended: one variant per reason, never a panic.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectionError {
-    /// This side's handshake failed (the peer is told with a CRYPTO_ERROR close).
-    #[error("handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// The peer's transport parameters are missing, inconsistent or do not match the
-    /// connection IDs seen on the wire (an injection or downgrade attempt).
-    #[error("transport parameter error: {0}")]
-    TransportParameter(&'static str),
-    /// A frame did not decode.
-    #[error("frame encoding error: {0}")]
-    FrameEncoding(FrameError),
-    /// The peer broke a protocol rule.
-    #[error("protocol violation: {0}")]
-    ProtocolViolation(&'static str),
-    /// The peer acknowledged a packet number this side never sent (optimistic ACK).
-    #[error("peer acknowledged packet {pn} which was never sent")]
-    AckOfUnsentPacket {
-        /// The bogus packet number.
-        pn: u64,
-    },
-    /// The peer sent CRYPTO data too far ahead of what was delivered.
-    #[error("peer sent more out-of-order handshake data than {MAX_CRYPTO_BUFFER} bytes")]
-    CryptoBufferExceeded,
-    /// The peer sent a frame this version of STOQ does not implement yet.
-    #[error("frame type {0:#x} is not supported by this endpoint")]
-    UnsupportedFrame(u64),
-    /// The peer closed the connection with a transport error code.
-    #[error("peer closed the connection: code {code:#x} ({reason})")]
-    PeerClosed {
-        /// Transport error code.
-        code: u64,
-        /// The peer's reason phrase (lossily decoded).
-        reason: String,
-    },
-    /// The peer's application closed the connection.
-    #[error("peer application closed the connection: code {code} ({reason})")]
-    ApplicationClosed {
-        /// Application error code.
-        code: u64,
-        /// The peer's reason phrase (lossily decoded).
-        reason: String,
-    },
-    /// This side closed the connection.
-    #[error("closed locally")]
-    LocallyClosed,
-    /// Nothing was heard from the peer for the idle timeout.
-    #[error("idle timeout")]
-    TimedOut,
-    /// The peer reset the connection (a stateless reset).
-    #[error("stateless reset by peer")]
-    Reset,
-    /// The server does not speak any version this client offers.
-    #[error("server speaks none of our versions")]
-    VersionMismatch,
-    /// Too many packets failed authentication under one key.
-    #[error("AEAD integrity limit reached")]
-    AeadLimitReached,
-    /// The peer misused key updates.
-    #[error("key update error: {0}")]
-    KeyUpdate(&'static str),
-    /// The peer sent beyond the flow-control credit this side granted.
-    #[error("flow control violated: {0}")]
-    FlowControl(&'static str),
-    /// The peer opened more streams than this side allowed.
-    #[error("peer exceeded the stream limit")]
-    StreamLimit,
-    /// A frame for a stream in a state that does not allow it.
-    #[error("stream state error: {0}")]
-    StreamState(&'static str),
-    /// The peer changed a stream's final size, or sent data beyond it.
-    #[error("final size changed or exceeded")]
-    FinalSize,
-    /// Retransmitted STREAM data that disagrees with what was received before.
-    #[error("stream {id}: data at offset {offset} differs from its earlier copy")]
-    StreamDataMismatch {
-        /// The stream.
-        id: u64,
-        /// Where the disagreement starts.
-        offset: u64,
-    },
-    /// A peer fragmented a stream beyond what any honest sender does.
-    #[error(
-        "stream {id}: more than {} out-of-order fragments",
-        streams::MAX_RX_FRAGMENTS
-    )]
-    StreamFragmented {
-        /// The stream.
-        id: u64,
-    },
-    /// The peer issued more connection IDs than this side's active_connection_id_limit.
-    #[error("peer exceeded the connection ID limit")]
-    ConnectionIdLimit,
-    /// The peer sent PATH_CHALLENGE frames faster than any path validation needs.
-    #[error("PATH_CHALLENGE flood")]
-    PathChallengeFlood,
-    /// The peer sent extension frames faster than the application reads them (more than
-    /// 1,024 frames or 1 MiB waiting).
-    #[error("extension frames arrive faster than the application reads them")]
-    ExtensionFramesExceeded,
-}
-
-impl ConnectionError {
-    /// The transport error code this side sends in its CONNECTION_CLOSE.
-    fn wire_code(&self) -> u64 {
-        match self {
-            Self::Handshake(e) => code::CRYPTO_ERROR + u64::from(alert(e)),
-            Self::TransportParameter(_) => code::TRANSPORT_PARAMETER_ERROR,
-            Self::FrameEncoding(_) | Self::UnsupportedFrame(_) => code::FRAME_ENCODING_ERROR,
-            Self::ProtocolViolation(_) | Self::AckOfUnsentPacket { .. } => code::PROTOCOL_VIOLATION,
-            Self::CryptoBufferExceeded => code::CRYPTO_BUFFER_EXCEEDED,
-            Self::AeadLimitReached => code::AEAD_LIMIT_REACHED,
-            Self::KeyUpdate(_) => code::KEY_UPDATE_ERROR,
-            Self::FlowControl(_) => code::FLOW_CONTROL_ERROR,
-            Self::StreamLimit => code::STREAM_LIMIT_ERROR,
-            Self::StreamState(_) => code::STREAM_STATE_ERROR,
-            Self::FinalSize => code::FINAL_SIZE_ERROR,
-            Self::StreamDataMismatch { .. }
-            | Self::StreamFragmented { .. }
-            | Self::PathChallengeFlood
-            | Self::ExtensionFramesExceeded => code::PROTOCOL_VIOLATION,
-            Self::ConnectionIdLimit => code::CONNECTION_ID_LIMIT_ERROR,
-            _ => code::NO_ERROR,
-        }
-    }
-}
-
-/// The TLS-style alert number for a handshake failure (sent as CRYPTO_ERROR 0x100 + n).
-fn alert(e: &HandshakeError) -> u8 {
-    use crate::handshake::cert::CertError;
-    match e {
-        HandshakeError::Decode(_) => 50,
-        HandshakeError::UnexpectedMessage { .. } => 10,
-        HandshakeError::UnsupportedVersion(_) => 70,
-        HandshakeError::NoCommonSuite
-        | HandshakeError::SuiteNotOffered(_)
-        | HandshakeError::UnacceptedSignatureAlgorithm(_) => 40,
-        HandshakeError::Downgrade { .. } => 47,
-        HandshakeError::KeyExchange(_) => 47,
-        HandshakeError::Certificate(CertError::Expired { .. }) => 45,
-        HandshakeError::Certificate(CertError::UnknownIssuer(_)) => 48,
-        HandshakeError::Certificate(_) => 42,
-        HandshakeError::PinMismatch => 42,
-        HandshakeError::BadSignature | HandshakeError::FinishedMismatch => 51,
-        HandshakeError::ClientAuthRequired | HandshakeError::ClientAuthMissing => 116,
-        HandshakeError::BufferExceeded => 50,
-    }
-}
-
-/// Something the application should know about a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The handshake completed: 1-RTT data can flow.
-    Connected,
-    /// The handshake is confirmed (HANDSHAKE_DONE received or sent): all handshake keys
-    /// are discarded.
-    HandshakeConfirmed,
-    /// DATAGRAMs are waiting in [`Connection::recv_datagram`].
-    DatagramReceived,
-    /// The 1-RTT keys moved to a new key phase.
-    KeyUpdated,
-    /// The connection ended; the error says why.
-    Lost(ConnectionError),
-    /// The peer opened a stream: take it with [`Connection::accept_stream`].
-    StreamOpened(Dir),
-    /// A stream has data (or its end, or a reset) to read.
-    StreamReadable(StreamId),
-    /// A stream that reported [`WriteError::Blocked`] can take more data.
-    StreamWritable(StreamId),
-    /// Everything written to a finished stream is acknowledged.
-    StreamFinished(StreamId),
-    /// The peer asked this side to stop sending on a stream (it was reset in answer).
-    StreamStopped {
-        /// The stream.
-        id: StreamId,
-        /// The peer's application code.
-        code: u64,
-    },
-    /// The peer raised its stream limit after [`OpenError::Blocked`].
-    StreamsAvailable(Dir),
-    /// A message's deadline passed before it was acknowledged: it was abandoned (its
-    /// stream reset with [`streams::MESSAGE_EXPIRED`]).
-    MessageAbandoned(StreamId),
-    /// A message was acknowledged in full before its deadline.
-    MessageDelivered(StreamId),
-    /// [`Connection::max_datagram_size`] changed (the path MTU moved).
-    DatagramSizeChanged(usize),
-    /// The peer moved to a new address, now validated.
-    PathMigrated(SocketAddr),
-    /// Extension frames are waiting in [`Connection::recv_extension_frame`].
-    ExtensionFrameReceived,
-    /// The DATAGRAM queue has room again after [`SendDatagramError::Blocked`]: a
-    /// producer faster than the path may send the next one.
-    DatagramsUnblocked,
-}
-
-/// Packets and bytes dropped by a connection, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DropStats {
-    /// The header did not parse (classifier rejected it).
-    pub malformed: u64,
-    /// Authentication failed: forged, corrupted, or a key mismatch.
-    pub decrypt_failed: u64,
-    /// No keys (yet, or any more) for the packet's space.
-    pub no_keys: u64,
-    /// A packet number received before.
-    pub duplicate: u64,
-    /// From an address other than the connection's (migration comes with the transport
-    /// core).
-    pub other_path: u64,
-    /// A later packet in a datagram with another destination CID.
-    pub mismatched_cid: u64,
-    /// A Retry or Version Negotiation packet that came too late or did not verify.
-    pub bad_retry_or_vn: u64,
-    /// Received DATAGRAMs discarded because the application did not read them.
-    pub datagram_queue_full: u64,
-}
-
-/// Counters for one connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConnectionStats {
-    /// Datagrams sent.
-    pub tx_datagrams: u64,
-    /// Bytes sent (UDP payload).
-    pub tx_bytes: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Datagrams received.
-    pub rx_datagrams: u64,
-    /// Bytes received (UDP payload).
-    pub rx_bytes: u64,
-    /// Packets received and authenticated.
-    pub rx_packets: u64,
-    /// Packets declared lost.
-    pub lost_packets: u64,
-    /// Bytes in packets declared lost.
-    pub lost_bytes: u64,
-    /// PTO expirations.
-    pub pto_count: u64,
-    /// Times sending stopped at the anti-amplification limit.
-    pub amplification_blocked: u64,
-    /// DATAGRAMs refused because the send queue was full ([`SendDatagramError::Blocked`]):
-    /// the application produces faster than the path carries.
-    pub datagrams_blocked: u64,
-    /// Extension frames received again (a retransmission of one already delivered, after
-    /// a spurious loss) and not delivered twice.
-    pub extension_duplicates: u64,
-    /// Times the path stopped carrying packets of the current size (a black hole: a
-    /// tunnel appeared, a route changed) and the MTU dropped to 1,200 bytes to search
-    /// upward again.
-    pub mtu_black_holes: u64,
-    /// 1-RTT key phase changes of this side's sending keys (initiated or answered).
-    pub key_updates: u64,
-    /// Dropped packets, by reason.
-    pub dropped: DropStats,
-    /// Smoothed RTT.
-    pub smoothed_rtt: Duration,
-    /// Minimum RTT.
-    pub min_rtt: Duration,
-    /// RTT variance.
-    pub rtt_var: Duration,
-    /// Congestion window, bytes.
-    pub cwnd: u64,
-    /// Pacing rate, bytes per second.
-    pub pacing_rate: u64,
-    /// Bytes in flight (1-RTT).
-    pub bytes_in_flight: u64,
-    /// STREAM bytes sent again after a loss.
-    pub retransmitted_bytes: u64,
-    /// Congestion events (window reductions, or BBR loss responses).
-    pub congestion_events: u64,
-    /// The congestion controller's state.
-    pub cc_state: &'static str,
-    /// Current path MTU (largest UDP payload).
-    pub path_mtu: usize,
-    /// Live streams.
-    pub streams: usize,
-    /// Where ECN validation of the path stands: `testing`, `unknown`, `capable`,
-    /// `failed` or `off`.
-    pub ecn_state: &'static str,
-    /// CE marks the peer reported on this side's packets (each a congestion signal).
-    pub ecn_ce_reported: u64,
-    /// Packets received marked CE.
-    pub ecn_ce_received: u64,
-}
 
 /// A datagram to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,85 +130,6 @@ impl Transmit {
     }
 }
 
-/// Why a DATAGRAM could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendDatagramError {
-    /// The peer does not accept DATAGRAM frames.
-    #[error("the peer does not accept datagrams")]
-    UnsupportedByPeer,
-    /// Larger than [`Connection::max_datagram_size`].
-    #[error("datagram of {size} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The datagram's size.
-        size: usize,
-        /// The current limit.
-        max: usize,
-    },
-    /// The send queue is full: back-pressure, try again after sending.
-    #[error("datagram send queue full")]
-    Blocked,
-    /// The connection is not established or already closed.
-    #[error("connection not established or closed")]
-    NotConnected,
-}
-
-/// Why an extension frame could not be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExtensionError {
-    /// The type is not in `0x5f00..=0x5fff`.
-    #[error("frame type {0:#x} is outside the extension range 0x5f00..=0x5fff")]
-    OutsideRange(u64),
-    /// The payload does not fit one packet on the current path.
-    #[error("extension payload of {size} bytes exceeds {max}")]
-    TooLarge {
-        /// The payload's size.
-        size: usize,
-        /// The current limit.
-        max: usize,
-    },
-    /// 1,024 extension frames are queued or unacknowledged: back-pressure.
-    #[error("extension frame queue full")]
-    Blocked,
-    /// The connection is not established or is closed.
-    #[error("connection not established or closed")]
-    NotConnected,
-}
-
-/// Why a message could not be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MessageError {
-    /// The message is larger than the free send buffer: back-pressure, retry after
-    /// `StreamWritable`/`MessageDelivered` events.
-    #[error("message of {size} bytes exceeds the free send buffer ({capacity} bytes)")]
-    Blocked {
-        /// The message's size.
-        size: usize,
-        /// Free send buffer.
-        capacity: u64,
-    },
-    /// The peer's unidirectional stream limit is reached.
-    #[error("the peer's stream limit is reached (wait for Event::StreamsAvailable)")]
-    StreamLimit,
-    /// The connection is not established or is closed.
-    #[error("connection not established or closed")]
-    NotConnected,
-}
-
-/// Why a key update could not start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyUpdateError {
-    /// The handshake is not confirmed yet (RFC 9001 §6.1).
-    #[error("handshake not confirmed yet")]
-    NotConfirmed,
-    /// The previous update has not been acknowledged yet.
-    #[error("previous key update not yet acknowledged")]
-    InProgress,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Handshaking,
@@ -539,85 +154,6 @@ pub(crate) enum Record {
     MtuProbe(u16),
     /// An extension frame, by its sequence number in the connection.
     Extension(u64),
-}
-
-/// Transport behaviour that is local policy (not negotiated), shared by an endpoint's
-/// connections. Several settings can be changed on a live connection (see
-/// [`Connection::adapt`]).
-#[derive(Debug, Clone)]
-pub struct TransportConfig {
-    /// Builds each connection's congestion controller ([`cc::Congestion::Bbr`] by default).
-    pub congestion: Arc<dyn ControllerFactory>,
-    /// Most bytes buffered for sending per connection, over all streams (back-pressure
-    /// beyond it).
-    pub send_buffer: u64,
-    /// Most bytes written and not yet sent once, per connection (a not-sent low
-    /// watermark, like TCP_NOTSENT_LOWAT): a writer ahead of the wire by this much waits
-    /// until packets leave, so what it wrote is still in cache when it is packed, without
-    /// shrinking the window of unacknowledged data `send_buffer` allows. Whole messages
-    /// (`send_message`) are not held back by it.
-    pub send_backlog: u64,
-    /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
-    /// and the idle timer stay alive.
-    pub keep_alive: Option<Duration>,
-    /// Ack-eliciting packets received before an ACK goes out at once (2 per RFC 9000);
-    /// [`ack_thinning`](Self::ack_thinning) raises it at high packet rates.
-    pub ack_eliciting_threshold: u32,
-    /// At high packet rates, acknowledge only every this many packets (ACK thinning; the
-    /// delayed-ACK timer still bounds the delay).
-    pub ack_thinning: u32,
-    /// Multiplies the congestion controller's pacing gain.
-    pub pacing_gain: f64,
-    /// Send ECT(0)-marked packets and react to CE marks (RFC 9000 §13.4), after validating
-    /// that the path and the peer carry them. On by default; received marks are counted
-    /// and reported either way.
-    pub ecn: bool,
-    /// The UDP payload size a new path starts at. From here DPLPMTUD (RFC 8899) probes
-    /// upward, once the handshake is confirmed, to the endpoint's
-    /// [`max_udp_payload`](super::EndpointConfig::max_udp_payload) (capped by the peer's
-    /// `max_udp_payload_size`), and drops back here when the path stops carrying large
-    /// packets (a black hole) or the connection moves to a new network path. The default
-    /// is the size every QUIC path carries, 1200; set it to `max_udp_payload` to start at
-    /// full size and not probe (only where every path is known to carry it).
-    pub initial_mtu: usize,
-    /// Extension frame types (from [`frame::EXTENSION_TYPES`]) this endpoint accepts and
-    /// hands to the application ([`Connection::recv_extension_frame`]). Any other
-    /// extension type closes the connection with FRAME_ENCODING_ERROR. Both sides agree
-    /// on their extensions out of band, as STOQ's predecessor did.
-    pub extension_frames: Vec<u64>,
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        Self {
-            congestion: cc::Congestion::Bbr.factory(),
-            send_buffer: 16 << 20,
-            send_backlog: 1 << 20,
-            keep_alive: None,
-            ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
-            ack_thinning: 10,
-            pacing_gain: 1.0,
-            ecn: true,
-            initial_mtu: path::BASE_PLPMTU,
-            extension_frames: Vec::new(),
-        }
-    }
-}
-
-/// Settings that can change on a live connection, without losing a packet. `None` fields
-/// stay as they are.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Adaptation {
-    /// New per-stream receive window.
-    pub stream_window: Option<u64>,
-    /// New connection receive window.
-    pub connection_window: Option<u64>,
-    /// New keep-alive interval (`Some(None)` turns it off).
-    pub keep_alive: Option<Option<Duration>>,
-    /// New ACK frequency: ack-eliciting packets per immediate ACK.
-    pub ack_eliciting_threshold: Option<u32>,
-    /// New pacing-gain multiplier.
-    pub pacing_gain: Option<f64>,
 }
 
 /// Which side of the connection this is.

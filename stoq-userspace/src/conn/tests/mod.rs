@@ -16,7 +16,7 @@ use rand_core::OsRng;
 use super::*;
 use crate::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
 use crate::handshake::cert::{CertParams, Certificate};
-use crate::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use crate::handshake::{ClientConfig, Credential, HandshakeError, ServerConfig, Trust};
 
 pub(super) const UNIX_NOW: u64 = 1_800_000_000;
 
