@@ -1,5 +1,6 @@
 //! Bounded readers and writers for handshake encodings. Every read checks the remaining
 //! length first and fails with [`DecodeError`]; nothing allocates more than the input holds.
+#![deny(unsafe_code)]
 
 use stoq_common::varint::VarInt;
 

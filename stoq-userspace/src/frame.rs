@@ -14,6 +14,7 @@
 //! carried its protocol extensions this way). The sequence number (0, 1, 2, … per
 //! connection and direction, kept across retransmissions) lets the receiver deliver each
 //! frame exactly once, although a frame declared lost spuriously arrives twice.
+#![deny(unsafe_code)]
 
 use std::ops::RangeInclusive;
 

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod frame;
 pub mod handshake;
 pub mod io;
+mod os;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(target_os = "linux")]

@@ -4,10 +4,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::{OsRng, RngCore, SeedableRng};
+use rand_core::{RngCore, SeedableRng};
 use stoq_common::cid::{CidError, CidLayout, ConnectionId};
 use stoq_common::classify::{DropReason, PacketKind, classify_payload};
 use stoq_common::maps::ClassifierConfig;
@@ -77,13 +77,11 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
-    /// Defaults, with a seed from the OS and the wall clock read once, here.
-    pub fn new() -> Self {
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    /// Defaults around the inputs the core never reads itself: the seed of the endpoint's
+    /// CSPRNG, a moment with the Unix time then (certificate validity), and the memory
+    /// limit. [`EndpointConfig::new`] reads them from the OS; tests and simulations give
+    /// fixed ones.
+    pub fn with_inputs(rng_seed: [u8; 32], unix_time_at: (Instant, u64), max_memory: u64) -> Self {
         Self {
             cid_layout: CidLayout::DEFAULT,
             server_id: 0,
@@ -93,10 +91,10 @@ impl EndpointConfig {
             max_incoming: 1024,
             retry: RetryPolicy::Never,
             token_lifetime: Duration::from_secs(10),
-            rng_seed: seed,
-            unix_time_at: (Instant::now(), unix),
+            rng_seed,
+            unix_time_at,
             transport: Arc::new(TransportConfig::default()),
-            max_memory: half_of_physical_memory(),
+            max_memory,
         }
     }
 
@@ -158,20 +156,6 @@ impl EndpointConfig {
         }
         Ok(())
     }
-}
-
-/// Half the machine's RAM (Linux `sysinfo`), or 1 GiB where it cannot be read.
-fn half_of_physical_memory() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: sysinfo only writes the struct we pass; it is plain old data.
-        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-        // SAFETY: `si` is a valid, writable sysinfo struct for the call's duration.
-        if unsafe { libc::sysinfo(&mut si) } == 0 {
-            return (si.totalram as u64).saturating_mul(u64::from(si.mem_unit)) / 2;
-        }
-    }
-    1 << 30
 }
 
 impl Default for EndpointConfig {

@@ -23,6 +23,7 @@
 //! and retirement, migration with path validation, and DPLPMTUD; idle timeout,
 //! keep-alive, closing and draining; 1-RTT key updates. `docs/transport.md` describes the
 //! design.
+#![deny(unsafe_code)]
 
 pub mod cc;
 mod config;

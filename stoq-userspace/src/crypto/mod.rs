@@ -12,6 +12,7 @@
 //! ChaCha20-Poly1305 1.4 GiB/s, RustCrypto's aes-gcm 1.07 GiB/s and chacha20poly1305
 //! 0.45 GiB/s. Both suites therefore run on ring; the RustCrypto crates serve as independent
 //! oracles in the tests.
+#![deny(unsafe_code)]
 
 mod hkdf;
 pub mod kex;

@@ -21,6 +21,7 @@
 //! Finished (Handshake)
 //! application data (1-RTT)          <------->         application data (1-RTT)
 //! ```
+#![deny(unsafe_code)]
 
 pub mod cert;
 pub mod chain;
