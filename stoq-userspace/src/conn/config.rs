@@ -29,6 +29,16 @@ pub struct TransportConfig {
     /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
     /// and the idle timer stay alive.
     pub keep_alive: Option<Duration>,
+    /// A server's connection still handshaking that hears nothing from its client for this
+    /// long (or
+    /// three probe timeouts, if longer) ends with
+    /// [`ConnectionError::HandshakeTimedOut`](super::ConnectionError::HandshakeTimedOut),
+    /// silently, whatever the idle timeout: a half-open handshake (a spoofed or vanished
+    /// client) holds a server's slot this long, not the 30 s idle timeout. A slow
+    /// handshake that keeps hearing from its peer goes on. Clients are not bound by it:
+    /// their application waits on its own connect, within the idle timeout. 10 s by
+    /// default.
+    pub handshake_timeout: Duration,
     /// Ack-eliciting packets received before an ACK goes out at once (2 per RFC 9000);
     /// [`ack_thinning`](Self::ack_thinning) raises it at high packet rates.
     pub ack_eliciting_threshold: u32,
@@ -63,6 +73,7 @@ impl Default for TransportConfig {
             send_buffer: 16 << 20,
             send_backlog: 1 << 20,
             keep_alive: None,
+            handshake_timeout: Duration::from_secs(10),
             ack_eliciting_threshold: ACK_ELICITING_THRESHOLD,
             ack_thinning: 10,
             pacing_gain: 1.0,

@@ -138,6 +138,11 @@ impl EndpointConfig {
                  (raise it; u64::MAX turns the limit off)",
             ));
         }
+        if t.handshake_timeout.is_zero() {
+            return Err(ConfigError::Transport(
+                "handshake_timeout is zero: no handshake could complete (10 s is the default)",
+            ));
+        }
         if t.ack_eliciting_threshold == 0 || t.ack_thinning == 0 {
             return Err(ConfigError::Transport(
                 "ack_eliciting_threshold and ack_thinning must be at least 1",

@@ -80,6 +80,10 @@ pub enum ConnectionError {
     /// Nothing was heard from the peer for the idle timeout.
     #[error("idle timeout")]
     TimedOut,
+    /// The handshake did not complete within
+    /// [`TransportConfig::handshake_timeout`](super::TransportConfig::handshake_timeout).
+    #[error("handshake timed out: the peer did not complete it in time")]
+    HandshakeTimedOut,
     /// The peer reset the connection (a stateless reset).
     #[error("stateless reset by peer")]
     Reset,

@@ -251,6 +251,9 @@ pub struct Connection {
     local_params: TransportParams,
     idle_timeout: Option<Duration>,
     idle_deadline: Option<Instant>,
+    /// When an unfinished handshake that has heard nothing from its peer ends the
+    /// connection (cleared once established).
+    handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
     close_pending: bool,
     close: Option<(u64, Option<u64>, Vec<u8>)>,
@@ -379,6 +382,10 @@ impl Connection {
             local_params: params,
             idle_timeout: idle,
             idle_deadline: idle.map(|d| s.now + d),
+            // Servers only: a half-open handshake holds a server's slot; a client's
+            // application waits on its own connect and has the idle timeout.
+            handshake_deadline: (s.side == Side::Server)
+                .then(|| s.now + s.transport.handshake_timeout),
             close_deadline: None,
             close_pending: false,
             close: None,
@@ -909,6 +916,12 @@ impl Connection {
             return self.close_deadline;
         }
         let mut t = self.idle_deadline;
+        if self.state == State::Handshaking {
+            t = match (t, self.handshake_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         let mut min = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -972,10 +985,17 @@ impl Connection {
             }
             _ => {}
         }
-        if self.idle_deadline.is_some_and(|d| now >= d) {
-            self.error = Some(ConnectionError::TimedOut);
-            self.events
-                .push_back(Event::Lost(ConnectionError::TimedOut));
+        let handshake_expired =
+            self.state == State::Handshaking && self.handshake_deadline.is_some_and(|d| now >= d);
+        if handshake_expired || self.idle_deadline.is_some_and(|d| now >= d) {
+            // Silent, as an idle timeout is: the peer's own timer ends its side.
+            let e = if handshake_expired {
+                ConnectionError::HandshakeTimedOut
+            } else {
+                ConnectionError::TimedOut
+            };
+            self.error = Some(e.clone());
+            self.events.push_back(Event::Lost(e));
             self.state = State::Drained;
             return;
         }
@@ -1338,6 +1358,16 @@ impl Connection {
         }
         if let Some(d) = self.idle_timeout {
             self.idle_deadline = Some(now + d.max(3 * self.pto_period(2)));
+        }
+        if self.state == State::Handshaking && self.handshake_deadline.is_some() {
+            // The handshake timer is an idle timer too: a handshake that is still hearing
+            // from its peer (slowly, over a lossy path) goes on.
+            self.handshake_deadline = Some(
+                now + self
+                    .transport
+                    .handshake_timeout
+                    .max(3 * self.rtt.pto_base()),
+            );
         }
         if i == 0 && self.side == Side::Client && self.server_initial_scid.is_none() {
             // The server's first Initial names the CID we address it by from now on.
@@ -1900,6 +1930,7 @@ impl Connection {
         };
         self.idle_timeout = idle.map(Duration::from_millis);
         self.idle_deadline = self.idle_timeout.map(|d| now + d);
+        self.handshake_deadline = None;
         self.state = State::Established;
         self.tx_phase_acked = true;
         self.events.push_back(Event::Connected);

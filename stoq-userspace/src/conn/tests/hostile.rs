@@ -782,3 +782,54 @@ fn zero_length_datagrams_are_counted() {
     assert_eq!(after, before + 1);
     assert!(p.server_conn().is_established());
 }
+
+/// A client that vanishes after its first Initial (a spoofed source, or one that gave up)
+/// holds the server's connection for the handshake timeout (10 s by default), not the
+/// idle timeout (30 s): a flood of half-open handshakes frees its slots three times
+/// sooner. (The client is not bound by it: its own connect ends at the idle timeout.)
+#[test]
+fn a_half_open_handshake_ends_at_the_handshake_timeout() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    let mut first = true;
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server && !std::mem::take(&mut first) {
+            return Verdict::Drop;
+        }
+        Verdict::Deliver
+    }));
+    let start = p.now;
+    p.connect(client);
+    p.drive_until(Duration::from_secs(60), |p| p.lost(true).is_some());
+    let lost: Vec<(bool, Duration, ConnectionError)> = p
+        .events
+        .iter()
+        .filter_map(|(t, server, _, e)| match e {
+            Event::Lost(err) => Some((*server, *t - start, err.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lost.len(),
+        1,
+        "the server gave up, the client not yet: {lost:?}"
+    );
+    let (server, after, err) = &lost[0];
+    assert!(*server);
+    assert_eq!(*err, ConnectionError::HandshakeTimedOut);
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(11)).contains(after),
+        "after {after:?}"
+    );
+    assert_eq!(p.server.connection_count(), 0, "the server's slot is free");
+    // A zero timeout is refused with the fix.
+    let mut cfg = endpoint_config(9, 1452, p.now);
+    cfg.transport = Arc::new(TransportConfig {
+        handshake_timeout: Duration::ZERO,
+        ..TransportConfig::default()
+    });
+    assert!(matches!(
+        Endpoint::new(cfg, None),
+        Err(ConfigError::Transport(m)) if m.contains("handshake_timeout")
+    ));
+}
