@@ -166,18 +166,8 @@ fn sim(args: &[String]) -> Result<(), Fail> {
 /// mode with the XDP object, so the server runs on the backend a real one would pick.
 fn soak(args: &[String]) -> Result<(), Fail> {
     let built = ebpf_or_reason()?;
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "stoq-tests",
-        "--bin",
-        "stoq-soak",
-        "--",
-    ])
-    .args(args);
+    let mut c = release_bin("stoq-tests", "stoq-soak");
+    c.args(args);
     if built {
         c.env("STOQ_REQUIRE_EBPF", "1");
     }
@@ -195,36 +185,31 @@ fn demo(extra: &[String]) -> Result<(), Fail> {
     if let Err(Fail(why)) = ebpf::build() {
         eprintln!("xtask: eBPF program not built ({why}); the demo reports what that costs");
     }
+    let mut c = release_bin("stoq-cli", "stoq");
+    c.arg("demo").args(extra);
+    run(&mut c)
+}
+
+/// `cargo run --release --quiet -p PACKAGE --bin BIN --`, for arguments to follow.
+fn release_bin(package: &str, bin: &str) -> std::process::Command {
     let mut c = cargo();
     c.args([
         "run",
         "--release",
         "--quiet",
         "-p",
-        "stoq-cli",
+        package,
         "--bin",
-        "stoq",
+        bin,
         "--",
-        "demo",
-    ])
-    .args(extra);
-    run(&mut c)
+    ]);
+    c
 }
 
 fn selfcheck(extra: &[String]) -> Result<(), Fail> {
     let _ = ebpf_or_reason()?;
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "stoq-tests",
-        "--bin",
-        "stoq-selfcheck",
-        "--",
-    ])
-    .args(extra);
+    let mut c = release_bin("stoq-tests", "stoq-selfcheck");
+    c.args(extra);
     run(&mut c)
 }
 

@@ -479,14 +479,23 @@ impl Connection {
     }
 
     async fn read_datagram_here(&self) -> Result<Vec<u8>, ConnectionError> {
+        self.datagram_here(|c, slot| {
+            slot.stash
+                .datagrams
+                .pop_front()
+                .or_else(|| c.recv_datagram())
+        })
+        .await
+    }
+
+    /// Waits on the worker until `take` finds a datagram (or the connection ends).
+    async fn datagram_here<T>(
+        &self,
+        mut take: impl FnMut(&mut conn::Connection, &mut Slot) -> Option<T>,
+    ) -> Result<T, ConnectionError> {
         poll_fn(|cx| {
             match self.with(|c, slot| {
-                if let Some(d) = slot
-                    .stash
-                    .datagrams
-                    .pop_front()
-                    .or_else(|| c.recv_datagram())
-                {
+                if let Some(d) = take(c, slot) {
                     return Poll::Ready(Ok(d));
                 }
                 if c.is_closed() {
@@ -533,26 +542,13 @@ impl Connection {
             buf.extend_from_slice(&d);
             return Ok(());
         }
-        poll_fn(|cx| {
-            match self.with(|c, slot| {
-                if let Some(d) = slot.stash.datagrams.pop_front() {
-                    buf.clear();
-                    buf.extend_from_slice(&d);
-                    return Poll::Ready(Ok(()));
-                }
-                if c.recv_datagram_into(buf) {
-                    return Poll::Ready(Ok(()));
-                }
-                if c.is_closed() {
-                    return Poll::Ready(Err(self.ended(c)));
-                }
-                slot.wakers.datagram = Some(cx.waker().clone());
-                Poll::Pending
-            }) {
-                Ok(Some(p)) => p,
-                Ok(None) => Poll::Ready(Err(self.moved())),
-                Err(e) => Poll::Ready(Err(e)),
+        self.datagram_here(|c, slot| {
+            if let Some(d) = slot.stash.datagrams.pop_front() {
+                buf.clear();
+                buf.extend_from_slice(&d);
+                return Some(());
             }
+            c.recv_datagram_into(buf).then_some(())
         })
         .await
     }
