@@ -916,17 +916,13 @@ impl Connection {
             return self.close_deadline;
         }
         let mut t = self.idle_deadline;
-        if self.state == State::Handshaking {
-            t = match (t, self.handshake_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
         let mut min = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
+        // Set only while handshaking.
+        min(self.handshake_deadline);
         min(self.loss_timer());
         for s in &self.spaces {
             min(s.ack_deadline);

@@ -770,18 +770,9 @@ impl Streams {
     }
 
     fn schedule(&mut self, id: u64) {
-        let Some(st) = self.map.get_mut(&id) else {
-            return;
-        };
-        let u = st.urgency as usize;
-        let Some(s) = st.send.as_mut() else {
-            return;
-        };
-        if s.queued || !s.has_data() {
-            return;
+        if let Some(st) = self.map.get_mut(&id) {
+            schedule_in(&mut self.levels, &mut self.vtime, id, st);
         }
-        s.queued = true;
-        enqueue(&mut self.levels, &mut self.vtime, u, id);
     }
 
     fn maybe_free(&mut self, id: StreamId) {
@@ -1102,14 +1093,7 @@ impl Streams {
             map, levels, vtime, ..
         } = self;
         for (id, st) in map.iter_mut() {
-            let u = st.urgency as usize;
-            if let Some(s) = st.send.as_mut()
-                && !s.queued
-                && s.has_data()
-            {
-                s.queued = true;
-                enqueue(levels, vtime, u, *id);
-            }
+            schedule_in(levels, vtime, *id, st);
         }
     }
 
@@ -1559,10 +1543,18 @@ fn drain_front(buf: &mut VecDeque<u8>, n: usize) {
     }
 }
 
-/// Puts stream `id` at the back of urgency level `u`. A level waking up starts at the
-/// least virtual time of the busy levels, so idleness earns it no credit to burst with
-/// later.
-fn enqueue(levels: &mut [VecDeque<u64>; 4], vtime: &mut [u64; 4], u: usize, id: u64) {
+/// Queues stream `id` (`st`) at the back of its urgency level, unless it is queued already
+/// or has nothing to send. A level waking up starts at the least virtual time of the busy
+/// levels, so idleness earns it no credit to burst with later.
+fn schedule_in(levels: &mut [VecDeque<u64>; 4], vtime: &mut [u64; 4], id: u64, st: &mut Stream) {
+    let u = st.urgency as usize;
+    let Some(s) = st.send.as_mut() else {
+        return;
+    };
+    if s.queued || !s.has_data() {
+        return;
+    }
+    s.queued = true;
     if levels[u].is_empty() {
         let floor = (0..4)
             .filter(|&l| !levels[l].is_empty())

@@ -118,18 +118,21 @@ fn at(depth: usize, e: CertError) -> CertError {
     }
 }
 
-/// Encodes `chain` (leaf first) for a Certificate message.
+/// Encodes a chain (leaf first) for a Certificate message.
 ///
 /// # Panics
 /// If the chain is empty or longer than [`MAX_CHAIN_LEN`]: [`check_configured`] refuses
 /// such a chain before it is used.
-pub fn encode(chain: &[Certificate]) -> Vec<u8> {
-    assert!((1..=MAX_CHAIN_LEN).contains(&chain.len()), "chain length");
+pub fn encode<'a>(chain: impl IntoIterator<Item = &'a Certificate>) -> Vec<u8> {
     let mut w = Writer::new();
-    w.u8(chain.len() as u8);
+    w.u8(0);
+    let mut len = 0usize;
     for c in chain {
         w.vec16(c.as_bytes());
+        len += 1;
     }
+    assert!((1..=MAX_CHAIN_LEN).contains(&len), "chain length");
+    w.buf[0] = len as u8;
     w.buf
 }
 

@@ -132,15 +132,10 @@ impl Credential {
                 cert,
                 intermediates,
                 ..
-            } => {
-                let mut all = Vec::with_capacity(1 + intermediates.len());
-                all.push(cert.clone());
-                all.extend(intermediates.iter().cloned());
-                CertificateMsg {
-                    kind: CredentialKind::CertificateChain,
-                    data: chain::encode(&all),
-                }
-            }
+            } => CertificateMsg {
+                kind: CredentialKind::CertificateChain,
+                data: chain::encode(std::iter::once(cert).chain(intermediates)),
+            },
         }
     }
 }
