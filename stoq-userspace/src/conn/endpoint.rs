@@ -14,6 +14,7 @@ use stoq_common::maps::ClassifierConfig;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION_1};
 use zeroize::Zeroizing;
 
+use super::admission::{PrefixTable, SourcePrefix};
 use super::token::{TokenError, TokenKey, reset_token, retry_tag};
 use super::{
     Connection, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit, TransportConfig,
@@ -27,16 +28,30 @@ const MAX_RESPONSES: usize = 256;
 const USED_TOKENS: usize = 65_536;
 /// Datagrams held for an Incoming until the application decides.
 const MAX_INCOMING_DATAGRAMS: usize = 4;
+/// Handshakes in progress at which a server is under load by default: from there on a
+/// new client proves its address with a Retry first (see [`RetryPolicy`]).
+pub const DEFAULT_RETRY_THRESHOLD: usize = 64;
+/// Handshakes one source prefix may hold under load by default: a quarter of the default
+/// [`EndpointConfig::max_incoming`], so one network never takes more than a quarter of a
+/// worker's handshake slots, while a busy NAT or proxy still gets plenty.
+pub const DEFAULT_MAX_HANDSHAKES_PER_PREFIX: usize = 256;
 
 /// When the server demands address validation with a Retry before it keeps any state.
+///
+/// While it does, the server is *under load*: it keeps no state and computes no signature
+/// for a client that has not proved its address, and a source prefix may hold at most
+/// [`EndpointConfig::max_handshakes_per_prefix`] handshakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryPolicy {
-    /// Never send Retry on its own (the application can still call [`Endpoint::retry`]).
+    /// Never send Retry on its own (the application can still call [`Endpoint::retry`]);
+    /// the server is never under load, so per-prefix limits are off too.
     Never,
-    /// Validate every new client first.
+    /// Validate every new client first (always under load).
     Always,
-    /// Validate new clients while more than this many connections are still handshaking
-    /// (the "under load" mode).
+    /// Validate new clients while at least this many connections are still handshaking.
+    /// The default is `WhenHandshakingAbove(`[`DEFAULT_RETRY_THRESHOLD`]`)`: spoofed
+    /// Initials can hold at most that many half-open handshakes (each for
+    /// [`TransportConfig::handshake_timeout`]); past it each costs one stateless Retry.
     WhenHandshakingAbove(usize),
 }
 
@@ -57,8 +72,14 @@ pub struct EndpointConfig {
     pub max_connections: usize,
     /// Most connection attempts waiting for the application's decision.
     pub max_incoming: usize,
-    /// When to demand a Retry.
+    /// When to demand a Retry (the server is then under load).
     pub retry: RetryPolicy,
+    /// Most handshakes in progress from one source prefix while under load; a validated
+    /// client from a prefix that holds this many is dropped (its Initial is resent, and
+    /// admitted once a slot frees) and counted in [`EndpointStats::prefix_limited`].
+    pub max_handshakes_per_prefix: usize,
+    /// How source addresses are grouped into prefixes (IPv4 /24 and IPv6 /64 by default).
+    pub source_prefix: SourcePrefix,
     /// How long a Retry token stays valid.
     pub token_lifetime: Duration,
     /// Seed of the endpoint's CSPRNG. [`EndpointConfig::new`] draws it from the OS; tests
@@ -89,7 +110,9 @@ impl EndpointConfig {
             max_udp_payload: 1452,
             max_connections: 100_000,
             max_incoming: 1024,
-            retry: RetryPolicy::Never,
+            retry: RetryPolicy::WhenHandshakingAbove(DEFAULT_RETRY_THRESHOLD),
+            max_handshakes_per_prefix: DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
+            source_prefix: SourcePrefix::DEFAULT,
             token_lifetime: Duration::from_secs(10),
             rng_seed,
             unix_time_at,
@@ -108,6 +131,16 @@ impl EndpointConfig {
         }
         if self.max_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if self.max_handshakes_per_prefix == 0 {
+            return Err(ConfigError::Admission(
+                "max_handshakes_per_prefix is 0: no client could connect under load",
+            ));
+        }
+        if !self.source_prefix.is_valid() {
+            return Err(ConfigError::Admission(
+                "source_prefix lengths must be 1..=32 (IPv4) and 1..=128 (IPv6)",
+            ));
         }
         // Building a CID checks the server id against the layout.
         self.cid_layout
@@ -192,6 +225,9 @@ pub enum ConfigError {
     /// A transport setting out of range.
     #[error("transport setting {0}")]
     Transport(&'static str),
+    /// An admission setting (per-prefix handshake limit) out of range.
+    #[error("admission setting {0}")]
+    Admission(&'static str),
 }
 
 /// A connection's index in its endpoint.
@@ -302,6 +338,9 @@ pub struct EndpointStats {
     pub token_reused: u64,
     /// Connection attempts dropped because `max_incoming` were waiting.
     pub incoming_full: u64,
+    /// Validated connection attempts dropped under load because their source prefix held
+    /// `max_handshakes_per_prefix` handshakes.
+    pub prefix_limited: u64,
     /// Retry packets sent.
     pub retries_sent: u64,
     /// Version Negotiation packets sent.
@@ -335,6 +374,8 @@ pub struct Endpoint {
     /// [`Endpoint::poll_event`]; kept as a count so the Retry policy costs O(1) per
     /// new client.
     pub(super) handshaking: usize,
+    /// Server handshakes in progress by source prefix.
+    pub(super) prefixes: PrefixTable,
     routes: HashMap<ConnectionId, ConnectionHandle>,
     /// The CIDs routed to each slab entry, so freeing a connection touches only its own.
     conn_routes: Vec<Vec<ConnectionId>>,
@@ -393,6 +434,7 @@ impl Endpoint {
             free: Vec::new(),
             live: 0,
             handshaking: 0,
+            prefixes: PrefixTable::default(),
             routes: HashMap::new(),
             conn_routes: Vec::new(),
             conn_mem: Vec::new(),
@@ -421,6 +463,16 @@ impl Endpoint {
     /// Connections whose handshake has neither completed nor failed.
     pub fn handshaking(&self) -> usize {
         self.handshaking
+    }
+
+    /// Whether the server is under load: its [`RetryPolicy`] demands a Retry of new
+    /// clients, and per-prefix limits apply.
+    pub fn under_load(&self) -> bool {
+        match self.config.retry {
+            RetryPolicy::Never => false,
+            RetryPolicy::Always => true,
+            RetryPolicy::WhenHandshakingAbove(n) => self.handshaking >= n,
+        }
     }
 
     /// Live connections.
@@ -704,13 +756,12 @@ impl Endpoint {
             retry_scid: None,
             validated: false,
         };
+        let under_load = self.under_load();
+        // Marked used only once the attempt is admitted: a client dropped below for a
+        // full table resends the same Initial, token and all.
+        let mut token_nonce = None;
         if token.is_empty() {
-            let must_retry = match self.config.retry {
-                RetryPolicy::Never => false,
-                RetryPolicy::Always => true,
-                RetryPolicy::WhenHandshakingAbove(n) => self.handshaking >= n,
-            };
-            if must_retry {
+            if under_load {
                 self.send_retry(now, &incoming);
                 return None;
             }
@@ -719,16 +770,11 @@ impl Endpoint {
             let lifetime = self.config.token_lifetime.as_millis() as u64;
             match self.token_key.open(token, &remote, now_ms, lifetime) {
                 Ok((odcid, nonce)) => {
-                    if !self.used_tokens.insert(nonce) {
+                    if self.used_tokens.contains(&nonce) {
                         self.stats.token_reused += 1;
                         return None;
                     }
-                    self.used_order.push_back(nonce);
-                    if self.used_order.len() > USED_TOKENS
-                        && let Some(old) = self.used_order.pop_front()
-                    {
-                        self.used_tokens.remove(&old);
-                    }
+                    token_nonce = Some(nonce);
                     incoming.orig_dcid = odcid;
                     incoming.retry_scid = Some(dcid);
                     incoming.validated = true;
@@ -745,9 +791,27 @@ impl Endpoint {
                 }
             }
         }
+        if under_load
+            && self
+                .prefixes
+                .count(self.config.source_prefix.key(remote.ip()))
+                >= self.config.max_handshakes_per_prefix
+        {
+            self.stats.prefix_limited += 1;
+            return None;
+        }
         if self.incoming.len() >= self.config.max_incoming {
             self.stats.incoming_full += 1;
             return None;
+        }
+        if let Some(nonce) = token_nonce {
+            self.used_tokens.insert(nonce);
+            self.used_order.push_back(nonce);
+            if self.used_order.len() > USED_TOKENS
+                && let Some(old) = self.used_order.pop_front()
+            {
+                self.used_tokens.remove(&old);
+            }
         }
         self.incoming
             .insert(dcid, vec![(self.rx_info.ecn, data.to_vec())]);
@@ -805,6 +869,8 @@ impl Endpoint {
         let hs = Handshake::server(server, params.clone());
         let local = s.local_cid;
         let h = self.insert(Connection::new(s, hs, params));
+        self.prefixes
+            .add(h.0, self.config.source_prefix.key(incoming.remote.ip()));
         self.route(local, h);
         self.route(incoming.dcid, h);
         self.stats.accepted += 1;
@@ -1180,6 +1246,7 @@ impl Endpoint {
                 if c.counted_handshaking && matches!(e, Event::Connected | Event::Lost(_)) {
                     c.counted_handshaking = false;
                     self.handshaking -= 1;
+                    self.prefixes.release(i);
                 }
                 return Some((h, e));
             }
@@ -1198,6 +1265,7 @@ impl Endpoint {
             if c.counted_handshaking {
                 self.handshaking -= 1;
             }
+            self.prefixes.release(h.0);
             self.free.push(h.0);
             for cid in std::mem::take(&mut self.conn_routes[h.0]) {
                 self.routes.remove(&cid);

@@ -25,6 +25,7 @@
 //! design.
 #![deny(unsafe_code)]
 
+mod admission;
 pub mod cc;
 mod config;
 mod datagrams;
@@ -56,12 +57,14 @@ use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_paylo
 use stoq_common::maps::ClassifierConfig;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
+pub use self::admission::SourcePrefix;
 use self::cc::{AckEvent, Controller, DeliveryRate, LossEvent, Pacer, PacketRateState};
 pub use self::config::{Adaptation, TransportConfig};
 pub use self::ecn::{DatagramInfo, EcnCodepoint};
 pub use self::endpoint::{
-    AcceptError, ConfigError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint,
-    EndpointConfig, EndpointStats, Incoming, RetryError, RetryPolicy,
+    AcceptError, ConfigError, ConnectError, ConnectionHandle, DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
+    DEFAULT_RETRY_THRESHOLD, DatagramEvent, Endpoint, EndpointConfig, EndpointStats, Incoming,
+    RetryError, RetryPolicy,
 };
 pub use self::error::{
     ConnectionError, ExtensionError, KeyUpdateError, MessageError, SendDatagramError, code,

@@ -2,6 +2,7 @@
 //! fixed one-way delay, a path MTU, and a hook that can drop or rewrite any datagram.
 
 mod ecn;
+mod flood;
 mod hostile;
 mod session;
 mod transport;
