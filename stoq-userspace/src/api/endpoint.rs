@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::state::{ConnShared, ServeFn};
-use super::{ConnectError, Connection, ServeError};
+use super::{ConnectError, Connection, Incoming, IncomingError, ServeError};
 use crate::conn;
 use crate::engine::home::{State, Worker};
 use crate::engine::{Engine, EngineConfig, EngineError, EngineInfo, Placement, WorkerStats};
@@ -274,6 +274,42 @@ impl Endpoint {
             }
             if open == 0 {
                 Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The next new client, for the application to accept, refuse, retry or ignore
+    /// (under [`Admission::Application`](crate::engine::Admission::Application); as
+    /// quinn's `Endpoint::accept`). Clients have already passed the endpoint's admission
+    /// policy: their Initial authenticated and, under load, they proved their address.
+    /// One task should take clients at a time.
+    ///
+    /// # Errors
+    /// [`IncomingError::AutomaticAdmission`] on an endpoint that admits clients itself;
+    /// [`IncomingError::Closed`] once it shuts down.
+    pub async fn incoming(&self) -> Result<Incoming, IncomingError> {
+        if !self
+            .engine
+            .workers
+            .iter()
+            .any(|w| w.api.application_admission())
+        {
+            return Err(IncomingError::AutomaticAdmission);
+        }
+        poll_fn(|cx| {
+            let mut open = 0;
+            for w in &self.engine.workers {
+                match w.api.poll_pop_incoming(cx.waker()) {
+                    Ok(Some(i)) => return Poll::Ready(Ok(Incoming::new(i, w.clone()))),
+                    Ok(None) => open += 1,
+                    Err(()) => {}
+                }
+            }
+            if open == 0 {
+                Poll::Ready(Err(IncomingError::Closed))
             } else {
                 Poll::Pending
             }

@@ -45,6 +45,7 @@
 
 mod connection;
 mod endpoint;
+mod incoming;
 pub(crate) mod remote;
 pub(crate) mod state;
 mod stream;
@@ -53,6 +54,7 @@ use std::io;
 
 pub use self::connection::{Connection, Message, MessageOutcome};
 pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
+pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 
@@ -128,6 +130,23 @@ impl From<StreamError> for io::Error {
     }
 }
 
+/// Why [`Endpoint::incoming`] has no client to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncomingError {
+    /// The engine admits clients itself: build it with `EngineConfig::admission =
+    /// Admission::Application` to decide each one, or take connections with
+    /// [`Endpoint::accept`] or [`Endpoint::serve`].
+    #[error(
+        "this endpoint admits clients itself: set EngineConfig::admission = \
+         Admission::Application to decide each one, or use Endpoint::accept or serve"
+    )]
+    AutomaticAdmission,
+    /// The endpoint is shutting down (or has stopped): no more clients will come.
+    #[error("the endpoint is shutting down")]
+    Closed,
+}
+
 /// Why connections cannot be served on their workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -156,5 +175,6 @@ mod tests {
         is_send_sync::<SendStream>();
         is_send_sync::<RecvStream>();
         is_send_sync::<Message>();
+        is_send_sync::<Incoming>();
     }
 }

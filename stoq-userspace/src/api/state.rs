@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::Instant;
@@ -384,12 +384,17 @@ pub(crate) struct SharedApi {
     queued: AtomicUsize,
     /// Connections in the queue plus handshakes in progress, at most.
     pub(crate) max: usize,
+    /// New clients go to [`crate::Endpoint::incoming`] (set before the worker starts).
+    application_admission: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct AcceptQueue {
     conns: VecDeque<Connection>,
     waker: Option<Waker>,
+    /// New clients waiting for the application's decision (application admission).
+    incoming: VecDeque<crate::conn::Incoming>,
+    incoming_waker: Option<Waker>,
     closed: bool,
 }
 
@@ -399,7 +404,51 @@ impl SharedApi {
             queue: Mutex::new(AcceptQueue::default()),
             queued: AtomicUsize::new(0),
             max,
+            application_admission: AtomicBool::new(false),
         }
+    }
+
+    /// New clients go to the application (see [`crate::engine::Admission`]).
+    pub(crate) fn set_application_admission(&self, on: bool) {
+        self.application_admission.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether new clients go to the application.
+    pub(crate) fn application_admission(&self) -> bool {
+        self.application_admission.load(Ordering::Relaxed)
+    }
+
+    /// Queues a new client for the application; gives it back if the queue is closed or
+    /// holds `max` already.
+    pub(crate) fn push_incoming(&self, i: crate::conn::Incoming) -> Option<crate::conn::Incoming> {
+        let mut q = self.lock();
+        if q.closed || q.incoming.len() >= self.max {
+            return Some(i);
+        }
+        q.incoming.push_back(i);
+        let w = q.incoming_waker.take();
+        drop(q);
+        if let Some(w) = w {
+            w.wake();
+        }
+        None
+    }
+
+    /// The next new client waiting; else, unless closed, registers `waker`. `Err(())`
+    /// once closed and empty.
+    pub(crate) fn poll_pop_incoming(
+        &self,
+        waker: &Waker,
+    ) -> Result<Option<crate::conn::Incoming>, ()> {
+        let mut q = self.lock();
+        if let Some(i) = q.incoming.pop_front() {
+            return Ok(Some(i));
+        }
+        if q.closed {
+            return Err(());
+        }
+        q.incoming_waker = Some(waker.clone());
+        Ok(None)
     }
 
     fn lock(&self) -> MutexGuard<'_, AcceptQueue> {
@@ -454,12 +503,12 @@ impl SharedApi {
 
     /// No more connections will come: a waiting `accept` resolves to `None`.
     pub(crate) fn close(&self) {
-        let w = {
+        let (w, iw) = {
             let mut q = self.lock();
             q.closed = true;
-            q.waker.take()
+            (q.waker.take(), q.incoming_waker.take())
         };
-        if let Some(w) = w {
+        for w in [w, iw].into_iter().flatten() {
             w.wake();
         }
     }

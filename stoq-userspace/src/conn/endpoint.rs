@@ -257,6 +257,11 @@ impl Incoming {
     pub fn remote_address_validated(&self) -> bool {
         self.validated
     }
+
+    /// The local address the client's Initial arrived at, where the backend reports it.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
+    }
 }
 
 /// What a datagram did at the endpoint.

@@ -170,6 +170,9 @@ impl Engine {
                     (w, inbox, None)
                 }
             };
+            worker
+                .api
+                .set_application_admission(config.admission == super::Admission::Application);
             workers.push(worker);
             parts.push((backend, inbox, state));
         }

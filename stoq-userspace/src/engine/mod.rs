@@ -119,6 +119,22 @@ pub struct WorkerStats {
     pub locks: u64,
 }
 
+/// Who decides whether a new client may start its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Admission {
+    /// The engine admits every client that passes the endpoint's admission policy (Retry
+    /// under load, per-prefix limits) while the accept queue and handshakes in progress
+    /// leave room; the rest are refused with `CONNECTION_REFUSED`.
+    #[default]
+    Automatic,
+    /// Every new client that passes the endpoint's admission policy is handed to the
+    /// application as an [`Incoming`](crate::api::Incoming) from
+    /// [`Endpoint::incoming`](crate::Endpoint::incoming), to accept, refuse, retry or
+    /// ignore (as quinn's `Incoming`). Set the endpoint's `retry` to
+    /// [`RetryPolicy::Never`](crate::conn::RetryPolicy::Never) to see every client.
+    Application,
+}
+
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -157,6 +173,11 @@ pub struct EngineConfig {
     /// connections are being used from other threads (which may need its core). Zero:
     /// never poll.
     pub idle_poll: std::time::Duration,
+    /// Who admits new clients of a server: the engine (every client that passes the
+    /// endpoint's [`RetryPolicy`](crate::conn::RetryPolicy) and has room), or the
+    /// application, through [`Endpoint::incoming`](crate::Endpoint::incoming). Ignored
+    /// when a [`Handler`] serves the connections.
+    pub admission: Admission,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -173,6 +194,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("handler", &self.handler.is_some())
             .field("steering", &self.steering)
             .field("idle_poll", &self.idle_poll)
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +216,7 @@ impl EngineConfig {
             handler: None,
             steering: true,
             idle_poll: std::time::Duration::from_micros(50),
+            admission: Admission::Automatic,
         }
     }
 }

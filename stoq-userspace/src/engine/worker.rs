@@ -349,7 +349,8 @@ async fn drive(
 
 impl State {
     /// One received datagram: to the endpoint; a new client is admitted if the API has
-    /// room for it (or a handler serves every connection), else refused.
+    /// room for it (or a handler serves every connection), else refused; under
+    /// application admission it is queued for `Endpoint::incoming` instead.
     fn on_datagram(
         &mut self,
         worker: &Arc<Worker>,
@@ -361,6 +362,14 @@ impl State {
         if let Some(DatagramEvent::Incoming(inc)) =
             self.endpoint.handle_datagram_info(now, from, info, d)
         {
+            if self.handler.is_none() && worker.api.application_admission() {
+                // The application decides (Endpoint::incoming); a full or closed queue
+                // refuses, as the automatic path does.
+                if let Some(inc) = worker.api.push_incoming(inc) {
+                    self.endpoint.refuse(inc, now);
+                }
+                return;
+            }
             if !self
                 .api
                 .admits(worker, &self.endpoint, self.handler.is_some())

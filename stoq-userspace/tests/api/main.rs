@@ -16,6 +16,7 @@ use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod flood;
+mod incoming;
 mod served;
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
