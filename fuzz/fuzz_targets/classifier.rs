@@ -1,10 +1,12 @@
 //! The frame classifier and the STOQ-header classifier on arbitrary bytes: no panic, and
-//! every offset a verdict reports lies inside the input.
+//! every offset a verdict reports lies inside the input; for every steered frame the
+//! rate limit's source prefix is readable (the XDP program reads it for Initials).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use stoq_common::cid::CidLayout;
 use stoq_common::classify::{Verdict, classify_frame, classify_payload};
+use stoq_common::limit::{InitialLimit, source_prefix};
 use stoq_common::maps::ClassifierConfig;
 use stoq_common::ptr::Bytes;
 
@@ -24,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
             // The frame-level and payload-level classifiers agree.
             let h = classify_payload(payload, &cfg).expect("steered payload classifies");
             assert_eq!(h.kind, s.kind);
+            let limit = InitialLimit::new(1000, 8, sel % 33, sel.wrapping_mul(7) % 129);
+            assert!(s.ip_off < s.payload_off);
+            assert!(source_prefix(&Bytes::new(frame), &s, &limit).is_some());
         }
         Verdict::Pass(_) | Verdict::Drop(_) => {}
     }

@@ -200,6 +200,10 @@ pub struct Steer {
     pub kind: PacketKind,
     /// Worker id carried in a short header's DCID.
     pub worker: Option<u8>,
+    /// Offset of the IP header in the frame.
+    pub ip_off: usize,
+    /// Whether the IP header is IPv6 (else IPv4).
+    pub ipv6: bool,
     /// Offset of the UDP payload in the frame.
     pub payload_off: usize,
     /// Length of the UDP payload.
@@ -338,6 +342,8 @@ pub fn classify_frame(
         Ok(h) => Verdict::Stoq(Steer {
             kind: h.kind,
             worker: h.worker,
+            ip_off: l3,
+            ipv6: ethertype == ethernet::ETHERTYPE_IPV6,
             payload_off,
             payload_len,
         }),

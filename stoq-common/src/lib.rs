@@ -7,6 +7,7 @@
 //!   nonce).
 //! - [`classify`]: the frame classifier that decides pass, drop or steer. The XDP program
 //!   runs exactly this code.
+//! - [`limit`]: the XDP program's per-prefix Initial rate limit (GCRA buckets).
 //! - [`maps`]: `#[repr(C)]` map values, map names and counter indices.
 //! - [`ptr`]: bounds-checked reads, the one module allowed `unsafe`.
 //!
@@ -18,6 +19,7 @@
 
 pub mod cid;
 pub mod classify;
+pub mod limit;
 pub mod maps;
 pub mod ptr;
 pub mod varint;

@@ -171,6 +171,8 @@ pub const COUNTER_KIND_BASE: u32 = COUNTER_DROP_BASE + DropReason::ALL.len() as 
 /// frame holds ([`XSK_MAX_FRAME`]): a GSO or GRO super-packet in generic (skb) mode. The
 /// kernel stack segments them for the socket that reserves the port.
 pub const COUNTER_OVERSIZE: u32 = COUNTER_KIND_BASE + PacketKind::ALL.len() as u32;
+/// Counter: Initial packets dropped by the per-prefix rate limit (see [`crate::limit`]).
+pub const COUNTER_INITIAL_LIMITED: u32 = COUNTER_OVERSIZE + 1;
 /// Entries in [`COUNTERS_MAP`] (room to grow without changing the map size).
 pub const NUM_COUNTERS: u32 = 32;
 
@@ -178,7 +180,7 @@ pub const NUM_COUNTERS: u32 = 32;
 /// frames less the 256 bytes of `XDP_PACKET_HEADROOM` the kernel keeps in copy mode.
 pub const XSK_MAX_FRAME: u32 = 2048 - 256;
 
-const _: () = assert!(COUNTER_OVERSIZE < NUM_COUNTERS);
+const _: () = assert!(COUNTER_INITIAL_LIMITED < NUM_COUNTERS);
 
 impl PassReason {
     /// Index of this reason's counter.

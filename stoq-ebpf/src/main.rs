@@ -8,19 +8,26 @@
 //! - a malformed datagram to a STOQ port is dropped;
 //! - everything else is passed.
 //!
+//! Before an Initial is steered, the per-source-prefix rate limit of `STOQ_INITIAL_LIMIT`
+//! (a GCRA bucket per prefix and CPU in `STOQ_INITIAL_BUCKETS`) may drop it: a handshake
+//! flood is shed here, before userspace pays for it. Other packets are never limited.
+//!
 //! Every frame increments exactly one verdict counter in `STOQ_COUNTERS` (per CPU), and
 //! every STOQ packet also increments its packet-kind counter.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::{map, xdp};
-use aya_ebpf::maps::{Array, PerCpuArray, XskMap};
+use aya_ebpf::maps::{Array, LruPerCpuHashMap, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
-use stoq_common::classify::{Verdict, classify_frame};
+use stoq_common::classify::{PacketKind, Steer, Verdict, classify_frame};
+use stoq_common::limit::{INITIAL_BUCKETS, InitialLimit, PrefixKey, source_prefix};
 use stoq_common::maps::{
-    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE, COUNTER_REDIRECTED, ClassifierConfig,
-    MAX_QUEUES, NUM_COUNTERS, PORT_WORDS, PortSet, XSK_MAX_FRAME,
+    COUNTER_ABORTED, COUNTER_INITIAL_LIMITED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE,
+    COUNTER_REDIRECTED, ClassifierConfig, MAX_QUEUES, NUM_COUNTERS, PORT_WORDS, PortSet,
+    XSK_MAX_FRAME,
 };
 use stoq_common::ptr::Bytes;
 
@@ -35,6 +42,43 @@ static STOQ_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNT
 
 #[map(name = "XSKMAP")]
 static XSKMAP: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[map(name = "STOQ_INITIAL_LIMIT")]
+static STOQ_INITIAL_LIMIT: Array<InitialLimit> = Array::with_max_entries(1, 0);
+
+#[map(name = "STOQ_INITIAL_BUCKETS")]
+static STOQ_INITIAL_BUCKETS: LruPerCpuHashMap<PrefixKey, u64> =
+    LruPerCpuHashMap::with_max_entries(INITIAL_BUCKETS, 0);
+
+/// Whether an Initial from the frame's source prefix is within the rate limit (always,
+/// when the limit is off or its state cannot be read: the limit only ever sheds load).
+#[inline(always)]
+fn initial_allowed(bytes: &Bytes<'_>, s: &Steer) -> bool {
+    let Some(limit) = STOQ_INITIAL_LIMIT.get(0) else {
+        return true;
+    };
+    if !limit.is_on() {
+        return true;
+    }
+    let Some(key) = source_prefix(bytes, s, limit) else {
+        return true;
+    };
+    // SAFETY: a helper without arguments; it reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match STOQ_INITIAL_BUCKETS.get_ptr_mut(&key) {
+        // SAFETY: the pointer comes from a successful lookup of this CPU's value in a
+        // per-CPU map; only this program writes it, with preemption disabled.
+        Some(tat) => limit.admit(unsafe { &mut *tat }, now),
+        None => {
+            let mut tat = 0;
+            let ok = limit.admit(&mut tat, now);
+            // A full map evicts its least recently used bucket; a failed insert only
+            // means this prefix starts again with a full bucket.
+            let _ = STOQ_INITIAL_BUCKETS.insert(&key, &tat, 0);
+            ok
+        }
+    }
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -62,6 +106,10 @@ pub fn stoq_xdp(ctx: XdpContext) -> u32 {
     match verdict {
         Verdict::Stoq(s) => {
             count(s.kind.counter());
+            if s.kind == PacketKind::Initial && !initial_allowed(&bytes, &s) {
+                count(COUNTER_INITIAL_LIMITED);
+                return xdp_action::XDP_DROP;
+            }
             let queue = ctx.rx_queue_index();
             if XSKMAP.get(queue).is_none() {
                 count(COUNTER_NO_SOCKET);

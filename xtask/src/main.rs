@@ -108,7 +108,8 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     c.args(SIM_TESTS);
     run(&mut c)?;
     // The engine end to end over veth pairs (1 GiB transfers, 1,000 connections, a
-    // million hostile datagrams), in release mode, one test at a time (each owns the CPU).
+    // million hostile datagrams, a spoofed handshake flood), in release mode, one test at a
+    // time (each owns the CPU).
     let mut c = cargo();
     c.args(E2E_TESTS).args(["--", "--test-threads", "1"]);
     if is_root() {
@@ -117,8 +118,8 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     run(&mut c)
 }
 
-/// The engine's end-to-end test binary, in release mode.
-const E2E_TESTS: [&str; 8] = [
+/// The engine's end-to-end test binaries (and the handshake flood), in release mode.
+const E2E_TESTS: [&str; 10] = [
     "test",
     "--release",
     "-p",
@@ -127,6 +128,8 @@ const E2E_TESTS: [&str; 8] = [
     "e2e",
     "--test",
     "netns_engine",
+    "--test",
+    "netns_handshake_flood",
 ];
 
 /// The simulator test binary, in release mode (it needs the `sim` feature).

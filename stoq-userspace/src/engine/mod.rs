@@ -119,6 +119,31 @@ pub struct WorkerStats {
     pub locks: u64,
 }
 
+/// The XDP program's Initial rate limit: a token bucket per source prefix and CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitialRateLimit {
+    /// Initial packets per second one prefix may send, on each CPU.
+    pub per_second: u32,
+    /// How many a prefix may send at once (after a quiet spell).
+    pub burst: u32,
+}
+
+impl InitialRateLimit {
+    /// 20,000 Initial packets a second per prefix and CPU, in bursts of 4,096: far above
+    /// what one network's real clients send (a handshake takes two to four Initial
+    /// packets), far below what a flooding host sends. `per_second == 0` also turns the
+    /// limit off.
+    pub const DEFAULT: Self = Self {
+        per_second: 20_000,
+        burst: 4_096,
+    };
+
+    /// The XDP map's value for prefixes of `prefix`.
+    pub fn to_map(self, prefix: crate::conn::SourcePrefix) -> stoq_common::limit::InitialLimit {
+        stoq_common::limit::InitialLimit::new(self.per_second, self.burst, prefix.v4, prefix.v6)
+    }
+}
+
 /// Who decides whether a new client may start its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Admission {
@@ -178,6 +203,13 @@ pub struct EngineConfig {
     /// application, through [`Endpoint::incoming`](crate::Endpoint::incoming). Ignored
     /// when a [`Handler`] serves the connections.
     pub admission: Admission,
+    /// A server's per-source-prefix Initial rate limit in the XDP program (AF_XDP
+    /// backend): Initials beyond it are dropped in the kernel before userspace sees them,
+    /// counted in [`SteerStats::initial_limited`](crate::xdp::SteerStats::initial_limited).
+    /// Prefixes are the endpoint's [`source_prefix`](crate::conn::EndpointConfig::source_prefix).
+    /// `None` turns it off. Other backends have no kernel-side limit (userspace's
+    /// admission policy still applies).
+    pub initial_rate_limit: Option<InitialRateLimit>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -195,6 +227,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("steering", &self.steering)
             .field("idle_poll", &self.idle_poll)
             .field("admission", &self.admission)
+            .field("initial_rate_limit", &self.initial_rate_limit)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +250,7 @@ impl EngineConfig {
             steering: true,
             idle_poll: std::time::Duration::from_micros(50),
             admission: Admission::Automatic,
+            initial_rate_limit: Some(InitialRateLimit::DEFAULT),
         }
     }
 }

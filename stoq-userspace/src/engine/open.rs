@@ -70,7 +70,7 @@ pub(crate) fn open(
 ) -> Result<Opened, Unavailable> {
     match kind {
         #[cfg(target_os = "linux")]
-        BackendKind::AfXdp => open_af_xdp(config, forced),
+        BackendKind::AfXdp => open_af_xdp(config, forced, share_port),
         _ => {
             let group = share_port && n > 1;
             let mut bind = config.bind;
@@ -138,7 +138,11 @@ impl Drop for XdpGuard {
 }
 
 #[cfg(target_os = "linux")]
-fn open_af_xdp(config: &EngineConfig, allow_copy: bool) -> Result<Opened, Unavailable> {
+fn open_af_xdp(
+    config: &EngineConfig,
+    allow_copy: bool,
+    server: bool,
+) -> Result<Opened, Unavailable> {
     use std::os::fd::BorrowedFd;
 
     use crate::io::afxdp::{AfXdpBackend, AfXdpConfig, companion_socket};
@@ -166,6 +170,13 @@ fn open_af_xdp(config: &EngineConfig, allow_copy: bool) -> Result<Opened, Unavai
     program
         .configure(&config.endpoint.cid_layout, &[bind.port()])
         .map_err(|e| setup("configuring stoq_xdp", &e))?;
+    // A server sheds Initial floods in the kernel; a client's Initials come from its
+    // servers, which it must never limit.
+    if server && let Some(limit) = config.initial_rate_limit {
+        program
+            .set_initial_limit(&limit.to_map(config.endpoint.source_prefix))
+            .map_err(|e| setup("configuring stoq_xdp's Initial rate limit", &e))?;
+    }
     let mode = match config.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
         XdpMode::Driver => AttachMode::Driver,

@@ -32,6 +32,8 @@ pub use caps::{Capability, effective_capabilities};
 pub use error::XdpError;
 pub use stats::SteerStats;
 use stoq_common::cid::CidLayout;
+use stoq_common::limit::INITIAL_LIMIT_MAP;
+pub use stoq_common::limit::InitialLimit;
 use stoq_common::maps::{
     CONFIG_MAP, COUNTERS_MAP, ClassifierConfig, MAX_QUEUES, NUM_COUNTERS, PORTS_MAP, PROGRAM_NAME,
     PortSet, XSK_MAP,
@@ -271,6 +273,20 @@ impl XdpProgram {
         }
         *self.ports = new;
         Ok(())
+    }
+
+    /// Sets the per-source-prefix Initial rate limit ([`InitialLimit::OFF`] turns it off,
+    /// which is how a program starts). Buckets already holding state keep it.
+    ///
+    /// # Errors
+    /// Map update failures ([`XdpError::Map`], [`XdpError::MissingCapability`]).
+    pub fn set_initial_limit(&mut self, limit: &InitialLimit) -> Result<(), XdpError> {
+        // The value is the 40-byte `InitialLimit`, written as five `u64`s.
+        let mut map: Array<&mut MapData, [u64; 5]> =
+            Array::try_from(self.map_mut(INITIAL_LIMIT_MAP)?)
+                .map_err(|e| error::from_map(INITIAL_LIMIT_MAP, e))?;
+        map.set(0, limit.to_words(), 0)
+            .map_err(|e| error::from_map(INITIAL_LIMIT_MAP, e))
     }
 
     /// The STOQ ports currently configured.

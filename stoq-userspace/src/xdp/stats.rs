@@ -4,12 +4,13 @@ use std::fmt;
 
 use stoq_common::classify::{DropReason, PacketKind, PassReason};
 use stoq_common::maps::{
-    COUNTER_ABORTED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE, COUNTER_REDIRECTED, NUM_COUNTERS,
+    COUNTER_ABORTED, COUNTER_INITIAL_LIMITED, COUNTER_NO_SOCKET, COUNTER_OVERSIZE,
+    COUNTER_REDIRECTED, NUM_COUNTERS,
 };
 
 /// Counters summed over CPUs. Every frame the program sees lands in exactly one of
-/// `redirected`, `no_socket`, `aborted`, a pass reason or a drop reason; STOQ packets are
-/// also counted by kind.
+/// `redirected`, `no_socket`, `oversize`, `aborted`, `initial_limited`, a pass reason or a
+/// drop reason; STOQ packets are also counted by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SteerStats {
     raw: [u64; NUM_COUNTERS as usize],
@@ -62,7 +63,13 @@ impl SteerStats {
         self.raw[COUNTER_OVERSIZE as usize]
     }
 
-    /// All drops.
+    /// Initial packets dropped by the per-prefix rate limit (not malformed: shed load).
+    pub fn initial_limited(&self) -> u64 {
+        self.raw[COUNTER_INITIAL_LIMITED as usize]
+    }
+
+    /// All drops of malformed datagrams (by [`DropReason`]; the rate limit's drops are
+    /// [`initial_limited`](Self::initial_limited)).
     pub fn dropped_total(&self) -> u64 {
         DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
     }
@@ -78,6 +85,7 @@ impl SteerStats {
             + self.no_socket()
             + self.oversize()
             + self.aborted()
+            + self.initial_limited()
             + self.passed_total()
             + self.dropped_total()
     }
@@ -103,6 +111,9 @@ impl fmt::Display for SteerStats {
         )?;
         if self.oversize() != 0 {
             write!(f, " oversize={}", self.oversize())?;
+        }
+        if self.initial_limited() != 0 {
+            write!(f, " drop.initial_rate_limited={}", self.initial_limited())?;
         }
         for r in PassReason::ALL {
             if self.passed(r) != 0 {
