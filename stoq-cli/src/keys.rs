@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand_core::OsRng;
+use stoq::conn::ClusterKeys;
 use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
 use stoq::handshake::cert::{
     self, CertParams, Certificate, PEM_CERT, PEM_PRIVATE, PEM_PUBLIC, pem_encode,
@@ -187,4 +188,47 @@ fn rand_bytes() -> [u8; 8] {
     let mut b = [0u8; 8];
     OsRng.fill_bytes(&mut b);
     b
+}
+
+/// Loads a cluster key file.
+pub(crate) fn cluster_keys_file(path: &Path) -> Result<ClusterKeys, String> {
+    ClusterKeys::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `stoq cluster-keys`: a new key file at `out`, or `rotate`'s next generation.
+pub(crate) fn cluster_keys(out: Option<&Path>, rotate: Option<&Path>) -> Result<(), String> {
+    let mut secret = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut secret);
+    let (path, keys) = match (out, rotate) {
+        (Some(out), None) => (out, ClusterKeys::new(0, secret).map_err(|e| e.to_string())?),
+        (None, Some(path)) => {
+            let old = cluster_keys_file(path)?;
+            let next = (old.current() + 1) % 7;
+            if old.generations().any(|g| g == next) {
+                return Err(format!(
+                    "{}: generation {next} (the next after {}) is still in the file; remove its \
+                     `key {next}` line once no connection uses it (its CIDs are gone and its \
+                     tokens expired), then rotate again",
+                    path.display(),
+                    old.current()
+                ));
+            }
+            let keys = old
+                .with_generation(next, secret)
+                .and_then(|k| k.with_current(next))
+                .map_err(|e| e.to_string())?;
+            (path, keys)
+        }
+        _ => return Err("give --out (a new key file) or --rotate (an existing one)".into()),
+    };
+    secret.fill(0);
+    write(path, &keys.to_file(), true)?;
+    say!(
+        "wrote {} (current generation {}, generations {:?}): give it to every server of the \
+         cluster with `stoq server --cluster-keys`",
+        path.display(),
+        keys.current(),
+        keys.generations().collect::<Vec<_>>()
+    );
+    Ok(())
 }

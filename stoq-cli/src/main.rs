@@ -84,6 +84,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Writes a new cluster key file (one random generation), or rotates one: adds the
+    /// next generation and makes it current. Give the file to every server of a cluster
+    /// (`stoq server --cluster-keys`): their stateless resets and Retry tokens then work
+    /// on each other and across restarts.
+    ClusterKeys {
+        /// Where to write a new key file (mode 0600).
+        #[arg(long, conflicts_with = "rotate", required_unless_present = "rotate")]
+        out: Option<PathBuf>,
+        /// A key file to rotate in place.
+        #[arg(long)]
+        rotate: Option<PathBuf>,
+    },
     /// Runs a server that receives uploads, serves downloads, and sinks load.
     Server {
         /// Address to listen on.
@@ -104,6 +116,10 @@ enum Command {
         /// checked and discarded, downloads refused).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The cluster's key file (`stoq cluster-keys`): stateless resets and Retry tokens
+        /// shared with the other servers, and good across restarts.
+        #[arg(long)]
+        cluster_keys: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -292,12 +308,16 @@ fn main() -> ExitCode {
             out,
         }),
         Command::Probe { bind, engine } => probe(bind, &engine),
+        Command::ClusterKeys { out, rotate } => {
+            keys::cluster_keys(out.as_deref(), rotate.as_deref())
+        }
         Command::Server {
             listen,
             key,
             public,
             cert,
             dir,
+            cluster_keys,
             engine,
         } => transfer::server(
             listen,
@@ -305,6 +325,7 @@ fn main() -> ExitCode {
             public.as_deref(),
             cert.as_deref(),
             dir,
+            cluster_keys.as_deref(),
             &engine,
         ),
         Command::Client {

@@ -261,6 +261,7 @@ pub(crate) fn server(
     public: Option<&Path>,
     cert: Option<&Path>,
     dir: Option<PathBuf>,
+    cluster_keys: Option<&Path>,
     engine: &EngineArgs,
 ) -> Result<(), String> {
     let key = keys::private_key(key)?;
@@ -278,7 +279,10 @@ pub(crate) fn server(
     {
         return Err(format!("--dir {}: not a directory", d.display()));
     }
-    let cfg = engine.apply(listen)?;
+    let mut cfg = engine.apply(listen)?;
+    if let Some(path) = cluster_keys {
+        cfg.endpoint.cluster_keys = Some(Arc::new(keys::cluster_keys_file(path)?));
+    }
     runtime()?.block_on(async {
         // SIGINT (a terminal) or SIGTERM (systemd, Kubernetes, `kill`): drain, then exit 0.
         // Watched before the banner, so a signal sent as soon as it is read is caught.
@@ -300,9 +304,22 @@ pub(crate) fn server(
         // Every connection is served on the worker that owns it.
         ep.serve(move |c| serve_connection(c, dir.clone()))
             .map_err(|e| e.to_string())?;
-        let sig = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
+        // SIGHUP reloads the cluster key file (a rotation): no connection is dropped.
+        let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
+        let sig = loop {
+            tokio::select! {
+                _ = int.recv() => break "SIGINT",
+                _ = term.recv() => break "SIGTERM",
+                _ = hup.recv() => match cluster_keys.map(keys::cluster_keys_file) {
+                    Some(Ok(k)) => {
+                        let (current, all) = (k.current(), k.generations().collect::<Vec<_>>());
+                        ep.set_cluster_keys(k);
+                        say!("SIGHUP: cluster keys reloaded (current generation {current}, generations {all:?})");
+                    }
+                    Some(Err(e)) => say!("SIGHUP: cluster keys kept: {e}"),
+                    None => say!("SIGHUP: no --cluster-keys file to reload"),
+                },
+            }
         };
         say!("{sig}: draining (up to 5 s)");
         let r = ep.shutdown(Duration::from_secs(5)).await;

@@ -168,6 +168,18 @@ impl Endpoint {
         Ok(first.unwrap_or(bind))
     }
 
+    /// Replaces the cluster keys on every worker (a rotation, or a key file reloaded): new
+    /// connection IDs and Retry tokens use the new current generation, and every
+    /// generation in `keys` still resets and validates. No connection is dropped; keep the
+    /// generations live connections use in the set. Returns once every worker has them.
+    pub fn set_cluster_keys(&self, keys: conn::ClusterKeys) {
+        let keys = Arc::new(keys);
+        for w in &self.engine.workers {
+            let k = keys.clone();
+            let _ = w.call(move |st| st.endpoint.set_cluster_keys(&k));
+        }
+    }
+
     /// Runs `f` on every live protocol connection, on each connection's worker, and
     /// collects what it returns: for introspection such as per-connection statistics.
     pub fn with_connections<R: Send + 'static>(

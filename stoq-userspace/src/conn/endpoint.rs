@@ -15,7 +15,8 @@ use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION
 use zeroize::Zeroizing;
 
 use super::admission::{PrefixTable, SourcePrefix};
-use super::token::{TokenError, TokenKey, reset_token, retry_tag};
+use super::keys::{ClusterKeys, GENERATIONS};
+use super::token::{TokenError, TokenKey, open_token, reset_token, retry_tag};
 use super::{
     Connection, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit, TransportConfig,
 };
@@ -85,6 +86,10 @@ pub struct EndpointConfig {
     pub source_prefix: SourcePrefix,
     /// How long a Retry token stays valid.
     pub token_lifetime: Duration,
+    /// Secrets shared by every server of a cluster (stateless-reset and token keys, by
+    /// generation): a server restarted, or another one, can reset this one's connections
+    /// and accept its tokens. `None`: random per endpoint, good only until it restarts.
+    pub cluster_keys: Option<Arc<ClusterKeys>>,
     /// Seed of the endpoint's CSPRNG. [`EndpointConfig::new`] draws it from the OS; tests
     /// and simulations fix it to replay exactly.
     pub rng_seed: [u8; 32],
@@ -117,6 +122,7 @@ impl EndpointConfig {
             max_handshakes_per_prefix: DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
             source_prefix: SourcePrefix::DEFAULT,
             token_lifetime: Duration::from_secs(10),
+            cluster_keys: None,
             rng_seed,
             unix_time_at,
             transport: Arc::new(TransportConfig::default()),
@@ -373,8 +379,11 @@ pub struct Endpoint {
     classifier: ClassifierConfig,
     server: Option<Arc<handshake::ServerConfig>>,
     rng: ChaCha20Rng,
-    token_key: TokenKey,
-    reset_key: Zeroizing<[u8; 32]>,
+    /// Token keys by generation; new tokens use `generation`'s.
+    token_keys: [Option<TokenKey>; GENERATIONS],
+    /// Stateless-reset keys by generation; new CIDs carry `generation`.
+    reset_keys: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],
+    generation: u8,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     live: usize,
@@ -427,17 +436,24 @@ impl Endpoint {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
-        let mut tk = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(&mut tk[..]);
-        let mut rk = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(&mut rk[..]);
-        Ok(Self {
+        // Drawn whether or not a key set is given, so the stream after it (CIDs, nonces)
+        // is the same for a given seed either way.
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut secret[..]);
+        let mut unused = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut unused[..]);
+        let keys = match &config.cluster_keys {
+            Some(k) => ClusterKeys::clone(k),
+            None => ClusterKeys::new(0, *secret).expect("generation 0"),
+        };
+        let mut me = Self {
             classifier: ClassifierConfig::new(&config.cid_layout),
             config,
             server,
             rng,
-            token_key: TokenKey::new(&tk),
-            reset_key: rk,
+            token_keys: Default::default(),
+            reset_keys: Default::default(),
+            generation: 0,
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -458,7 +474,32 @@ impl Endpoint {
             sched: Schedule::default(),
             removed: VecDeque::new(),
             stats: EndpointStats::default(),
-        })
+        };
+        me.set_cluster_keys(&keys);
+        Ok(me)
+    }
+
+    /// Replaces the cluster keys (a rotation): new CIDs and tokens use the new current
+    /// generation; resets and tokens of every generation in `keys` keep working, so a
+    /// generation still in use by live connections must stay in the set. No connection is
+    /// dropped.
+    pub fn set_cluster_keys(&mut self, keys: &ClusterKeys) {
+        for g in 0..GENERATIONS as u8 {
+            self.token_keys[usize::from(g)] = keys.token_key(g).map(|k| TokenKey::new(&k));
+            self.reset_keys[usize::from(g)] = keys.reset_key(g);
+        }
+        self.generation = keys.current();
+    }
+
+    /// The stateless-reset key for a CID: that of the generation in its first octet (the
+    /// current one's when the CID names none this endpoint knows).
+    fn reset_key_for(&self, cid: &ConnectionId) -> &[u8; 32] {
+        let g = cid.as_bytes().first().map_or(self.generation, |b| b >> 5);
+        self.reset_keys
+            .get(usize::from(g))
+            .and_then(Option::as_ref)
+            .or(self.reset_keys[usize::from(self.generation)].as_ref())
+            .expect("the current generation has a key")
     }
 
     /// Counters.
@@ -514,9 +555,20 @@ impl Endpoint {
         }
     }
 
-    fn ms_since_start(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.config.unix_time_at.0)
-            .as_millis() as u64
+    /// Unix time in milliseconds at `now`: tokens carry it, so any server of a cluster
+    /// (with a clock in step) can tell their age.
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let (at, unix_s) = self.config.unix_time_at;
+        let base = unix_s.saturating_mul(1000);
+        match now.checked_duration_since(at) {
+            Some(d) => base.saturating_add(d.as_millis() as u64),
+            None => base.saturating_sub(at.duration_since(now).as_millis() as u64),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn new_cid_for_test(&mut self) -> ConnectionId {
+        self.new_cid()
     }
 
     fn new_cid(&mut self) -> ConnectionId {
@@ -526,7 +578,7 @@ impl Endpoint {
             self.rng.fill_bytes(&mut nonce[..l.nonce_len()]);
             let cid = l
                 .build(
-                    0,
+                    self.generation,
                     self.config.server_id,
                     self.config.worker_id,
                     &nonce[..l.nonce_len()],
@@ -774,9 +826,9 @@ impl Endpoint {
                 return None;
             }
         } else {
-            let now_ms = self.ms_since_start(now);
+            let now_ms = self.unix_ms(now);
             let lifetime = self.config.token_lifetime.as_millis() as u64;
-            match self.token_key.open(token, &remote, now_ms, lifetime) {
+            match open_token(&self.token_keys, token, &remote, now_ms, lifetime) {
                 Ok((odcid, nonce)) => {
                     if self.used_tokens.contains(&nonce) {
                         self.stats.token_reused += 1;
@@ -868,7 +920,7 @@ impl Endpoint {
         s.orig_dcid = incoming.orig_dcid;
         s.retry_scid = incoming.retry_scid;
         s.validated = incoming.validated;
-        let token = reset_token(&self.reset_key, &s.local_cid);
+        let token = reset_token(self.reset_key_for(&s.local_cid), &s.local_cid);
         let mut params = server.params.clone();
         params.original_destination_cid = Some(incoming.orig_dcid);
         params.initial_source_cid = Some(s.local_cid);
@@ -929,10 +981,12 @@ impl Endpoint {
 
     fn send_retry(&mut self, now: Instant, incoming: &Incoming) {
         let retry_scid = self.new_cid();
-        let now_ms = self.ms_since_start(now);
-        let token = self
-            .token_key
-            .seal(&mut self.rng, &incoming.remote, &incoming.dcid, now_ms);
+        let now_ms = self.unix_ms(now);
+        let g = self.generation;
+        let Some(key) = self.token_keys[usize::from(g)].as_ref() else {
+            return;
+        };
+        let token = key.seal(&mut self.rng, g, &incoming.remote, &incoming.dcid, now_ms);
         let repr = Repr::Retry {
             dcid: incoming.scid,
             scid: retry_scid,
@@ -996,7 +1050,7 @@ impl Endpoint {
         buf[0] = 0x40 | (buf[0] & 0x3f);
         // Looks like a CID of this layout to the peer's classifier; random otherwise.
         buf[1] = self.config.cid_layout.first_octet(buf[1] % 7);
-        buf[len - 16..].copy_from_slice(&reset_token(&self.reset_key, &dcid));
+        buf[len - 16..].copy_from_slice(&reset_token(self.reset_key_for(&dcid), &dcid));
         if self.respond(remote, self.rx_info.local_ip, buf) {
             self.stats.resets_sent += 1;
         }
@@ -1231,7 +1285,7 @@ impl Endpoint {
         let want = c.cids_wanted();
         for _ in 0..want {
             let cid = self.new_cid();
-            let token = reset_token(&self.reset_key, &cid);
+            let token = reset_token(self.reset_key_for(&cid), &cid);
             self.route(cid, h);
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.issue_cid(cid, token);

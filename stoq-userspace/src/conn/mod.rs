@@ -33,6 +33,7 @@ pub mod ecn;
 mod endpoint;
 mod error;
 mod event;
+pub mod keys;
 mod path;
 mod ranges;
 pub mod rtt;
@@ -40,7 +41,7 @@ mod sendbuf;
 mod space;
 mod stats;
 pub mod streams;
-mod token;
+pub mod token;
 
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,7 @@ pub use self::error::{
     ConnectionError, ExtensionError, KeyUpdateError, MessageError, SendDatagramError, code,
 };
 pub use self::event::Event;
+pub use self::keys::{ClusterKeys, KeyFileError};
 use self::rtt::RttEstimator;
 use self::space::{MAX_CRYPTO_BUFFER, SentPacket, Space};
 pub use self::stats::{ConnectionStats, DropStats};

@@ -1,10 +1,12 @@
 //! Stateless address validation: Retry tokens, the Retry integrity tag, and stateless
 //! reset tokens.
 //!
-//! - A **Retry token** is `nonce (12) || ChaCha20-Poly1305(issued_ms || odcid_len || odcid)`
-//!   under a key only this endpoint knows, with the client's address as associated data. The
-//!   server keeps no state for it: the token alone proves that the client received the
-//!   Retry at that address, and when.
+//! - A **Retry token** is `generation (1) || nonce (12) || ChaCha20-Poly1305(issued_ms ||
+//!   odcid_len || odcid)` under the token key of that generation of the cluster keys (see
+//!   [`super::keys`]), with the client's address as associated data;
+//!   `issued_ms` is Unix time. The server keeps no state for it: the token alone proves
+//!   that the client received the Retry at that address, and when, to any server holding
+//!   the key.
 //! - The **Retry integrity tag** authenticates a Retry against the client's original DCID
 //!   (RFC 9001 §5.8's construction, with a STOQ-specific fixed key), so an off-path attacker
 //!   cannot inject one.
@@ -23,6 +25,10 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{TAG_LEN, expand_label, extract};
 use crate::handshake::schedule::INITIAL_SALT;
+
+/// How far ahead of this server's clock another server's may run for its tokens to be
+/// accepted here.
+pub(crate) const CLOCK_SKEW_MS: u64 = 2_000;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,18 +74,20 @@ impl TokenKey {
         ))
     }
 
-    /// Seals a token for `remote`, remembering `odcid` and the issue time (milliseconds on
-    /// the endpoint's own clock).
+    /// Seals a token for `remote`, remembering `odcid` and the issue time (Unix
+    /// milliseconds); it starts with `generation`, this key's generation.
     pub(crate) fn seal(
         &self,
         rng: &mut impl RngCore,
+        generation: u8,
         remote: &SocketAddr,
         odcid: &ConnectionId,
         issued_ms: u64,
     ) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(NONCE_LEN + 9 + odcid.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + 9 + odcid.len() + TAG_LEN);
+        out.push(generation);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&issued_ms.to_be_bytes());
         out.push(odcid.len() as u8);
@@ -91,15 +99,16 @@ impl TokenKey {
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&aad[..n]),
-                &mut out[NONCE_LEN..],
+                &mut out[1 + NONCE_LEN..],
             )
             .expect("token fits the AEAD's limits");
         out.extend_from_slice(tag.as_ref());
         out
     }
 
-    /// Opens a token presented by `remote`: the original DCID and the nonce (a unique id for
-    /// replay tracking).
+    /// Opens a token presented by `remote` (without its generation byte, which chose this
+    /// key): the original DCID and the nonce (a unique id for replay tracking). A token
+    /// issued up to [`CLOCK_SKEW_MS`] in the future (another server's clock) is accepted.
     pub(crate) fn open(
         &self,
         token: &[u8],
@@ -134,11 +143,58 @@ impl TokenKey {
             .filter(|_| plain.len() == 9 + len)
             .and_then(|s| ConnectionId::from_slice(s).ok())
             .ok_or(TokenError::Invalid)?;
-        if now_ms < issued || now_ms - issued > lifetime_ms {
+        if issued > now_ms.saturating_add(CLOCK_SKEW_MS)
+            || now_ms.saturating_sub(issued) > lifetime_ms
+        {
             return Err(TokenError::Expired);
         }
         Ok((odcid, nonce))
     }
+}
+
+/// Opens a token (its first byte names the generation whose key opens the rest) with the
+/// keys of `keys`, indexed by generation.
+pub(crate) fn open_token(
+    keys: &[Option<TokenKey>],
+    token: &[u8],
+    remote: &SocketAddr,
+    now_ms: u64,
+    lifetime_ms: u64,
+) -> Result<(ConnectionId, [u8; NONCE_LEN]), TokenError> {
+    let (&g, body) = token.split_first().ok_or(TokenError::Invalid)?;
+    match keys.get(usize::from(g)) {
+        Some(Some(key)) => key.open(body, remote, now_ms, lifetime_ms),
+        _ => Err(TokenError::Invalid),
+    }
+}
+
+/// Token opening for the fuzz target (`fuzz/fuzz_targets/tokens.rs`): opens `token` as a
+/// server holding `keys` would, for `remote` at `now_ms`; whether it was accepted.
+#[doc(hidden)]
+pub fn fuzz_open_token(
+    keys: &super::keys::ClusterKeys,
+    token: &[u8],
+    remote: &SocketAddr,
+    now_ms: u64,
+) -> bool {
+    let table: Vec<Option<TokenKey>> = (0..super::keys::GENERATIONS as u8)
+        .map(|g| keys.token_key(g).map(|k| TokenKey::new(&k)))
+        .collect();
+    open_token(&table, token, remote, now_ms, 10_000).is_ok()
+}
+
+/// Seals a token as a server holding `keys` would (for the fuzz target's seeds).
+#[doc(hidden)]
+pub fn fuzz_seal_token(
+    keys: &super::keys::ClusterKeys,
+    rng: &mut impl RngCore,
+    remote: &SocketAddr,
+    odcid: &ConnectionId,
+    issued_ms: u64,
+) -> Vec<u8> {
+    let g = keys.current();
+    let k = TokenKey::new(&keys.token_key(g).expect("the current generation has a key"));
+    k.seal(rng, g, remote, odcid, issued_ms)
 }
 
 fn retry_key() -> &'static LessSafeKey {
@@ -201,19 +257,28 @@ mod tests {
         let a: SocketAddr = "[fd00:5710::1]:4433".parse().unwrap();
         let b: SocketAddr = "[fd00:5710::1]:4434".parse().unwrap();
         let odcid = ConnectionId::from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-        let t = k.seal(&mut OsRng, &a, &odcid, 1000);
-        assert_eq!(k.open(&t, &a, 2000, 10_000).unwrap().0, odcid);
-        assert_eq!(k.open(&t, &b, 2000, 10_000), Err(TokenError::Invalid));
-        assert_eq!(k.open(&t, &a, 20_000, 10_000), Err(TokenError::Expired));
-        assert_eq!(k.open(&t, &a, 999, 10_000), Err(TokenError::Expired));
+        let sealed = k.seal(&mut OsRng, 3, &a, &odcid, 1000);
+        assert_eq!(sealed[0], 3, "the generation leads");
+        let t = &sealed[1..];
+        assert_eq!(k.open(t, &a, 2000, 10_000).unwrap().0, odcid);
+        assert_eq!(k.open(t, &b, 2000, 10_000), Err(TokenError::Invalid));
+        assert_eq!(k.open(t, &a, 20_000, 10_000), Err(TokenError::Expired));
+        // Issued by a server whose clock runs ahead: up to the skew allowance.
+        assert!(k.open(t, &a, 999, 10_000).is_ok());
+        let ahead = &k.seal(&mut OsRng, 3, &a, &odcid, 10_000)[1..].to_vec();
+        assert!(k.open(ahead, &a, 10_000 - CLOCK_SKEW_MS, 10_000).is_ok());
+        assert_eq!(
+            k.open(ahead, &a, 10_000 - CLOCK_SKEW_MS - 1, 10_000),
+            Err(TokenError::Expired)
+        );
         for i in 0..t.len() {
-            let mut bad = t.clone();
+            let mut bad = t.to_vec();
             bad[i] ^= 0x40;
             assert_eq!(k.open(&bad, &a, 2000, 10_000), Err(TokenError::Invalid));
         }
         assert_eq!(k.open(&t[..20], &a, 2000, 10_000), Err(TokenError::Invalid));
         assert_eq!(
-            TokenKey::new(&[6; 32]).open(&t, &a, 2000, 10_000),
+            TokenKey::new(&[6; 32]).open(t, &a, 2000, 10_000),
             Err(TokenError::Invalid)
         );
     }

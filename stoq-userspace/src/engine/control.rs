@@ -59,6 +59,13 @@ impl Engine {
         placement: Placement,
     ) -> Result<Arc<Self>, EngineError> {
         config.endpoint.validate()?;
+        if server.is_some() && config.endpoint.cluster_keys.is_none() {
+            tracing::info!(
+                "no cluster keys (EndpointConfig::cluster_keys, `stoq server --cluster-keys`): \
+                 stateless resets and Retry tokens are good only until this process restarts, \
+                 and on no other server"
+            );
+        }
         let selection = match &given {
             Some(b) if !b.is_empty() => select::Selection {
                 chosen: b[0].kind(),

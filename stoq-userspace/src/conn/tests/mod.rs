@@ -1,6 +1,7 @@
 //! Two endpoints wired together in memory (quinn's `Pair` idea), with simulated time, a
 //! fixed one-way delay, a path MTU, and a hook that can drop or rewrite any datagram.
 
+mod cluster;
 mod ecn;
 mod flood;
 mod hostile;

@@ -1,0 +1,377 @@
+//! Cluster keys: the secrets every server of a cluster shares, so that a stateless reset
+//! or an address-validation token made by one server is good on another, and after a
+//! restart.
+//!
+//! A key set holds up to seven *generations* (0..=6, QUIC-LB's config-rotation codepoints;
+//! 7 means "unroutable"), each a 32-byte secret from which the stateless-reset key and the
+//! token key are derived with HKDF-Expand-Label. One generation is *current*: new
+//! connection IDs carry it in their first octet's top three bits and new tokens in their
+//! first byte, so a server resets a connection, or opens a token, with the key of the
+//! generation that made it. Rotation: add a generation and make it current on every
+//! server, and remove the old one once no connection uses its CIDs and its tokens have
+//! expired. Connections are never dropped by a rotation.
+//!
+//! The key file is text:
+//!
+//! ```text
+//! # STOQ cluster keys: give this file to every server of the cluster; keep it secret.
+//! stoq-cluster-keys 1
+//! current 1
+//! key 0 5f1e…(64 hex digits)
+//! key 1 09ab…(64 hex digits)
+//! ```
+
+use std::fmt::Write as _;
+
+use rand_core::RngCore;
+use zeroize::Zeroizing;
+
+use crate::crypto::expand_label;
+
+/// Generations a key set can hold (QUIC-LB config rotation 0..=6).
+pub const GENERATIONS: usize = 7;
+/// The largest key file accepted.
+pub const MAX_KEY_FILE: usize = 4096;
+
+const HEADER: &str = "stoq-cluster-keys 1";
+
+/// The secrets a cluster of servers shares (see the module docs).
+#[derive(Clone)]
+pub struct ClusterKeys {
+    secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],
+    current: u8,
+}
+
+impl std::fmt::Debug for ClusterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKeys")
+            .field("current", &self.current)
+            .field("generations", &self.generations().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a key set or key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file is larger than [`MAX_KEY_FILE`] bytes.
+    #[error("cluster key file is larger than {MAX_KEY_FILE} bytes: is it the right file?")]
+    TooLarge,
+    /// The first meaningful line is not `stoq-cluster-keys 1`.
+    #[error("not a STOQ cluster key file: the first line must be `{HEADER}`")]
+    Header,
+    /// A line does not parse.
+    #[error("cluster key file, line {line}: {reason}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A generation outside 0..=6.
+    #[error("generation {0} is outside 0..=6 (QUIC-LB's config rotation codepoints)")]
+    BadGeneration(u8),
+    /// A generation appears twice.
+    #[error("generation {0} has two keys: keep one")]
+    DuplicateGeneration(u8),
+    /// No `current` line, or it names a generation without a key.
+    #[error("the current generation {0:?} has no key: add `key <generation> <64 hex digits>`")]
+    NoCurrentKey(Option<u8>),
+    /// Reading the file failed.
+    #[error("cannot read the cluster key file: {0}")]
+    Io(String),
+}
+
+impl ClusterKeys {
+    /// One generation, `current`, with `secret`.
+    ///
+    /// # Errors
+    /// [`KeyFileError::BadGeneration`] outside 0..=6.
+    pub fn new(current: u8, secret: [u8; 32]) -> Result<Self, KeyFileError> {
+        check_generation(current)?;
+        let mut secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS] = Default::default();
+        secrets[usize::from(current)] = Some(Zeroizing::new(secret));
+        Ok(Self { secrets, current })
+    }
+
+    /// A fresh random key set (generation 0), as a server without a key file uses: its
+    /// resets and tokens are good only until it restarts.
+    pub fn random(rng: &mut impl RngCore) -> Self {
+        let mut s = [0u8; 32];
+        rng.fill_bytes(&mut s);
+        let k = Self::new(0, s).expect("generation 0 is valid");
+        zeroize::Zeroize::zeroize(&mut s);
+        k
+    }
+
+    /// Adds (or replaces) generation `generation`'s secret.
+    ///
+    /// # Errors
+    /// [`KeyFileError::BadGeneration`] outside 0..=6.
+    pub fn with_generation(
+        mut self,
+        generation: u8,
+        secret: [u8; 32],
+    ) -> Result<Self, KeyFileError> {
+        check_generation(generation)?;
+        self.secrets[usize::from(generation)] = Some(Zeroizing::new(secret));
+        Ok(self)
+    }
+
+    /// Makes `generation` current: new CIDs and tokens use it.
+    ///
+    /// # Errors
+    /// [`KeyFileError::NoCurrentKey`] if it has no key.
+    pub fn with_current(mut self, generation: u8) -> Result<Self, KeyFileError> {
+        if self.secret(generation).is_none() {
+            return Err(KeyFileError::NoCurrentKey(Some(generation)));
+        }
+        self.current = generation;
+        Ok(self)
+    }
+
+    /// The current generation.
+    pub fn current(&self) -> u8 {
+        self.current
+    }
+
+    /// The generations that have a key, in order.
+    pub fn generations(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..GENERATIONS as u8).filter(|g| self.secret(*g).is_some())
+    }
+
+    fn secret(&self, generation: u8) -> Option<&[u8; 32]> {
+        self.secrets
+            .get(usize::from(generation))?
+            .as_ref()
+            .map(|s| &**s)
+    }
+
+    /// Generation `generation`'s stateless-reset key.
+    pub(crate) fn reset_key(&self, generation: u8) -> Option<Zeroizing<[u8; 32]>> {
+        self.derive(generation, b"stoq reset")
+    }
+
+    /// Generation `generation`'s token key.
+    pub(crate) fn token_key(&self, generation: u8) -> Option<Zeroizing<[u8; 32]>> {
+        self.derive(generation, b"stoq token")
+    }
+
+    fn derive(&self, generation: u8, label: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        let secret = self.secret(generation)?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        expand_label(secret, label, &[], &mut out[..]);
+        Some(out)
+    }
+
+    /// Parses a key file (see the module docs). Blank lines and `#` comments are ignored.
+    ///
+    /// # Errors
+    /// A [`KeyFileError`] naming the line and what is wrong.
+    pub fn parse(text: &str) -> Result<Self, KeyFileError> {
+        if text.len() > MAX_KEY_FILE {
+            return Err(KeyFileError::TooLarge);
+        }
+        let mut secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS] = Default::default();
+        let mut current = None;
+        let mut header = false;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |reason| KeyFileError::Line {
+                line: i + 1,
+                reason,
+            };
+            if !header {
+                if line != HEADER {
+                    return Err(KeyFileError::Header);
+                }
+                header = true;
+                continue;
+            }
+            let mut words = line.split_ascii_whitespace();
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("current"), Some(g), None, None) => {
+                    if current.is_some() {
+                        return Err(at("a second `current` line"));
+                    }
+                    let g = generation(g).ok_or(at("`current` needs a generation 0..=6"))?;
+                    current = Some(g);
+                }
+                (Some("key"), Some(g), Some(hex), None) => {
+                    let g = generation(g).ok_or(at("`key` needs a generation 0..=6"))?;
+                    let secret = parse_hex(hex).ok_or(at("a key is 64 hex digits (32 bytes)"))?;
+                    let slot = &mut secrets[usize::from(g)];
+                    if slot.is_some() {
+                        return Err(KeyFileError::DuplicateGeneration(g));
+                    }
+                    *slot = Some(secret);
+                }
+                _ => {
+                    return Err(at(
+                        "expected `current <generation>` or `key <generation> <hex>`",
+                    ));
+                }
+            }
+        }
+        if !header {
+            return Err(KeyFileError::Header);
+        }
+        let Some(current) = current else {
+            return Err(KeyFileError::NoCurrentKey(None));
+        };
+        if secrets[usize::from(current)].is_none() {
+            return Err(KeyFileError::NoCurrentKey(Some(current)));
+        }
+        Ok(Self { secrets, current })
+    }
+
+    /// The key file for this set (it holds the secrets: write it with mode 0600).
+    pub fn to_file(&self) -> String {
+        let mut out = String::from(
+            "# STOQ cluster keys: give this file to every server of the cluster; keep it secret.\n",
+        );
+        let _ = writeln!(out, "{HEADER}");
+        let _ = writeln!(out, "current {}", self.current);
+        for g in self.generations() {
+            let _ = write!(out, "key {g} ");
+            for b in self.secret(g).expect("listed") {
+                let _ = write!(out, "{b:02x}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn check_generation(g: u8) -> Result<(), KeyFileError> {
+    if usize::from(g) < GENERATIONS {
+        Ok(())
+    } else {
+        Err(KeyFileError::BadGeneration(g))
+    }
+}
+
+fn generation(s: &str) -> Option<u8> {
+    match s.as_bytes() {
+        [d @ b'0'..=b'6'] => Some(d - b'0'),
+        _ => None,
+    }
+}
+
+fn parse_hex(s: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Zeroizing::new([0u8; 32]);
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: u8) -> String {
+        format!("{b:02x}").repeat(32)
+    }
+
+    #[test]
+    fn a_key_file_round_trips() {
+        let k = ClusterKeys::new(0, [1; 32])
+            .unwrap()
+            .with_generation(3, [2; 32])
+            .unwrap()
+            .with_current(3)
+            .unwrap();
+        let text = k.to_file();
+        let back = ClusterKeys::parse(&text).unwrap();
+        assert_eq!(back.current(), 3);
+        assert_eq!(back.generations().collect::<Vec<_>>(), [0, 3]);
+        assert_eq!(back.reset_key(0), k.reset_key(0));
+        assert_eq!(back.token_key(3), k.token_key(3));
+        assert!(back.reset_key(1).is_none());
+        // Derived keys differ by purpose and generation.
+        assert_ne!(k.reset_key(0), k.token_key(0));
+        assert_ne!(k.reset_key(0), k.reset_key(3));
+        assert!(!format!("{k:?}").contains("0101"), "Debug shows no secret");
+    }
+
+    #[test]
+    fn bad_key_files_are_typed() {
+        let ok_key = format!("key 1 {}", hex(0xab));
+        let cases: Vec<(String, KeyFileError)> = vec![
+            ("".into(), KeyFileError::Header),
+            ("# only a comment\n".into(), KeyFileError::Header),
+            ("stoq-cluster-keys 2\n".into(), KeyFileError::Header),
+            (
+                format!("stoq-cluster-keys 1\n{ok_key}\n"),
+                KeyFileError::NoCurrentKey(None),
+            ),
+            (
+                format!("stoq-cluster-keys 1\ncurrent 2\n{ok_key}\n"),
+                KeyFileError::NoCurrentKey(Some(2)),
+            ),
+            (
+                format!("stoq-cluster-keys 1\ncurrent 1\n{ok_key}\n{ok_key}\n"),
+                KeyFileError::DuplicateGeneration(1),
+            ),
+            (
+                format!("stoq-cluster-keys 1\ncurrent 7\n{ok_key}\n"),
+                KeyFileError::Line {
+                    line: 2,
+                    reason: "`current` needs a generation 0..=6",
+                },
+            ),
+            (
+                "stoq-cluster-keys 1\ncurrent 1\nkey 1 abcd\n".into(),
+                KeyFileError::Line {
+                    line: 3,
+                    reason: "a key is 64 hex digits (32 bytes)",
+                },
+            ),
+            (
+                format!(
+                    "stoq-cluster-keys 1\ncurrent 1\nkey 1 {}zz\n",
+                    &hex(0)[..62]
+                ),
+                KeyFileError::Line {
+                    line: 3,
+                    reason: "a key is 64 hex digits (32 bytes)",
+                },
+            ),
+            (
+                format!("stoq-cluster-keys 1\n\ncurrent 1\n{ok_key} extra\n"),
+                KeyFileError::Line {
+                    line: 4,
+                    reason: "expected `current <generation>` or `key <generation> <hex>`",
+                },
+            ),
+            ("x".repeat(MAX_KEY_FILE + 1), KeyFileError::TooLarge),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ClusterKeys::parse(&text).unwrap_err(), want, "{text:?}");
+        }
+        assert_eq!(
+            ClusterKeys::new(7, [0; 32]).unwrap_err(),
+            KeyFileError::BadGeneration(7)
+        );
+        let parsed = ClusterKeys::parse(&format!(
+            "  # c\nstoq-cluster-keys 1\r\ncurrent 1\n {ok_key}  \n"
+        ))
+        .unwrap();
+        assert_eq!(parsed.current(), 1);
+    }
+}
