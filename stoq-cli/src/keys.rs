@@ -196,7 +196,11 @@ pub(crate) fn cluster_keys_file(path: &Path) -> Result<ClusterKeys, String> {
 }
 
 /// `stoq cluster-keys`: a new key file at `out`, or `rotate`'s next generation.
-pub(crate) fn cluster_keys(out: Option<&Path>, rotate: Option<&Path>) -> Result<(), String> {
+pub(crate) fn cluster_keys(
+    out: Option<&Path>,
+    rotate: Option<&Path>,
+    lb: bool,
+) -> Result<(), String> {
     let mut secret = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut OsRng, &mut secret);
     let (path, keys) = match (out, rotate) {
@@ -221,14 +225,27 @@ pub(crate) fn cluster_keys(out: Option<&Path>, rotate: Option<&Path>) -> Result<
         }
         _ => return Err("give --out (a new key file) or --rotate (an existing one)".into()),
     };
+    let keys = if lb {
+        let mut k = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut k);
+        let g = keys.current();
+        keys.with_lb_key(g, k).map_err(|e| e.to_string())?
+    } else {
+        keys
+    };
     secret.fill(0);
     write(path, &keys.to_file(), true)?;
     say!(
-        "wrote {} (current generation {}, generations {:?}): give it to every server of the \
-         cluster with `stoq server --cluster-keys`",
+        "wrote {} (current generation {}, generations {:?}{}): give it to every server of \
+         the cluster with `stoq server --cluster-keys`",
         path.display(),
         keys.current(),
-        keys.generations().collect::<Vec<_>>()
+        keys.generations().collect::<Vec<_>>(),
+        if lb {
+            ", CIDs encrypted for QUIC-LB"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -95,6 +95,11 @@ enum Command {
         /// A key file to rotate in place.
         #[arg(long)]
         rotate: Option<PathBuf>,
+        /// Give the new generation a random QUIC-LB key too: its CIDs are encrypted
+        /// (draft-ietf-quic-load-balancers-21), so only a load balancer holding the key
+        /// reads the server ID. Put the same key in the balancer's configuration.
+        #[arg(long)]
+        lb: bool,
     },
     /// Runs a server that receives uploads, serves downloads, and sinks load.
     Server {
@@ -308,8 +313,8 @@ fn main() -> ExitCode {
             out,
         }),
         Command::Probe { bind, engine } => probe(bind, &engine),
-        Command::ClusterKeys { out, rotate } => {
-            keys::cluster_keys(out.as_deref(), rotate.as_deref())
+        Command::ClusterKeys { out, rotate, lb } => {
+            keys::cluster_keys(out.as_deref(), rotate.as_deref(), lb)
         }
         Command::Server {
             listen,

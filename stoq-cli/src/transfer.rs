@@ -292,6 +292,8 @@ pub(crate) fn server(
         };
         let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
         let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+        // SIGHUP reloads the cluster key file (a rotation): no connection is dropped.
+        let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
         let ep = Endpoint::server(cfg, Arc::new(server_config(credential)))
             .map_err(|e| e.to_string())?;
         say!(
@@ -304,8 +306,6 @@ pub(crate) fn server(
         // Every connection is served on the worker that owns it.
         ep.serve(move |c| serve_connection(c, dir.clone()))
             .map_err(|e| e.to_string())?;
-        // SIGHUP reloads the cluster key file (a rotation): no connection is dropped.
-        let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
         let sig = loop {
             tokio::select! {
                 _ = int.recv() => break "SIGINT",

@@ -174,6 +174,17 @@ fn a_restarted_server_with_the_cluster_keys_resets_its_old_clients() {
     // reset.
     let (failed, _) = restart_under_a_client(&dir, "before.keys", "only1.keys", |_, _| {});
     assert_eq!(failed, None);
+    // Encrypted CIDs (`--lb`): the transfer runs, and the restarted server's reset still
+    // matches.
+    let made = stoq(&["cluster-keys", "--out", "lb.keys", "--lb"], &dir);
+    assert!(made.status.success(), "{made:?}");
+    let text = std::fs::read_to_string(dir.join("lb.keys")).expect("read");
+    assert!(text.contains("lb-key 0 "), "{text}");
+    let (failed, err) = restart_under_a_client(&dir, "lb.keys", "lb.keys", |_, _| {});
+    assert!(
+        failed.is_some() && err.contains("reset"),
+        "{failed:?} {err}"
+    );
     let bad = stoq(
         &[
             "server",

@@ -383,6 +383,8 @@ pub struct Endpoint {
     token_keys: [Option<TokenKey>; GENERATIONS],
     /// Stateless-reset keys by generation; new CIDs carry `generation`.
     reset_keys: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],
+    /// QUIC-LB keys by generation: CIDs of a generation with one are encrypted.
+    lb_keys: [Option<super::quic_lb::LbKey>; GENERATIONS],
     generation: u8,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
@@ -453,6 +455,7 @@ impl Endpoint {
             rng,
             token_keys: Default::default(),
             reset_keys: Default::default(),
+            lb_keys: Default::default(),
             generation: 0,
             conns: Vec::new(),
             free: Vec::new(),
@@ -487,6 +490,7 @@ impl Endpoint {
         for g in 0..GENERATIONS as u8 {
             self.token_keys[usize::from(g)] = keys.token_key(g).map(|k| TokenKey::new(&k));
             self.reset_keys[usize::from(g)] = keys.reset_key(g);
+            self.lb_keys[usize::from(g)] = keys.lb_key(g);
         }
         self.generation = keys.current();
     }
@@ -576,7 +580,7 @@ impl Endpoint {
         loop {
             let mut nonce = [0u8; 20];
             self.rng.fill_bytes(&mut nonce[..l.nonce_len()]);
-            let cid = l
+            let mut cid = l
                 .build(
                     self.generation,
                     self.config.server_id,
@@ -584,10 +588,40 @@ impl Endpoint {
                     &nonce[..l.nonce_len()],
                 )
                 .expect("validated in Endpoint::new");
+            if let Some(key) = &self.lb_keys[usize::from(self.generation)] {
+                let mut b = [0u8; 20];
+                b[..cid.len()].copy_from_slice(cid.as_bytes());
+                key.encrypt(&mut b[1..cid.len()]);
+                cid = ConnectionId::from_slice(&b[..cid.len()]).expect("same length");
+            }
             if !self.routes.contains_key(&cid) {
                 return cid;
             }
         }
+    }
+
+    /// The worker a CID of this endpoint's layout names: read at its offset, or, for a
+    /// generation with a QUIC-LB key, after decrypting a copy.
+    pub fn cid_worker(&self, cid: &[u8]) -> Option<u8> {
+        let l = self.config.cid_layout;
+        if cid.len() != l.len() {
+            return None;
+        }
+        let g = cid[0] >> 5;
+        match self.lb_keys.get(usize::from(g)).and_then(Option::as_ref) {
+            Some(key) => {
+                let mut b = [0u8; 20];
+                b[..cid.len()].copy_from_slice(cid);
+                key.decrypt(&mut b[1..cid.len()]);
+                Some(b[l.worker_offset()])
+            }
+            None => Some(cid[l.worker_offset()]),
+        }
+    }
+
+    /// Whether this endpoint's CIDs (of any generation) are encrypted for QUIC-LB.
+    pub fn encrypts_cids(&self) -> bool {
+        self.lb_keys.iter().any(Option::is_some)
     }
 
     fn insert(&mut self, mut conn: Connection) -> ConnectionHandle {

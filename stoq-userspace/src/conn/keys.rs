@@ -7,7 +7,10 @@
 //! token key are derived with HKDF-Expand-Label. One generation is *current*: new
 //! connection IDs carry it in their first octet's top three bits and new tokens in their
 //! first byte, so a server resets a connection, or opens a token, with the key of the
-//! generation that made it. Rotation: add a generation and make it current on every
+//! generation that made it. A generation may also carry a QUIC-LB key (16 octets): its
+//! CIDs are then encrypted as draft-ietf-quic-load-balancers-21 says
+//! ([`super::quic_lb`]), so a QUIC-LB load balancer holding the key routes them and an
+//! observer cannot read the server ID. Rotation: add a generation and make it current on every
 //! server, and remove the old one once no connection uses its CIDs and its tokens have
 //! expired. Connections are never dropped by a rotation.
 //!
@@ -19,6 +22,7 @@
 //! current 1
 //! key 0 5f1e…(64 hex digits)
 //! key 1 09ab…(64 hex digits)
+//! lb-key 1 8f95…(32 hex digits, optional)
 //! ```
 
 use std::fmt::Write as _;
@@ -39,6 +43,7 @@ const HEADER: &str = "stoq-cluster-keys 1";
 #[derive(Clone)]
 pub struct ClusterKeys {
     secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],
+    lb: [Option<Zeroizing<[u8; 16]>>; GENERATIONS],
     current: u8,
 }
 
@@ -78,6 +83,9 @@ pub enum KeyFileError {
     /// No `current` line, or it names a generation without a key.
     #[error("the current generation {0:?} has no key: add `key <generation> <64 hex digits>`")]
     NoCurrentKey(Option<u8>),
+    /// An `lb-key` for a generation that has no `key`.
+    #[error("generation {0} has an lb-key but no key: add `key {0} <64 hex digits>`")]
+    LbKeyWithoutKey(u8),
     /// Reading the file failed.
     #[error("cannot read the cluster key file: {0}")]
     Io(String),
@@ -92,7 +100,11 @@ impl ClusterKeys {
         check_generation(current)?;
         let mut secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS] = Default::default();
         secrets[usize::from(current)] = Some(Zeroizing::new(secret));
-        Ok(Self { secrets, current })
+        Ok(Self {
+            secrets,
+            lb: Default::default(),
+            current,
+        })
     }
 
     /// A fresh random key set (generation 0), as a server without a key file uses: its
@@ -117,6 +129,33 @@ impl ClusterKeys {
         check_generation(generation)?;
         self.secrets[usize::from(generation)] = Some(Zeroizing::new(secret));
         Ok(self)
+    }
+
+    /// Gives generation `generation` a QUIC-LB key: its CIDs are encrypted.
+    ///
+    /// # Errors
+    /// [`KeyFileError::BadGeneration`] outside 0..=6; [`KeyFileError::LbKeyWithoutKey`] if
+    /// the generation has no secret.
+    pub fn with_lb_key(mut self, generation: u8, key: [u8; 16]) -> Result<Self, KeyFileError> {
+        check_generation(generation)?;
+        if self.secret(generation).is_none() {
+            return Err(KeyFileError::LbKeyWithoutKey(generation));
+        }
+        self.lb[usize::from(generation)] = Some(Zeroizing::new(key));
+        Ok(self)
+    }
+
+    /// Generation `generation`'s QUIC-LB key, if it has one.
+    pub fn lb_key(&self, generation: u8) -> Option<super::quic_lb::LbKey> {
+        self.lb
+            .get(usize::from(generation))?
+            .as_ref()
+            .map(|k| super::quic_lb::LbKey::new(k))
+    }
+
+    /// Whether any generation encrypts its CIDs.
+    pub fn encrypts_cids(&self) -> bool {
+        self.lb.iter().any(Option::is_some)
     }
 
     /// Makes `generation` current: new CIDs and tokens use it.
@@ -174,6 +213,7 @@ impl ClusterKeys {
             return Err(KeyFileError::TooLarge);
         }
         let mut secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS] = Default::default();
+        let mut lb: [Option<Zeroizing<[u8; 16]>>; GENERATIONS] = Default::default();
         let mut current = None;
         let mut header = false;
         for (i, raw) in text.lines().enumerate() {
@@ -203,16 +243,28 @@ impl ClusterKeys {
                 }
                 (Some("key"), Some(g), Some(hex), None) => {
                     let g = generation(g).ok_or(at("`key` needs a generation 0..=6"))?;
-                    let secret = parse_hex(hex).ok_or(at("a key is 64 hex digits (32 bytes)"))?;
+                    let secret =
+                        parse_hex::<32>(hex).ok_or(at("a key is 64 hex digits (32 bytes)"))?;
                     let slot = &mut secrets[usize::from(g)];
                     if slot.is_some() {
                         return Err(KeyFileError::DuplicateGeneration(g));
                     }
                     *slot = Some(secret);
                 }
+                (Some("lb-key"), Some(g), Some(hex), None) => {
+                    let g = generation(g).ok_or(at("`lb-key` needs a generation 0..=6"))?;
+                    let key =
+                        parse_hex::<16>(hex).ok_or(at("an lb-key is 32 hex digits (16 bytes)"))?;
+                    let slot = &mut lb[usize::from(g)];
+                    if slot.is_some() {
+                        return Err(KeyFileError::DuplicateGeneration(g));
+                    }
+                    *slot = Some(key);
+                }
                 _ => {
                     return Err(at(
-                        "expected `current <generation>` or `key <generation> <hex>`",
+                        "expected `current <generation>`, `key <generation> <hex>` or `lb-key \
+                         <generation> <hex>`",
                     ));
                 }
             }
@@ -226,7 +278,14 @@ impl ClusterKeys {
         if secrets[usize::from(current)].is_none() {
             return Err(KeyFileError::NoCurrentKey(Some(current)));
         }
-        Ok(Self { secrets, current })
+        if let Some(g) = (0..GENERATIONS).find(|&g| lb[g].is_some() && secrets[g].is_none()) {
+            return Err(KeyFileError::LbKeyWithoutKey(g as u8));
+        }
+        Ok(Self {
+            secrets,
+            lb,
+            current,
+        })
     }
 
     /// The key file for this set (it holds the secrets: write it with mode 0600).
@@ -242,6 +301,13 @@ impl ClusterKeys {
                 let _ = write!(out, "{b:02x}");
             }
             out.push('\n');
+            if let Some(k) = &self.lb[usize::from(g)] {
+                let _ = write!(out, "lb-key {g} ");
+                for b in k.iter() {
+                    let _ = write!(out, "{b:02x}");
+                }
+                out.push('\n');
+            }
         }
         out
     }
@@ -262,9 +328,9 @@ fn generation(s: &str) -> Option<u8> {
     }
 }
 
-fn parse_hex(s: &str) -> Option<Zeroizing<[u8; 32]>> {
+fn parse_hex<const N: usize>(s: &str) -> Option<Zeroizing<[u8; N]>> {
     let b = s.as_bytes();
-    if b.len() != 64 {
+    if b.len() != 2 * N {
         return None;
     }
     let nibble = |c: u8| match c {
@@ -273,7 +339,7 @@ fn parse_hex(s: &str) -> Option<Zeroizing<[u8; 32]>> {
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     };
-    let mut out = Zeroizing::new([0u8; 32]);
+    let mut out = Zeroizing::new([0u8; N]);
     for (i, pair) in b.chunks_exact(2).enumerate() {
         out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
@@ -295,14 +361,29 @@ mod tests {
             .with_generation(3, [2; 32])
             .unwrap()
             .with_current(3)
+            .unwrap()
+            .with_lb_key(3, [9; 16])
             .unwrap();
+        assert!(k.encrypts_cids());
+        assert_eq!(
+            ClusterKeys::new(0, [1; 32])
+                .unwrap()
+                .with_lb_key(1, [0; 16])
+                .unwrap_err(),
+            KeyFileError::LbKeyWithoutKey(1)
+        );
         let text = k.to_file();
+        assert!(
+            text.contains(&format!("lb-key 3 {}", "09".repeat(16))),
+            "{text}"
+        );
         let back = ClusterKeys::parse(&text).unwrap();
         assert_eq!(back.current(), 3);
         assert_eq!(back.generations().collect::<Vec<_>>(), [0, 3]);
         assert_eq!(back.reset_key(0), k.reset_key(0));
         assert_eq!(back.token_key(3), k.token_key(3));
         assert!(back.reset_key(1).is_none());
+        assert!(back.lb_key(3).is_some() && back.lb_key(0).is_none());
         // Derived keys differ by purpose and generation.
         assert_ne!(k.reset_key(0), k.token_key(0));
         assert_ne!(k.reset_key(0), k.reset_key(3));
@@ -356,10 +437,25 @@ mod tests {
                 format!("stoq-cluster-keys 1\n\ncurrent 1\n{ok_key} extra\n"),
                 KeyFileError::Line {
                     line: 4,
-                    reason: "expected `current <generation>` or `key <generation> <hex>`",
+                    reason: "expected `current <generation>`, `key <generation> <hex>` or \
+                             `lb-key <generation> <hex>`",
                 },
             ),
             ("x".repeat(MAX_KEY_FILE + 1), KeyFileError::TooLarge),
+            (
+                format!(
+                    "stoq-cluster-keys 1\ncurrent 1\n{ok_key}\nlb-key 2 {}\n",
+                    "ab".repeat(16)
+                ),
+                KeyFileError::LbKeyWithoutKey(2),
+            ),
+            (
+                format!("stoq-cluster-keys 1\ncurrent 1\n{ok_key}\nlb-key 1 abcd\n"),
+                KeyFileError::Line {
+                    line: 4,
+                    reason: "an lb-key is 32 hex digits (16 bytes)",
+                },
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(ClusterKeys::parse(&text).unwrap_err(), want, "{text:?}");

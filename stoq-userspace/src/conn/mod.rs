@@ -35,6 +35,7 @@ mod error;
 mod event;
 pub mod keys;
 mod path;
+pub mod quic_lb;
 mod ranges;
 pub mod rtt;
 mod sendbuf;

@@ -136,11 +136,26 @@ impl Engine {
         selection.chosen = opened.kind;
         let backends = opened.backends;
         let n = backends.len();
+        let encrypted = config
+            .endpoint
+            .cluster_keys
+            .as_ref()
+            .is_some_and(|k| k.encrypts_cids());
         #[cfg(target_os = "linux")]
         if n > 1 && config.steering && server.is_some() {
-            super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
-                .map_err(EngineError::Os)?;
+            if encrypted {
+                // The kernel's classic-BPF program cannot decrypt a QUIC-LB CID: the kernel
+                // hashes addresses instead, and userspace hands the rest over.
+                tracing::info!(
+                    "QUIC-LB encrypted CIDs: kernel steering off, workers hand datagrams over"
+                );
+            } else {
+                super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
+                    .map_err(EngineError::Os)?;
+            }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = encrypted;
         let info = EngineInfo {
             selection,
             local_addr: backends[0].local_addr(),

@@ -212,7 +212,9 @@ async fn drive(
                 if got > 0 {
                     rx.for_each(|from, info, d| {
                         if n > 1 {
-                            let o = match route(d, &cfg.layout) {
+                            let o = match route(d, &cfg.layout, |cid| {
+                                st.endpoint.cid_worker(cid).unwrap_or(worker.id)
+                            }) {
                                 Route::Owner(o) => o,
                                 Route::New(dcid) => placer.place(from, dcid, worker.id, &cfg.peers),
                                 Route::Anyone => worker.id,

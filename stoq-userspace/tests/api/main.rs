@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod flood;
 mod incoming;
+mod quic_lb;
 mod served;
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {

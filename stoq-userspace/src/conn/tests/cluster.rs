@@ -114,3 +114,103 @@ fn a_key_rotation_drops_no_connection() {
     assert!(p.lost(false).is_none() && p.lost(true).is_none());
     assert!(reset_by_another_server(&mut p, Some(rotated)));
 }
+
+/// A server endpoint (server id 0x0102, worker 5) whose cluster keys give generation 0 the
+/// QUIC-LB key `lb`.
+fn lb_server(lb: Option<[u8; 16]>) -> Endpoint {
+    let mut k = ClusterKeys::new(0, [9; 32]).unwrap();
+    if let Some(lb) = lb {
+        k = k.with_lb_key(0, lb).unwrap();
+    }
+    let (cfg, _) = configs(Setup::default());
+    Endpoint::new(
+        EndpointConfig {
+            cluster_keys: Some(Arc::new(k)),
+            server_id: 0x0102,
+            worker_id: 5,
+            ..endpoint_config(2, 1452, Instant::now())
+        },
+        Some(Arc::new(cfg)),
+    )
+    .unwrap()
+}
+
+/// Pearson's chi-square statistic of `counts` against a uniform spread.
+fn chi_square(counts: &[u32]) -> f64 {
+    let total: u32 = counts.iter().sum();
+    let expect = f64::from(total) / counts.len() as f64;
+    counts
+        .iter()
+        .map(|&c| (f64::from(c) - expect).powi(2) / expect)
+        .sum()
+}
+
+/// With a QUIC-LB key the CIDs are encrypted: the key recovers the server and worker ids
+/// from every one of 10,000, while a wrong key (or reading the octets as they are) finds
+/// the server ID's first octet spread uniformly over 256 values (chi-square below 400 for
+/// 255 degrees of freedom, whose mean is 255 and standard deviation 23). Without a key
+/// every CID shows the server ID in clear, and the same statistic is enormous.
+#[test]
+fn quic_lb_encrypted_cids_hide_the_server_id_without_the_key() {
+    use crate::conn::quic_lb::LbKey;
+    let right = [0x8f; 16];
+    let mut ep = lb_server(Some(right));
+    assert!(ep.encrypts_cids());
+    let l = stoq_common::cid::CidLayout::DEFAULT;
+    let (key, wrong) = (LbKey::new(&right), LbKey::new(&[0x70; 16]));
+    let mut by_wrong_key = [0u32; 256];
+    let mut as_seen = [0u32; 256];
+    for _ in 0..10_000 {
+        let cid = ep.new_cid_for_test();
+        let b = cid.as_bytes();
+        assert_eq!(
+            b[0] & 0x1f,
+            (l.len() - 1) as u8,
+            "length self-description stays"
+        );
+        assert_eq!(ep.cid_worker(b), Some(5));
+        let mut plain = b.to_vec();
+        key.decrypt(&mut plain[1..]);
+        assert_eq!(
+            &plain[1..4],
+            &[0x01, 0x02, 5],
+            "server id and worker under the key"
+        );
+        let mut guess = b.to_vec();
+        wrong.decrypt(&mut guess[1..]);
+        by_wrong_key[usize::from(guess[1])] += 1;
+        as_seen[usize::from(b[1])] += 1;
+    }
+    let (w, s) = (chi_square(&by_wrong_key), chi_square(&as_seen));
+    assert!(w < 400.0, "wrong key: chi-square {w}");
+    assert!(s < 400.0, "ciphertext: chi-square {s}");
+    let mut clear = lb_server(None);
+    assert!(!clear.encrypts_cids());
+    let mut plain_seen = [0u32; 256];
+    for _ in 0..10_000 {
+        let cid = clear.new_cid_for_test();
+        assert_eq!(clear.cid_worker(cid.as_bytes()), Some(5));
+        plain_seen[usize::from(cid.as_bytes()[1])] += 1;
+    }
+    assert!(
+        chi_square(&plain_seen) > 100_000.0,
+        "plaintext CIDs show the server ID"
+    );
+}
+
+/// A whole connection with encrypted CIDs: handshake, data both ways, a stateless reset
+/// after a restart with the same keys.
+#[test]
+fn a_connection_runs_on_encrypted_cids() {
+    let lb = Arc::new(
+        ClusterKeys::new(0, [9; 32])
+            .unwrap()
+            .with_lb_key(0, [0x8f; 16])
+            .unwrap(),
+    );
+    let mut p = connected_with(Some(lb.clone()));
+    let cid = p.server_conn().local_cid();
+    assert_eq!(p.server.cid_worker(cid.as_bytes()), Some(0));
+    p.exchange_datagrams(b"encrypted cids");
+    assert!(reset_by_another_server(&mut p, Some(lb)));
+}
