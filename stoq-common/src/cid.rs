@@ -262,6 +262,23 @@ impl fmt::Debug for ConnectionId {
 mod tests {
     use super::*;
 
+    /// draft-ietf-quic-load-balancers-21, Appendix B, "Unencrypted CIDs": config rotation
+    /// 0, server ID c4605e, nonce 4504cc4f, CID 07c4605e4504cc4f. STOQ's server id and
+    /// worker id together are QUIC-LB's server ID. (The draft's second vector, CID
+    /// 20a350d28b4203487d970b, is misprinted: its 11 octets cannot hold a first octet, the
+    /// 5-octet server ID 350d28b420 and the 9-digit nonce 3487d970b it lists.)
+    #[test]
+    fn the_drafts_unencrypted_vector() {
+        let l = CidLayout::new(8, 2).unwrap();
+        let cid = l.build(0, 0xc460, 0x5e, &[0x45, 0x04, 0xcc, 0x4f]).unwrap();
+        assert_eq!(
+            cid.as_bytes(),
+            &[0x07, 0xc4, 0x60, 0x5e, 0x45, 0x04, 0xcc, 0x4f]
+        );
+        assert_eq!(l.server_id(&cid), Some(0xc460));
+        assert_eq!(l.worker_id(&cid), Some(0x5e));
+    }
+
     #[test]
     fn layout_round_trip() {
         let l = CidLayout::new(12, 2).unwrap();
