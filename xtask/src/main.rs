@@ -89,6 +89,15 @@ fn ebpf_or_reason() -> Result<bool, Fail> {
 }
 
 fn test(extra: &[String]) -> Result<(), Fail> {
+    // As root the privileged tests run, and the fleet test's balancer is nftables: say what
+    // is missing before building anything.
+    if is_root() && !util::runs("nft") {
+        return Err(Fail(
+            "the fleet test needs nft: install nftables (Debian/Ubuntu: apt-get install \
+             nftables)"
+                .into(),
+        ));
+    }
     let built = ebpf_or_reason()?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(extra);
@@ -108,8 +117,8 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     c.args(SIM_TESTS);
     run(&mut c)?;
     // The engine end to end over veth pairs (1 GiB transfers, 1,000 connections, a
-    // million hostile datagrams, a spoofed handshake flood), in release mode, one test at a
-    // time (each owns the CPU).
+    // million hostile datagrams, a spoofed handshake flood, a fleet behind an nftables
+    // balancer), in release mode, one test at a time (each owns the CPU).
     let mut c = cargo();
     c.args(E2E_TESTS).args(["--", "--test-threads", "1"]);
     if is_root() {
@@ -119,7 +128,7 @@ fn test(extra: &[String]) -> Result<(), Fail> {
 }
 
 /// The engine's end-to-end test binaries (and the handshake flood), in release mode.
-const E2E_TESTS: [&str; 10] = [
+const E2E_TESTS: [&str; 12] = [
     "test",
     "--release",
     "-p",
@@ -130,6 +139,8 @@ const E2E_TESTS: [&str; 10] = [
     "netns_engine",
     "--test",
     "netns_handshake_flood",
+    "--test",
+    "netns_fleet",
 ];
 
 /// The simulator test binary, in release mode (it needs the `sim` feature).

@@ -85,6 +85,16 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `program` runs (`program --version` succeeds).
+pub(crate) fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Installs cargo-fuzz if it is missing.
 pub(crate) fn ensure_cargo_fuzz() -> Result<(), Fail> {
     if Command::new("cargo")
