@@ -190,6 +190,11 @@ struct EngineArgs {
     /// Worker threads (0: one per core for a server, one for a client).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// A server on a socket backend puts the XDP program in front of its socket as a
+    /// filter: Initial floods beyond each source prefix's rate and malformed datagrams are
+    /// dropped in the kernel (needs a specific listen address, root and the eBPF object).
+    #[arg(long)]
+    xdp_filter: bool,
 }
 
 impl EngineArgs {
@@ -197,6 +202,7 @@ impl EngineArgs {
         let mut c = stoq::engine::EngineConfig::new(bind);
         c.workers = self.workers;
         c.backend = self.backend_kind()?;
+        c.xdp_filter = self.xdp_filter;
         Ok(c)
     }
 

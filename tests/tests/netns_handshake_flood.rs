@@ -146,7 +146,7 @@ async fn echo(conn: &stoq::Connection) {
     assert_eq!(got, b"hello through the flood");
 }
 
-fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode) {
+fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool) {
     if !privileged(name) {
         return;
     }
@@ -154,6 +154,7 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode) {
         c.backend = Some(backend);
         c.xdp_mode = xdp;
         c.initial_rate_limit = Some(LIMIT);
+        c.xdp_filter = filter;
     });
     // Replies to the spoofed sources go back over the veth and die in the sender's
     // namespace (it owns none of them and does not forward).
@@ -264,8 +265,9 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode) {
             growth >> 20
         );
         eprintln!("{name}: handshakes under the flood {during:?}");
-        if backend == BackendKind::AfXdp {
-            // The default backend, with the kernel shedding what exceeds each prefix's rate.
+        let kernel_layer = backend == BackendKind::AfXdp || filter;
+        if kernel_layer {
+            // The kernel sheds what exceeds each prefix's rate.
             assert!(
                 loaded <= unloaded * 10,
                 "real clients connected in {loaded:?} (median) under the flood, more than \
@@ -289,8 +291,10 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode) {
             "only {} of {sent} spoofed datagrams were counted by a layer",
             limited + answered
         );
-        if backend == BackendKind::AfXdp {
+        if kernel_layer {
             assert!(limited > 0, "the XDP rate limit shed part of the flood");
+        } else {
+            assert_eq!(limited, 0, "no XDP program without AF_XDP or the filter");
         }
         // 14 real connections (9 unloaded, the transfer, 3 under the flood, plus one
         // of slack), and per worker at most the Retry threshold of spoofed ones.
@@ -307,15 +311,32 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode) {
 
 #[test]
 fn udp_handshake_flood_ipv4() {
-    handshake_flood("udp_hsflood", BackendKind::Udp, XdpMode::Auto);
+    handshake_flood("udp_hsflood", BackendKind::Udp, XdpMode::Auto, false);
+}
+
+/// The UDP backend with the XDP program in front of its socket as a filter
+/// (`EngineConfig::xdp_filter`).
+#[test]
+fn udp_with_xdp_filter_handshake_flood_ipv4() {
+    handshake_flood("udp_filter_hsflood", BackendKind::Udp, XdpMode::Auto, true);
 }
 
 #[test]
 fn af_xdp_skb_handshake_flood_ipv4() {
-    handshake_flood("af_xdp_skb_hsflood", BackendKind::AfXdp, XdpMode::Skb);
+    handshake_flood(
+        "af_xdp_skb_hsflood",
+        BackendKind::AfXdp,
+        XdpMode::Skb,
+        false,
+    );
 }
 
 #[test]
 fn af_xdp_driver_handshake_flood_ipv4() {
-    handshake_flood("af_xdp_drv_hsflood", BackendKind::AfXdp, XdpMode::Driver);
+    handshake_flood(
+        "af_xdp_drv_hsflood",
+        BackendKind::AfXdp,
+        XdpMode::Driver,
+        false,
+    );
 }

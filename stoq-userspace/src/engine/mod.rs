@@ -210,6 +210,13 @@ pub struct EngineConfig {
     /// `None` turns it off. Other backends have no kernel-side limit (userspace's
     /// admission policy still applies).
     pub initial_rate_limit: Option<InitialRateLimit>,
+    /// A server on a socket backend (UDP, io_uring) puts the XDP program in front of its
+    /// sockets as a filter: nothing is redirected, but Initials beyond
+    /// [`initial_rate_limit`](Self::initial_rate_limit) and malformed datagrams are dropped
+    /// in the kernel. Off by default: generic XDP linearizes the GRO super-packets a bulk
+    /// transfer arrives in, which costs throughput; turn it on under attack. Needs a
+    /// specific bind address (it names the interface), the eBPF object and CAP_BPF.
+    pub xdp_filter: bool,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -228,6 +235,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("idle_poll", &self.idle_poll)
             .field("admission", &self.admission)
             .field("initial_rate_limit", &self.initial_rate_limit)
+            .field("xdp_filter", &self.xdp_filter)
             .finish_non_exhaustive()
     }
 }
@@ -251,6 +259,7 @@ impl EngineConfig {
             idle_poll: std::time::Duration::from_micros(50),
             admission: Admission::Automatic,
             initial_rate_limit: Some(InitialRateLimit::DEFAULT),
+            xdp_filter: false,
         }
     }
 }

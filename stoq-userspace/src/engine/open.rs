@@ -85,6 +85,12 @@ pub(crate) fn open(
                 backends.push(b);
             }
             let c = backends[0].capabilities();
+            #[cfg(target_os = "linux")]
+            let xdp = if config.xdp_filter && share_port {
+                Some(attach_filter(config, backends[0].local_addr())?)
+            } else {
+                None
+            };
             Ok(Opened {
                 kind,
                 detail: format!(
@@ -100,10 +106,52 @@ pub(crate) fn open(
                 ),
                 backends,
                 #[cfg(target_os = "linux")]
-                xdp: None,
+                xdp,
             })
         }
     }
+}
+
+/// `stoq_xdp` in front of a socket backend, as a filter only: no AF_XDP socket is
+/// registered, so STOQ packets pass up to the sockets, and what the program drops (a
+/// server's Initials beyond their prefix's rate, malformed datagrams) never reaches them.
+#[cfg(target_os = "linux")]
+fn attach_filter(config: &EngineConfig, bind: SocketAddr) -> Result<XdpGuard, Unavailable> {
+    use crate::xdp::{AttachMode, XdpProgram};
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        Unavailable::Setup(format!("xdp_filter: {what}: {e}"))
+    };
+    if bind.ip().is_unspecified() {
+        return Err(Unavailable::Setup(format!(
+            "xdp_filter needs a specific local address to pick its interface (bound to {}; \
+             bind the interface's address, or turn xdp_filter off)",
+            bind.ip()
+        )));
+    }
+    let (ifname, _) =
+        crate::io::netlink::interface_of(bind.ip()).map_err(|e| setup("interface", &e))?;
+    let mut program = XdpProgram::load().map_err(|e| setup("loading stoq_xdp", &e))?;
+    program
+        .configure(&config.endpoint.cid_layout, &[bind.port()])
+        .map_err(|e| setup("configuring stoq_xdp", &e))?;
+    if let Some(limit) = config.initial_rate_limit {
+        program
+            .set_initial_limit(&limit.to_map(config.endpoint.source_prefix))
+            .map_err(|e| setup("configuring the Initial rate limit", &e))?;
+    }
+    let mode = match config.xdp_mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Skb => AttachMode::Skb,
+    };
+    let attachment = program
+        .attach(&ifname, mode)
+        .map_err(|e| setup(&format!("attaching to {ifname}"), &e))?;
+    Ok(XdpGuard {
+        program,
+        attachment: Some(attachment),
+        queues: 0,
+    })
 }
 
 /// The XDP program attached to the interface, with the queues whose sockets it feeds.
