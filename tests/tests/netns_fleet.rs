@@ -9,7 +9,11 @@
 //!   server (its new 4-tuple's first packet is a short header, routed by the server ID)
 //!   and its data arrives intact;
 //! - a server killed and started again with the cluster keys resets its old clients at
-//!   once (well under their 30 s idle timeout), and they reconnect.
+//!   once (well under their 30 s idle timeout), and they reconnect;
+//! - a Retry token issued by one server is accepted by another: the client's answer to a
+//!   Retry is held at the balancer while its flow is forgotten (conntrack) and the
+//!   Initials' hash is pointed at another server, which then admits the client on the
+//!   first server's token without a Retry of its own.
 //!
 //! The rules are the ones `docs/operations.md` shows.
 
@@ -45,17 +49,19 @@ fn sh(cmd: &str, args: &[&str]) {
     );
 }
 
-/// The nftables rules of the load balancer: QUIC-LB server ID `i + 1` is server `i`.
-fn lb_rules() -> String {
+/// The nftables rules of the load balancer: QUIC-LB server ID `i + 1` is server `i`;
+/// Initials are hashed over all servers, or all sent to `initials_to`.
+fn lb_rules(initials_to: Option<usize>) -> String {
     let sids: Vec<String> = (0..SERVERS)
         .map(|i| format!("0x{:04x} : {}", i + 1, server_ip(i)))
         .collect();
     let hash: Vec<String> = (0..SERVERS)
-        .map(|i| format!("{i} : {}", server_ip(i)))
+        .map(|i| format!("{i} : {}", server_ip(initials_to.unwrap_or(i))))
         .collect();
     let (sids, hash) = (sids.join(", "), hash.join(", "));
     format!(
-        "table ip stoq_lb {{
+        "flush ruleset
+table ip stoq_lb {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     # Long header, type Initial: the client chose the DCID; hash the 4-tuple.
@@ -117,7 +123,7 @@ impl Fleet {
             "l0",
             "10.200.90.254/24",
         );
-        for k in 2..=CLIENTS + 1 {
+        for k in 2..=CLIENTS + 2 {
             clients
                 .ip(&["addr", "add", &format!("10.200.90.{k}/24"), "dev", "c0"])
                 .expect("client address");
@@ -157,25 +163,31 @@ impl Fleet {
                 "net.ipv4.ip_forward=1",
             ],
         );
-        let rules = std::env::temp_dir().join(format!("stoq-fleet-{}.nft", std::process::id()));
-        std::fs::write(&rules, lb_rules()).expect("rules file");
+        let fleet = Self {
+            servers,
+            clients,
+            lb,
+        };
+        fleet.load(&lb_rules(None));
+        fleet
+    }
+
+    /// Loads an nftables rule set into the balancer.
+    fn load(&self, rules: &str) {
+        let path = std::env::temp_dir().join(format!("stoq-fleet-{}.nft", std::process::id()));
+        std::fs::write(&path, rules).expect("rules file");
         sh(
             "ip",
             &[
                 "netns",
                 "exec",
-                lb.name(),
+                self.lb.name(),
                 "nft",
                 "-f",
-                rules.to_str().expect("path"),
+                path.to_str().expect("path"),
             ],
         );
-        let _ = std::fs::remove_file(rules);
-        Self {
-            servers,
-            clients,
-            lb,
-        }
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -192,8 +204,9 @@ fn start_server(
     cfg.pin_workers = false;
     cfg.endpoint.server_id = i as u64 + 1;
     cfg.endpoint.cluster_keys = Some(keys.clone());
-    // The fleet's handshakes are few: keep Retry out of the routing under test.
-    cfg.endpoint.retry = RetryPolicy::Never;
+    // Every client proves its address first: Retry goes through the balancer too, and
+    // tokens travel between servers.
+    cfg.endpoint.retry = RetryPolicy::Always;
     let s = s.clone();
     Arc::new(
         fleet.servers[i]
@@ -313,6 +326,99 @@ fn a_fleet_behind_an_nftables_quic_lb_balancer() {
         "they are back on the restarted server (their 4-tuples' route)"
     );
 
+    // 4. A token from one server, accepted by another.
+    let stat = |servers: &[Arc<Endpoint>], f: fn(&stoq::conn::EndpointStats) -> u64| -> Vec<u64> {
+        servers
+            .iter()
+            .map(|s| s.endpoint_stats().iter().map(f).sum())
+            .collect()
+    };
+    let retries0 = stat(&servers, |e| e.retries_sent);
+    let accepted0 = stat(&servers, |e| e.accepted);
+    // Hold the client's answer to a Retry (an Initial whose DCID is the 12-octet CID the
+    // Retry gave it, not the 16 octets it chose) after the balancer's NAT.
+    let hold = "table ip stoq_hold {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    udp dport 4433 @th,64,1 1 @th,66,2 0 @th,104,8 12 counter drop
+  }
+}
+";
+    let path = std::env::temp_dir().join(format!("stoq-fleet-hold-{}.nft", std::process::id()));
+    std::fs::write(&path, hold).expect("rules file");
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            fleet.lb.name(),
+            "nft",
+            "-f",
+            path.to_str().expect("path"),
+        ],
+    );
+    let _ = std::fs::remove_file(path);
+    to_clients.send(Command_::ConnectNew).expect("send");
+    let first = rt.block_on(async {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = stat(&servers, |e| e.retries_sent);
+            if let Some(i) = (0..SERVERS).find(|&i| now[i] > retries0[i]) {
+                return i;
+            }
+            assert!(
+                Instant::now() < end,
+                "no server sent the new client a Retry"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let other = (first + 1) % SERVERS;
+    // Forget the client's flow and point every Initial at another server; then let the
+    // held answer (retransmitted) through.
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            fleet.lb.name(),
+            "conntrack",
+            "-D",
+            "-p",
+            "udp",
+            "-s",
+            "10.200.90.102",
+        ],
+    );
+    fleet.load(&lb_rules(Some(other)));
+    let Result_::ConnectedNew(ok) = from_clients.recv().expect("clients") else {
+        panic!("unexpected answer")
+    };
+    assert!(ok, "the client connected through the other server");
+    let retries = stat(&servers, |e| e.retries_sent);
+    let accepted_now = stat(&servers, |e| e.accepted);
+    let invalid = stat(&servers, |e| e.invalid_token);
+    eprintln!(
+        "a Retry token from server {} was accepted by server {}: accepted {accepted0:?} -> \
+         {accepted_now:?}, retries {retries0:?} -> {retries:?}",
+        first + 1,
+        other + 1
+    );
+    assert_eq!(
+        accepted_now[other],
+        accepted0[other] + 1,
+        "admitted by the other server"
+    );
+    assert_eq!(
+        accepted_now[first], accepted0[first],
+        "not by the one that sent the Retry"
+    );
+    assert_eq!(
+        retries[other], retries0[other],
+        "the other server needed no Retry of its own"
+    );
+    assert_eq!(invalid.iter().sum::<u64>(), 0, "no token was refused");
+
     to_clients.send(Command_::Stop).expect("send");
     client_thread.join().expect("client thread");
     for t in serving {
@@ -328,6 +434,7 @@ enum Command_ {
     RebindDuringUpload,
     PingAll,
     ReconnectReset,
+    ConnectNew,
     Stop,
 }
 
@@ -343,6 +450,7 @@ enum Result_ {
         others_ok: usize,
     },
     Reconnected(usize),
+    ConnectedNew(bool),
 }
 
 /// The clients' side, on their namespace's thread.
@@ -451,6 +559,26 @@ async fn clients_main(
                     n += 1;
                 }
                 let _ = results.send(Result_::Reconnected(n));
+            }
+            Command_::ConnectNew => {
+                // Answers once connected (or not, within 10 s).
+                let mut cfg =
+                    EngineConfig::new(SocketAddr::new(Ipv4Addr::new(10, 200, 90, 102).into(), 0));
+                cfg.backend = Some(BackendKind::Udp);
+                let ep = Endpoint::client_in_runtime(cfg, c.clone()).expect("client");
+                let ok = tokio::time::timeout(Duration::from_secs(10), async {
+                    match ep.connect(target, SERVER_NAME).await {
+                        Ok(conn) => {
+                            engine::echo(&conn, b"hello from the other server").await;
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+                .await
+                .unwrap_or(false);
+                endpoints.push(ep);
+                let _ = results.send(Result_::ConnectedNew(ok));
             }
             Command_::Stop => return,
         }

@@ -91,10 +91,10 @@ fn ebpf_or_reason() -> Result<bool, Fail> {
 fn test(extra: &[String]) -> Result<(), Fail> {
     // As root the privileged tests run, and the fleet test's balancer is nftables: say what
     // is missing before building anything.
-    if is_root() && !util::runs("nft") {
+    if is_root() && !(util::runs("nft") && util::runs("conntrack")) {
         return Err(Fail(
-            "the fleet test needs nft: install nftables (Debian/Ubuntu: apt-get install \
-             nftables)"
+            "the fleet test needs nft and conntrack: install them (Debian/Ubuntu: apt-get \
+             install nftables conntrack)"
                 .into(),
         ));
     }
