@@ -6,19 +6,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-const STOQ: &str = env!("CARGO_BIN_EXE_stoq");
-
-/// Kills a child process on drop, whatever happens.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Kill, STOQ};
 
 fn stoq(args: &[&str], paths: &[&Path]) -> Output {
     let mut c = Command::new(STOQ);

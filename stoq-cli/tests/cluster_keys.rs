@@ -5,20 +5,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STOQ: &str = env!("CARGO_BIN_EXE_stoq");
-
-/// Kills a child process on drop, whatever happens.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Kill, STOQ};
 
 fn stoq(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(STOQ)

@@ -2,20 +2,11 @@
 //! SIGINT. Over loopback on the UDP backend: no privileges needed.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STOQ: &str = env!("CARGO_BIN_EXE_stoq");
-
-/// Kills a child process on drop, whatever happens.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Kill, STOQ};
 
 fn drains_and_exits_zero_on(signal: libc::c_int, name: &str) {
     let dir = std::env::temp_dir().join(format!("stoq-signal-{name}-{}", std::process::id()));

@@ -344,20 +344,7 @@ fn a_fleet_behind_an_nftables_quic_lb_balancer() {
   }
 }
 ";
-    let path = std::env::temp_dir().join(format!("stoq-fleet-hold-{}.nft", std::process::id()));
-    std::fs::write(&path, hold).expect("rules file");
-    sh(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            fleet.lb.name(),
-            "nft",
-            "-f",
-            path.to_str().expect("path"),
-        ],
-    );
-    let _ = std::fs::remove_file(path);
+    fleet.load(hold);
     to_clients.send(Command_::ConnectNew).expect("send");
     let first = rt.block_on(async {
         let end = Instant::now() + Duration::from_secs(5);

@@ -117,7 +117,7 @@ pub(crate) fn open(
 /// server's Initials beyond their prefix's rate, malformed datagrams) never reaches them.
 #[cfg(target_os = "linux")]
 fn attach_filter(config: &EngineConfig, bind: SocketAddr) -> Result<XdpGuard, Unavailable> {
-    use crate::xdp::{AttachMode, XdpProgram};
+    use crate::xdp::XdpProgram;
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         Unavailable::Setup(format!("xdp_filter: {what}: {e}"))
     };
@@ -131,27 +131,43 @@ fn attach_filter(config: &EngineConfig, bind: SocketAddr) -> Result<XdpGuard, Un
     let (ifname, _) =
         crate::io::netlink::interface_of(bind.ip()).map_err(|e| setup("interface", &e))?;
     let mut program = XdpProgram::load().map_err(|e| setup("loading stoq_xdp", &e))?;
-    program
-        .configure(&config.endpoint.cid_layout, &[bind.port()])
-        .map_err(|e| setup("configuring stoq_xdp", &e))?;
-    if let Some(limit) = config.initial_rate_limit {
-        program
-            .set_initial_limit(&limit.to_map(config.endpoint.source_prefix))
-            .map_err(|e| setup("configuring the Initial rate limit", &e))?;
-    }
-    let mode = match config.xdp_mode {
-        XdpMode::Auto => AttachMode::Auto,
-        XdpMode::Driver => AttachMode::Driver,
-        XdpMode::Skb => AttachMode::Skb,
-    };
+    configure(&mut program, config, bind.port(), true).map_err(|e| setup("configuring", &e))?;
     let attachment = program
-        .attach(&ifname, mode)
+        .attach(&ifname, attach_mode(config.xdp_mode))
         .map_err(|e| setup(&format!("attaching to {ifname}"), &e))?;
     Ok(XdpGuard {
         program,
         attachment: Some(attachment),
         queues: 0,
     })
+}
+
+/// Sets the program's CID layout, the STOQ port, and (for a server) the Initial rate
+/// limit.
+#[cfg(target_os = "linux")]
+fn configure(
+    program: &mut crate::xdp::XdpProgram,
+    config: &EngineConfig,
+    port: u16,
+    server: bool,
+) -> Result<(), crate::xdp::XdpError> {
+    program.configure(&config.endpoint.cid_layout, &[port])?;
+    // A server sheds Initial floods in the kernel; a client's Initials come from its
+    // servers, which it must never limit.
+    if server && let Some(limit) = config.initial_rate_limit {
+        program.set_initial_limit(&limit.to_map(config.endpoint.source_prefix))?;
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn attach_mode(mode: XdpMode) -> crate::xdp::AttachMode {
+    use crate::xdp::AttachMode;
+    match mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Skb => AttachMode::Skb,
+    }
 }
 
 /// The XDP program attached to the interface, with the queues whose sockets it feeds.
@@ -196,7 +212,7 @@ fn open_af_xdp(
     use crate::io::afxdp::{AfXdpBackend, AfXdpConfig, companion_socket};
     use crate::io::netlink;
     use crate::xdp::xsk::{BindMode, XskConfig};
-    use crate::xdp::{AttachMode, AttachedMode, XdpProgram};
+    use crate::xdp::{AttachedMode, XdpProgram};
 
     let setup = |what: &str, e: &dyn std::fmt::Display| Unavailable::Setup(format!("{what}: {e}"));
     let ip = config.bind.ip();
@@ -215,23 +231,10 @@ fn open_af_xdp(
     let first = companion_socket(config.bind, config.socket_buffer, queues > 1)
         .map_err(|e| setup(&format!("cannot bind {}", config.bind), &e))?;
     let bind = first.local_addr();
-    program
-        .configure(&config.endpoint.cid_layout, &[bind.port()])
+    configure(&mut program, config, bind.port(), server)
         .map_err(|e| setup("configuring stoq_xdp", &e))?;
-    // A server sheds Initial floods in the kernel; a client's Initials come from its
-    // servers, which it must never limit.
-    if server && let Some(limit) = config.initial_rate_limit {
-        program
-            .set_initial_limit(&limit.to_map(config.endpoint.source_prefix))
-            .map_err(|e| setup("configuring stoq_xdp's Initial rate limit", &e))?;
-    }
-    let mode = match config.xdp_mode {
-        XdpMode::Auto => AttachMode::Auto,
-        XdpMode::Driver => AttachMode::Driver,
-        XdpMode::Skb => AttachMode::Skb,
-    };
     let attachment = program
-        .attach(&ifname, mode)
+        .attach(&ifname, attach_mode(config.xdp_mode))
         .map_err(|e| Unavailable::Setup(e.to_string()))?;
     let attached = attachment.mode();
     let mut guard = XdpGuard {
