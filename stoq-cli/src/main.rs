@@ -190,11 +190,15 @@ struct EngineArgs {
     /// Worker threads (0: one per core for a server, one for a client).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// A server on a socket backend puts the XDP program in front of its socket as a
-    /// filter: Initial floods beyond each source prefix's rate and malformed datagrams are
-    /// dropped in the kernel (needs a specific listen address, root and the eBPF object).
-    #[arg(long)]
+    /// A server on a socket backend keeps the XDP program in front of its socket as a
+    /// filter from the start (by default it is attached only during a handshake flood):
+    /// Initials beyond each source prefix's rate and malformed datagrams are dropped in
+    /// the kernel (needs a specific listen address, root and the eBPF object).
+    #[arg(long, conflicts_with = "no_xdp_filter")]
     xdp_filter: bool,
+    /// Never put the XDP program in front of a socket backend, not even during a flood.
+    #[arg(long)]
+    no_xdp_filter: bool,
 }
 
 impl EngineArgs {
@@ -202,7 +206,11 @@ impl EngineArgs {
         let mut c = stoq::engine::EngineConfig::new(bind);
         c.workers = self.workers;
         c.backend = self.backend_kind()?;
-        c.xdp_filter = self.xdp_filter;
+        c.xdp_filter = match (self.xdp_filter, self.no_xdp_filter) {
+            (true, _) => stoq::engine::XdpFilter::On,
+            (_, true) => stoq::engine::XdpFilter::Off,
+            _ => stoq::engine::XdpFilter::UnderFlood,
+        };
         Ok(c)
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stoq::conn::{self, EndpointConfig};
-use stoq::engine::{EngineConfig, InitialRateLimit, XdpMode};
+use stoq::engine::{EngineConfig, InitialRateLimit, XdpFilter, XdpMode};
 use stoq::io::BackendKind;
 use stoq_common::wire::{ipv4, udp};
 use stoq_tests::engine::{self, SERVER_NAME};
@@ -146,7 +146,7 @@ async fn echo(conn: &stoq::Connection) {
     assert_eq!(got, b"hello through the flood");
 }
 
-fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool) {
+fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: XdpFilter) {
     if !privileged(name) {
         return;
     }
@@ -248,8 +248,10 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool)
         let retries: u64 = ep.iter().map(|s| s.retries_sent).sum();
         let dropped_responses: u64 = ep.iter().map(|s| s.responses_dropped).sum();
         let accepted: u64 = ep.iter().map(|s| s.accepted).sum();
+        // A filter attached during the flood starts its counters at zero.
         let limited = match (p.server.xdp_stats(), xdp0) {
             (Some(now), Some(before)) => now.since(&before).initial_limited(),
+            (Some(now), None) => now.initial_limited(),
             _ => 0,
         };
         let growth = peak.saturating_sub(rss0);
@@ -265,17 +267,21 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool)
             growth >> 20
         );
         eprintln!("{name}: handshakes under the flood {during:?}");
-        let kernel_layer = backend == BackendKind::AfXdp || filter;
-        if kernel_layer {
-            // The kernel sheds what exceeds each prefix's rate.
+        let kernel_layer = backend == BackendKind::AfXdp || filter != XdpFilter::Off;
+        if backend == BackendKind::AfXdp {
+            // The datagrams go from the XDP program to the worker: the kernel sheds what
+            // exceeds each prefix's rate, and nothing else queues ahead of a real client.
             assert!(
                 loaded <= unloaded * 10,
                 "real clients connected in {loaded:?} (median) under the flood, more than \
                  10x {unloaded:?}"
             );
         } else {
-            // Without XDP every spoofed datagram queues in the socket ahead of the real
-            // client's (measured 5-10x here): no lock-out, but no 10x promise either.
+            // On a socket backend what passes (all of the flood, or with the XDP filter
+            // what is within the prefixes' rates) still goes through the kernel's UDP
+            // receive path and queues in the socket ahead of the real client's datagram:
+            // measured 3.7-17.7x here, with or without the filter, on two cores shared
+            // with the attacker. No lock-out, but no 10x promise either.
             assert!(loaded < Duration::from_secs(1), "{loaded:?}");
         }
         // The stated bound: the flood adds no more than 64 MiB.
@@ -294,7 +300,7 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool)
         if kernel_layer {
             assert!(limited > 0, "the XDP rate limit shed part of the flood");
         } else {
-            assert_eq!(limited, 0, "no XDP program without AF_XDP or the filter");
+            assert_eq!(limited, 0, "no XDP program with the filter off");
         }
         // 14 real connections (9 unloaded, the transfer, 3 under the flood, plus one
         // of slack), and per worker at most the Retry threshold of spoofed ones.
@@ -309,16 +315,39 @@ fn handshake_flood(name: &str, backend: BackendKind, xdp: XdpMode, filter: bool)
     });
 }
 
+/// The UDP backend as configured by default: the flood watch attaches the XDP filter once
+/// the Retry rate shows a flood (the kernel's drops are counted: it engaged).
 #[test]
 fn udp_handshake_flood_ipv4() {
-    handshake_flood("udp_hsflood", BackendKind::Udp, XdpMode::Auto, false);
+    handshake_flood(
+        "udp_hsflood",
+        BackendKind::Udp,
+        XdpMode::Auto,
+        XdpFilter::UnderFlood,
+    );
 }
 
-/// The UDP backend with the XDP program in front of its socket as a filter
-/// (`EngineConfig::xdp_filter`).
+/// The UDP backend with the XDP filter in front of its socket from the start.
 #[test]
 fn udp_with_xdp_filter_handshake_flood_ipv4() {
-    handshake_flood("udp_filter_hsflood", BackendKind::Udp, XdpMode::Auto, true);
+    handshake_flood(
+        "udp_filter_hsflood",
+        BackendKind::Udp,
+        XdpMode::Auto,
+        XdpFilter::On,
+    );
+}
+
+/// The UDP backend with no kernel layer at all (`XdpFilter::Off`): every spoofed datagram
+/// queues in the socket ahead of the real client's.
+#[test]
+fn udp_without_xdp_handshake_flood_ipv4() {
+    handshake_flood(
+        "udp_nofilter_hsflood",
+        BackendKind::Udp,
+        XdpMode::Auto,
+        XdpFilter::Off,
+    );
 }
 
 #[test]
@@ -327,7 +356,7 @@ fn af_xdp_skb_handshake_flood_ipv4() {
         "af_xdp_skb_hsflood",
         BackendKind::AfXdp,
         XdpMode::Skb,
-        false,
+        XdpFilter::Off,
     );
 }
 
@@ -337,6 +366,6 @@ fn af_xdp_driver_handshake_flood_ipv4() {
         "af_xdp_drv_hsflood",
         BackendKind::AfXdp,
         XdpMode::Driver,
-        false,
+        XdpFilter::Off,
     );
 }

@@ -31,9 +31,13 @@ pub(crate) enum Placement {
 pub(crate) struct Engine {
     pub(crate) workers: Vec<Arc<Worker>>,
     pub(crate) info: EngineInfo,
-    /// The XDP program and its attachment (AF_XDP), removed when the engine stops.
+    /// The XDP program and its attachment (AF_XDP, or the filter in front of a socket
+    /// backend), removed when the engine stops.
     #[cfg(target_os = "linux")]
-    xdp: Mutex<Option<super::open::XdpGuard>>,
+    xdp: Arc<Mutex<Option<super::open::XdpGuard>>>,
+    /// Attaches the filter during a handshake flood (a server on a socket backend).
+    #[cfg(target_os = "linux")]
+    flood_watch: Mutex<Option<super::flood::FloodWatch>>,
     pub(crate) socket_buffer: usize,
     batch: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -202,12 +206,34 @@ impl Engine {
             workers,
             info,
             #[cfg(target_os = "linux")]
-            xdp: Mutex::new(opened.xdp),
+            xdp: Arc::new(Mutex::new(opened.xdp)),
+            #[cfg(target_os = "linux")]
+            flood_watch: Mutex::new(None),
             socket_buffer: config.socket_buffer,
             batch: config.batch,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
         });
+        #[cfg(target_os = "linux")]
+        if server.is_some()
+            && config.xdp_filter == super::XdpFilter::UnderFlood
+            && matches!(
+                engine.info.selection.chosen,
+                BackendKind::Udp | BackendKind::IoUring
+            )
+            && !engine.info.local_addr.ip().is_unspecified()
+        {
+            *engine
+                .flood_watch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(super::flood::FloodWatch::spawn(
+                    &engine.workers,
+                    engine.xdp.clone(),
+                    config.clone(),
+                    engine.info.local_addr,
+                ));
+        }
         let mut threads = Vec::with_capacity(n);
         for (i, (backend, inbox, state)) in parts.into_iter().enumerate() {
             let worker = engine.workers[i].clone();
@@ -320,12 +346,20 @@ impl Engine {
             }
         }
         #[cfg(target_os = "linux")]
-        drop(
-            self.xdp
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        {
+            drop(
+                self.flood_watch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
+            drop(
+                self.xdp
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
+        }
     }
 
     /// The XDP program's verdict counters (AF_XDP only): what the kernel dropped, by

@@ -86,7 +86,7 @@ pub(crate) fn open(
             }
             let c = backends[0].capabilities();
             #[cfg(target_os = "linux")]
-            let xdp = if config.xdp_filter && share_port {
+            let xdp = if config.xdp_filter == super::XdpFilter::On && share_port {
                 Some(attach_filter(config, backends[0].local_addr())?)
             } else {
                 None
@@ -116,7 +116,10 @@ pub(crate) fn open(
 /// registered, so STOQ packets pass up to the sockets, and what the program drops (a
 /// server's Initials beyond their prefix's rate, malformed datagrams) never reaches them.
 #[cfg(target_os = "linux")]
-fn attach_filter(config: &EngineConfig, bind: SocketAddr) -> Result<XdpGuard, Unavailable> {
+pub(crate) fn attach_filter(
+    config: &EngineConfig,
+    bind: SocketAddr,
+) -> Result<XdpGuard, Unavailable> {
     use crate::xdp::XdpProgram;
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         Unavailable::Setup(format!("xdp_filter: {what}: {e}"))
