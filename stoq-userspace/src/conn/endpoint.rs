@@ -1,7 +1,7 @@
 //! The endpoint: CID routing, new-connection admission, and stateless answers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,16 +11,21 @@ use rand_core::{RngCore, SeedableRng};
 use stoq_common::cid::{CidError, CidLayout, ConnectionId};
 use stoq_common::classify::{DropReason, PacketKind, classify_payload};
 use stoq_common::maps::ClassifierConfig;
-use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, RETRY_TAG_LEN, Repr, VERSION_1};
+use stoq_common::wire::stoq::MIN_INITIAL_DATAGRAM;
 use zeroize::Zeroizing;
 
 use super::admission::{PrefixTable, SourcePrefix};
 use super::keys::{ClusterKeys, GENERATIONS};
-use super::token::{TokenError, TokenKey, open_token, reset_token, retry_tag};
+use super::token::{TokenError, TokenKey, open_token, reset_token};
 use super::{
     Connection, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit, TransportConfig,
 };
 use crate::handshake::{self, Handshake};
+
+mod schedule;
+mod stateless;
+
+use self::schedule::Schedule;
 
 /// Stateless responses queued at most (Retry, Version Negotiation, reset, refusal); more
 /// are dropped and counted, so a flood cannot grow memory.
@@ -1007,139 +1012,6 @@ impl Endpoint {
         self.incoming.remove(&incoming.dcid);
     }
 
-    /// Queues a stateless response to `to`, sent from `from_ip` when known.
-    fn respond(&mut self, to: SocketAddr, from_ip: Option<IpAddr>, datagram: Vec<u8>) -> bool {
-        if self.responses.len() >= MAX_RESPONSES {
-            self.stats.responses_dropped += 1;
-            return false;
-        }
-        self.responses.push_back((to, from_ip, datagram));
-        true
-    }
-
-    fn send_retry(&mut self, now: Instant, incoming: &Incoming) {
-        let retry_scid = self.new_cid();
-        let now_ms = self.unix_ms(now);
-        let g = self.generation;
-        let Some(key) = self.token_keys[usize::from(g)].as_ref() else {
-            return;
-        };
-        let token = key.seal(&mut self.rng, g, &incoming.remote, &incoming.dcid, now_ms);
-        let repr = Repr::Retry {
-            dcid: incoming.scid,
-            scid: retry_scid,
-            token: &token,
-            tag: [0; RETRY_TAG_LEN],
-        };
-        let mut buf = vec![0u8; repr.buffer_len()];
-        let Ok(n) = repr.emit(&mut buf) else {
-            return;
-        };
-        buf[0] |= (self.rng.next_u32() & 0x0f) as u8;
-        let tag = retry_tag(incoming.dcid.as_bytes(), &buf[..n - RETRY_TAG_LEN]);
-        buf[n - RETRY_TAG_LEN..n].copy_from_slice(&tag);
-        if self.respond(incoming.remote, incoming.local_ip, buf) {
-            self.stats.retries_sent += 1;
-        }
-    }
-
-    fn version_negotiation(
-        &mut self,
-        remote: SocketAddr,
-        data: &[u8],
-        info: &stoq_common::classify::HeaderInfo,
-    ) {
-        let (Ok(dcid), Ok(scid)) = (
-            ConnectionId::from_slice(&data[info.dcid_off..info.dcid_off + info.dcid_len]),
-            ConnectionId::from_slice(&data[info.scid_off..info.scid_off + info.scid_len]),
-        ) else {
-            return;
-        };
-        let versions = VERSION_1.to_be_bytes();
-        let repr = Repr::VersionNegotiation {
-            dcid: scid,
-            scid: dcid,
-            versions: &versions,
-        };
-        let mut buf = vec![0u8; repr.buffer_len()];
-        if repr.emit(&mut buf).is_ok() {
-            buf[0] |= (self.rng.next_u32() & 0x7f) as u8;
-            if self.respond(remote, self.rx_info.local_ip, buf) {
-                self.stats.version_negotiations_sent += 1;
-            }
-        }
-    }
-
-    fn stateless_reset(&mut self, remote: SocketAddr, data: &[u8]) {
-        // Smaller than the trigger (so two endpoints cannot loop), yet long enough to pass
-        // a STOQ classifier using the same CID length.
-        let l = self.config.cid_layout.len();
-        let min = 1 + l + stoq_common::wire::stoq::MIN_PROTECTED_LEN;
-        let len = (data.len() - 1).min(min + 8);
-        if len < min {
-            self.stats.unknown_cid += 1;
-            return;
-        }
-        let Ok(dcid) = ConnectionId::from_slice(&data[1..1 + l]) else {
-            return;
-        };
-        let mut buf = vec![0u8; len];
-        self.rng.fill_bytes(&mut buf[..len - 16]);
-        buf[0] = 0x40 | (buf[0] & 0x3f);
-        // Looks like a CID of this layout to the peer's classifier; random otherwise.
-        buf[1] = self.config.cid_layout.first_octet(buf[1] % 7);
-        buf[len - 16..].copy_from_slice(&reset_token(self.reset_key_for(&dcid), &dcid));
-        if self.respond(remote, self.rx_info.local_ip, buf) {
-            self.stats.resets_sent += 1;
-        }
-    }
-
-    /// [`refuse_raw`](Self::refuse_raw) for a client the endpoint already described.
-    fn refuse_incoming(&mut self, now: Instant, incoming: &Incoming) {
-        self.refuse_raw(
-            now,
-            incoming.remote,
-            incoming.local_ip,
-            incoming.dcid,
-            incoming.scid,
-        );
-    }
-
-    fn refuse_raw(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        dcid: ConnectionId,
-        scid: ConnectionId,
-    ) {
-        let Some(server) = self.server.clone() else {
-            return;
-        };
-        // A throwaway connection with the Initial keys writes the close.
-        let mut s = self.setup(Side::Server, now, remote);
-        s.remote_cid = scid;
-        s.initial_dcid = dcid;
-        s.orig_dcid = dcid;
-        s.validated = true;
-        let params = server.params.clone();
-        let mut c = Connection::new(s, Handshake::server(server, params.clone()), params);
-        c.enter_closing(
-            now,
-            (super::code::CONNECTION_REFUSED, Some(0), Vec::new()),
-            super::ConnectionError::LocallyClosed,
-        );
-        let mut buf = Vec::new();
-        if let Some(t) = c.poll_transmit(now, &mut buf)
-            && {
-                buf.truncate(t.size);
-                self.respond(remote, local_ip, buf)
-            }
-        {
-            self.stats.refused += 1;
-        }
-    }
-
     /// The next datagram to send, written into `buf`: it is `buf[..size]` (see
     /// [`Connection::poll_transmit`]). Connections take turns, one datagram each.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -1379,89 +1251,6 @@ impl Endpoint {
                 self.removed.pop_front();
             }
             self.removed.push_back(h);
-        }
-    }
-}
-
-/// Which connections need the endpoint's attention, so that polling costs what changed
-/// rather than the number of connections: a connection is looked at again when a datagram,
-/// a timer or the application touched it. Timers sit in a min-heap with lazy deletion.
-#[derive(Debug, Default)]
-struct Schedule {
-    touched: Vec<usize>,
-    is_touched: Vec<bool>,
-    sendable: VecDeque<usize>,
-    is_sendable: Vec<bool>,
-    eventful: VecDeque<usize>,
-    is_eventful: Vec<bool>,
-    deadline: Vec<Option<Instant>>,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// Connections whose timers moved by sending, to recompute once before the timers
-    /// are next read.
-    retimed: Vec<usize>,
-    is_retimed: Vec<bool>,
-}
-
-impl Schedule {
-    fn grow(&mut self, n: usize) {
-        self.is_retimed.resize(n, false);
-        self.is_touched.resize(n, false);
-        self.is_sendable.resize(n, false);
-        self.is_eventful.resize(n, false);
-        self.deadline.resize(n, None);
-    }
-
-    fn touch(&mut self, i: usize) {
-        if !self.is_touched[i] {
-            self.is_touched[i] = true;
-            self.touched.push(i);
-        }
-    }
-
-    fn retime(&mut self, i: usize) {
-        if !self.is_retimed[i] {
-            self.is_retimed[i] = true;
-            self.retimed.push(i);
-        }
-    }
-
-    fn mark_sendable(&mut self, i: usize) {
-        if !self.is_sendable[i] {
-            self.is_sendable[i] = true;
-            self.sendable.push_back(i);
-        }
-    }
-
-    fn mark_eventful(&mut self, i: usize) {
-        if !self.is_eventful[i] {
-            self.is_eventful[i] = true;
-            self.eventful.push_back(i);
-        }
-    }
-
-    fn set_deadline(&mut self, i: usize, d: Option<Instant>) {
-        if self.deadline[i] != d {
-            self.deadline[i] = d;
-            if let Some(t) = d {
-                self.timers.push(Reverse((t, i)));
-            }
-        }
-    }
-
-    /// Rebuilds the heap when stale entries outnumber the live ones, keeping it within a
-    /// constant factor of the connection count.
-    fn compact(&mut self, live: usize) {
-        if self.timers.len() > 2 * live + 64 {
-            // Rebuilt in the heap's own allocation: no allocation on the packet path.
-            let mut v = std::mem::take(&mut self.timers).into_vec();
-            v.clear();
-            v.extend(
-                self.deadline
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, d)| d.map(|t| Reverse((t, i)))),
-            );
-            self.timers = BinaryHeap::from(v);
         }
     }
 }
