@@ -89,7 +89,9 @@ pub struct EndpointConfig {
     pub max_handshakes_per_prefix: usize,
     /// How source addresses are grouped into prefixes (IPv4 /24 and IPv6 /64 by default).
     pub source_prefix: SourcePrefix,
-    /// How long a Retry token stays valid.
+    /// How long a Retry token stays valid (30 s by default: as long as a client keeps
+    /// resending an Initial that a full server drops before its idle timeout; a client
+    /// whose token expired is refused, since it cannot follow a second Retry).
     pub token_lifetime: Duration,
     /// Secrets shared by every server of a cluster (stateless-reset and token keys, by
     /// generation): a server restarted, or another one, can reset this one's connections
@@ -126,7 +128,7 @@ impl EndpointConfig {
             retry: RetryPolicy::WhenHandshakingAbove(DEFAULT_RETRY_THRESHOLD),
             max_handshakes_per_prefix: DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
             source_prefix: SourcePrefix::DEFAULT,
-            token_lifetime: Duration::from_secs(10),
+            token_lifetime: Duration::from_secs(30),
             cluster_keys: None,
             rng_seed,
             unix_time_at,
@@ -884,8 +886,11 @@ impl Endpoint {
                 }
                 Err(TokenError::Expired) => {
                     self.stats.expired_token += 1;
-                    // A fresh Retry lets a slow client try again.
-                    self.send_retry(now, &incoming);
+                    // The token came from a Retry of ours, and a client follows one Retry
+                    // per connection (RFC 9000 §17.2.5.2): another would leave it waiting
+                    // out its idle timeout. Refused, it learns at once, with a typed error
+                    // it can act on (connect again).
+                    self.refuse_raw(now, remote, self.rx_info.local_ip, dcid, scid);
                     return None;
                 }
                 Err(_) => {

@@ -177,3 +177,62 @@ fn admission_settings_are_checked() {
         Err(ConfigError::Admission(m)) if m.contains("source_prefix")
     ));
 }
+
+/// A client whose Retry token has expired by the time its Initial gets through is refused
+/// at once (CONNECTION_REFUSED), not sent a second Retry it would ignore while waiting out
+/// its idle timeout.
+#[test]
+fn an_expired_retry_token_is_refused_not_retried() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Always);
+    let (server, _) = configs(Setup::default());
+    p.server = Endpoint::new(
+        EndpointConfig {
+            retry: RetryPolicy::Always,
+            token_lifetime: Duration::from_secs(2),
+            ..endpoint_config(2, 1452, p.start)
+        },
+        Some(Arc::new(server)),
+    )
+    .unwrap();
+    let held = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let h2 = held.clone();
+    // Hold the client's answer to the Retry (its Initials after the first flight).
+    let mut seen_retry = false;
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if !w.to_server && w.data[0] & 0xf0 == 0xf0 {
+            seen_retry = true;
+        } else if w.to_server && seen_retry {
+            h2.borrow_mut().push((w.from, w.data.clone()));
+            return Verdict::Drop;
+        }
+        Verdict::Deliver
+    }));
+    let h = p.connect(client);
+    p.drive_until(Duration::from_millis(100), |p| {
+        p.server.stats().retries_sent >= 1
+    });
+    assert!(p.drive_until(Duration::from_secs(1), |_| !held.borrow().is_empty()));
+    // 3 s later (this server's tokens live 2 s) the held Initial arrives.
+    assert_eq!(
+        EndpointConfig::new().token_lifetime,
+        Duration::from_secs(30)
+    );
+    p.tamper = None;
+    p.now += Duration::from_secs(3);
+    for (from, d) in held.borrow_mut().drain(..) {
+        p.inject(true, from, d);
+    }
+    let retries = p.server.stats().retries_sent;
+    p.drive_until(Duration::from_secs(1), |p| p.lost(false).is_some());
+    let st = p.server.stats();
+    assert!(st.expired_token >= 1, "{st:?}");
+    assert_eq!(st.retries_sent, retries, "no second Retry");
+    assert!(st.refused >= 1, "{st:?}");
+    match p.lost(false) {
+        Some(ConnectionError::PeerClosed { code: c, .. }) => {
+            assert_eq!(c, code::CONNECTION_REFUSED)
+        }
+        other => panic!("expected a refusal, got {other:?} (connection {h:?})"),
+    }
+}
