@@ -1,7 +1,8 @@
 //! The packet classifier shared by the XDP program and userspace.
 //!
-//! [`classify_frame`] walks Ethernet (one optional 802.1Q tag), IPv4 or IPv6, UDP and the
-//! STOQ header, and returns a [`Verdict`]:
+//! [`classify_frame`] walks Ethernet (one optional 802.1Q tag), IPv4 or IPv6 and UDP, then
+//! the STOQ header through the wire layer ([`crate::wire::header`]), and returns a
+//! [`Verdict`]:
 //!
 //! - [`Verdict::Stoq`]: a well-formed STOQ packet, to be steered to an AF_XDP socket;
 //! - [`Verdict::Drop`]: UDP to a STOQ port that cannot be a valid STOQ packet;
@@ -10,14 +11,12 @@
 //! Every read goes through [`Bytes`], so the same code passes the eBPF verifier and never
 //! panics in userspace. The order of the checks is part of the contract (it decides which
 //! counter a malformed packet lands in) and is written down in `docs/wire-format.md`.
-//! [`classify_payload`] is the STOQ-header half, used on UDP payloads that userspace
-//! received through a socket.
+//! The header types and [`classify_payload`] are re-exported here for the code that steers.
 
-use crate::maps::ClassifierConfig;
 use crate::ptr::Bytes;
-use crate::wire::stoq::{
-    LONG_TYPE_HANDSHAKE, LONG_TYPE_INITIAL, LONG_TYPE_RETRY, MIN_INITIAL_DATAGRAM,
-    MIN_PROTECTED_LEN, RETRY_TAG_LEN, VERSION_1, VERSION_NEGOTIATION,
+use crate::wire::header::classify_at;
+pub use crate::wire::header::{
+    ClassifierConfig, DropReason, HeaderInfo, PacketKind, classify_payload,
 };
 use crate::wire::{ethernet, ipv6};
 
@@ -65,132 +64,6 @@ impl PassReason {
             Self::OtherPort => "other_port",
         }
     }
-}
-
-/// Why a datagram to a STOQ port was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum DropReason {
-    /// Shorter than the smallest packet of its form (header + packet-number sample).
-    TooShort = 0,
-    /// The fixed bit (0x40) is clear.
-    FixedBit = 1,
-    /// Long-header type 0b01: STOQ has no 0-RTT packets.
-    UnknownLongType = 2,
-    /// An Initial in a UDP datagram under 1200 bytes (RFC 9000 §14.1).
-    InitialTooSmall = 3,
-    /// A connection ID whose length does not match the configured layout or the limits.
-    CidLength = 4,
-    /// A token or Length field that runs past the datagram.
-    LengthField = 5,
-    /// An unknown version in a datagram under 1200 bytes (RFC 9000 §5.2.2).
-    UnsupportedVersion = 6,
-    /// The UDP length field is smaller than 8 or runs past the IP payload.
-    UdpLength = 7,
-    /// A Version Negotiation packet whose version list is empty or ragged.
-    MalformedVersionNegotiation = 8,
-}
-
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [Self; 9] = [
-        Self::TooShort,
-        Self::FixedBit,
-        Self::UnknownLongType,
-        Self::InitialTooSmall,
-        Self::CidLength,
-        Self::LengthField,
-        Self::UnsupportedVersion,
-        Self::UdpLength,
-        Self::MalformedVersionNegotiation,
-    ];
-
-    /// A short, stable name for logs and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::TooShort => "too_short",
-            Self::FixedBit => "fixed_bit",
-            Self::UnknownLongType => "unknown_long_type",
-            Self::InitialTooSmall => "initial_too_small",
-            Self::CidLength => "cid_length",
-            Self::LengthField => "length_field",
-            Self::UnsupportedVersion => "unsupported_version",
-            Self::UdpLength => "udp_length",
-            Self::MalformedVersionNegotiation => "malformed_version_negotiation",
-        }
-    }
-}
-
-/// What kind of STOQ packet the first packet in the datagram is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum PacketKind {
-    /// Long header, type Initial.
-    Initial = 0,
-    /// Long header, type Handshake.
-    Handshake = 1,
-    /// Long header, type Retry.
-    Retry = 2,
-    /// Short header (1-RTT).
-    Short = 3,
-    /// Version Negotiation (version 0).
-    VersionNegotiation = 4,
-    /// A long header of another version in a datagram of at least 1200 bytes: userspace
-    /// answers it with Version Negotiation.
-    UnknownVersion = 5,
-}
-
-impl PacketKind {
-    /// Every kind, in counter order.
-    pub const ALL: [Self; 6] = [
-        Self::Initial,
-        Self::Handshake,
-        Self::Retry,
-        Self::Short,
-        Self::VersionNegotiation,
-        Self::UnknownVersion,
-    ];
-
-    /// A short, stable name for logs and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Initial => "initial",
-            Self::Handshake => "handshake",
-            Self::Retry => "retry",
-            Self::Short => "short",
-            Self::VersionNegotiation => "version_negotiation",
-            Self::UnknownVersion => "unknown_version",
-        }
-    }
-}
-
-/// Where the parts of a well-formed STOQ header lie, as offsets into the bytes given to
-/// [`classify_payload`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderInfo {
-    /// Packet kind.
-    pub kind: PacketKind,
-    /// Version (0 for short headers, which carry none).
-    pub version: u32,
-    /// Offset of the destination CID.
-    pub dcid_off: usize,
-    /// Length of the destination CID.
-    pub dcid_len: usize,
-    /// Offset of the source CID (long headers; 0 otherwise).
-    pub scid_off: usize,
-    /// Length of the source CID (long headers; 0 otherwise).
-    pub scid_len: usize,
-    /// Offset of the token (Initial and Retry; 0 otherwise).
-    pub token_off: usize,
-    /// Length of the token (Initial and Retry; 0 otherwise).
-    pub token_len: usize,
-    /// Offset of the (protected) packet number for Initial, Handshake and short packets;
-    /// for Version Negotiation the offset of the version list.
-    pub pn_off: usize,
-    /// The Length field (packet number + payload) of Initial and Handshake; 0 otherwise.
-    pub length: u64,
-    /// Worker id from the DCID of a short header, per the configured layout.
-    pub worker: Option<u8>,
 }
 
 /// A steering decision for a well-formed STOQ packet.
@@ -351,166 +224,163 @@ pub fn classify_frame(
     }
 }
 
-/// Classifies a UDP payload (one datagram) on its own, returning where its first header's
-/// parts lie.
-#[inline(always)]
-pub fn classify_payload(payload: &[u8], cfg: &ClassifierConfig) -> Result<HeaderInfo, DropReason> {
-    classify_at(&Bytes::new(payload), 0, payload.len(), cfg)
-}
+#[cfg(test)]
+mod tests {
+    //! Whole frames as bytes, as they arrive at the XDP hook: one IPv4 and one IPv6
+    //! datagram to port 4433 holding a short-header packet, and single-byte edits of them.
+    use super::*;
+    use crate::cid::CidLayout;
 
-/// Reads a varint at `off`, which must end at or before `end`.
-#[inline(always)]
-fn varint_within(b: &Bytes<'_>, off: usize, end: usize) -> Result<(u64, usize), DropReason> {
-    match b.varint_at(off) {
-        Ok((v, n)) if off + n <= end => Ok((v, n)),
-        _ => Err(DropReason::LengthField),
-    }
-}
+    /// Ethernet, IPv4 (DF set), UDP 5000 → 4433, and a 40-byte short-header packet whose
+    /// 12-byte DCID carries worker 7.
+    #[rustfmt::skip]
+    const IPV4: [u8; 82] = [
+        // Ethernet: dst, src, IPv4
+        0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,
+        // IPv4: version/IHL, TOS, total 68, id, DF, TTL 64, UDP, checksum, 10.200.0.1 → .2
+        0x45, 0x00, 0x00, 0x44, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00,
+        10, 200, 0, 1, 10, 200, 0, 2,
+        // UDP: 5000 → 4433, length 48, checksum
+        0x13, 0x88, 0x11, 0x51, 0x00, 0x30, 0x00, 0x00,
+        // STOQ short header: first byte, DCID (length 12, server 0x0001, worker 7, nonce)
+        0x41, 0x0b, 0x00, 0x01, 0x07, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8,
+        // Protected packet number and payload
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee,
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee,
+    ];
 
-/// The STOQ half of the classifier: the header at `p`, in a datagram of `len` bytes.
-#[inline(always)]
-fn classify_at(
-    b: &Bytes<'_>,
-    p: usize,
-    len: usize,
-    cfg: &ClassifierConfig,
-) -> Result<HeaderInfo, DropReason> {
-    let end = p + len;
-    if len == 0 {
-        return Err(DropReason::TooShort);
-    }
-    let first = b.u8_at(p).map_err(|_| DropReason::TooShort)?;
-    let mut h = HeaderInfo {
-        kind: PacketKind::Short,
-        version: 0,
-        dcid_off: p + 1,
-        dcid_len: 0,
-        scid_off: 0,
-        scid_len: 0,
-        token_off: 0,
-        token_len: 0,
-        pn_off: 0,
-        length: 0,
-        worker: None,
-    };
+    /// Offsets into [`IPV4`].
+    const ETHERTYPE: usize = 12;
+    const IP_FLAGS: usize = 20;
+    const IP_PROTO: usize = 23;
+    const UDP_LEN: usize = 38;
+    const PAYLOAD: usize = 42;
 
-    if first & 0x80 == 0 {
-        // Short header: first byte, DCID of the configured length, packet number.
-        if first & 0x40 == 0 {
-            return Err(DropReason::FixedBit);
-        }
-        let cid_len = usize::from(cfg.cid_len);
-        if len < 1 + cid_len + MIN_PROTECTED_LEN {
-            return Err(DropReason::TooShort);
-        }
-        let c0 = b.u8_at(p + 1).map_err(|_| DropReason::TooShort)?;
-        if cid_len == 0 || usize::from(c0 & 0x1f) + 1 != cid_len {
-            return Err(DropReason::CidLength);
-        }
-        let w = b
-            .u8_at(p + 1 + usize::from(cfg.worker_offset))
-            .map_err(|_| DropReason::TooShort)?;
-        h.dcid_len = cid_len;
-        h.pn_off = p + 1 + cid_len;
-        h.worker = Some(w);
-        return Ok(h);
+    fn cfg() -> ClassifierConfig {
+        ClassifierConfig::new(&CidLayout::DEFAULT)
     }
 
-    // Long header invariants: first byte, version, DCID length + DCID, SCID length + SCID.
-    if len < 7 {
-        return Err(DropReason::TooShort);
+    fn classify(frame: &[u8]) -> Verdict {
+        classify_frame(Bytes::new(frame), &cfg(), |p| p == 4433)
     }
-    let version = b.u32_at(p + 1).map_err(|_| DropReason::TooShort)?;
-    h.version = version;
-    let dcid_len = usize::from(b.u8_at(p + 5).map_err(|_| DropReason::TooShort)?);
-    if dcid_len > crate::cid::MAX_CID_LEN {
-        return Err(DropReason::CidLength);
-    }
-    if p + 6 + dcid_len + 1 > end {
-        return Err(DropReason::TooShort);
-    }
-    let scid_len = usize::from(
-        b.u8_at(p + 6 + dcid_len)
-            .map_err(|_| DropReason::TooShort)?,
-    );
-    if scid_len > crate::cid::MAX_CID_LEN {
-        return Err(DropReason::CidLength);
-    }
-    let mut off = p + 7 + dcid_len + scid_len;
-    if off > end {
-        return Err(DropReason::TooShort);
-    }
-    h.dcid_len = dcid_len;
-    h.dcid_off = p + 6;
-    h.scid_off = p + 7 + dcid_len;
-    h.scid_len = scid_len;
 
-    if version == VERSION_NEGOTIATION {
-        let rest = end - off;
-        if rest == 0 || !rest.is_multiple_of(4) {
-            return Err(DropReason::MalformedVersionNegotiation);
-        }
-        h.kind = PacketKind::VersionNegotiation;
-        h.pn_off = off;
-        return Ok(h);
+    /// The IPv6 frame: [`IPV4`]'s UDP datagram behind a 40-byte IPv6 header.
+    fn ipv6(next_header: u8) -> [u8; 102] {
+        let mut f = [0u8; 102];
+        f[..14].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd]);
+        #[rustfmt::skip]
+        f[14..54].copy_from_slice(&[
+            0x60, 0, 0, 0, 0x00, 0x30, next_header, 64,
+            0xfd, 0x00, 0x57, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            0xfd, 0x00, 0x57, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+        ]);
+        f[54..].copy_from_slice(&IPV4[34..]);
+        f
     }
-    if version != VERSION_1 {
-        if len < MIN_INITIAL_DATAGRAM {
-            return Err(DropReason::UnsupportedVersion);
-        }
-        h.kind = PacketKind::UnknownVersion;
-        return Ok(h);
+
+    #[test]
+    fn a_short_header_packet_is_steered_to_its_worker() {
+        let want = Steer {
+            kind: PacketKind::Short,
+            worker: Some(7),
+            ip_off: 14,
+            ipv6: false,
+            payload_off: PAYLOAD,
+            payload_len: 40,
+        };
+        assert_eq!(classify(&IPV4), Verdict::Stoq(want));
+        let v6 = ipv6(17);
+        assert_eq!(
+            classify(&v6),
+            Verdict::Stoq(Steer {
+                ipv6: true,
+                payload_off: 14 + 40 + 8,
+                ..want
+            })
+        );
     }
-    if first & 0x40 == 0 {
-        return Err(DropReason::FixedBit);
+
+    #[test]
+    fn one_vlan_tag_is_skipped() {
+        let mut f = [0u8; 86];
+        f[..ETHERTYPE].copy_from_slice(&IPV4[..ETHERTYPE]);
+        f[ETHERTYPE..ETHERTYPE + 4].copy_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        f[ETHERTYPE + 4..].copy_from_slice(&IPV4[ETHERTYPE..]);
+        let Verdict::Stoq(s) = classify(&f) else {
+            panic!("{:?}", classify(&f));
+        };
+        assert_eq!(
+            (s.ip_off, s.payload_off, s.worker),
+            (18, PAYLOAD + 4, Some(7))
+        );
     }
-    let ty = (first >> 4) & 0x03;
-    if ty == LONG_TYPE_RETRY {
-        if dcid_len != usize::from(cfg.cid_len) {
-            return Err(DropReason::CidLength);
-        }
-        // A non-empty token followed by the 16-byte integrity tag.
-        if end < off + RETRY_TAG_LEN + 1 {
-            return Err(DropReason::TooShort);
-        }
-        h.kind = PacketKind::Retry;
-        h.token_off = off;
-        h.token_len = end - off - RETRY_TAG_LEN;
-        return Ok(h);
+
+    #[test]
+    fn what_is_not_stoq_passes_to_the_kernel_with_its_reason() {
+        let edit = |at: usize, v: u8| {
+            let mut f = IPV4;
+            f[at] = v;
+            classify(&f)
+        };
+        assert_eq!(edit(ETHERTYPE + 1, 0x06), Verdict::Pass(PassReason::NotIp));
+        assert_eq!(
+            edit(17, 0x10),
+            Verdict::Pass(PassReason::BadIpHeader),
+            "total < IHL"
+        );
+        assert_eq!(
+            edit(17, 0xff),
+            Verdict::Pass(PassReason::Truncated),
+            "total > frame"
+        );
+        assert_eq!(edit(14, 0x55), Verdict::Pass(PassReason::BadIpHeader));
+        assert_eq!(
+            edit(IP_FLAGS, 0x20),
+            Verdict::Pass(PassReason::Fragment),
+            "MF"
+        );
+        assert_eq!(
+            edit(IP_FLAGS + 1, 0x01),
+            Verdict::Pass(PassReason::Fragment),
+            "offset"
+        );
+        assert_eq!(edit(IP_PROTO, 6), Verdict::Pass(PassReason::NotUdp));
+        assert_eq!(edit(37, 0x52), Verdict::Pass(PassReason::OtherPort));
+        assert_eq!(classify(&IPV4[..40]), Verdict::Pass(PassReason::Truncated));
+        assert_eq!(classify(&ipv6(44)), Verdict::Pass(PassReason::Fragment));
+        assert_eq!(classify(&ipv6(0)), Verdict::Pass(PassReason::Ipv6Extension));
+        assert_eq!(classify(&ipv6(6)), Verdict::Pass(PassReason::NotUdp));
     }
-    if ty == LONG_TYPE_INITIAL {
-        if len < MIN_INITIAL_DATAGRAM {
-            return Err(DropReason::InitialTooSmall);
-        }
-        if dcid_len < crate::cid::MIN_CID_LEN {
-            return Err(DropReason::CidLength);
-        }
-        let (token_len, n) = varint_within(b, off, end)?;
-        off += n;
-        if token_len > (end - off) as u64 {
-            return Err(DropReason::LengthField);
-        }
-        h.kind = PacketKind::Initial;
-        h.token_off = off;
-        h.token_len = token_len as usize;
-        off += token_len as usize;
-    } else if ty == LONG_TYPE_HANDSHAKE {
-        if dcid_len != usize::from(cfg.cid_len) {
-            return Err(DropReason::CidLength);
-        }
-        h.kind = PacketKind::Handshake;
-    } else {
-        return Err(DropReason::UnknownLongType);
+
+    #[test]
+    fn a_malformed_datagram_to_a_stoq_port_is_dropped_with_its_reason() {
+        let mut f = IPV4;
+        f[UDP_LEN + 1] = 0x04;
+        assert_eq!(
+            classify(&f),
+            Verdict::Drop(DropReason::UdpLength),
+            "UDP length 4"
+        );
+        let mut f = IPV4;
+        f[UDP_LEN + 1] = 0x31;
+        assert_eq!(
+            classify(&f),
+            Verdict::Drop(DropReason::UdpLength),
+            "past the IP end"
+        );
+        let mut f = IPV4;
+        f[PAYLOAD] = 0x01;
+        assert_eq!(classify(&f), Verdict::Drop(DropReason::FixedBit));
+        let mut f = IPV4;
+        f[PAYLOAD + 1] = 0x07;
+        assert_eq!(classify(&f), Verdict::Drop(DropReason::CidLength));
+        // A long-header Initial in a 40-byte datagram.
+        let mut f = IPV4;
+        f[PAYLOAD..PAYLOAD + 6].copy_from_slice(&[0xc0, 0x53, 0x54, 0x4f, 0x01, 0x08]);
+        f[PAYLOAD + 14] = 0;
+        assert_eq!(classify(&f), Verdict::Drop(DropReason::InitialTooSmall));
+        // The same bytes with an unknown version.
+        f[PAYLOAD + 4] = 0x02;
+        assert_eq!(classify(&f), Verdict::Drop(DropReason::UnsupportedVersion));
     }
-    let (length, n) = varint_within(b, off, end)?;
-    off += n;
-    if length > (end - off) as u64 {
-        return Err(DropReason::LengthField);
-    }
-    if length < MIN_PROTECTED_LEN as u64 {
-        return Err(DropReason::TooShort);
-    }
-    h.length = length;
-    h.pn_off = off;
-    Ok(h)
 }

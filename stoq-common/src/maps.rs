@@ -3,7 +3,9 @@
 //! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, so that the
 //! kernel's map values and userspace's view of them agree byte for byte.
 
-use crate::classify::{DropReason, PacketKind, PassReason, Verdict};
+use crate::classify::{PassReason, Verdict};
+pub use crate::wire::header::ClassifierConfig;
+use crate::wire::header::{DropReason, PacketKind};
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "stoq_xdp";
@@ -103,55 +105,6 @@ impl Default for PortSet {
 impl core::fmt::Debug for PortSet {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_set().entries(self.iter()).finish()
-    }
-}
-
-/// Classifier settings written by userspace before the program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[repr(C)]
-pub struct ClassifierConfig {
-    /// Length of every CID this endpoint issues (the short-header DCID length).
-    pub cid_len: u8,
-    /// Offset of the worker id inside the CID.
-    pub worker_offset: u8,
-    /// Reserved, zero. Keeps the struct free of implicit padding.
-    pub reserved: [u8; 6],
-}
-
-impl ClassifierConfig {
-    /// The 8 bytes of the map value, as userspace writes them (a `u64` in native byte
-    /// order, so no `unsafe impl Pod` is needed for this type).
-    pub const fn to_u64(&self) -> u64 {
-        let r = self.reserved;
-        u64::from_ne_bytes([
-            self.cid_len,
-            self.worker_offset,
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-        ])
-    }
-
-    /// The inverse of [`to_u64`](Self::to_u64).
-    pub const fn from_u64(v: u64) -> Self {
-        let b = v.to_ne_bytes();
-        Self {
-            cid_len: b[0],
-            worker_offset: b[1],
-            reserved: [b[2], b[3], b[4], b[5], b[6], b[7]],
-        }
-    }
-
-    /// The configuration for a CID layout.
-    pub const fn new(layout: &crate::cid::CidLayout) -> Self {
-        Self {
-            cid_len: layout.len() as u8,
-            worker_offset: layout.worker_offset() as u8,
-            reserved: [0; 6],
-        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod crypto;
 pub mod engine;
 pub mod frame;
 pub mod handshake;
+mod host;
 pub mod io;
 mod os;
 #[cfg(any(test, feature = "sim"))]

@@ -5,6 +5,7 @@
 //! cargo xtask test                  build-ebpf, then the whole test suite
 //! cargo xtask demo [ARGS]           build-ebpf, then `stoq demo`: the README's main job
 //! cargo xtask selfcheck             build-ebpf, then the XDP self-check
+//! cargo xtask layers              the module graph: no import cycle, no upward import
 //! cargo xtask sim [--seeds N]       the transport simulator's property test over N seeds
 //! cargo xtask soak [--minutes N]    mixed load on a veth pair for N minutes (root), bounded
 //! cargo xtask fuzz [--seconds N] [--jobs J]  every fuzz target for N seconds (default 30),
@@ -16,6 +17,7 @@
 //! Only `std` is used, so the tool compiles in seconds on a fresh machine.
 
 mod ebpf;
+mod layers;
 mod util;
 
 use std::process::ExitCode;
@@ -30,6 +32,7 @@ fn usage() -> ExitCode {
          test                build-ebpf, then run every test (privileged ones need root)\n  \
          demo [ARGS]         build-ebpf, then an end-to-end encrypted transfer (`stoq demo ARGS`)\n  \
          selfcheck           build-ebpf, then run the XDP path self-check\n  \
+         layers              check the module graph: no import cycle, no upward import\n  \
          sim [--seeds N] [--first F] [--seed S]\n                      \
          the simulator property test (default 1,000 seeds; --seed replays one)\n  \
          soak [--minutes N] [--backend B]\n                      \
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         "sim" => sim(rest),
         "soak" => soak(rest),
         "bench" => bench(rest),
+        "layers" => layers::check(&util::root()),
         "-h" | "--help" | "help" => return usage(),
         other => {
             eprintln!("unknown command `{other}`");
@@ -98,6 +102,8 @@ fn test(extra: &[String]) -> Result<(), Fail> {
                 .into(),
         ));
     }
+    // The module graph first: it takes a second and names a layering mistake plainly.
+    layers::check(&util::root())?;
     let built = ebpf_or_reason()?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(extra);

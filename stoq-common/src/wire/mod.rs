@@ -6,6 +6,7 @@
 
 pub mod checksum;
 pub mod ethernet;
+pub mod header;
 pub mod ipv4;
 pub mod ipv6;
 pub mod stoq;

@@ -7,9 +7,8 @@
 //! authoritative description.
 
 use crate::cid::ConnectionId;
-use crate::classify::{DropReason, HeaderInfo, PacketKind, classify_payload};
-use crate::maps::ClassifierConfig;
 use crate::varint::VarInt;
+use crate::wire::header::{ClassifierConfig, DropReason, HeaderInfo, PacketKind, classify_payload};
 
 /// STOQ version 1 ("STO" 0x01).
 pub const VERSION_1: u32 = 0x5354_4f01;

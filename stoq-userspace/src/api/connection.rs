@@ -9,12 +9,12 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::remote::{discard, on_worker};
-use super::state::{ConnShared, Slot};
 use super::stream::{RecvStream, SendStream};
 use super::{PathEvent, SendError, ServeError};
 use crate::conn::{
     self, ConnectionError, ConnectionStats, Dir, OpenError, SendDatagramError, StreamId, Urgency,
 };
+use crate::engine::app::{ConnShared, Slot};
 use crate::engine::home::Worker;
 
 /// A connection. Clones share it; it closes when [`close`](Self::close) is called, the

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::state::{ConnShared, ServeFn};
 use super::{ConnectError, Connection, Incoming, IncomingError, ServeError};
 use crate::conn;
+use crate::engine::app::{ConnShared, ServeFn};
 use crate::engine::home::{State, Worker};
 use crate::engine::{Engine, EngineConfig, EngineError, EngineInfo, Placement, WorkerStats};
 use crate::handshake::{ClientConfig, ServerConfig};
@@ -279,7 +279,7 @@ impl Endpoint {
             let mut open = 0;
             for w in &self.engine.workers {
                 match w.api.poll_pop(cx.waker()) {
-                    Ok(Some(c)) => return Poll::Ready(Some(c)),
+                    Ok(Some(c)) => return Poll::Ready(Some(Connection::from_shared(c))),
                     Ok(None) => open += 1,
                     Err(()) => {}
                 }
@@ -364,7 +364,7 @@ impl Endpoint {
         if self.engine.workers.iter().any(|w| w.is_locked()) {
             return Err(ServeError::OnCallerRuntime);
         }
-        let f: ServeFn = Arc::new(move |c| Box::pin(f(c)));
+        let f: ServeFn = Arc::new(move |c| Box::pin(f(Connection::from_shared(c))));
         for w in &self.engine.workers {
             let f = f.clone();
             let posted = w.post(Box::new(move |w: &Arc<Worker>| {

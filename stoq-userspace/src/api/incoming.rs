@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Connection;
-use super::state::ConnShared;
 use crate::conn::{self, ConnectionError};
+use crate::engine::app::ConnShared;
 use crate::engine::home::{State, Worker};
 
 /// A new client whose first Initial passed the endpoint's admission policy (it

@@ -47,7 +47,6 @@ mod connection;
 mod endpoint;
 mod incoming;
 pub(crate) mod remote;
-pub(crate) mod state;
 mod stream;
 
 use std::io;
@@ -57,19 +56,7 @@ pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
-
-/// Something that happened to a connection's path, for [`Connection::path_event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PathEvent {
-    /// The largest DATAGRAM that can be sent changed (the path MTU moved: discovery
-    /// found more room, a black hole made it drop to the base, or the peer moved).
-    DatagramSizeChanged(usize),
-    /// The peer moved to this address, now validated (NAT rebinding or migration).
-    Migrated(std::net::SocketAddr),
-    /// The 1-RTT keys were updated (by either side).
-    KeysUpdated,
-}
+pub use crate::engine::app::PathEvent;
 
 /// Why a connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -154,7 +154,7 @@ impl Engine {
                     "QUIC-LB encrypted CIDs: kernel steering off, workers hand datagrams over"
                 );
             } else {
-                super::steer::kernel::attach(&backends, &config.endpoint.cid_layout)
+                crate::os::cbpf::attach(backends[0].socket_fd(), &config.endpoint.cid_layout)
                     .map_err(EngineError::Os)?;
             }
         }
@@ -177,7 +177,7 @@ impl Engine {
             ecfg.rng_seed[31] ^= i as u8;
             let state = State {
                 endpoint: Endpoint::new(ecfg, server.clone())?,
-                api: crate::api::state::ApiState::new(),
+                api: super::app::ApiState::new(),
                 handler: config.handler.as_ref().map(|f| f.build(i as u8)),
                 stats: WorkerStats {
                     worker: i as u8,
@@ -261,7 +261,7 @@ impl Engine {
                         .name(format!("stoq-worker-{i}"))
                         .spawn(move || {
                             if let Some(cpu) = pin {
-                                pin_to_core(cpu);
+                                crate::os::cpu::pin_to_core(cpu);
                             }
                             worker.make_home(state);
                             super::home::register_own_jobs(&worker, &inbox.jobs);
@@ -397,34 +397,4 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Pins the calling thread to core `i` modulo the cores it may use (best effort).
-fn pin_to_core(i: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
-        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: pid 0 is this thread; the size matches the set.
-        if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut allowed) }
-            != 0
-        {
-            return;
-        }
-        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: `c` is below CPU_SETSIZE.
-            .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
-            .collect();
-        if cores.is_empty() {
-            return;
-        }
-        // SAFETY: as above.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the core number comes from the allowed set, below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cores[i % cores.len()], &mut set) };
-        // SAFETY: pid 0 is this thread; the size matches the set.
-        let _ = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = i;
 }

@@ -39,7 +39,7 @@ pub(crate) struct State {
     /// The protocol endpoint: this worker's connections.
     pub(crate) endpoint: Endpoint,
     /// The async API's bookkeeping: tasks waiting on connections, served connections.
-    pub(crate) api: crate::api::state::ApiState,
+    pub(crate) api: super::app::ApiState,
     /// Application logic run on the worker for every event.
     pub(crate) handler: Option<Box<dyn Handler>>,
     /// Counters.
@@ -112,7 +112,7 @@ pub(crate) struct Worker {
     /// handoff reuses one instead of allocating (a lock-free bounded queue).
     pub(crate) spare: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     /// The cross-thread half of the async API: the accept queue.
-    pub(crate) api: crate::api::state::SharedApi,
+    pub(crate) api: super::app::SharedApi,
     /// Counters of the cross-thread paths.
     pub(crate) crossings: Crossings,
     /// The loop ended (stopped, or its backend failed).
@@ -182,7 +182,7 @@ impl Worker {
             dirty: AtomicBool::new(false),
             handoff,
             spare: crossbeam_channel::bounded(SPARE_BUFFERS),
-            api: crate::api::state::SharedApi::new(max_accept),
+            api: super::app::SharedApi::new(max_accept),
             crossings: Crossings::default(),
             stopped: AtomicBool::new(false),
             load: AtomicUsize::new(0),

@@ -37,6 +37,7 @@
 //! worker (an address change under SO_REUSEPORT hashing) is handed to the owner named in
 //! its connection ID over a queue, and counted.
 
+pub(crate) mod app;
 mod control;
 #[cfg(target_os = "linux")]
 mod flood;

@@ -16,8 +16,6 @@
 #[cfg(target_os = "linux")]
 pub mod afxdp;
 #[cfg(target_os = "linux")]
-pub(crate) mod mmap;
-#[cfg(target_os = "linux")]
 pub(crate) mod netlink;
 pub mod select;
 #[cfg(all(target_os = "linux", any(test, feature = "sim")))]

@@ -22,10 +22,10 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::mmap::Mmap;
 use super::udp::sys::{Control, prepare_send};
 use super::udp::{BATCH, UdpBackend, UdpConfig};
 use super::{Backend, BackendKind, BackendStats, Capabilities, RxBatch, RxMeta, TxBatch};
+use crate::os::mmap::Mmap;
 
 /// Settings of the io_uring backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::if_xdp;
-use crate::io::mmap::Mmap;
+use crate::os::mmap::Mmap;
 
 /// One mmapped ring: producer, consumer, flags and descriptors of type `T`.
 #[derive(Debug)]

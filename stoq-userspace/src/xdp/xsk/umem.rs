@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::io::mmap::Mmap;
+use crate::os::mmap::Mmap;
 
 /// The packet memory shared with the kernel.
 #[derive(Debug)]

@@ -1,6 +1,5 @@
-//! What the sans-IO core is given from the operating system, read here and never under
-//! `conn/`: a random seed, the wall clock, and the machine's memory size
-//! ([`EndpointConfig::new`]). The core takes them as inputs
+//! What the sans-IO core is given from the host, read here and never under `conn/`: a
+//! random seed, the wall clock, and the machine's memory size ([`EndpointConfig::new`]). The core takes them as inputs
 //! ([`EndpointConfig::with_inputs`]), so a simulation replays exactly; a unit test
 //! (`core_reads_no_clock_or_randomness`) keeps `Instant::now`, `SystemTime::now`, OS
 //! randomness and `unsafe` out of `conn/`.
@@ -20,22 +19,12 @@ impl EndpointConfig {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Self::with_inputs(seed, (Instant::now(), unix), half_of_physical_memory())
+        Self::with_inputs(
+            seed,
+            (Instant::now(), unix),
+            crate::os::memory::half_of_physical_memory(),
+        )
     }
-}
-
-/// Half the machine's RAM (Linux `sysinfo`), or 1 GiB where it cannot be read.
-fn half_of_physical_memory() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: sysinfo only writes the struct we pass; it is plain old data.
-        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-        // SAFETY: `si` is a valid, writable sysinfo struct for the call's duration.
-        if unsafe { libc::sysinfo(&mut si) } == 0 {
-            return (si.totalram as u64).saturating_mul(u64::from(si.mem_unit)) / 2;
-        }
-    }
-    1 << 30
 }
 
 #[cfg(test)]

@@ -14,14 +14,26 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::Instant;
 
-use super::Connection;
 use crate::conn::{ConnectionError, ConnectionHandle, Dir, Endpoint, Event, StreamId};
 use crate::engine::home::Worker;
 use crate::wire::cid::ConnectionId;
 
+/// Something that happened to a connection's path, for [`Connection::path_event`](crate::api::Connection::path_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathEvent {
+    /// The largest DATAGRAM that can be sent changed (the path MTU moved: discovery
+    /// found more room, a black hole made it drop to the base, or the peer moved).
+    DatagramSizeChanged(usize),
+    /// The peer moved to this address, now validated (NAT rebinding or migration).
+    Migrated(std::net::SocketAddr),
+    /// The 1-RTT keys were updated (by either side).
+    KeysUpdated,
+}
+
 /// What [`crate::Endpoint::serve`] runs for each connection, on its worker.
 pub(crate) type ServeFn =
-    Arc<dyn Fn(Connection) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+    Arc<dyn Fn(Arc<ConnShared>) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
 /// What the handles of one connection share (with each other and with its worker).
 #[derive(Debug)]
@@ -105,7 +117,7 @@ pub(crate) struct Stash {
     pub(crate) datagrams: VecDeque<Vec<u8>>,
 }
 
-/// Path events kept for [`Connection::path_event`](super::Connection::path_event) until
+/// Path events kept for [`Connection::path_event`](crate::api::Connection::path_event) until
 /// read; beyond that the oldest are dropped: the newest say where the path stands.
 pub(crate) const MAX_PATH_EVENTS: usize = 64;
 
@@ -123,12 +135,12 @@ pub(crate) struct Slot {
     pub(crate) messages: HashMap<StreamId, Option<bool>>,
     pub(crate) stash: Stash,
     /// Path events not yet read, oldest first.
-    pub(crate) path_events: VecDeque<super::PathEvent>,
+    pub(crate) path_events: VecDeque<PathEvent>,
 }
 
 impl Slot {
     /// Keeps a path event for the application, dropping the oldest beyond the bound.
-    fn push_path_event(&mut self, e: super::PathEvent) -> bool {
+    fn push_path_event(&mut self, e: PathEvent) -> bool {
         if self.path_events.len() >= MAX_PATH_EVENTS {
             self.path_events.pop_front();
         }
@@ -278,7 +290,7 @@ impl ApiState {
                     .store(max.map_or(0, |m| m + 1), Ordering::Relaxed);
                 let mut woke = wake(w.connect.take());
                 if slot.server_side && !handled {
-                    let conn = Connection::from_shared(slot.shared.clone());
+                    let conn = slot.shared.clone();
                     if let Some(serve) = &self.serve {
                         spawn_served(serve.clone(), conn);
                         woke = true;
@@ -309,10 +321,10 @@ impl ApiState {
             Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {
                 slot.shared.max_datagram.store(size + 1, Ordering::Relaxed);
-                slot.push_path_event(super::PathEvent::DatagramSizeChanged(*size))
+                slot.push_path_event(PathEvent::DatagramSizeChanged(*size))
             }
-            Event::PathMigrated(to) => slot.push_path_event(super::PathEvent::Migrated(*to)),
-            Event::KeyUpdated => slot.push_path_event(super::PathEvent::KeysUpdated),
+            Event::PathMigrated(to) => slot.push_path_event(PathEvent::Migrated(*to)),
+            Event::KeyUpdated => slot.push_path_event(PathEvent::KeysUpdated),
             Event::MessageDelivered(id) | Event::MessageAbandoned(id) => {
                 let delivered = matches!(e, Event::MessageDelivered(_));
                 match slot.messages.get_mut(id) {
@@ -372,7 +384,7 @@ impl ApiState {
 
 /// Starts `serve(conn)` as a task on this worker. The function is called inside the task,
 /// so anything it does at once runs outside the loop's borrow of the state.
-fn spawn_served(serve: ServeFn, conn: Connection) {
+fn spawn_served(serve: ServeFn, conn: Arc<ConnShared>) {
     tokio::task::spawn_local(async move { serve(conn).await });
 }
 
@@ -390,7 +402,7 @@ pub(crate) struct SharedApi {
 
 #[derive(Debug, Default)]
 struct AcceptQueue {
-    conns: VecDeque<Connection>,
+    conns: VecDeque<Arc<ConnShared>>,
     waker: Option<Waker>,
     /// New clients waiting for the application's decision (application admission).
     incoming: VecDeque<crate::conn::Incoming>,
@@ -463,7 +475,7 @@ impl SharedApi {
     }
 
     /// Queues a connection for `accept`; false if the queue is full.
-    fn push(&self, c: Connection) -> bool {
+    fn push(&self, c: Arc<ConnShared>) -> bool {
         let mut q = self.lock();
         if q.conns.len() >= self.max {
             return false;
@@ -479,7 +491,7 @@ impl SharedApi {
     }
 
     /// The next connection waiting.
-    pub(crate) fn pop(&self) -> Option<Connection> {
+    pub(crate) fn pop(&self) -> Option<Arc<ConnShared>> {
         let mut q = self.lock();
         let c = q.conns.pop_front();
         self.queued.store(q.conns.len(), Ordering::Relaxed);
@@ -488,7 +500,7 @@ impl SharedApi {
 
     /// The next connection waiting; else, unless the queue is closed, registers `waker`.
     /// `Err(())` once closed and empty.
-    pub(crate) fn poll_pop(&self, waker: &Waker) -> Result<Option<Connection>, ()> {
+    pub(crate) fn poll_pop(&self, waker: &Waker) -> Result<Option<Arc<ConnShared>>, ()> {
         let mut q = self.lock();
         if let Some(c) = q.conns.pop_front() {
             self.queued.store(q.conns.len(), Ordering::Relaxed);
