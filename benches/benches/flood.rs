@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
-use stoq::conn::{DatagramEvent, Endpoint, EndpointConfig};
+use stoq::conn::{DatagramEvent, DatagramInfo, Endpoint, EndpointConfig};
 
 /// A server endpoint already under load: 64 half-open handshakes (its default Retry
 /// threshold).
@@ -35,7 +35,9 @@ fn loaded_server(now: Instant) -> (Endpoint, Vec<Vec<u8>>) {
     }
     for (i, d) in flights.drain(..64).enumerate() {
         let mut d = d;
-        if let Some(DatagramEvent::Incoming(inc)) = server.handle_datagram(now, src(i), &mut d) {
+        if let Some(DatagramEvent::Incoming(inc)) =
+            server.handle_datagram(now, src(i), DatagramInfo::default(), &mut d)
+        {
             server.accept(inc, now).expect("accept");
         }
     }
@@ -61,7 +63,12 @@ fn bench(c: &mut Criterion) {
             let f = &flights[i % flights.len()];
             i += 1;
             d[..f.len()].copy_from_slice(f);
-            let ev = server.handle_datagram(now, src(1000 + i), &mut d[..f.len()]);
+            let ev = server.handle_datagram(
+                now,
+                src(1000 + i),
+                DatagramInfo::default(),
+                &mut d[..f.len()],
+            );
             black_box(ev.is_none());
             while let Some(t) = server.poll_transmit(now, &mut buf) {
                 black_box(t.size);
@@ -96,7 +103,7 @@ fn bench(c: &mut Criterion) {
             d[..1200].copy_from_slice(&garbage);
             black_box(
                 server
-                    .handle_datagram(now, src(7), &mut d[..1200])
+                    .handle_datagram(now, src(7), DatagramInfo::default(), &mut d[..1200])
                     .is_none(),
             );
             while let Some(t) = server.poll_transmit(now, &mut buf) {

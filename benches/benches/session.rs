@@ -30,7 +30,7 @@ use fn_dsa::{
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use ml_kem::{KemCore, MlKem768};
 use rand_core::OsRng;
-use stoq::conn::{DatagramEvent, Endpoint, EndpointConfig, Event};
+use stoq::conn::{DatagramEvent, DatagramInfo, Endpoint, EndpointConfig, Event};
 use stoq::crypto::{CipherSuite, HeaderKey, PacketKey, TAG_LEN, protect_packet};
 use stoq::handshake::{ClientConfig, ServerConfig};
 
@@ -64,7 +64,9 @@ fn handshake_split(
         tc += t.elapsed();
         let t = Instant::now();
         for mut d in to_server.drain(..) {
-            if let Some(DatagramEvent::Incoming(i)) = server.handle_datagram(now, c_addr, &mut d) {
+            if let Some(DatagramEvent::Incoming(i)) =
+                server.handle_datagram(now, c_addr, DatagramInfo::default(), &mut d)
+            {
                 server.accept(i, now).expect("accept");
             }
         }
@@ -77,7 +79,7 @@ fn handshake_split(
         ts += t.elapsed();
         let t = Instant::now();
         for mut d in to_client.drain(..) {
-            client.handle_datagram(now, s_addr, &mut d);
+            client.handle_datagram(now, s_addr, DatagramInfo::default(), &mut d);
         }
         while let Some((_, e)) = client.poll_event() {
             c_done |= e == Event::Connected;

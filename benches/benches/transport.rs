@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use stoq::conn::cc::{AckEvent, Bbr, Controller, ControllerFactory, LossEvent};
 use stoq::conn::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, StreamId, TransportConfig,
+    ConnectionHandle, DatagramEvent, DatagramInfo, Dir, Endpoint, EndpointConfig, StreamId,
+    TransportConfig,
 };
 use stoq::crypto::CipherSuite;
 
@@ -161,13 +162,15 @@ fn pair() -> Pair {
     for _ in 0..50 {
         while let Some(t) = client.poll_transmit(now, &mut buf) {
             let mut d = buf[..t.size].to_vec();
-            if let Some(DatagramEvent::Incoming(i)) = server.handle_datagram(now, c_addr, &mut d) {
+            if let Some(DatagramEvent::Incoming(i)) =
+                server.handle_datagram(now, c_addr, DatagramInfo::default(), &mut d)
+            {
                 sh = Some(server.accept(i, now).expect("accept"));
             }
         }
         while let Some(t) = server.poll_transmit(now, &mut buf) {
             let mut d = buf[..t.size].to_vec();
-            client.handle_datagram(now, s_addr, &mut d);
+            client.handle_datagram(now, s_addr, DatagramInfo::default(), &mut d);
         }
         while client.poll_event().is_some() {}
         while server.poll_event().is_some() {}
@@ -243,7 +246,8 @@ impl Pair {
     fn receive(&mut self, real: Instant, wire: &mut Frames, acks: &mut Frames) {
         let now = self.at(real);
         for d in wire.iter_mut() {
-            self.server.handle_datagram(now, self.c_addr, d);
+            self.server
+                .handle_datagram(now, self.c_addr, DatagramInfo::default(), d);
         }
         let s = self.server.connection_mut(self.sh).expect("conn");
         while s.accept_stream(Dir::Uni).is_some() {}
@@ -259,7 +263,8 @@ impl Pair {
     fn take_acks(&mut self, real: Instant, acks: &mut Frames) {
         let now = self.at(real);
         for d in acks.iter_mut() {
-            self.client.handle_datagram(now, self.s_addr, d);
+            self.client
+                .handle_datagram(now, self.s_addr, DatagramInfo::default(), d);
         }
         while self.client.poll_event().is_some() {}
     }
@@ -329,7 +334,8 @@ fn ack_1000(p: &mut Pair) -> Duration {
     assert!(sent >= 1000, "{sent} packets in flight");
     let now = p.now();
     for d in wire.iter_mut() {
-        p.server.handle_datagram(now, p.c_addr, d);
+        p.server
+            .handle_datagram(now, p.c_addr, DatagramInfo::default(), d);
     }
     let s = p.server.connection_mut(p.sh).expect("conn");
     while let Ok(Some(_)) = s.read(p.stream, &mut p.out) {}
@@ -338,7 +344,8 @@ fn ack_1000(p: &mut Pair) -> Duration {
     }
     let t = Instant::now();
     for d in acks.iter_mut() {
-        p.client.handle_datagram(now, p.s_addr, d);
+        p.client
+            .handle_datagram(now, p.s_addr, DatagramInfo::default(), d);
     }
     let el = t.elapsed();
     while p.client.poll_event().is_some() {}

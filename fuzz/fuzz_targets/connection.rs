@@ -65,7 +65,7 @@ impl Pair {
         for d in self.sent.clone() {
             let mut d = d;
             self.server
-                .handle_datagram_info(now, self.client_addr, arrival(EcnCodepoint::NotEct), &mut d);
+                .handle_datagram(now, self.client_addr, arrival(EcnCodepoint::NotEct), &mut d);
         }
         self.check_server_datagrams();
     }
@@ -83,7 +83,7 @@ impl Pair {
                 // frames meet a path whose marks are being checked.
                 if let Some(DatagramEvent::Incoming(i)) =
                     self.server
-                        .handle_datagram_info(now, self.client_addr, arrival(t.ecn), &mut d)
+                        .handle_datagram(now, self.client_addr, arrival(t.ecn), &mut d)
                     && let Ok(h) = self.server.accept(i, now)
                 {
                     self.sh = Some(h);
@@ -93,7 +93,7 @@ impl Pair {
             while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
                 let mut d = self.buf[..t.size].to_vec();
                 self.client
-                    .handle_datagram_info(now, self.server_addr, arrival(t.ecn), &mut d);
+                    .handle_datagram(now, self.server_addr, arrival(t.ecn), &mut d);
                 moved = true;
             }
             self.check_server_datagrams();

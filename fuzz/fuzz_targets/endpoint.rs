@@ -39,12 +39,12 @@ fuzz_target!(|data: &[u8]| {
             ecn: EcnCodepoint::from_bits(chunk.len() as u8),
         };
         if let Some(DatagramEvent::Incoming(inc)) =
-            server.handle_datagram_info(t, peer, info, &mut d)
+            server.handle_datagram(t, peer, info, &mut d)
         {
             let _ = server.accept(inc, t);
         }
         let mut d = chunk.to_vec();
-        client.handle_datagram_info(t, peer, info, &mut d);
+        client.handle_datagram(t, peer, info, &mut d);
         while server.poll_transmit(t, &mut buf).is_some() {}
         while client.poll_transmit(t, &mut buf).is_some() {}
         server.handle_timeout(t);

@@ -17,7 +17,7 @@
 //!
 //! A second trap: LLVM rewrites `p + 1 > end` as `p >= end`, for which the verifier grants
 //! no range at all. In XDP the read width is therefore passed through a volatile stack
-//! slot ([`Bytes::width`]): LLVM cannot fold it, and the verifier, which tracks constants
+//! slot (`Bytes::width`): LLVM cannot fold it, and the verifier, which tracks constants
 //! spilled to the stack, still sees `p + N > pkt_end` with a known `N`.
 //!
 //! In userspace a [`Bytes`] is built from a slice with [`Bytes::new`], which is safe: the

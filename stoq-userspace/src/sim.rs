@@ -418,7 +418,7 @@ impl Sim {
         while let Some(mut d) = self.up.pop(self.now) {
             if let Some(DatagramEvent::Incoming(i)) =
                 self.server
-                    .handle_datagram_info(self.now, d.from, arrival(&d), &mut d.data)
+                    .handle_datagram(self.now, d.from, arrival(&d), &mut d.data)
             {
                 if let Ok(h) = self.server.accept(i, self.now) {
                     self.server_conns.push(h);
@@ -430,7 +430,7 @@ impl Sim {
         while let Some(mut d) = self.down.pop(self.now) {
             let _ = self
                 .client
-                .handle_datagram_info(self.now, d.from, arrival(&d), &mut d.data);
+                .handle_datagram(self.now, d.from, arrival(&d), &mut d.data);
         }
         while let Some((h, e)) = self.client.poll_event() {
             self.events.push_back((Side::Client, h, e));

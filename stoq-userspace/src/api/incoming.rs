@@ -105,7 +105,7 @@ impl Incoming {
     }
 
     /// Starts the handshake and resolves once it completes. The connection lives on the
-    /// worker that received the client; like one from [`Endpoint::accept`]
+    /// worker that received the client; like one from [`Endpoint::accept`](crate::Endpoint::accept)
     /// (crate::Endpoint::accept), its calls from another thread cross to it
     /// ([`Connection::spawn_on_worker`] runs a task there instead).
     ///

@@ -731,20 +731,13 @@ impl Endpoint {
         Ok(h)
     }
 
-    /// Processes one received datagram (decrypting in place in `data`).
+    /// Processes one received datagram, decrypting in place in `data`, with what the I/O
+    /// backend knows of it: its ECN codepoint (counted and reported to the peer) and the
+    /// local address it arrived at (replies go out from it). [`DatagramInfo::default`]
+    /// says nothing is known. This is the core's one entry point for datagrams: it
+    /// answers what needs no connection state and hands the rest to the connection its
+    /// destination CID names.
     pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        data: &mut [u8],
-    ) -> Option<DatagramEvent> {
-        self.handle_datagram_info(now, remote, DatagramInfo::default(), data)
-    }
-
-    /// As [`handle_datagram`](Self::handle_datagram), with what the I/O backend knows
-    /// of the datagram: its ECN codepoint (counted and reported to the peer) and the
-    /// local address it arrived at (replies go out from it).
-    pub fn handle_datagram_info(
         &mut self,
         now: Instant,
         remote: SocketAddr,
@@ -774,7 +767,7 @@ impl Endpoint {
         let dcid = &data[info.dcid_off..info.dcid_off + info.dcid_len];
         if let Some(&h) = self.routes.get(dcid) {
             if let Some(c) = self.conns[h.0].as_mut() {
-                c.handle_datagram_classified(now, remote, self.rx_info, data, Some(info));
+                c.receive(now, remote, self.rx_info, data, Some(info));
                 self.sched.touch(h.0);
             }
             self.service_cids(h);
@@ -988,7 +981,7 @@ impl Endpoint {
                 local_ip: incoming.local_ip,
                 ecn,
             };
-            conn.handle_datagram_info(now, incoming.remote, info, &mut d);
+            conn.receive(now, incoming.remote, info, &mut d, None);
         }
         Ok(h)
     }

@@ -362,7 +362,7 @@ impl State {
         d: &mut [u8],
     ) {
         if let Some(DatagramEvent::Incoming(inc)) =
-            self.endpoint.handle_datagram_info(now, from, info, d)
+            self.endpoint.handle_datagram(now, from, info, d)
         {
             if self.handler.is_none() && worker.api.application_admission() {
                 // The application decides (Endpoint::incoming); a full or closed queue

@@ -135,7 +135,7 @@ impl Link {
                 ecn: EcnCodepoint::Ect0,
             };
             if let Some(DatagramEvent::Incoming(_)) =
-                to.handle_datagram_info(now, from, info, &mut buf[..size])
+                to.handle_datagram(now, from, info, &mut buf[..size])
             {
                 unreachable!("no new connections during the measurement");
             }
@@ -208,7 +208,7 @@ impl Net {
                     ecn: EcnCodepoint::NotEct,
                 };
                 if let Some(DatagramEvent::Incoming(i)) =
-                    server.handle_datagram_info(now, client_addr, info, &mut d)
+                    server.handle_datagram(now, client_addr, info, &mut d)
                 {
                     s = Some(server.accept(i, now).expect("accept"));
                 }
@@ -219,7 +219,7 @@ impl Net {
                     local_ip: None,
                     ecn: EcnCodepoint::NotEct,
                 };
-                client.handle_datagram_info(now, server_addr, info, &mut d);
+                client.handle_datagram(now, server_addr, info, &mut d);
             }
         }
         let s = s.expect("the server accepted");

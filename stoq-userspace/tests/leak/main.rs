@@ -83,7 +83,7 @@ impl Net {
                 let mut d = self.buf[..t.size].to_vec();
                 if let Some(DatagramEvent::Incoming(i)) =
                     self.server
-                        .handle_datagram_info(self.now, self.client_addr, info(), &mut d)
+                        .handle_datagram(self.now, self.client_addr, info(), &mut d)
                     && let Ok(h) = self.server.accept(i, self.now)
                 {
                     self.accepted.push(h);
@@ -93,7 +93,7 @@ impl Net {
             while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf) {
                 let mut d = self.buf[..t.size].to_vec();
                 self.client
-                    .handle_datagram_info(self.now, self.server_addr, info(), &mut d);
+                    .handle_datagram(self.now, self.server_addr, info(), &mut d);
                 moved = true;
             }
             while self.client.poll_event().is_some() {}

@@ -1,7 +1,11 @@
 //! Hostile input: tampered handshakes, refused credentials, replays, garbage, resets.
 
 use super::*;
+use crate::crypto::protect_packet;
+use crate::frame::Frame;
 use crate::handshake::cert::CertError;
+use stoq_common::classify::{PacketKind, classify_payload};
+use stoq_common::wire::stoq::Repr;
 
 /// Runs a reference handshake and returns the sequence numbers and sizes of every datagram
 /// sent until both sides were connected.
@@ -472,7 +476,7 @@ fn unknown_versions_get_version_negotiation_and_the_client_gives_up() {
     let mut buf = Vec::new();
     assert!(
         p.server
-            .handle_datagram(p.now, client_addr(), &mut d)
+            .handle_datagram(p.now, client_addr(), DatagramInfo::default(), &mut d)
             .is_none()
     );
     let t = p
@@ -517,9 +521,11 @@ fn unknown_versions_get_version_negotiation_and_the_client_gives_up() {
     // A VN that lists our own version is ignored (RFC 9000 §6.2).
     let mut ours = vn[..n].to_vec();
     ours[n - 4..].copy_from_slice(&stoq_common::wire::stoq::VERSION_1.to_be_bytes());
-    p.client.handle_datagram(p.now, server_addr(), &mut ours);
+    p.client
+        .handle_datagram(p.now, server_addr(), DatagramInfo::default(), &mut ours);
     assert!(!p.client.connection(h).unwrap().is_closed());
-    p.client.handle_datagram(p.now, server_addr(), &mut vn[..n]);
+    p.client
+        .handle_datagram(p.now, server_addr(), DatagramInfo::default(), &mut vn[..n]);
     assert_eq!(
         p.client.connection(h).unwrap().error(),
         Some(&ConnectionError::VersionMismatch)

@@ -386,7 +386,7 @@ impl Pair {
             if w.to_server {
                 if let Some(DatagramEvent::Incoming(i)) =
                     self.server
-                        .handle_datagram_info(self.now, w.from, info(&w), &mut w.data)
+                        .handle_datagram(self.now, w.from, info(&w), &mut w.data)
                 {
                     if self.accept {
                         match self.server.accept(i, self.now) {
@@ -400,7 +400,7 @@ impl Pair {
             } else {
                 let _ = self
                     .client
-                    .handle_datagram_info(self.now, w.from, info(&w), &mut w.data);
+                    .handle_datagram(self.now, w.from, info(&w), &mut w.data);
                 if let Some(h) = self.client_conn
                     && let Some(c) = self.client.connection_mut(h)
                     && c.is_established()

@@ -2,7 +2,7 @@
 //!
 //! - [`if_xdp`]: the kernel interface (structures and constants);
 //! - `syscall`: the checked system calls (socket, options, bind, kick, poll);
-//! - `crate::io::mmap`: the shared mappings;
+//! - `crate::os::mmap`: the shared mappings;
 //! - `umem`: the packet memory and its free frames;
 //! - `ring`: the single-producer/single-consumer rings with cached indices
 //!   (reserve/submit, peek/release);

@@ -1,0 +1,258 @@
+//! The secure session as the connection drives it: CRYPTO data fed to the handshake,
+//! its output queued in the right space, keys installed as they are derived, the
+//! handshake completed and confirmed, packets held for keys that had not arrived yet,
+//! and 1-RTT key updates.
+
+use super::error::ConnectionError;
+use super::event::Event;
+use super::space::MAX_CRYPTO_BUFFER;
+use super::streams::PeerLimits;
+use super::timers::Timer;
+use super::{Connection, Side, State, path};
+use crate::crypto::DirectionalKeys;
+use crate::handshake::{Epoch, KeyChange};
+use std::time::{Duration, Instant};
+use stoq_common::classify::classify_payload;
+
+impl Connection {
+    pub(super) fn update_tx_keys(&mut self) {
+        if let Some(tx) = self.spaces[2].tx.as_mut() {
+            tx.update();
+            self.key_phase = !self.key_phase;
+            self.tx_phase_first_pn = self.spaces[2].next_pn;
+            self.tx_phase_acked = false;
+            self.stats.key_updates += 1;
+        }
+    }
+
+    pub(super) fn on_crypto(
+        &mut self,
+        now: Instant,
+        i: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let space = &mut self.spaces[i];
+        let end = offset + data.len() as u64;
+        if end <= space.crypto_in_offset {
+            return Ok(()); // A retransmission of what we have.
+        }
+        if end - space.crypto_in_offset > MAX_CRYPTO_BUFFER {
+            return Err(ConnectionError::CryptoBufferExceeded);
+        }
+        if offset > space.crypto_in_offset {
+            if space.crypto_in_bytes + data.len() as u64 > MAX_CRYPTO_BUFFER {
+                return Err(ConnectionError::CryptoBufferExceeded);
+            }
+            let keep = space
+                .crypto_in
+                .get(&offset)
+                .is_none_or(|d| d.len() < data.len());
+            if keep {
+                if let Some(old) = space.crypto_in.insert(offset, data.to_vec()) {
+                    space.crypto_in_bytes -= old.len() as u64;
+                }
+                space.crypto_in_bytes += data.len() as u64;
+            }
+            return Ok(());
+        }
+        let skip = (space.crypto_in_offset - offset) as usize;
+        space.crypto_in_offset = end;
+        self.feed_handshake(now, i, &data[skip..])?;
+        // Deliver buffered chunks that are now in order.
+        loop {
+            let space = &mut self.spaces[i];
+            let Some((&off, _)) = space.crypto_in.first_key_value() else {
+                break;
+            };
+            if off > space.crypto_in_offset {
+                break;
+            }
+            let chunk = space.crypto_in.remove(&off).expect("present");
+            space.crypto_in_bytes -= chunk.len() as u64;
+            let end = off + chunk.len() as u64;
+            if end <= space.crypto_in_offset {
+                continue;
+            }
+            let skip = (space.crypto_in_offset - off) as usize;
+            space.crypto_in_offset = end;
+            self.feed_handshake(now, i, &chunk[skip..])?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn unix_now(&self, now: Instant) -> u64 {
+        let (base, secs) = self.unix_base;
+        secs + now.saturating_duration_since(base).as_secs()
+    }
+
+    pub(super) fn feed_handshake(
+        &mut self,
+        now: Instant,
+        i: usize,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let epoch = [Epoch::Initial, Epoch::Handshake, Epoch::OneRtt][i];
+        let unix = self.unix_now(now);
+        self.hs.read(epoch, data, unix, &mut self.rng)?;
+        self.collect_handshake_output(now);
+        if self.hs.is_complete() && self.state == State::Handshaking {
+            self.on_handshake_complete(now)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn collect_handshake_output(&mut self, _now: Instant) {
+        for KeyChange {
+            epoch,
+            suite,
+            client,
+            server,
+        } in self.hs.take_keys()
+        {
+            let (tx, rx) = match self.side {
+                Side::Client => (client, server),
+                Side::Server => (server, client),
+            };
+            let i = epoch as usize;
+            self.spaces[i].tx = Some(DirectionalKeys::from_secret(suite, tx));
+            if i == 2 && self.side == Side::Server {
+                self.pending_rx_1rtt = Some(rx);
+            } else {
+                self.spaces[i].rx = Some(DirectionalKeys::from_secret(suite, rx));
+            }
+        }
+        for (i, epoch) in [Epoch::Initial, Epoch::Handshake].into_iter().enumerate() {
+            let out = self.hs.take_outgoing(epoch);
+            if out.is_empty() {
+                continue;
+            }
+            let space = &mut self.spaces[i];
+            let start = space.crypto_out.len() as u64;
+            space.crypto_out.extend_from_slice(&out);
+            space.crypto_pending.insert(start..start + out.len() as u64);
+        }
+    }
+
+    pub(super) fn on_handshake_complete(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        let peer = self
+            .hs
+            .peer_params()
+            .cloned()
+            .ok_or(ConnectionError::TransportParameter(
+                "peer sent no transport parameters",
+            ))?;
+        match self.side {
+            Side::Client => {
+                // The server's parameters must echo the CIDs this client saw on the wire
+                // (RFC 9000 §7.3): otherwise an attacker rewrote the Initial exchange.
+                if peer.original_destination_cid != Some(self.orig_dcid) {
+                    return Err(ConnectionError::TransportParameter(
+                        "original_destination_connection_id does not match",
+                    ));
+                }
+                if peer.initial_source_cid != self.server_initial_scid {
+                    return Err(ConnectionError::TransportParameter(
+                        "initial_source_connection_id does not match",
+                    ));
+                }
+                if peer.retry_source_cid != self.retry_scid {
+                    return Err(ConnectionError::TransportParameter(
+                        "retry_source_connection_id does not match",
+                    ));
+                }
+                self.peer_reset_token = peer.stateless_reset_token;
+            }
+            Side::Server => {
+                if peer.initial_source_cid != Some(self.client_initial_scid) {
+                    return Err(ConnectionError::TransportParameter(
+                        "initial_source_connection_id does not match",
+                    ));
+                }
+                if peer.original_destination_cid.is_some()
+                    || peer.retry_source_cid.is_some()
+                    || peer.stateless_reset_token.is_some()
+                {
+                    return Err(ConnectionError::TransportParameter(
+                        "client sent a server-only parameter",
+                    ));
+                }
+                if let Some(rx) = self.pending_rx_1rtt.take() {
+                    let suite = self.hs.suite().expect("complete");
+                    self.spaces[2].rx = Some(DirectionalKeys::from_secret(suite, rx));
+                }
+                self.handshake_done_pending = true;
+            }
+        }
+        self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
+        self.peer_ack_delay_exponent = peer.ack_delay_exponent;
+        self.peer_max_datagram = peer.max_datagram_frame_size;
+        // The peer says the largest datagram it will take: discovery stops there.
+        self.path
+            .cap_mtu(usize::try_from(peer.max_udp_payload_size).unwrap_or(usize::MAX));
+        self.peer_cid_limit = peer.active_connection_id_limit.min(8) as usize;
+        self.streams.set_peer_limits(PeerLimits {
+            max_data: peer.initial_max_data,
+            bidi_local: peer.initial_max_stream_data_bidi_local,
+            bidi_remote: peer.initial_max_stream_data_bidi_remote,
+            uni: peer.initial_max_stream_data_uni,
+            max_streams_bidi: peer.initial_max_streams_bidi,
+            max_streams_uni: peer.initial_max_streams_uni,
+        });
+        self.path.peer_cids.push_back(path::PeerCid {
+            seq: 0,
+            cid: self.remote_cid,
+            reset_token: peer.stateless_reset_token.unwrap_or_default(),
+        });
+        let ours = self.local_params.max_idle_timeout_ms;
+        let theirs = peer.max_idle_timeout_ms;
+        let idle = match (ours, theirs) {
+            (0, 0) => None,
+            (0, t) | (t, 0) => Some(t),
+            (a, b) => Some(a.min(b)),
+        };
+        self.idle_timeout = idle.map(Duration::from_millis);
+        self.timers
+            .set_or_clear(Timer::Idle, self.idle_timeout.map(|d| now + d));
+        self.timers.clear(Timer::Handshake);
+        self.state = State::Established;
+        self.tx_phase_acked = true;
+        self.events.push_back(Event::Connected);
+        if self.side == Side::Server {
+            // The server confirms at completion (RFC 9001 §4.1.2).
+            self.confirm(now);
+        }
+        Ok(())
+    }
+
+    pub(super) fn confirm(&mut self, now: Instant) {
+        self.confirmed = true;
+        self.path.start_discovery(now);
+        self.spaces[0].discard();
+        self.spaces[1].discard();
+        self.events.push_back(Event::HandshakeConfirmed);
+    }
+
+    pub(super) fn replay_early(&mut self, now: Instant) {
+        if self.early_packets.is_empty() {
+            return;
+        }
+        for mut p in std::mem::take(&mut self.early_packets) {
+            let Ok(info) = classify_payload(&p, &self.classifier) else {
+                continue;
+            };
+            match Self::epoch_of(info.kind) {
+                Some(i) if self.spaces[i].rx.is_some() => {
+                    let (remote, len) = (self.remote, p.len());
+                    self.handle_packet(now, &mut p, &info, remote, len);
+                }
+                // Still waiting for its keys.
+                Some(i) if !self.spaces[i].discarded => self.early_packets.push(p),
+                _ => {}
+            }
+            if self.is_closed() {
+                return;
+            }
+        }
+    }
+}
