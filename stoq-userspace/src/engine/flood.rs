@@ -55,6 +55,8 @@ impl Drop for FloodWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            // Wake it from its tick, so an engine stops at once, not up to a tick later.
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -63,6 +65,23 @@ impl Drop for FloodWatch {
 fn lock(slot: &Mutex<Option<XdpGuard>>) -> std::sync::MutexGuard<'_, Option<XdpGuard>> {
     slot.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits one `tick`, or less if the watch is stopped (its owner unparks the thread);
+/// whether it should go on.
+fn wait_tick(stop: &AtomicBool, tick: Duration) -> bool {
+    let end = Instant::now() + tick;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        // A spurious wake-up only loops.
+        std::thread::park_timeout(end - now);
+    }
 }
 
 fn watch(
@@ -84,8 +103,7 @@ fn watch(
     let mut flood_seen: Option<Instant> = None;
     let mut failed: Option<Instant> = None;
     let mut ours = false;
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(TICK);
+    while wait_tick(stop, TICK) {
         let Some(now_retries) = retries() else { return };
         let now = Instant::now();
         let rate = (now_retries - last) as f64 / now.duration_since(at).as_secs_f64();
@@ -119,5 +137,28 @@ fn watch(
             ours = false;
             tracing::info!("handshake flood over: the XDP filter is detached");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stopping the watch wakes it from its tick: an engine's drop does not wait a tick.
+    #[test]
+    fn a_stopped_watch_ends_without_waiting_out_its_tick() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            let _ = tx.send(wait_tick(&s, Duration::from_secs(3600)));
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::Release);
+        t.thread().unpark();
+        // An hour's tick: only the unpark can end the wait within the test.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(false));
+        t.join().expect("join");
+        assert!(wait_tick(&AtomicBool::new(false), Duration::from_millis(1)));
     }
 }
