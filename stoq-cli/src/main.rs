@@ -125,6 +125,11 @@ enum Command {
         /// shared with the other servers, and good across restarts.
         #[arg(long)]
         cluster_keys: Option<PathBuf>,
+        /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`): traffic,
+        /// losses, RTT, handshakes by outcome, drops by reason, handoffs, the backend and
+        /// the XDP program's verdicts. Bind it where only your monitoring reaches.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -337,16 +342,18 @@ fn main() -> ExitCode {
             cert,
             dir,
             cluster_keys,
+            metrics,
             engine,
-        } => transfer::server(
+        } => transfer::server(&transfer::ServerArgs {
             listen,
-            &key,
-            public.as_deref(),
-            cert.as_deref(),
+            key: &key,
+            public: public.as_deref(),
+            cert: cert.as_deref(),
             dir,
-            cluster_keys.as_deref(),
-            &engine,
-        ),
+            cluster_keys: cluster_keys.as_deref(),
+            metrics,
+            engine: &engine,
+        }),
         Command::Client {
             server,
             name,

@@ -255,15 +255,30 @@ pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
     }
 }
 
-pub(crate) fn server(
-    listen: SocketAddr,
-    key: &Path,
-    public: Option<&Path>,
-    cert: Option<&Path>,
-    dir: Option<PathBuf>,
-    cluster_keys: Option<&Path>,
-    engine: &EngineArgs,
-) -> Result<(), String> {
+/// What `stoq server` was asked to do.
+pub(crate) struct ServerArgs<'a> {
+    pub(crate) listen: SocketAddr,
+    pub(crate) key: &'a Path,
+    pub(crate) public: Option<&'a Path>,
+    pub(crate) cert: Option<&'a Path>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) cluster_keys: Option<&'a Path>,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) engine: &'a EngineArgs,
+}
+
+pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
+    let ServerArgs {
+        listen,
+        key,
+        public,
+        cert,
+        cluster_keys,
+        metrics,
+        engine,
+        ..
+    } = *a;
+    let dir = a.dir.clone();
     let key = keys::private_key(key)?;
     let credential = match (public, cert) {
         (_, Some(c)) => Credential::chain(key, keys::certificate_chain(c)?, &mut rand_core::OsRng)
@@ -302,6 +317,18 @@ pub(crate) fn server(
             ep.info().workers,
             ep.info().selection
         );
+        // Kept until the server returns: dropping it stops the HTTP thread.
+        let _metrics = match metrics {
+            Some(addr) => {
+                let m = ep
+                    .metrics()
+                    .serve(addr)
+                    .map_err(|e| format!("--metrics {addr}: {e}"))?;
+                say!("metrics on http://{}/metrics", m.local_addr());
+                Some(m)
+            }
+            None => None,
+        };
         let dir = dir.map(Arc::new);
         // Every connection is served on the worker that owns it.
         ep.serve(move |c| serve_connection(c, dir.clone()))

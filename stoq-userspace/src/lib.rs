@@ -34,6 +34,7 @@ pub mod frame;
 pub mod handshake;
 mod host;
 pub mod io;
+pub mod metrics;
 mod os;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

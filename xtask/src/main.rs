@@ -102,6 +102,13 @@ fn test(extra: &[String]) -> Result<(), Fail> {
                 .into(),
         ));
     }
+    if is_root() && !util::runs("promtool") {
+        return Err(Fail(
+            "the metrics test lints `stoq server --metrics` with promtool: install it \
+             (Debian/Ubuntu: apt-get install --no-install-recommends prometheus)"
+                .into(),
+        ));
+    }
     // The module graph first: it takes a second and names a layering mistake plainly.
     layers::check(&util::root())?;
     let built = ebpf_or_reason()?;

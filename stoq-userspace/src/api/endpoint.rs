@@ -215,6 +215,12 @@ impl Endpoint {
         self.engine.stats()
     }
 
+    /// This endpoint's metrics for Prometheus: render them, register them in a
+    /// `prometheus::Registry`, or serve them over HTTP (see [`crate::metrics`]).
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        crate::metrics::Metrics::new(self.engine.clone())
+    }
+
     /// The protocol endpoint counters of every worker.
     pub fn endpoint_stats(&self) -> Vec<conn::EndpointStats> {
         self.engine

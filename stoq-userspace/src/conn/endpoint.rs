@@ -18,7 +18,8 @@ use super::admission::{PrefixTable, SourcePrefix};
 use super::keys::{ClusterKeys, GENERATIONS};
 use super::token::{TokenError, TokenKey, open_token, reset_token};
 use super::{
-    Connection, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit, TransportConfig,
+    Connection, ConnectionError, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit,
+    TransportConfig, TransportTotals,
 };
 use crate::handshake::{self, Handshake};
 
@@ -376,8 +377,19 @@ pub struct EndpointStats {
     pub responses_dropped: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Handshakes that completed.
+    pub handshakes_completed: u64,
+    /// Handshakes that failed (a protocol or authentication error, a refusal or reset by
+    /// the peer, or a local close before completion).
+    pub handshakes_failed: u64,
+    /// Handshakes that timed out (the handshake timeout on a server, the idle timeout on
+    /// a client).
+    pub handshakes_timed_out: u64,
     /// Stream data held by all connections (send buffers and reassembly), bytes.
     pub memory: u64,
+    /// The transport counters of the connections that have ended, summed (the live ones
+    /// are added by [`Endpoint::transport_totals`]).
+    pub closed: TransportTotals,
 }
 
 /// A sans-IO endpoint: many connections behind one socket (or one AF_XDP queue).
@@ -518,6 +530,17 @@ impl Endpoint {
         let mut s = self.stats;
         s.memory = self.mem_total;
         s
+    }
+
+    /// The transport counters of every connection this endpoint has had, live and ended,
+    /// summed: bytes, packets and datagrams each way, losses, PTOs, congestion events and
+    /// RTT samples. Reads each live connection's counters (linear in the connections).
+    pub fn transport_totals(&self) -> TransportTotals {
+        let mut t = self.stats.closed;
+        for c in self.conns.iter().flatten() {
+            t.add(&c.stats());
+        }
+        t
     }
 
     /// Connections whose handshake has neither completed nor failed.
@@ -1217,6 +1240,15 @@ impl Endpoint {
                     c.counted_handshaking = false;
                     self.handshaking -= 1;
                     self.prefixes.release(i);
+                    match &e {
+                        Event::Connected => self.stats.handshakes_completed += 1,
+                        Event::Lost(
+                            ConnectionError::HandshakeTimedOut | ConnectionError::TimedOut,
+                        ) => {
+                            self.stats.handshakes_timed_out += 1;
+                        }
+                        _ => self.stats.handshakes_failed += 1,
+                    }
                 }
                 return Some((h, e));
             }
@@ -1233,8 +1265,11 @@ impl Endpoint {
         if let Some(c) = self.conns[h.0].take() {
             self.live -= 1;
             if c.counted_handshaking {
+                // Freed before its outcome was polled: it never completed.
                 self.handshaking -= 1;
+                self.stats.handshakes_failed += 1;
             }
+            self.stats.closed.add(&c.stats());
             self.prefixes.release(h.0);
             self.free.push(h.0);
             for cid in std::mem::take(&mut self.conn_routes[h.0]) {

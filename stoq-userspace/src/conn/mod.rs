@@ -80,7 +80,7 @@ pub use self::event::Event;
 pub use self::keys::{ClusterKeys, KeyFileError};
 use self::rtt::RttEstimator;
 use self::space::Space;
-pub use self::stats::{ConnectionStats, DropStats};
+pub use self::stats::{ConnectionStats, DropStats, RTT_BUCKETS_US, RttHistogram, TransportTotals};
 pub use self::streams::{Dir, OpenError, ReadError, StreamId, Urgency, WriteError};
 use self::streams::{Limits, StreamRecord, Streams};
 use self::timers::{Timer, TimerTable};

@@ -118,6 +118,7 @@ impl Connection {
                 Duration::ZERO
             };
             self.rtt.update(rtt, delay);
+            self.stats.rtt_samples.record(rtt);
             self.first_rtt_sample.get_or_insert(now);
         }
         if newly_eliciting {

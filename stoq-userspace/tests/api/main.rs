@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod flood;
 mod incoming;
+mod metrics;
 mod quic_lb;
 mod served;
 
