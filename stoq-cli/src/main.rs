@@ -41,6 +41,46 @@ use stoq::io::BackendKind;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log lines on standard error: -v info (handshakes, closes with their reason,
+    /// migrations, backend choices), -vv debug, -vvv trace. RUST_LOG (for example
+    /// `RUST_LOG=stoq::conn=debug`) replaces this filter. Without either: warnings.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// How log lines are written: text, or json (one object per line, with the
+    /// connection's and the worker's fields).
+    #[arg(long, value_name = "FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to standard error (standard output carries the commands' own output).
+fn install_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::new(f),
+        _ => EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.with_ansi(false).try_init(),
+        LogFormat::Json => b
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +350,7 @@ fn say_line(line: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_logging(cli.verbose, cli.log_format);
     let r = match cli.command {
         Command::Keygen { out, alg } => keys::keygen(&out, &alg),
         Command::Cert {

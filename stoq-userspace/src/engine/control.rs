@@ -138,6 +138,17 @@ impl Engine {
             )))
         })?;
         selection.chosen = opened.kind;
+        // The fallback decisions, for an operator who wonders why not AF_XDP.
+        for (kind, reason) in &selection.skipped {
+            tracing::info!(backend = %kind, %reason, "backend skipped");
+        }
+        tracing::info!(
+            backend = %selection.chosen,
+            forced = selection.forced,
+            detail = %opened.detail,
+            workers = opened.backends.len(),
+            "backend chosen"
+        );
         let backends = opened.backends;
         let n = backends.len();
         let encrypted = config
@@ -257,9 +268,13 @@ impl Engine {
                         .enable_all()
                         .build()
                         .map_err(EngineError::Os)?;
+                    let kind = backend.kind().name();
                     let t = std::thread::Builder::new()
                         .name(format!("stoq-worker-{i}"))
                         .spawn(move || {
+                            // Every log line of this thread names its worker and backend.
+                            let _span =
+                                tracing::info_span!("worker", id = i, backend = kind).entered();
                             if let Some(cpu) = pin {
                                 crate::os::cpu::pin_to_core(cpu);
                             }

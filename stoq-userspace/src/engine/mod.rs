@@ -42,6 +42,7 @@ mod control;
 #[cfg(target_os = "linux")]
 mod flood;
 pub(crate) mod home;
+mod log;
 pub(crate) mod open;
 pub(crate) mod steer;
 pub(crate) mod worker;

@@ -391,6 +391,7 @@ impl State {
         let mut woke = false;
         let served = self.handler.is_some();
         while let Some((h, e)) = self.endpoint.poll_event() {
+            super::log::connection_event(&self.endpoint, h, &e);
             if let Some(handler) = self.handler.as_mut() {
                 handler.on_event(&mut self.endpoint, h, &e);
             }
