@@ -165,6 +165,14 @@ enum Command {
         /// shared with the other servers, and good across restarts.
         #[arg(long)]
         cluster_keys: Option<PathBuf>,
+        /// Require clients to authenticate with a certificate issued (directly or through
+        /// intermediates they send) by this CA: its public key or CA certificate.
+        /// Repeat for several CAs.
+        #[arg(long, value_name = "PATH", conflicts_with = "client_pin")]
+        client_ca: Vec<PathBuf>,
+        /// Require clients to authenticate with exactly this public key (raw-key mode).
+        #[arg(long, value_name = "PATH")]
+        client_pin: Option<PathBuf>,
         /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`): traffic,
         /// losses, RTT, handshakes by outcome, drops by reason, handoffs, the backend and
         /// the XDP program's verdicts. Bind it where only your monitoring reaches.
@@ -198,6 +206,17 @@ enum Command {
         /// Send this many bytes of generated data (suffixes k, M, G).
         #[arg(long, group = "job")]
         load: Option<String>,
+        /// Authenticate to the server with this private key (for a server that requires
+        /// client authentication), with --public (raw-key mode) or --cert.
+        #[arg(long, value_name = "PATH")]
+        key: Option<PathBuf>,
+        /// The client's public key (raw-key mode: the server pins it, --client-pin).
+        #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "cert")]
+        public: Option<PathBuf>,
+        /// The client's certificate or chain (leaf first), for a server that trusts its
+        /// CA (--client-ca).
+        #[arg(long, value_name = "PATH", requires = "key")]
+        cert: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -383,6 +402,8 @@ fn main() -> ExitCode {
             cert,
             dir,
             cluster_keys,
+            client_ca,
+            client_pin,
             metrics,
             engine,
         } => transfer::server(&transfer::ServerArgs {
@@ -392,6 +413,8 @@ fn main() -> ExitCode {
             cert: cert.as_deref(),
             dir,
             cluster_keys: cluster_keys.as_deref(),
+            client_ca: &client_ca,
+            client_pin: client_pin.as_deref(),
             metrics,
             engine: &engine,
         }),
@@ -404,6 +427,9 @@ fn main() -> ExitCode {
             get,
             out,
             load,
+            key,
+            public,
+            cert,
             engine,
         } => transfer::client(&transfer::ClientArgs {
             server,
@@ -414,6 +440,9 @@ fn main() -> ExitCode {
             get,
             out,
             load,
+            key,
+            public,
+            cert,
             engine,
         }),
         Command::Demo {

@@ -235,6 +235,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
+/// A credential from a private key and either its public key (raw-key mode) or its
+/// certificate chain.
+fn credential(
+    key: &Path,
+    public: Option<&Path>,
+    cert: Option<&Path>,
+) -> Result<Credential, String> {
+    let key = keys::private_key(key)?;
+    Ok(match (public, cert) {
+        (_, Some(c)) => Credential::chain(key, keys::certificate_chain(c)?, &mut rand_core::OsRng)
+            .map_err(|e| format!("{}: {e}", c.display()))?,
+        (Some(p), None) => Credential::RawKey {
+            key,
+            public: keys::public_key(p)?,
+        },
+        (None, None) => return Err("give --public (raw-key mode) or --cert".into()),
+    })
+}
+
 pub(crate) fn server_config(credential: Credential) -> ServerConfig {
     ServerConfig {
         credential,
@@ -263,6 +282,8 @@ pub(crate) struct ServerArgs<'a> {
     pub(crate) cert: Option<&'a Path>,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) cluster_keys: Option<&'a Path>,
+    pub(crate) client_ca: &'a [PathBuf],
+    pub(crate) client_pin: Option<&'a Path>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) engine: &'a EngineArgs,
 }
@@ -279,15 +300,15 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
         ..
     } = *a;
     let dir = a.dir.clone();
-    let key = keys::private_key(key)?;
-    let credential = match (public, cert) {
-        (_, Some(c)) => Credential::chain(key, keys::certificate_chain(c)?, &mut rand_core::OsRng)
-            .map_err(|e| format!("{}: {e}", c.display()))?,
-        (Some(p), None) => Credential::RawKey {
-            key,
-            public: keys::public_key(p)?,
-        },
-        (None, None) => return Err("give --public (raw-key mode) or --cert".into()),
+    let credential = credential(key, public, cert)?;
+    let client_auth = match (a.client_pin, a.client_ca) {
+        (Some(p), _) => Some(Trust::PinnedKey(keys::public_key(p)?)),
+        (None, []) => None,
+        (None, cas) => Some(Trust::Anchors(
+            cas.iter()
+                .map(|c| keys::trust_anchor(c))
+                .collect::<Result<_, _>>()?,
+        )),
     };
     if let Some(d) = &dir
         && !d.is_dir()
@@ -309,7 +330,9 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
         let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
         // SIGHUP reloads the cluster key file (a rotation): no connection is dropped.
         let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
-        let ep = Endpoint::server(cfg, Arc::new(server_config(credential)))
+        let mut server_cfg = server_config(credential);
+        server_cfg.client_auth = client_auth;
+        let ep = Endpoint::server(cfg, Arc::new(server_cfg))
             .map_err(|e| e.to_string())?;
         say!(
             "listening on {} with {} workers: {}",
@@ -381,6 +404,9 @@ pub(crate) struct ClientArgs {
     pub(crate) get: Option<String>,
     pub(crate) out: Option<PathBuf>,
     pub(crate) load: Option<String>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) public: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     pub(crate) engine: EngineArgs,
 }
 
@@ -533,8 +559,13 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         // The client's engine runs on this runtime: the transfer and its connection share
         // one thread.
-        let ep = Endpoint::client_in_runtime(cfg, Arc::new(client_config(&a.name, trust)))
-            .map_err(|e| e.to_string())?;
+        let mut client_cfg = client_config(&a.name, trust);
+        client_cfg.credential = match &a.key {
+            Some(k) => Some(credential(k, a.public.as_deref(), a.cert.as_deref())?),
+            None => None,
+        };
+        let ep =
+            Endpoint::client_in_runtime(cfg, Arc::new(client_cfg)).map_err(|e| e.to_string())?;
         eprintln!("{}", ep.info().selection);
         let conn = ep
             .connect(a.server, &a.name)

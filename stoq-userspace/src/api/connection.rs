@@ -194,6 +194,35 @@ impl Connection {
         self.here_or_call(|c, _| c.stats()).ok()
     }
 
+    /// The smoothed round-trip time; `None` once the connection is gone.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.here_or_call(|c, _| c.stats().smoothed_rtt).ok()
+    }
+
+    /// The key the peer proved it holds in the handshake: a server's (or, with
+    /// certificates, its leaf certificate's) key, or a client's when the server requires
+    /// client authentication (`ServerConfig::client_auth`). `None` before the handshake
+    /// completes, for a client that did not authenticate, and once the connection is
+    /// gone.
+    pub fn peer_key(&self) -> Option<crate::crypto::sig::VerifyingKey> {
+        self.here_or_call(|c, _| c.peer_key().cloned())
+            .ok()
+            .flatten()
+    }
+
+    /// An identifier of this connection, unique among every connection of this process
+    /// and stable for its life (quinn's `stable_id`): for maps and logs.
+    pub fn stable_id(&self) -> u64 {
+        self.shared.serial
+    }
+
+    /// Why the connection ended, once it has: the peer's or the application's close
+    /// (code and reason), a timeout, a reset or a protocol error. `None` while it is open.
+    /// Answered without reaching the worker.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.shared.error.get().cloned()
+    }
+
     /// The protocol connection's handle on its worker and the worker's id (for the
     /// low-level [`crate::engine::Handler`] API).
     pub fn handle(&self) -> (u8, conn::ConnectionHandle) {

@@ -16,6 +16,7 @@ use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod flood;
+mod identity;
 mod incoming;
 mod metrics;
 mod quic_lb;

@@ -1,0 +1,83 @@
+//! What a connection says about itself through the async API: the key its peer proved
+//! (both ways, with client authentication), its RTT, a stable identifier, and why it
+//! ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::OsRng;
+use stoq::Endpoint;
+use stoq::conn::ConnectionError;
+use stoq::crypto::sig::{SigAlg, SigningKey};
+use stoq::engine::EngineConfig;
+use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::io::BackendKind;
+
+fn config(bind: &str) -> EngineConfig {
+    let mut c = EngineConfig::new(bind.parse().expect("addr"));
+    c.backend = Some(BackendKind::Udp);
+    c.workers = 1;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_key_rtt_stable_id_and_close_reason() {
+    let (server_key, server_pub) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let (client_key, client_pub) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let mut scfg = ServerConfig::raw_key(server_key, server_pub.clone());
+    scfg.client_auth = Some(Trust::PinnedKey(client_pub.clone()));
+    let server = Endpoint::server(config("127.0.0.1:0"), Arc::new(scfg)).expect("server");
+    let addr = server.local_addr();
+    let mut ccfg = ClientConfig::pinned("id.stoq", server_pub.clone());
+    ccfg.credential = Some(Credential::RawKey {
+        key: client_key,
+        public: client_pub.clone(),
+    });
+    let client = Endpoint::client(config("127.0.0.1:0"), Arc::new(ccfg)).expect("client");
+
+    let accept = tokio::spawn(async move {
+        let c = server.accept().await.expect("a client");
+        (c, server)
+    });
+    let conn = client.connect(addr, "id.stoq").await.expect("connect");
+    let (srv_conn, server) = accept.await.expect("accept");
+
+    // Each side knows the key the other proved.
+    assert_eq!(conn.peer_key().as_ref(), Some(&server_pub));
+    assert_eq!(srv_conn.peer_key().as_ref(), Some(&client_pub));
+    // A measured RTT, on loopback well under a second.
+    let rtt = conn.rtt().expect("rtt");
+    assert!(
+        rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+        "{rtt:?}"
+    );
+    // Stable ids: the same for clones and over time, different between connections.
+    assert_eq!(conn.stable_id(), conn.clone().stable_id());
+    assert_ne!(conn.stable_id(), srv_conn.stable_id());
+    let second = client.connect(addr, "id.stoq").await.expect("second");
+    assert_ne!(second.stable_id(), conn.stable_id());
+    // Why it ended: nothing while open, then each side's view of one close.
+    assert_eq!(conn.close_reason(), None);
+    conn.close(7, b"bye");
+    let seen = srv_conn.closed().await;
+    assert_eq!(
+        seen,
+        ConnectionError::ApplicationClosed {
+            code: 7,
+            reason: "bye".into()
+        }
+    );
+    assert_eq!(srv_conn.close_reason(), Some(seen));
+    let start = std::time::Instant::now();
+    while conn.close_reason().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the closing side learns it closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(conn.close_reason(), Some(ConnectionError::LocallyClosed));
+    second.close(0, b"");
+    client.shutdown(Duration::from_secs(2)).await;
+    server.shutdown(Duration::from_secs(2)).await;
+}
