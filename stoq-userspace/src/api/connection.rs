@@ -210,6 +210,17 @@ impl Connection {
             .flatten()
     }
 
+    /// Retunes the live connection without a new handshake: flow-control windows,
+    /// keep-alive, how many ack-eliciting packets are acknowledged at once, the pacing
+    /// gain (each field of [`Adaptation`](conn::Adaptation) that is `Some`). Applied on
+    /// the connection's worker; the peer learns new windows from the frames that follow.
+    pub fn adapt(&self, a: conn::Adaptation) {
+        self.run(move |c| {
+            let _ = c.with(|c, _| c.adapt(a));
+            c.kick();
+        });
+    }
+
     /// An identifier of this connection, unique among every connection of this process
     /// and stable for its life (quinn's `stable_id`): for maps and logs.
     pub fn stable_id(&self) -> u64 {

@@ -56,6 +56,23 @@ async fn peer_key_rtt_stable_id_and_close_reason() {
     assert_ne!(conn.stable_id(), srv_conn.stable_id());
     let second = client.connect(addr, "id.stoq").await.expect("second");
     assert_ne!(second.stable_id(), conn.stable_id());
+    // Retuning a live connection: keep-alive every 20 ms makes an idle connection send.
+    // (Quiet first: the handshake's last ACKs leave within the ACK delay.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_before = conn.stats().expect("stats").tx_packets;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_after = conn.stats().expect("stats").tx_packets;
+    assert_eq!(idle_after, idle_before, "idle, no keep-alive: nothing sent");
+    conn.adapt(stoq::conn::Adaptation {
+        keep_alive: Some(Some(Duration::from_millis(20))),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pinged = conn.stats().expect("stats").tx_packets;
+    assert!(
+        pinged >= idle_after + 3,
+        "keep-alive PINGs after adapt: {idle_after} -> {pinged}"
+    );
     // Why it ended: nothing while open, then each side's view of one close.
     assert_eq!(conn.close_reason(), None);
     conn.close(7, b"bye");
