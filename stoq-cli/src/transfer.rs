@@ -300,16 +300,22 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
         ..
     } = *a;
     let dir = a.dir.clone();
-    let credential = credential(key, public, cert)?;
-    let client_auth = match (a.client_pin, a.client_ca) {
-        (Some(p), _) => Some(Trust::PinnedKey(keys::public_key(p)?)),
-        (None, []) => None,
-        (None, cas) => Some(Trust::Anchors(
-            cas.iter()
-                .map(|c| keys::trust_anchor(c))
-                .collect::<Result<_, _>>()?,
-        )),
+    // Read at start and again on SIGHUP: a new key, certificate or client CA file takes
+    // over without a restart.
+    let load = || -> Result<ServerConfig, String> {
+        let mut c = server_config(credential(key, public, cert)?);
+        c.client_auth = match (a.client_pin, a.client_ca) {
+            (Some(p), _) => Some(Trust::PinnedKey(keys::public_key(p)?)),
+            (None, []) => None,
+            (None, cas) => Some(Trust::Anchors(
+                cas.iter()
+                    .map(|c| keys::trust_anchor(c))
+                    .collect::<Result<_, _>>()?,
+            )),
+        };
+        Ok(c)
     };
+    let server_cfg = load()?;
     if let Some(d) = &dir
         && !d.is_dir()
     {
@@ -330,8 +336,6 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
         let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
         // SIGHUP reloads the cluster key file (a rotation): no connection is dropped.
         let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
-        let mut server_cfg = server_config(credential);
-        server_cfg.client_auth = client_auth;
         let ep = Endpoint::server(cfg, Arc::new(server_cfg))
             .map_err(|e| e.to_string())?;
         say!(
@@ -360,15 +364,25 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
             tokio::select! {
                 _ = int.recv() => break "SIGINT",
                 _ = term.recv() => break "SIGTERM",
-                _ = hup.recv() => match cluster_keys.map(keys::cluster_keys_file) {
-                    Some(Ok(k)) => {
-                        let (current, all) = (k.current(), k.generations().collect::<Vec<_>>());
-                        ep.set_cluster_keys(k);
-                        say!("SIGHUP: cluster keys reloaded (current generation {current}, generations {all:?})");
+                _ = hup.recv() => {
+                    match cluster_keys.map(keys::cluster_keys_file) {
+                        Some(Ok(k)) => {
+                            let (current, all) = (k.current(), k.generations().collect::<Vec<_>>());
+                            ep.set_cluster_keys(k);
+                            say!("SIGHUP: cluster keys reloaded (current generation {current}, generations {all:?})");
+                        }
+                        Some(Err(e)) => say!("SIGHUP: cluster keys kept: {e}"),
+                        None => say!("SIGHUP: no --cluster-keys file to reload"),
                     }
-                    Some(Err(e)) => say!("SIGHUP: cluster keys kept: {e}"),
-                    None => say!("SIGHUP: no --cluster-keys file to reload"),
-                },
+                    // The key, certificate and client trust files: new clients meet them,
+                    // established connections carry on. A file that does not load keeps
+                    // the settings in force.
+                    match load().map(|c| ep.set_server_config(Arc::new(c))) {
+                        Ok(Ok(())) => say!("SIGHUP: server key and client trust reloaded"),
+                        Ok(Err(e)) => say!("SIGHUP: server settings kept: {e}"),
+                        Err(e) => say!("SIGHUP: server settings kept: {e}"),
+                    }
+                }
             }
         };
         say!("{sig}: draining (up to 5 s)");

@@ -180,6 +180,23 @@ impl Endpoint {
         }
     }
 
+    /// Replaces the server's handshake settings on every worker (a new key or
+    /// certificate chain, client authentication, suites) without a restart: clients that
+    /// connect from now on meet them; established connections carry on as they are.
+    /// Returns once every worker has them.
+    ///
+    /// # Errors
+    /// [`conn::ConfigError::NotAServer`] on a client endpoint.
+    pub fn set_server_config(&self, config: Arc<ServerConfig>) -> Result<(), conn::ConfigError> {
+        for w in &self.engine.workers {
+            let c = config.clone();
+            if let Some(Err(e)) = w.call(move |st| st.endpoint.set_server_config(c)) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on every live protocol connection, on each connection's worker, and
     /// collects what it returns: for introspection such as per-connection statistics.
     pub fn with_connections<R: Send + 'static>(

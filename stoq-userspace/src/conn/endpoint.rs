@@ -245,6 +245,9 @@ pub enum ConfigError {
     /// An admission setting (per-prefix handshake limit) out of range.
     #[error("admission setting {0}")]
     Admission(&'static str),
+    /// Server settings given to a client endpoint.
+    #[error("this endpoint is a client: it has no server configuration to replace")]
+    NotAServer,
 }
 
 /// A connection's index in its endpoint.
@@ -512,6 +515,26 @@ impl Endpoint {
             self.lb_keys[usize::from(g)] = keys.lb_key(g);
         }
         self.generation = keys.current();
+    }
+
+    /// Replaces the server's handshake settings (a new key or certificate chain, client
+    /// authentication, suites, transport parameters) without a restart: connections
+    /// accepted from now on use them; established connections and handshakes already
+    /// under way keep the settings they started with.
+    ///
+    /// # Errors
+    /// [`ConfigError::NotAServer`] on a client endpoint (it has no server settings).
+    pub fn set_server_config(
+        &mut self,
+        config: Arc<handshake::ServerConfig>,
+    ) -> Result<(), ConfigError> {
+        match &mut self.server {
+            Some(s) => {
+                *s = config;
+                Ok(())
+            }
+            None => Err(ConfigError::NotAServer),
+        }
     }
 
     /// The stateless-reset key for a CID: that of the generation in its first octet (the

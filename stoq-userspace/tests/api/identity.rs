@@ -98,3 +98,79 @@ async fn peer_key_rtt_stable_id_and_close_reason() {
     client.shutdown(Duration::from_secs(2)).await;
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_key_takes_over_without_a_restart() {
+    let (old_key, old_pub) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let (new_key, new_pub) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let mut cfg = config("127.0.0.1:0");
+    cfg.workers = 2;
+    let server = Endpoint::server(
+        cfg,
+        Arc::new(ServerConfig::raw_key(old_key, old_pub.clone())),
+    )
+    .expect("server");
+    let addr = server.local_addr();
+    server
+        .serve(|c| async move {
+            // Echo each bidirectional stream.
+            while let Ok((mut s, mut r)) = c.accept_bi().await {
+                let Ok(data) = r.read_to_end_limited(1 << 16).await else {
+                    break;
+                };
+                let _ = s.write_all_data(&data).await;
+                let _ = s.finish();
+            }
+        })
+        .expect("serve");
+    let pinned = |k: &stoq::crypto::sig::VerifyingKey| {
+        Endpoint::client(
+            config("127.0.0.1:0"),
+            Arc::new(ClientConfig::pinned("id.stoq", k.clone())),
+        )
+        .expect("client")
+    };
+    let (old_client, new_client) = (pinned(&old_pub), pinned(&new_pub));
+    let before = old_client.connect(addr, "id.stoq").await.expect("old key");
+    assert!(
+        new_client.connect(addr, "id.stoq").await.is_err(),
+        "not yet the new key"
+    );
+
+    server
+        .set_server_config(Arc::new(ServerConfig::raw_key(new_key, new_pub.clone())))
+        .expect("a server");
+    // Every worker proves the new key now (several connections: both workers).
+    for _ in 0..4 {
+        let c = new_client
+            .connect(addr, "id.stoq")
+            .await
+            .expect("the new key");
+        assert_eq!(c.peer_key().as_ref(), Some(&new_pub));
+        c.close(0, b"");
+    }
+    assert!(
+        old_client.connect(addr, "id.stoq").await.is_err(),
+        "the old key is gone"
+    );
+    // The connection made under the old key carries on.
+    let (mut s, mut r) = before.open_bi().await.expect("open");
+    s.write_all_data(b"still here").await.expect("write");
+    s.finish().expect("finish");
+    let echoed = r.read_to_end_limited(64).await.expect("echo");
+    assert_eq!(echoed, b"still here");
+    assert_eq!(before.close_reason(), None);
+    assert!(
+        old_client
+            .set_server_config(Arc::new(ServerConfig::raw_key(
+                SigningKey::generate(SigAlg::Falcon512, &mut OsRng).0,
+                new_pub
+            )))
+            .is_err(),
+        "a client has no server configuration"
+    );
+    before.close(0, b"");
+    old_client.shutdown(Duration::from_secs(1)).await;
+    new_client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
