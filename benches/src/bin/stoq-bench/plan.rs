@@ -166,6 +166,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         suite: "chacha20poly1305".into(),
         handler: false,
         served: true,
+        metrics: false,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -177,6 +178,8 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
     // The cross-thread path (accept plus tokio::spawn, a client worker thread of its own),
     // for comparison with the async API on the engine's threads.
     bulk1.push(Subject::stoq("udp", "auto").cross_thread());
+    // What metrics cost: the same subject with its server scraped every 100 ms.
+    bulk1.push(Subject::stoq("udp", "auto").with_metrics());
     let mut bulk8: Vec<Subject> = stoq_backends();
     bulk8.push(Subject::stoq("udp", "auto").cross_thread());
     bulk8.extend(peers.iter().cloned());
@@ -224,6 +227,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::stoq("af_xdp", "driver").with_handler(),
         Subject::stoq("udp", "auto").with_handler(),
         Subject::stoq("af_xdp", "driver").cross_thread(),
+        Subject::stoq("udp", "auto").with_metrics(),
     ]);
     rr_subjects.extend([
         Subject::Quinn { tuned: false },

@@ -601,6 +601,7 @@ impl Report {
                         Subject::Stoq {
                             served: true,
                             handler: false,
+                            metrics: false,
                             ..
                         }
                     )

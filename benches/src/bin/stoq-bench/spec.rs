@@ -26,6 +26,10 @@ pub(crate) enum Subject {
         handler: bool,
         #[serde(default)]
         served: bool,
+        /// The server's metrics are rendered every 100 ms while it runs (a scrape far more
+        /// often than Prometheus's 15 s: an upper bound of what metrics cost).
+        #[serde(default)]
+        metrics: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -45,6 +49,7 @@ impl Subject {
                 suite,
                 handler,
                 served,
+                metrics,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -61,7 +66,8 @@ impl Subject {
                     (false, false) => ", cross-thread",
                     (false, true) => "",
                 };
-                format!("STOQ {b}{s}{h}")
+                let m = if *metrics { ", metrics scraped" } else { "" };
+                format!("STOQ {b}{s}{h}{m}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
             Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
@@ -79,6 +85,29 @@ impl Subject {
             suite: "aes256gcm".into(),
             handler: false,
             served: true,
+            metrics: false,
+        }
+    }
+
+    /// The same STOQ subject with its server's metrics scraped every 100 ms.
+    pub(crate) fn with_metrics(self) -> Self {
+        match self {
+            Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler,
+                served,
+                ..
+            } => Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler,
+                served,
+                metrics: true,
+            },
+            other => other,
         }
     }
 
@@ -96,6 +125,7 @@ impl Subject {
                 suite,
                 handler: true,
                 served: false,
+                metrics: false,
             },
             other => other,
         }
@@ -116,6 +146,7 @@ impl Subject {
                 suite,
                 handler: false,
                 served: false,
+                metrics: false,
             },
             other => other,
         }

@@ -134,6 +134,19 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
             server.info().detail,
             idle_poll_us
         ));
+        // The metrics subject: a scrape every 100 ms for the whole run.
+        let scraping = matches!(spec.subject, Subject::Stoq { metrics: true, .. }).then(|| {
+            let m = server.metrics();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s = stop.clone();
+            let t = std::thread::spawn(move || {
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::black_box(m.render());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            (stop, t)
+        });
         if served {
             // Each connection is served on the worker that owns it.
             server
@@ -148,6 +161,10 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
             });
         }
         stop.notified().await;
+        if let Some((stop, t)) = scraping {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = t.join();
+        }
         if std::env::var_os("STOQ_BENCH_DEBUG").is_some() {
             for w in server.worker_stats() {
                 eprintln!(
