@@ -273,7 +273,7 @@ impl Connection {
             let r = self.with(|c, slot| match c.open_stream(dir) {
                 Ok(id) => Some(Ok(id)),
                 Err(OpenError::Blocked) => {
-                    slot.wakers.open[dir_index(dir)] = Some(cx.waker().clone());
+                    slot.wakers.open[dir_index(dir)].register(cx.waker());
                     None
                 }
                 Err(_) => Some(Err(self.ended(c))),
@@ -331,7 +331,7 @@ impl Connection {
                 if c.is_closed() {
                     return Poll::Ready(Err(self.ended(c)));
                 }
-                slot.wakers.accept[d] = Some(cx.waker().clone());
+                slot.wakers.accept[d].register(cx.waker());
                 Poll::Pending
             }) {
                 Ok(Some(p)) => p,
@@ -541,7 +541,7 @@ impl Connection {
                 if c.is_closed() {
                     return Poll::Ready(Err(self.ended(c)));
                 }
-                slot.wakers.datagram = Some(cx.waker().clone());
+                slot.wakers.datagram.register(cx.waker());
                 Poll::Pending
             }) {
                 Ok(Some(p)) => p,

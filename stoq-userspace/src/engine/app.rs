@@ -61,6 +61,30 @@ impl ConnShared {
     }
 }
 
+/// The tasks waiting for one thing that several may wait for at once. Registering the
+/// same task twice keeps one entry; the list keeps its capacity, so waiting allocates only
+/// the first time that many tasks wait together.
+#[derive(Debug, Default)]
+pub(crate) struct WakerSet(Vec<Waker>);
+
+impl WakerSet {
+    /// Adds `w` unless the same task is already waiting.
+    pub(crate) fn register(&mut self, w: &Waker) {
+        if !self.0.iter().any(|x| x.will_wake(w)) {
+            self.0.push(w.clone());
+        }
+    }
+
+    /// Wakes every waiting task; whether there was one.
+    pub(crate) fn wake(&mut self) -> bool {
+        let any = !self.0.is_empty();
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+        any
+    }
+}
+
 /// Tasks waiting on one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Wakers {
@@ -69,9 +93,13 @@ pub(crate) struct Wakers {
     pub(crate) write: HashMap<StreamId, Waker>,
     pub(crate) finish: HashMap<StreamId, Waker>,
     pub(crate) message: HashMap<StreamId, Waker>,
-    pub(crate) accept: [Option<Waker>; 2],
-    pub(crate) open: [Option<Waker>; 2],
-    pub(crate) datagram: Option<Waker>,
+    /// Every task waiting to accept a stream, per direction: several may wait at once
+    /// (each woken to race for the new stream; the others wait again).
+    pub(crate) accept: [WakerSet; 2],
+    /// Every task waiting for stream credit to open one, per direction.
+    pub(crate) open: [WakerSet; 2],
+    /// Every task waiting for a DATAGRAM.
+    pub(crate) datagram: WakerSet,
     /// A sender waiting for room in the DATAGRAM queue.
     pub(crate) datagram_room: Option<Waker>,
     /// A task waiting for the next path event.
@@ -83,17 +111,16 @@ impl Wakers {
     fn wake_all(&mut self) {
         let singles = [
             self.connect.take(),
-            self.datagram.take(),
             self.datagram_room.take(),
             self.path_event.take(),
-            self.accept[0].take(),
-            self.accept[1].take(),
-            self.open[0].take(),
-            self.open[1].take(),
         ];
         for w in singles.into_iter().flatten() {
             w.wake();
         }
+        for set in self.accept.iter_mut().chain(&mut self.open) {
+            set.wake();
+        }
+        self.datagram.wake();
         for (_, w) in self
             .read
             .drain()
@@ -307,7 +334,7 @@ impl ApiState {
                 w.wake_all();
                 true
             }
-            Event::StreamOpened(dir) => wake(w.accept[dir_index(*dir)].take()),
+            Event::StreamOpened(dir) => w.accept[dir_index(*dir)].wake(),
             Event::StreamReadable(id) => wake(w.read.remove(id)),
             Event::StreamWritable(id) | Event::StreamStopped { id, .. } => {
                 wake(w.write.remove(id)) | wake(w.finish.remove(id))
@@ -316,8 +343,8 @@ impl ApiState {
                 slot.finished.insert(*id);
                 wake(w.finish.remove(id))
             }
-            Event::StreamsAvailable(dir) => wake(w.open[dir_index(*dir)].take()),
-            Event::DatagramReceived => wake(w.datagram.take()),
+            Event::StreamsAvailable(dir) => w.open[dir_index(*dir)].wake(),
+            Event::DatagramReceived => w.datagram.wake(),
             Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {
                 slot.shared.max_datagram.store(size + 1, Ordering::Relaxed);

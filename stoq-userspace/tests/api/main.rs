@@ -15,6 +15,7 @@ use stoq::io::BackendKind;
 use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod concurrent;
 mod flood;
 mod identity;
 mod incoming;
