@@ -3,24 +3,11 @@
 //! itself (`--key` with `--public` or `--cert`) and refuses one that does not. Over
 //! loopback on the UDP backend: no privileges needed.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{Kill, STOQ};
-
-fn keygen(prefix: &Path) {
-    let o = Command::new(STOQ)
-        .args(["keygen", "--out"])
-        .arg(prefix)
-        .output();
-    assert!(o.expect("keygen").status.success());
-}
-
-fn ext(prefix: &Path, e: &str) -> PathBuf {
-    PathBuf::from(format!("{}.{e}", prefix.display()))
-}
+use common::{Kill, STOQ, ext, keygen, listening_addr};
 
 /// A server with `auth` arguments; returns it and its address.
 fn server(dir: &Path, auth: &[&str]) -> (Kill, String) {
@@ -46,12 +33,8 @@ fn server(dir: &Path, auth: &[&str]) -> (Kill, String) {
             .spawn()
             .expect("server"),
     );
-    let mut banner = String::new();
-    BufReader::new(s.0.stdout.take().expect("stdout"))
-        .read_line(&mut banner)
-        .expect("banner");
-    let addr = banner.split_whitespace().nth(2).expect("listening on ADDR");
-    (s, addr.to_string())
+    let (addr, _) = listening_addr(&mut s.0);
+    (s, addr)
 }
 
 fn client(dir: &Path, addr: &str, auth: &[&str]) -> Output {

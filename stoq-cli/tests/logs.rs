@@ -3,24 +3,19 @@
 //! the worker (id, backend) they happened on; the backend choice is logged with its
 //! reason; `RUST_LOG` replaces `-v`. Over loopback on the UDP backend: no privileges.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ};
+use common::{Kill, STOQ, keygen, listening_addr};
 
 /// Runs a server with `log_args`, one client upload against it, stops the server with
 /// SIGINT and returns what it wrote on standard error.
 fn server_log(tag: &str, log_args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = std::env::temp_dir().join(format!("stoq-logs-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let key = dir.join("server");
-    let ok = Command::new(STOQ)
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .status();
-    assert!(ok.expect("keygen").success());
+    keygen(&dir.join("server"));
     let mut cmd = Command::new(STOQ);
     cmd.args(log_args)
         .args([
@@ -43,14 +38,7 @@ fn server_log(tag: &str, log_args: &[&str], env: &[(&str, &str)]) -> String {
         cmd.env(k, v);
     }
     let mut server = Kill(cmd.spawn().expect("server"));
-    let mut out = BufReader::new(server.0.stdout.take().expect("stdout"));
-    let mut banner = String::new();
-    out.read_line(&mut banner).expect("banner");
-    let addr = banner
-        .split_whitespace()
-        .nth(2)
-        .expect("listening on ADDR")
-        .to_string();
+    let (addr, _out) = listening_addr(&mut server.0);
     let client = Command::new(STOQ)
         .args(["client", &addr, "--backend", "udp", "--load", "1M", "--pin"])
         .arg(dir.join("server.pub"))

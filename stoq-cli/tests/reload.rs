@@ -3,25 +3,13 @@
 //! and a connection made before carries on. Over loopback on the UDP backend: no
 //! privileges needed.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::io::BufRead;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ};
-
-fn keygen(prefix: &Path) {
-    let o = Command::new(STOQ)
-        .args(["keygen", "--out"])
-        .arg(prefix)
-        .output();
-    assert!(o.expect("keygen").status.success());
-}
-
-fn ext(prefix: &Path, e: &str) -> PathBuf {
-    PathBuf::from(format!("{}.{e}", prefix.display()))
-}
+use common::{Kill, STOQ, ext, keygen, listening_addr};
 
 fn upload(addr: &str, pin: &Path, bytes: &str) -> Output {
     Command::new(STOQ)
@@ -61,14 +49,8 @@ fn sighup_reloads_the_server_key() {
             .spawn()
             .expect("server"),
     );
-    let mut out = BufReader::new(server.0.stdout.take().expect("stdout"));
+    let (addr, mut out) = listening_addr(&mut server.0);
     let mut line = String::new();
-    out.read_line(&mut line).expect("banner");
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .expect("listening on ADDR")
-        .to_string();
     assert!(upload(&addr, &ext(&old, "pub"), "64k").status.success());
     // A transfer that is still running when the key changes.
     let mut long = Kill(

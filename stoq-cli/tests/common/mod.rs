@@ -1,6 +1,10 @@
-//! What the CLI tests share: the binary under test and a guard that kills a child process.
+//! What the CLI tests share: the binary under test, a guard that kills a child process,
+//! key generation, and the address a server announces. Each test binary uses some of it.
+#![allow(dead_code)]
 
-use std::process::Child;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command};
 
 /// The `stoq` binary Cargo built for these tests.
 pub(crate) const STOQ: &str = env!("CARGO_BIN_EXE_stoq");
@@ -13,4 +17,28 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Writes a FALCON key pair to `<prefix>.key` and `<prefix>.pub`.
+pub(crate) fn keygen(prefix: &Path) {
+    let o = Command::new(STOQ)
+        .args(["keygen", "--out"])
+        .arg(prefix)
+        .output();
+    assert!(o.expect("keygen").status.success());
+}
+
+/// `<prefix>.<e>`: a key file `keygen` wrote.
+pub(crate) fn ext(prefix: &Path, e: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{e}", prefix.display()))
+}
+
+/// Reads `stoq server`'s banner ("listening on ADDR ...") from its piped standard output:
+/// the address, and the output for what the server says later.
+pub(crate) fn listening_addr(server: &mut Child) -> (String, BufReader<ChildStdout>) {
+    let mut out = BufReader::new(server.stdout.take().expect("piped stdout"));
+    let mut banner = String::new();
+    out.read_line(&mut banner).expect("banner");
+    let addr = banner.split_whitespace().nth(2).expect("listening on ADDR");
+    (addr.to_string(), out)
 }
