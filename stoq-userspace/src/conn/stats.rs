@@ -181,30 +181,37 @@ pub struct TransportTotals {
 impl TransportTotals {
     /// Adds one connection's counters.
     pub fn add(&mut self, s: &ConnectionStats) {
+        self.merge(&Self::of(s));
+    }
+
+    /// One connection's counters as a sum of one.
+    fn of(s: &ConnectionStats) -> Self {
         let d = &s.dropped;
-        self.connections += 1;
-        self.tx_datagrams += s.tx_datagrams;
-        self.tx_bytes += s.tx_bytes;
-        self.tx_packets += s.tx_packets;
-        self.rx_datagrams += s.rx_datagrams;
-        self.rx_bytes += s.rx_bytes;
-        self.rx_packets += s.rx_packets;
-        self.lost_packets += s.lost_packets;
-        self.lost_bytes += s.lost_bytes;
-        self.retransmitted_bytes += s.retransmitted_bytes;
-        self.pto_count += s.pto_count;
-        self.congestion_events += s.congestion_events;
-        self.key_updates += s.key_updates;
-        self.mtu_black_holes += s.mtu_black_holes;
-        self.dropped_packets += d.malformed
-            + d.decrypt_failed
-            + d.no_keys
-            + d.duplicate
-            + d.other_path
-            + d.mismatched_cid
-            + d.bad_retry_or_vn
-            + d.datagram_queue_full;
-        self.rtt.merge(&s.rtt_samples);
+        Self {
+            connections: 1,
+            tx_datagrams: s.tx_datagrams,
+            tx_bytes: s.tx_bytes,
+            tx_packets: s.tx_packets,
+            rx_datagrams: s.rx_datagrams,
+            rx_bytes: s.rx_bytes,
+            rx_packets: s.rx_packets,
+            lost_packets: s.lost_packets,
+            lost_bytes: s.lost_bytes,
+            retransmitted_bytes: s.retransmitted_bytes,
+            pto_count: s.pto_count,
+            congestion_events: s.congestion_events,
+            key_updates: s.key_updates,
+            mtu_black_holes: s.mtu_black_holes,
+            dropped_packets: d.malformed
+                + d.decrypt_failed
+                + d.no_keys
+                + d.duplicate
+                + d.other_path
+                + d.mismatched_cid
+                + d.bad_retry_or_vn
+                + d.datagram_queue_full,
+            rtt: s.rtt_samples,
+        }
     }
 
     /// Adds another sum.
