@@ -501,7 +501,15 @@ impl Backend for AfXdpBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        self.stats
+        // Frames the kernel had for this socket but could not place: no free frame in the
+        // fill ring (`rx_dropped`) or no room in the RX ring (`rx_ring_full`).
+        let ring = self
+            .xsk_statistics()
+            .map_or(0, |x| x.rx_dropped + x.rx_ring_full);
+        BackendStats {
+            rx_dropped: ring + self.udp.kernel_drops(),
+            ..self.stats
+        }
     }
 }
 

@@ -109,6 +109,12 @@ pub struct BackendStats {
     pub tx_errors: u64,
     /// Times a send found the socket buffer full.
     pub tx_would_block: u64,
+    /// Datagrams the kernel dropped on their way to this backend because it did not read
+    /// them fast enough: a full socket receive buffer (UDP, io_uring: the socket's
+    /// `SK_MEMINFO_DROPS`), or a full RX ring or an empty fill ring (AF_XDP:
+    /// `XDP_STATISTICS`). Read from the kernel when the stats are asked for; 0 where it
+    /// cannot be read.
+    pub rx_dropped: u64,
 }
 
 /// Writes one datagram into the buffer given (a frame's payload area) and returns how to

@@ -362,7 +362,39 @@ impl Backend for UdpBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        self.stats
+        BackendStats {
+            rx_dropped: self.kernel_drops(),
+            ..self.stats
+        }
+    }
+}
+
+impl UdpBackend {
+    /// Datagrams the kernel dropped because the socket's receive buffer was full (or
+    /// failed a socket filter): `SK_MEMINFO_DROPS` of `SO_MEMINFO`. 0 where unknown.
+    pub fn kernel_drops(&self) -> u64 {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut info = [0u32; 9];
+            let mut len = size_of_val(&info) as libc::socklen_t;
+            // SAFETY: valid fd; `info` and `len` describe a writable u32 array, which the
+            // kernel fills up to `len` bytes.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_MEMINFO,
+                    info.as_mut_ptr().cast(),
+                    &raw mut len,
+                )
+            };
+            let at = libc::SK_MEMINFO_DROPS as usize;
+            if r == 0 && len as usize >= (at + 1) * size_of::<u32>() {
+                return u64::from(info[at]);
+            }
+        }
+        0
     }
 }
 

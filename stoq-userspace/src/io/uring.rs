@@ -488,7 +488,10 @@ impl Backend for UringBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        self.stats
+        BackendStats {
+            rx_dropped: self.udp.kernel_drops(),
+            ..self.stats
+        }
     }
 }
 

@@ -275,6 +275,11 @@ impl Metrics {
                 &[("worker", w), ("backend", backend)],
                 c(b.tx_errors),
             );
+            put(
+                "stoq_backend_receive_drops_total",
+                &[("worker", w), ("backend", backend)],
+                c(b.rx_dropped),
+            );
         }
         #[cfg(target_os = "linux")]
         if let Some(x) = &snap.xdp {
@@ -577,6 +582,13 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "backend"],
         "Datagrams the backend failed to send.",
+    ),
+    family(
+        "stoq_backend_receive_drops_total",
+        COUNTER,
+        &["worker", "backend"],
+        "Datagrams the kernel dropped because the backend did not read them in time \
+         (a full socket receive buffer, or a full AF_XDP RX ring or empty fill ring).",
     ),
     family(
         "stoq_xdp_packets_total",
