@@ -23,14 +23,15 @@ use super::{
 };
 use crate::handshake::{self, Handshake};
 
+mod responses;
+mod retried;
 mod schedule;
 mod stateless;
 
+use self::responses::Responses;
+use self::retried::Retried;
 use self::schedule::Schedule;
 
-/// Stateless responses queued at most (Retry, Version Negotiation, reset, refusal); more
-/// are dropped and counted, so a flood cannot grow memory.
-const MAX_RESPONSES: usize = 256;
 /// Token nonces remembered to refuse replays.
 const USED_TOKENS: usize = 65_536;
 /// Datagrams held for an Incoming until the application decides.
@@ -432,8 +433,10 @@ pub struct Endpoint {
     rx_info: DatagramInfo,
     used_tokens: HashSet<[u8; 12]>,
     used_order: VecDeque<[u8; 12]>,
-    /// Destination, local address to send from, datagram.
-    responses: VecDeque<(SocketAddr, Option<IpAddr>, Vec<u8>)>,
+    /// Stateless responses waiting to be sent.
+    responses: Responses,
+    /// Clients sent a Retry lately, which get one again for the rest of their flight.
+    retried: Retried,
     sched: Schedule,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
@@ -495,7 +498,8 @@ impl Endpoint {
             rx_info: DatagramInfo::default(),
             used_tokens: HashSet::new(),
             used_order: VecDeque::new(),
-            responses: VecDeque::new(),
+            responses: Responses::default(),
+            retried: Retried::default(),
             sched: Schedule::default(),
             removed: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -889,7 +893,7 @@ impl Endpoint {
             validated: false,
         };
         let under_load = self.under_load();
-        if token.is_empty() && under_load {
+        if token.is_empty() && (under_load || self.retried.contains(now, remote, dcid)) {
             // Answered before the Initial is authenticated: a stateless Retry (one token
             // seal, about 0.5 µs) costs a sixth of deriving the DCID's Initial keys and
             // decrypting 1,200 bytes (`cargo bench --bench flood`), so a flood that
@@ -1059,19 +1063,15 @@ impl Endpoint {
     /// The next datagram to send, written into `buf`: it is `buf[..size]` (see
     /// [`Connection::poll_transmit`]). Connections take turns, one datagram each.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if let Some((to, src_ip, d)) = self.responses.pop_front() {
-            buf.clear();
-            buf.extend_from_slice(&d);
-            return Some(Transmit {
-                destination: to,
-                size: d.len(),
-                ecn: EcnCodepoint::NotEct,
-                src_ip,
-            });
-        }
         let size = self.max_datagram_size();
         if buf.len() < size {
             buf.resize(size, 0);
+        }
+        if let Some(t) = self
+            .responses
+            .pop_into(buf, &mut self.stats.responses_dropped)
+        {
+            return Some(t);
         }
         self.poll_connections(now, buf)
     }
@@ -1082,18 +1082,11 @@ impl Endpoint {
     /// shorter buffers make smaller datagrams, and a stateless response that does not fit
     /// is dropped (counted in `responses_dropped`).
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some((to, src_ip, d)) = self.responses.pop_front() {
-            if d.len() > buf.len() {
-                self.stats.responses_dropped += 1;
-                continue;
-            }
-            buf[..d.len()].copy_from_slice(&d);
-            return Some(Transmit {
-                destination: to,
-                size: d.len(),
-                ecn: EcnCodepoint::NotEct,
-                src_ip,
-            });
+        if let Some(t) = self
+            .responses
+            .pop_into(buf, &mut self.stats.responses_dropped)
+        {
+            return Some(t);
         }
         self.poll_connections(now, buf)
     }

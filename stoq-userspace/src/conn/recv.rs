@@ -112,7 +112,7 @@ impl Connection {
         dlen: usize,
     ) {
         match info.kind {
-            PacketKind::Retry => return self.handle_retry(pkt, info),
+            PacketKind::Retry => return self.handle_retry(now, pkt, info),
             PacketKind::VersionNegotiation => return self.handle_version_negotiation(pkt, info),
             _ => {}
         }
@@ -511,7 +511,7 @@ impl Connection {
         }
     }
 
-    pub(super) fn handle_retry(&mut self, pkt: &[u8], info: &WireHeader) {
+    pub(super) fn handle_retry(&mut self, now: Instant, pkt: &[u8], info: &WireHeader) {
         if self.side != Side::Client
             || self.server_initial_scid.is_some()
             || self.retry_scid.is_some()
@@ -526,6 +526,20 @@ impl Connection {
             self.stats.dropped.bad_retry_or_vn += 1;
             return;
         };
+        // The time from the first Initial to the Retry is the client's first RTT estimate
+        // (RFC 9002 §6.2.2 allows it): its probe timeout after a Retry follows the path,
+        // not the 333 ms assumed before any sample (1 s, then 2 s, 4 s, ... when the
+        // Initial that follows the Retry is lost on a busy server's path). Not when
+        // anything was sent again: which copy the Retry answered would be unknown.
+        if self.pto_count == 0
+            && !self.rtt.has_sample()
+            && let Some(first) = self.spaces[0].sent.front()
+        {
+            self.rtt
+                .update(now.saturating_duration_since(first.time), Duration::ZERO);
+        }
+        // Loss recovery starts over (RFC 9002 §6.3), timers and backoff included.
+        self.pto_count = 0;
         self.retry_scid = Some(scid);
         self.remote_cid = scid;
         self.token = pkt[info.token_off..info.token_off + info.token_len].to_vec();

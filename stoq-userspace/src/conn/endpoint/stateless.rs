@@ -1,6 +1,6 @@
 //! The endpoint's stateless answers: Retry, Version Negotiation, stateless reset and a
-//! refusal, each queued (at most [`MAX_RESPONSES`](super::MAX_RESPONSES)) without keeping
-//! any state for the peer.
+//! refusal, each queued (in the bounded [`Responses`](super::responses::Responses))
+//! without keeping any state for the peer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -11,7 +11,7 @@ use stoq_common::wire::stoq::{RETRY_TAG_LEN, Repr, VERSION_1};
 
 use super::super::token::{reset_token, retry_tag};
 use super::super::{Connection, Side};
-use super::{Endpoint, Incoming, MAX_RESPONSES};
+use super::{Endpoint, Incoming};
 use crate::handshake::Handshake;
 
 impl Endpoint {
@@ -22,12 +22,11 @@ impl Endpoint {
         from_ip: Option<IpAddr>,
         datagram: Vec<u8>,
     ) -> bool {
-        if self.responses.len() >= MAX_RESPONSES {
+        let queued = self.responses.push(to, from_ip, datagram);
+        if !queued {
             self.stats.responses_dropped += 1;
-            return false;
         }
-        self.responses.push_back((to, from_ip, datagram));
-        true
+        queued
     }
 
     pub(super) fn send_retry(&mut self, now: Instant, incoming: &Incoming) {
@@ -44,7 +43,7 @@ impl Endpoint {
             token: &token,
             tag: [0; RETRY_TAG_LEN],
         };
-        let mut buf = vec![0u8; repr.buffer_len()];
+        let mut buf = self.responses.buffer(repr.buffer_len());
         let Ok(n) = repr.emit(&mut buf) else {
             return;
         };
@@ -53,6 +52,7 @@ impl Endpoint {
         buf[n - RETRY_TAG_LEN..n].copy_from_slice(&tag);
         if self.respond(incoming.remote, incoming.local_ip, buf) {
             self.stats.retries_sent += 1;
+            self.retried.insert(now, incoming.remote, incoming.dcid);
         }
     }
 
@@ -74,7 +74,7 @@ impl Endpoint {
             scid: dcid,
             versions: &versions,
         };
-        let mut buf = vec![0u8; repr.buffer_len()];
+        let mut buf = self.responses.buffer(repr.buffer_len());
         if repr.emit(&mut buf).is_ok() {
             buf[0] |= (self.rng.next_u32() & 0x7f) as u8;
             if self.respond(remote, self.rx_info.local_ip, buf) {
@@ -96,7 +96,7 @@ impl Endpoint {
         let Ok(dcid) = ConnectionId::from_slice(&data[1..1 + l]) else {
             return;
         };
-        let mut buf = vec![0u8; len];
+        let mut buf = self.responses.buffer(len);
         self.rng.fill_bytes(&mut buf[..len - 16]);
         buf[0] = 0x40 | (buf[0] & 0x3f);
         // Looks like a CID of this layout to the peer's classifier; random otherwise.

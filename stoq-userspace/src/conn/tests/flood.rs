@@ -236,3 +236,51 @@ fn an_expired_retry_token_is_refused_not_retried() {
         other => panic!("expected a refusal, got {other:?} (connection {h:?})"),
     }
 }
+
+/// A client whose first datagram got a Retry gets one for the rest of its flight, even if
+/// the load ended in between: admitting its second datagram alone made a connection the
+/// client never continues (it follows the Retry), holding a handshake slot until the
+/// handshake timeout.
+#[test]
+fn a_flight_split_by_the_end_of_load_makes_no_orphan_connection() {
+    let (server, client) = configs(Setup::default());
+    // Under load while one handshake is in progress.
+    let mut p = Pair::new(server, 1452, RetryPolicy::WhenHandshakingAbove(1));
+    let mut flights = flood_flights(&p, 2);
+    let other = flights.pop().unwrap();
+    let mut flight = flights.pop().unwrap();
+    assert_eq!(flight.len(), 2, "a hybrid ClientHello takes two datagrams");
+    let second = flight.pop().unwrap();
+    p.connect(client);
+    assert!(p.drive_until(Duration::from_secs(1), |p| p.server.handshaking == 1));
+    assert!(p.server.under_load());
+    // Delivered in order behind what is already on the wire.
+    let deliver = |p: &mut Pair, from: SocketAddr, d: Vec<u8>| {
+        let seen = p.server.stats().rx_datagrams;
+        p.inject(true, from, d);
+        assert!(p.drive_until(Duration::from_secs(1), |p| {
+            p.server.stats().rx_datagrams > seen
+        }));
+    };
+    let from = spoofed(5000);
+    deliver(&mut p, from, flight.pop().unwrap());
+    let st = p.server.stats();
+    assert_eq!(st.retries_sent, 1, "{st:?}");
+    // The handshake in progress completes: the load is over.
+    assert!(p.drive_until(Duration::from_secs(1), |p| p.server.handshaking == 0));
+    assert!(!p.server.under_load());
+    let accepted = p.server.stats().accepted;
+    deliver(&mut p, from, second);
+    let st = p.server.stats();
+    assert_eq!(
+        st.accepted, accepted,
+        "no connection from the second datagram: {st:?}"
+    );
+    assert_eq!(st.retries_sent, 2, "{st:?}");
+    assert_eq!(p.server.handshaking, 0);
+    // Another client, off load, is admitted at once.
+    for d in other {
+        deliver(&mut p, spoofed(5001), d);
+    }
+    assert_eq!(p.server.stats().accepted, accepted + 1);
+}

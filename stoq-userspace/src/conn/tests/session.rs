@@ -209,6 +209,35 @@ fn retry_then_handshake() {
     p.exchange_datagrams(b"after retry");
 }
 
+/// The Retry's round trip is the client's first RTT sample: when the Initial that follows
+/// it is lost, the client sends it again after a probe timeout of a few round trips, not
+/// after the 1 s that the assumed 333 ms RTT gives (and 2 s, 4 s after that).
+#[test]
+fn the_retry_round_trip_sets_the_first_probe_timeout() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Always);
+    let mut to_server = 0;
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        if w.to_server {
+            to_server += 1;
+            // The first flight is two datagrams; the one after the Retry is lost.
+            if (3..=4).contains(&to_server) {
+                return Verdict::Drop;
+            }
+        }
+        Verdict::Deliver
+    }));
+    p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    let st = p.client_conn().stats();
+    assert_eq!(st.pto_count, 1, "{st:?}");
+    // Retry round trip (20 ms), lost flight, a probe timeout of 3 × 20 ms, then the
+    // handshake's two round trips.
+    let connected = p.event_time(false, &Event::Connected).unwrap();
+    assert!(connected < Duration::from_millis(200), "{connected:?}");
+    assert!(connected >= 4 * p.delay + 3 * 2 * p.delay, "{connected:?}");
+}
+
 #[test]
 fn key_updates_both_ways_keep_data_flowing() {
     let mut p = connected_pair();
