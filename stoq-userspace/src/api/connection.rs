@@ -210,6 +210,39 @@ impl Connection {
             .flatten()
     }
 
+    /// Fills `out` with keying material exported from the handshake for `label` and
+    /// `context` (TLS 1.3's exporter, RFC 8446 §7.5, over STOQ's key schedule): both ends of
+    /// this connection get the same bytes, no other connection does. For binding an
+    /// application's own authentication or keys to this connection, as with quinn's
+    /// `export_keying_material`.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: stoq::api::Connection) -> Result<(), stoq::api::ExportKeyingMaterialError> {
+    /// let mut binding = [0u8; 32];
+    /// conn.export_keying_material(&mut binding, b"EXPORTER-my-app-channel-binding", b"")?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Export`](super::ExportKeyingMaterialError::Export) before the connection is
+    /// established, or for a label over 250 bytes or an output over 8,160 bytes;
+    /// [`Connection`](super::ExportKeyingMaterialError::Connection) once it is gone.
+    pub fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), super::ExportKeyingMaterialError> {
+        let (len, label, context) = (out.len(), label.to_vec(), context.to_vec());
+        let v = self.here_or_call(move |c, _| {
+            let mut v = zeroize::Zeroizing::new(vec![0u8; len]);
+            c.export_keying_material(&mut v, &label, &context)
+                .map(|()| v)
+        })??;
+        out.copy_from_slice(&v[..]);
+        Ok(())
+    }
+
     /// Retunes the live connection without a new handshake: flow-control windows,
     /// keep-alive, how many ack-eliciting packets are acknowledged at once, the pacing
     /// gain (each field of [`Adaptation`](conn::Adaptation) that is `Some`). Applied on

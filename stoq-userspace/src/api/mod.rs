@@ -88,6 +88,18 @@ pub enum SendError {
     Message(#[from] conn::MessageError),
 }
 
+/// Why [`Connection::export_keying_material`] gave nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportKeyingMaterialError {
+    /// The connection is gone.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The handshake has not completed, or the label or output is too long.
+    #[error(transparent)]
+    Export(#[from] conn::ExportError),
+}
+
 /// Why a stream operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

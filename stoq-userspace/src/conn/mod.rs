@@ -89,6 +89,7 @@ use crate::crypto::{
     CipherSuite, DirectionalKeys, PacketKey, Secret, TAG_LEN, pn, unprotect_header,
 };
 use crate::frame;
+pub use crate::handshake::ExportError;
 use crate::handshake::Handshake;
 use crate::handshake::params::TransportParams;
 use crate::handshake::schedule::initial_secrets;
@@ -512,6 +513,28 @@ impl Connection {
     /// The peer's authenticated FALCON key, once verified.
     pub fn peer_key(&self) -> Option<&crate::crypto::sig::VerifyingKey> {
         self.hs.peer_key()
+    }
+
+    /// Fills `out` with keying material exported from this connection's handshake for
+    /// `label` and `context` (the TLS 1.3 exporter, RFC 8446 §7.5, over STOQ's key
+    /// schedule; as RFC 5705 and quinn's `export_keying_material`): both ends get the same
+    /// bytes, and no other connection does. For binding an application's own
+    /// authentication or keys to this connection.
+    ///
+    /// # Errors
+    /// [`ExportError::HandshakeIncomplete`] before the connection is established, and
+    /// [`ExportError::LabelTooLong`] / [`ExportError::OutputTooLong`] past the limits of
+    /// HKDF-Expand-Label.
+    pub fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportError> {
+        if !self.hs.is_complete() {
+            return Err(ExportError::HandshakeIncomplete);
+        }
+        self.hs.export_keying_material(out, label, context)
     }
 
     /// The peer's transport parameters, once received.

@@ -211,6 +211,31 @@ impl ClientConfig {
     }
 }
 
+/// Why keying material could not be exported (`Connection::export_keying_material`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The handshake has not completed: wait for the connection to be established.
+    #[error("the handshake has not completed: export once the connection is established")]
+    HandshakeIncomplete,
+    /// The label is longer than the key schedule allows.
+    #[error("exporter label of {len} bytes: at most {max} bytes")]
+    LabelTooLong {
+        /// The label's length.
+        len: usize,
+        /// The longest label allowed.
+        max: usize,
+    },
+    /// More output was asked for than HKDF-SHA256 can give.
+    #[error("{len} bytes of keying material asked for: at most {max} bytes")]
+    OutputTooLong {
+        /// The output's length.
+        len: usize,
+        /// The most that can be exported at once.
+        max: usize,
+    },
+}
+
 /// Why a handshake failed: one variant per reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -341,6 +366,8 @@ pub struct Handshake {
     outgoing: [Vec<u8>; 3],
     keys: Vec<KeyChange>,
     secrets: Option<HandshakeSecrets>,
+    /// The exporter master secret, from the server's Finished on.
+    exporter: Option<Secret>,
     suite: Option<CipherSuite>,
     peer_params: Option<TransportParams>,
     peer_key: Option<VerifyingKey>,
@@ -406,6 +433,7 @@ impl Handshake {
             outgoing: Default::default(),
             keys: Vec::new(),
             secrets: None,
+            exporter: None,
             suite: None,
             peer_params: None,
             peer_key: None,
@@ -432,6 +460,24 @@ impl Handshake {
     /// The negotiated suite, once known.
     pub fn suite(&self) -> Option<CipherSuite> {
         self.suite
+    }
+
+    /// Keying material exported for `label` and `context` into `out` (RFC 8446 §7.5), from
+    /// the server's Finished on.
+    ///
+    /// # Errors
+    /// [`ExportError::HandshakeIncomplete`] before that; a label or output over the limits.
+    pub fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportError> {
+        let exporter = self
+            .exporter
+            .as_ref()
+            .ok_or(ExportError::HandshakeIncomplete)?;
+        schedule::export(exporter, label, context, out)
     }
 
     /// The peer's transport parameters, once received.
@@ -692,6 +738,7 @@ impl Handshake {
         let fin = finished_mac(&secrets.server, &self.transcript.hash());
         self.send(Epoch::Handshake, &Message::Finished(fin));
         let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
+        self.exporter = Some(secrets.exporter(&self.transcript.hash()));
         self.keys.push(KeyChange {
             epoch: Epoch::OneRtt,
             suite,
@@ -756,6 +803,7 @@ impl Handshake {
         }
         self.transcript.add(raw);
         let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
+        self.exporter = Some(secrets.exporter(&self.transcript.hash()));
         let Role::Client {
             cfg, client_auth, ..
         } = &self.role

@@ -11,6 +11,8 @@
 //! master       = HKDF-Extract(Expand-Label(handshake, "derived", H(""), 32), 0^32)
 //! c_ap / s_ap  = Expand-Label(master, "c ap traffic" / "s ap traffic",
 //!                             H(CH..server Finished), 32)
+//! exporter     = Expand-Label(master, "exp master", H(CH..server Finished), 32)
+//! export(L, C) = Expand-Label(Expand-Label(exporter, L, H(""), 32), "exporter", H(C), n)
 //! finished     = HMAC(Expand-Label(c_hs or s_hs, "finished", "", 32), H(transcript))
 //! ```
 //!
@@ -103,6 +105,11 @@ impl HandshakeSecrets {
         }
     }
 
+    /// The exporter master secret, from `H(ClientHello..server Finished)` (RFC 8446 §7.5).
+    pub fn exporter(&self, th_server_finished: &[u8; 32]) -> Secret {
+        derive(&self.master[..], b"exp master", th_server_finished)
+    }
+
     /// The application secrets (client, server) from `H(ClientHello..server Finished)`.
     pub fn application(&self, th_server_finished: &[u8; 32]) -> (Secret, Secret) {
         (
@@ -110,6 +117,40 @@ impl HandshakeSecrets {
             derive(&self.master[..], b"s ap traffic", th_server_finished),
         )
     }
+}
+
+/// The longest exporter label: Expand-Label's label field holds 255 bytes with the prefix.
+pub const MAX_EXPORT_LABEL: usize = 255 - crate::crypto::LABEL_PREFIX.len();
+/// The most keying material one export gives (HKDF-SHA256's 255 blocks).
+pub const MAX_EXPORT_LEN: usize = 255 * 32;
+
+/// Exported keying material for `label` and `context` into `out` (RFC 8446 §7.5).
+///
+/// # Errors
+/// A label over [`MAX_EXPORT_LABEL`] or an output over [`MAX_EXPORT_LEN`] bytes.
+pub fn export(
+    exporter: &Secret,
+    label: &[u8],
+    context: &[u8],
+    out: &mut [u8],
+) -> Result<(), super::ExportError> {
+    use super::ExportError;
+    if label.len() > MAX_EXPORT_LABEL {
+        return Err(ExportError::LabelTooLong {
+            len: label.len(),
+            max: MAX_EXPORT_LABEL,
+        });
+    }
+    if out.len() > MAX_EXPORT_LEN {
+        return Err(ExportError::OutputTooLong {
+            len: out.len(),
+            max: MAX_EXPORT_LEN,
+        });
+    }
+    let per_label = derive(exporter.as_bytes(), label, &empty_hash());
+    let context_hash: [u8; 32] = Sha256::digest(context).into();
+    expand_label(per_label.as_bytes(), b"exporter", &context_hash, out);
+    Ok(())
 }
 
 /// The Finished MAC: `HMAC(Expand-Label(base, "finished", "", 32), transcript_hash)`.
@@ -227,5 +268,33 @@ mod tests {
         t.add(b"ClientHello..");
         t.add(b"ServerHello");
         assert_eq!(t.hash(), h(b"ClientHello..ServerHello"));
+    }
+
+    /// The exporter against HKDF-Expand-Label computed independently (Python's hmac and
+    /// hashlib): exporter secret 00..1f, label "EXPORTER-test", context "context", 40 bytes.
+    #[test]
+    fn export_matches_an_independent_computation() {
+        let exporter = Secret::new(core::array::from_fn(|i| i as u8));
+        let mut out = [0u8; 40];
+        export(&exporter, b"EXPORTER-test", b"context", &mut out).unwrap();
+        assert_eq!(
+            out.to_vec(),
+            hex("c3e3d2aca7989146efdac6507fb35a483c262c1c7d63c1b998df1c968568804128a5e0cfd6905931")
+        );
+        let long = [b'x'; MAX_EXPORT_LABEL + 1];
+        assert_eq!(
+            export(&exporter, &long, b"", &mut out),
+            Err(crate::handshake::ExportError::LabelTooLong {
+                len: MAX_EXPORT_LABEL + 1,
+                max: MAX_EXPORT_LABEL
+            })
+        );
+        assert!(export(&exporter, &long[1..], b"", &mut out).is_ok());
+        let mut big = vec![0u8; MAX_EXPORT_LEN + 1];
+        assert!(matches!(
+            export(&exporter, b"l", b"", &mut big),
+            Err(crate::handshake::ExportError::OutputTooLong { .. })
+        ));
+        assert!(export(&exporter, b"l", b"", &mut big[1..]).is_ok());
     }
 }

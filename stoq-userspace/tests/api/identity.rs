@@ -56,6 +56,15 @@ async fn peer_key_rtt_stable_id_and_close_reason() {
     assert_ne!(conn.stable_id(), srv_conn.stable_id());
     let second = client.connect(addr, "id.stoq").await.expect("second");
     assert_ne!(second.stable_id(), conn.stable_id());
+    // Keying material: the same at both ends of a connection, another for another.
+    let export = |c: &stoq::api::Connection| {
+        let mut out = [0u8; 32];
+        c.export_keying_material(&mut out, b"EXPORTER-identity-test", b"context")
+            .expect("export");
+        out
+    };
+    assert_eq!(export(&conn), export(&srv_conn));
+    assert_ne!(export(&conn), export(&second));
     // Retuning a live connection: keep-alive every 20 ms makes an idle connection send.
     // (Quiet first: the handshake's last ACKs leave within the ACK delay.)
     tokio::time::sleep(Duration::from_millis(200)).await;

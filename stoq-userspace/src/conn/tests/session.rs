@@ -238,6 +238,41 @@ fn the_retry_round_trip_sets_the_first_probe_timeout() {
     assert!(connected >= 4 * p.delay + 3 * 2 * p.delay, "{connected:?}");
 }
 
+/// Both ends export the same keying material for a label and context, different for
+/// another label, context or connection; nothing before the handshake completes.
+#[test]
+fn both_ends_export_the_same_keying_material() {
+    let (server, client) = configs(Setup::default());
+    let mut p = Pair::new(server, 1452, RetryPolicy::Never);
+    p.connect(client.clone());
+    let mut early = [0u8; 32];
+    assert_eq!(
+        p.client_conn()
+            .export_keying_material(&mut early, b"EXPORTER-test", b""),
+        Err(ExportError::HandshakeIncomplete)
+    );
+    assert!(p.handshake() && p.both_connected());
+    let export = |c: &Connection, label: &[u8], context: &[u8]| {
+        let mut out = [0u8; 48];
+        c.export_keying_material(&mut out, label, context).unwrap();
+        out
+    };
+    let ours = export(p.client_conn(), b"EXPORTER-test", b"ctx");
+    assert_eq!(ours, export(p.server_conn(), b"EXPORTER-test", b"ctx"));
+    assert_ne!(ours, export(p.client_conn(), b"EXPORTER-other", b"ctx"));
+    assert_ne!(ours, export(p.client_conn(), b"EXPORTER-test", b"ctx2"));
+    assert_ne!(ours, [0u8; 48]);
+    // Another connection between the same endpoints exports something else.
+    let h = p.connect(client);
+    assert!(p.drive_until(Duration::from_secs(1), |p| {
+        p.client
+            .connection(h)
+            .is_some_and(Connection::is_established)
+    }));
+    let other = p.client.connection(h).unwrap();
+    assert_ne!(ours, export(other, b"EXPORTER-test", b"ctx"));
+}
+
 #[test]
 fn key_updates_both_ways_keep_data_flowing() {
     let mut p = connected_pair();
