@@ -323,8 +323,34 @@ pub(crate) fn open_pipe(conn: &Connection, id: StreamId, pump: Pump) -> Arc<Pipe
 }
 
 async fn pump_send(conn: Connection, id: StreamId, pipe: Arc<Pipe>) {
+    super::stream::remember_send(&conn, id);
+    pump_send_until_done(&conn, id, &pipe).await;
+    super::stream::forget_send(&conn, id);
+}
+
+/// Moves the pipe's data into stream `id` until the stream ends; a STOP_SENDING from the
+/// peer ends it even while the pipe is idle (so `SendStream::stopped` learns of it).
+async fn pump_send_until_done(conn: &Connection, id: StreamId, pipe: &Pipe) {
+    let conn = conn.clone();
     loop {
-        match poll_fn(|cx| pipe.poll_pop(cx, usize::MAX)).await {
+        let popped = poll_fn(|cx| {
+            if let Poll::Ready(Ok(crate::engine::app::SendOutcome::Stopped(code))) =
+                super::stream::poll_outcome_here(&conn, id, cx)
+            {
+                return Poll::Ready(Err(code));
+            }
+            pipe.poll_pop(cx, usize::MAX).map(Ok)
+        })
+        .await;
+        let popped = match popped {
+            Ok(p) => p,
+            Err(code) => {
+                pipe.abandon(code);
+                pipe.set_outcome(Err(StreamError::Stopped(code)));
+                return;
+            }
+        };
+        match popped {
             Popped::Data(mut b) => {
                 while !b.is_empty() {
                     let r = poll_fn(|cx| {

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::remote::{End, Pipe, Popped, Pump, open_pipe};
 use super::{Connection, StreamError};
 use crate::conn::{self, ReadError, StreamId, Urgency, WriteError};
+use crate::engine::app::SendOutcome;
 
 fn map_write(conn: &Connection, c: &conn::Connection, e: WriteError) -> StreamError {
     match e {
@@ -71,9 +72,23 @@ pub(crate) fn poll_finished_here(
     id: StreamId,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), StreamError>> {
+    poll_outcome_here(conn, id, cx).map(|r| match r? {
+        SendOutcome::Finished => Ok(()),
+        SendOutcome::Stopped(code) => Err(StreamError::Stopped(code)),
+    })
+}
+
+/// On the worker: how stream `id` ended (every byte acknowledged, or stopped by the peer),
+/// once it has.
+pub(crate) fn poll_outcome_here(
+    conn: &Connection,
+    id: StreamId,
+    cx: &mut Context<'_>,
+) -> Poll<Result<SendOutcome, StreamError>> {
     match conn.with(|c, slot| {
-        if slot.finished.remove(&id) {
-            return Poll::Ready(Ok(()));
+        // Asked about, so kept until the handle is dropped (see `forget_send`).
+        if let Some(o) = *slot.send_outcomes.entry(id).or_insert(None) {
+            return Poll::Ready(Ok(o));
         }
         if c.is_closed() {
             return Poll::Ready(Err(StreamError::Connection(conn.ended(c))));
@@ -85,6 +100,21 @@ pub(crate) fn poll_finished_here(
         Ok(None) => Poll::Ready(Err(StreamError::Connection(conn.moved()))),
         Err(e) => Poll::Ready(Err(e.into())),
     }
+}
+
+/// On the worker: a handle of stream `id` exists; its outcome is kept for it.
+pub(crate) fn remember_send(conn: &Connection, id: StreamId) {
+    let _ = conn.with(|_, slot| {
+        slot.send_outcomes.entry(id).or_insert(None);
+    });
+}
+
+/// On the worker: no handle of stream `id` is left; its outcome is not kept.
+pub(crate) fn forget_send(conn: &Connection, id: StreamId) {
+    let _ = conn.with(|_, slot| {
+        slot.send_outcomes.remove(&id);
+        slot.wakers.finish.remove(&id);
+    });
 }
 
 /// On the worker: resets stream `id`.
@@ -149,6 +179,9 @@ pub struct SendStream {
 
 impl SendStream {
     pub(crate) fn new(conn: &Connection, id: StreamId) -> Self {
+        if conn.is_on_worker() {
+            remember_send(conn, id);
+        }
         Self {
             conn: conn.clone(),
             id,
@@ -254,6 +287,38 @@ impl SendStream {
         poll_fn(|cx| poll_finished_here(&self.conn, id, cx)).await
     }
 
+    /// Resolves once the stream has ended on the peer's side: `Some(code)` when the peer
+    /// asked this side to stop sending (STOP_SENDING; writes fail from then on), `None`
+    /// when it acknowledged every byte and the FIN (quinn's `SendStream::stopped`). Does
+    /// not finish the stream.
+    ///
+    /// ```no_run
+    /// # async fn f(mut s: stoq::api::SendStream) -> Result<(), stoq::api::StreamError> {
+    /// s.write_all_data(b"a long upload").await?;
+    /// if let Some(code) = s.stopped().await? {
+    ///     eprintln!("the peer does not want the rest (code {code})");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StreamError::Closed`] if this side reset the stream, or the connection's error.
+    pub async fn stopped(&mut self) -> Result<Option<u64>, StreamError> {
+        // From another thread, through the pump, which watches the stream for it.
+        if let Some(p) = self.pipe() {
+            return match poll_fn(|cx| p.poll_outcome(cx)).await {
+                Ok(()) => Ok(None),
+                Err(StreamError::Stopped(code)) => Ok(Some(code)),
+                Err(e) => Err(e),
+            };
+        }
+        let id = self.id;
+        match poll_fn(|cx| poll_outcome_here(&self.conn, id, cx)).await? {
+            SendOutcome::Finished => Ok(None),
+            SendOutcome::Stopped(code) => Ok(Some(code)),
+        }
+    }
+
     /// Abandons the stream with an application error code (RESET_STREAM).
     ///
     /// # Errors
@@ -309,6 +374,15 @@ impl Drop for SendStream {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.finish();
+        }
+        // A pump forgets the stream when it ends.
+        if self.pipe.is_none() {
+            if self.conn.is_on_worker() {
+                forget_send(&self.conn, self.id);
+            } else {
+                let id = self.id;
+                self.conn.run(move |c| forget_send(c, id));
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! [`crate::engine`]'s thread model). [`SharedApi`] is the one part other threads reach:
 //! the accept queue.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -148,6 +148,15 @@ pub(crate) struct Stash {
 /// read; beyond that the oldest are dropped: the newest say where the path stands.
 pub(crate) const MAX_PATH_EVENTS: usize = 64;
 
+/// How a send stream ended, for the handle that asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendOutcome {
+    /// The peer acknowledged every byte and the FIN.
+    Finished,
+    /// The peer sent STOP_SENDING with this code.
+    Stopped(u64),
+}
+
 /// A connection as its worker tracks it for the async API.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -155,8 +164,11 @@ pub(crate) struct Slot {
     pub(crate) connected: bool,
     pub(crate) server_side: bool,
     pub(crate) wakers: Wakers,
-    /// Streams whose data was all acknowledged after `finish`.
-    pub(crate) finished: HashSet<StreamId>,
+    /// The send streams a handle of this worker's may still ask about (`finished`,
+    /// `stopped`): present from the handle's creation (or its pump's start) to its drop,
+    /// with how the stream ended once it has. Outcomes of streams nobody holds are not
+    /// kept, so a long-lived connection keeps nothing per past stream.
+    pub(crate) send_outcomes: HashMap<StreamId, Option<SendOutcome>>,
     /// Messages whose outcome someone awaits: `Some(true)` delivered, `Some(false)`
     /// abandoned.
     pub(crate) messages: HashMap<StreamId, Option<bool>>,
@@ -238,7 +250,7 @@ impl ApiState {
             connected: false,
             server_side,
             wakers: Wakers::default(),
-            finished: HashSet::new(),
+            send_outcomes: HashMap::new(),
             messages: HashMap::new(),
             stash: Stash::default(),
             path_events: VecDeque::new(),
@@ -336,11 +348,17 @@ impl ApiState {
             }
             Event::StreamOpened(dir) => w.accept[dir_index(*dir)].wake(),
             Event::StreamReadable(id) => wake(w.read.remove(id)),
-            Event::StreamWritable(id) | Event::StreamStopped { id, .. } => {
+            Event::StreamWritable(id) => wake(w.write.remove(id)) | wake(w.finish.remove(id)),
+            Event::StreamStopped { id, code } => {
+                if let Some(o) = slot.send_outcomes.get_mut(id) {
+                    o.get_or_insert(SendOutcome::Stopped(*code));
+                }
                 wake(w.write.remove(id)) | wake(w.finish.remove(id))
             }
             Event::StreamFinished(id) => {
-                slot.finished.insert(*id);
+                if let Some(o) = slot.send_outcomes.get_mut(id) {
+                    o.get_or_insert(SendOutcome::Finished);
+                }
                 wake(w.finish.remove(id))
             }
             Event::StreamsAvailable(dir) => w.open[dir_index(*dir)].wake(),

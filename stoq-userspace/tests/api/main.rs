@@ -22,6 +22,7 @@ mod incoming;
 mod metrics;
 mod quic_lb;
 mod served;
+mod stopped;
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);

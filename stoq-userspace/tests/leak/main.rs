@@ -171,6 +171,9 @@ impl Net {
 
 #[test]
 fn the_heap_returns_to_its_baseline_after_connections_close() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
     let server_cfg = Arc::new(ServerConfig {
         credential: Credential::RawKey {
@@ -218,4 +221,89 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         growth < 64 << 10,
         "the heap grew by {growth} bytes over two rounds of {CONNS} connections: {ends:?}"
     );
+}
+
+/// The tests of this binary measure one global heap: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Through the async API, a connection served on its worker whose handler finishes its
+/// streams without awaiting `finished()` keeps nothing per stream: rounds of 10,000
+/// streams end where the round before ended.
+#[test]
+fn the_heap_stays_flat_over_the_streams_of_a_long_lived_connection() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    use stoq::engine::EngineConfig;
+    use stoq::io::BackendKind;
+    const STREAMS: usize = 10_000;
+    const ROUNDS: usize = 4;
+    let config = || {
+        let mut c = EngineConfig::new("127.0.0.1:0".parse().expect("addr"));
+        c.backend = Some(BackendKind::Udp);
+        c.workers = 1;
+        c
+    };
+    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let server = stoq::Endpoint::server(
+        config(),
+        Arc::new(ServerConfig::raw_key(key, public.clone())),
+    )
+    .expect("server");
+    let addr = server.local_addr();
+    // On the worker: each request (a unidirectional stream) is answered with 10,000
+    // streams of one byte, finished and dropped.
+    server
+        .serve(|conn| async move {
+            while let Ok(mut go) = conn.accept_uni().await {
+                if go.read_to_end_limited(16).await.is_err() {
+                    return;
+                }
+                for _ in 0..STREAMS {
+                    let Ok(mut s) = conn.open_uni().await else {
+                        return;
+                    };
+                    if s.write_all_data(b"x").await.is_err() || s.finish().is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .expect("serve");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = stoq::Endpoint::client(
+            config(),
+            Arc::new(ClientConfig::pinned("leak.stoq", public)),
+        )
+        .expect("client");
+        let conn = client.connect(addr, "leak.stoq").await.expect("connect");
+        let mut ends = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut go = conn.open_uni().await.expect("open");
+            go.write_all_data(b"go").await.expect("write");
+            go.finish().expect("finish");
+            for _ in 0..STREAMS {
+                let mut r = conn.accept_uni().await.expect("a stream");
+                assert_eq!(r.read_to_end_limited(16).await.expect("read"), b"x");
+            }
+            // The last streams' ACKs reach the server within a few round trips.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ends.push(LIVE.load(Ordering::Relaxed));
+        }
+        eprintln!("live heap after each round of {STREAMS} streams: {ends:?} bytes");
+        conn.close(0, b"");
+        client.shutdown(Duration::from_secs(2)).await;
+        server.shutdown(Duration::from_secs(2)).await;
+        // The first round warms what is kept for reuse.
+        let growth = ends[ROUNDS - 1] - ends[1];
+        assert!(
+            growth < 64 << 10,
+            "the heap grew by {growth} bytes over two rounds of {STREAMS} streams: {ends:?}"
+        );
+    });
 }
