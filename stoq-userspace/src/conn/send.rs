@@ -17,6 +17,10 @@ use crate::frame::{self, Out};
 use std::time::Instant;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
+/// Bytes a short-header packet has past its first byte and DCID at least (RFC 9000 §10.3:
+/// 22 more than the DCID), so that a stateless reset can be shorter than it.
+const RESET_TRIGGER_EXTRA: usize = 22;
+
 impl Connection {
     /// Writes the next datagram to send into `buf` and returns where it goes and its size:
     /// the datagram is `buf[..size]`. `buf` is grown to the path MTU when shorter and never
@@ -265,6 +269,15 @@ impl Connection {
         }
         pn::encode(pn, pn_len, &mut out[hdr..])?;
         let payload_start = hdr + pn_len;
+        // A short-header packet is at least 22 bytes longer than its DCID (RFC 9000
+        // §10.3), so that a peer that lost its state can answer any of them with a
+        // stateless reset shorter than the packet: a client that only sends keep-alive
+        // PINGs and ACKs (a download) learns at once that its server restarted.
+        let pad_to = if i == 2 {
+            pad_to.max(hdr + RESET_TRIGGER_EXTRA)
+        } else {
+            pad_to
+        };
         let payload_cap = out.len() - TAG_LEN;
         let mut eliciting = false;
         let mut crypto = None;

@@ -56,6 +56,35 @@ fn a_reset_from_another_server_with_the_cluster_keys_ends_the_connection() {
     assert!(!reset_by_another_server(&mut p, Some(keys(0, 10))));
 }
 
+/// A client that only sends keep-alive PINGs (it is downloading, and its server went
+/// away) is reset by the restarted server: its smallest packets leave room for a reset
+/// shorter than themselves (RFC 9000 §10.3). An unpadded PING packet was too short to be
+/// answered, so such a client waited for its idle timeout.
+#[test]
+fn a_keep_alive_alone_draws_the_reset() {
+    let mut p = connected_with(Some(keys(0, 9)));
+    p.client_conn().adapt(Adaptation {
+        keep_alive: Some(Some(Duration::from_millis(200))),
+        ..Adaptation::default()
+    });
+    // Quiet, so that only the keep-alive goes out.
+    p.drive_until(Duration::from_millis(500), |_| false);
+    let cid = p.client_conn().remote_cid.len();
+    p.server = server(&p, 77, Some(keys(0, 9)), RetryPolicy::Never);
+    p.server_conns.clear();
+    let sent_before = p.log.len();
+    assert!(p.drive_until(Duration::from_secs(2), |p| p.lost(false).is_some()));
+    assert_eq!(p.lost(false), Some(ConnectionError::Reset));
+    // What drew it: the client's small keep-alive packets.
+    let smallest = p.log[sent_before..]
+        .iter()
+        .filter(|(_, to_server, _)| *to_server)
+        .map(|(_, _, size)| *size)
+        .min()
+        .expect("the client sent");
+    assert!(smallest >= 1 + cid + 22 && smallest < 64, "{smallest}");
+}
+
 #[test]
 fn a_token_from_one_server_is_accepted_by_another() {
     for (other_keys, accepted) in [(keys(2, 5), true), (keys(2, 6), false)] {
