@@ -203,6 +203,12 @@ enum Command {
         /// Where to write a download (default: the name, in the current directory).
         #[arg(long, requires = "get")]
         out: Option<PathBuf>,
+        /// Attempts to connect (and to reconnect after losing the connection) before a
+        /// download gives up, with exponential backoff (100 ms doubling to 10 s, ±20 %);
+        /// a download goes on from where it stopped. 1 turns reconnection off.
+        #[arg(long, default_value_t = 10, requires = "get", value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: u32,
         /// Send this many bytes of generated data (suffixes k, M, G).
         #[arg(long, group = "job")]
         load: Option<String>,
@@ -426,6 +432,7 @@ fn main() -> ExitCode {
             send,
             get,
             out,
+            attempts,
             load,
             key,
             public,
@@ -439,6 +446,7 @@ fn main() -> ExitCode {
             send,
             get,
             out,
+            attempts,
             load,
             key,
             public,

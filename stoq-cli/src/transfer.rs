@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use stoq::api::{RecvStream, SendStream};
+use stoq::api::{Attempt, Backoff, RecvStream, SendStream};
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::SigAlg;
 use stoq::handshake::params::TransportParams;
@@ -417,6 +417,8 @@ pub(crate) struct ClientArgs {
     pub(crate) send: Option<PathBuf>,
     pub(crate) get: Option<String>,
     pub(crate) out: Option<PathBuf>,
+    /// Connection attempts for a download (reconnecting after a loss).
+    pub(crate) attempts: u32,
     pub(crate) load: Option<String>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) public: Option<PathBuf>,
@@ -569,7 +571,15 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
     } else {
         "0.0.0.0:0".parse().expect("literal")
     };
-    let cfg = a.engine.apply(bind)?;
+    let mut cfg = a.engine.apply(bind)?;
+    if a.get.is_some() && a.attempts > 1 {
+        // A downloading client only answers what arrives: when the server goes, it would
+        // hear nothing until its idle timeout. A PING a second reaches a restarted server,
+        // whose stateless reset (with the cluster's keys) ends the old connection at once.
+        let mut t = (*cfg.endpoint.transport).clone();
+        t.keep_alive = Some(Duration::from_secs(1));
+        cfg.endpoint.transport = Arc::new(t);
+    }
     runtime()?.block_on(async {
         // The client's engine runs on this runtime: the transfer and its connection share
         // one thread.
@@ -581,6 +591,11 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
         let ep =
             Endpoint::client_in_runtime(cfg, Arc::new(client_cfg)).map_err(|e| e.to_string())?;
         eprintln!("{}", ep.info().selection);
+        if let Some(name) = &a.get {
+            let result = download_reconnecting(&ep, a, name).await;
+            ep.shutdown(Duration::from_secs(2)).await;
+            return result;
+        }
         let conn = ep
             .connect(a.server, &a.name)
             .await
@@ -604,8 +619,6 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
             } else {
                 Err("the server's SHA-256 differs from ours".to_string())
             }
-        } else if let Some(name) = &a.get {
-            download(&conn, name, a.out.as_deref()).await
         } else {
             let size = parse_bytes(a.load.as_deref().unwrap_or("1G"))?;
             let pb = progress(size);
@@ -618,6 +631,50 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
         ep.shutdown(Duration::from_secs(2)).await;
         result
     })
+}
+
+/// Downloads `name`, connecting with backoff and, when the connection is lost in a way
+/// another attempt may cure (a restarted server's reset, a timeout), connecting again and
+/// going on from what the partial file holds.
+async fn download_reconnecting(ep: &Endpoint, a: &ClientArgs, name: &str) -> Result<(), String> {
+    let backoff = Backoff {
+        max_attempts: Some(a.attempts),
+        ..Backoff::default()
+    };
+    let report = |t: &Attempt| match t.retry_in {
+        Some(d) => eprintln!(
+            "connection attempt {} failed: {}; trying again in {:.1} s",
+            t.number,
+            t.error,
+            d.as_secs_f64()
+        ),
+        None => eprintln!("connection attempt {} failed: {}", t.number, t.error),
+    };
+    let mut losses = 0u32;
+    loop {
+        let conn = ep
+            .connect_with_backoff(a.server, &a.name, &backoff, report)
+            .await
+            .map_err(|e| e.to_string())?;
+        match download(&conn, name, a.out.as_deref()).await {
+            Ok(()) => {
+                conn.close(0, b"done");
+                return Ok(());
+            }
+            Err(e) => {
+                let lost = conn
+                    .close_reason()
+                    .filter(|r| stoq::api::is_transient(&stoq::api::ConnectError::Lost(r.clone())));
+                losses += 1;
+                match lost {
+                    Some(reason) if losses < a.attempts => {
+                        eprintln!("connection lost ({reason}); reconnecting to resume");
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
 }
 
 /// Fetches `name` into `out`, resuming a partial `<out>.part` left by an earlier run.
@@ -651,7 +708,17 @@ async fn download(conn: &Connection, name: &str, out: Option<&Path>) -> Result<(
     let mut n = first.len() as u64;
     f.write_all(&first).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; CHUNK];
-    while let Some(k) = recv.read_data(&mut buf).await.map_err(|e| e.to_string())? {
+    loop {
+        let k = match recv.read_data(&mut buf).await {
+            Ok(Some(k)) => k,
+            Ok(None) => break,
+            Err(e) => {
+                // What arrived stays in the partial file, for the next attempt.
+                let _ = f.flush().await;
+                pb.finish_and_clear();
+                return Err(format!("after {} bytes: {e}", have + n));
+            }
+        };
         f.write_all(&buf[..k]).await.map_err(|e| e.to_string())?;
         n += k as u64;
         pb.inc(k as u64);

@@ -46,6 +46,7 @@
 mod connection;
 mod endpoint;
 mod incoming;
+mod reconnect;
 pub(crate) mod remote;
 mod stream;
 
@@ -54,6 +55,7 @@ use std::io;
 pub use self::connection::{Connection, Message, MessageOutcome};
 pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
+pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 pub use crate::engine::app::PathEvent;

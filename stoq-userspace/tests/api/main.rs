@@ -21,6 +21,7 @@ mod identity;
 mod incoming;
 mod metrics;
 mod quic_lb;
+mod reconnect;
 mod served;
 mod stopped;
 
