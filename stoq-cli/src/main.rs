@@ -16,6 +16,7 @@ macro_rules! say {
 
 mod demo;
 mod keys;
+mod qlog_chart;
 mod transfer;
 
 /// jemalloc: it returns freed memory to the OS, so a server's RSS follows its load. Chosen
@@ -236,6 +237,16 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Draws a connection's congestion control from its qlog file (`--qlog`) as an SVG:
+    /// congestion window and bytes in flight over the controller's states, with the
+    /// losses; pacing rate; round-trip times. Read the sender's trace.
+    QlogChart {
+        /// The `.sqlog` file.
+        file: PathBuf,
+        /// Where to write the SVG.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// The end-to-end demo: a server and a client in this process move data over the
     /// best backend available (as root across a veth pair between two network
     /// namespaces, otherwise over loopback) and report the backend, why, and the speed.
@@ -269,6 +280,12 @@ struct EngineArgs {
     /// Never put the XDP program in front of a socket backend, not even during a flood.
     #[arg(long)]
     no_xdp_filter: bool,
+    /// Write a qlog trace of every connection into this directory: one JSON-SEQ file per
+    /// connection (`<odcid>_<client|server>.sqlog`) for qvis, the `qlog` crate or
+    /// `stoq qlog-chart`. Written by a thread of its own; events that find its queue full
+    /// are dropped and counted, never waited for.
+    #[arg(long, value_name = "DIR")]
+    qlog: Option<PathBuf>,
 }
 
 impl EngineArgs {
@@ -281,6 +298,13 @@ impl EngineArgs {
             (_, true) => stoq::engine::XdpFilter::Off,
             _ => stoq::engine::XdpFilter::UnderFlood,
         };
+        if let Some(dir) = &self.qlog {
+            let w = stoq::qlog::QlogWriter::new(dir)
+                .map_err(|e| format!("--qlog {}: {e}", dir.display()))?;
+            let mut t = (*c.endpoint.transport).clone();
+            t.qlog = Some(w);
+            c.endpoint.transport = std::sync::Arc::new(t);
+        }
         Ok(c)
     }
 
@@ -453,6 +477,7 @@ fn main() -> ExitCode {
             cert,
             engine,
         }),
+        Command::QlogChart { file, out } => qlog_chart::run(&file, &out),
         Command::Demo {
             bytes,
             loopback,

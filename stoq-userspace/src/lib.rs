@@ -36,6 +36,7 @@ mod host;
 pub mod io;
 pub mod metrics;
 mod os;
+pub mod qlog;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(target_os = "linux")]

@@ -254,6 +254,24 @@ impl Connection {
         });
     }
 
+    /// Writes a qlog trace of this connection into `writer` from now on ([`crate::qlog`]):
+    /// qlog for one connection, where
+    /// [`TransportConfig::qlog`](conn::TransportConfig::qlog) turns it on for every
+    /// connection of an endpoint. The trace ends when the connection is freed.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: stoq::Connection) -> std::io::Result<()> {
+    /// let writer = stoq::qlog::QlogWriter::new("/tmp/qlog")?;
+    /// conn.set_qlog(&writer);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_qlog(&self, writer: &crate::qlog::QlogWriter) {
+        let w = writer.clone();
+        self.run(move |c| {
+            let _ = c.with(|c, _| c.set_qlog(Instant::now(), &w));
+        });
+    }
+
     /// An identifier of this connection, unique among every connection of this process
     /// and stable for its life (quinn's `stable_id`): for maps and logs.
     pub fn stable_id(&self) -> u64 {

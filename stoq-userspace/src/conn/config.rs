@@ -64,6 +64,10 @@ pub struct TransportConfig {
     /// extension type closes the connection with FRAME_ENCODING_ERROR. Both sides agree
     /// on their extensions out of band, as STOQ's predecessor did.
     pub extension_frames: Vec<u64>,
+    /// Write a qlog trace of every connection into this writer ([`crate::qlog`]); off
+    /// (`None`) by default. [`Connection::set_qlog`](super::Connection::set_qlog) turns it
+    /// on for one connection.
+    pub qlog: Option<crate::qlog::QlogWriter>,
 }
 
 impl Default for TransportConfig {
@@ -80,6 +84,7 @@ impl Default for TransportConfig {
             ecn: true,
             initial_mtu: BASE_PLPMTU,
             extension_frames: Vec::new(),
+            qlog: None,
         }
     }
 }

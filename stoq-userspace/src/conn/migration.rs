@@ -96,6 +96,7 @@ impl Connection {
     /// The path MTU is now `mtu` (the DATAGRAM size was `before`): the congestion
     /// controller and pacer follow, and the application hears of a new DATAGRAM size.
     pub(super) fn on_mtu_changed(&mut self, mtu: usize, before: Option<usize>) {
+        self.qlog_mtu(mtu);
         self.cc.on_mtu(mtu as u64);
         self.pacer.set_mtu(mtu as u64);
         if let Some(d) = self.max_datagram_size()
@@ -151,6 +152,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
+        self.qlog_closed(None, &ConnectionError::Reset);
         self.error = Some(ConnectionError::Reset);
         self.events.push_back(Event::Lost(ConnectionError::Reset));
         self.state = State::Drained;

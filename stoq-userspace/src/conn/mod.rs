@@ -49,6 +49,7 @@ mod stats;
 pub mod streams;
 mod timers;
 pub mod token;
+mod trace;
 
 #[cfg(test)]
 mod tests;
@@ -333,6 +334,8 @@ pub struct Connection {
     /// the highest seen (`ext_max_seen`): each is delivered once.
     ext_seen: ranges::RangeSet,
     ext_max_seen: Option<u64>,
+    /// The qlog trace, when on ([`crate::qlog`]).
+    qlog: Option<Box<crate::qlog::Trace>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -436,6 +439,7 @@ impl Connection {
             ext_next_seq: 0,
             ext_seen: ranges::RangeSet::new(EXTENSION_WINDOW as usize),
             ext_max_seen: None,
+            qlog: None,
             path: path::Paths::new(s.transport.initial_mtu.min(s.mtu), s.mtu),
             transport: s.transport,
         };
@@ -455,6 +459,9 @@ impl Connection {
             me.timers
                 .set(Timer::Handshake, s.now + me.transport.handshake_timeout);
         }
+        if let Some(w) = me.transport.qlog.clone() {
+            me.start_qlog(s.now, &w);
+        }
         me.collect_handshake_output(s.now);
         if me.side == Side::Client {
             // The client's first flight is at least two full Initial datagrams, so that the
@@ -466,6 +473,13 @@ impl Connection {
     }
 
     // ----- Public API -------------------------------------------------------------------
+
+    /// Traces this connection into `writer` from `now` on (replacing any trace it had):
+    /// qlog for one connection, where [`TransportConfig::qlog`] turns it on for all of an
+    /// endpoint's. The trace ends when the connection is dropped.
+    pub fn set_qlog(&mut self, now: Instant, writer: &crate::qlog::QlogWriter) {
+        self.start_qlog(now, writer);
+    }
 
     /// Which side this is.
     pub fn side(&self) -> Side {
@@ -962,6 +976,7 @@ impl Connection {
 
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.qlog_tick(now);
         match self.state {
             State::Drained => return,
             State::Closing | State::Draining => {
@@ -981,6 +996,7 @@ impl Connection {
             } else {
                 ConnectionError::TimedOut
             };
+            self.qlog_closed(Some(now), &e);
             self.error = Some(e.clone());
             self.events.push_back(Event::Lost(e));
             self.state = State::Drained;
@@ -1046,6 +1062,7 @@ impl Connection {
         self.close_pending = true;
         self.state = State::Closing;
         self.timers.set(Timer::Close, now + 3 * self.pto_period(2));
+        self.qlog_closed(Some(now), &e);
         self.events.push_back(Event::Lost(e.clone()));
         self.error = Some(e);
     }
@@ -1053,6 +1070,7 @@ impl Connection {
     fn enter_draining(&mut self, now: Instant, e: ConnectionError) {
         self.state = State::Draining;
         self.timers.set(Timer::Close, now + 3 * self.pto_period(2));
+        self.qlog_closed(Some(now), &e);
         self.events.push_back(Event::Lost(e.clone()));
         self.error = Some(e);
     }

@@ -165,6 +165,11 @@ impl Paths {
         Some(size)
     }
 
+    /// The search for the path MTU has ended: the MTU is the largest size worth trying.
+    pub(crate) fn search_done(&self) -> bool {
+        self.mtu >= self.search_high.min(self.mtu_max)
+    }
+
     /// A probe of `size` was acknowledged: the path carries it. Returns the new MTU.
     pub(crate) fn on_probe_acked(&mut self, size: usize) -> Option<usize> {
         self.probe_in_flight = false;

@@ -10,6 +10,7 @@ use super::space::SentPacket;
 use super::streams::StreamRecord;
 use super::{Connection, MIN_PACKET_SPACE, PACKET_THRESHOLD, Record, Side, State, ecn, path};
 use crate::frame::{self};
+use crate::qlog::Ev;
 use std::time::{Duration, Instant};
 
 impl Connection {
@@ -143,6 +144,7 @@ impl Connection {
         self.detect_lost(now, i);
         self.spaces[i].compact();
         self.update_messages(now);
+        self.qlog_recovery(now);
         Ok(())
     }
 
@@ -262,6 +264,7 @@ impl Connection {
             }
             (Record::MtuProbe(size), true) => {
                 if let Some(mtu) = self.path.on_probe_acked(usize::from(size)) {
+                    self.qlog_mtu(mtu);
                     self.cc.on_mtu(mtu as u64);
                     self.pacer.set_mtu(mtu as u64);
                     if let Some(d) = self.max_datagram_size() {
@@ -314,9 +317,20 @@ impl Connection {
                 }
                 continue;
             }
-            if largest - p.pn >= PACKET_THRESHOLD || lost_before.is_some_and(|t| p.time <= t) {
+            let by_order = largest - p.pn >= PACKET_THRESHOLD;
+            if by_order || lost_before.is_some_and(|t| p.time <= t) {
                 p.done = true;
                 let p = p.clone();
+                if let Some(t) = self.qlog.as_deref_mut() {
+                    t.record(
+                        now,
+                        Ev::PacketLost {
+                            space: i as u8,
+                            pn: p.pn,
+                            by_time: !by_order,
+                        },
+                    );
+                }
                 lost += 1;
                 if p.ecn {
                     self.ecn.on_marked_lost();
@@ -452,10 +466,19 @@ impl Connection {
 
     pub(super) fn on_loss_timeout(&mut self, now: Instant) {
         if let Some(i) = (0..3).find(|&i| self.spaces[i].loss_time.is_some_and(|t| now >= t)) {
+            self.qlog(now, || Ev::TimerExpired {
+                kind: "loss_timeout",
+                space: i as u8,
+            });
             self.detect_lost(now, i);
+            self.qlog_recovery(now);
             return;
         }
         // PTO: probe in the space whose timer fired.
+        let space = (0..3)
+            .find(|&i| self.spaces[i].eliciting_in_flight > 0)
+            .unwrap_or(2) as u8;
+        self.qlog(now, || Ev::TimerExpired { kind: "pto", space });
         self.pto_count += 1;
         self.stats.pto_count += 1;
         if self.state == State::Established
@@ -497,5 +520,6 @@ impl Connection {
         if self.handshake_done_pending {
             self.spaces[2].probes = self.spaces[2].probes.max(1);
         }
+        self.qlog_recovery(now);
     }
 }

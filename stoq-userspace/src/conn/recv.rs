@@ -13,6 +13,7 @@ use super::{
 use crate::crypto::{CryptoError, DirectionalKeys, TAG_LEN, pn, unprotect_header};
 use crate::frame::{self, Frame};
 use crate::handshake::schedule::initial_secrets;
+use crate::qlog::Ev;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use stoq_common::cid::ConnectionId;
@@ -162,6 +163,12 @@ impl Connection {
             }
             Err(_) => {
                 self.stats.dropped.decrypt_failed += 1;
+                let len = pkt.len() as u16;
+                self.qlog(now, || Ev::PacketDropped {
+                    trigger: "decryption_failure",
+                    details: "decrypt_failed",
+                    len,
+                });
                 return;
             }
         }
@@ -179,6 +186,12 @@ impl Connection {
         let too_old = pn < space.received.floor();
         if too_old || space.received.contains(pn) {
             self.stats.dropped.duplicate += 1;
+            let len = pkt.len() as u16;
+            self.qlog(now, || Ev::PacketDropped {
+                trigger: "duplicate",
+                details: "duplicate",
+                len,
+            });
             return;
         }
         // A packet that skips ahead leaves a gap: acknowledge at once so the peer detects
@@ -197,6 +210,12 @@ impl Connection {
         }
         self.stats.ecn_ce_received += u64::from(ce);
         self.stats.rx_packets += 1;
+        let len = pkt.len() as u16;
+        self.qlog(now, || Ev::PacketReceived {
+            space: i as u8,
+            pn,
+            len,
+        });
         if i == 2 && remote != self.remote {
             if !newest {
                 // A late packet from the old path: use its frames, do not move back.
@@ -567,6 +586,7 @@ impl Connection {
             self.stats.dropped.bad_retry_or_vn += 1;
             return;
         }
+        self.qlog_closed(None, &ConnectionError::VersionMismatch);
         self.error = Some(ConnectionError::VersionMismatch);
         self.events
             .push_back(Event::Lost(ConnectionError::VersionMismatch));

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::crypto::{TAG_LEN, pn, protect_packet};
 use crate::frame::{self, Out};
+use crate::qlog::Ev;
 use std::time::Instant;
 use stoq_common::wire::stoq::{MIN_INITIAL_DATAGRAM, Repr};
 
@@ -382,7 +383,8 @@ impl Connection {
             return None;
         }
         space.next_pn += 1;
-        if space.probes > 0 && eliciting {
+        let probe = space.probes > 0 && eliciting;
+        if probe {
             space.probes -= 1;
         }
         if eliciting {
@@ -422,6 +424,15 @@ impl Connection {
             self.last_eliciting_1rtt = Some(now);
         }
         self.stats.tx_packets += 1;
+        // A probe timeout's probe (the client's first flight also spends probes).
+        let probe = probe && self.pto_count > 0;
+        self.qlog(now, || Ev::PacketSent {
+            space: i as u8,
+            pn,
+            len: packet_len as u16,
+            probe,
+            mtu_probe: mtu_probe.is_some(),
+        });
         if i == 1 && self.side == Side::Client && !self.spaces[0].discarded {
             // The client's first Handshake packet retires the Initial keys (RFC 9001 §4.9.1).
             self.spaces[0].discard();

@@ -11,17 +11,29 @@ use super::timers::Timer;
 use super::{Connection, Side, State, path};
 use crate::crypto::DirectionalKeys;
 use crate::handshake::{Epoch, KeyChange};
+use crate::qlog::Ev;
 use std::time::{Duration, Instant};
 use stoq_common::classify::classify_payload;
 
 impl Connection {
     pub(super) fn update_tx_keys(&mut self) {
+        // The receive side already moved: this update answers the peer's.
+        let answering = self.key_phase != self.rx_key_phase;
         if let Some(tx) = self.spaces[2].tx.as_mut() {
             tx.update();
             self.key_phase = !self.key_phase;
             self.tx_phase_first_pn = self.spaces[2].next_pn;
             self.tx_phase_acked = false;
             self.stats.key_updates += 1;
+            if let Some(t) = self.qlog.as_deref_mut() {
+                let ev = Ev::KeyUpdated {
+                    client: self.side == Side::Client,
+                    phase: self.stats.key_updates,
+                    local: !answering,
+                };
+                let now = t.last_time();
+                t.record(now, ev);
+            }
         }
     }
 
@@ -217,6 +229,7 @@ impl Connection {
         self.timers.clear(Timer::Handshake);
         self.state = State::Established;
         self.tx_phase_acked = true;
+        self.qlog_handshake(now);
         self.events.push_back(Event::Connected);
         if self.side == Side::Server {
             // The server confirms at completion (RFC 9001 §4.1.2).

@@ -93,12 +93,19 @@ impl CipherSuite {
     }
 }
 
-impl fmt::Debug for CipherSuite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl CipherSuite {
+    /// The suite's name: `AES-256-GCM` or `ChaCha20-Poly1305`.
+    pub const fn name(self) -> &'static str {
+        match self {
             Self::Aes256Gcm => "AES-256-GCM",
             Self::ChaCha20Poly1305 => "ChaCha20-Poly1305",
-        })
+        }
+    }
+}
+
+impl fmt::Debug for CipherSuite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -20,6 +20,7 @@ mod flood;
 mod identity;
 mod incoming;
 mod metrics;
+mod qlog;
 mod quic_lb;
 mod reconnect;
 mod served;

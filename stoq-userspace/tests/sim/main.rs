@@ -6,3 +6,4 @@ mod common;
 mod engine;
 mod path;
 mod property;
+mod qlog;

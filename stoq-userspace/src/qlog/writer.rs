@@ -1,0 +1,389 @@
+//! The writer thread: drains the bounded queue the connections' traces feed and writes one
+//! JSON-SEQ file per connection. Connections never wait for it: a full queue drops the
+//! batch and counts it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::event::{self, Record};
+
+/// Batches queued for the writer at most (each up to [`super::BATCH`] events).
+const QUEUE: usize = 1024;
+/// How often the writer flushes its files while events keep coming, and at most how long
+/// an event waits in a file's buffer once the writer has it.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// What opens a trace's file.
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// The trace is the client's (else the server's).
+    pub(crate) client: bool,
+    /// The client's first destination connection ID: the trace's name and group.
+    pub(crate) odcid: stoq_common::cid::ConnectionId,
+    /// Wall-clock time of the trace's start, microseconds since the Unix epoch.
+    pub(crate) unix_us: u64,
+}
+
+pub(crate) enum Msg {
+    Open { id: u64, header: Box<Header> },
+    Events { id: u64, events: Vec<Record> },
+    Close { id: u64 },
+    Flush { done: Sender<()> },
+}
+
+/// Counters shared by the writer, its handles and the traces.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) traces: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    /// Traces whose close message found the queue full: the writer closes them later.
+    pub(crate) lost_closes: Mutex<Vec<u64>>,
+}
+
+/// What a [`QlogWriter`] has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QlogStats {
+    /// Connection traces begun.
+    pub traces: u64,
+    /// Events written to files.
+    pub written: u64,
+    /// Events dropped: the writer's queue was full (the connection never waits for it), or
+    /// the trace's file could not be opened.
+    pub dropped: u64,
+    /// Files that could not be opened or written.
+    pub write_errors: u64,
+}
+
+/// Where an endpoint's qlog traces go: one JSON-SEQ file per connection
+/// (`<odcid>_<client|server>.sqlog`, draft-ietf-quic-qlog-main-schema's sequential format,
+/// readable by qvis and the `qlog` crate), written by a thread of its own so a worker never
+/// waits on the disk.
+///
+/// Turn it on for every connection of an endpoint with
+/// [`TransportConfig::qlog`](crate::conn::TransportConfig::qlog), or for one connection
+/// with [`Connection::set_qlog`](crate::Connection::set_qlog). Cloning shares the writer.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// let writer = stoq::qlog::QlogWriter::new("/var/log/stoq/qlog")?;
+/// let mut transport = stoq::conn::TransportConfig::default();
+/// transport.qlog = Some(writer.clone());
+/// let mut config = stoq::conn::EndpointConfig::default();
+/// config.transport = Arc::new(transport);
+/// // ... build the endpoint with `config`; later:
+/// println!("{:?}", writer.stats());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct QlogWriter {
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) recycle: Receiver<Vec<Record>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) next_id: Arc<AtomicU64>,
+    dir: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for QlogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QlogWriter")
+            .field("dir", &self.dir)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl QlogWriter {
+    /// A writer into `dir`, which is created if missing; starts the writer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created, or the thread cannot be started.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (recycle_tx, recycle) = crossbeam_channel::bounded(QUEUE);
+        let counters = Arc::new(Counters::default());
+        let mut w = Writer {
+            dir: dir.clone(),
+            rx,
+            recycle: recycle_tx,
+            counters: counters.clone(),
+            files: HashMap::new(),
+            line: String::with_capacity(512),
+        };
+        std::thread::Builder::new()
+            .name("stoq-qlog".into())
+            .spawn(move || w.run())?;
+        Ok(Self {
+            tx,
+            recycle,
+            counters,
+            next_id: Arc::new(AtomicU64::new(0)),
+            dir: Arc::new(dir),
+        })
+    }
+
+    /// The directory the traces go to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> QlogStats {
+        let c = &self.counters;
+        QlogStats {
+            traces: c.traces.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until everything queued so far is written and flushed to the files (events
+    /// still batched inside live connections are not queued yet: they follow within
+    /// 100 ms of activity, and at once when the connection is dropped). For shutdown and
+    /// tests; never call it from a worker.
+    pub fn flush(&self) {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if self.tx.send(Msg::Flush { done }).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Queues `msg` without waiting. A full queue gives back a batch's vector (cleared,
+    /// its events counted as dropped) for reuse; a lost close is remembered for the writer.
+    pub(crate) fn try_send(&self, msg: Msg) -> Result<(), Option<Vec<Record>>> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => match m {
+                Msg::Events { mut events, .. } => {
+                    self.counters
+                        .dropped
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    events.clear();
+                    Err(Some(events))
+                }
+                Msg::Close { id } => {
+                    if let Ok(mut l) = self.counters.lost_closes.lock() {
+                        l.push(id);
+                    }
+                    Err(None)
+                }
+                Msg::Open { .. } | Msg::Flush { .. } => Err(None),
+            },
+        }
+    }
+
+    /// An empty batch vector: a recycled one if the writer returned any.
+    pub(crate) fn batch_vec(&self) -> Vec<Record> {
+        self.recycle
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(super::BATCH))
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    rx: Receiver<Msg>,
+    recycle: Sender<Vec<Record>>,
+    counters: Arc<Counters>,
+    files: HashMap<u64, BufWriter<File>>,
+    line: String,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let mut dirty = false;
+        loop {
+            match self.rx.recv_timeout(FLUSH_EVERY) {
+                Ok(msg) => {
+                    dirty = true;
+                    self.handle(msg);
+                    // Drain what is queued before flushing.
+                    while let Ok(m) = self.rx.try_recv() {
+                        self.handle(m);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush_all();
+                    return;
+                }
+            }
+            self.close_lost();
+            if dirty {
+                self.flush_all();
+                dirty = false;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Open { id, header } => match self.open(&header) {
+                Ok(f) => {
+                    self.files.insert(id, f);
+                }
+                Err(e) => {
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, dir = %self.dir.display(), "qlog: cannot open a trace file");
+                }
+            },
+            Msg::Events { id, mut events } => {
+                let n = events.len() as u64;
+                match self.files.get_mut(&id) {
+                    Some(f) => {
+                        let mut ok = true;
+                        for r in &events {
+                            self.line.clear();
+                            self.line.push('\u{1e}');
+                            event::write_json(&mut self.line, r);
+                            self.line.push('\n');
+                            ok &= f.write_all(self.line.as_bytes()).is_ok();
+                        }
+                        if ok {
+                            self.counters.written.fetch_add(n, Ordering::Relaxed);
+                        } else {
+                            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                            self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                events.clear();
+                let _ = self.recycle.try_send(events);
+            }
+            Msg::Close { id } => {
+                if let Some(mut f) = self.files.remove(&id) {
+                    let _ = f.flush();
+                }
+            }
+            Msg::Flush { done } => {
+                self.close_lost();
+                self.flush_all();
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn close_lost(&mut self) {
+        let lost = match self.counters.lost_closes.lock() {
+            Ok(mut l) if !l.is_empty() => std::mem::take(&mut *l),
+            _ => return,
+        };
+        for id in lost {
+            if let Some(mut f) = self.files.remove(&id) {
+                let _ = f.flush();
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for f in self.files.values_mut() {
+            if f.flush().is_err() {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Creates the trace's file (a new name if taken) and writes its header.
+    fn open(&mut self, h: &Header) -> io::Result<BufWriter<File>> {
+        let mut name = String::new();
+        event::hex(&mut name, h.odcid.as_bytes());
+        let side = if h.client { "client" } else { "server" };
+        let mut n = 0;
+        let file = loop {
+            let suffix = if n == 0 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            let path = self.dir.join(format!("{name}_{side}{suffix}.sqlog"));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => break f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut f = BufWriter::with_capacity(64 << 10, file);
+        self.line.clear();
+        self.line.push('\u{1e}');
+        self.line.push_str(
+            "{\"file_schema\":\"urn:ietf:params:qlog:file:sequential\",\
+             \"serialization_format\":\"application/qlog+json-seq\",\
+             \"title\":\"STOQ\",\"trace\":{\"title\":\"STOQ connection ",
+        );
+        self.line.push_str(&name);
+        self.line.push_str("\",\"common_fields\":{\"group_id\":\"");
+        self.line.push_str(&name);
+        self.line.push_str(
+            "\",\"protocol_types\":[\"QUIC\"],\"reference_time\":{\"clock_type\":\"monotonic\",\
+             \"epoch\":\"unknown\",\"wall_clock_time\":",
+        );
+        event::string(&mut self.line, &rfc3339(h.unix_us));
+        self.line
+            .push_str("},\"time_format\":\"relative_to_epoch\"},\"vantage_point\":{\"type\":\"");
+        self.line.push_str(side);
+        self.line.push_str(
+            "\"},\"event_schemas\":[\"urn:ietf:params:qlog:events:quic\",\
+             \"urn:ietf:params:qlog:events:stoq\"]}}\n",
+        );
+        f.write_all(self.line.as_bytes())?;
+        self.counters.traces.fetch_add(1, Ordering::Relaxed);
+        Ok(f)
+    }
+}
+
+/// `unix_us` as an RFC 3339 UTC timestamp with microseconds.
+fn rfc3339(unix_us: u64) -> String {
+    let secs = unix_us / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_us % 1_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn wall_clock_times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        // date -u -d @1796553296 → Sun Dec  6 10:34:56 UTC 2026
+        assert_eq!(
+            rfc3339(1_796_553_296_000_123),
+            "2026-12-06T10:34:56.000123Z"
+        );
+        // A leap day: date -u -d @1709210096 → Thu Feb 29 12:34:56 UTC 2024
+        assert_eq!(
+            rfc3339(1_709_210_096_500_000),
+            "2024-02-29T12:34:56.500000Z"
+        );
+    }
+}
