@@ -39,6 +39,8 @@ pub(crate) struct Engine {
     #[cfg(target_os = "linux")]
     flood_watch: Mutex<Option<super::flood::FloodWatch>>,
     pub(crate) socket_buffer: usize,
+    /// Where the connections' qlog traces go, if anywhere (for the metrics).
+    pub(crate) qlog: Option<crate::qlog::QlogWriter>,
     batch: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
@@ -221,6 +223,7 @@ impl Engine {
             #[cfg(target_os = "linux")]
             flood_watch: Mutex::new(None),
             socket_buffer: config.socket_buffer,
+            qlog: config.endpoint.transport.qlog.clone(),
             batch: config.batch,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),

@@ -324,7 +324,23 @@ impl Metrics {
                 c(x.initial_limited()),
             );
         }
-        // A family with no sample (the XDP one without a program) is left out.
+        if let Some(q) = &self.engine.qlog {
+            let s = q.stats();
+            let c = |v: u64| Sample::Counter(v as f64);
+            put("stoq_qlog_traces_total", &[], c(s.traces));
+            put(
+                "stoq_qlog_events_total",
+                &[("outcome", "written")],
+                c(s.written),
+            );
+            put(
+                "stoq_qlog_events_total",
+                &[("outcome", "dropped")],
+                c(s.dropped),
+            );
+            put("stoq_qlog_write_errors_total", &[], c(s.write_errors));
+        }
+        // A family with no sample (the XDP one without a program, qlog off) is left out.
         out.retain(|f| !f.get_metric().is_empty());
         out
     }
@@ -595,6 +611,24 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["verdict", "reason"],
         "Frames the XDP program saw, by verdict (redirected, pass, drop, aborted) and reason.",
+    ),
+    family(
+        "stoq_qlog_traces_total",
+        COUNTER,
+        &[],
+        "Connection qlog traces begun (present while qlog is on).",
+    ),
+    family(
+        "stoq_qlog_events_total",
+        COUNTER,
+        &["outcome"],
+        "qlog events written, or dropped because the writer's queue was full.",
+    ),
+    family(
+        "stoq_qlog_write_errors_total",
+        COUNTER,
+        &[],
+        "qlog files that could not be opened or written.",
     ),
 ];
 

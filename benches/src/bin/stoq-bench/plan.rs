@@ -167,6 +167,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         handler: false,
         served: true,
         metrics: false,
+        qlog: false,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -178,8 +179,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
     // The cross-thread path (accept plus tokio::spawn, a client worker thread of its own),
     // for comparison with the async API on the engine's threads.
     bulk1.push(Subject::stoq("udp", "auto").cross_thread());
-    // What metrics cost: the same subject with its server scraped every 100 ms.
+    // What metrics cost: the same subject with its server scraped every 100 ms; and with
+    // qlog written for every connection too.
     bulk1.push(Subject::stoq("udp", "auto").with_metrics());
+    bulk1.push(Subject::stoq("udp", "auto").with_qlog());
     let mut bulk8: Vec<Subject> = stoq_backends();
     bulk8.push(Subject::stoq("udp", "auto").cross_thread());
     bulk8.extend(peers.iter().cloned());
@@ -228,6 +231,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::stoq("udp", "auto").with_handler(),
         Subject::stoq("af_xdp", "driver").cross_thread(),
         Subject::stoq("udp", "auto").with_metrics(),
+        Subject::stoq("udp", "auto").with_qlog(),
     ]);
     rr_subjects.extend([
         Subject::Quinn { tuned: false },

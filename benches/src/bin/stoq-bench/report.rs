@@ -602,6 +602,7 @@ impl Report {
                             served: true,
                             handler: false,
                             metrics: false,
+                            qlog: false,
                             ..
                         }
                     )
@@ -790,6 +791,29 @@ impl Report {
                     "| Request p50 through the async API ≤ 0.8× quinn's | {p:.1} µs vs {q:.1} µs = {:.2}× | {} |",
                     p / q,
                     yes(p <= 0.8 * q)
+                );
+            }
+        }
+        // What observability costs: the same subject with the server writing qlog for
+        // every connection and its metrics scraped every 100 ms.
+        for (title, key, what, lower, unit) in [
+            (bulk, "gbps", "bulk goodput", false, "Gbit/s"),
+            (rr, "p50_us", "request p50", true, "µs"),
+        ] {
+            let off = Self::find(rows, title, "STOQ udp").and_then(|r| r.m(key));
+            let on = Self::find(rows, title, "STOQ udp, metrics scraped, qlog on")
+                .and_then(|r| r.m(key));
+            if let (Some(off), Some(on)) = (off, on) {
+                let cost = if lower {
+                    on / off - 1.0
+                } else {
+                    1.0 - on / off
+                };
+                let _ = writeln!(
+                    s,
+                    "| With qlog and metrics on, {what} within 5 % of them off (STOQ udp) | {on:.2} vs {off:.2} {unit}: {:+.1} % | {} |",
+                    100.0 * cost,
+                    yes(cost <= 0.05)
                 );
             }
         }

@@ -70,6 +70,18 @@ pub(crate) fn run(spec: &RoleSpec) -> std::process::ExitCode {
     }
 }
 
+/// What a server learns only when it stops (the qlog subject's counts), added to its
+/// outcome's detail.
+static LATE_DETAIL: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Adds `s` to the server's detail (see [`LATE_DETAIL`]).
+pub(crate) fn late_detail(s: &str) {
+    if let Ok(mut d) = LATE_DETAIL.lock() {
+        d.push_str("; ");
+        d.push_str(s);
+    }
+}
+
 fn server(spec: &RoleSpec) -> Result<Outcome, String> {
     let stop = Stop::default();
     let echo = crate::plain::echo(
@@ -114,11 +126,12 @@ fn server(spec: &RoleSpec) -> Result<Outcome, String> {
     if let Ok(Err(e)) = rx.try_recv() {
         return Err(e);
     }
+    let late = LATE_DETAIL.lock().map(|d| d.clone()).unwrap_or_default();
     Ok(Outcome {
         cpu_s: cpu_seconds(),
         ctx_switches: crate::spec::ctx_switches(),
         rss_kib: rss_kib(),
-        detail,
+        detail: detail + &late,
         ..Outcome::default()
     })
 }

@@ -30,6 +30,10 @@ pub(crate) enum Subject {
         /// often than Prometheus's 15 s: an upper bound of what metrics cost).
         #[serde(default)]
         metrics: bool,
+        /// The server writes a qlog trace of every connection (with its metrics scraped
+        /// too: the observability overhead subject).
+        #[serde(default)]
+        qlog: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -50,6 +54,7 @@ impl Subject {
                 handler,
                 served,
                 metrics,
+                qlog,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -66,7 +71,11 @@ impl Subject {
                     (false, false) => ", cross-thread",
                     (false, true) => "",
                 };
-                let m = if *metrics { ", metrics scraped" } else { "" };
+                let m = match (metrics, qlog) {
+                    (_, true) => ", metrics scraped, qlog on",
+                    (true, false) => ", metrics scraped",
+                    _ => "",
+                };
                 format!("STOQ {b}{s}{h}{m}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
@@ -86,6 +95,7 @@ impl Subject {
             handler: false,
             served: true,
             metrics: false,
+            qlog: false,
         }
     }
 
@@ -106,6 +116,31 @@ impl Subject {
                 handler,
                 served,
                 metrics: true,
+                qlog: false,
+            },
+            other => other,
+        }
+    }
+
+    /// The same STOQ subject with its server writing qlog for every connection and its
+    /// metrics scraped every 100 ms: what observability costs.
+    pub(crate) fn with_qlog(self) -> Self {
+        match self.with_metrics() {
+            Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler,
+                served,
+                ..
+            } => Self::Stoq {
+                backend,
+                xdp,
+                suite,
+                handler,
+                served,
+                metrics: true,
+                qlog: true,
             },
             other => other,
         }
@@ -126,6 +161,7 @@ impl Subject {
                 handler: true,
                 served: false,
                 metrics: false,
+                qlog: false,
             },
             other => other,
         }
@@ -147,6 +183,7 @@ impl Subject {
                 handler: false,
                 served: false,
                 metrics: false,
+                qlog: false,
             },
             other => other,
         }

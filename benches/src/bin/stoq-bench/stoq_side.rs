@@ -120,6 +120,17 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
     let mut e = engine(spec, spec.server)?;
     let idle_poll_us = e.idle_poll.as_micros();
+    // The observability subject: every connection traced into a directory of its own.
+    let qlog = if matches!(spec.subject, Subject::Stoq { qlog: true, .. }) {
+        let dir = std::env::temp_dir().join(format!("stoq-bench-qlog-{}", std::process::id()));
+        let w = stoq::qlog::QlogWriter::new(&dir).map_err(|e| format!("qlog: {e}"))?;
+        let mut t = (*e.endpoint.transport).clone();
+        t.qlog = Some(w.clone());
+        e.endpoint.transport = Arc::new(t);
+        Some(w)
+    } else {
+        None
+    };
     if uses_handler(spec) {
         // Connections served by a handler skip the accept queue: the handler is the
         // whole server (request/response only).
@@ -182,7 +193,28 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
         }
         server.shutdown(Duration::from_secs(1)).await;
         Ok::<_, String>(())
-    })
+    })?;
+    if let Some(w) = qlog {
+        // What the trace cost in events dropped is part of the figure: say it.
+        w.flush();
+        let s = w.stats();
+        let bytes: u64 = std::fs::read_dir(w.dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        crate::roles::late_detail(&format!(
+            "qlog: {} traces, {} events ({:.1} MB) written, {} dropped",
+            s.traces,
+            s.written,
+            bytes as f64 / 1e6,
+            s.dropped
+        ));
+        let _ = std::fs::remove_dir_all(w.dir());
+    }
+    Ok(())
 }
 
 /// Runs the client's scenario.
