@@ -262,6 +262,25 @@ enum Command {
     },
 }
 
+/// The process's qlog writer, once `--qlog` made one.
+static QLOG: std::sync::OnceLock<stoq::qlog::QlogWriter> = std::sync::OnceLock::new();
+
+/// Waits for the qlog writer (if any) to write what it was given, and says what it wrote.
+fn finish_qlog() {
+    if let Some(w) = QLOG.get() {
+        w.flush();
+        let s = w.stats();
+        say!(
+            "qlog: {} traces, {} events in {} ({} dropped, {} write errors)",
+            s.traces,
+            s.written,
+            w.dir().display(),
+            s.dropped,
+            s.write_errors
+        );
+    }
+}
+
 /// Engine options shared by the commands that run one.
 #[derive(Debug, Clone, clap::Args)]
 struct EngineArgs {
@@ -299,8 +318,15 @@ impl EngineArgs {
             _ => stoq::engine::XdpFilter::UnderFlood,
         };
         if let Some(dir) = &self.qlog {
-            let w = stoq::qlog::QlogWriter::new(dir)
-                .map_err(|e| format!("--qlog {}: {e}", dir.display()))?;
+            // One writer per process (the demo's two endpoints share it), waited for at exit.
+            let w = match QLOG.get() {
+                Some(w) => w.clone(),
+                None => {
+                    let w = stoq::qlog::QlogWriter::new(dir)
+                        .map_err(|e| format!("--qlog {}: {e}", dir.display()))?;
+                    QLOG.get_or_init(|| w).clone()
+                }
+            };
             let mut t = (*c.endpoint.transport).clone();
             t.qlog = Some(w);
             c.endpoint.transport = std::sync::Arc::new(t);
@@ -484,6 +510,7 @@ fn main() -> ExitCode {
             engine,
         } => demo::run(&bytes, loopback, &engine),
     };
+    finish_qlog();
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -325,8 +325,7 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
     if let Some(path) = cluster_keys {
         cfg.endpoint.cluster_keys = Some(Arc::new(keys::cluster_keys_file(path)?));
     }
-    let qlog = cfg.endpoint.transport.qlog.clone();
-    let r = runtime()?.block_on(async {
+    runtime()?.block_on(async {
         // SIGINT (a terminal) or SIGTERM (systemd, Kubernetes, `kill`): drain, then exit 0.
         // Watched before the banner, so a signal sent as soon as it is read is caught.
         use tokio::signal::unix::{SignalKind, signal};
@@ -405,25 +404,7 @@ pub(crate) fn server(a: &ServerArgs<'_>) -> Result<(), String> {
             );
         }
         Ok(())
-    });
-    finish_qlog(qlog.as_ref());
-    r
-}
-
-/// Waits for the qlog writer to write what it was given, and says what it wrote.
-pub(crate) fn finish_qlog(w: Option<&stoq::qlog::QlogWriter>) {
-    if let Some(w) = w {
-        w.flush();
-        let s = w.stats();
-        say!(
-            "qlog: {} traces, {} events in {} ({} dropped, {} write errors)",
-            s.traces,
-            s.written,
-            w.dir().display(),
-            s.dropped,
-            s.write_errors
-        );
-    }
+    })
 }
 
 /// What `stoq client` was given.
@@ -599,8 +580,7 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
         t.keep_alive = Some(Duration::from_secs(1));
         cfg.endpoint.transport = Arc::new(t);
     }
-    let qlog = cfg.endpoint.transport.qlog.clone();
-    let r = runtime()?.block_on(async {
+    runtime()?.block_on(async {
         // The client's engine runs on this runtime: the transfer and its connection share
         // one thread.
         let mut client_cfg = client_config(&a.name, trust);
@@ -650,9 +630,7 @@ pub(crate) fn client(a: &ClientArgs) -> Result<(), String> {
         conn.close(0, b"done");
         ep.shutdown(Duration::from_secs(2)).await;
         result
-    });
-    finish_qlog(qlog.as_ref());
-    r
+    })
 }
 
 /// Downloads `name`, connecting with backoff and, when the connection is lost in a way
