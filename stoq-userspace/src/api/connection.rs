@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use super::remote::{discard, on_worker};
 use super::stream::{RecvStream, SendStream};
 use super::{PathEvent, SendError, ServeError};
-use crate::conn::{
-    self, ConnectionError, ConnectionStats, Dir, OpenError, SendDatagramError, StreamId, Urgency,
-};
+use crate::conn::{self, ConnectionError, ConnectionStats, Dir, OpenError, StreamId, Urgency};
 use crate::engine::app::{ConnShared, Slot};
 use crate::engine::home::Worker;
 
@@ -112,7 +110,7 @@ impl Connection {
     }
 
     /// Runs `f` on the protocol connection: here, or on the worker while this thread waits.
-    fn here_or_call<R: Send + 'static>(
+    pub(crate) fn here_or_call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut conn::Connection, &mut Slot) -> R + Send + 'static,
     ) -> Result<R, ConnectionError> {
@@ -423,97 +421,6 @@ impl Connection {
         Ok(RecvStream::new(self, id))
     }
 
-    /// Sends an unreliable DATAGRAM.
-    ///
-    /// Off the worker the size is checked here and the DATAGRAM handed to the worker; if
-    /// its queue is full there, it is dropped as the network might drop it.
-    ///
-    /// # Errors
-    /// [`SendError`]: too large for [`max_datagram_size`](Self::max_datagram_size), not
-    /// supported by the peer, queue full, or the connection is gone.
-    pub fn send_datagram(&self, data: &[u8]) -> Result<(), SendError> {
-        match self.with(|c, _| c.send_datagram(data)) {
-            Ok(Some(r)) => {
-                r?;
-                self.kick();
-                Ok(())
-            }
-            Ok(None) => {
-                if let Some(e) = self.shared.error.get() {
-                    return Err(SendError::Connection(e.clone()));
-                }
-                let max = match self.shared.max_datagram.load(Ordering::Relaxed) {
-                    0 => return Err(SendDatagramError::UnsupportedByPeer.into()),
-                    m => m - 1,
-                };
-                if data.len() > max {
-                    return Err(SendDatagramError::TooLarge {
-                        size: data.len(),
-                        max,
-                    }
-                    .into());
-                }
-                let d = data.to_vec();
-                let c = self.clone();
-                self.post_job(move |_| {
-                    if let Ok(Some(Ok(()))) = c.with(|c, _| c.send_datagram(&d)) {
-                        c.kick();
-                    }
-                });
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Sends an unreliable DATAGRAM, waiting while the connection's DATAGRAM queue is full
-    /// (the producer is faster than the path) instead of failing with
-    /// [`SendDatagramError::Blocked`] as [`send_datagram`](Self::send_datagram) does:
-    /// back-pressure for a producer that must be slowed rather than dropped. Once queued,
-    /// a DATAGRAM is as unreliable as any other (the network may still lose it).
-    ///
-    /// # Errors
-    /// [`SendError`]: too large for [`max_datagram_size`](Self::max_datagram_size), not
-    /// supported by the peer, or the connection is gone.
-    pub async fn send_datagram_wait(&self, data: &[u8]) -> Result<(), SendError> {
-        if !self.is_on_worker() {
-            let d = data.to_vec();
-            return on_worker(
-                self,
-                move |c| async move { c.send_datagram_wait_here(&d).await },
-                discard,
-            )
-            .await?;
-        }
-        self.send_datagram_wait_here(data).await
-    }
-
-    async fn send_datagram_wait_here(&self, data: &[u8]) -> Result<(), SendError> {
-        poll_fn(|cx| {
-            let r = self.with(|c, slot| match c.send_datagram(data) {
-                Err(SendDatagramError::Blocked) => {
-                    slot.wakers.datagram_room = Some(cx.waker().clone());
-                    None
-                }
-                r => Some(r),
-            });
-            match r {
-                Ok(Some(Some(r))) => {
-                    self.kick();
-                    Poll::Ready(r.map_err(SendError::from))
-                }
-                Ok(Some(None)) => {
-                    // The queue drains as the worker sends.
-                    self.kick();
-                    Poll::Pending
-                }
-                Ok(None) => Poll::Ready(Err(SendError::Connection(self.moved()))),
-                Err(e) => Poll::Ready(Err(e.into())),
-            }
-        })
-        .await
-    }
-
     /// The next thing that happens to the connection's path: its DATAGRAM size changing
     /// (path MTU discovery, a black hole, a migration), the peer moving, a key update.
     /// Events wait until read, the latest 64 of them; older ones are dropped unread.
@@ -552,94 +459,6 @@ impl Connection {
                 Ok(None) => Poll::Ready(Err(self.moved())),
                 Err(e) => Poll::Ready(Err(e)),
             }
-        })
-        .await
-    }
-
-    /// The largest DATAGRAM that can be sent now (`None` if the peer takes none).
-    pub fn max_datagram_size(&self) -> Option<usize> {
-        match self.with(|c, _| c.max_datagram_size()) {
-            Ok(Some(m)) => m,
-            Ok(None) => self
-                .shared
-                .max_datagram
-                .load(Ordering::Relaxed)
-                .checked_sub(1),
-            Err(_) => None,
-        }
-    }
-
-    async fn read_datagram_here(&self) -> Result<Vec<u8>, ConnectionError> {
-        self.datagram_here(|c, slot| {
-            slot.stash
-                .datagrams
-                .pop_front()
-                .or_else(|| c.recv_datagram())
-        })
-        .await
-    }
-
-    /// Waits on the worker until `take` finds a datagram (or the connection ends).
-    async fn datagram_here<T>(
-        &self,
-        mut take: impl FnMut(&mut conn::Connection, &mut Slot) -> Option<T>,
-    ) -> Result<T, ConnectionError> {
-        poll_fn(|cx| {
-            match self.with(|c, slot| {
-                if let Some(d) = take(c, slot) {
-                    return Poll::Ready(Ok(d));
-                }
-                if c.is_closed() {
-                    return Poll::Ready(Err(self.ended(c)));
-                }
-                slot.wakers.datagram.register(cx.waker());
-                Poll::Pending
-            }) {
-                Ok(Some(p)) => p,
-                Ok(None) => Poll::Ready(Err(self.moved())),
-                Err(e) => Poll::Ready(Err(e)),
-            }
-        })
-        .await
-    }
-
-    /// The next DATAGRAM received.
-    ///
-    /// # Errors
-    /// The connection's error once it is gone.
-    pub async fn read_datagram(&self) -> Result<Vec<u8>, ConnectionError> {
-        if !self.is_on_worker() {
-            return on_worker(
-                self,
-                |c| async move { c.read_datagram_here().await },
-                stash_datagram,
-            )
-            .await?;
-        }
-        self.read_datagram_here().await
-    }
-
-    /// The next DATAGRAM received, moved into `buf` (its contents replaced). On the
-    /// connection's worker the buffers are swapped, not copied, and `buf`'s old buffer is
-    /// kept for a later datagram: a loop that reuses one `Vec` receives without
-    /// allocating. Elsewhere it costs what [`read_datagram`](Self::read_datagram) does.
-    ///
-    /// # Errors
-    /// The connection's error once it is gone.
-    pub async fn read_datagram_into(&self, buf: &mut Vec<u8>) -> Result<(), ConnectionError> {
-        if !self.is_on_worker() {
-            let d = self.read_datagram().await?;
-            buf.clear();
-            buf.extend_from_slice(&d);
-            return Ok(());
-        }
-        self.datagram_here(|c, slot| {
-            if let Some(d) = slot.stash.datagrams.pop_front() {
-                buf.clear();
-                buf.extend_from_slice(&d);
-                return Some(());
-            }
-            c.recv_datagram_into(buf).then_some(())
         })
         .await
     }
@@ -731,12 +550,6 @@ fn stash_uni(c: &Connection, id: Result<StreamId, ConnectionError>) {
 }
 
 /// A DATAGRAM read for a caller that gave up: the next `read_datagram` gets it.
-fn stash_datagram(c: &Connection, d: Result<Vec<u8>, ConnectionError>) {
-    if let Ok(d) = d {
-        let _ = c.with(|_, slot| slot.stash.datagrams.push_front(d));
-    }
-}
-
 /// A message sent with [`Connection::send_message`].
 #[derive(Debug)]
 pub struct Message {

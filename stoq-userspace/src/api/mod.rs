@@ -44,6 +44,7 @@
 //! ```
 
 mod connection;
+mod datagram;
 mod endpoint;
 mod incoming;
 mod reconnect;
@@ -88,6 +89,10 @@ pub enum SendError {
     /// The message was refused (too large for the send buffer, stream limit).
     #[error(transparent)]
     Message(#[from] conn::MessageError),
+    /// The extension frame was refused (a type outside the extension range, too large,
+    /// too many queued).
+    #[error(transparent)]
+    Extension(#[from] conn::ExtensionError),
 }
 
 /// Why [`Connection::export_keying_material`] gave nothing.

@@ -100,6 +100,8 @@ pub(crate) struct Wakers {
     pub(crate) open: [WakerSet; 2],
     /// Every task waiting for a DATAGRAM.
     pub(crate) datagram: WakerSet,
+    /// Every task waiting for an extension frame.
+    pub(crate) extension: WakerSet,
     /// A sender waiting for room in the DATAGRAM queue.
     pub(crate) datagram_room: Option<Waker>,
     /// A task waiting for the next path event.
@@ -121,6 +123,7 @@ impl Wakers {
             set.wake();
         }
         self.datagram.wake();
+        self.extension.wake();
         for (_, w) in self
             .read
             .drain()
@@ -142,6 +145,7 @@ impl Wakers {
 pub(crate) struct Stash {
     pub(crate) streams: [VecDeque<StreamId>; 2],
     pub(crate) datagrams: VecDeque<Vec<u8>>,
+    pub(crate) extensions: VecDeque<(u64, Vec<u8>)>,
 }
 
 /// Path events kept for [`Connection::path_event`](crate::api::Connection::path_event) until
@@ -363,6 +367,7 @@ impl ApiState {
             }
             Event::StreamsAvailable(dir) => w.open[dir_index(*dir)].wake(),
             Event::DatagramReceived => w.datagram.wake(),
+            Event::ExtensionFrameReceived => w.extension.wake(),
             Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {
                 slot.shared.max_datagram.store(size + 1, Ordering::Relaxed);
