@@ -256,6 +256,7 @@ fn credential(
 
 pub(crate) fn server_config(credential: Credential) -> ServerConfig {
     ServerConfig {
+        alpn: Vec::new(),
         credential,
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
@@ -265,6 +266,7 @@ pub(crate) fn server_config(credential: Credential) -> ServerConfig {
 
 pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
     ClientConfig {
+        alpn: Vec::new(),
         server_name: name.to_string(),
         trust,
         suites: CipherSuite::local_preference().collect(),

@@ -21,7 +21,8 @@ pub fn keys() -> &'static (Vec<u8>, VerifyingKey) {
     })
 }
 
-/// A server with the raw key, every suite, default parameters.
+/// A server with the raw key, every suite, default parameters, two ALPN protocols (so the
+/// fuzzer reaches the selection and its refusal).
 pub fn server_config() -> ServerConfig {
     let (sk, pk) = keys();
     ServerConfig {
@@ -32,10 +33,11 @@ pub fn server_config() -> ServerConfig {
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: None,
+        alpn: vec![b"h3".to_vec(), b"stoq/1".to_vec()],
     }
 }
 
-/// A client that pins the server's key.
+/// A client that pins the server's key and offers one ALPN protocol.
 pub fn client_config(server_name: &str, suites: Vec<CipherSuite>) -> ClientConfig {
     ClientConfig {
         server_name: server_name.into(),
@@ -44,5 +46,6 @@ pub fn client_config(server_name: &str, suites: Vec<CipherSuite>) -> ClientConfi
         sig_algs: vec![SigAlg::Falcon512],
         params: TransportParams::default(),
         credential: None,
+        alpn: vec![b"stoq/1".to_vec()],
     }
 }

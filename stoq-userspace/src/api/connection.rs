@@ -208,6 +208,31 @@ impl Connection {
             .flatten()
     }
 
+    /// The application protocol and server name the handshake settled (ALPN:
+    /// `ClientConfig::alpn`, `ServerConfig::alpn`); `None` once the connection is gone.
+    /// Connections from [`Endpoint::connect`](crate::Endpoint::connect) and
+    /// [`accept`](crate::Endpoint::accept) are established, so both are known.
+    ///
+    /// ```no_run
+    /// # async fn f(endpoint: stoq::Endpoint) {
+    /// while let Some(conn) = endpoint.accept().await {
+    ///     let protocol = conn.handshake_data().and_then(|h| h.protocol);
+    ///     match protocol.as_deref() {
+    ///         Some(b"h3") => { /* HTTP/3 */ }
+    ///         Some(b"stoq/1") => { /* the application's own protocol */ }
+    ///         _ => conn.close(1, b"no protocol"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn handshake_data(&self) -> Option<super::HandshakeData> {
+        self.here_or_call(|c, _| super::HandshakeData {
+            protocol: c.alpn().map(<[u8]>::to_vec),
+            server_name: c.server_name().map(str::to_string),
+        })
+        .ok()
+    }
+
     /// Fills `out` with keying material exported from the handshake for `label` and
     /// `context` (TLS 1.3's exporter, RFC 8446 §7.5, over STOQ's key schedule): both ends of
     /// this connection get the same bytes, no other connection does. For binding an

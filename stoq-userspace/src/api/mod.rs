@@ -61,6 +61,17 @@ pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 pub use crate::engine::app::PathEvent;
 
+/// What the handshake settled besides keys ([`Connection::handshake_data`]; quinn's
+/// `handshake_data()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandshakeData {
+    /// The application protocol selected (ALPN), if any.
+    pub protocol: Option<Vec<u8>>,
+    /// The server name: the one the client asked for (on either side).
+    pub server_name: Option<String>,
+}
+
 /// Why a connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -224,6 +224,9 @@ impl Default for EndpointConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The server's ALPN list is malformed.
+    #[error("ServerConfig::alpn: {0}")]
+    Alpn(&'static str),
     /// `max_udp_payload` outside 1200..=65527.
     #[error(
         "max_udp_payload {0} is outside 1200..=65527: QUIC needs paths of at least 1200 bytes; set it to the path MTU minus IP and UDP headers"
@@ -342,6 +345,9 @@ pub enum ConnectError {
     /// The server name is empty or too long.
     #[error("server name must be 1 to 255 bytes")]
     BadServerName,
+    /// The ALPN list is malformed.
+    #[error("ClientConfig::alpn: {0}")]
+    BadAlpn(&'static str),
 }
 
 /// Endpoint counters.
@@ -462,6 +468,9 @@ impl Endpoint {
         server: Option<Arc<handshake::ServerConfig>>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        if let Some(s) = &server {
+            handshake::check_alpn(&s.alpn).map_err(ConfigError::Alpn)?;
+        }
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
         // Drawn whether or not a key set is given, so the stream after it (CIDs, nonces)
         // is the same for a given seed either way.
@@ -532,6 +541,7 @@ impl Endpoint {
         &mut self,
         config: Arc<handshake::ServerConfig>,
     ) -> Result<(), ConfigError> {
+        handshake::check_alpn(&config.alpn).map_err(ConfigError::Alpn)?;
         match &mut self.server {
             Some(s) => {
                 *s = config;
@@ -759,6 +769,7 @@ impl Endpoint {
         if config.server_name.is_empty() || config.server_name.len() > 255 {
             return Err(ConnectError::BadServerName);
         }
+        handshake::check_alpn(&config.alpn).map_err(ConnectError::BadAlpn)?;
         if self.live >= self.config.max_connections {
             return Err(ConnectError::ConnectionLimit);
         }

@@ -181,6 +181,8 @@ pub(crate) fn alert(e: &HandshakeError) -> u8 {
         HandshakeError::BadSignature | HandshakeError::FinishedMismatch => 51,
         HandshakeError::ClientAuthRequired | HandshakeError::ClientAuthMissing => 116,
         HandshakeError::BufferExceeded => 50,
+        HandshakeError::NoApplicationProtocol { .. } => 120,
+        HandshakeError::ProtocolNotOffered => 47,
     }
 }
 

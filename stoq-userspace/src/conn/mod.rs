@@ -529,6 +529,19 @@ impl Connection {
         self.hs.peer_key()
     }
 
+    /// The application protocol the handshake selected (ALPN, `ClientConfig::alpn` and
+    /// `ServerConfig::alpn`): known to a server from the ClientHello, to a client from the
+    /// server's flight; `None` when no protocol was selected.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.hs.alpn()
+    }
+
+    /// The server name of the handshake: the one a client asked this server for, or the
+    /// one this client asked for.
+    pub fn server_name(&self) -> Option<&str> {
+        self.hs.server_name()
+    }
+
     /// Fills `out` with keying material exported from this connection's handshake for
     /// `label` and `context` (the TLS 1.3 exporter, RFC 8446 §7.5, over STOQ's key
     /// schedule; as RFC 5705 and quinn's `export_keying_material`): both ends get the same

@@ -12,6 +12,8 @@ use crate::crypto::sig::SigAlg;
 pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 /// Message header length.
 pub const HEADER_LEN: usize = 4;
+/// Most application protocols a client may offer (RFC 7301 sets no cap; 32 is generous).
+pub const MAX_ALPN_PROTOCOLS: usize = 32;
 
 /// Message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub struct ClientHello {
     pub server_name: String,
     /// The client's transport parameters.
     pub params: TransportParams,
+    /// Application protocols offered (ALPN, RFC 7301), in the client's preference order:
+    /// each 1 to 255 bytes, at most [`MAX_ALPN_PROTOCOLS`].
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// The server's answer, in the clear.
@@ -84,6 +89,8 @@ pub struct EncryptedExtensions {
     pub params: TransportParams,
     /// Whether the client must authenticate.
     pub client_auth: bool,
+    /// The application protocol the server selected from the client's offer (ALPN).
+    pub alpn: Option<Vec<u8>>,
 }
 
 /// What a Certificate message carries.
@@ -148,6 +155,31 @@ fn suites(r: &mut Reader<'_>) -> Result<Vec<CipherSuite>, DecodeError> {
         .collect())
 }
 
+/// An ALPN protocol list: `u16 length || (u8 length || name)*`, every name 1 to 255 bytes.
+fn alpn_list(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let mut list = Reader::new(r.vec16()?);
+    let mut out = Vec::new();
+    while list.remaining() > 0 {
+        let name = list.vec8()?;
+        if name.is_empty() {
+            return Err(DecodeError::Invalid("empty ALPN protocol name"));
+        }
+        if out.len() == MAX_ALPN_PROTOCOLS {
+            return Err(DecodeError::Invalid("too many ALPN protocols"));
+        }
+        out.push(name.to_vec());
+    }
+    Ok(out)
+}
+
+fn write_alpn_list(w: &mut Writer, list: &[Vec<u8>]) {
+    let mut l = Writer::new();
+    for p in list {
+        l.vec8(p);
+    }
+    w.vec16(&l.buf);
+}
+
 fn write_suites(w: &mut Writer, s: &[CipherSuite]) {
     let raw: Vec<u8> = s.iter().flat_map(|s| s.id().to_be_bytes()).collect();
     w.vec8(&raw);
@@ -184,6 +216,7 @@ impl Message {
                 let mut p = Writer::new();
                 m.params.encode(&mut p);
                 b.vec16(&p.buf);
+                write_alpn_list(&mut b, &m.alpn);
             }
             Self::ServerHello(m) => {
                 b.bytes(&m.random).u16(m.suite.id());
@@ -194,6 +227,7 @@ impl Message {
                 let mut p = Writer::new();
                 m.params.encode(&mut p);
                 b.vec16(&p.buf).u8(u8::from(m.client_auth));
+                b.vec8(m.alpn.as_deref().unwrap_or_default());
             }
             Self::Certificate(m) => {
                 b.u8(m.kind as u8).vec24(&m.data);
@@ -258,6 +292,7 @@ impl Message {
                     .ok_or(DecodeError::Invalid("server name"))?
                     .to_string();
                 let params = TransportParams::decode(r.vec16()?)?;
+                let alpn = alpn_list(&mut r)?;
                 Self::ClientHello(ClientHello {
                     version,
                     random,
@@ -266,6 +301,7 @@ impl Message {
                     key_share,
                     server_name,
                     params,
+                    alpn,
                 })
             }
             MessageType::ServerHello => {
@@ -288,9 +324,14 @@ impl Message {
                     1 => true,
                     _ => return Err(DecodeError::Invalid("client_auth flag")),
                 };
+                // Empty: no protocol selected (names are never empty).
+                let alpn = Some(r.vec8()?)
+                    .filter(|a| !a.is_empty())
+                    .map(<[u8]>::to_vec);
                 Self::EncryptedExtensions(EncryptedExtensions {
                     params,
                     client_auth,
+                    alpn,
                 })
             }
             MessageType::Certificate => {
@@ -327,6 +368,7 @@ mod tests {
     pub(crate) fn samples() -> Vec<Message> {
         vec![
             Message::ClientHello(ClientHello {
+                alpn: vec![b"h3".to_vec(), b"stoq/1".to_vec()],
                 version: stoq_common::wire::stoq::VERSION_1,
                 random: [1; 32],
                 suites: vec![CipherSuite::Aes256Gcm, CipherSuite::ChaCha20Poly1305],
@@ -342,6 +384,7 @@ mod tests {
                 key_share: vec![8; 1120],
             }),
             Message::EncryptedExtensions(EncryptedExtensions {
+                alpn: Some(b"stoq/1".to_vec()),
                 params: TransportParams::default(),
                 client_auth: true,
             }),

@@ -165,6 +165,11 @@ pub struct ClientConfig {
     pub params: TransportParams,
     /// The client's credential, for servers that require client authentication.
     pub credential: Option<Credential>,
+    /// Application protocols to offer (ALPN, RFC 7301), most preferred first, each 1 to
+    /// 255 bytes (at most 32): for example `b"h3".to_vec()`. Empty: none offered. The
+    /// server's choice is [`Connection::alpn`](crate::conn::Connection::alpn); a server
+    /// that selects one not offered fails the handshake.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// The server's handshake settings.
@@ -179,6 +184,11 @@ pub struct ServerConfig {
     pub params: TransportParams,
     /// Require clients to authenticate, trusted this way.
     pub client_auth: Option<Trust>,
+    /// Application protocols this server speaks (ALPN, RFC 7301), most preferred first:
+    /// the first of them the client offers is selected. A client that offers protocols,
+    /// none of them here, is refused (`no_application_protocol`); a client that offers
+    /// none connects with no protocol selected. Empty: no ALPN.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 impl ServerConfig {
@@ -191,7 +201,21 @@ impl ServerConfig {
             suites: CipherSuite::ALL.to_vec(),
             params: TransportParams::default(),
             client_auth: None,
+            alpn: Vec::new(),
         }
+    }
+
+    /// These settings with `protocols` as the server's ALPN list, most preferred first.
+    ///
+    /// ```
+    /// # use stoq::crypto::sig::{SigAlg, SigningKey};
+    /// # let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+    /// let server = stoq::handshake::ServerConfig::raw_key(key, public).with_alpn(&[b"h3", b"stoq/1"]);
+    /// assert_eq!(server.alpn, vec![b"h3".to_vec(), b"stoq/1".to_vec()]);
+    /// ```
+    pub fn with_alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
     }
 }
 
@@ -207,8 +231,26 @@ impl ClientConfig {
             suites: CipherSuite::local_preference().collect(),
             params: TransportParams::default(),
             credential: None,
+            alpn: Vec::new(),
         }
     }
+
+    /// These settings offering `protocols` (ALPN), most preferred first.
+    pub fn with_alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+}
+
+/// Checks an ALPN list: 1 to 255 bytes a name, at most 32 names.
+pub(crate) fn check_alpn(list: &[Vec<u8>]) -> Result<(), &'static str> {
+    if list.len() > messages::MAX_ALPN_PROTOCOLS {
+        return Err("at most 32 ALPN protocols");
+    }
+    if list.iter().any(|p| p.is_empty() || p.len() > 255) {
+        return Err("an ALPN protocol name is 1 to 255 bytes");
+    }
+    Ok(())
 }
 
 /// Why keying material could not be exported (`Connection::export_keying_material`).
@@ -297,6 +339,15 @@ pub enum HandshakeError {
     /// A handshake message exceeded the buffering limit.
     #[error("handshake data exceeds {MAX_BUFFERED} buffered bytes")]
     BufferExceeded,
+    /// The client offered application protocols (ALPN), none of which the server speaks.
+    #[error("no application protocol in common: the client offered {offered}")]
+    NoApplicationProtocol {
+        /// The client's offer, for the log (names shown lossily as text).
+        offered: String,
+    },
+    /// The server selected an application protocol the client did not offer.
+    #[error("the server selected an application protocol that was not offered")]
+    ProtocolNotOffered,
 }
 
 /// New traffic secrets for an epoch.
@@ -372,6 +423,8 @@ pub struct Handshake {
     peer_params: Option<TransportParams>,
     peer_key: Option<VerifyingKey>,
     peer_name: Option<String>,
+    /// The application protocol selected (ALPN).
+    alpn: Option<Vec<u8>>,
     /// This side's transport parameters for this connection.
     params: TransportParams,
 }
@@ -404,6 +457,7 @@ impl Handshake {
             key_share: share,
             server_name: cfg.server_name.clone(),
             params: params.clone(),
+            alpn: cfg.alpn.clone(),
         });
         let mut me = Self::new(
             Role::Client {
@@ -438,6 +492,7 @@ impl Handshake {
             peer_params: None,
             peer_key: None,
             peer_name: None,
+            alpn: None,
             params,
         }
     }
@@ -490,7 +545,20 @@ impl Handshake {
         self.peer_key.as_ref()
     }
 
-    /// The server name the client asked for (server side).
+    /// The application protocol selected (ALPN), once the server chose one.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// The server name the client asked for (server), or this client's (client).
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.role {
+            Role::Client { cfg, .. } => Some(&cfg.server_name),
+            Role::Server { .. } => self.peer_name.as_deref(),
+        }
+    }
+
+    /// The server name the client asked for (servers only).
     pub fn requested_server_name(&self) -> Option<&str> {
         self.peer_name.as_deref()
     }
@@ -598,6 +666,13 @@ impl Handshake {
                     }
                     *client_auth = ee.client_auth;
                 }
+                if let Role::Client { cfg, .. } = &self.role
+                    && let Some(p) = &ee.alpn
+                    && !cfg.alpn.contains(p)
+                {
+                    return Err(HandshakeError::ProtocolNotOffered);
+                }
+                self.alpn = ee.alpn;
                 self.peer_params = Some(ee.params);
                 self.state = S::ClientWaitCertificate;
                 Ok(())
@@ -692,15 +767,29 @@ impl Handshake {
         let (share, hybrid) = server_respond(&ch.key_share, rng)?;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
+        // ALPN (RFC 7301 §3.2): the server's preference among what the client offers; an
+        // offer with nothing in common is refused, no offer selects nothing.
+        let alpn = cfg.alpn.iter().find(|p| ch.alpn.contains(p)).cloned();
+        if alpn.is_none() && !ch.alpn.is_empty() && !cfg.alpn.is_empty() {
+            let offered = ch
+                .alpn
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(HandshakeError::NoApplicationProtocol { offered });
+        }
         let server_suites = cfg.suites.clone();
         let ee = Message::EncryptedExtensions(EncryptedExtensions {
             params: self.params.clone(),
             client_auth: cfg.client_auth.is_some(),
+            alpn: alpn.clone(),
         });
         let cert = Message::Certificate(cfg.credential.message());
         let client_auth = cfg.client_auth.is_some();
         self.peer_params = Some(ch.params);
         self.peer_name = Some(ch.server_name);
+        self.alpn = alpn;
         self.suite = Some(suite);
 
         self.send(

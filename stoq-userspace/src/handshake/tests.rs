@@ -62,6 +62,7 @@ fn client_cfg(
     credential: Option<Credential>,
 ) -> ClientConfig {
     ClientConfig {
+        alpn: Vec::new(),
         server_name: "stoq.example".into(),
         trust,
         suites: suites.to_vec(),
@@ -77,6 +78,7 @@ fn server_cfg(
     client_auth: Option<Trust>,
 ) -> ServerConfig {
     ServerConfig {
+        alpn: Vec::new(),
         credential,
         suites: suites.to_vec(),
         params: TransportParams::default(),
@@ -567,4 +569,73 @@ fn a_broken_chain_fails_the_handshake_naming_the_link() {
     let s = new_server(server_cfg(cred, &CipherSuite::ALL, None));
     let (c, s) = run(c, s, &mut no_tamper).unwrap_or_else(|e| panic!("{e:?}"));
     assert_agree(c, s);
+}
+
+/// A client offering `offer` against a server speaking `speaks` (ALPN).
+fn alpn_pair(offer: &[&[u8]], speaks: &[&[u8]]) -> (Handshake, Handshake) {
+    let (cred, public) = raw(SigAlg::Falcon512);
+    let mut c = client_cfg(Trust::PinnedKey(public), &CipherSuite::ALL, None);
+    c.alpn = offer.iter().map(|p| p.to_vec()).collect();
+    let mut s = server_cfg(cred, &CipherSuite::ALL, None);
+    s.alpn = speaks.iter().map(|p| p.to_vec()).collect();
+    (new_client(c, &mut OsRng), new_server(s))
+}
+
+#[test]
+fn alpn_selects_the_servers_preference_among_the_offer() {
+    let (c, s) = alpn_pair(&[b"stoq/1", b"h3"], &[b"h3", b"stoq/1"]);
+    let (c, s) = run(c, s, &mut no_tamper).expect("handshake");
+    assert_eq!(c.alpn(), Some(&b"h3"[..]));
+    assert_eq!(s.alpn(), Some(&b"h3"[..]));
+    assert_eq!(s.server_name(), Some("stoq.example"));
+    assert_eq!(c.server_name(), Some("stoq.example"));
+    // No offer: nothing selected, the handshake goes on (the application decides).
+    let (c, s) = alpn_pair(&[], &[b"h3"]);
+    let (c, s) = run(c, s, &mut no_tamper).expect("handshake");
+    assert_eq!((c.alpn(), s.alpn()), (None, None));
+    // A server without ALPN selects nothing, whatever is offered.
+    let (c, s) = alpn_pair(&[b"h3"], &[]);
+    let (c, s) = run(c, s, &mut no_tamper).expect("handshake");
+    assert_eq!((c.alpn(), s.alpn()), (None, None));
+}
+
+#[test]
+fn alpn_without_a_common_protocol_is_refused() {
+    let (c, s) = alpn_pair(&[b"h2", b"spdy/3"], &[b"h3"]);
+    let (side, e) = expect_failure(c, s, &mut no_tamper);
+    assert!(matches!(side, Side::Server), "{side:?}");
+    assert_eq!(
+        e,
+        HandshakeError::NoApplicationProtocol {
+            offered: "h2, spdy/3".into()
+        }
+    );
+    // Sent as no_application_protocol (TLS alert 120).
+    assert_eq!(
+        crate::conn::ConnectionError::Handshake(e).wire_code(),
+        0x100 + 120
+    );
+}
+
+#[test]
+fn a_server_selecting_what_was_not_offered_is_refused() {
+    let (c, s) = alpn_pair(&[b"stoq/1"], &[b"stoq/1"]);
+    // The server's EncryptedExtensions rewritten to select another protocol (as a
+    // tampering or broken server would); the client must refuse before anything else.
+    let mut tamper = |from_client: bool, epoch: Epoch, bytes: &mut Vec<u8>| {
+        if from_client || epoch != Epoch::Handshake {
+            return;
+        }
+        let n = Message::frame_len(bytes).expect("frame").expect("whole");
+        let Ok(Message::EncryptedExtensions(mut ee)) = Message::decode(&bytes[..n]) else {
+            panic!("EncryptedExtensions first");
+        };
+        ee.alpn = Some(b"evil/1".to_vec());
+        let mut out = Message::EncryptedExtensions(ee).encode();
+        out.extend_from_slice(&bytes[n..]);
+        *bytes = out;
+    };
+    let (side, e) = expect_failure(c, s, &mut tamper);
+    assert!(matches!(side, Side::Client), "{side:?}");
+    assert_eq!(e, HandshakeError::ProtocolNotOffered);
 }

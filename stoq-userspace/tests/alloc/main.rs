@@ -170,6 +170,7 @@ impl Net {
             ..TransportParams::default()
         };
         let server_cfg = Arc::new(ServerConfig {
+            alpn: Vec::new(),
             credential: Credential::RawKey {
                 key,
                 public: public.clone(),
@@ -179,6 +180,7 @@ impl Net {
             client_auth: None,
         });
         let client_cfg = Arc::new(ClientConfig {
+            alpn: Vec::new(),
             server_name: "alloc.stoq".into(),
             trust: Trust::PinnedKey(public),
             suites: CipherSuite::local_preference().collect(),

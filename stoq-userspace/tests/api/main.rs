@@ -15,6 +15,7 @@ use stoq::io::BackendKind;
 use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod alpn;
 mod concurrent;
 mod extensions;
 mod flood;

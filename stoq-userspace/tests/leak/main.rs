@@ -176,6 +176,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
     let server_cfg = Arc::new(ServerConfig {
+        alpn: Vec::new(),
         credential: Credential::RawKey {
             key,
             public: public.clone(),
@@ -185,6 +186,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         client_auth: None,
     });
     let client_cfg = Arc::new(ClientConfig {
+        alpn: Vec::new(),
         server_name: "leak.stoq".into(),
         trust: Trust::PinnedKey(public),
         suites: CipherSuite::local_preference().collect(),

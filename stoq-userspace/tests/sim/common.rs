@@ -34,6 +34,7 @@ pub(crate) fn params() -> TransportParams {
 pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
     let (sk, pk) = server_key();
     let server = ServerConfig {
+        alpn: Vec::new(),
         credential: Credential::RawKey {
             key: SigningKey::from_bytes(sk).expect("valid key"),
             public: pk.clone(),
@@ -43,6 +44,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         client_auth: None,
     };
     let client = ClientConfig {
+        alpn: Vec::new(),
         server_name: "stoq.example".into(),
         trust: Trust::PinnedKey(pk.clone()),
         suites: vec![CipherSuite::ChaCha20Poly1305],

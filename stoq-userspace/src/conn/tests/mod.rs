@@ -133,12 +133,14 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         (None, None)
     };
     let server = ServerConfig {
+        alpn: Vec::new(),
         credential,
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: client_trust,
     };
     let client = ClientConfig {
+        alpn: Vec::new(),
         server_name: "stoq.example".into(),
         trust,
         suites: vec![s.suite],
