@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod chunk;
 mod connection;
 mod datagram;
 mod endpoint;
@@ -53,6 +54,7 @@ mod stream;
 
 use std::io;
 
+pub use self::chunk::Chunk;
 pub use self::connection::{Connection, Message, MessageOutcome};
 pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
@@ -134,6 +136,11 @@ pub enum StreamError {
     /// The stream was already finished or reset by this side.
     #[error("stream already finished or reset")]
     Closed,
+    /// The stream is read unordered (`read_chunk(max, false)`), so an ordered read would
+    /// repeat data; or it was read in order from another thread, whose pump cannot switch
+    /// to unordered reads.
+    #[error("ordered and unordered reads of one stream cannot be mixed")]
+    Unordered,
 }
 
 impl From<StreamError> for io::Error {
@@ -142,6 +149,7 @@ impl From<StreamError> for io::Error {
             StreamError::Connection(_) => io::ErrorKind::ConnectionAborted,
             StreamError::Stopped(_) | StreamError::Reset(_) => io::ErrorKind::ConnectionReset,
             StreamError::Closed => io::ErrorKind::BrokenPipe,
+            StreamError::Unordered => io::ErrorKind::InvalidInput,
         };
         Self::new(kind, e)
     }

@@ -130,7 +130,10 @@ pub(crate) fn reset_here(conn: &Connection, id: StreamId, code: u64) -> Result<(
 
 /// On the worker: asks the peer to stop sending on stream `id`.
 pub(crate) fn stop_here(conn: &Connection, id: StreamId, code: u64) {
-    let _ = conn.with(|c, _| c.stop_sending(id, code));
+    let _ = conn.with(|c, slot| {
+        slot.stash.chunks.remove(&id);
+        c.stop_sending(id, code)
+    });
     conn.kick();
 }
 
@@ -152,6 +155,7 @@ pub(crate) fn poll_read_here(
         }
         Err(ReadError::Reset(code)) => Poll::Ready(Err(StreamError::Reset(code))),
         Err(ReadError::Stopped) => Poll::Ready(Err(StreamError::Closed)),
+        Err(ReadError::Unordered) => Poll::Ready(Err(StreamError::Unordered)),
         Err(_) => Poll::Ready(Err(StreamError::Connection(conn.ended(c)))),
     });
     match r {
@@ -391,11 +395,13 @@ impl Drop for SendStream {
 /// to stop sending (STOP_SENDING, code 0).
 #[derive(Debug)]
 pub struct RecvStream {
-    conn: Connection,
-    id: StreamId,
-    eof: bool,
+    pub(super) conn: Connection,
+    pub(super) id: StreamId,
+    pub(super) eof: bool,
     /// Set once the stream is used off its worker: data comes through the pump.
-    pipe: Option<Arc<Pipe>>,
+    pub(super) pipe: Option<Arc<Pipe>>,
+    /// Bytes read in order so far (the offset of the next ordered chunk).
+    pub(super) offset: u64,
 }
 
 impl RecvStream {
@@ -405,6 +411,7 @@ impl RecvStream {
             id,
             eof: false,
             pipe: None,
+            offset: 0,
         }
     }
 
@@ -414,7 +421,7 @@ impl RecvStream {
     }
 
     /// The pipe to use from this thread, if the stream is (or now goes) off its worker.
-    fn pipe(&mut self) -> Option<Arc<Pipe>> {
+    pub(super) fn pipe(&mut self) -> Option<Arc<Pipe>> {
         if self.pipe.is_none() && !self.conn.is_on_worker() {
             self.pipe = Some(open_pipe(&self.conn, self.id, Pump::Recv));
         }
@@ -446,8 +453,10 @@ impl RecvStream {
                 Poll::Ready(r) => r,
             },
         };
-        if matches!(r, Ok(None)) {
-            self.eof = true;
+        match r {
+            Ok(None) => self.eof = true,
+            Ok(Some(n)) => self.offset += n as u64,
+            Err(_) => {}
         }
         Poll::Ready(r)
     }

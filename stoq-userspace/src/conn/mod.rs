@@ -790,6 +790,23 @@ impl Connection {
         self.streams.read(id, buf)
     }
 
+    /// Reads up to `max` bytes of stream `id` as one chunk, `(offset, bytes)`, or `None` at
+    /// the end of the stream. `ordered`: the bytes at the read offset, as
+    /// [`read`](Self::read) gives them. Unordered: any bytes received and not yet read,
+    /// wherever they lie in the stream, each exactly once (a stream read unordered stays
+    /// unordered: later ordered reads fail with [`ReadError::Unordered`]).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read), and [`ReadError::Unordered`].
+    pub fn read_chunk(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        ordered: bool,
+    ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        self.streams.read_chunk(id, max, ordered)
+    }
+
     /// Sets a stream's urgency for the scheduler; returns false for an unknown stream.
     pub fn set_urgency(&mut self, id: StreamId, urgency: Urgency) -> bool {
         self.streams.set_urgency(id, urgency)

@@ -146,6 +146,8 @@ pub(crate) struct Stash {
     pub(crate) streams: [VecDeque<StreamId>; 2],
     pub(crate) datagrams: VecDeque<Vec<u8>>,
     pub(crate) extensions: VecDeque<(u64, Vec<u8>)>,
+    /// Unordered stream chunks, by stream (removed when the stream is stopped or empty).
+    pub(crate) chunks: HashMap<StreamId, VecDeque<(u64, bytes::Bytes)>>,
 }
 
 /// Path events kept for [`Connection::path_event`](crate::api::Connection::path_event) until

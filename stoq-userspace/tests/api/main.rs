@@ -16,6 +16,7 @@ use stoq::{Endpoint, api::MessageOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod alpn;
+mod chunks;
 mod concurrent;
 mod extensions;
 mod flood;

@@ -148,6 +148,10 @@ pub enum ReadError {
     /// This side called `stop` on the stream.
     #[error("stream stopped by this side")]
     Stopped,
+    /// The stream is read unordered (`read_chunk` with `ordered` false): an ordered read
+    /// would hand out bytes already read; keep reading it unordered.
+    #[error("stream is read unordered: keep reading it with read_chunk(max, false)")]
+    Unordered,
 }
 
 /// Which frame a sent packet carried for streams: kept per packet so that a loss
@@ -698,6 +702,92 @@ mod tests {
         let n = w.len();
         buf.truncate(n);
         buf
+    }
+
+    /// A server's receive side of the client's first unidirectional stream.
+    fn receiving() -> (Streams, StreamId) {
+        let s = Streams::new(Side::Server, limits());
+        (s, StreamId::new(Side::Client, Dir::Uni, 0))
+    }
+
+    #[test]
+    fn unordered_chunks_hand_out_every_byte_once_and_credit_the_prefix() {
+        let (mut s, id) = receiving();
+        // 0..100 and 200..300 arrive; 100..200 is missing.
+        s.on_stream(id, 200, &[2; 100], false).unwrap();
+        s.on_stream(id, 0, &[0; 100], false).unwrap();
+        assert_eq!(s.read_chunk(id, 60, false).unwrap(), Some((0, vec![0; 60])));
+        assert_eq!(
+            s.read_chunk(id, 1000, false).unwrap(),
+            Some((60, vec![0; 40]))
+        );
+        // Past the gap: handed out before the gap fills.
+        assert_eq!(
+            s.read_chunk(id, 1000, false).unwrap(),
+            Some((200, vec![2; 100]))
+        );
+        assert_eq!(s.read_chunk(id, 1000, false), Err(ReadError::Blocked));
+        assert_eq!(
+            s.rx_consumed, 100,
+            "only the prefix below the gap is credited"
+        );
+        // A retransmission of read bytes is not handed out again.
+        s.on_stream(id, 200, &[2; 100], false).unwrap();
+        assert_eq!(s.read_chunk(id, 1000, false), Err(ReadError::Blocked));
+        // The gap fills, with the FIN after the end: the rest, then the end.
+        s.on_stream(id, 100, &[1; 100], false).unwrap();
+        s.on_stream(id, 300, &[3; 10], true).unwrap();
+        assert_eq!(
+            s.read_chunk(id, 1000, false).unwrap(),
+            Some((100, vec![1; 100]))
+        );
+        assert_eq!(
+            s.rx_consumed, 300,
+            "the gap filled: everything up to 300 credited"
+        );
+        assert_eq!(
+            s.read_chunk(id, 1000, false).unwrap(),
+            Some((300, vec![3; 10]))
+        );
+        assert_eq!(s.read_chunk(id, 1000, false).unwrap(), None);
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn ordered_chunks_follow_the_read_offset_and_an_unordered_stream_stays_so() {
+        let (mut s, id) = receiving();
+        s.on_stream(id, 0, b"hello ", false).unwrap();
+        s.on_stream(id, 10, b"rld", true).unwrap();
+        assert_eq!(
+            s.read_chunk(id, 3, true).unwrap(),
+            Some((0, b"hel".to_vec()))
+        );
+        assert_eq!(
+            s.read_chunk(id, 100, true).unwrap(),
+            Some((3, b"lo ".to_vec()))
+        );
+        assert_eq!(s.read_chunk(id, 100, true), Err(ReadError::Blocked));
+        // Switching to unordered is allowed; back to ordered is not.
+        assert_eq!(
+            s.read_chunk(id, 100, false).unwrap(),
+            Some((10, b"rld".to_vec()))
+        );
+        assert_eq!(s.read_chunk(id, 100, true), Err(ReadError::Unordered));
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(id, &mut buf), Err(ReadError::Unordered));
+        s.on_stream(id, 6, b"wo", false).unwrap();
+        assert_eq!(
+            s.read_chunk(id, 100, false).unwrap(),
+            Some((6, b"wo".to_vec()))
+        );
+        // 8..10 still missing: not the end yet.
+        assert_eq!(s.read_chunk(id, 100, false), Err(ReadError::Blocked));
+        s.on_stream(id, 8, b"o ", false).unwrap();
+        assert_eq!(
+            s.read_chunk(id, 100, false).unwrap(),
+            Some((8, b"o ".to_vec()))
+        );
+        assert_eq!(s.read_chunk(id, 100, false).unwrap(), None);
     }
 
     /// The FIN's packet acknowledged before an earlier packet that was lost, and the

@@ -25,6 +25,9 @@ pub(super) struct Recv {
     pub(super) stop_pending: bool,
     pub(super) max_pending: bool,
     pub(super) readable_signalled: bool,
+    /// Read unordered ([`Streams::read_chunk`] with `ordered` false): the ranges above
+    /// `base` already handed out. `None` for a stream read in order.
+    pub(super) taken: Option<Box<RangeSet>>,
 }
 
 impl Recv {
@@ -43,6 +46,7 @@ impl Recv {
             stop_pending: false,
             max_pending: false,
             readable_signalled: false,
+            taken: None,
         }
     }
 
@@ -50,7 +54,28 @@ impl Recv {
         self.reset.is_some()
             || self.filled.first().is_some_and(|r| r.start <= self.base)
             || self.final_size == Some(self.base)
+            || self
+                .taken
+                .as_ref()
+                .is_some_and(|t| first_untaken(&self.filled, t).is_some())
     }
+}
+
+/// The first received range (of `filled`) no part of which is in `taken`.
+fn first_untaken(filled: &RangeSet, taken: &RangeSet) -> Option<std::ops::Range<u64>> {
+    for f in filled.iter() {
+        let mut s = f.start;
+        for t in taken.overlapping(f.clone()) {
+            if t.start > s {
+                return Some(s..t.start.min(f.end));
+            }
+            s = s.max(t.end);
+        }
+        if s < f.end {
+            return Some(s..f.end);
+        }
+    }
+    None
 }
 
 /// Writes `data` at position `at` of `buf`, growing it (zero-filled) as needed. In-order
@@ -109,6 +134,7 @@ impl Streams {
             return Ok(());
         }
         r.stopped = Some(code);
+        r.taken = None;
         // Unread data is discarded: credit it so the connection window does not shrink.
         let unread = r.highest - r.base;
         r.base = r.highest;
@@ -144,6 +170,9 @@ impl Streams {
             self.maybe_free(id);
             return Err(ReadError::Reset(code));
         }
+        if r.taken.is_some() {
+            return Err(ReadError::Unordered);
+        }
         let avail = match r.filled.first() {
             Some(f) if f.start <= r.base => f.end - r.base,
             _ => 0,
@@ -162,10 +191,23 @@ impl Streams {
         let from_a = n.min(a.len());
         out[..from_a].copy_from_slice(&a[..from_a]);
         out[from_a..n].copy_from_slice(&b[..n - from_a]);
-        drain_front(&mut r.buf, n);
-        self.rx_buffered -= n as u64;
-        r.base += n as u64;
+        self.consume(id, n as u64);
+        Ok(Some(n))
+    }
+
+    /// The application took the next `n` bytes of stream `id` (at its read offset): they
+    /// leave the buffer, and the stream's and the connection's credit grow.
+    fn consume(&mut self, id: StreamId, n: u64) {
+        let Some(r) = recv_half(&mut self.map, id) else {
+            return;
+        };
+        drain_front(&mut r.buf, n as usize);
+        self.rx_buffered -= n;
+        r.base += n;
         r.filled.remove_below(r.base);
+        if let Some(t) = r.taken.as_mut() {
+            t.remove_below(r.base);
+        }
         if !r.readable() {
             r.readable_signalled = false;
         }
@@ -177,9 +219,85 @@ impl Streams {
         } else if r.final_size.is_none() && r.max_pending {
             r.max_data = r.base + r.window;
         }
-        self.rx_consumed += n as u64;
+        self.rx_consumed += n;
         self.credit_conn();
-        Ok(Some(n))
+    }
+
+    /// Reads up to `max` bytes of stream `id` as one chunk: `(offset, bytes)`, or `None` at
+    /// the end. In order (`ordered`): the bytes at the read offset, as
+    /// [`read`](Self::read). Unordered: any received bytes not yet read, wherever they lie,
+    /// each once (a stream read unordered cannot go back to ordered reads: they fail with
+    /// [`ReadError::Unordered`]). The stream's credit grows as the bytes below the first
+    /// gap are all read.
+    pub(crate) fn read_chunk(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        ordered: bool,
+    ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        let Some(r) = recv_half(&mut self.map, id) else {
+            return Err(ReadError::UnknownStream);
+        };
+        if r.stopped.is_some() {
+            return Err(ReadError::Stopped);
+        }
+        if let Some(code) = r.reset {
+            r.done = true;
+            self.maybe_free(id);
+            return Err(ReadError::Reset(code));
+        }
+        if ordered && r.taken.is_some() {
+            return Err(ReadError::Unordered);
+        }
+        if !ordered && r.taken.is_none() {
+            r.taken = Some(Box::new(RangeSet::new(usize::MAX)));
+        }
+        let next = match &r.taken {
+            Some(t) => first_untaken(&r.filled, t),
+            None => r
+                .filled
+                .first()
+                .filter(|f| f.start <= r.base)
+                .map(|f| r.base..f.end),
+        };
+        let Some(g) = next else {
+            if r.final_size == Some(r.base) {
+                r.done = true;
+                self.maybe_free(id);
+                return Ok(None);
+            }
+            r.readable_signalled = false;
+            return Err(ReadError::Blocked);
+        };
+        let n = ((g.end - g.start) as usize).min(max.max(1));
+        let at = (g.start - r.base) as usize;
+        let mut out = Vec::with_capacity(n);
+        let (a, b) = r.buf.as_slices();
+        if at < a.len() {
+            let k = n.min(a.len() - at);
+            out.extend_from_slice(&a[at..at + k]);
+            out.extend_from_slice(&b[..n - k]);
+        } else {
+            out.extend_from_slice(&b[at - a.len()..at - a.len() + n]);
+        }
+        let consumed = match r.taken.as_mut() {
+            None => n as u64,
+            Some(t) => {
+                t.insert(g.start..g.start + n as u64);
+                // Everything from the read offset up to the first gap has been read.
+                t.first()
+                    .filter(|f| f.start <= r.base)
+                    .map_or(0, |f| f.end - r.base)
+            }
+        };
+        if consumed > 0 {
+            self.consume(id, consumed);
+        } else if let Some(r) = recv_half(&mut self.map, id)
+            && !r.readable()
+        {
+            r.readable_signalled = false;
+        }
+        Ok(Some((g.start, out)))
     }
 
     pub(super) fn credit_conn(&mut self) {
