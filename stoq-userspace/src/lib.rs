@@ -1,27 +1,83 @@
 //! STOQ: a post-quantum secure UDP transport for Linux servers, with XDP/AF_XDP
 //! acceleration.
 //!
-//! Two layers, told apart by module:
-//! - the async API at the crate root, [`Endpoint`], [`Connection`], [`SendStream`],
-//!   [`RecvStream`] (module [`api`]), on the per-core [`engine`] and its I/O backends
-//!   ([`io`]: AF_XDP, io_uring, UDP, chosen automatically with reasons). This is what an
-//!   application uses.
-//! - [`conn`]: the sans-IO protocol core, [`conn::Endpoint`] and [`conn::Connection`]
-//!   (post-quantum handshake, packet protection, streams with flow control and priorities,
-//!   datagrams, partially reliable messages, loss recovery, congestion control with STOQ's
-//!   BBR, path validation and migration, MTU discovery). It reads no clock, socket or OS
-//!   randomness: `now` and datagrams are passed in
-//!   ([`conn::Endpoint::handle_datagram`], the one entry point for datagrams), and
-//!   datagrams to send and timers come out. The async API is built on it; a caller with
-//!   its own I/O can drive it directly.
+//! A connection is QUIC-shaped (streams, DATAGRAMs, partially reliable messages, loss
+//! recovery with STOQ's BBR, path validation and migration, MTU discovery), secured by a
+//! TLS 1.3-shaped handshake whose key exchange is hybrid X25519 + ML-KEM-768 and whose
+//! authentication is FALCON (pinned keys or STOQ certificate chains). Packets move through
+//! the best I/O backend the host has (AF_XDP with zero-copy, io_uring, or UDP sockets with
+//! GSO/GRO), chosen automatically, with the reason for each backend skipped.
 //!
-//! Beside them: [`xdp`], the loader for the `stoq_xdp` program (load, configure ports and
-//! the CID layout, attach in driver or skb mode through a bpf_link, read
-//! [`xdp::SteerStats`], detach), in-kernel test runs, and the AF_XDP socket
-//! ([`xdp::xsk`]); [`classifier`], the userspace twin of the XDP classifier; [`wire`], the
-//! wire format, re-exported from `stoq-common`; `sim` (feature `sim`), a deterministic
-//! network simulator for the core. `docs/architecture.md` maps the modules and their
-//! layers.
+//! # Start here
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use stoq::crypto::sig::{SigAlg, SigningKey};
+//! use stoq::handshake::{ClientConfig, ServerConfig};
+//! use stoq::{Endpoint, engine::EngineConfig};
+//!
+//! let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+//! let server = Endpoint::server(
+//!     EngineConfig::new("[::]:4433".parse()?),
+//!     Arc::new(ServerConfig::raw_key(key, public.clone())),
+//! )?;
+//! println!("{}", server.info().selection); // the backend, and why
+//! server.serve(|conn| async move {
+//!     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+//!         if let Ok(data) = recv.read_to_end_limited(1 << 20).await {
+//!             let _ = send.write_all_data(&data).await; // echo
+//!             let _ = send.finish();
+//!         }
+//!     }
+//! })?;
+//!
+//! let client = Endpoint::client_in_runtime(
+//!     EngineConfig::new("[::]:0".parse()?),
+//!     Arc::new(ClientConfig::pinned("server.example", public)),
+//! )?;
+//! let conn = client.connect("[::1]:4433".parse()?, "server.example").await?;
+//! let (mut send, mut recv) = conn.open_bi().await?;
+//! send.write_all_data(b"hello").await?;
+//! send.finish()?;
+//! assert_eq!(recv.read_to_end_limited(1024).await?, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # Layers
+//!
+//! Every import points down (`cargo xtask layers` checks it):
+//!
+//! ```text
+//! api ─► engine ─► io ─► xdp ─► os          the async API, the per-core engine, backends
+//!          │        │
+//!          ▼        ▼
+//! conn (sans-IO Endpoint, Connection) ─► handshake ─► crypto ─► frame ─► codec ─► wire
+//!   └─► qlog                                    (wire: stoq-common, shared with the kernel)
+//! ```
+//!
+//! - [`api`] ([`Endpoint`], [`Connection`], [`SendStream`], [`RecvStream`]): what an
+//!   application uses, shaped like quinn's (`docs/coming-from-quinn.md` maps the calls).
+//! - [`engine`]: one worker per core, each a thread with its own tokio current-thread
+//!   runtime that owns a backend, the connections whose connection IDs name it, and the
+//!   tasks that serve them. [`Endpoint::serve`] and [`Connection::spawn_on_worker`] run
+//!   application code on the connection's own worker: no lock, no cross-thread wake-up (the
+//!   fast path). A handle used on any other thread works the same, each call carried to the
+//!   worker as a job. [`engine::Handler`] runs logic inside the worker's loop, with no task.
+//! - [`io`]: the backends behind one trait, and [`io::select`], the automatic choice.
+//! - [`conn`]: the sans-IO protocol core. It reads no clock, socket or OS randomness: `now`
+//!   and datagrams go in ([`conn::Endpoint::handle_datagram`]), datagrams to send, timers
+//!   and events come out; a caller with its own I/O can drive it directly.
+//! - [`handshake`], [`crypto`]: the session (hybrid key exchange, FALCON, certificates, the
+//!   key schedule) and packet protection.
+//! - [`xdp`]: the loader for the `stoq_xdp` program (steering to AF_XDP, dropping malformed
+//!   datagrams and Initial floods in the kernel, counted by reason) and the AF_XDP socket.
+//! - [`metrics`] (Prometheus) and [`qlog`] (per-connection traces) for operators.
+//! - `sim` (feature `sim`): a deterministic network simulator for the core.
+//!
+//! `docs/architecture.md` draws the thread model and maps every file; `docs/security.md`
+//! states the protocol and what it defends; `docs/operations.md` covers deployment,
+//! tuning, metrics, logs and qlog.
 #![warn(missing_docs)]
 
 pub mod api;

@@ -22,6 +22,18 @@ use crate::engine::home::Worker;
 /// task started by [`crate::Endpoint::serve`] or [`spawn_on_worker`](Self::spawn_on_worker))
 /// its calls reach the connection directly: no lock, no other thread woken. From another
 /// thread they are carried to the worker (see the [`crate::engine`] thread model).
+///
+/// ```no_run
+/// # async fn f(conn: stoq::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// let (mut send, mut recv) = conn.open_bi().await?;
+/// send.write_all_data(b"GET /index.html").await?;
+/// send.finish()?;
+/// let page = recv.read_to_end_limited(1 << 20).await?;
+/// conn.send_datagram(b"telemetry")?; // unreliable, no stream
+/// println!("{} bytes; rtt {:?}; peer {:?}", page.len(), conn.rtt(), conn.remote_address());
+/// conn.close(0, b"done");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub(crate) shared: Arc<ConnShared>,
@@ -576,6 +588,18 @@ fn stash_uni(c: &Connection, id: Result<StreamId, ConnectionError>) {
 
 /// A DATAGRAM read for a caller that gave up: the next `read_datagram` gets it.
 /// A message sent with [`Connection::send_message`].
+///
+/// ```no_run
+/// # async fn f(conn: stoq::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use stoq::api::MessageOutcome;
+/// // A video frame is worth sending for 100 ms; after that it is abandoned, not resent.
+/// let m = conn.send_message(b"frame 42", Duration::from_millis(100), stoq::conn::Urgency::Media)?;
+/// if m.outcome().await? == MessageOutcome::Abandoned {
+///     println!("frame 42 came too late to matter");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Message {
     conn: Connection,

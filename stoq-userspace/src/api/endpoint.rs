@@ -19,6 +19,30 @@ use crate::handshake::{ClientConfig, ServerConfig};
 /// connects (or both, with [`Endpoint::server_and_client`]).
 ///
 /// Keep it alive while its connections are in use: dropping it stops the engine.
+///
+/// ```no_run
+/// # async fn f(
+/// #     server_cfg: std::sync::Arc<stoq::handshake::ServerConfig>,
+/// #     client_cfg: std::sync::Arc<stoq::handshake::ClientConfig>,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use stoq::{Endpoint, engine::EngineConfig};
+/// // A server on every core; the backend (AF_XDP, io_uring, UDP) is chosen with reasons.
+/// let server = Endpoint::server(EngineConfig::new("[::]:4433".parse()?), server_cfg)?;
+/// println!("{}", server.info().selection);
+/// server.serve(|conn| async move {
+///     // On the connection's worker thread: no lock, no cross-thread wake-up.
+///     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+///         if let Ok(request) = recv.read_to_end_limited(64 << 10).await {
+///             let _ = send.write_all_data(&request).await;
+///             let _ = send.finish();
+///         }
+///     }
+/// })?;
+/// // A client whose engine runs on this tokio runtime.
+/// let client = Endpoint::client_in_runtime(EngineConfig::new("[::]:0".parse()?), client_cfg)?;
+/// let conn = client.connect("[::1]:4433".parse()?, "server.example").await?;
+/// # let _ = conn; Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Endpoint {
     engine: Arc<Engine>,

@@ -18,6 +18,17 @@ use crate::conn::ConnectionError;
 /// When to try again: the `n`-th retry waits `first × factorⁿ⁻¹`, at most `max`, scaled by
 /// a random factor in `[1 − jitter, 1 + jitter]` (so clients that lost one server do not
 /// all come back at once); after `max_attempts` attempts the caller gets the last error.
+///
+/// ```no_run
+/// # async fn f(client: stoq::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
+/// let backoff = stoq::api::Backoff { max_attempts: Some(5), ..Default::default() };
+/// let conn = client
+///     .connect_with_backoff("[::1]:4433".parse()?, "server.example", &backoff, |a| {
+///         eprintln!("attempt {} failed: {} (next in {:?})", a.number, a.error, a.retry_in)
+///     })
+///     .await?;
+/// # let _ = conn; Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backoff {
     /// The wait before the first retry.

@@ -172,6 +172,17 @@ pub(crate) fn poll_read_here(
 
 /// The sending half of a stream: `AsyncWrite`. Dropping it finishes the stream (a FIN
 /// after the data written) unless it was finished or reset.
+///
+/// ```no_run
+/// # async fn f(conn: stoq::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::AsyncWriteExt;
+/// let mut send = conn.open_uni().await?;
+/// send.write_all(b"through AsyncWrite, ").await?;
+/// send.write_chunk(bytes::Bytes::from_static(b"or as Bytes, without a copy")).await?;
+/// send.finish()?;
+/// send.finished().await?; // the peer acknowledged every byte
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct SendStream {
     conn: Connection,
@@ -393,6 +404,16 @@ impl Drop for SendStream {
 
 /// The receiving half of a stream: `AsyncRead`. Dropping it before the end asks the peer
 /// to stop sending (STOP_SENDING, code 0).
+///
+/// ```no_run
+/// # async fn f(conn: stoq::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::AsyncReadExt;
+/// let mut recv = conn.accept_uni().await?;
+/// let mut header = [0u8; 8];
+/// recv.read_exact(&mut header).await?; // AsyncRead
+/// let body = recv.read_to_end_limited(16 << 20).await?; // the rest, bounded
+/// # let _ = body; Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct RecvStream {
     pub(super) conn: Connection,

@@ -13,6 +13,15 @@ pub(crate) const ACK_ELICITING_THRESHOLD: u32 = 2;
 /// Transport behaviour that is local policy (not negotiated), shared by an endpoint's
 /// connections. Several settings can be changed on a live connection (see
 /// [`Connection::adapt`](super::Connection::adapt)).
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// let mut t = stoq::conn::TransportConfig::default();
+/// t.keep_alive = Some(Duration::from_secs(5)); // NAT bindings stay open
+/// t.congestion = stoq::conn::cc::Congestion::Cubic.factory(); // BBR by default
+/// let mut engine = stoq::engine::EngineConfig::new("[::]:0".parse().unwrap());
+/// engine.endpoint.transport = Arc::new(t);
+/// ```
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// Builds each connection's congestion controller ([`cc::Congestion::Bbr`] by default).
@@ -91,6 +100,17 @@ impl Default for TransportConfig {
 
 /// Settings that can change on a live connection, without losing a packet. `None` fields
 /// stay as they are.
+///
+/// ```no_run
+/// # fn f(conn: &stoq::Connection) {
+/// // A live connection gets wider windows and a more eager pacer.
+/// conn.adapt(stoq::conn::Adaptation {
+///     stream_window: Some(8 << 20),
+///     pacing_gain: Some(1.25),
+///     ..Default::default()
+/// });
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adaptation {
     /// New per-stream receive window.

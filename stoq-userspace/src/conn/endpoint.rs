@@ -67,6 +67,15 @@ pub enum RetryPolicy {
 }
 
 /// Endpoint settings.
+///
+/// ```
+/// let mut c = stoq::conn::EndpointConfig::new(); // seeded from the OS
+/// c.max_udp_payload = 1452; // a 1500-byte MTU path
+/// c.max_connections = 10_000;
+/// assert!(c.validate().is_ok());
+/// c.max_udp_payload = 900;
+/// assert!(c.validate().is_err(), "QUIC paths carry at least 1200 bytes");
+/// ```
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     /// Layout of the CIDs this endpoint issues (must match the XDP program's).
@@ -403,6 +412,43 @@ pub struct EndpointStats {
 }
 
 /// A sans-IO endpoint: many connections behind one socket (or one AF_XDP queue).
+///
+/// Driven by hand (this is what the engine does with sockets): two endpoints, a
+/// handshake through datagrams passed in memory, time passed in.
+///
+/// ```
+/// use std::{sync::Arc, time::Instant};
+/// use stoq::conn::{DatagramEvent, DatagramInfo, Endpoint, EndpointConfig};
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::{ClientConfig, ServerConfig};
+/// let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// let mut server = Endpoint::new(
+///     EndpointConfig::new(),
+///     Some(Arc::new(ServerConfig::raw_key(key, public.clone()))),
+/// )
+/// .unwrap();
+/// let mut client = Endpoint::new(EndpointConfig::new(), None).unwrap();
+/// let (c_addr, s_addr) = ("[::1]:5000".parse().unwrap(), "[::1]:4433".parse().unwrap());
+/// let now = Instant::now();
+/// let h = client
+///     .connect(now, s_addr, Arc::new(ClientConfig::pinned("server.example", public)))
+///     .unwrap();
+/// let mut buf = Vec::new();
+/// for _ in 0..10 {
+///     while let Some(t) = client.poll_transmit(now, &mut buf) {
+///         let info = DatagramInfo::default();
+///         if let Some(DatagramEvent::Incoming(i)) =
+///             server.handle_datagram(now, c_addr, info, &mut buf[..t.size])
+///         {
+///             server.accept(i, now).unwrap();
+///         }
+///     }
+///     while let Some(t) = server.poll_transmit(now, &mut buf) {
+///         client.handle_datagram(now, s_addr, DatagramInfo::default(), &mut buf[..t.size]);
+///     }
+/// }
+/// assert!(client.connection(h).unwrap().is_established());
+/// ```
 pub struct Endpoint {
     config: EndpointConfig,
     classifier: ClassifierConfig,

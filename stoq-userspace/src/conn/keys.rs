@@ -40,6 +40,15 @@ pub const MAX_KEY_FILE: usize = 4096;
 const HEADER: &str = "stoq-cluster-keys 1";
 
 /// The secrets a cluster of servers shares (see the module docs).
+///
+/// ```
+/// use stoq::conn::ClusterKeys;
+/// // One generation (1) of a secret every server of the cluster shares; in production
+/// // `stoq cluster-keys --out FILE` writes one and `ClusterKeys::parse` reads it.
+/// let keys = ClusterKeys::new(1, [7u8; 32]).expect("generations are 0..=6");
+/// let mut c = stoq::conn::EndpointConfig::new();
+/// c.cluster_keys = Some(std::sync::Arc::new(keys));
+/// ```
 #[derive(Clone)]
 pub struct ClusterKeys {
     secrets: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],

@@ -223,6 +223,25 @@ pub(crate) struct Setup {
 }
 
 /// One connection's state machine.
+///
+/// ```no_run
+/// # fn f(ep: &mut stoq::conn::Endpoint, h: stoq::conn::ConnectionHandle) -> Result<(), Box<dyn std::error::Error>> {
+/// use stoq::conn::{Dir, Event};
+/// let conn = ep.connection_mut(h).expect("live");
+/// let id = conn.open_stream(Dir::Bi)?;
+/// conn.write(id, b"hello")?;
+/// conn.finish(id)?;
+/// // Events say what to do next; datagrams go out through `Endpoint::poll_transmit`.
+/// while let Some(event) = conn.poll_event() {
+///     if let Event::StreamReadable(id) = event {
+///         let mut buf = [0u8; 1500];
+///         while let Ok(Some(n)) = conn.read(id, &mut buf) {
+///             println!("{n} bytes on {id:?}");
+///         }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Connection {
     side: Side,
     state: State,

@@ -85,6 +85,15 @@ pub enum SigError {
 }
 
 /// A FALCON signing key, wiped on drop (clones too).
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
+/// let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// // Keep the bytes secret (`stoq keygen` writes them PEM-encoded, mode 0600).
+/// let again = SigningKey::from_bytes(key.as_bytes()).expect("a valid key");
+/// assert_eq!(VerifyingKey::from_bytes(public.as_bytes()).unwrap(), public);
+/// # let _ = again;
+/// ```
 #[derive(Clone)]
 pub struct SigningKey {
     alg: SigAlg,
@@ -98,6 +107,14 @@ impl std::fmt::Debug for SigningKey {
 }
 
 /// A FALCON verifying (public) key.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
+/// let (_, public) = SigningKey::generate(SigAlg::Falcon1024, &mut rand_core::OsRng);
+/// let shared = public.as_bytes().to_vec(); // what a client pins
+/// let pinned = VerifyingKey::from_bytes(&shared).expect("a FALCON public key");
+/// assert_eq!(pinned.alg(), SigAlg::Falcon1024);
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifyingKey {
     alg: SigAlg,

@@ -183,6 +183,15 @@ pub enum Admission {
 }
 
 /// Engine settings.
+///
+/// ```
+/// use stoq::engine::EngineConfig;
+/// let mut c = EngineConfig::new("[::]:4433".parse().unwrap());
+/// c.workers = 4; // 0: one per core (a server), one (a client)
+/// c.backend = Some(stoq::io::BackendKind::Udp); // None: the best available, with reasons
+/// c.endpoint.max_connections = 100_000;
+/// c.endpoint.validate().expect("settings that make sense");
+/// ```
 #[derive(Clone)]
 pub struct EngineConfig {
     /// The local address (`0.0.0.0:0` or `[::]:0` for a client).
@@ -300,6 +309,27 @@ pub enum XdpMode {
 ///
 /// A handler sees every event before the async API does; connections it serves entirely
 /// need no async handle at all.
+///
+/// ```no_run
+/// use stoq::conn::{ConnectionHandle, Endpoint, Event};
+/// use stoq::engine::{EngineConfig, Handler};
+/// /// Echoes every stream, on the worker, with no task and no await.
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_event(&mut self, ep: &mut Endpoint, h: ConnectionHandle, e: &Event) {
+///         if let Event::StreamReadable(id) = e
+///             && let Some(c) = ep.connection_mut(h)
+///         {
+///             let mut buf = [0u8; 4096];
+///             while let Ok(Some(n)) = c.read(*id, &mut buf) {
+///                 let _ = c.write(*id, &buf[..n]);
+///             }
+///         }
+///     }
+/// }
+/// let mut cfg = EngineConfig::new("[::]:4433".parse().unwrap());
+/// cfg.handler = Some(std::sync::Arc::new(|_worker: u8| Box::new(Echo) as Box<dyn Handler>));
+/// ```
 pub trait Handler: Send {
     /// A connection event on this worker.
     fn on_event(&mut self, endpoint: &mut Endpoint, conn: ConnectionHandle, event: &Event);

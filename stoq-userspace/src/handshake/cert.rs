@@ -126,6 +126,23 @@ pub enum CertError {
 }
 
 /// A STOQ certificate.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::cert::{CertParams, Certificate};
+/// let mut rng = rand_core::OsRng;
+/// let (ca_key, ca_pub) = SigningKey::generate(SigAlg::Falcon512, &mut rng);
+/// let (_, server_pub) = SigningKey::generate(SigAlg::Falcon512, &mut rng);
+/// let p = CertParams {
+///     serial: 1,
+///     not_before: 1_800_000_000,
+///     not_after: 1_800_000_000 + 90 * 86_400,
+///     names: vec!["files.example".into()],
+///     is_ca: false,
+/// };
+/// let cert = Certificate::issue(&p, &server_pub, &ca_key, &ca_pub, &mut rng);
+/// assert!(cert.issued_by(&ca_pub) && cert.matches_name("files.example"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
     /// Serial number.

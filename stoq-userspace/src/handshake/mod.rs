@@ -64,6 +64,15 @@ pub enum Epoch {
 }
 
 /// How a side proves its identity.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::Credential;
+/// let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// // A bare key its peers pin; `Credential::chain(key, certificates, rng)` for a CA's.
+/// let credential = Credential::RawKey { key, public };
+/// # let _ = credential;
+/// ```
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// A bare key pair: the peer must have the public key pinned.
@@ -141,6 +150,15 @@ impl Credential {
 }
 
 /// How a side decides to trust its peer.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::Trust;
+/// let (_, server) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// let pinned = Trust::PinnedKey(server.clone()); // SSH or WireGuard style
+/// let anchored = Trust::Anchors(vec![server]); // a CA's root key
+/// # let _ = (pinned, anchored);
+/// ```
 #[derive(Debug, Clone)]
 pub enum Trust {
     /// Exactly this public key (SSH/WireGuard style).
@@ -151,6 +169,18 @@ pub enum Trust {
 }
 
 /// The client's handshake settings.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::{ClientConfig, Trust};
+/// let (_, ca) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// // Trust servers whose certificate chain ends at `ca`, for the name asked for.
+/// let client = ClientConfig {
+///     trust: Trust::Anchors(vec![ca.clone()]),
+///     ..ClientConfig::pinned("files.example", ca)
+/// };
+/// assert_eq!(client.server_name, "files.example");
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The name the server must prove (checked against certificates).
@@ -173,6 +203,17 @@ pub struct ClientConfig {
 }
 
 /// The server's handshake settings.
+///
+/// ```
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::{ClientConfig, ServerConfig};
+/// let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// let mut server = ServerConfig::raw_key(key, public.clone()).with_alpn(&[b"stoq/1"]);
+/// server.params.max_idle_timeout_ms = 60_000;
+/// // Its clients pin `public` (`stoq keygen` writes it to a .pub file).
+/// let client = ClientConfig::pinned("server.example", public).with_alpn(&[b"stoq/1"]);
+/// # let _ = client;
+/// ```
 #[derive(Debug)]
 pub struct ServerConfig {
     /// The server's credential.

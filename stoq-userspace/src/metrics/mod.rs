@@ -42,6 +42,14 @@ use crate::engine::{Engine, WorkerStats};
 
 /// The metrics of one endpoint (all its workers, and its XDP program when one runs).
 /// Cheap to clone; it keeps the endpoint's engine alive while it lives.
+///
+/// ```no_run
+/// # fn f(endpoint: &stoq::Endpoint) -> std::io::Result<()> {
+/// let metrics = endpoint.metrics();
+/// let _server = metrics.serve("127.0.0.1:9464".parse().unwrap())?; // GET /metrics
+/// print!("{}", metrics.render()); // or the text, for a server of your own
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Metrics {
     engine: Arc<Engine>,

@@ -185,6 +185,16 @@ pub struct TestRunOutcome {
 }
 
 /// The loaded `stoq_xdp` program and its maps.
+///
+/// ```no_run
+/// # fn f() -> Result<(), stoq::xdp::XdpError> {
+/// use stoq::xdp::{AttachMode, XdpProgram};
+/// let mut prog = XdpProgram::load()?; // `cargo xtask build-ebpf` builds the object
+/// prog.configure(&stoq::wire::cid::CidLayout::default(), &[4433])?;
+/// let link = prog.attach("eth0", AttachMode::Auto)?; // detached when dropped
+/// println!("{}", prog.stats()?); // redirected, passed and dropped, by reason
+/// # drop(link); Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct XdpProgram {
     ebpf: Ebpf,
