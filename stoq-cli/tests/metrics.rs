@@ -122,6 +122,8 @@ fn metrics_rise_during_a_transfer_and_count_xdp_drops() {
                 "--metrics",
                 &metrics.to_string(),
             ])
+            .arg("--qlog")
+            .arg(dir.join("qlog"))
             .arg("--key")
             .arg(dir.join("server.key"))
             .arg("--public")
@@ -233,6 +235,35 @@ fn metrics_rise_during_a_transfer_and_count_xdp_drops() {
         sum(&hostile, "stoq_xdp_packets_total", &["verdict=\"drop\""]) >= drops_before + 1000.0
     );
     promtool_ok(&hostile);
+    // With --qlog, the kernel's verdicts are in the endpoint's own trace too (recorded
+    // once a second): the same drops, by reason.
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_dir(dir.join("qlog"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("endpoint_"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect::<String>();
+        let counted = |reason: &str| -> u64 {
+            text.split('\u{1e}')
+                .filter(|r| r.contains("\"stoq:xdp_verdicts\""))
+                .filter_map(|r| {
+                    let v: serde_json::Value = serde_json::from_str(r.trim()).ok()?;
+                    v["data"]["dropped_by_reason"][reason].as_u64()
+                })
+                .sum()
+        };
+        if counted("too_short") >= 500 && counted("fixed_bit") >= 500 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no stoq:xdp_verdicts with the drops in the endpoint trace:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

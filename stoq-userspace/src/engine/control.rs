@@ -38,6 +38,9 @@ pub(crate) struct Engine {
     /// Attaches the filter during a handshake flood (a server on a socket backend).
     #[cfg(target_os = "linux")]
     flood_watch: Mutex<Option<super::flood::FloodWatch>>,
+    /// Records the XDP program's verdicts into qlog (with qlog on).
+    #[cfg(target_os = "linux")]
+    xdp_trace: Mutex<Option<super::xdp_trace::XdpTrace>>,
     pub(crate) socket_buffer: usize,
     /// Where the connections' qlog traces go, if anywhere (for the metrics).
     pub(crate) qlog: Option<crate::qlog::QlogWriter>,
@@ -222,12 +225,30 @@ impl Engine {
             xdp: Arc::new(Mutex::new(opened.xdp)),
             #[cfg(target_os = "linux")]
             flood_watch: Mutex::new(None),
+            #[cfg(target_os = "linux")]
+            xdp_trace: Mutex::new(None),
             socket_buffer: config.socket_buffer,
             qlog: config.endpoint.transport.qlog.clone(),
             batch: config.batch,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
         });
+        // With qlog on, the XDP program's verdicts go into the endpoint's trace: a server's
+        // (AF_XDP, or the filter in front of its socket) or an AF_XDP client's.
+        #[cfg(target_os = "linux")]
+        if let Some(w) = &config.endpoint.transport.qlog
+            && (server.is_some() || engine.info.selection.chosen == BackendKind::AfXdp)
+        {
+            *engine
+                .xdp_trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(super::xdp_trace::XdpTrace::spawn(
+                    engine.xdp.clone(),
+                    w.clone(),
+                    engine.info.local_addr.port(),
+                ));
+        }
         #[cfg(target_os = "linux")]
         if server.is_some()
             && config.xdp_filter == super::XdpFilter::UnderFlood
@@ -367,6 +388,13 @@ impl Engine {
         {
             drop(
                 self.flood_watch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
+            // Its last look reads the program before the program goes.
+            drop(
+                self.xdp_trace
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .take(),

@@ -46,6 +46,8 @@ mod log;
 pub(crate) mod open;
 pub(crate) mod steer;
 pub(crate) mod worker;
+#[cfg(target_os = "linux")]
+mod xdp_trace;
 
 use std::io;
 use std::net::SocketAddr;

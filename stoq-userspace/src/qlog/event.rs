@@ -78,6 +78,23 @@ pub(crate) enum Ev {
     },
     /// `quic:connection_closed`.
     Closed(Box<Closed>),
+    /// `stoq:xdp_verdicts`: what the XDP program did since the last record (an
+    /// endpoint's trace).
+    Xdp(Box<XdpVerdicts>),
+}
+
+/// `stoq:xdp_verdicts` data: frames the XDP program handled over an interval.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct XdpVerdicts {
+    /// Steered to AF_XDP sockets.
+    pub(crate) redirected: u64,
+    /// Passed to the kernel's stack: not STOQ's, STOQ's for the socket behind the program
+    /// (the filter) or for a queue without an AF_XDP socket, or larger than a frame.
+    pub(crate) passed: u64,
+    /// Dropped, by reason (only reasons with drops).
+    pub(crate) dropped: Vec<(&'static str, u64)>,
+    /// The interval, microseconds.
+    pub(crate) interval_us: u64,
 }
 
 /// `quic:connection_started` data.
@@ -158,6 +175,7 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
         Ev::KeyUpdated { .. } => "quic:key_updated",
         Ev::HandshakeCompleted { .. } => "stoq:handshake_completed",
         Ev::Closed(_) => "quic:connection_closed",
+        Ev::Xdp(_) => "stoq:xdp_verdicts",
     };
     let _ = write!(
         out,
@@ -294,6 +312,21 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             string(out, &c.reason);
             write!(out, ",\"trigger\":\"{}\"", c.trigger)
         }
+        Ev::Xdp(x) => {
+            let total: u64 = x.dropped.iter().map(|d| d.1).sum();
+            let _ = write!(
+                out,
+                "\"interval\":{}.{:03},\"redirected\":{},\"passed\":{},\"dropped\":{total},\"dropped_by_reason\":{{",
+                x.interval_us / 1000,
+                x.interval_us % 1000,
+                x.redirected,
+                x.passed
+            );
+            for (i, (r, n)) in x.dropped.iter().enumerate() {
+                let _ = write!(out, "{}\"{r}\":{n}", if i == 0 { "" } else { "," });
+            }
+            write!(out, "}}")
+        }
     };
     out.push_str("}}");
 }
@@ -390,6 +423,20 @@ mod tests {
                 ..Metrics::default()
             })),
             r#"{"time":12.345,"name":"quic:recovery_metrics_updated","data":{"smoothed_rtt":1.500,"bytes_in_flight":0}}"#
+        );
+    }
+
+    #[test]
+    fn xdp_verdicts_list_the_drop_reasons() {
+        let s = json(Ev::Xdp(Box::new(XdpVerdicts {
+            redirected: 10,
+            passed: 2,
+            dropped: vec![("too_short", 500), ("fixed_bit", 7)],
+            interval_us: 1_000_250,
+        })));
+        assert_eq!(
+            s,
+            r#"{"time":12.345,"name":"stoq:xdp_verdicts","data":{"interval":1000.250,"redirected":10,"passed":2,"dropped":507,"dropped_by_reason":{"too_short":500,"fixed_bit":7}}}"#
         );
     }
 

@@ -17,14 +17,16 @@
 //! `quic:timer_updated` (a loss or probe timer expired), `quic:mtu_updated`,
 //! `quic:key_updated`, `quic:connection_closed`, and `stoq:handshake_completed` (the
 //! hybrid X25519 + ML-KEM-768 exchange, the cipher suite, the peer's FALCON
-//! authentication, the handshake's duration). `docs/operations.md` shows how to read them.
+//! authentication, the handshake's duration). An endpoint's own trace
+//! (`endpoint_<port>_<pid>.sqlog`) gets `stoq:xdp_verdicts` once a second while the XDP
+//! program handles frames: redirected, passed, and dropped by reason. `docs/operations.md` shows how to read them.
 
 mod event;
 mod writer;
 
 use std::time::Instant;
 
-pub(crate) use event::{Closed, Ev, Metrics, Started};
+pub(crate) use event::{Closed, Ev, Metrics, Started, XdpVerdicts};
 pub use writer::{QlogStats, QlogWriter};
 
 use stoq_common::cid::ConnectionId;
@@ -70,17 +72,38 @@ impl Trace {
         odcid: ConnectionId,
         unix_us: u64,
     ) -> Self {
+        let mut stem = String::with_capacity(48);
+        event::hex(&mut stem, odcid.as_bytes());
+        stem.push_str(if client { "_client" } else { "_server" });
+        let header = Header {
+            stem,
+            vantage: if client { "client" } else { "server" },
+            what: "connection",
+            unix_us,
+        };
+        Self::open(writer, now, header)
+    }
+
+    /// Begins the trace of an endpoint's own events (`endpoint_<port>_<pid>.sqlog`): what
+    /// belongs to no connection, such as the XDP program's verdicts.
+    pub(crate) fn endpoint(writer: &QlogWriter, now: Instant, port: u16, unix_us: u64) -> Self {
+        let header = Header {
+            stem: format!("endpoint_{port}_{}", std::process::id()),
+            vantage: "server",
+            what: "endpoint",
+            unix_us,
+        };
+        Self::open(writer, now, header)
+    }
+
+    fn open(writer: &QlogWriter, now: Instant, header: Header) -> Self {
         let id = writer
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let open = writer
             .try_send(Msg::Open {
                 id,
-                header: Box::new(Header {
-                    client,
-                    odcid,
-                    unix_us,
-                }),
+                header: Box::new(header),
             })
             .is_ok();
         Self {

@@ -23,10 +23,13 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// What opens a trace's file.
 #[derive(Debug)]
 pub(crate) struct Header {
-    /// The trace is the client's (else the server's).
-    pub(crate) client: bool,
-    /// The client's first destination connection ID: the trace's name and group.
-    pub(crate) odcid: stoq_common::cid::ConnectionId,
+    /// The file's name before `.sqlog`, and the trace's group: `<odcid>_<side>` for a
+    /// connection, `endpoint_<port>_<pid>` for an endpoint's own events.
+    pub(crate) stem: String,
+    /// The vantage point: `client` or `server`.
+    pub(crate) vantage: &'static str,
+    /// What the trace is: `connection` or `endpoint`.
+    pub(crate) what: &'static str,
     /// Wall-clock time of the trace's start, microseconds since the Unix epoch.
     pub(crate) unix_us: u64,
 }
@@ -299,9 +302,7 @@ impl Writer {
 
     /// Creates the trace's file (a new name if taken) and writes its header.
     fn open(&mut self, h: &Header) -> io::Result<BufWriter<File>> {
-        let mut name = String::new();
-        event::hex(&mut name, h.odcid.as_bytes());
-        let side = if h.client { "client" } else { "server" };
+        let name = &h.stem;
         let mut n = 0;
         let file = loop {
             let suffix = if n == 0 {
@@ -309,7 +310,7 @@ impl Writer {
             } else {
                 format!("-{n}")
             };
-            let path = self.dir.join(format!("{name}_{side}{suffix}.sqlog"));
+            let path = self.dir.join(format!("{name}{suffix}.sqlog"));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => break f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
@@ -322,11 +323,13 @@ impl Writer {
         self.line.push_str(
             "{\"file_schema\":\"urn:ietf:params:qlog:file:sequential\",\
              \"serialization_format\":\"application/qlog+json-seq\",\
-             \"title\":\"STOQ\",\"trace\":{\"title\":\"STOQ connection ",
+             \"title\":\"STOQ\",\"trace\":{\"title\":\"STOQ ",
         );
-        self.line.push_str(&name);
+        self.line.push_str(h.what);
+        self.line.push(' ');
+        self.line.push_str(name);
         self.line.push_str("\",\"common_fields\":{\"group_id\":\"");
-        self.line.push_str(&name);
+        self.line.push_str(name);
         self.line.push_str(
             "\",\"protocol_types\":[\"QUIC\"],\"reference_time\":{\"clock_type\":\"monotonic\",\
              \"epoch\":\"unknown\",\"wall_clock_time\":",
@@ -334,7 +337,7 @@ impl Writer {
         event::string(&mut self.line, &rfc3339(h.unix_us));
         self.line
             .push_str("},\"time_format\":\"relative_to_epoch\"},\"vantage_point\":{\"type\":\"");
-        self.line.push_str(side);
+        self.line.push_str(h.vantage);
         self.line.push_str(
             "\"},\"event_schemas\":[\"urn:ietf:params:qlog:events:quic\",\
              \"urn:ietf:params:qlog:events:stoq\"]}}\n",
