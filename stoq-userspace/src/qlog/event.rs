@@ -79,7 +79,8 @@ pub(crate) enum Ev {
     /// `quic:connection_closed`.
     Closed(Box<Closed>),
     /// `stoq:xdp_verdicts`: what the XDP program did since the last record (an
-    /// endpoint's trace).
+    /// endpoint's trace; Linux only).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Xdp(Box<XdpVerdicts>),
 }
 

@@ -26,7 +26,9 @@ mod writer;
 
 use std::time::Instant;
 
-pub(crate) use event::{Closed, Ev, Metrics, Started, XdpVerdicts};
+pub(crate) use event::{Closed, Ev, Metrics, Started};
+#[cfg(target_os = "linux")]
+pub(crate) use event::XdpVerdicts;
 pub use writer::{QlogStats, QlogWriter};
 
 use stoq_common::cid::ConnectionId;
@@ -86,6 +88,7 @@ impl Trace {
 
     /// Begins the trace of an endpoint's own events (`endpoint_<port>_<pid>.sqlog`): what
     /// belongs to no connection, such as the XDP program's verdicts.
+    #[cfg(target_os = "linux")]
     pub(crate) fn endpoint(writer: &QlogWriter, now: Instant, port: u16, unix_us: u64) -> Self {
         let header = Header {
             stem: format!("endpoint_{port}_{}", std::process::id()),
