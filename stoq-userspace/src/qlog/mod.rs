@@ -26,9 +26,9 @@ mod writer;
 
 use std::time::Instant;
 
-pub(crate) use event::{Closed, Ev, Metrics, Started};
 #[cfg(target_os = "linux")]
 pub(crate) use event::XdpVerdicts;
+pub(crate) use event::{Closed, Ev, Metrics, Started};
 pub use writer::{QlogStats, QlogWriter};
 
 use stoq_common::cid::ConnectionId;
