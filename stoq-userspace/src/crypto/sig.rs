@@ -5,8 +5,14 @@ use fn_dsa::{
     KeyPairGeneratorStandard, SigningKey as _, SigningKeyStandard, VerifyingKey as _,
     VerifyingKeyStandard, sign_key_size, signature_size, vrfy_key_size,
 };
+use std::sync::{Arc, Mutex, PoisonError};
+
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
+
+/// Expanded keys kept per signing key: one per thread signing at the same moment (a
+/// server's workers); beyond this, extra ones are dropped after use.
+const MAX_EXPANDED: usize = 64;
 
 /// A FALCON parameter set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +92,12 @@ pub enum SigError {
 
 /// A FALCON signing key, wiped on drop (clones too).
 ///
+/// Signing needs the key expanded (the NTRU polynomial `G` recomputed, the public key and
+/// its hash, the basis in FFT form): about a fifth of a signature's cost. Each key
+/// keeps its expanded forms for the next signature, one per thread signing at once (the
+/// workers take one under a lock held for a push or a pop, never while signing); clones
+/// share them, and they are wiped with the key's last clone.
+///
 /// ```
 /// use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
 /// let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
@@ -98,6 +110,8 @@ pub enum SigError {
 pub struct SigningKey {
     alg: SigAlg,
     encoded: Zeroizing<Vec<u8>>,
+    /// Expanded forms ready to sign with (fn-dsa wipes them on drop).
+    expanded: Arc<Mutex<Vec<Box<SigningKeyStandard>>>>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -148,7 +162,14 @@ impl SigningKey {
         let mut sk = Zeroizing::new(vec![0u8; alg.private_key_len()]);
         let mut vk = vec![0u8; alg.public_key_len()];
         KeyPairGeneratorStandard::default().keygen(alg.logn(), rng, &mut sk, &mut vk);
-        (Self { alg, encoded: sk }, VerifyingKey { alg, encoded: vk })
+        (
+            Self {
+                alg,
+                encoded: sk,
+                expanded: Arc::default(),
+            },
+            VerifyingKey { alg, encoded: vk },
+        )
     }
 
     /// Decodes a signing key.
@@ -160,10 +181,12 @@ impl SigningKey {
             .into_iter()
             .find(|a| a.private_key_len() == bytes.len())
             .ok_or(SigError::BadKey)?;
-        SigningKeyStandard::decode(bytes).ok_or(SigError::BadKey)?;
+        // The check is the first expansion, kept for the first signature.
+        let expanded = SigningKeyStandard::decode(bytes).ok_or(SigError::BadKey)?;
         Ok(Self {
             alg,
             encoded: Zeroizing::new(bytes.to_vec()),
+            expanded: Arc::new(Mutex::new(vec![Box::new(expanded)])),
         })
     }
 
@@ -179,7 +202,14 @@ impl SigningKey {
 
     /// Signs `content` under `context` (see [`VerifyingKey::verify`]).
     pub fn sign(&self, context: &[u8], content: &[u8], rng: &mut impl CryptoRngCore) -> Vec<u8> {
-        let mut sk = SigningKeyStandard::decode(&self.encoded).expect("validated at construction");
+        let kept = self
+            .expanded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut sk = kept.unwrap_or_else(|| {
+            Box::new(SigningKeyStandard::decode(&self.encoded).expect("validated at construction"))
+        });
         let mut sig = vec![0u8; self.alg.signature_len()];
         sk.sign(
             rng,
@@ -188,6 +218,10 @@ impl SigningKey {
             &framed(context, content),
             &mut sig,
         );
+        let mut pool = self.expanded.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < MAX_EXPANDED {
+            pool.push(sk);
+        }
         sig
     }
 }
