@@ -3,17 +3,12 @@
 //! client at once, which reconnects with backoff and goes on from what it holds. The whole
 //! file's SHA-256 is checked. Over loopback on the UDP backend: no privileges needed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ, ext, keygen, listening_addr};
-
-fn size(p: &Path) -> u64 {
-    std::fs::metadata(p).map_or(0, |m| m.len())
-}
+use common::{Kill, STOQ, ext, file_size, keygen, listening_addr, pattern_file};
 
 /// `stoq server` on `listen`, serving `srv`, with the cluster keys in `keys`.
 fn server(listen: &str, key: &Path, keys: &Path, srv: &Path) -> (Kill, String) {
@@ -52,19 +47,7 @@ fn a_download_survives_a_server_restart() {
     std::fs::create_dir_all(&srv).expect("dirs");
     std::fs::create_dir_all(&cli).expect("dirs");
     // 256 MiB of a pattern that changes everywhere.
-    let mut f = std::fs::File::create(srv.join("big.bin")).expect("file");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..256 {
-        for b in &mut block {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        f.write_all(&block).expect("write");
-    }
-    drop(f);
+    pattern_file(&srv.join("big.bin"), 256, 0x2545_f491_4f6c_dd1du64);
     let key = dir.join("server");
     keygen(&key);
     let keys: PathBuf = dir.join("cluster.keys");
@@ -93,11 +76,11 @@ fn a_download_survives_a_server_restart() {
     );
     // Mid-download: some of it arrived, not all.
     let end = Instant::now() + Duration::from_secs(60);
-    while size(&part) < (8 << 20) && Instant::now() < end {
+    while file_size(&part) < (8 << 20) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(2));
     }
     drop(first);
-    let at_kill = size(&part);
+    let at_kill = file_size(&part);
     assert!(
         (8 << 20..256 << 20).contains(&at_kill) && !out.exists(),
         "killed mid-download: {at_kill} bytes"

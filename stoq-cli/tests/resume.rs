@@ -2,23 +2,18 @@
 //! resumes from what it kept; the whole file's SHA-256 is checked against the server's.
 //! Over loopback on the UDP backend: no privileges needed.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ};
+use common::{Kill, STOQ, file_size, pattern_file};
 
 fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn size(p: &Path) -> u64 {
-    std::fs::metadata(p).map_or(0, |m| m.len())
 }
 
 #[test]
@@ -29,19 +24,7 @@ fn a_killed_download_resumes_and_the_hash_matches() {
     std::fs::create_dir_all(&srv).expect("dirs");
     std::fs::create_dir_all(&cli).expect("dirs");
     // 128 MiB of a pattern that changes everywhere.
-    let mut f = std::fs::File::create(srv.join("big.bin")).expect("file");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..128 {
-        for b in &mut block {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        f.write_all(&block).expect("write");
-    }
-    drop(f);
+    pattern_file(&srv.join("big.bin"), 128, 0x9e37_79b9_7f4a_7c15u64);
     let key = dir.join("server");
     let ok = Command::new(STOQ)
         .args(["keygen", "--out"])
@@ -99,7 +82,7 @@ fn a_killed_download_resumes_and_the_hash_matches() {
             .expect("client"),
     );
     let end = Instant::now() + Duration::from_secs(60);
-    while size(&part) < (2 << 20)
+    while file_size(&part) < (2 << 20)
         && Instant::now() < end
         && first.0.try_wait().ok().flatten().is_none()
     {
@@ -107,7 +90,7 @@ fn a_killed_download_resumes_and_the_hash_matches() {
     }
     let _ = first.0.kill();
     let _ = first.0.wait();
-    let kept = size(&part);
+    let kept = file_size(&part);
     assert!(
         !out.exists(),
         "the download must not have finished before the kill"

@@ -33,6 +33,29 @@ pub(crate) fn ext(prefix: &Path, e: &str) -> PathBuf {
     PathBuf::from(format!("{}.{e}", prefix.display()))
 }
 
+/// Writes `mib` MiB of a xorshift pattern from `seed` (it changes everywhere, so any
+/// misplaced or repeated block shows in a hash) to `path`.
+pub(crate) fn pattern_file(path: &Path, mib: usize, seed: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("pattern file");
+    let mut x = seed;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for b in &mut block {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        f.write_all(&block).expect("write the pattern");
+    }
+}
+
+/// The size of the file at `p`, 0 if there is none.
+pub(crate) fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
 /// Reads `stoq server`'s banner ("listening on ADDR ...") from its piped standard output:
 /// the address, and the output for what the server says later.
 pub(crate) fn listening_addr(server: &mut Child) -> (String, BufReader<ChildStdout>) {

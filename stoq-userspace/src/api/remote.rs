@@ -331,11 +331,10 @@ async fn pump_send(conn: Connection, id: StreamId, pipe: Arc<Pipe>) {
 /// Moves the pipe's data into stream `id` until the stream ends; a STOP_SENDING from the
 /// peer ends it even while the pipe is idle (so `SendStream::stopped` learns of it).
 async fn pump_send_until_done(conn: &Connection, id: StreamId, pipe: &Pipe) {
-    let conn = conn.clone();
     loop {
         let popped = poll_fn(|cx| {
             if let Poll::Ready(Ok(crate::engine::app::SendOutcome::Stopped(code))) =
-                super::stream::poll_outcome_here(&conn, id, cx)
+                super::stream::poll_outcome_here(conn, id, cx)
             {
                 return Poll::Ready(Err(code));
             }
@@ -354,7 +353,7 @@ async fn pump_send_until_done(conn: &Connection, id: StreamId, pipe: &Pipe) {
             Popped::Data(mut b) => {
                 while !b.is_empty() {
                     let r = poll_fn(|cx| {
-                        super::stream::poll_write_here(&conn, id, cx, |c| c.write_chunk(id, &mut b))
+                        super::stream::poll_write_here(conn, id, cx, |c| c.write_chunk(id, &mut b))
                     })
                     .await;
                     if let Err(e) = r {
@@ -365,15 +364,15 @@ async fn pump_send_until_done(conn: &Connection, id: StreamId, pipe: &Pipe) {
                 }
             }
             Popped::End(End::Fin) => {
-                let r = match super::stream::finish_here(&conn, id) {
-                    Ok(()) => poll_fn(|cx| super::stream::poll_finished_here(&conn, id, cx)).await,
+                let r = match super::stream::finish_here(conn, id) {
+                    Ok(()) => poll_fn(|cx| super::stream::poll_finished_here(conn, id, cx)).await,
                     Err(e) => Err(e),
                 };
                 pipe.set_outcome(r);
                 return;
             }
             Popped::End(End::Reset(code)) => {
-                let _ = super::stream::reset_here(&conn, id, code);
+                let _ = super::stream::reset_here(conn, id, code);
                 pipe.set_outcome(Err(StreamError::Closed));
                 return;
             }
