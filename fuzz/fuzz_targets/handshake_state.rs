@@ -9,6 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use rand_core::OsRng;
 use stoq::crypto::CipherSuite;
 use stoq::handshake::params::TransportParams;
+use stoq::conn::ClusterKeys;
 use stoq::handshake::{Epoch, Handshake};
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +26,13 @@ fuzz_target!(|data: &[u8]| {
     let (a, b) = rest.split_at(cut);
     if sel & 0x80 == 0 {
         let cfg = common::server_config();
-        let mut s = Handshake::server(std::sync::Arc::new(cfg), TransportParams::default());
+        let keys = ClusterKeys::new(0, [7; 32]).expect("generation 0");
+        let tickets = std::sync::Arc::new(keys.ticket_keys(cfg.tickets));
+        let mut s = Handshake::server(
+            std::sync::Arc::new(cfg),
+            TransportParams::default(),
+            tickets,
+        );
         if s.read(epoch, a, 0, &mut OsRng).is_ok() {
             let _ = s.read(epoch, b, 0, &mut OsRng);
         }
@@ -35,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         let mut c = Handshake::client(
             std::sync::Arc::new(cfg),
             TransportParams::default(),
+            0,
             &mut OsRng,
         );
         if c.read(epoch, a, 0, &mut OsRng).is_ok() {

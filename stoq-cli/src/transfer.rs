@@ -261,6 +261,7 @@ pub(crate) fn server_config(credential: Credential) -> ServerConfig {
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: None,
+        tickets: stoq::handshake::TicketSettings::default(),
     }
 }
 
@@ -273,6 +274,7 @@ pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
         sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
         params: TransportParams::default(),
         credential: None,
+        resumption: Some(Arc::new(stoq::handshake::SessionCache::new(256))),
     }
 }
 

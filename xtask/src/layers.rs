@@ -165,7 +165,11 @@ fn imports(code: &str, module: &[String]) -> BTreeSet<String> {
             i += 1;
             continue;
         }
-        let rest = &code[i..];
+        // Inside a multi-byte character (a string literal's `§`): not a path's start.
+        let Some(rest) = code.get(i..) else {
+            i += 1;
+            continue;
+        };
         if let Some(r) = rest.strip_prefix("crate::") {
             collect(r, &mut out);
             i += "crate::".len();

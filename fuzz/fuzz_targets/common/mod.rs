@@ -33,6 +33,7 @@ pub fn server_config() -> ServerConfig {
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: None,
+        tickets: stoq::handshake::TicketSettings::default(),
         alpn: vec![b"h3".to_vec(), b"stoq/1".to_vec()],
     }
 }
@@ -46,6 +47,7 @@ pub fn client_config(server_name: &str, suites: Vec<CipherSuite>) -> ClientConfi
         sig_algs: vec![SigAlg::Falcon512],
         params: TransportParams::default(),
         credential: None,
+        resumption: None,
         alpn: vec![b"stoq/1".to_vec()],
     }
 }

@@ -241,6 +241,7 @@ impl Connection {
         self.here_or_call(|c, _| super::HandshakeData {
             protocol: c.alpn().map(<[u8]>::to_vec),
             server_name: c.server_name().map(str::to_string),
+            resumption: c.resumption(),
         })
         .ok()
     }

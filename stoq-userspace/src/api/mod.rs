@@ -72,6 +72,9 @@ pub struct HandshakeData {
     pub protocol: Option<Vec<u8>>,
     /// The server name: the one the client asked for (on either side).
     pub server_name: Option<String>,
+    /// Whether the handshake resumed from a session ticket (no certificate, no signature)
+    /// and, when a ticket was refused, why.
+    pub resumption: crate::handshake::Resumption,
 }
 
 /// Why a connection attempt failed.

@@ -21,7 +21,7 @@ use super::{
     Connection, ConnectionError, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit,
     TransportConfig, TransportTotals,
 };
-use crate::handshake::{self, Handshake};
+use crate::handshake::{self, Handshake, TicketKeys};
 
 mod responses;
 mod retried;
@@ -236,6 +236,9 @@ pub enum ConfigError {
     /// The server's ALPN list is malformed.
     #[error("ServerConfig::alpn: {0}")]
     Alpn(&'static str),
+    /// The server's session-ticket settings are out of range.
+    #[error("ServerConfig::tickets: {0}")]
+    Tickets(&'static str),
     /// `max_udp_payload` outside 1200..=65527.
     #[error(
         "max_udp_payload {0} is outside 1200..=65527: QUIC needs paths of at least 1200 bytes; set it to the path MTU minus IP and UDP headers"
@@ -398,6 +401,11 @@ pub struct EndpointStats {
     pub accepted: u64,
     /// Handshakes that completed.
     pub handshakes_completed: u64,
+    /// Of those, handshakes resumed from a session ticket.
+    pub handshakes_resumed: u64,
+    /// Completed handshakes whose ticket was refused (a full handshake instead), by
+    /// [`TicketRefusal`](crate::handshake::TicketRefusal) index.
+    pub tickets_refused: [u64; handshake::TicketRefusal::ALL.len()],
     /// Handshakes that failed (a protocol or authentication error, a refusal or reset by
     /// the peer, or a local close before completion).
     pub handshakes_failed: u64,
@@ -458,6 +466,10 @@ pub struct Endpoint {
     token_keys: [Option<TokenKey>; GENERATIONS],
     /// Stateless-reset keys by generation; new CIDs carry `generation`.
     reset_keys: [Option<Zeroizing<[u8; 32]>>; GENERATIONS],
+    /// The cluster keys the per-generation keys come from.
+    cluster_keys: ClusterKeys,
+    /// Session-ticket keys and settings (servers only).
+    ticket_keys: Option<Arc<TicketKeys>>,
     /// QUIC-LB keys by generation: CIDs of a generation with one are encrypted.
     lb_keys: [Option<super::quic_lb::LbKey>; GENERATIONS],
     generation: u8,
@@ -516,6 +528,7 @@ impl Endpoint {
         config.validate()?;
         if let Some(s) = &server {
             handshake::check_alpn(&s.alpn).map_err(ConfigError::Alpn)?;
+            s.tickets.check().map_err(ConfigError::Tickets)?;
         }
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
         // Drawn whether or not a key set is given, so the stream after it (CIDs, nonces)
@@ -536,6 +549,8 @@ impl Endpoint {
             token_keys: Default::default(),
             reset_keys: Default::default(),
             lb_keys: Default::default(),
+            cluster_keys: keys.clone(),
+            ticket_keys: None,
             generation: 0,
             conns: Vec::new(),
             free: Vec::new(),
@@ -574,6 +589,16 @@ impl Endpoint {
             self.lb_keys[usize::from(g)] = keys.lb_key(g);
         }
         self.generation = keys.current();
+        self.cluster_keys = keys.clone();
+        self.rebuild_ticket_keys();
+    }
+
+    /// The session-ticket keys from the cluster keys and the server's ticket settings.
+    fn rebuild_ticket_keys(&mut self) {
+        self.ticket_keys = self
+            .server
+            .as_ref()
+            .map(|s| Arc::new(self.cluster_keys.ticket_keys(s.tickets)));
     }
 
     /// Replaces the server's handshake settings (a new key or certificate chain, client
@@ -588,9 +613,11 @@ impl Endpoint {
         config: Arc<handshake::ServerConfig>,
     ) -> Result<(), ConfigError> {
         handshake::check_alpn(&config.alpn).map_err(ConfigError::Alpn)?;
+        config.tickets.check().map_err(ConfigError::Tickets)?;
         match &mut self.server {
             Some(s) => {
                 *s = config;
+                self.rebuild_ticket_keys();
                 Ok(())
             }
             None => Err(ConfigError::NotAServer),
@@ -681,6 +708,13 @@ impl Endpoint {
             Some(d) => base.saturating_add(d.as_millis() as u64),
             None => base.saturating_sub(at.duration_since(now).as_millis() as u64),
         }
+    }
+
+    /// The session-ticket keys (servers only).
+    pub(super) fn ticket_keys(&self) -> Arc<TicketKeys> {
+        self.ticket_keys
+            .clone()
+            .expect("a server endpoint has ticket keys")
     }
 
     #[cfg(test)]
@@ -831,7 +865,8 @@ impl Endpoint {
         params.original_destination_cid = None;
         params.retry_source_cid = None;
         params.stateless_reset_token = None;
-        let hs = Handshake::client(config, params.clone(), &mut self.rng);
+        let unix_s = self.unix_ms(now) / 1000;
+        let hs = Handshake::client(config, params.clone(), unix_s, &mut self.rng);
         let local = s.local_cid;
         let h = self.insert(Connection::new(s, hs, params));
         self.route(local, h);
@@ -1074,7 +1109,7 @@ impl Endpoint {
         params.initial_source_cid = Some(s.local_cid);
         params.retry_source_cid = incoming.retry_scid;
         params.stateless_reset_token = Some(token);
-        let hs = Handshake::server(server, params.clone());
+        let hs = Handshake::server(server, params.clone(), self.ticket_keys());
         let local = s.local_cid;
         let h = self.insert(Connection::new(s, hs, params));
         self.prefixes
@@ -1314,7 +1349,18 @@ impl Endpoint {
                     self.handshaking -= 1;
                     self.prefixes.release(i);
                     match &e {
-                        Event::Connected => self.stats.handshakes_completed += 1,
+                        Event::Connected => {
+                            self.stats.handshakes_completed += 1;
+                            match c.resumption() {
+                                handshake::Resumption::Accepted => {
+                                    self.stats.handshakes_resumed += 1;
+                                }
+                                handshake::Resumption::Refused(r) => {
+                                    self.stats.tickets_refused[r as usize] += 1;
+                                }
+                                handshake::Resumption::NotOffered => {}
+                            }
+                        }
                         Event::Lost(
                             ConnectionError::HandshakeTimedOut | ConnectionError::TimedOut,
                         ) => {

@@ -183,6 +183,9 @@ pub(crate) fn alert(e: &HandshakeError) -> u8 {
         HandshakeError::BufferExceeded => 50,
         HandshakeError::NoApplicationProtocol { .. } => 120,
         HandshakeError::ProtocolNotOffered => 47,
+        // decrypt_error, as TLS 1.3 answers a bad binder (RFC 8446 §4.2.11).
+        HandshakeError::BadBinder => 51,
+        HandshakeError::BadResumption(_) => 47,
     }
 }
 

@@ -31,6 +31,7 @@ use rand_core::RngCore;
 use zeroize::Zeroizing;
 
 use crate::crypto::expand_label;
+use crate::handshake::TicketKeys;
 
 /// Generations a key set can hold (QUIC-LB config rotation 0..=6).
 pub const GENERATIONS: usize = 7;
@@ -204,6 +205,17 @@ impl ClusterKeys {
     /// Generation `generation`'s token key.
     pub(crate) fn token_key(&self, generation: u8) -> Option<Zeroizing<[u8; 32]>> {
         self.derive(generation, b"stoq token")
+    }
+
+    /// The session-ticket keys of every generation (`"stoq ticket"` derived from each
+    /// secret), sealing new tickets with the current one's, under `settings`.
+    pub fn ticket_keys(&self, settings: crate::handshake::TicketSettings) -> TicketKeys {
+        TicketKeys::new(
+            self.current,
+            self.generations()
+                .filter_map(|g| Some((g, self.derive(g, b"stoq ticket")?))),
+            settings,
+        )
     }
 
     fn derive(&self, generation: u8, label: &[u8]) -> Option<Zeroizing<[u8; 32]>> {

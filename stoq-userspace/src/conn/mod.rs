@@ -555,6 +555,12 @@ impl Connection {
         self.hs.alpn()
     }
 
+    /// Whether the handshake resumed from a session ticket and, when a ticket was
+    /// refused, why (from the ServerHello on).
+    pub fn resumption(&self) -> crate::handshake::Resumption {
+        self.hs.resumption()
+    }
+
     /// The server name of the handshake: the one a client asked this server for, or the
     /// one this client asked for.
     pub fn server_name(&self) -> Option<&str> {

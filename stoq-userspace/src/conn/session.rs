@@ -134,7 +134,11 @@ impl Connection {
                 self.spaces[i].rx = Some(DirectionalKeys::from_secret(suite, rx));
             }
         }
-        for (i, epoch) in [Epoch::Initial, Epoch::Handshake].into_iter().enumerate() {
+        // 1-RTT carries the server's session tickets once the handshake completes.
+        for (i, epoch) in [Epoch::Initial, Epoch::Handshake, Epoch::OneRtt]
+            .into_iter()
+            .enumerate()
+        {
             let out = self.hs.take_outgoing(epoch);
             if out.is_empty() {
                 continue;

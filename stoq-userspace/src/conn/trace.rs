@@ -96,11 +96,24 @@ impl Connection {
         };
         let took_us = now.saturating_duration_since(t.start()).as_micros() as u64;
         let suite = self.hs.suite().map_or("none", |s| s.name());
-        let peer_signature = self.hs.peer_key().map(|k| k.alg().name());
+        use crate::handshake::Resumption;
+        let (resumption, ticket_refused) = match self.hs.resumption() {
+            Resumption::NotOffered => ("not_offered", None),
+            Resumption::Accepted => ("accepted", None),
+            Resumption::Refused(r) => ("refused", Some(r.name())),
+        };
+        // A resumed peer signed nothing in this handshake.
+        let peer_signature = self
+            .hs
+            .peer_key()
+            .filter(|_| resumption != "accepted")
+            .map(|k| k.alg().name());
         self.qlog(now, || Ev::HandshakeCompleted {
             suite,
             peer_signature,
             took_us,
+            resumption,
+            ticket_refused,
         });
     }
 

@@ -14,6 +14,10 @@ pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 pub const HEADER_LEN: usize = 4;
 /// Most application protocols a client may offer (RFC 7301 sets no cap; 32 is generous).
 pub const MAX_ALPN_PROTOCOLS: usize = 32;
+/// The longest session ticket accepted (STOQ's own are under 100 bytes).
+pub const MAX_TICKET_LEN: usize = 1024;
+/// The length of a PSK binder.
+pub const BINDER_LEN: usize = 32;
 
 /// Message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub enum MessageType {
     ClientHello = 1,
     /// ServerHello.
     ServerHello = 2,
+    /// NewSessionTicket (after the handshake, in 1-RTT).
+    NewSessionTicket = 4,
     /// EncryptedExtensions.
     EncryptedExtensions = 8,
     /// Certificate (or raw public key).
@@ -38,6 +44,7 @@ impl MessageType {
         Some(match v {
             1 => Self::ClientHello,
             2 => Self::ServerHello,
+            4 => Self::NewSessionTicket,
             8 => Self::EncryptedExtensions,
             11 => Self::Certificate,
             15 => Self::CertificateVerify,
@@ -67,6 +74,31 @@ pub struct ClientHello {
     /// Application protocols offered (ALPN, RFC 7301), in the client's preference order:
     /// each 1 to 255 bytes, at most [`MAX_ALPN_PROTOCOLS`].
     pub alpn: Vec<Vec<u8>>,
+    /// A session ticket offered for resumption, with its binder. Always the last field, so
+    /// the binder covers every byte before it.
+    pub psk: Option<PskOffer>,
+}
+
+/// A resumption offer: the ticket the server issued and the binder proving the client
+/// holds its PSK (RFC 8446 §4.2.11, one identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PskOffer {
+    /// The ticket, opaque to the client: 1 to [`MAX_TICKET_LEN`] bytes.
+    pub ticket: Vec<u8>,
+    /// HMAC over the ClientHello up to this field (see
+    /// [`EarlySecret::binder`](super::schedule::EarlySecret::binder)).
+    pub binder: [u8; BINDER_LEN],
+}
+
+/// A session ticket the server issues after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSessionTicket {
+    /// Seconds the ticket may be used for.
+    pub lifetime_s: u32,
+    /// Makes this ticket's PSK differ from the connection's other tickets' (1 to 255 bytes).
+    pub nonce: Vec<u8>,
+    /// The ticket: 1 to [`MAX_TICKET_LEN`] bytes.
+    pub ticket: Vec<u8>,
 }
 
 /// The server's answer, in the clear.
@@ -80,6 +112,9 @@ pub struct ServerHello {
     pub server_suites: Vec<CipherSuite>,
     /// X25519 public key and ML-KEM-768 ciphertext.
     pub key_share: Vec<u8>,
+    /// Whether the server accepted the client's resumption offer: the handshake then
+    /// authenticates by the ticket's PSK, with no certificate and no signature.
+    pub psk_accepted: bool,
 }
 
 /// The server's encrypted parameters.
@@ -131,6 +166,8 @@ pub enum Message {
     ClientHello(ClientHello),
     /// ServerHello.
     ServerHello(ServerHello),
+    /// NewSessionTicket.
+    NewSessionTicket(NewSessionTicket),
     /// EncryptedExtensions.
     EncryptedExtensions(EncryptedExtensions),
     /// Certificate.
@@ -191,6 +228,7 @@ impl Message {
         match self {
             Self::ClientHello(_) => MessageType::ClientHello,
             Self::ServerHello(_) => MessageType::ServerHello,
+            Self::NewSessionTicket(_) => MessageType::NewSessionTicket,
             Self::EncryptedExtensions(_) => MessageType::EncryptedExtensions,
             Self::Certificate(_) => MessageType::Certificate,
             Self::CertificateVerify(_) => MessageType::CertificateVerify,
@@ -217,11 +255,22 @@ impl Message {
                 m.params.encode(&mut p);
                 b.vec16(&p.buf);
                 write_alpn_list(&mut b, &m.alpn);
+                match &m.psk {
+                    None => {
+                        b.u8(0);
+                    }
+                    Some(o) => {
+                        b.u8(1).vec16(&o.ticket).bytes(&o.binder);
+                    }
+                }
             }
             Self::ServerHello(m) => {
                 b.bytes(&m.random).u16(m.suite.id());
                 write_suites(&mut b, &m.server_suites);
-                b.vec16(&m.key_share);
+                b.vec16(&m.key_share).u8(u8::from(m.psk_accepted));
+            }
+            Self::NewSessionTicket(m) => {
+                b.u32(m.lifetime_s).vec8(&m.nonce).vec16(&m.ticket);
             }
             Self::EncryptedExtensions(m) => {
                 let mut p = Writer::new();
@@ -293,7 +342,22 @@ impl Message {
                     .to_string();
                 let params = TransportParams::decode(r.vec16()?)?;
                 let alpn = alpn_list(&mut r)?;
+                let psk = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let ticket = r.vec16()?;
+                        if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
+                            return Err(DecodeError::Invalid("session ticket length"));
+                        }
+                        Some(PskOffer {
+                            ticket: ticket.to_vec(),
+                            binder: r.array()?,
+                        })
+                    }
+                    _ => return Err(DecodeError::Invalid("psk flag")),
+                };
                 Self::ClientHello(ClientHello {
+                    psk,
                     version,
                     random,
                     suites,
@@ -310,11 +374,33 @@ impl Message {
                     CipherSuite::from_id(r.u16()?).ok_or(DecodeError::Invalid("cipher suite"))?;
                 let server_suites = suites(&mut r)?;
                 let key_share = r.vec16()?.to_vec();
+                let psk_accepted = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("psk_accepted flag")),
+                };
                 Self::ServerHello(ServerHello {
                     random,
                     suite,
                     server_suites,
                     key_share,
+                    psk_accepted,
+                })
+            }
+            MessageType::NewSessionTicket => {
+                let lifetime_s = r.u32()?;
+                let nonce = r.vec8()?;
+                let ticket = r.vec16()?;
+                if nonce.is_empty() {
+                    return Err(DecodeError::Invalid("empty ticket nonce"));
+                }
+                if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
+                    return Err(DecodeError::Invalid("session ticket length"));
+                }
+                Self::NewSessionTicket(NewSessionTicket {
+                    lifetime_s,
+                    nonce: nonce.to_vec(),
+                    ticket: ticket.to_vec(),
                 })
             }
             MessageType::EncryptedExtensions => {
@@ -376,12 +462,33 @@ mod tests {
                 key_share: vec![7; 1216],
                 server_name: "stoq.example".into(),
                 params: TransportParams::default(),
+                psk: None,
+            }),
+            Message::ClientHello(ClientHello {
+                alpn: Vec::new(),
+                version: stoq_common::wire::stoq::VERSION_1,
+                random: [9; 32],
+                suites: vec![CipherSuite::Aes256Gcm],
+                sig_algs: vec![SigAlg::Falcon512],
+                key_share: vec![7; 1216],
+                server_name: "stoq.example".into(),
+                params: TransportParams::default(),
+                psk: Some(PskOffer {
+                    ticket: vec![6; 93],
+                    binder: [5; BINDER_LEN],
+                }),
             }),
             Message::ServerHello(ServerHello {
                 random: [2; 32],
                 suite: CipherSuite::ChaCha20Poly1305,
                 server_suites: vec![CipherSuite::ChaCha20Poly1305],
                 key_share: vec![8; 1120],
+                psk_accepted: true,
+            }),
+            Message::NewSessionTicket(NewSessionTicket {
+                lifetime_s: 86_400,
+                nonce: vec![1],
+                ticket: vec![4; 93],
             }),
             Message::EncryptedExtensions(EncryptedExtensions {
                 alpn: Some(b"stoq/1".to_vec()),

@@ -28,6 +28,8 @@ pub mod chain;
 pub mod messages;
 pub mod params;
 pub mod schedule;
+pub mod session_cache;
+pub mod ticket;
 
 use std::sync::Arc;
 
@@ -35,11 +37,17 @@ use rand_core::CryptoRngCore;
 
 use self::cert::{CertError, Certificate};
 use self::messages::{
-    CertificateMsg, CertificateVerify, ClientHello, CredentialKind, EncryptedExtensions, Message,
-    MessageType, ServerHello,
+    BINDER_LEN, CertificateMsg, CertificateVerify, ClientHello, CredentialKind,
+    EncryptedExtensions, Message, MessageType, NewSessionTicket, PskOffer, ServerHello,
 };
 use self::params::TransportParams;
-use self::schedule::{HandshakeSecrets, Transcript, finished_mac, verify_finished};
+use self::schedule::{
+    EarlySecret, HandshakeSecrets, Transcript, finished_mac, ticket_psk, verify_finished,
+};
+pub use self::session_cache::SessionCache;
+use self::session_cache::StoredTicket;
+use self::ticket::TicketContents;
+pub use self::ticket::{Resumption, TicketKeys, TicketRefusal, TicketSettings};
 use crate::codec::DecodeError;
 use crate::crypto::kex::{ClientKex, KexError, server_respond};
 use crate::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
@@ -123,6 +131,14 @@ impl Credential {
         }
     }
 
+    /// The name tickets carry of the public key this credential proves.
+    fn ticket_id(&self) -> [u8; 8] {
+        match self {
+            Self::RawKey { public, .. } => ticket::credential_id(public.as_bytes()),
+            Self::Certificate { cert, .. } => ticket::credential_id(cert.key.as_bytes()),
+        }
+    }
+
     fn message(&self) -> CertificateMsg {
         match self {
             Self::RawKey { public, .. } => CertificateMsg {
@@ -200,6 +216,11 @@ pub struct ClientConfig {
     /// server's choice is [`Connection::alpn`](crate::conn::Connection::alpn); a server
     /// that selects one not offered fails the handshake.
     pub alpn: Vec<Vec<u8>>,
+    /// Where session tickets are kept for resumption: a connection offers one it holds
+    /// for this server name and trust, and stores those the server sends. `None`: every
+    /// handshake is a full one. [`ClientConfig::pinned`] gives each configuration a cache
+    /// of 256 servers; its clones share it.
+    pub resumption: Option<Arc<SessionCache>>,
 }
 
 /// The server's handshake settings.
@@ -230,6 +251,11 @@ pub struct ServerConfig {
     /// none of them here, is refused (`no_application_protocol`); a client that offers
     /// none connects with no protocol selected. Empty: no ALPN.
     pub alpn: Vec<Vec<u8>>,
+    /// Session tickets: their lifetime and how many each handshake issues (resumption is
+    /// on by default; [`TicketSettings::disabled`] turns it off). Tickets are sealed with
+    /// the endpoint's cluster keys, so every server of a cluster resumes every other's.
+    /// A server that authenticates clients issues none.
+    pub tickets: TicketSettings,
 }
 
 impl ServerConfig {
@@ -243,6 +269,7 @@ impl ServerConfig {
             params: TransportParams::default(),
             client_auth: None,
             alpn: Vec::new(),
+            tickets: TicketSettings::default(),
         }
     }
 
@@ -273,6 +300,7 @@ impl ClientConfig {
             params: TransportParams::default(),
             credential: None,
             alpn: Vec::new(),
+            resumption: Some(Arc::new(SessionCache::new(256))),
         }
     }
 
@@ -389,6 +417,14 @@ pub enum HandshakeError {
     /// The server selected an application protocol the client did not offer.
     #[error("the server selected an application protocol that was not offered")]
     ProtocolNotOffered,
+    /// The client's PSK binder does not verify for the ticket it offered: it does not
+    /// hold the ticket's key.
+    #[error("the resumption binder does not verify (the client does not hold the ticket's key)")]
+    BadBinder,
+    /// The server broke the resumption protocol: it accepted a ticket that was not
+    /// offered, or asked a resumed client to authenticate.
+    #[error("resumption protocol violation: {0}")]
+    BadResumption(&'static str),
 }
 
 /// New traffic secrets for an epoch.
@@ -443,9 +479,14 @@ enum Role {
         cfg: Arc<ClientConfig>,
         kex: Option<Box<ClientKex>>,
         client_auth: bool,
+        /// The ticket offered and the early secret from its PSK, until the ServerHello.
+        offered: Option<Box<(StoredTicket, EarlySecret)>>,
+        /// The ticket resumed from (its server key stands for the server's credential).
+        resumed: Option<Box<StoredTicket>>,
     },
     Server {
         cfg: Arc<ServerConfig>,
+        tickets: Arc<TicketKeys>,
     },
 }
 
@@ -460,6 +501,10 @@ pub struct Handshake {
     secrets: Option<HandshakeSecrets>,
     /// The exporter master secret, from the server's Finished on.
     exporter: Option<Secret>,
+    /// The resumption master secret (client), from its Finished on: tickets' PSKs.
+    resumption_secret: Option<Secret>,
+    /// Whether this handshake resumed.
+    resumption: Resumption,
     suite: Option<CipherSuite>,
     peer_params: Option<TransportParams>,
     peer_key: Option<VerifyingKey>,
@@ -481,15 +526,21 @@ impl std::fmt::Debug for Handshake {
 
 impl Handshake {
     /// A client; its ClientHello is queued for the Initial epoch at once. `params` are this
-    /// connection's transport parameters (the connection fills in its CIDs).
+    /// connection's transport parameters (the connection fills in its CIDs). `now_unix`
+    /// (Unix seconds) picks an unexpired ticket to offer from the configuration's cache.
     pub fn client(
         cfg: Arc<ClientConfig>,
         params: TransportParams,
+        now_unix: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Self {
         let (kex, share) = ClientKex::generate(rng);
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
+        let ticket = cfg
+            .resumption
+            .as_ref()
+            .and_then(|c| c.take(&cfg.server_name, &cfg.trust, now_unix));
         let ch = Message::ClientHello(ClientHello {
             version: stoq_common::wire::stoq::VERSION_1,
             random,
@@ -499,24 +550,50 @@ impl Handshake {
             server_name: cfg.server_name.clone(),
             params: params.clone(),
             alpn: cfg.alpn.clone(),
+            psk: ticket.as_ref().map(|t| PskOffer {
+                ticket: t.ticket.clone(),
+                binder: [0; BINDER_LEN],
+            }),
+        });
+        let mut enc = ch.encode();
+        // The binder covers the ClientHello up to itself, header included (RFC 8446
+        // §4.2.11.2); it is the message's last field.
+        let offered = ticket.map(|t| {
+            let early = EarlySecret::resumption(&t.psk);
+            let cut = enc.len() - BINDER_LEN;
+            let binder = early.binder(&sha256(&enc[..cut]));
+            enc[cut..].copy_from_slice(&binder);
+            Box::new((t, early))
         });
         let mut me = Self::new(
             Role::Client {
                 cfg,
                 kex: Some(Box::new(kex)),
                 client_auth: false,
+                offered,
+                resumed: None,
             },
             State::ClientWaitServerHello,
             params,
         );
-        me.send(Epoch::Initial, &ch);
+        me.transcript.add(&enc);
+        me.outgoing[Epoch::Initial as usize].extend_from_slice(&enc);
         me
     }
 
     /// A server, waiting for a ClientHello. `params` are this connection's transport
-    /// parameters (the connection fills in its CIDs and reset token).
-    pub fn server(cfg: Arc<ServerConfig>, params: TransportParams) -> Self {
-        Self::new(Role::Server { cfg }, State::ServerWaitClientHello, params)
+    /// parameters (the connection fills in its CIDs and reset token); `tickets` seal the
+    /// session tickets it issues and open those clients offer.
+    pub fn server(
+        cfg: Arc<ServerConfig>,
+        params: TransportParams,
+        tickets: Arc<TicketKeys>,
+    ) -> Self {
+        Self::new(
+            Role::Server { cfg, tickets },
+            State::ServerWaitClientHello,
+            params,
+        )
     }
 
     fn new(role: Role, state: State, params: TransportParams) -> Self {
@@ -529,6 +606,8 @@ impl Handshake {
             keys: Vec::new(),
             secrets: None,
             exporter: None,
+            resumption_secret: None,
+            resumption: Resumption::NotOffered,
             suite: None,
             peer_params: None,
             peer_key: None,
@@ -551,6 +630,12 @@ impl Handshake {
     /// Whether the handshake finished successfully.
     pub fn is_complete(&self) -> bool {
         self.state == State::Complete
+    }
+
+    /// Whether this handshake resumed from a session ticket, and if one was refused, why
+    /// (known from the ServerHello on).
+    pub fn resumption(&self) -> Resumption {
+        self.resumption
     }
 
     /// The negotiated suite, once known.
@@ -683,6 +768,7 @@ impl Handshake {
         use State as S;
         let want_epoch = match self.state {
             S::ClientWaitServerHello | S::ServerWaitClientHello => Epoch::Initial,
+            S::Complete => Epoch::OneRtt,
             _ => Epoch::Handshake,
         };
         if epoch != want_epoch {
@@ -691,17 +777,31 @@ impl Handshake {
         match (self.state, msg) {
             (S::ServerWaitClientHello, Message::ClientHello(ch)) => {
                 self.transcript.add(raw);
-                self.server_flight(ch, rng)
+                self.server_flight(raw, ch, now, rng)
             }
             (S::ClientWaitServerHello, Message::ServerHello(sh)) => {
                 self.client_on_server_hello(raw, sh)
             }
             (S::ClientWaitEncryptedExtensions, Message::EncryptedExtensions(ee)) => {
                 self.transcript.add(raw);
+                let mut next = S::ClientWaitCertificate;
                 if let Role::Client {
-                    client_auth, cfg, ..
+                    client_auth,
+                    cfg,
+                    resumed,
+                    ..
                 } = &mut self.role
                 {
+                    if let Some(t) = resumed {
+                        // The ticket stands for the server's credential.
+                        if ee.client_auth {
+                            return Err(HandshakeError::BadResumption(
+                                "client authentication asked for on a resumed handshake",
+                            ));
+                        }
+                        self.peer_key = Some(t.server_key.clone());
+                        next = S::ClientWaitFinished;
+                    }
                     if ee.client_auth && cfg.credential.is_none() {
                         return Err(HandshakeError::ClientAuthRequired);
                     }
@@ -715,7 +815,7 @@ impl Handshake {
                 }
                 self.alpn = ee.alpn;
                 self.peer_params = Some(ee.params);
-                self.state = S::ClientWaitCertificate;
+                self.state = next;
                 Ok(())
             }
             (S::ClientWaitCertificate, Message::Certificate(c)) => {
@@ -741,7 +841,7 @@ impl Handshake {
                 self.client_on_finished(raw, &mac, rng)
             }
             (S::ServerWaitClientCertificate, Message::Certificate(c)) => {
-                let Role::Server { cfg } = &self.role else {
+                let Role::Server { cfg, .. } = &self.role else {
                     unreachable!("server state")
                 };
                 let trust = cfg
@@ -760,12 +860,18 @@ impl Handshake {
                 Ok(())
             }
             (S::ServerWaitClientFinished, Message::Finished(mac)) => {
-                let secrets = self.secrets.as_ref().expect("set with the server flight");
+                let secrets = self.secrets.take().expect("set with the server flight");
                 if !verify_finished(&secrets.client, &self.transcript.hash(), &mac) {
                     return Err(HandshakeError::FinishedMismatch);
                 }
                 self.transcript.add(raw);
                 self.state = S::Complete;
+                let resumption = secrets.resumption(&self.transcript.hash());
+                self.issue_tickets(&resumption, now, rng);
+                Ok(())
+            }
+            (S::Complete, Message::NewSessionTicket(nst)) if self.is_client() => {
+                self.store_ticket(&nst, now);
                 Ok(())
             }
             (S::ServerWaitClientCertificate, Message::Finished(_)) => {
@@ -786,12 +892,16 @@ impl Handshake {
 
     fn server_flight(
         &mut self,
+        raw: &[u8],
         ch: ClientHello,
+        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), HandshakeError> {
-        let Role::Server { cfg } = &self.role else {
+        let Role::Server { cfg, tickets } = &self.role else {
             unreachable!("server state")
         };
+        let (early, resumption) = server_psk(cfg, tickets, &ch, raw, now)?;
+        let resumed = resumption == Resumption::Accepted;
         if ch.version != stoq_common::wire::stoq::VERSION_1 {
             return Err(HandshakeError::UnsupportedVersion(ch.version));
         }
@@ -821,17 +931,20 @@ impl Handshake {
             return Err(HandshakeError::NoApplicationProtocol { offered });
         }
         let server_suites = cfg.suites.clone();
+        // A resumed handshake never has client authentication: a server that
+        // authenticates clients refuses every ticket (`server_psk`).
+        let client_auth = cfg.client_auth.is_some() && !resumed;
         let ee = Message::EncryptedExtensions(EncryptedExtensions {
             params: self.params.clone(),
-            client_auth: cfg.client_auth.is_some(),
+            client_auth,
             alpn: alpn.clone(),
         });
-        let cert = Message::Certificate(cfg.credential.message());
-        let client_auth = cfg.client_auth.is_some();
+        let cert = (!resumed).then(|| Message::Certificate(cfg.credential.message()));
         self.peer_params = Some(ch.params);
         self.peer_name = Some(ch.server_name);
         self.alpn = alpn;
         self.suite = Some(suite);
+        self.resumption = resumption;
 
         self.send(
             Epoch::Initial,
@@ -840,9 +953,10 @@ impl Handshake {
                 suite,
                 server_suites,
                 key_share: share,
+                psk_accepted: resumed,
             }),
         );
-        let secrets = HandshakeSecrets::new(&hybrid, &self.transcript.hash());
+        let secrets = HandshakeSecrets::new(&early, &hybrid, &self.transcript.hash());
         self.keys.push(KeyChange {
             epoch: Epoch::Handshake,
             suite,
@@ -850,21 +964,23 @@ impl Handshake {
             server: secrets.server.clone(),
         });
         self.send(Epoch::Handshake, &ee);
-        self.send(Epoch::Handshake, &cert);
-        let Role::Server { cfg } = &self.role else {
-            unreachable!("server state")
-        };
-        let sig =
-            cfg.credential
-                .signing_key()
-                .sign(SERVER_CV_CONTEXT, &self.transcript.hash(), rng);
-        self.send(
-            Epoch::Handshake,
-            &Message::CertificateVerify(CertificateVerify {
-                alg,
-                signature: sig,
-            }),
-        );
+        if let Some(cert) = cert {
+            self.send(Epoch::Handshake, &cert);
+            let Role::Server { cfg, .. } = &self.role else {
+                unreachable!("server state")
+            };
+            let sig =
+                cfg.credential
+                    .signing_key()
+                    .sign(SERVER_CV_CONTEXT, &self.transcript.hash(), rng);
+            self.send(
+                Epoch::Handshake,
+                &Message::CertificateVerify(CertificateVerify {
+                    alg,
+                    signature: sig,
+                }),
+            );
+        }
         let fin = finished_mac(&secrets.server, &self.transcript.hash());
         self.send(Epoch::Handshake, &Message::Finished(fin));
         let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
@@ -889,7 +1005,14 @@ impl Handshake {
         raw: &[u8],
         sh: ServerHello,
     ) -> Result<(), HandshakeError> {
-        let Role::Client { cfg, kex, .. } = &mut self.role else {
+        let Role::Client {
+            cfg,
+            kex,
+            offered,
+            resumed,
+            ..
+        } = &mut self.role
+        else {
             unreachable!("client state")
         };
         if !cfg.suites.contains(&sh.suite) {
@@ -906,9 +1029,27 @@ impl Handshake {
                 expected,
             });
         }
+        let early = match (offered.take(), sh.psk_accepted) {
+            (Some(o), true) => {
+                let (ticket, early) = *o;
+                *resumed = Some(Box::new(ticket));
+                self.resumption = Resumption::Accepted;
+                early
+            }
+            (None, true) => {
+                return Err(HandshakeError::BadResumption(
+                    "the server accepted a ticket that was not offered",
+                ));
+            }
+            (Some(_), false) => {
+                self.resumption = Resumption::Refused(TicketRefusal::Declined);
+                EarlySecret::full()
+            }
+            (None, false) => EarlySecret::full(),
+        };
         let hybrid = kex.take().expect("one ServerHello").finish(&sh.key_share)?;
         self.transcript.add(raw);
-        let secrets = HandshakeSecrets::new(&hybrid, &self.transcript.hash());
+        let secrets = HandshakeSecrets::new(&early, &hybrid, &self.transcript.hash());
         self.keys.push(KeyChange {
             epoch: Epoch::Handshake,
             suite: sh.suite,
@@ -967,6 +1108,7 @@ impl Handshake {
         }
         let fin = finished_mac(&secrets.client, &self.transcript.hash());
         self.send(Epoch::Handshake, &Message::Finished(fin));
+        self.resumption_secret = Some(secrets.resumption(&self.transcript.hash()));
         let suite = self.suite.expect("set at ServerHello");
         self.keys.push(KeyChange {
             epoch: Epoch::OneRtt,
@@ -977,6 +1119,113 @@ impl Handshake {
         self.state = State::Complete;
         Ok(())
     }
+}
+
+impl Handshake {
+    /// Queues the server's session tickets (1-RTT, outside the transcript), once the
+    /// client's Finished has been verified.
+    fn issue_tickets(&mut self, resumption: &Secret, now: u64, rng: &mut impl CryptoRngCore) {
+        let Role::Server { cfg, tickets } = &self.role else {
+            return;
+        };
+        let settings = tickets.settings();
+        if cfg.client_auth.is_some() || settings.per_connection == 0 {
+            return;
+        }
+        let lifetime_s = u32::try_from(settings.lifetime.as_secs()).unwrap_or(u32::MAX);
+        let name = self.peer_name.clone().unwrap_or_default();
+        let credential = cfg.credential.ticket_id();
+        for i in 0..settings.per_connection {
+            let nonce = [i];
+            let ticket = tickets.seal(
+                &TicketContents {
+                    issued: now,
+                    lifetime_s,
+                    psk: ticket_psk(resumption, &nonce),
+                    credential,
+                    server_name: name.clone(),
+                },
+                rng,
+            );
+            let m = Message::NewSessionTicket(NewSessionTicket {
+                lifetime_s,
+                nonce: nonce.to_vec(),
+                ticket,
+            });
+            self.outgoing[Epoch::OneRtt as usize].extend_from_slice(&m.encode());
+        }
+    }
+
+    /// Stores a ticket the server sent (clients with a cache only).
+    fn store_ticket(&mut self, nst: &NewSessionTicket, now: u64) {
+        let (Role::Client { cfg, .. }, Some(res), Some(key)) =
+            (&self.role, &self.resumption_secret, &self.peer_key)
+        else {
+            return;
+        };
+        let Some(cache) = &cfg.resumption else {
+            return;
+        };
+        let lifetime = u64::from(nst.lifetime_s).min(ticket::MAX_TICKET_LIFETIME.as_secs());
+        if lifetime == 0 {
+            return;
+        }
+        cache.put(
+            &cfg.server_name,
+            &cfg.trust,
+            StoredTicket {
+                ticket: nst.ticket.clone(),
+                psk: ticket_psk(res, &nst.nonce),
+                expires: now.saturating_add(lifetime),
+                server_key: key.clone(),
+            },
+        );
+    }
+}
+
+/// The server's answer to a ClientHello's resumption offer: the early secret and how
+/// resumption went. A ticket that does not open, or does not fit this server, is refused
+/// (a full handshake follows); one that opens but whose binder is wrong fails the
+/// handshake.
+fn server_psk(
+    cfg: &ServerConfig,
+    tickets: &TicketKeys,
+    ch: &ClientHello,
+    raw: &[u8],
+    now: u64,
+) -> Result<(EarlySecret, Resumption), HandshakeError> {
+    let Some(offer) = &ch.psk else {
+        return Ok((EarlySecret::full(), Resumption::NotOffered));
+    };
+    let refused = |r| Ok((EarlySecret::full(), Resumption::Refused(r)));
+    if tickets.settings().per_connection == 0 {
+        return refused(TicketRefusal::Disabled);
+    }
+    if cfg.client_auth.is_some() {
+        return refused(TicketRefusal::ClientAuth);
+    }
+    let t = match tickets.open(&offer.ticket, now) {
+        Ok(t) => t,
+        Err(r) => return refused(r),
+    };
+    if t.server_name != ch.server_name {
+        return refused(TicketRefusal::ServerName);
+    }
+    if t.credential != cfg.credential.ticket_id() {
+        return refused(TicketRefusal::Credential);
+    }
+    let early = EarlySecret::resumption(&t.psk);
+    // The binder is the ClientHello's last field (the decoder refuses trailing bytes).
+    let partial = &raw[..raw.len() - BINDER_LEN];
+    if !early.verify_binder(&sha256(partial), &offer.binder) {
+        return Err(HandshakeError::BadBinder);
+    }
+    Ok((early, Resumption::Accepted))
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
 }
 
 /// Checks a peer's Certificate message under `trust`, returning its public key.
@@ -1023,5 +1272,7 @@ fn check_credential(
     }
 }
 
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod tests;

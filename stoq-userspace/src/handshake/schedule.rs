@@ -4,7 +4,9 @@
 //! initial      = HKDF-Extract(INITIAL_SALT, client's first DCID)
 //! client_in    = Expand-Label(initial, "client in", "", 32)      server_in likewise
 //!
-//! early        = HKDF-Extract(0^32, 0^32)
+//! early        = HKDF-Extract(0^32, psk)        (0^32 in place of psk for a full handshake)
+//! binder       = HMAC(Expand-Label(Expand-Label(early, "res binder", H(""), 32),
+//!                                  "finished", "", 32), H(ClientHello up to the binder))
 //! handshake    = HKDF-Extract(Expand-Label(early, "derived", H(""), 32),
 //!                             ML-KEM secret || X25519 secret)
 //! c_hs / s_hs  = Expand-Label(handshake, "c hs traffic" / "s hs traffic", H(CH..SH), 32)
@@ -12,6 +14,8 @@
 //! c_ap / s_ap  = Expand-Label(master, "c ap traffic" / "s ap traffic",
 //!                             H(CH..server Finished), 32)
 //! exporter     = Expand-Label(master, "exp master", H(CH..server Finished), 32)
+//! resumption   = Expand-Label(master, "res master", H(CH..client Finished), 32)
+//! ticket psk   = Expand-Label(resumption, "resumption", ticket nonce, 32)
 //! export(L, C) = Expand-Label(Expand-Label(exporter, L, H(""), 32), "exporter", H(C), n)
 //! finished     = HMAC(Expand-Label(c_hs or s_hs, "finished", "", 32), H(transcript))
 //! ```
@@ -73,6 +77,45 @@ pub fn initial_secrets(dcid: &[u8]) -> (Secret, Secret) {
     )
 }
 
+/// The early secret: from a resumption ticket's PSK, or from zeros for a full handshake.
+pub struct EarlySecret(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for EarlySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EarlySecret(..)")
+    }
+}
+
+impl EarlySecret {
+    /// A full handshake's: `HKDF-Extract(0^32, 0^32)`.
+    pub fn full() -> Self {
+        Self(extract(&[0u8; 32], &[0u8; 32]))
+    }
+
+    /// A resumed handshake's: `HKDF-Extract(0^32, psk)`.
+    pub fn resumption(psk: &Secret) -> Self {
+        Self(extract(&[0u8; 32], psk.as_bytes()))
+    }
+
+    /// The PSK binder over `H(ClientHello up to the binder)` (RFC 8446 §4.2.11.2): proves
+    /// that the client holds the ticket's PSK and binds it to this ClientHello.
+    pub fn binder(&self, partial_hello_hash: &[u8; 32]) -> [u8; 32] {
+        let key = derive(&self.0[..], b"res binder", &empty_hash());
+        finished_mac(&key, partial_hello_hash)
+    }
+
+    /// Checks a received binder in constant time.
+    pub fn verify_binder(&self, partial_hello_hash: &[u8; 32], received: &[u8; 32]) -> bool {
+        let key = derive(&self.0[..], b"res binder", &empty_hash());
+        verify_finished(&key, partial_hello_hash, received)
+    }
+}
+
+/// A ticket's PSK from the resumption master secret and the ticket's nonce.
+pub fn ticket_psk(resumption: &Secret, nonce: &[u8]) -> Secret {
+    derive(resumption.as_bytes(), b"resumption", nonce)
+}
+
 /// The handshake-phase secrets and the master secret they lead to.
 pub struct HandshakeSecrets {
     /// Client handshake traffic secret.
@@ -89,10 +132,10 @@ impl std::fmt::Debug for HandshakeSecrets {
 }
 
 impl HandshakeSecrets {
-    /// Derives them from the hybrid secret and `H(ClientHello..ServerHello)`.
-    pub fn new(hybrid: &HybridSecret, th_server_hello: &[u8; 32]) -> Self {
-        let early = extract(&[0u8; 32], &[0u8; 32]);
-        let derived = derive(&early[..], b"derived", &empty_hash());
+    /// Derives them from the early secret, the hybrid secret and
+    /// `H(ClientHello..ServerHello)`.
+    pub fn new(early: &EarlySecret, hybrid: &HybridSecret, th_server_hello: &[u8; 32]) -> Self {
+        let derived = derive(&early.0[..], b"derived", &empty_hash());
         let hs = extract(derived.as_bytes(), &hybrid.ikm()[..]);
         let client = derive(&hs[..], b"c hs traffic", th_server_hello);
         let server = derive(&hs[..], b"s hs traffic", th_server_hello);
@@ -108,6 +151,12 @@ impl HandshakeSecrets {
     /// The exporter master secret, from `H(ClientHello..server Finished)` (RFC 8446 §7.5).
     pub fn exporter(&self, th_server_finished: &[u8; 32]) -> Secret {
         derive(&self.master[..], b"exp master", th_server_finished)
+    }
+
+    /// The resumption master secret, from `H(ClientHello..client Finished)`: each session
+    /// ticket's PSK is derived from it ([`ticket_psk`]).
+    pub fn resumption(&self, th_client_finished: &[u8; 32]) -> Secret {
+        derive(&self.master[..], b"res master", th_client_finished)
     }
 
     /// The application secrets (client, server) from `H(ClientHello..server Finished)`.
@@ -242,7 +291,7 @@ mod tests {
             x25519: Zeroizing::new(x25519),
         };
         let th = |k: &str| -> [u8; 32] { value(&v, k).try_into().expect("32 bytes") };
-        let hs = HandshakeSecrets::new(&hybrid, &th("input H(CH..SH)"));
+        let hs = HandshakeSecrets::new(&EarlySecret::full(), &hybrid, &th("input H(CH..SH)"));
         assert_eq!(hs.client.as_bytes().to_vec(), value(&v, "c_hs"));
         assert_eq!(hs.server.as_bytes().to_vec(), value(&v, "s_hs"));
         assert_eq!(hs.master.to_vec(), value(&v, "master"));
@@ -259,6 +308,27 @@ mod tests {
         assert_eq!(
             hs.client.next_phase().as_bytes().to_vec(),
             value(&v, "c_hs next phase (ku)")
+        );
+
+        // Resumption: the early secret from a PSK, the binder, the resumed handshake's
+        // secrets and the next ticket's PSK.
+        let psk = Secret::new(value(&v, "input psk").try_into().expect("32 bytes"));
+        let early = EarlySecret::resumption(&psk);
+        assert_eq!(early.0.to_vec(), value(&v, "early (resumed)"));
+        let binder = early.binder(&th("input H(CH to binder)"));
+        assert_eq!(binder.to_vec(), value(&v, "binder"));
+        assert!(early.verify_binder(&th("input H(CH to binder)"), &binder));
+        assert!(!EarlySecret::full().verify_binder(&th("input H(CH to binder)"), &binder));
+        let resumed = HandshakeSecrets::new(&early, &hybrid, &th("input H(CH..SH)"));
+        assert_eq!(
+            resumed.client.as_bytes().to_vec(),
+            value(&v, "c_hs (resumed)")
+        );
+        let res = resumed.resumption(&th("input H(CH..client Fin)"));
+        assert_eq!(res.as_bytes().to_vec(), value(&v, "res master (resumed)"));
+        assert_eq!(
+            ticket_psk(&res, &[0]).as_bytes().to_vec(),
+            value(&v, "ticket psk (nonce 00)")
         );
     }
 

@@ -5,16 +5,29 @@ use rand_core::OsRng;
 use super::cert::{CertParams, Certificate};
 use super::*;
 
-const NOW: u64 = 1_800_000_000;
+pub(super) const NOW: u64 = 1_800_000_000;
 
-fn new_client(cfg: ClientConfig, rng: &mut OsRng) -> Handshake {
-    let params = cfg.params.clone();
-    Handshake::client(Arc::new(cfg), params, rng)
+pub(super) fn new_client(cfg: ClientConfig, rng: &mut OsRng) -> Handshake {
+    new_client_at(cfg, NOW, rng)
 }
 
-fn new_server(cfg: ServerConfig) -> Handshake {
+pub(super) fn new_client_at(cfg: ClientConfig, now: u64, rng: &mut OsRng) -> Handshake {
     let params = cfg.params.clone();
-    Handshake::server(Arc::new(cfg), params)
+    Handshake::client(Arc::new(cfg), params, now, rng)
+}
+
+/// The ticket key (generation 0) the tests' servers seal tickets with.
+pub(super) const TICKET_KEY: (u8, [u8; 32]) = (0, [0x5e; 32]);
+
+pub(super) fn new_server(cfg: ServerConfig) -> Handshake {
+    new_server_with(cfg, &[TICKET_KEY])
+}
+
+/// A server whose ticket keys are `(generation, key)` pairs, the first current.
+pub(super) fn new_server_with(cfg: ServerConfig, keys: &[(u8, [u8; 32])]) -> Handshake {
+    let params = cfg.params.clone();
+    let tickets = Arc::new(ticket::test_keys(keys, cfg.tickets));
+    Handshake::server(Arc::new(cfg), params, tickets)
 }
 
 struct Pki {
@@ -45,7 +58,7 @@ impl Pki {
     }
 }
 
-fn raw(alg: SigAlg) -> (Credential, VerifyingKey) {
+pub(super) fn raw(alg: SigAlg) -> (Credential, VerifyingKey) {
     let (key, public) = SigningKey::generate(alg, &mut OsRng);
     (
         Credential::RawKey {
@@ -56,7 +69,7 @@ fn raw(alg: SigAlg) -> (Credential, VerifyingKey) {
     )
 }
 
-fn client_cfg(
+pub(super) fn client_cfg(
     trust: Trust,
     suites: &[CipherSuite],
     credential: Option<Credential>,
@@ -69,10 +82,11 @@ fn client_cfg(
         sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
         params: TransportParams::default(),
         credential,
+        resumption: None,
     }
 }
 
-fn server_cfg(
+pub(super) fn server_cfg(
     credential: Credential,
     suites: &[CipherSuite],
     client_auth: Option<Trust>,
@@ -83,22 +97,35 @@ fn server_cfg(
         suites: suites.to_vec(),
         params: TransportParams::default(),
         client_auth,
+        tickets: TicketSettings::default(),
     }
 }
 
 #[derive(Debug)]
-enum Side {
+pub(super) enum Side {
     Client,
     Server,
 }
 
 /// Which (epoch, message index within that direction's epoch stream) to tamper with.
-type Tamper<'a> = &'a mut dyn FnMut(bool, Epoch, &mut Vec<u8>);
+pub(super) type Tamper<'a> = &'a mut dyn FnMut(bool, Epoch, &mut Vec<u8>);
 
-/// Runs both sides to completion, letting `tamper` edit each direction's bytes per epoch.
-fn run(
+/// Runs both sides to completion, letting `tamper` edit each direction's bytes per epoch
+/// of the handshake. The server's session tickets (1-RTT, after the handshake) are passed
+/// on untouched: a connection's packet protection authenticates them.
+pub(super) fn run(
+    c: Handshake,
+    s: Handshake,
+    tamper: Tamper<'_>,
+) -> Result<(Handshake, Handshake), (Side, HandshakeError)> {
+    run_at(c, s, NOW, tamper)
+}
+
+/// [`run`] with both sides' clocks at `now` (Unix seconds).
+pub(super) fn run_at(
     mut c: Handshake,
     mut s: Handshake,
+    now: u64,
     tamper: Tamper<'_>,
 ) -> Result<(Handshake, Handshake), (Side, HandshakeError)> {
     for _ in 0..8 {
@@ -108,16 +135,22 @@ fn run(
             if !out.is_empty() {
                 progressed = true;
                 tamper(true, epoch, &mut out);
-                s.read(epoch, &out, NOW, &mut OsRng)
+                s.read(epoch, &out, now, &mut OsRng)
                     .map_err(|e| (Side::Server, e))?;
             }
             let mut out = s.take_outgoing(epoch);
             if !out.is_empty() {
                 progressed = true;
                 tamper(false, epoch, &mut out);
-                c.read(epoch, &out, NOW, &mut OsRng)
+                c.read(epoch, &out, now, &mut OsRng)
                     .map_err(|e| (Side::Client, e))?;
             }
+        }
+        let tickets = s.take_outgoing(Epoch::OneRtt);
+        if !tickets.is_empty() {
+            progressed = true;
+            c.read(Epoch::OneRtt, &tickets, now, &mut OsRng)
+                .map_err(|e| (Side::Client, e))?;
         }
         if !progressed {
             break;
@@ -126,10 +159,10 @@ fn run(
     Ok((c, s))
 }
 
-fn no_tamper(_: bool, _: Epoch, _: &mut Vec<u8>) {}
+pub(super) fn no_tamper(_: bool, _: Epoch, _: &mut Vec<u8>) {}
 
 /// Both complete, and both derived the same secrets for each epoch.
-fn assert_agree(mut c: Handshake, mut s: Handshake) -> CipherSuite {
+pub(super) fn assert_agree(mut c: Handshake, mut s: Handshake) -> CipherSuite {
     assert!(
         c.is_complete() && s.is_complete(),
         "client {:?}, server {:?}",
@@ -205,7 +238,11 @@ fn client_preference_wins_among_common_suites() {
     assert_eq!(assert_agree(c, s), CipherSuite::ChaCha20Poly1305);
 }
 
-fn expect_failure(c: Handshake, s: Handshake, tamper: Tamper<'_>) -> (Side, HandshakeError) {
+pub(super) fn expect_failure(
+    c: Handshake,
+    s: Handshake,
+    tamper: Tamper<'_>,
+) -> (Side, HandshakeError) {
     match run(c, s, tamper) {
         Ok((c, s)) => panic!(
             "handshake succeeded: client {:?}, server {:?}",

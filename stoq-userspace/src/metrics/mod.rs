@@ -197,6 +197,18 @@ impl Metrics {
                     c(v),
                 );
             }
+            put(
+                "stoq_handshakes_resumed_total",
+                &[("worker", w)],
+                c(es.handshakes_resumed),
+            );
+            for r in crate::handshake::TicketRefusal::ALL {
+                put(
+                    "stoq_tickets_refused_total",
+                    &[("worker", w), ("reason", r.name())],
+                    c(es.tickets_refused[r as usize]),
+                );
+            }
             for (dir, bytes, packets, datagrams) in [
                 ("tx", tt.tx_bytes, tt.tx_packets, tt.tx_datagrams),
                 ("rx", tt.rx_bytes, tt.rx_packets, tt.rx_datagrams),
@@ -497,6 +509,18 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "outcome"],
         "Handshakes by outcome: completed, failed, timed_out, refused.",
+    ),
+    family(
+        "stoq_handshakes_resumed_total",
+        COUNTER,
+        &["worker"],
+        "Completed handshakes that resumed from a session ticket (no certificate, no signature).",
+    ),
+    family(
+        "stoq_tickets_refused_total",
+        COUNTER,
+        &["worker", "reason"],
+        "Completed full handshakes whose offered session ticket was refused, by reason.",
     ),
     family(
         "stoq_bytes_total",

@@ -75,6 +75,10 @@ pub(crate) enum Ev {
         peer_signature: Option<&'static str>,
         /// Microseconds from the connection's start.
         took_us: u64,
+        /// `not_offered`, `accepted` (resumed from a ticket) or `refused`.
+        resumption: &'static str,
+        /// Why the ticket was refused, when it was.
+        ticket_refused: Option<&'static str>,
     },
     /// `quic:connection_closed`.
     Closed(Box<Closed>),
@@ -283,6 +287,8 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             suite,
             peer_signature,
             took_us,
+            resumption,
+            ticket_refused,
         } => {
             let _ = write!(
                 out,
@@ -292,6 +298,10 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             );
             if let Some(s) = peer_signature {
                 let _ = write!(out, ",\"peer_signature\":\"{s}\"");
+            }
+            let _ = write!(out, ",\"resumption\":\"{resumption}\"");
+            if let Some(r) = ticket_refused {
+                let _ = write!(out, ",\"ticket_refused\":\"{r}\"");
             }
             Ok(())
         }

@@ -178,6 +178,7 @@ impl Net {
             suites: CipherSuite::ALL.to_vec(),
             params: params.clone(),
             client_auth: None,
+            tickets: stoq::handshake::TicketSettings::default(),
         });
         let client_cfg = Arc::new(ClientConfig {
             alpn: Vec::new(),
@@ -187,6 +188,7 @@ impl Net {
             sig_algs: vec![SigAlg::Falcon512],
             params,
             credential: None,
+            resumption: None,
         });
         let now = Instant::now();
         let mut cfg = EndpointConfig::new();

@@ -26,6 +26,7 @@ mod metrics;
 mod qlog;
 mod quic_lb;
 mod reconnect;
+mod resumption;
 mod served;
 mod stopped;
 

@@ -184,6 +184,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: None,
+        tickets: stoq::handshake::TicketSettings::default(),
     });
     let client_cfg = Arc::new(ClientConfig {
         alpn: Vec::new(),
@@ -193,6 +194,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         sig_algs: vec![SigAlg::Falcon512],
         params: TransportParams::default(),
         credential: None,
+        resumption: None,
     });
     let now = Instant::now();
     let mut cfg = EndpointConfig::new();

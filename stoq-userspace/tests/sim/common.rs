@@ -42,6 +42,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         suites: CipherSuite::ALL.to_vec(),
         params: params.clone(),
         client_auth: None,
+        tickets: stoq::handshake::TicketSettings::default(),
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -51,6 +52,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         sig_algs: vec![SigAlg::Falcon512],
         params,
         credential: None,
+        resumption: None,
     };
     (server, client)
 }

@@ -245,21 +245,24 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         reps: o.reps,
         cases: rr_subjects.into_iter().map(|s| case(s, rr)).collect(),
     });
-    for (parallel, how) in [(1, "sequential"), (8, "8 in flight")] {
-        let hs = Scenario::Handshakes {
-            secs: if q { 0.5 } else { 3.0 },
-            parallel,
-        };
-        v.push(Group {
-            id: "handshakes",
-            title: format!("Full handshakes, {how}, one server core"),
-            path: Path::Veth(1500),
-            reps: o.reps,
-            cases: vec![
-                case(Subject::stoq("udp", "auto"), hs),
-                case(Subject::Quinn { tuned: false }, hs),
-            ],
-        });
+    for (resumed, kind) in [(false, "Full"), (true, "Resumed")] {
+        for (parallel, how) in [(1, "sequential"), (8, "8 in flight")] {
+            let hs = Scenario::Handshakes {
+                secs: if q { 0.5 } else { 3.0 },
+                parallel,
+                resumed,
+            };
+            v.push(Group {
+                id: "handshakes",
+                title: format!("{kind} handshakes, {how}, one server core"),
+                path: Path::Veth(1500),
+                reps: o.reps,
+                cases: vec![
+                    case(Subject::stoq("udp", "auto"), hs),
+                    case(Subject::Quinn { tuned: false }, hs),
+                ],
+            });
+        }
     }
     for (n, reps) in if q {
         [(200, 1), (1000, 1)]

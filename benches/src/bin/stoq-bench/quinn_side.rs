@@ -82,8 +82,21 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
 pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert(spec)?).map_err(|e| e.to_string())?;
-    let mut cc =
-        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|e| e.to_string())?;
+    // quinn's `with_root_certificates`, spelled out so that full handshakes can be measured
+    // with rustls' session resumption off and resumed ones with it on.
+    let mut rc = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let resumed = matches!(spec.scenario, Scenario::Handshakes { resumed: true, .. });
+    if matches!(spec.scenario, Scenario::Handshakes { resumed: false, .. }) {
+        rc.resumption = rustls::client::Resumption::disabled();
+    }
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rc).map_err(|e| e.to_string())?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(qc));
     cc.transport_config(transport(spec)?);
     let (bind, to, scenario) = (spec.client_bind, spec.server, spec.scenario);
     runtime()?.block_on(async move {
@@ -143,17 +156,38 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 crate::streams::ping_pong(w, r, secs, &mut out).await?;
                 c.close(0u32.into(), b"");
             }
-            Scenario::Handshakes { secs, parallel } => {
+            Scenario::Handshakes { secs, parallel, .. } => {
+                if resumed {
+                    // Tickets for every task first: full handshakes, each held until its
+                    // tickets have had time to arrive (quinn does not say when they do).
+                    for _ in 0..parallel.max(1) {
+                        let c = connect(ep.clone()).await?;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        c.close(0u32.into(), b"");
+                    }
+                    out.detail = format!("{}; rustls resumption on", out.detail);
+                }
                 let t = Instant::now();
                 let mut joins = Vec::new();
                 for _ in 0..parallel.max(1) {
                     let ep = ep.clone();
                     joins.push(tokio::spawn(async move {
                         let mut n = 0u64;
+                        let mut previous = None;
                         while t.elapsed().as_secs_f64() < secs {
                             let c = connect(ep.clone()).await?;
-                            c.close(0u32.into(), b"");
                             n += 1;
+                            if resumed {
+                                // As STOQ's: closed once the next is up, its tickets in.
+                                if let Some(p) = previous.replace(c) {
+                                    quinn::Connection::close(&p, 0u32.into(), b"");
+                                }
+                            } else {
+                                c.close(0u32.into(), b"");
+                            }
+                        }
+                        if let Some(p) = previous {
+                            quinn::Connection::close(&p, 0u32.into(), b"");
                         }
                         Ok::<_, String>(n)
                     }));

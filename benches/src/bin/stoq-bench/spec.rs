@@ -202,9 +202,17 @@ pub(crate) enum Scenario {
     Bulk { conns: usize, secs: f64 },
     /// 64-byte request, 64-byte response, one outstanding, for `secs`.
     Rr { secs: f64 },
-    /// Full handshakes for `secs`, `parallel` at a time (each connects, completes the
-    /// handshake, closes and starts over).
-    Handshakes { secs: f64, parallel: usize },
+    /// Handshakes for `secs`, `parallel` at a time (each connects, completes the
+    /// handshake, closes and starts over). Full handshakes with the client's resumption
+    /// off; or resumed ones (`resumed`): the client keeps its session tickets and closes
+    /// each connection once the next one is up, so that the tickets that follow every
+    /// handshake arrive.
+    Handshakes {
+        secs: f64,
+        parallel: usize,
+        #[serde(default)]
+        resumed: bool,
+    },
     /// Open `conns` connections and hold them until told to let go.
     Idle { conns: usize },
     /// One connection sending for `secs` while a UDP probe measures the round trip every

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigningKey, VerifyingKey};
 use stoq::engine::{EngineConfig, XdpMode};
-use stoq::handshake::{ClientConfig, ServerConfig};
+use stoq::handshake::{ClientConfig, Resumption, ServerConfig, SessionCache, Trust};
 use stoq::io::BackendKind;
 use stoq::{Connection, Endpoint};
 use tokio::io::AsyncWriteExt;
@@ -223,6 +223,14 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
     cfg.suites = vec![suite(spec)];
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
+    // Full handshakes are measured with resumption off (quinn's likewise).
+    let cache = match spec.scenario {
+        Scenario::Handshakes { resumed: true, .. } => cfg.resumption.clone(),
+        Scenario::Handshakes { .. } => None,
+        _ => cfg.resumption.clone(),
+    };
+    cfg.resumption = cache.clone();
+    let trust = cfg.trust.clone();
     let mut e = engine(spec, spec.client_bind)?;
     let (to, bind) = (spec.server, spec.client_bind);
     let scenario = spec.scenario;
@@ -282,25 +290,55 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 }
                 c.close(0, b"");
             }
-            Scenario::Handshakes { secs, parallel } => {
+            Scenario::Handshakes {
+                secs,
+                parallel,
+                resumed,
+            } => {
+                if let (true, Some(cache)) = (resumed, &cache) {
+                    prime_tickets(&client, to, cache, &trust, parallel).await?;
+                }
                 let t = Instant::now();
                 let mut joins = Vec::new();
                 for _ in 0..parallel.max(1) {
                     let client = client.clone();
                     joins.push(tokio::spawn(async move {
-                        let mut n = 0u64;
+                        let (mut n, mut r) = (0u64, 0u64);
+                        let mut previous: Option<Connection> = None;
                         while t.elapsed().as_secs_f64() < secs {
                             let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
-                            c.close(0, b"");
                             n += 1;
+                            if resumed {
+                                let how = c.handshake_data().map(|d| d.resumption);
+                                r += u64::from(how == Some(Resumption::Accepted));
+                                // The previous connection's tickets have arrived by now.
+                                if let Some(p) = previous.replace(c) {
+                                    p.close(0, b"");
+                                }
+                            } else {
+                                c.close(0, b"");
+                            }
                         }
-                        Ok::<_, String>(n)
+                        if let Some(p) = previous {
+                            p.close(0, b"");
+                        }
+                        Ok::<_, String>((n, r))
                     }));
                 }
+                let mut resumed_n = 0;
                 for j in joins {
-                    out.count += j.await.map_err(|e| e.to_string())??;
+                    let (n, r) = j.await.map_err(|e| e.to_string())??;
+                    out.count += n;
+                    resumed_n += r;
                 }
                 out.secs = t.elapsed().as_secs_f64();
+                if resumed {
+                    out.detail = format!(
+                        "{}; {:.1} % resumed",
+                        out.detail,
+                        100.0 * resumed_n as f64 / out.count.max(1) as f64
+                    );
+                }
             }
             Scenario::Idle { conns } => {
                 let tasks = 32.min(conns.max(1));
@@ -333,6 +371,37 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
         client.shutdown(Duration::from_secs(1)).await;
         Ok(out)
     })
+}
+
+/// Fills the client's ticket cache before a resumed-handshake run: full handshakes, each
+/// kept open until its two tickets have arrived, until every parallel task has one.
+async fn prime_tickets(
+    client: &Arc<Endpoint>,
+    to: std::net::SocketAddr,
+    cache: &SessionCache,
+    trust: &Trust,
+    parallel: usize,
+) -> Result<(), String> {
+    let tickets_held = || cache.tickets_for(NAME, trust);
+    let start = Instant::now();
+    let mut held = 0usize;
+    while held < parallel.max(1) {
+        let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
+        // Resumed or not, each connection brings two tickets.
+        let want = held + 2;
+        while tickets_held() < want {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "session tickets did not arrive: {} held after 10 s",
+                    tickets_held()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        held = tickets_held();
+        c.close(0, b"");
+    }
+    Ok(())
 }
 
 async fn bulk(

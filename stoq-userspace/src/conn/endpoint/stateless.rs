@@ -136,7 +136,11 @@ impl Endpoint {
         s.orig_dcid = dcid;
         s.validated = true;
         let params = server.params.clone();
-        let mut c = Connection::new(s, Handshake::server(server, params.clone()), params);
+        let mut c = Connection::new(
+            s,
+            Handshake::server(server, params.clone(), self.ticket_keys()),
+            params,
+        );
         c.enter_closing(
             now,
             (super::super::code::CONNECTION_REFUSED, Some(0), Vec::new()),

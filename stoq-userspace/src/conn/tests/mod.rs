@@ -138,6 +138,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         suites: CipherSuite::ALL.to_vec(),
         params: TransportParams::default(),
         client_auth: client_trust,
+        tickets: crate::handshake::TicketSettings::default(),
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -147,6 +148,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
         params: TransportParams::default(),
         credential: client_cred,
+        resumption: None,
     };
     (server, client)
 }

@@ -1,0 +1,207 @@
+//! The client's store of session tickets, by server name and trust.
+//!
+//! A ticket is used once (RFC 8446 §C.4: a reused ticket would link the connections for
+//! an observer), the newest first. Tickets are kept per server name *and* per trust
+//! setting: a ticket earned while trusting one key or CA is never offered under another,
+//! since a resumed handshake does not show the server's credential again. The store is
+//! bounded (servers and tickets per server), and its lock is taken twice per connection
+//! (offer, store), never per packet.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::Trust;
+use crate::crypto::Secret;
+use crate::crypto::sig::VerifyingKey;
+
+/// Tickets kept per server: enough for a client that opens a few connections at once to
+/// resume each (a server sends two per connection by default); the oldest go first.
+pub const TICKETS_PER_SERVER: usize = 16;
+
+/// A ticket the client holds, with what it needs to resume.
+#[derive(Clone)]
+pub(crate) struct StoredTicket {
+    /// The ticket, opaque.
+    pub ticket: Vec<u8>,
+    /// Its PSK.
+    pub psk: Secret,
+    /// When it stops being usable, Unix seconds (client clock).
+    pub expires: u64,
+    /// The server's key, authenticated by the full handshake the ticket descends from.
+    pub server_key: VerifyingKey,
+}
+
+type Key = (String, [u8; 32]);
+
+/// A bounded, shared store of session tickets (one per client configuration by default;
+/// share one `Arc` between configurations to resume across them).
+///
+/// ```
+/// use std::sync::Arc;
+/// use stoq::crypto::sig::{SigAlg, SigningKey};
+/// use stoq::handshake::{ClientConfig, SessionCache};
+/// let (_, server) = SigningKey::generate(SigAlg::Falcon512, &mut rand_core::OsRng);
+/// let mut client = ClientConfig::pinned("files.example", server);
+/// // Resumption is on by default with a cache of 256 servers; this shares a larger one,
+/// // and `client.resumption = None` turns resumption off.
+/// client.resumption = Some(Arc::new(SessionCache::new(10_000)));
+/// ```
+pub struct SessionCache {
+    inner: Mutex<Inner>,
+    max_servers: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    tickets: HashMap<Key, VecDeque<StoredTicket>>,
+    /// Servers in the order they were first stored, for eviction.
+    order: VecDeque<Key>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("servers", &self.servers())
+            .field("max_servers", &self.max_servers)
+            .finish()
+    }
+}
+
+impl SessionCache {
+    /// A store for the tickets of up to `max_servers` servers (at least 1); the oldest
+    /// server's are dropped to make room.
+    pub fn new(max_servers: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_servers: max_servers.max(1),
+        }
+    }
+
+    /// Servers with tickets stored.
+    pub fn servers(&self) -> usize {
+        self.lock().tickets.len()
+    }
+
+    /// Tickets stored for `server_name` under `trust`.
+    pub fn tickets_for(&self, server_name: &str, trust: &Trust) -> usize {
+        let key = (server_name.to_string(), trust_id(trust));
+        self.lock().tickets.get(&key).map_or(0, VecDeque::len)
+    }
+
+    /// Forgets every ticket.
+    pub fn clear(&self) {
+        *self.lock() = Inner::default();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves valid data: go on with it.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the newest usable ticket for `server_name` under `trust` at `now` (Unix
+    /// seconds), dropping expired ones.
+    pub(crate) fn take(&self, server_name: &str, trust: &Trust, now: u64) -> Option<StoredTicket> {
+        let key = (server_name.to_string(), trust_id(trust));
+        let mut inner = self.lock();
+        let list = inner.tickets.get_mut(&key)?;
+        list.retain(|t| t.expires > now);
+        let t = list.pop_back();
+        if list.is_empty() {
+            inner.tickets.remove(&key);
+            inner.order.retain(|k| *k != key);
+        }
+        t
+    }
+
+    /// Stores a ticket for `server_name` under `trust`.
+    pub(crate) fn put(&self, server_name: &str, trust: &Trust, t: StoredTicket) {
+        let key = (server_name.to_string(), trust_id(trust));
+        let mut inner = self.lock();
+        if !inner.tickets.contains_key(&key) {
+            while inner.tickets.len() >= self.max_servers {
+                let Some(old) = inner.order.pop_front() else {
+                    break;
+                };
+                inner.tickets.remove(&old);
+            }
+            inner.order.push_back(key.clone());
+        }
+        let list = inner.tickets.entry(key).or_default();
+        if list.len() == TICKETS_PER_SERVER {
+            list.pop_front();
+        }
+        list.push_back(t);
+    }
+}
+
+/// A digest of a trust setting: tickets are kept apart per setting.
+fn trust_id(trust: &Trust) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match trust {
+        Trust::PinnedKey(k) => {
+            h.update(b"pinned");
+            h.update(k.as_bytes());
+        }
+        Trust::Anchors(list) => {
+            h.update(b"anchors");
+            for k in list {
+                h.update((k.as_bytes().len() as u32).to_be_bytes());
+                h.update(k.as_bytes());
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sig::{SigAlg, SigningKey};
+    use rand_core::OsRng;
+
+    fn ticket(n: u8, expires: u64, key: &VerifyingKey) -> StoredTicket {
+        StoredTicket {
+            ticket: vec![n],
+            psk: Secret::new([n; 32]),
+            expires,
+            server_key: key.clone(),
+        }
+    }
+
+    #[test]
+    fn tickets_are_single_use_newest_first_and_kept_apart_by_trust() {
+        let (_, a) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+        let (_, b) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+        let (ta, tb) = (Trust::PinnedKey(a.clone()), Trust::PinnedKey(b.clone()));
+        let cache = SessionCache::new(2);
+        let last = TICKETS_PER_SERVER as u8 + 1;
+        for n in 1..=last {
+            cache.put("s", &ta, ticket(n, 100, &a));
+        }
+        // TICKETS_PER_SERVER kept, the oldest dropped; newest taken first, once each.
+        assert_eq!(cache.tickets_for("s", &ta), TICKETS_PER_SERVER);
+        assert_eq!(cache.take("s", &tb, 10).map(|t| t.ticket), None);
+        assert_eq!(cache.take("s", &ta, 10).map(|t| t.ticket), Some(vec![last]));
+        assert_eq!(
+            cache.take("s", &ta, 10).map(|t| t.ticket),
+            Some(vec![last - 1])
+        );
+        assert_eq!(cache.tickets_for("s", &ta), TICKETS_PER_SERVER - 2);
+        // Expired tickets are dropped, not offered.
+        assert!(cache.take("s", &ta, 100).is_none());
+        assert_eq!(cache.servers(), 0);
+        // At most `max_servers` servers: the first stored goes first.
+        cache.put("one", &ta, ticket(1, 100, &a));
+        cache.put("two", &ta, ticket(2, 100, &a));
+        cache.put("three", &tb, ticket(3, 100, &b));
+        assert_eq!(cache.servers(), 2);
+        assert!(cache.take("one", &ta, 10).is_none());
+        assert!(cache.take("three", &tb, 10).is_some());
+        cache.clear();
+        assert_eq!(cache.servers(), 0);
+    }
+}
