@@ -165,8 +165,8 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         c.close(0u32.into(), b"");
                     }
-                    out.detail = format!("{}; rustls resumption on", out.detail);
                 }
+                crate::spec::start_measuring(&mut out);
                 let t = Instant::now();
                 let mut joins = Vec::new();
                 for _ in 0..parallel.max(1) {

@@ -144,9 +144,15 @@ impl Run {
                 put("server_cpu_us_per_req", s.cpu_s / n * 1e6);
                 put("client_cpu_us_per_req", c.cpu_s / n * 1e6);
             }
-            Scenario::Handshakes { .. } => {
+            Scenario::Handshakes { resumed, .. } => {
                 put("hs_per_s", c.count as f64 / c.secs);
                 put("server_cpu_us_per_hs", s.cpu_s / c.count as f64 * 1e6);
+                put("client_cpu_us_per_hs", c.cpu_s / c.count as f64 * 1e6);
+                put("server_busy", s.cpu_s / c.secs);
+                put("client_busy", c.cpu_s / c.secs);
+                if resumed && c.resumed > 0 {
+                    put("resumed_pct", 100.0 * c.resumed as f64 / c.count as f64);
+                }
             }
             Scenario::Idle { conns } => {
                 let n = conns.max(1) as f64;
@@ -1096,7 +1102,7 @@ impl Report {
                         .and_then(|r| r.m("hs_per_s"));
                     let _ = writeln!(
                         s,
-                        "| Subject | How it ran | Cores (server / client) | Key exchange / signature | Handshakes/s | Min–max | Server CPU µs per handshake | × quinn | Signature-bound limit ÷ rate |\n|---|---|---|---|---|---|---|---|---|"
+                        "| Subject | How it ran | Cores (server / client) | Key exchange / signature | Handshakes/s | Min–max | Server CPU µs per handshake | Client CPU µs per handshake | Bound by | Resumed | × quinn | Signature-bound limit ÷ rate |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
                     );
                     for r in &mine {
                         let (med, mm) = spread(r, "hs_per_s", 0);
@@ -1112,11 +1118,26 @@ impl Report {
                         } else {
                             "—".into()
                         };
+                        // The side whose core is busier bounds the rate.
+                        let bound = match (r.m("server_busy"), r.m("client_busy")) {
+                            (Some(sv), Some(cl)) if sv >= cl => {
+                                format!("server ({:.0} % of a core)", sv * 100.0)
+                            }
+                            (Some(_), Some(cl)) => format!("client ({:.0} % of a core)", cl * 100.0),
+                            _ => "—".into(),
+                        };
+                        let share = match (stoq, resumed, r.m("resumed_pct")) {
+                            (true, true, Some(p)) => format!("{p:.1} %"),
+                            (true, true, None) => "0 %".into(),
+                            (false, true, _) => "not reported by quinn".into(),
+                            _ => "—".into(),
+                        };
                         let _ = writeln!(
                             s,
-                            "| {} | {kx} | {med} | {mm} | {} | {} | {lim} |",
+                            "| {} | {kx} | {med} | {mm} | {} | {} | {bound} | {share} | {} | {lim} |",
                             r.who(),
                             spread(r, "server_cpu_us_per_hs", 0).0,
+                            spread(r, "client_cpu_us_per_hs", 0).0,
                             ratio(r.m("hs_per_s"), quinn)
                         );
                     }

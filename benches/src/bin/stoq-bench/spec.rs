@@ -294,6 +294,9 @@ pub(crate) struct Outcome {
     pub(crate) detail: String,
     /// Datagrams sent and received (raw UDP), to show loss.
     pub(crate) sent: u64,
+    /// Connections that resumed from a session ticket (STOQ's resumed handshakes).
+    #[serde(default)]
+    pub(crate) resumed: u64,
 }
 
 /// Encodes bytes as lower-case hex.

@@ -298,6 +298,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 if let (true, Some(cache)) = (resumed, &cache) {
                     prime_tickets(&client, to, cache, &trust, parallel).await?;
                 }
+                crate::spec::start_measuring(&mut out);
                 let t = Instant::now();
                 let mut joins = Vec::new();
                 for _ in 0..parallel.max(1) {
@@ -332,13 +333,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                     resumed_n += r;
                 }
                 out.secs = t.elapsed().as_secs_f64();
-                if resumed {
-                    out.detail = format!(
-                        "{}; {:.1} % resumed",
-                        out.detail,
-                        100.0 * resumed_n as f64 / out.count.max(1) as f64
-                    );
-                }
+                out.resumed = resumed_n;
             }
             Scenario::Idle { conns } => {
                 let tasks = 32.min(conns.max(1));
@@ -374,7 +369,7 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
 }
 
 /// Fills the client's ticket cache before a resumed-handshake run: full handshakes, each
-/// kept open until its two tickets have arrived, until every parallel task has one.
+/// kept open until its tickets have arrived, until every parallel task has one.
 async fn prime_tickets(
     client: &Arc<Endpoint>,
     to: std::net::SocketAddr,
@@ -384,11 +379,10 @@ async fn prime_tickets(
 ) -> Result<(), String> {
     let tickets_held = || cache.tickets_for(NAME, trust);
     let start = Instant::now();
-    let mut held = 0usize;
-    while held < parallel.max(1) {
+    while tickets_held() < parallel.max(1) {
+        // A connection uses at most one ticket and brings two.
+        let want = tickets_held() + 1;
         let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
-        // Resumed or not, each connection brings two tickets.
-        let want = held + 2;
         while tickets_held() < want {
             if start.elapsed() > Duration::from_secs(10) {
                 return Err(format!(
@@ -398,7 +392,6 @@ async fn prime_tickets(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        held = tickets_held();
         c.close(0, b"");
     }
     Ok(())
