@@ -22,7 +22,7 @@ use stoq::api::{Attempt, Backoff, RecvStream, SendStream};
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::SigAlg;
 use stoq::handshake::params::TransportParams;
-use stoq::handshake::{ClientConfig, Credential, ServerConfig, Trust};
+use stoq::handshake::{ClientConfig, Credential, Resumption, ServerConfig, Trust};
 use stoq::{Connection, Endpoint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -660,6 +660,14 @@ async fn download_reconnecting(ep: &Endpoint, a: &ClientArgs, name: &str) -> Res
             .connect_with_backoff(a.server, &a.name, &backoff, report)
             .await
             .map_err(|e| e.to_string())?;
+        if losses > 0 {
+            let how = match conn.handshake_data().map(|d| d.resumption) {
+                Some(Resumption::Accepted) => "session resumed from a ticket".to_string(),
+                Some(Resumption::Refused(r)) => format!("full handshake, ticket {}", r.name()),
+                _ => "full handshake".to_string(),
+            };
+            eprintln!("reconnected ({how})");
+        }
         match download(&conn, name, a.out.as_deref()).await {
             Ok(()) => {
                 conn.close(0, b"done");

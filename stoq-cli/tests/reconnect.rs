@@ -97,6 +97,11 @@ fn a_download_survives_a_server_restart() {
         text.contains("connection lost (stateless reset by peer); reconnecting to resume"),
         "{text}"
     );
+    // The restarted server holds the same cluster keys: the client's ticket resumes.
+    assert!(
+        text.contains("reconnected (session resumed from a ticket)"),
+        "{text}"
+    );
     assert!(text.contains("SHA-256 matches"), "{text}");
     assert_eq!(
         std::fs::read(&out).expect("result"),

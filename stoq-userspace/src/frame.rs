@@ -681,6 +681,17 @@ pub fn encode_datagram(out: &mut Out<'_>, data: &[u8], last: bool) -> Option<()>
     out.put(data)
 }
 
+/// Writes a NEW_TOKEN frame, whole or not at all.
+pub fn encode_new_token(out: &mut Out<'_>, token: &[u8]) -> Option<()> {
+    let need = 1 + varint_len(token.len() as u64) + token.len();
+    if need > out.remaining() {
+        return None;
+    }
+    out.varint(ty::NEW_TOKEN)?;
+    out.varint(token.len() as u64)?;
+    out.put(token)
+}
+
 /// Writes a frame made only of varints: its type, then `fields` (MAX_DATA, RESET_STREAM,
 /// RETIRE_CONNECTION_ID and the like).
 pub fn encode_varints(out: &mut Out<'_>, fields: &[u64]) -> Option<()> {

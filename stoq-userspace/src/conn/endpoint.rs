@@ -16,7 +16,9 @@ use zeroize::Zeroizing;
 
 use super::admission::{PrefixTable, SourcePrefix};
 use super::keys::{ClusterKeys, GENERATIONS};
-use super::token::{TokenError, TokenKey, open_token, reset_token};
+use super::token::{
+    TokenError, TokenKey, is_address_token, open_address_token, open_token, reset_token,
+};
 use super::{
     Connection, ConnectionError, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit,
     TransportConfig, TransportTotals,
@@ -104,6 +106,10 @@ pub struct EndpointConfig {
     /// resending an Initial that a full server drops before its idle timeout; a client
     /// whose token expired is refused, since it cannot follow a second Retry).
     pub token_lifetime: Duration,
+    /// How long an address token sent in NEW_TOKEN after a handshake stays valid (one day
+    /// by default; zero sends none): a client that comes back from the same IP address
+    /// within it is admitted without a Retry even under load.
+    pub address_token_lifetime: Duration,
     /// Secrets shared by every server of a cluster (stateless-reset and token keys, by
     /// generation): a server restarted, or another one, can reset this one's connections
     /// and accept its tokens. `None`: random per endpoint, good only until it restarts.
@@ -140,6 +146,7 @@ impl EndpointConfig {
             max_handshakes_per_prefix: DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
             source_prefix: SourcePrefix::DEFAULT,
             token_lifetime: Duration::from_secs(30),
+            address_token_lifetime: Duration::from_secs(24 * 3600),
             cluster_keys: None,
             rng_seed,
             unix_time_at,
@@ -380,6 +387,13 @@ pub struct EndpointStats {
     pub expired_token: u64,
     /// Initial packets replaying a token already used.
     pub token_reused: u64,
+    /// Address tokens sent in NEW_TOKEN after handshakes.
+    pub address_tokens_sent: u64,
+    /// New clients admitted as validated by an address token (no Retry needed).
+    pub address_tokens_accepted: u64,
+    /// Address tokens that did not open (another address, forged, another cluster's) or
+    /// had expired: treated as no token.
+    pub address_tokens_refused: u64,
     /// Connection attempts dropped because `max_incoming` were waiting.
     pub incoming_full: u64,
     /// Validated connection attempts dropped under load because their source prefix held
@@ -866,9 +880,18 @@ impl Endpoint {
         params.retry_source_cid = None;
         params.stateless_reset_token = None;
         let unix_s = self.unix_ms(now) / 1000;
+        // An address token this server sent earlier: no Retry round trip under load.
+        let token = config
+            .resumption
+            .as_ref()
+            .and_then(|c| c.take_address_token(&config.server_name, &config.trust));
         let hs = Handshake::client(config, params.clone(), unix_s, &mut self.rng);
         let local = s.local_cid;
-        let h = self.insert(Connection::new(s, hs, params));
+        let mut conn = Connection::new(s, hs, params);
+        if let Some(t) = token {
+            conn.set_initial_token(t);
+        }
+        let h = self.insert(conn);
         self.route(local, h);
         Ok(h)
     }
@@ -913,6 +936,7 @@ impl Endpoint {
                 self.sched.touch(h.0);
             }
             self.service_cids(h);
+            self.service_address_token(h, now);
             self.account(h);
             return Some(DatagramEvent::Connection(h));
         }
@@ -985,7 +1009,25 @@ impl Endpoint {
             validated: false,
         };
         let under_load = self.under_load();
-        if token.is_empty() && (under_load || self.retried.contains(now, remote, dcid)) {
+        // An address token from an earlier connection validates the address; one that
+        // does not open counts as none (RFC 9000 §8.1.3), so a Retry may follow.
+        let mut token = token;
+        if is_address_token(token) {
+            let lifetime = self.config.address_token_lifetime.as_millis() as u64;
+            let now_ms = self.unix_ms(now);
+            match open_address_token(&self.token_keys, token, remote.ip(), now_ms, lifetime) {
+                Ok(()) => {
+                    self.stats.address_tokens_accepted += 1;
+                    incoming.validated = true;
+                }
+                Err(_) => self.stats.address_tokens_refused += 1,
+            }
+            token = &[];
+        }
+        if token.is_empty()
+            && !incoming.validated
+            && (under_load || self.retried.contains(now, remote, dcid))
+        {
             // Answered before the Initial is authenticated: a stateless Retry (one token
             // seal, about 0.5 µs) costs a sixth of deriving the DCID's Initial keys and
             // decrypting 1,200 bytes (`cargo bench --bench flood`), so a flood that
@@ -1310,6 +1352,32 @@ impl Endpoint {
 
     /// Gives a connection the CIDs it wants to issue (each routes here and carries this
     /// worker's id) and stops routing the ones its peer retired.
+    /// Gives a server connection whose handshake just completed an address token for its
+    /// client (sent in NEW_TOKEN).
+    fn service_address_token(&mut self, h: ConnectionHandle, now: Instant) {
+        let Some(c) = self.conns[h.0].as_mut() else {
+            return;
+        };
+        if !c.wants_address_token() {
+            return;
+        }
+        if self.config.address_token_lifetime.is_zero() {
+            c.give_address_token(None);
+            return;
+        }
+        let g = self.generation;
+        let ip = c.remote_address().ip();
+        let now_ms = self.unix_ms(now);
+        let Some(key) = self.token_keys[usize::from(g)].as_ref() else {
+            return;
+        };
+        let token = key.seal_address(&mut self.rng, g, ip, now_ms);
+        self.stats.address_tokens_sent += 1;
+        if let Some(c) = self.conns[h.0].as_mut() {
+            c.give_address_token(Some(token));
+        }
+    }
+
     fn service_cids(&mut self, h: ConnectionHandle) {
         let Some(c) = self.conns[h.0].as_mut() else {
             return;

@@ -166,6 +166,8 @@ pub(crate) enum Record {
     RetireCid(u64),
     /// A DPLPMTUD probe of this size.
     MtuProbe(u16),
+    /// The NEW_TOKEN frame.
+    NewToken,
     /// An extension frame, by its sequence number in the connection.
     Extension(u64),
 }
@@ -340,6 +342,13 @@ pub struct Connection {
     path: path::Paths,
     /// Raw frames a test queued ([`Connection::queue_raw_frames`]).
     raw_frames: VecDeque<Vec<u8>>,
+    /// Server: the handshake completed and the endpoint has not yet given the address
+    /// token for NEW_TOKEN.
+    address_token_wanted: bool,
+    /// Server: the address token to send in NEW_TOKEN, and the one in flight (resent if
+    /// its packet is lost).
+    new_token: Option<Vec<u8>>,
+    new_token_in_flight: Option<Vec<u8>>,
     /// The peer's active_connection_id_limit (at most 8 are issued).
     peer_cid_limit: usize,
     /// Extension frames received, waiting for the application.
@@ -450,6 +459,9 @@ impl Connection {
             messages: VecDeque::new(),
             last_eliciting_1rtt: None,
             raw_frames: VecDeque::new(),
+            address_token_wanted: false,
+            new_token: None,
+            new_token_in_flight: None,
             peer_cid_limit: 2,
             ext_in: VecDeque::new(),
             ext_in_bytes: 0,
@@ -553,6 +565,25 @@ impl Connection {
     /// server's flight; `None` when no protocol was selected.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.hs.alpn()
+    }
+
+    /// Server: whether the handshake completed and the endpoint should give this
+    /// connection an address token for its client ([`Connection::give_address_token`]).
+    pub fn wants_address_token(&self) -> bool {
+        self.address_token_wanted
+    }
+
+    /// Server: the address token to send the client in NEW_TOKEN (RFC 9000 §8.1.3), or
+    /// `None` to send none.
+    pub fn give_address_token(&mut self, token: Option<Vec<u8>>) {
+        self.address_token_wanted = false;
+        self.new_token = token;
+    }
+
+    /// Client, before the first packet: the token to put in Initial packets (an address
+    /// token from an earlier connection).
+    pub(crate) fn set_initial_token(&mut self, token: Vec<u8>) {
+        self.token = token;
     }
 
     /// Whether the handshake resumed from a session ticket and, when a ticket was

@@ -273,6 +273,12 @@ impl Connection {
                 }
             }
             (Record::MtuProbe(size), false) => self.path.on_probe_lost(usize::from(size)),
+            (Record::NewToken, true) => self.new_token_in_flight = None,
+            (Record::NewToken, false) => {
+                if let Some(t) = self.new_token_in_flight.take() {
+                    self.new_token = Some(t);
+                }
+            }
             (Record::Extension(seq), acked) => {
                 if let Some(k) = self.ext_sent.iter().position(|e| e.0 == seq) {
                     let e = self.ext_sent.swap_remove(k);

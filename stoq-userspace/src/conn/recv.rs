@@ -430,8 +430,11 @@ impl Connection {
             Frame::NewToken(_) if self.side == Side::Server => Err(
                 ConnectionError::ProtocolViolation("NEW_TOKEN sent by a client"),
             ),
-            // Tokens for future connections are not used (Retry covers validation).
-            Frame::NewToken(_) => Ok(()),
+            // Kept for the next connection to this server (with the session tickets).
+            Frame::NewToken(t) => {
+                self.hs.store_address_token(t);
+                Ok(())
+            }
             Frame::Stream {
                 id,
                 offset,

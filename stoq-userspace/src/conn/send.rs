@@ -182,6 +182,7 @@ impl Connection {
             return false;
         }
         if self.handshake_done_pending
+            || self.new_token.is_some()
             || self.ping_pending
             || self.path.response.is_some()
             || !self.raw_frames.is_empty()
@@ -505,6 +506,13 @@ impl Connection {
             records.push_back(Record::NewCid(seq));
             eliciting = true;
         });
+        if let Some(t) = &self.new_token
+            && frame::encode_new_token(w, t).is_some()
+        {
+            self.new_token_in_flight = self.new_token.take();
+            records.push_back(Record::NewToken);
+            eliciting = true;
+        }
         let before = w.len();
         self.streams
             .write_control(w, &mut |r| records.push_back(Record::Stream(r)));

@@ -198,6 +198,7 @@ impl Connection {
                     self.spaces[2].rx = Some(DirectionalKeys::from_secret(suite, rx));
                 }
                 self.handshake_done_pending = true;
+                self.address_token_wanted = true;
             }
         }
         self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);

@@ -7,13 +7,20 @@
 //!   `issued_ms` is Unix time. The server keeps no state for it: the token alone proves
 //!   that the client received the Retry at that address, and when, to any server holding
 //!   the key.
+//! - An **address token** (sent in NEW_TOKEN after a handshake, RFC 9000 §8.1.3) is
+//!   `0x80 | generation (1) || nonce (12) || ChaCha20-Poly1305(issued_ms)` with
+//!   `"stoq address token" || the client's IP address` as associated data: the port is
+//!   left out, since a returning client comes from a new one. It proves that the client
+//!   received packets at that address before; a server under load admits its next
+//!   connection without a Retry round trip. A token that does not open, or has expired,
+//!   is treated as no token (a Retry under load), never as an error.
 //! - The **Retry integrity tag** authenticates a Retry against the client's original DCID
 //!   (RFC 9001 §5.8's construction, with a STOQ-specific fixed key), so an off-path attacker
 //!   cannot inject one.
 //! - A **stateless reset token** is `HMAC-SHA256(reset_key, cid)[..16]`: any server holding
 //!   the key can reset a connection whose state it lost, without having stored anything.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
@@ -152,8 +159,114 @@ impl TokenKey {
     }
 }
 
-/// Opens a token (its first byte names the generation whose key opens the rest) with the
-/// keys of `keys`, indexed by generation.
+/// The first byte's flag that marks an address token (its low bits are the generation).
+pub(crate) const ADDRESS_TOKEN: u8 = 0x80;
+
+fn address_aad(ip: IpAddr, out: &mut [u8; 34]) -> usize {
+    const LABEL: &[u8] = b"stoq address token";
+    out[..LABEL.len()].copy_from_slice(LABEL);
+    let n = LABEL.len();
+    match ip {
+        IpAddr::V4(a) => {
+            out[n..n + 4].copy_from_slice(&a.octets());
+            n + 4
+        }
+        IpAddr::V6(a) => {
+            out[n..n + 16].copy_from_slice(&a.octets());
+            n + 16
+        }
+    }
+}
+
+impl TokenKey {
+    /// Seals an address token for a client at `ip`, issued at `issued_ms` (Unix ms).
+    pub(crate) fn seal_address(
+        &self,
+        rng: &mut impl RngCore,
+        generation: u8,
+        ip: IpAddr,
+        issued_ms: u64,
+    ) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + 8 + TAG_LEN);
+        out.push(ADDRESS_TOKEN | generation);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&issued_ms.to_be_bytes());
+        let mut aad = [0u8; 34];
+        let n = address_aad(ip, &mut aad);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..n]),
+                &mut out[1 + NONCE_LEN..],
+            )
+            .expect("a token fits the AEAD's limits");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens an address token presented from `ip` (without its first byte).
+    fn open_address(
+        &self,
+        token: &[u8],
+        ip: IpAddr,
+        now_ms: u64,
+        lifetime_ms: u64,
+    ) -> Result<(), TokenError> {
+        if token.len() != NONCE_LEN + 8 + TAG_LEN {
+            return Err(TokenError::Invalid);
+        }
+        let nonce: [u8; NONCE_LEN] = token[..NONCE_LEN].try_into().expect("length checked");
+        let mut body = [0u8; 8 + TAG_LEN];
+        body.copy_from_slice(&token[NONCE_LEN..]);
+        let mut aad = [0u8; 34];
+        let n = address_aad(ip, &mut aad);
+        let plain = self
+            .0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..n]),
+                &mut body,
+            )
+            .map_err(|_| TokenError::Invalid)?;
+        let issued = u64::from_be_bytes(plain[..8].try_into().expect("8 bytes"));
+        if issued > now_ms.saturating_add(CLOCK_SKEW_MS)
+            || now_ms.saturating_sub(issued) > lifetime_ms
+        {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `token` is an address token (from NEW_TOKEN) rather than a Retry token.
+pub(crate) fn is_address_token(token: &[u8]) -> bool {
+    token.first().is_some_and(|b| b & ADDRESS_TOKEN != 0)
+}
+
+/// Opens an address token from a client at `ip` with the keys of `keys`, indexed by
+/// generation.
+pub(crate) fn open_address_token(
+    keys: &[Option<TokenKey>],
+    token: &[u8],
+    ip: IpAddr,
+    now_ms: u64,
+    lifetime_ms: u64,
+) -> Result<(), TokenError> {
+    let (&first, body) = token.split_first().ok_or(TokenError::Invalid)?;
+    if first & ADDRESS_TOKEN == 0 {
+        return Err(TokenError::Invalid);
+    }
+    match keys.get(usize::from(first & !ADDRESS_TOKEN)) {
+        Some(Some(key)) => key.open_address(body, ip, now_ms, lifetime_ms),
+        _ => Err(TokenError::Invalid),
+    }
+}
+
+/// Opens a Retry token (its first byte names the generation whose key opens the rest)
+/// with the keys of `keys`, indexed by generation.
 pub(crate) fn open_token(
     keys: &[Option<TokenKey>],
     token: &[u8],
@@ -181,6 +294,7 @@ pub fn fuzz_open_token(
         .map(|g| keys.token_key(g).map(|k| TokenKey::new(&k)))
         .collect();
     open_token(&table, token, remote, now_ms, 10_000).is_ok()
+        || open_address_token(&table, token, remote.ip(), now_ms, 10_000).is_ok()
 }
 
 /// Seals a token as a server holding `keys` would (for the fuzz target's seeds).
@@ -250,6 +364,57 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
+
+    #[test]
+    fn address_tokens_bind_the_ip_not_the_port_expire_and_never_pass_as_retry_tokens() {
+        let keys = [Some(TokenKey::new(&[3; 32])), Some(TokenKey::new(&[4; 32]))];
+        let ip: IpAddr = "10.200.0.2".parse().unwrap();
+        let t = keys[1]
+            .as_ref()
+            .unwrap()
+            .seal_address(&mut OsRng, 1, ip, 1_000_000);
+        assert!(is_address_token(&t));
+        assert_eq!(t.len(), 37);
+        assert_eq!(open_address_token(&keys, &t, ip, 1_000_000, 60_000), Ok(()));
+        // Another IP (v4 or v6), or past its lifetime: refused.
+        let other: IpAddr = "10.200.0.3".parse().unwrap();
+        let v6: IpAddr = "fd00:5710::2".parse().unwrap();
+        assert_eq!(
+            open_address_token(&keys, &t, other, 1_000_000, 60_000),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            open_address_token(&keys, &t, v6, 1_000_000, 60_000),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            open_address_token(&keys, &t, ip, 1_060_001, 60_000),
+            Err(TokenError::Expired)
+        );
+        // Under the other generation's key, or read as a Retry token: refused.
+        let mut wrong_gen = t.clone();
+        wrong_gen[0] = ADDRESS_TOKEN;
+        assert!(open_address_token(&keys, &wrong_gen, ip, 1_000_000, 60_000).is_err());
+        let remote = SocketAddr::new(ip, 4433);
+        assert!(open_token(&keys, &t, &remote, 1_000_000, 60_000).is_err());
+        // A Retry token is not an address token.
+        let odcid = ConnectionId::from_slice(&[1; 8]).unwrap();
+        let r = keys[0]
+            .as_ref()
+            .unwrap()
+            .seal(&mut OsRng, 0, &remote, &odcid, 1_000_000);
+        assert!(!is_address_token(&r));
+        assert!(open_address_token(&keys, &r, ip, 1_000_000, 60_000).is_err());
+        // Every flipped bit is refused.
+        for i in 0..t.len() {
+            let mut bad = t.clone();
+            bad[i] ^= 0x02;
+            assert!(
+                open_address_token(&keys, &bad, ip, 1_000_000, 60_000).is_err(),
+                "flip at {i}"
+            );
+        }
+    }
 
     #[test]
     fn tokens_bind_address_and_expire() {

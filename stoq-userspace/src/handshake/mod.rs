@@ -1156,6 +1156,17 @@ impl Handshake {
         }
     }
 
+    /// Stores an address token the server sent in NEW_TOKEN (clients with a cache only),
+    /// for the next connection to this server name.
+    pub fn store_address_token(&self, token: &[u8]) {
+        if let Role::Client { cfg, .. } = &self.role
+            && let Some(cache) = &cfg.resumption
+            && token.len() <= messages::MAX_TICKET_LEN
+        {
+            cache.put_address_token(&cfg.server_name, &cfg.trust, token);
+        }
+    }
+
     /// Stores a ticket the server sent (clients with a cache only).
     fn store_ticket(&mut self, nst: &NewSessionTicket, now: u64) {
         let (Role::Client { cfg, .. }, Some(res), Some(key)) =

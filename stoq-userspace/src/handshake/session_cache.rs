@@ -1,4 +1,5 @@
-//! The client's store of session tickets, by server name and trust.
+//! The client's store of session tickets and address tokens (NEW_TOKEN), by server name
+//! and trust.
 //!
 //! A ticket is used once (RFC 8446 §C.4: a reused ticket would link the connections for
 //! an observer), the newest first. Tickets are kept per server name *and* per trust
@@ -56,6 +57,8 @@ pub struct SessionCache {
 #[derive(Default)]
 struct Inner {
     tickets: HashMap<Key, VecDeque<StoredTicket>>,
+    /// Address tokens from NEW_TOKEN, by server, each used once, newest first.
+    tokens: HashMap<Key, VecDeque<Vec<u8>>>,
     /// Servers in the order they were first stored, for eviction.
     order: VecDeque<Key>,
 }
@@ -90,7 +93,13 @@ impl SessionCache {
         self.lock().tickets.get(&key).map_or(0, VecDeque::len)
     }
 
-    /// Forgets every ticket.
+    /// Address tokens stored for `server_name` under `trust`.
+    pub fn address_tokens_for(&self, server_name: &str, trust: &Trust) -> usize {
+        let key = (server_name.to_string(), trust_id(trust));
+        self.lock().tokens.get(&key).map_or(0, VecDeque::len)
+    }
+
+    /// Forgets every ticket and address token.
     pub fn clear(&self) {
         *self.lock() = Inner::default();
     }
@@ -115,6 +124,36 @@ impl SessionCache {
             inner.order.retain(|k| *k != key);
         }
         t
+    }
+
+    /// Takes the newest address token for `server_name` under `trust`.
+    pub(crate) fn take_address_token(&self, server_name: &str, trust: &Trust) -> Option<Vec<u8>> {
+        let key = (server_name.to_string(), trust_id(trust));
+        let mut inner = self.lock();
+        let list = inner.tokens.get_mut(&key)?;
+        let t = list.pop_back();
+        if list.is_empty() {
+            inner.tokens.remove(&key);
+        }
+        t
+    }
+
+    /// Stores an address token for `server_name` under `trust` (for servers already
+    /// holding tickets, or within the server bound).
+    pub(crate) fn put_address_token(&self, server_name: &str, trust: &Trust, token: &[u8]) {
+        let key = (server_name.to_string(), trust_id(trust));
+        let mut inner = self.lock();
+        if !inner.tokens.contains_key(&key) && inner.tokens.len() >= self.max_servers {
+            // Bounded like the tickets: drop an arbitrary server's tokens to make room.
+            if let Some(old) = inner.tokens.keys().next().cloned() {
+                inner.tokens.remove(&old);
+            }
+        }
+        let list = inner.tokens.entry(key).or_default();
+        if list.len() == TICKETS_PER_SERVER {
+            list.pop_front();
+        }
+        list.push_back(token.to_vec());
     }
 
     /// Stores a ticket for `server_name` under `trust`.

@@ -202,6 +202,17 @@ impl Metrics {
                 &[("worker", w)],
                 c(es.handshakes_resumed),
             );
+            for (outcome, v) in [
+                ("sent", es.address_tokens_sent),
+                ("accepted", es.address_tokens_accepted),
+                ("refused", es.address_tokens_refused),
+            ] {
+                put(
+                    "stoq_address_tokens_total",
+                    &[("worker", w), ("outcome", outcome)],
+                    c(v),
+                );
+            }
             for r in crate::handshake::TicketRefusal::ALL {
                 put(
                     "stoq_tickets_refused_total",
@@ -515,6 +526,12 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker"],
         "Completed handshakes that resumed from a session ticket (no certificate, no signature).",
+    ),
+    family(
+        "stoq_address_tokens_total",
+        COUNTER,
+        &["worker", "outcome"],
+        "Address tokens (NEW_TOKEN): sent after handshakes, accepted from returning clients (no Retry), refused (treated as none).",
     ),
     family(
         "stoq_tickets_refused_total",

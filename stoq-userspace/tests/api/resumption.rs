@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
 use stoq::Endpoint;
-use stoq::conn::ClusterKeys;
+use stoq::conn::{ClusterKeys, RetryPolicy};
 use stoq::crypto::sig::{SigAlg, SigningKey, VerifyingKey};
 use stoq::engine::EngineConfig;
 use stoq::handshake::{ClientConfig, Resumption, ServerConfig, SessionCache, TicketRefusal, Trust};
@@ -119,4 +119,76 @@ async fn tickets_resume_across_a_restart_with_the_cluster_keys_and_fall_back_wit
     c.close(0, b"");
     client.shutdown(Duration::from_secs(1)).await;
     s3.shutdown(Duration::from_secs(1)).await;
+}
+
+/// NEW_TOKEN: a server that sends every new client a Retry admits a returning one at once
+/// with the address token it sent after the last handshake; the token is bound to the
+/// client's IP address, so from another address it is refused and a Retry follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_token_skips_the_retry_from_the_same_address_only() {
+    let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let keys = ClusterKeys::new(0, [0x51; 32]).unwrap();
+    let mut cfg = engine("127.0.0.1:0", &keys);
+    cfg.endpoint.retry = RetryPolicy::Always;
+    let server = Endpoint::server(cfg, Arc::new(ServerConfig::raw_key(key, public.clone())))
+        .expect("server");
+    server
+        .serve(|c| async move {
+            let _ = c.closed().await;
+        })
+        .expect("serve");
+    let addr = server.local_addr();
+    let client_cfg = Arc::new(ClientConfig::pinned("test.stoq", public));
+    let cache = client_cfg.resumption.clone().expect("on by default");
+    let trust = client_cfg.trust.clone();
+    let client = |bind: &str| {
+        Endpoint::client(
+            engine(bind, &ClusterKeys::random(&mut OsRng)),
+            client_cfg.clone(),
+        )
+        .expect("client")
+    };
+
+    let first = client("127.0.0.1:0");
+    let c = first.connect(addr, "test.stoq").await.expect("connect");
+    let start = Instant::now();
+    while cache.address_tokens_for("test.stoq", &trust) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no NEW_TOKEN");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.close(0, b"");
+    let st = server.endpoint_stats()[0];
+    // A Retry for each datagram of the two-datagram ClientHello.
+    let retries = st.retries_sent;
+    assert!(retries >= 1, "every new client gets a Retry");
+    assert_eq!(st.address_tokens_sent, 1);
+
+    // Back from the same address (another port): no Retry.
+    let c = first.connect(addr, "test.stoq").await.expect("again");
+    let st = server.endpoint_stats()[0];
+    assert_eq!(st.retries_sent, retries, "admitted by its address token");
+    assert_eq!(st.address_tokens_accepted, 1);
+    let start = Instant::now();
+    while cache.address_tokens_for("test.stoq", &trust) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no NEW_TOKEN");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.close(0, b"");
+
+    // The same token from another address: refused, and the Retry comes.
+    let other = client("127.0.0.2:0");
+    let c = other
+        .connect(addr, "test.stoq")
+        .await
+        .expect("with a Retry");
+    let st = server.endpoint_stats()[0];
+    assert!(
+        st.address_tokens_refused >= 1,
+        "refused (counted per datagram of the flight)"
+    );
+    assert!(st.retries_sent > retries, "a Retry again");
+    c.close(0, b"");
+    for ep in [first, other, server] {
+        ep.shutdown(Duration::from_secs(1)).await;
+    }
 }

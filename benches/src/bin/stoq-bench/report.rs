@@ -1123,7 +1123,9 @@ impl Report {
                             (Some(sv), Some(cl)) if sv >= cl => {
                                 format!("server ({:.0} % of a core)", sv * 100.0)
                             }
-                            (Some(_), Some(cl)) => format!("client ({:.0} % of a core)", cl * 100.0),
+                            (Some(_), Some(cl)) => {
+                                format!("client ({:.0} % of a core)", cl * 100.0)
+                            }
                             _ => "—".into(),
                         };
                         let share = match (stoq, resumed, r.m("resumed_pct")) {
