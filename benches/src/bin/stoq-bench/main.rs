@@ -23,6 +23,7 @@ mod roles;
 mod spec;
 mod stoq_side;
 mod streams;
+mod tls;
 mod topo;
 
 use std::process::ExitCode;

@@ -82,8 +82,20 @@ pub(crate) fn tcp_server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<()
     Ok(())
 }
 
+/// Waits up to `ms` for `fd` to be readable.
+pub(crate) fn poll_fd(fd: i32, ms: i32) {
+    poll(fd, libc::POLLIN, ms);
+}
+
 fn tcp_connect(spec: &RoleSpec, tag: u8) -> Result<TcpStream, String> {
-    let Subject::Tcp { cc } = &spec.subject else {
+    let mut s = tcp_socket(spec)?;
+    s.write_all(&[tag]).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// A TCP connection to the server, with the subject's congestion control and no delay.
+pub(crate) fn tcp_socket(spec: &RoleSpec) -> Result<TcpStream, String> {
+    let (Subject::Tcp { cc } | Subject::Tls { cc }) = &spec.subject else {
         return Err("not TCP".into());
     };
     let sock = socket2::Socket::new(
@@ -99,9 +111,7 @@ fn tcp_connect(spec: &RoleSpec, tag: u8) -> Result<TcpStream, String> {
         .map_err(|e| e.to_string())?;
     sock.connect(&spec.server.into())
         .map_err(|e| e.to_string())?;
-    let mut s: TcpStream = sock.into();
-    s.write_all(&[tag]).map_err(|e| e.to_string())?;
-    Ok(s)
+    Ok(sock.into())
 }
 
 /// Kernel TCP client.

@@ -174,6 +174,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::Quinn { tuned: true },
         Subject::Tcp { cc: "cubic".into() },
         Subject::Tcp { cc: "bbr".into() },
+        Subject::Tls { cc: "cubic".into() },
     ];
     bulk1.extend(peers.iter().cloned());
     // The cross-thread path (accept plus tokio::spawn, a client worker thread of its own),
@@ -236,6 +237,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
     rr_subjects.extend([
         Subject::Quinn { tuned: false },
         Subject::Tcp { cc: "cubic".into() },
+        Subject::Tls { cc: "cubic".into() },
         Subject::RawUdp,
     ]);
     v.push(Group {
@@ -260,6 +262,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
                 cases: vec![
                     case(Subject::stoq("udp", "auto"), hs),
                     case(Subject::Quinn { tuned: false }, hs),
+                    case(Subject::Tls { cc: "cubic".into() }, hs),
                 ],
             });
         }

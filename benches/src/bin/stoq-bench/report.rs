@@ -1107,6 +1107,7 @@ impl Report {
                     for r in &mine {
                         let (med, mm) = spread(r, "hs_per_s", 0);
                         let stoq = matches!(r.subject, Subject::Stoq { .. });
+                        let tls = matches!(r.subject, Subject::Tls { .. });
                         let kx = match (stoq, resumed) {
                             (true, false) => "X25519 + ML-KEM-768 / FALCON-512",
                             (true, true) => "X25519 + ML-KEM-768 / ticket PSK",
@@ -1128,7 +1129,7 @@ impl Report {
                             }
                             _ => "—".into(),
                         };
-                        let share = match (stoq, resumed, r.m("resumed_pct")) {
+                        let share = match (stoq || tls, resumed, r.m("resumed_pct")) {
                             (true, true, Some(p)) => format!("{p:.1} %"),
                             (true, true, None) => "0 %".into(),
                             (false, true, _) => "not reported by quinn".into(),

@@ -100,6 +100,7 @@ fn server(spec: &RoleSpec) -> Result<Outcome, String> {
             Subject::Stoq { .. } => crate::stoq_side::server(&s2, ready, st2),
             Subject::Quinn { .. } => crate::quinn_side::server(&s2, ready, st2),
             Subject::Tcp { .. } => crate::plain::tcp_server(&s2, ready, st2),
+            Subject::Tls { .. } => crate::tls::server(&s2, ready, st2),
             Subject::RawUdp => crate::plain::udp_server(&s2, ready, st2),
         };
         if let Err(e) = r {
@@ -146,6 +147,7 @@ fn client(spec: &RoleSpec) -> Result<Outcome, String> {
         Subject::Stoq { .. } => crate::stoq_side::client(spec, hold)?,
         Subject::Quinn { .. } => crate::quinn_side::client(spec, hold)?,
         Subject::Tcp { .. } => crate::plain::tcp_client(spec)?,
+        Subject::Tls { .. } => crate::tls::client(spec)?,
         Subject::RawUdp => crate::plain::udp_client(spec)?,
     };
     out.cpu_s = cpu_seconds() - out.cpu_start_s;

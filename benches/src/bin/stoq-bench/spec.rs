@@ -39,6 +39,8 @@ pub(crate) enum Subject {
     Quinn { tuned: bool },
     /// Kernel TCP with this congestion control, no encryption.
     Tcp { cc: String },
+    /// TLS 1.3 (rustls, ring) over kernel TCP with this congestion control.
+    Tls { cc: String },
     /// Raw UDP datagrams, no crypto and no protocol (sendmmsg/recvmmsg with GSO/GRO).
     RawUdp,
 }
@@ -81,6 +83,7 @@ impl Subject {
             Self::Quinn { tuned: false } => "quinn (default)".into(),
             Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
             Self::Tcp { cc } => format!("TCP {}", cc.to_uppercase()),
+            Self::Tls { cc } => format!("TLS 1.3 over TCP {} (rustls)", cc.to_uppercase()),
             Self::RawUdp => "raw UDP".into(),
         }
     }
