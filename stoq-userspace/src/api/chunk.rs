@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::remote::{End, Popped, on_worker};
+use super::stream::poll_recv_here;
 use super::{Connection, RecvStream, StreamError};
-use crate::conn::{ReadError, StreamId};
+use crate::conn::StreamId;
 
 /// A piece of a stream: where it lies in the stream and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,41 +106,20 @@ fn poll_chunk_here(
     max: usize,
     ordered: bool,
 ) -> Poll<Result<Option<(u64, Bytes)>, StreamError>> {
-    let r = conn.with(|c, slot| {
+    poll_recv_here(conn, id, cx, |c, slot| {
+        // Chunks an unordered read on the worker claimed for this stream come first.
         if !ordered && let Some(q) = slot.stash.chunks.get_mut(&id) {
             let first = q.pop_front();
             if q.is_empty() {
                 slot.stash.chunks.remove(&id);
             }
             if let Some(ch) = first {
-                return Poll::Ready(Ok(Some(ch)));
+                return Ok(Some(ch));
             }
         }
-        match c.read_chunk(id, max, ordered) {
-            Ok(r) => Poll::Ready(Ok(r.map(|(o, v)| (o, Bytes::from(v))))),
-            Err(ReadError::Blocked) => {
-                if c.is_closed() {
-                    return Poll::Ready(Err(StreamError::Connection(conn.ended(c))));
-                }
-                slot.wakers.read.insert(id, cx.waker().clone());
-                Poll::Pending
-            }
-            Err(ReadError::Reset(code)) => Poll::Ready(Err(StreamError::Reset(code))),
-            Err(ReadError::Stopped) => Poll::Ready(Err(StreamError::Closed)),
-            Err(ReadError::Unordered) => Poll::Ready(Err(StreamError::Unordered)),
-            Err(_) => Poll::Ready(Err(StreamError::Connection(conn.ended(c)))),
-        }
-    });
-    match r {
-        Ok(Some(Poll::Ready(Ok(r)))) => {
-            // Reading may open the flow-control window: the loop announces it.
-            conn.kick();
-            Poll::Ready(Ok(r))
-        }
-        Ok(Some(p)) => p,
-        Ok(None) => Poll::Ready(Err(StreamError::Connection(conn.moved()))),
-        Err(e) => Poll::Ready(Err(e.into())),
-    }
+        c.read_chunk(id, max, ordered)
+            .map(|r| r.map(|(o, v)| (o, Bytes::from(v))))
+    })
 }
 
 /// What an unordered read on the worker hands back: the stream and its chunk.

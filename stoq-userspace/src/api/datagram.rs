@@ -28,17 +28,8 @@ impl Connection {
                 self.kick();
                 Ok(())
             }
-            Ok(None) => {
-                self.check_datagram_off_worker(data.len())?;
-                let d = data.to_vec();
-                let c = self.clone();
-                self.post_job(move |_| {
-                    if let Ok(Some(Ok(()))) = c.with(|c, _| c.send_datagram(&d)) {
-                        c.kick();
-                    }
-                });
-                Ok(())
-            }
+            // Off the worker the data must be owned to cross over: one copy.
+            Ok(None) => self.send_datagram_bytes(Bytes::copy_from_slice(data)),
             Err(e) => Err(e.into()),
         }
     }

@@ -17,6 +17,7 @@ use super::remote::{End, Pipe, Popped, Pump, open_pipe};
 use super::{Connection, StreamError};
 use crate::conn::{self, ReadError, StreamId, Urgency, WriteError};
 use crate::engine::app::SendOutcome;
+use crate::engine::app::Slot;
 
 fn map_write(conn: &Connection, c: &conn::Connection, e: WriteError) -> StreamError {
     match e {
@@ -144,7 +145,20 @@ pub(crate) fn poll_read_here(
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Poll<Result<Option<usize>, StreamError>> {
-    let r = conn.with(|c, slot| match c.read(id, buf) {
+    poll_recv_here(conn, id, cx, |c, _| c.read(id, buf))
+}
+
+/// A read of stream `id` on its worker by `read`: `Blocked` registers the task's read
+/// waker (or reports the connection's end), the other [`ReadError`]s become
+/// [`StreamError`]s, and data kicks the loop (reading may open the flow-control window).
+/// The one path every receive call (`read`, `read_chunk`) takes.
+pub(crate) fn poll_recv_here<T>(
+    conn: &Connection,
+    id: StreamId,
+    cx: &mut Context<'_>,
+    read: impl FnOnce(&mut conn::Connection, &mut Slot) -> Result<T, ReadError>,
+) -> Poll<Result<T, StreamError>> {
+    let r = conn.with(|c, slot| match read(c, slot) {
         Ok(r) => Poll::Ready(Ok(r)),
         Err(ReadError::Blocked) => {
             if c.is_closed() {

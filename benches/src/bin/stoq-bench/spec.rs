@@ -102,94 +102,42 @@ impl Subject {
         }
     }
 
+    /// Sets a STOQ subject's flags (handler, served, metrics, qlog); other subjects are
+    /// returned as they are.
+    fn set(mut self, f: impl FnOnce(&mut bool, &mut bool, &mut bool, &mut bool)) -> Self {
+        if let Self::Stoq {
+            handler,
+            served,
+            metrics,
+            qlog,
+            ..
+        } = &mut self
+        {
+            f(handler, served, metrics, qlog);
+        }
+        self
+    }
+
     /// The same STOQ subject with its server's metrics scraped every 100 ms.
     pub(crate) fn with_metrics(self) -> Self {
-        match self {
-            Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler,
-                served,
-                ..
-            } => Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler,
-                served,
-                metrics: true,
-                qlog: false,
-            },
-            other => other,
-        }
+        self.set(|_, _, m, q| (*m, *q) = (true, false))
     }
 
     /// The same STOQ subject with its server writing qlog for every connection and its
     /// metrics scraped every 100 ms: what observability costs.
     pub(crate) fn with_qlog(self) -> Self {
-        match self.with_metrics() {
-            Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler,
-                served,
-                ..
-            } => Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler,
-                served,
-                metrics: true,
-                qlog: true,
-            },
-            other => other,
-        }
+        self.set(|_, _, m, q| (*m, *q) = (true, true))
     }
 
     /// The same STOQ subject with the request/response loop in worker handlers.
     pub(crate) fn with_handler(self) -> Self {
-        match self {
-            Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                ..
-            } => Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler: true,
-                served: false,
-                metrics: false,
-                qlog: false,
-            },
-            other => other,
-        }
+        self.set(|h, s, m, q| (*h, *s, *m, *q) = (true, false, false, false))
     }
 
     /// The same STOQ subject on the cross-thread path (`accept` plus `tokio::spawn`, a
     /// client worker thread of its own).
     pub(crate) fn cross_thread(self) -> Self {
-        match self {
-            Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                ..
-            } => Self::Stoq {
-                backend,
-                xdp,
-                suite,
-                handler: false,
-                served: false,
-                metrics: false,
-                qlog: false,
-            },
-            other => other,
-        }
+        self.set(|h, s, m, q| (*h, *s, *m, *q) = (false, false, false, false))
     }
 
     /// Whether this subject encrypts.

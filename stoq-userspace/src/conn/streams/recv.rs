@@ -159,20 +159,8 @@ impl Streams {
         id: StreamId,
         out: &mut [u8],
     ) -> Result<Option<usize>, ReadError> {
-        let Some(r) = recv_half(&mut self.map, id) else {
-            return Err(ReadError::UnknownStream);
-        };
-        if r.stopped.is_some() {
-            return Err(ReadError::Stopped);
-        }
-        if let Some(code) = r.reset {
-            r.done = true;
-            self.maybe_free(id);
-            return Err(ReadError::Reset(code));
-        }
-        if r.taken.is_some() {
-            return Err(ReadError::Unordered);
-        }
+        self.check_readable(id, true)?;
+        let r = recv_half(&mut self.map, id).expect("checked readable");
         let avail = match r.filled.first() {
             Some(f) if f.start <= r.base => f.end - r.base,
             _ => 0,
@@ -193,6 +181,27 @@ impl Streams {
         out[from_a..n].copy_from_slice(&b[..n - from_a]);
         self.consume(id, n as u64);
         Ok(Some(n))
+    }
+
+    /// The checks every read starts with: the stream exists, this side did not stop it,
+    /// the peer did not reset it (a reset, once read, frees it), and an in-order read of
+    /// a stream already read unordered is refused.
+    fn check_readable(&mut self, id: StreamId, ordered: bool) -> Result<(), ReadError> {
+        let Some(r) = recv_half(&mut self.map, id) else {
+            return Err(ReadError::UnknownStream);
+        };
+        if r.stopped.is_some() {
+            return Err(ReadError::Stopped);
+        }
+        if let Some(code) = r.reset {
+            r.done = true;
+            self.maybe_free(id);
+            return Err(ReadError::Reset(code));
+        }
+        if ordered && r.taken.is_some() {
+            return Err(ReadError::Unordered);
+        }
+        Ok(())
     }
 
     /// The application took the next `n` bytes of stream `id` (at its read offset): they
@@ -235,20 +244,8 @@ impl Streams {
         max: usize,
         ordered: bool,
     ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
-        let Some(r) = recv_half(&mut self.map, id) else {
-            return Err(ReadError::UnknownStream);
-        };
-        if r.stopped.is_some() {
-            return Err(ReadError::Stopped);
-        }
-        if let Some(code) = r.reset {
-            r.done = true;
-            self.maybe_free(id);
-            return Err(ReadError::Reset(code));
-        }
-        if ordered && r.taken.is_some() {
-            return Err(ReadError::Unordered);
-        }
+        self.check_readable(id, ordered)?;
+        let r = recv_half(&mut self.map, id).expect("checked readable");
         if !ordered && r.taken.is_none() {
             r.taken = Some(Box::new(RangeSet::new(usize::MAX)));
         }
