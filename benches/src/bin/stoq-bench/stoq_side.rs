@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use stoq::crypto::CipherSuite;
 use stoq::crypto::sig::{SigningKey, VerifyingKey};
 use stoq::engine::{EngineConfig, XdpMode};
+use stoq::handshake::session_cache::TICKETS_PER_SERVER;
 use stoq::handshake::{ClientConfig, Resumption, ServerConfig, SessionCache, Trust};
 use stoq::io::BackendKind;
 use stoq::{Connection, Endpoint};
@@ -369,7 +370,8 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
 }
 
 /// Fills the client's ticket cache before a resumed-handshake run: full handshakes, each
-/// kept open until its tickets have arrived, until every parallel task has one.
+/// kept open until its tickets have arrived, until every parallel task has one (or the
+/// cache holds as many as it keeps for one server).
 async fn prime_tickets(
     client: &Arc<Endpoint>,
     to: std::net::SocketAddr,
@@ -379,7 +381,9 @@ async fn prime_tickets(
 ) -> Result<(), String> {
     let tickets_held = || cache.tickets_for(NAME, trust);
     let start = Instant::now();
-    while tickets_held() < parallel.max(1) {
+    // The cache keeps at most TICKETS_PER_SERVER per server: more tasks than that share.
+    let want_held = parallel.clamp(1, TICKETS_PER_SERVER);
+    while tickets_held() < want_held {
         // A connection uses at most one ticket and brings two.
         let want = tickets_held() + 1;
         let c = client.connect(to, NAME).await.map_err(|e| e.to_string())?;
