@@ -113,6 +113,16 @@ async fn tickets_resume_across_a_restart_with_the_cluster_keys_and_fall_back_wit
         c.handshake_data().unwrap().resumption,
         Resumption::Refused(TicketRefusal::Declined)
     );
+    // The client is connected once it sent its Finished; the server counts the handshake
+    // when that arrives.
+    let start = Instant::now();
+    while s3.endpoint_stats()[0].handshakes_completed == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "server never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let st = s3.endpoint_stats()[0];
     assert_eq!(st.handshakes_resumed, 0);
     assert_eq!(st.tickets_refused[TicketRefusal::Invalid as usize], 1);
