@@ -180,7 +180,9 @@ pub(crate) fn tcp_client(spec: &RoleSpec) -> Result<Outcome, String> {
     Ok(out)
 }
 
-fn ping_pong(
+/// Times 64-byte round trips by `rt` for `secs`: the latencies (ns), their count and the
+/// seconds taken.
+pub(crate) fn ping_pong(
     secs: f64,
     mut rt: impl FnMut(&mut [u8]) -> std::io::Result<()>,
 ) -> Result<(Vec<u64>, u64, f64), String> {

@@ -206,17 +206,12 @@ pub(crate) fn client(spec: &RoleSpec) -> Result<Outcome, String> {
             let cfg = client_config(spec, false)?;
             let mut s = connect(spec, &cfg, b'R')?;
             crate::spec::start_measuring(&mut out);
-            let mut lat = Vec::with_capacity(1 << 20);
-            let mut b = [7u8; 64];
-            let t = Instant::now();
-            while t.elapsed().as_secs_f64() < secs {
-                let at = Instant::now();
-                s.write_all(&b).map_err(|e| e.to_string())?;
-                s.read_exact(&mut b).map_err(|e| e.to_string())?;
-                lat.push(at.elapsed().as_nanos() as u64);
-            }
-            out.secs = t.elapsed().as_secs_f64();
-            out.count = lat.len() as u64;
+            let (mut lat, n, el) = crate::plain::ping_pong(secs, |b| {
+                s.write_all(b)?;
+                s.read_exact(b)
+            })?;
+            out.secs = el;
+            out.count = n;
             out.quantiles_us = quantiles(&mut lat);
         }
         Scenario::Handshakes {
