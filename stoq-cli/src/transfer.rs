@@ -262,6 +262,7 @@ pub(crate) fn server_config(credential: Credential) -> ServerConfig {
         params: TransportParams::default(),
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
+        batch_signing: true,
     }
 }
 
@@ -275,6 +276,7 @@ pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
         params: TransportParams::default(),
         credential: None,
         resumption: Some(Arc::new(stoq::handshake::SessionCache::new(256))),
+        batch_signatures: true,
     }
 }
 

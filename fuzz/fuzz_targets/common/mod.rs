@@ -34,6 +34,7 @@ pub fn server_config() -> ServerConfig {
         params: TransportParams::default(),
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
+        batch_signing: true,
         alpn: vec![b"h3".to_vec(), b"stoq/1".to_vec()],
     }
 }
@@ -48,6 +49,7 @@ pub fn client_config(server_name: &str, suites: Vec<CipherSuite>) -> ClientConfi
         params: TransportParams::default(),
         credential: None,
         resumption: None,
+        batch_signatures: true,
         alpn: vec![b"stoq/1".to_vec()],
     }
 }

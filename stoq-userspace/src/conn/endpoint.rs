@@ -28,6 +28,7 @@ use crate::handshake::{self, Handshake, TicketKeys};
 mod responses;
 mod retried;
 mod schedule;
+mod signing;
 mod stateless;
 
 use self::responses::Responses;
@@ -420,6 +421,14 @@ pub struct EndpointStats {
     /// Completed handshakes whose ticket was refused (a full handshake instead), by
     /// [`TicketRefusal`](crate::handshake::TicketRefusal) index.
     pub tickets_refused: [u64; handshake::TicketRefusal::ALL.len()],
+    /// Signatures this server made for its CertificateVerify (full handshakes): one per
+    /// handshake signed alone, one per batch.
+    pub signatures: u64,
+    /// Handshakes authenticated by a batch signature shared with others (see
+    /// [`handshake::batch`]); `signatures` counts each batch once.
+    pub batch_signed: u64,
+    /// The most handshakes one signature covered.
+    pub largest_batch: u64,
     /// Handshakes that failed (a protocol or authentication error, a refusal or reset by
     /// the peer, or a local close before completion).
     pub handshakes_failed: u64,
@@ -516,6 +525,11 @@ pub struct Endpoint {
     /// Clients sent a Retry lately, which get one again for the rest of their flight.
     retried: Retried,
     sched: Schedule,
+    /// Server connections whose handshake waits for its signature, signed together at the
+    /// next poll for datagrams.
+    signing: Vec<usize>,
+    /// Scratch of the signing batch (kept to spare an allocation per batch).
+    batch: Vec<(usize, [u8; 32])>,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
@@ -585,6 +599,8 @@ impl Endpoint {
             responses: Responses::default(),
             retried: Retried::default(),
             sched: Schedule::default(),
+            signing: Vec::new(),
+            batch: Vec::new(),
             removed: VecDeque::new(),
             stats: EndpointStats::default(),
         };
@@ -934,6 +950,9 @@ impl Endpoint {
             if let Some(c) = self.conns[h.0].as_mut() {
                 c.receive(now, remote, self.rx_info, data, Some(info));
                 self.sched.touch(h.0);
+                if c.hs.awaits_signature() {
+                    self.wait_for_signature(h.0);
+                }
             }
             self.service_cids(h);
             self.service_address_token(h, now);
@@ -1167,6 +1186,9 @@ impl Endpoint {
             };
             conn.receive(now, incoming.remote, info, &mut d, None);
         }
+        if conn.hs.awaits_signature() {
+            self.wait_for_signature(h.0);
+        }
         Ok(h)
     }
 
@@ -1197,6 +1219,7 @@ impl Endpoint {
     /// The next datagram to send, written into `buf`: it is `buf[..size]` (see
     /// [`Connection::poll_transmit`]). Connections take turns, one datagram each.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.sign_waiting(now);
         let size = self.max_datagram_size();
         if buf.len() < size {
             buf.resize(size, 0);
@@ -1216,6 +1239,7 @@ impl Endpoint {
     /// shorter buffers make smaller datagrams, and a stateless response that does not fit
     /// is dropped (counted in `responses_dropped`).
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.sign_waiting(now);
         if let Some(t) = self
             .responses
             .pop_into(buf, &mut self.stats.responses_dropped)

@@ -186,6 +186,8 @@ pub(crate) fn alert(e: &HandshakeError) -> u8 {
         // decrypt_error, as TLS 1.3 answers a bad binder (RFC 8446 §4.2.11).
         HandshakeError::BadBinder => 51,
         HandshakeError::BadResumption(_) => 47,
+        // illegal_parameter.
+        HandshakeError::UnsolicitedBatchSignature => 47,
     }
 }
 

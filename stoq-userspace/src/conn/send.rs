@@ -40,6 +40,10 @@ impl Connection {
     /// than the path MTU only makes datagrams smaller; one shorter than 1,200 bytes may
     /// make the handshake stall.
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.hs.awaits_signature() {
+            // No endpoint signed this handshake with others: it signs alone.
+            self.sign_alone(now);
+        }
         match self.state {
             State::Drained | State::Draining => return None,
             State::Closing if !self.close_pending => return None,

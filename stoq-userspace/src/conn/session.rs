@@ -10,7 +10,8 @@ use super::streams::PeerLimits;
 use super::timers::Timer;
 use super::{Connection, Side, State, path};
 use crate::crypto::DirectionalKeys;
-use crate::handshake::{Epoch, KeyChange};
+use crate::handshake::batch::BatchProof;
+use crate::handshake::{Epoch, KeyChange, SignatureRequest};
 use crate::qlog::Ev;
 use std::time::{Duration, Instant};
 use stoq_common::classify::classify_payload;
@@ -112,6 +113,29 @@ impl Connection {
             self.on_handshake_complete(now)?;
         }
         Ok(())
+    }
+
+    /// What this server connection's handshake waits to have signed, if it waits.
+    pub(crate) fn signature_request(&self) -> Option<SignatureRequest> {
+        self.hs.signature_request()
+    }
+
+    /// Signs this server's handshake alone and queues the rest of its flight.
+    pub(crate) fn sign_alone(&mut self, now: Instant) {
+        self.hs.sign_alone(&mut self.rng);
+        self.collect_handshake_output(now);
+    }
+
+    /// Completes this server's handshake flight with its share of a batch signature.
+    pub(crate) fn sign_in_batch(
+        &mut self,
+        now: Instant,
+        proof: BatchProof,
+        signature: Vec<u8>,
+        batch_size: u32,
+    ) {
+        self.hs.sign_in_batch(proof, signature, batch_size);
+        self.collect_handshake_output(now);
     }
 
     pub(super) fn collect_handshake_output(&mut self, _now: Instant) {

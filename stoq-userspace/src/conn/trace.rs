@@ -108,12 +108,14 @@ impl Connection {
             .peer_key()
             .filter(|_| resumption != "accepted")
             .map(|k| k.alg().name());
+        let signature_batch = self.hs.signature_batch_size();
         self.qlog(now, || Ev::HandshakeCompleted {
             suite,
             peer_signature,
             took_us,
             resumption,
             ticket_refused,
+            signature_batch,
         });
     }
 

@@ -3,6 +3,7 @@
 //! Every decoder is bounded: lengths are checked against the input, lists have caps, and a
 //! message may not exceed [`MAX_MESSAGE_LEN`].
 
+use super::batch::BatchProof;
 use super::params::TransportParams;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::crypto::CipherSuite;
@@ -65,6 +66,8 @@ pub struct ClientHello {
     pub suites: Vec<CipherSuite>,
     /// Signature algorithms the client accepts.
     pub sig_algs: Vec<SigAlg>,
+    /// Whether the client verifies batch signatures ([`super::batch`]) for them.
+    pub batch_signatures: bool,
     /// X25519 public key and ML-KEM-768 encapsulation key.
     pub key_share: Vec<u8>,
     /// The server name the client expects (checked against certificates).
@@ -155,6 +158,10 @@ pub struct CertificateMsg {
 pub struct CertificateVerify {
     /// Signature algorithm.
     pub alg: SigAlg,
+    /// `Some`: the signature covers a batch of transcripts ([`super::batch`]) and this is
+    /// the proof that this transcript is in it (servers only, to clients that offered
+    /// batch signatures). `None`: the signature covers this transcript alone.
+    pub batch: Option<BatchProof>,
     /// The signature.
     pub signature: Vec<u8>,
 }
@@ -249,6 +256,7 @@ impl Message {
                     .flat_map(|a| a.id().to_be_bytes())
                     .collect();
                 b.vec8(&algs)
+                    .u8(u8::from(m.batch_signatures))
                     .vec16(&m.key_share)
                     .vec8(m.server_name.as_bytes());
                 let mut p = Writer::new();
@@ -282,7 +290,17 @@ impl Message {
                 b.u8(m.kind as u8).vec24(&m.data);
             }
             Self::CertificateVerify(m) => {
-                b.u16(m.alg.id()).vec16(&m.signature);
+                b.u16(m.alg.id());
+                match &m.batch {
+                    None => {
+                        b.u8(0);
+                    }
+                    Some(p) => {
+                        b.u8(1);
+                        p.encode(&mut b);
+                    }
+                }
+                b.vec16(&m.signature);
             }
             Self::Finished(mac) => {
                 b.bytes(mac);
@@ -333,6 +351,11 @@ impl Message {
                     .chunks_exact(2)
                     .filter_map(|c| SigAlg::from_id(u16::from_be_bytes([c[0], c[1]])))
                     .collect();
+                let batch_signatures = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("batch signatures flag")),
+                };
                 let key_share = r.vec16()?.to_vec();
                 let name = r.vec8()?;
                 let server_name = std::str::from_utf8(name)
@@ -362,6 +385,7 @@ impl Message {
                     random,
                     suites,
                     sig_algs,
+                    batch_signatures,
                     key_share,
                     server_name,
                     params,
@@ -435,8 +459,14 @@ impl Message {
             MessageType::CertificateVerify => {
                 let alg =
                     SigAlg::from_id(r.u16()?).ok_or(DecodeError::Invalid("signature algorithm"))?;
+                let batch = match r.u8()? {
+                    0 => None,
+                    1 => Some(BatchProof::decode(&mut r)?),
+                    _ => return Err(DecodeError::Invalid("signature mode")),
+                };
                 Self::CertificateVerify(CertificateVerify {
                     alg,
+                    batch,
                     signature: r.vec16()?.to_vec(),
                 })
             }
@@ -459,6 +489,7 @@ mod tests {
                 random: [1; 32],
                 suites: vec![CipherSuite::Aes256Gcm, CipherSuite::ChaCha20Poly1305],
                 sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+                batch_signatures: true,
                 key_share: vec![7; 1216],
                 server_name: "stoq.example".into(),
                 params: TransportParams::default(),
@@ -470,6 +501,7 @@ mod tests {
                 random: [9; 32],
                 suites: vec![CipherSuite::Aes256Gcm],
                 sig_algs: vec![SigAlg::Falcon512],
+                batch_signatures: false,
                 key_share: vec![7; 1216],
                 server_name: "stoq.example".into(),
                 params: TransportParams::default(),
@@ -501,7 +533,17 @@ mod tests {
             }),
             Message::CertificateVerify(CertificateVerify {
                 alg: SigAlg::Falcon512,
+                batch: None,
                 signature: vec![4; 666],
+            }),
+            Message::CertificateVerify(CertificateVerify {
+                alg: SigAlg::Falcon1024,
+                batch: Some(BatchProof {
+                    salt: [6; 32],
+                    index: 2,
+                    path: vec![[1; 32], [2; 32]],
+                }),
+                signature: vec![4; 1280],
             }),
             Message::Finished([5; 32]),
         ]

@@ -23,6 +23,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod cert;
 pub mod chain;
 pub mod messages;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 
+use self::batch::BatchProof;
 use self::cert::{CertError, Certificate};
 use self::messages::{
     BINDER_LEN, CertificateMsg, CertificateVerify, ClientHello, CredentialKind,
@@ -131,12 +133,27 @@ impl Credential {
         }
     }
 
+    /// The public key this credential proves.
+    pub fn public_key(&self) -> &VerifyingKey {
+        match self {
+            Self::RawKey { public, .. } => public,
+            Self::Certificate { cert, .. } => &cert.key,
+        }
+    }
+
+    /// Signs `messages` (1 to [`batch::MAX_BATCH`] transcript hashes) with one signature,
+    /// returning it and each message's proof (see [`batch`]).
+    pub fn sign_batch(
+        &self,
+        messages: &[[u8; 32]],
+        rng: &mut impl CryptoRngCore,
+    ) -> (Vec<u8>, Vec<BatchProof>) {
+        batch::sign(self.signing_key(), self.public_key(), messages, rng)
+    }
+
     /// The name tickets carry of the public key this credential proves.
     fn ticket_id(&self) -> [u8; 8] {
-        match self {
-            Self::RawKey { public, .. } => ticket::credential_id(public.as_bytes()),
-            Self::Certificate { cert, .. } => ticket::credential_id(cert.key.as_bytes()),
-        }
+        ticket::credential_id(self.public_key().as_bytes())
     }
 
     fn message(&self) -> CertificateMsg {
@@ -221,6 +238,11 @@ pub struct ClientConfig {
     /// handshake is a full one. [`ClientConfig::pinned`] gives each configuration a cache
     /// of 256 servers; its clones share it.
     pub resumption: Option<Arc<SessionCache>>,
+    /// Accept a batch signature from the server: one signature over the transcripts of
+    /// several handshakes, with a Merkle path proving this one is among them (see
+    /// [`batch`]; 37 + 32 bytes per tree level more in the server's CertificateVerify).
+    /// A loaded server then signs once for many clients. Default: on.
+    pub batch_signatures: bool,
 }
 
 /// The server's handshake settings.
@@ -256,6 +278,12 @@ pub struct ServerConfig {
     /// the endpoint's cluster keys, so every server of a cluster resumes every other's.
     /// A server that authenticates clients issues none.
     pub tickets: TicketSettings,
+    /// Sign for several waiting handshakes at once (see [`batch`]): when more than one
+    /// full handshake waits for its signature on a worker, clients that accept batch
+    /// signatures share one FALCON signature over a Merkle tree of their transcripts
+    /// (at most [`batch::MAX_BATCH`] a signature). One handshake waiting is signed
+    /// alone, as with this off. Default: on.
+    pub batch_signing: bool,
 }
 
 impl ServerConfig {
@@ -270,6 +298,7 @@ impl ServerConfig {
             client_auth: None,
             alpn: Vec::new(),
             tickets: TicketSettings::default(),
+            batch_signing: true,
         }
     }
 
@@ -301,6 +330,7 @@ impl ClientConfig {
             credential: None,
             alpn: Vec::new(),
             resumption: Some(Arc::new(SessionCache::new(256))),
+            batch_signatures: true,
         }
     }
 
@@ -425,6 +455,9 @@ pub enum HandshakeError {
     /// offered, or asked a resumed client to authenticate.
     #[error("resumption protocol violation: {0}")]
     BadResumption(&'static str),
+    /// A batch signature came from a client, or to a client that did not accept them.
+    #[error("a batch signature that was not asked for")]
+    UnsolicitedBatchSignature,
 }
 
 /// New traffic secrets for an epoch.
@@ -448,6 +481,9 @@ enum State {
     ClientWaitCertificateVerify,
     ClientWaitFinished,
     ServerWaitClientHello,
+    /// The server flight is written up to the Certificate; its CertificateVerify waits
+    /// for a signature ([`Handshake::signature_request`]).
+    ServerSigning,
     ServerWaitClientCertificate,
     ServerWaitClientCertificateVerify,
     ServerWaitClientFinished,
@@ -468,6 +504,7 @@ impl State {
             }
             Self::ClientWaitFinished | Self::ServerWaitClientFinished => "Finished in Handshake",
             Self::ServerWaitClientHello => "ClientHello in Initial",
+            Self::ServerSigning => "nothing (the server is signing)",
             Self::Complete => "nothing (handshake complete)",
             Self::Failed => "nothing (handshake failed)",
         }
@@ -513,6 +550,33 @@ pub struct Handshake {
     alpn: Option<Vec<u8>>,
     /// This side's transport parameters for this connection.
     params: TransportParams,
+    /// The server's signature still to make, in [`State::ServerSigning`].
+    signing: Option<PendingSignature>,
+    /// The handshakes that shared this server's signature (1: signed alone).
+    batch_size: u32,
+}
+
+/// What the server flight still needs once its CertificateVerify is signed.
+#[derive(Debug, Clone, Copy)]
+struct PendingSignature {
+    alg: SigAlg,
+    /// The client accepts a batch signature.
+    batch: bool,
+    /// The flight asks the client to authenticate.
+    client_auth: bool,
+}
+
+/// A server handshake waiting for its CertificateVerify signature: the transcript hash to
+/// sign, alone ([`Handshake::sign_alone`]) or in a batch with others
+/// ([`Handshake::sign_in_batch`]).
+#[derive(Debug, Clone)]
+pub struct SignatureRequest {
+    /// The transcript hash the signature covers.
+    pub transcript: [u8; 32],
+    /// Whether the client accepts a batch signature and the server signs in batches.
+    pub batch: bool,
+    /// The server configuration whose credential signs.
+    pub config: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -546,6 +610,7 @@ impl Handshake {
             random,
             suites: cfg.suites.clone(),
             sig_algs: cfg.sig_algs.clone(),
+            batch_signatures: cfg.batch_signatures,
             key_share: share,
             server_name: cfg.server_name.clone(),
             params: params.clone(),
@@ -614,6 +679,8 @@ impl Handshake {
             peer_name: None,
             alpn: None,
             params,
+            signing: None,
+            batch_size: 0,
         }
     }
 
@@ -886,8 +953,20 @@ impl Handshake {
         if cv.alg != key.alg() {
             return Err(HandshakeError::BadSignature);
         }
-        key.verify(context, &self.transcript.hash(), &cv.signature)
-            .map_err(|_| HandshakeError::BadSignature)
+        let transcript = self.transcript.hash();
+        match &cv.batch {
+            None => key
+                .verify(context, &transcript, &cv.signature)
+                .map_err(|_| HandshakeError::BadSignature),
+            // Only a server signs in batches, and only for a client that asked for them.
+            Some(proof) => match &self.role {
+                Role::Client { cfg, .. } if cfg.batch_signatures => {
+                    batch::verify(key, &transcript, proof, &cv.signature)
+                        .map_err(|_| HandshakeError::BadSignature)
+                }
+                _ => Err(HandshakeError::UnsolicitedBatchSignature),
+            },
+        }
     }
 
     fn server_flight(
@@ -931,6 +1010,7 @@ impl Handshake {
             return Err(HandshakeError::NoApplicationProtocol { offered });
         }
         let server_suites = cfg.suites.clone();
+        let cfg_batch = cfg.batch_signing;
         // A resumed handshake never has client authentication: a server that
         // authenticates clients refuses every ticket (`server_psk`).
         let client_auth = cfg.client_auth.is_some() && !resumed;
@@ -964,25 +1044,99 @@ impl Handshake {
             server: secrets.server.clone(),
         });
         self.send(Epoch::Handshake, &ee);
-        if let Some(cert) = cert {
-            self.send(Epoch::Handshake, &cert);
-            let Role::Server { cfg, .. } = &self.role else {
-                unreachable!("server state")
-            };
-            let sig =
-                cfg.credential
-                    .signing_key()
-                    .sign(SERVER_CV_CONTEXT, &self.transcript.hash(), rng);
-            self.send(
-                Epoch::Handshake,
-                &Message::CertificateVerify(CertificateVerify {
-                    alg,
-                    signature: sig,
-                }),
-            );
+        self.secrets = Some(secrets);
+        let pending = PendingSignature {
+            alg,
+            batch: ch.batch_signatures && cfg_batch,
+            client_auth,
+        };
+        match cert {
+            Some(cert) => {
+                // The CertificateVerify waits for a signature: alone, or shared with
+                // other handshakes waiting on this worker (`signature_request`).
+                self.send(Epoch::Handshake, &cert);
+                self.signing = Some(pending);
+                self.state = State::ServerSigning;
+            }
+            None => self.finish_server_flight(pending),
         }
+        Ok(())
+    }
+
+    /// What this server handshake waits to have signed, if it waits (a full handshake
+    /// between its ClientHello and its signature).
+    pub fn signature_request(&self) -> Option<SignatureRequest> {
+        let (Some(p), Role::Server { cfg, .. }) = (self.signing, &self.role) else {
+            return None;
+        };
+        Some(SignatureRequest {
+            transcript: self.transcript.hash(),
+            batch: p.batch,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Whether this server handshake waits for its signature.
+    pub fn awaits_signature(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// Signs this handshake's transcript alone and completes the server flight (nothing
+    /// happens unless it [`awaits_signature`](Self::awaits_signature)).
+    pub fn sign_alone(&mut self, rng: &mut impl CryptoRngCore) {
+        let (Some(p), Role::Server { cfg, .. }) = (self.signing.take(), &self.role) else {
+            return;
+        };
+        let signature =
+            cfg.credential
+                .signing_key()
+                .sign(SERVER_CV_CONTEXT, &self.transcript.hash(), rng);
+        self.batch_size = 1;
+        self.send_certificate_verify(p, None, signature);
+    }
+
+    /// Completes the server flight with a batch signature: `signature` over the root of
+    /// a tree of `batch_size` transcripts, this one's membership proved by `proof` (from
+    /// [`Credential::sign_batch`] over the [`SignatureRequest::transcript`]s).
+    pub fn sign_in_batch(&mut self, proof: BatchProof, signature: Vec<u8>, batch_size: u32) {
+        let Some(p) = self.signing.take() else {
+            return;
+        };
+        debug_assert!(p.batch, "only clients that accept batch signatures get one");
+        self.batch_size = batch_size;
+        self.send_certificate_verify(p, Some(proof), signature);
+    }
+
+    /// The handshakes that shared this server's signature: 1 when it signed alone, 0
+    /// before it signed or when nothing was signed (a resumed handshake, a client).
+    pub fn signature_batch_size(&self) -> u32 {
+        self.batch_size
+    }
+
+    fn send_certificate_verify(
+        &mut self,
+        p: PendingSignature,
+        batch: Option<BatchProof>,
+        signature: Vec<u8>,
+    ) {
+        self.send(
+            Epoch::Handshake,
+            &Message::CertificateVerify(CertificateVerify {
+                alg: p.alg,
+                batch,
+                signature,
+            }),
+        );
+        self.finish_server_flight(p);
+    }
+
+    /// The server flight from its Finished on: 1-RTT keys, then wait for the client.
+    fn finish_server_flight(&mut self, p: PendingSignature) {
+        let secrets = self.secrets.as_ref().expect("set with the ServerHello");
+        let suite = self.suite.expect("chosen with the ServerHello");
         let fin = finished_mac(&secrets.server, &self.transcript.hash());
         self.send(Epoch::Handshake, &Message::Finished(fin));
+        let secrets = self.secrets.as_ref().expect("set with the ServerHello");
         let (c_ap, s_ap) = secrets.application(&self.transcript.hash());
         self.exporter = Some(secrets.exporter(&self.transcript.hash()));
         self.keys.push(KeyChange {
@@ -991,13 +1145,11 @@ impl Handshake {
             client: c_ap,
             server: s_ap,
         });
-        self.secrets = Some(secrets);
-        self.state = if client_auth {
+        self.state = if p.client_auth {
             State::ServerWaitClientCertificate
         } else {
             State::ServerWaitClientFinished
         };
-        Ok(())
     }
 
     fn client_on_server_hello(
@@ -1102,6 +1254,7 @@ impl Handshake {
                 Epoch::Handshake,
                 &Message::CertificateVerify(CertificateVerify {
                     alg,
+                    batch: None,
                     signature: sig,
                 }),
             );
@@ -1283,6 +1436,8 @@ fn check_credential(
     }
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

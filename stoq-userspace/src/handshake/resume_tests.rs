@@ -96,6 +96,8 @@ fn a_ticket_resumes_without_certificate_or_signature_and_with_fresh_keys() {
         (c.resumption(), s.resumption()),
         (Resumption::Accepted, Resumption::Accepted)
     );
+    // Nothing signed: the ticket's PSK authenticates the server.
+    assert_eq!(s.signature_batch_size(), 0);
     // The server's identity comes from the ticket's full handshake.
     assert_eq!(c.peer_key(), Some(&st.public));
     // No Certificate and no CertificateVerify: EncryptedExtensions and Finished only.

@@ -83,6 +83,7 @@ pub(super) fn client_cfg(
         params: TransportParams::default(),
         credential,
         resumption: None,
+        batch_signatures: true,
     }
 }
 
@@ -98,6 +99,7 @@ pub(super) fn server_cfg(
         params: TransportParams::default(),
         client_auth,
         tickets: TicketSettings::default(),
+        batch_signing: true,
     }
 }
 
@@ -137,6 +139,8 @@ pub(super) fn run_at(
                 tamper(true, epoch, &mut out);
                 s.read(epoch, &out, now, &mut OsRng)
                     .map_err(|e| (Side::Server, e))?;
+                // The server signs alone, as a connection does without an endpoint.
+                s.sign_alone(&mut OsRng);
             }
             let mut out = s.take_outgoing(epoch);
             if !out.is_empty() {

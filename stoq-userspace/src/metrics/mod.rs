@@ -202,6 +202,16 @@ impl Metrics {
                 &[("worker", w)],
                 c(es.handshakes_resumed),
             );
+            put(
+                "stoq_handshake_signatures_total",
+                &[("worker", w)],
+                c(es.signatures),
+            );
+            put(
+                "stoq_handshakes_batch_signed_total",
+                &[("worker", w)],
+                c(es.batch_signed),
+            );
             for (outcome, v) in [
                 ("sent", es.address_tokens_sent),
                 ("accepted", es.address_tokens_accepted),
@@ -526,6 +536,18 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker"],
         "Completed handshakes that resumed from a session ticket (no certificate, no signature).",
+    ),
+    family(
+        "stoq_handshake_signatures_total",
+        COUNTER,
+        &["worker"],
+        "Server signatures made for full handshakes: one per handshake signed alone, one per batch.",
+    ),
+    family(
+        "stoq_handshakes_batch_signed_total",
+        COUNTER,
+        &["worker"],
+        "Full handshakes authenticated by a batch signature shared with other handshakes.",
     ),
     family(
         "stoq_address_tokens_total",

@@ -79,6 +79,9 @@ pub(crate) enum Ev {
         resumption: &'static str,
         /// Why the ticket was refused, when it was.
         ticket_refused: Option<&'static str>,
+        /// Handshakes this server's signature covered (1 alone, more in a batch); 0
+        /// when this side signed nothing.
+        signature_batch: u32,
     },
     /// `quic:connection_closed`.
     Closed(Box<Closed>),
@@ -289,6 +292,7 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             took_us,
             resumption,
             ticket_refused,
+            signature_batch,
         } => {
             let _ = write!(
                 out,
@@ -302,6 +306,9 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             let _ = write!(out, ",\"resumption\":\"{resumption}\"");
             if let Some(r) = ticket_refused {
                 let _ = write!(out, ",\"ticket_refused\":\"{r}\"");
+            }
+            if signature_batch > 0 {
+                let _ = write!(out, ",\"signature_batch\":{signature_batch}");
             }
             Ok(())
         }

@@ -179,6 +179,7 @@ impl Net {
             params: params.clone(),
             client_auth: None,
             tickets: stoq::handshake::TicketSettings::default(),
+            batch_signing: true,
         });
         let client_cfg = Arc::new(ClientConfig {
             alpn: Vec::new(),
@@ -189,6 +190,7 @@ impl Net {
             params,
             credential: None,
             resumption: None,
+            batch_signatures: true,
         });
         let now = Instant::now();
         let mut cfg = EndpointConfig::new();

@@ -185,6 +185,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         params: TransportParams::default(),
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
+        batch_signing: true,
     });
     let client_cfg = Arc::new(ClientConfig {
         alpn: Vec::new(),
@@ -195,6 +196,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         params: TransportParams::default(),
         credential: None,
         resumption: None,
+        batch_signatures: true,
     });
     let now = Instant::now();
     let mut cfg = EndpointConfig::new();

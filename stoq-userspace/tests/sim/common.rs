@@ -43,6 +43,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         params: params.clone(),
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
+        batch_signing: true,
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -53,6 +54,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         params,
         credential: None,
         resumption: None,
+        batch_signatures: true,
     };
     (server, client)
 }

@@ -168,6 +168,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         served: true,
         metrics: false,
         qlog: false,
+        sign_alone: false,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -259,11 +260,18 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
                 title: format!("{kind} handshakes, {how}, one server core"),
                 path: Path::Veth(1500),
                 reps: o.reps,
-                cases: vec![
-                    case(Subject::stoq("udp", "auto"), hs),
-                    case(Subject::Quinn { tuned: false }, hs),
-                    case(Subject::Tls { cc: "cubic".into() }, hs),
-                ],
+                cases: {
+                    let mut c = vec![case(Subject::stoq("udp", "auto"), hs)];
+                    // What batch signing saves where handshakes wait together.
+                    if !resumed && parallel > 1 {
+                        c.push(case(Subject::stoq("udp", "auto").signing_alone(), hs));
+                    }
+                    c.extend([
+                        case(Subject::Quinn { tuned: false }, hs),
+                        case(Subject::Tls { cc: "cubic".into() }, hs),
+                    ]);
+                    c
+                },
             });
         }
     }

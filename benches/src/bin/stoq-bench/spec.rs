@@ -34,6 +34,10 @@ pub(crate) enum Subject {
         /// too: the observability overhead subject).
         #[serde(default)]
         qlog: bool,
+        /// The server signs each full handshake alone (`ServerConfig::batch_signing`
+        /// off): what batch signing saves.
+        #[serde(default)]
+        sign_alone: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -57,6 +61,7 @@ impl Subject {
                 served,
                 metrics,
                 qlog,
+                sign_alone,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -78,7 +83,12 @@ impl Subject {
                     (true, false) => ", metrics scraped",
                     _ => "",
                 };
-                format!("STOQ {b}{s}{h}{m}")
+                let a = if *sign_alone {
+                    ", batch signing off"
+                } else {
+                    ""
+                };
+                format!("STOQ {b}{s}{h}{m}{a}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
             Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
@@ -99,6 +109,7 @@ impl Subject {
             served: true,
             metrics: false,
             qlog: false,
+            sign_alone: false,
         }
     }
 
@@ -127,6 +138,14 @@ impl Subject {
     /// metrics scraped every 100 ms: what observability costs.
     pub(crate) fn with_qlog(self) -> Self {
         self.set(|_, _, m, q| (*m, *q) = (true, true))
+    }
+
+    /// The same STOQ subject with its server signing every full handshake alone.
+    pub(crate) fn signing_alone(mut self) -> Self {
+        if let Self::Stoq { sign_alone, .. } = &mut self {
+            *sign_alone = true;
+        }
+        self
     }
 
     /// The same STOQ subject with the request/response loop in worker handlers.

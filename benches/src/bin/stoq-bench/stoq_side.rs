@@ -119,6 +119,14 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
     let mut cfg = ServerConfig::raw_key(key, public(spec)?);
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;
+    cfg.batch_signing = !matches!(
+        spec.subject,
+        Subject::Stoq {
+            sign_alone: true,
+            ..
+        }
+    );
+    let handshakes = matches!(spec.scenario, Scenario::Handshakes { .. });
     let mut e = engine(spec, spec.server)?;
     let idle_poll_us = e.idle_poll.as_micros();
     // The observability subject: every connection traced into a directory of its own.
@@ -191,6 +199,18 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
                     w.crossings
                 );
             }
+        }
+        if handshakes {
+            // How many full handshakes each signature served.
+            let (mut sigs, mut batched, mut largest) = (0, 0, 0);
+            for s in server.endpoint_stats() {
+                sigs += s.signatures;
+                batched += s.batch_signed;
+                largest = largest.max(s.largest_batch);
+            }
+            crate::roles::late_detail(&format!(
+                "{sigs} signatures, {batched} handshakes batch-signed (largest batch {largest})"
+            ));
         }
         server.shutdown(Duration::from_secs(1)).await;
         Ok::<_, String>(())

@@ -1,6 +1,7 @@
 //! Two endpoints wired together in memory (quinn's `Pair` idea), with simulated time, a
 //! fixed one-way delay, a path MTU, and a hook that can drop or rewrite any datagram.
 
+mod batch;
 mod cluster;
 mod ecn;
 mod flood;
@@ -139,6 +140,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         params: TransportParams::default(),
         client_auth: client_trust,
         tickets: crate::handshake::TicketSettings::default(),
+        batch_signing: true,
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -149,6 +151,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         params: TransportParams::default(),
         credential: client_cred,
         resumption: None,
+        batch_signatures: true,
     };
     (server, client)
 }
