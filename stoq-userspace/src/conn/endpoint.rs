@@ -530,6 +530,8 @@ pub struct Endpoint {
     signing: Vec<usize>,
     /// Scratch of the signing batch (kept to spare an allocation per batch).
     batch: Vec<(usize, [u8; 32])>,
+    /// Waiting handshakes stay unsigned and unsent ([`Endpoint::hold_signatures`]).
+    signatures_held: bool,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
@@ -601,6 +603,7 @@ impl Endpoint {
             sched: Schedule::default(),
             signing: Vec::new(),
             batch: Vec::new(),
+            signatures_held: false,
             removed: VecDeque::new(),
             stats: EndpointStats::default(),
         };
@@ -1261,6 +1264,11 @@ impl Endpoint {
                 self.sched.is_sendable[i] = false;
                 continue;
             };
+            if self.signatures_held && c.hs.awaits_signature() {
+                // Sent once signed (signing touches it).
+                self.sched.is_sendable[i] = false;
+                continue;
+            }
             let t = c.poll_transmit_into(now, buf);
             // Sending moves timers (loss detection, pacing) and may raise events: the
             // deadline is recomputed once, when the timers are next asked for.

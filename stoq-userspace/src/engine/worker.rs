@@ -4,9 +4,12 @@
 //!
 //! One turn:
 //! 1. run the jobs other threads posted (calls through handles used off the worker);
-//! 2. receive a batch from the backend;
+//! 2. receive a batch from the backend (or take up the rest of the last one);
 //! 3. on the state (borrowed, or locked on a locked worker): hand each datagram to the
-//!    endpoint (or over to the worker that owns it), fire due timers, pass events to the
+//!    endpoint (or over to the worker that owns it) until handshake packets have taken
+//!    [`HANDSHAKE_TURN_BUDGET`] (the rest waits for the next turn, so that answers leave
+//!    while the batch is processed; handshakes waiting for a batch signature wait for the
+//!    batch's end), fire due timers, pass events to the
 //!    [`Handler`](super::Handler) and to the tasks waiting on them. If that woke tasks,
 //!    the loop yields to them first, so what they write (a served request's answer)
 //!    leaves in this turn's batch;
@@ -55,6 +58,11 @@ pub(crate) struct LoopConfig {
 
 /// How long a worker out of transmit frames waits for completions before trying again.
 const STARVED_WAIT: Duration = Duration::from_millis(1);
+/// How long a turn processes received handshake packets before it sends what it has
+/// answered: a receive batch of ClientHellos costs a key exchange each, and a turn that
+/// processed a whole batch before sending would hold the first answer back behind the
+/// last key exchange (clients and server then alternate instead of overlapping).
+const HANDSHAKE_TURN_BUDGET: Duration = Duration::from_micros(250);
 
 /// Runs the worker's loop until it is told to stop or its backend fails; then every
 /// connection still open is failed and every waiting task woken.
@@ -180,6 +188,9 @@ async fn drive(
     let mut may_recv = true;
     // Datagrams the idle poll received, for the next turn.
     let mut carried = 0;
+    // The receive batch has datagrams this turn left for the next (its time budget ran
+    // out on handshake work).
+    let mut rx_left = false;
     // When this worker last received or sent.
     let mut last_io: Option<Instant> = None;
     let mut placer = Placer::default();
@@ -192,7 +203,9 @@ async fn drive(
         // Receive when something may be waiting: readiness was reported, or the last batch
         // came full, or this worker is sending (acknowledgments come back). A turn that
         // only answers a task's write skips the empty receive (a system call on sockets).
-        let got = if carried > 0 {
+        let got = if rx_left {
+            rx.filled()
+        } else if carried > 0 {
             std::mem::take(&mut carried)
         } else if may_recv {
             backend.recv(&mut rx)?
@@ -210,7 +223,11 @@ async fn drive(
                 st.stats.loops += 1;
                 let now = Instant::now();
                 if got > 0 {
-                    rx.for_each(|from, info, d| {
+                    let budget_end = now + HANDSHAKE_TURN_BUDGET;
+                    let done = rx.for_each_until(|from, info, d| {
+                        // Only long-header packets (handshakes) can cost enough to matter;
+                        // the clock is read after them only.
+                        let long = d.first().is_some_and(|b| b & 0x80 != 0);
                         if n > 1 {
                             let o = match route(d, &cfg.layout, |cid| {
                                 st.endpoint.cid_worker(cid).unwrap_or(worker.id)
@@ -221,11 +238,17 @@ async fn drive(
                             };
                             if o != worker.id && usize::from(o) < n {
                                 hand_over(st, &cfg.peers[usize::from(o)], from, info, d);
-                                return;
+                                return true;
                             }
                         }
                         st.on_datagram(worker, now, from, info, d);
+                        !long || Instant::now() < budget_end
                     });
+                    // What was answered so far goes out before the rest is processed;
+                    // handshakes waiting for a signature wait for the batch's end, to
+                    // share it (`Endpoint::hold_signatures`).
+                    rx_left = !done;
+                    st.endpoint.hold_signatures(rx_left);
                 }
                 while let Ok(mut h) = inbox.handoffs.try_recv() {
                     st.stats.handoffs_in += 1;
@@ -272,7 +295,7 @@ async fn drive(
         if got > 0 || queued > 0 {
             last_io = Some(Instant::now());
         }
-        let more_in = got >= slots || backend.rx_pending();
+        let more_in = rx_left || got >= slots || backend.rx_pending();
         let more_out = turn.starved && !blocked && (queued > 0 || !direct);
         may_recv = more_in || more_out || queued > 0;
         if more_in || more_out || turn.woke {

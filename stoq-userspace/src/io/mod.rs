@@ -229,6 +229,8 @@ pub struct RxBatch {
     slot_size: usize,
     meta: Vec<RxMeta>,
     filled: usize,
+    /// The next datagram to hand out: slot, and byte offset within a GRO slot.
+    cursor: (usize, usize),
 }
 
 impl RxBatch {
@@ -244,6 +246,7 @@ impl RxBatch {
             slot_size,
             meta: vec![none; slots],
             filled: 0,
+            cursor: (0, 0),
         }
     }
 
@@ -265,6 +268,7 @@ impl RxBatch {
     /// Empties the batch.
     pub fn clear(&mut self) {
         self.filled = 0;
+        self.cursor = (0, 0);
     }
 
     /// Slot `i`'s whole buffer, for a backend to receive into.
@@ -278,6 +282,9 @@ impl RxBatch {
         debug_assert!(meta.len <= self.slot_size);
         self.meta[i] = meta;
         self.filled = self.filled.max(i + 1);
+        if i == 0 {
+            self.cursor = (0, 0);
+        }
     }
 
     /// Slot `i`'s metadata and received bytes.
@@ -290,20 +297,53 @@ impl RxBatch {
     /// Calls `f` for every datagram received, GRO batches split by their stride, with
     /// its sender and what else the backend knows of it.
     pub fn for_each(&mut self, mut f: impl FnMut(SocketAddr, DatagramInfo, &mut [u8])) {
-        for i in 0..self.filled {
-            let (m, data) = self.get_mut(i);
-            let stride = if m.stride == 0 { m.len } else { m.stride };
+        self.for_each_until(|from, info, d| {
+            f(from, info, d);
+            true
+        });
+    }
+
+    /// As [`for_each`](Self::for_each), from the first datagram not yet handed out, until
+    /// `f` returns `false`: the datagrams after that one wait for the next call. Returns
+    /// whether every datagram of the batch has been handed out.
+    pub fn for_each_until(
+        &mut self,
+        mut f: impl FnMut(SocketAddr, DatagramInfo, &mut [u8]) -> bool,
+    ) -> bool {
+        while self.cursor.0 < self.filled {
+            let (i, from_off) = self.cursor;
+            let m = self.meta[i];
+            let s = self.slot_size;
+            // Fields borrowed apart: the cursor moves while the slot is handed out.
+            let data = &mut self.buf[i * s..i * s + m.len];
             let info = m.info();
             if data.is_empty() {
                 // A zero-length datagram is still a datagram: the endpoint drops and
                 // counts it (as malformed) like any other that carries no packet.
-                f(m.from, info, data);
+                self.cursor = (i + 1, 0);
+                if !f(m.from, info, data) {
+                    return i + 1 >= self.filled;
+                }
                 continue;
             }
-            for d in data.chunks_mut(stride.max(1)) {
-                f(m.from, info, d);
+            let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
+            let mut off = from_off;
+            while off < data.len() {
+                let end = (off + stride).min(data.len());
+                let go_on = f(m.from, info, &mut data[off..end]);
+                off = end;
+                if !go_on {
+                    self.cursor = if off >= data.len() {
+                        (i + 1, 0)
+                    } else {
+                        (i, off)
+                    };
+                    return self.cursor.0 >= self.filled;
+                }
             }
+            self.cursor = (i + 1, 0);
         }
+        true
     }
 }
 
@@ -539,6 +579,48 @@ mod tests {
         let mut seen = Vec::new();
         b.for_each(|from, _, d| seen.push((from.port(), d.len())));
         assert_eq!(seen, vec![(1, 0), (2, 3)]);
+    }
+
+    /// A turn that stops part-way (its time budget spent) resumes at the next datagram,
+    /// inside a GRO slot as well, and hands every datagram out exactly once.
+    #[test]
+    fn rx_stopped_part_way_resumes_where_it_stopped() {
+        let mut b = RxBatch::new(4, 2048);
+        b.slot_mut(0)[..3].copy_from_slice(b"abc");
+        b.set(0, RxMeta::new(addr(1), 3));
+        // A GRO slot: three datagrams of 100 bytes and a last one of 50.
+        let mut gro = RxMeta::new(addr(2), 350);
+        gro.stride = 100;
+        b.set(1, gro);
+        b.set(2, RxMeta::new(addr(3), 0));
+        let mut seen = Vec::new();
+        let stop_after = [1usize, 2, 1, 9];
+        let mut round = 0;
+        loop {
+            let mut n = 0;
+            let done = b.for_each_until(|from, _, d| {
+                seen.push((from.port(), d.len()));
+                n += 1;
+                n < stop_after[round]
+            });
+            round += 1;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(round, 4, "stopped three times");
+        assert_eq!(
+            seen,
+            vec![(1, 3), (2, 100), (2, 100), (2, 100), (2, 50), (3, 0)]
+        );
+        // Everything handed out: a new call hands out nothing.
+        assert!(b.for_each_until(|_, _, _| panic!("nothing is left")));
+        // A new receive starts over.
+        b.clear();
+        b.set(0, RxMeta::new(addr(4), 3));
+        let mut again = Vec::new();
+        b.for_each(|from, _, d| again.push((from.port(), d.len())));
+        assert_eq!(again, vec![(4, 3)]);
     }
 
     /// A group that would fit one AF_XDP frame is never formed (see

@@ -23,10 +23,19 @@ impl Endpoint {
         }
     }
 
+    /// While `hold` is set, handshakes waiting for their signature stay unsigned, and
+    /// their datagrams unsent, while everything else goes out as usual: an I/O loop that
+    /// sends part-way through a receive batch holds them, so that the handshakes of the
+    /// rest of the batch can share their signature, and releases them at the batch's end
+    /// (the next poll for datagrams then signs).
+    pub fn hold_signatures(&mut self, hold: bool) {
+        self.signatures_held = hold;
+    }
+
     /// Signs for every handshake waiting: in batches of those that accept batch
     /// signatures and share a server configuration, alone otherwise.
     pub(super) fn sign_waiting(&mut self, now: Instant) {
-        if self.signing.is_empty() {
+        if self.signing.is_empty() || self.signatures_held {
             return;
         }
         let mut waiting = std::mem::take(&mut self.signing);

@@ -138,3 +138,38 @@ fn a_server_with_batch_signing_off_signs_each_handshake() {
         (3, 0, 1)
     );
 }
+
+#[test]
+fn held_signatures_wait_for_the_release_and_then_share_one() {
+    let mut t = Clients::new();
+    for _ in 0..3 {
+        t.add(true);
+    }
+    // The first ClientHello arrives, the server sends part-way through its receive batch
+    // (signatures held): nothing of that handshake leaves, nothing is signed.
+    t.server.hold_signatures(true);
+    let mut buf = Vec::new();
+    let mut deliver = |t: &mut Clients, k: usize| {
+        let (ep, _, addr) = &mut t.clients[k];
+        while let Some(tx) = ep.poll_transmit(t.now, &mut buf) {
+            if let Some(DatagramEvent::Incoming(i)) =
+                t.server
+                    .handle_datagram(t.now, *addr, DatagramInfo::default(), &mut buf[..tx.size])
+            {
+                t.server.accept(i, t.now).expect("accepted");
+            }
+        }
+    };
+    deliver(&mut t, 0);
+    let mut out = Vec::new();
+    assert!(t.server.poll_transmit(t.now, &mut out).is_none());
+    assert_eq!(t.server.stats().signatures, 0);
+    // The rest of the batch, then the release: the three share one signature.
+    deliver(&mut t, 1);
+    deliver(&mut t, 2);
+    t.server.hold_signatures(false);
+    t.run();
+    assert!(t.all_established());
+    let st = t.server.stats();
+    assert_eq!((st.signatures, st.batch_signed), (1, 3));
+}
