@@ -75,7 +75,12 @@ pub(crate) fn keygen(out: &Path, alg: &str) -> Result<(), String> {
     let alg = match alg.to_ascii_lowercase().as_str() {
         "falcon512" | "falcon-512" => SigAlg::Falcon512,
         "falcon1024" | "falcon-1024" => SigAlg::Falcon1024,
-        other => return Err(format!("--alg {other}: use falcon512 or falcon1024")),
+        "falcon512-ed25519" | "falcon-512+ed25519" => SigAlg::Falcon512Ed25519,
+        other => {
+            return Err(format!(
+                "--alg {other}: use falcon512, falcon1024 or falcon512-ed25519"
+            ));
+        }
     };
     let (key, public) = SigningKey::generate(alg, &mut OsRng);
     let k = with_ext(out, "key");

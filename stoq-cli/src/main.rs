@@ -91,7 +91,8 @@ enum Command {
         /// Path prefix of the two files.
         #[arg(long)]
         out: PathBuf,
-        /// falcon512 (default) or falcon1024.
+        /// falcon512 (default), falcon1024, or falcon512-ed25519 (composite: FALCON-512
+        /// and Ed25519, both signatures required).
         #[arg(long, default_value = "falcon512")]
         alg: String,
     },

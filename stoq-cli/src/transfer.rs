@@ -272,7 +272,7 @@ pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
         server_name: name.to_string(),
         trust,
         suites: CipherSuite::local_preference().collect(),
-        sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+        sig_algs: SigAlg::ALL.to_vec(),
         params: TransportParams::default(),
         credential: None,
         resumption: Some(Arc::new(stoq::handshake::SessionCache::new(256))),

@@ -79,7 +79,7 @@ pub(super) fn client_cfg(
         server_name: "stoq.example".into(),
         trust,
         suites: suites.to_vec(),
-        sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+        sig_algs: SigAlg::ALL.to_vec(),
         params: TransportParams::default(),
         credential,
         resumption: None,
@@ -190,7 +190,7 @@ pub(super) fn assert_agree(mut c: Handshake, mut s: Handshake) -> CipherSuite {
 #[test]
 fn matrix_of_suites_algorithms_trust_modes_and_client_auth() {
     for suite in CipherSuite::ALL {
-        for alg in [SigAlg::Falcon512, SigAlg::Falcon1024] {
+        for alg in SigAlg::ALL {
             let pki = Pki::new(alg);
             // Pinned raw key, certificate chain, and each with client authentication.
             for (mode, client_auth) in [
@@ -537,7 +537,7 @@ fn chain_credential(
 
 #[test]
 fn certificate_chains_of_depth_one_to_three_authenticate_both_sides() {
-    for alg in [SigAlg::Falcon512, SigAlg::Falcon1024] {
+    for alg in SigAlg::ALL {
         for depth in 1..=3 {
             let (server_cred, root) = chain_credential(alg, depth, None);
             let (client_cred, client_root) = chain_credential(SigAlg::Falcon512, depth, None);

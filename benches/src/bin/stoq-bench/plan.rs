@@ -169,6 +169,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         metrics: false,
         qlog: false,
         sign_alone: false,
+        composite: false,
     });
     let peers = [
         Subject::Quinn { tuned: false },
@@ -266,6 +267,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
                     if !resumed && parallel > 1 {
                         c.push(case(Subject::stoq("udp", "auto").signing_alone(), hs));
                     }
+                    // What the optional composite signature costs.
+                    if !resumed {
+                        c.push(case(Subject::stoq("udp", "auto").composite(), hs));
+                    }
                     c.extend([
                         case(Subject::Quinn { tuned: false }, hs),
                         case(Subject::Tls { cc: "cubic".into() }, hs),
@@ -357,11 +362,14 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
 
 fn keys() -> Result<Keys, String> {
     let (key, public) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+    let (ckey, cpublic) = SigningKey::generate(SigAlg::Falcon512Ed25519, &mut OsRng);
     let cert =
         rcgen::generate_simple_self_signed(vec!["bench.stoq".into()]).map_err(|e| e.to_string())?;
     Ok(Keys {
         stoq_secret: hex(key.as_bytes()),
         stoq_public: hex(public.as_bytes()),
+        stoq_composite_secret: hex(ckey.as_bytes()),
+        stoq_composite_public: hex(cpublic.as_bytes()),
         quinn_cert: hex(cert.cert.der()),
         quinn_key: hex(&cert.key_pair.serialize_der()),
     })

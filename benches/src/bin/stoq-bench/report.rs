@@ -1110,7 +1110,17 @@ impl Report {
                         let (med, mm) = spread(r, "hs_per_s", 0);
                         let stoq = matches!(r.subject, Subject::Stoq { .. });
                         let tls = matches!(r.subject, Subject::Tls { .. });
+                        let composite = matches!(
+                            r.subject,
+                            Subject::Stoq {
+                                composite: true,
+                                ..
+                            }
+                        );
                         let kx = match (stoq, resumed) {
+                            (true, false) if composite => {
+                                "X25519 + ML-KEM-768 / FALCON-512 + Ed25519"
+                            }
                             (true, false) => "X25519 + ML-KEM-768 / FALCON-512",
                             (true, true) => "X25519 + ML-KEM-768 / ticket PSK",
                             (false, false) => "X25519 / ECDSA P-256 (rustls default)",

@@ -38,6 +38,9 @@ pub(crate) enum Subject {
         /// off): what batch signing saves.
         #[serde(default)]
         sign_alone: bool,
+        /// The server proves itself with a FALCON-512 + Ed25519 composite key.
+        #[serde(default)]
+        composite: bool,
     },
     /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
     Quinn { tuned: bool },
@@ -62,6 +65,7 @@ impl Subject {
                 metrics,
                 qlog,
                 sign_alone,
+                composite,
             } => {
                 let b = match (backend.as_str(), xdp.as_str()) {
                     ("af_xdp", "driver") => "af_xdp drv".to_string(),
@@ -88,7 +92,12 @@ impl Subject {
                 } else {
                     ""
                 };
-                format!("STOQ {b}{s}{h}{m}{a}")
+                let c = if *composite {
+                    ", FALCON-512+Ed25519"
+                } else {
+                    ""
+                };
+                format!("STOQ {b}{s}{h}{m}{a}{c}")
             }
             Self::Quinn { tuned: false } => "quinn (default)".into(),
             Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
@@ -110,6 +119,7 @@ impl Subject {
             metrics: false,
             qlog: false,
             sign_alone: false,
+            composite: false,
         }
     }
 
@@ -144,6 +154,14 @@ impl Subject {
     pub(crate) fn signing_alone(mut self) -> Self {
         if let Self::Stoq { sign_alone, .. } = &mut self {
             *sign_alone = true;
+        }
+        self
+    }
+
+    /// The same STOQ subject with its server's key a FALCON-512 + Ed25519 composite.
+    pub(crate) fn composite(mut self) -> Self {
+        if let Self::Stoq { composite, .. } = &mut self {
+            *composite = true;
         }
         self
     }
@@ -229,6 +247,11 @@ pub(crate) struct RoleSpec {
 pub(crate) struct Keys {
     pub(crate) stoq_secret: String,
     pub(crate) stoq_public: String,
+    /// A FALCON-512 + Ed25519 composite key pair (the `composite` subjects).
+    #[serde(default)]
+    pub(crate) stoq_composite_secret: String,
+    #[serde(default)]
+    pub(crate) stoq_composite_public: String,
     pub(crate) quinn_cert: String,
     pub(crate) quinn_key: String,
 }

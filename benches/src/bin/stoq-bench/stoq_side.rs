@@ -108,14 +108,34 @@ fn suite(spec: &RoleSpec) -> CipherSuite {
     }
 }
 
+fn composite(spec: &RoleSpec) -> bool {
+    matches!(
+        spec.subject,
+        Subject::Stoq {
+            composite: true,
+            ..
+        }
+    )
+}
+
 fn public(spec: &RoleSpec) -> Result<VerifyingKey, String> {
-    VerifyingKey::from_bytes(&unhex(&spec.keys.stoq_public)?).map_err(|e| e.to_string())
+    let k = if composite(spec) {
+        &spec.keys.stoq_composite_public
+    } else {
+        &spec.keys.stoq_public
+    };
+    VerifyingKey::from_bytes(&unhex(k)?).map_err(|e| e.to_string())
 }
 
 /// Runs the server until `stop`: bulk streams are counted and answered with their byte
 /// count, request/response streams echoed, every connection held until the peer closes.
 pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), String> {
-    let key = SigningKey::from_bytes(&unhex(&spec.keys.stoq_secret)?).map_err(|e| e.to_string())?;
+    let secret = if composite(spec) {
+        &spec.keys.stoq_composite_secret
+    } else {
+        &spec.keys.stoq_secret
+    };
+    let key = SigningKey::from_bytes(&unhex(secret)?).map_err(|e| e.to_string())?;
     let mut cfg = ServerConfig::raw_key(key, public(spec)?);
     cfg.params.max_idle_timeout_ms = IDLE_MS;
     cfg.params.max_udp_payload_size = spec.udp_payload as u64;

@@ -36,6 +36,7 @@ pub(super) struct Keys {
     pub(super) ca: (SigningKey, VerifyingKey),
     pub(super) server512: (Vec<u8>, VerifyingKey),
     pub(super) server1024: (Vec<u8>, VerifyingKey),
+    pub(super) server_composite: (Vec<u8>, VerifyingKey),
     pub(super) client512: (Vec<u8>, VerifyingKey),
 }
 
@@ -50,6 +51,7 @@ pub(super) fn keys() -> &'static Keys {
             ca: SigningKey::generate(SigAlg::Falcon512, &mut OsRng),
             server512: g(SigAlg::Falcon512),
             server1024: g(SigAlg::Falcon1024),
+            server_composite: g(SigAlg::Falcon512Ed25519),
             client512: g(SigAlg::Falcon512),
         }
     })
@@ -102,6 +104,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
     let (sk, pk) = match s.alg {
         SigAlg::Falcon512 => &k.server512,
         SigAlg::Falcon1024 => &k.server1024,
+        SigAlg::Falcon512Ed25519 => &k.server_composite,
     };
     let key = SigningKey::from_bytes(sk).unwrap();
     let (credential, trust) = match s.trust {
@@ -147,7 +150,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         server_name: "stoq.example".into(),
         trust,
         suites: vec![s.suite],
-        sig_algs: vec![SigAlg::Falcon512, SigAlg::Falcon1024],
+        sig_algs: SigAlg::ALL.to_vec(),
         params: TransportParams::default(),
         credential: client_cred,
         resumption: None,

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// Every suite, both FALCON sizes, both trust modes, with and without client
+/// Every suite, every signature algorithm (both FALCON sizes and the composite), both trust modes, with and without client
 /// authentication: the handshake completes, the client is connected after exactly one
 /// round trip, its first application data leaves with its Finished, and the server reads
 /// it half a round trip later.
@@ -12,7 +12,7 @@ fn matrix_completes_and_data_flows_after_one_rtt() {
     assert!(suites.contains(&CipherSuite::ChaCha20Poly1305));
     let mut runs = 0;
     for &suite in &suites {
-        for alg in [SigAlg::Falcon512, SigAlg::Falcon1024] {
+        for alg in SigAlg::ALL {
             for trust in [TrustMode::Pinned, TrustMode::Certificate] {
                 for client_auth in [false, true] {
                     let setup = Setup {
@@ -42,6 +42,7 @@ fn matrix_completes_and_data_flows_after_one_rtt() {
                     let expected_key = match alg {
                         SigAlg::Falcon512 => &keys().server512.1,
                         SigAlg::Falcon1024 => &keys().server1024.1,
+                        SigAlg::Falcon512Ed25519 => &keys().server_composite.1,
                     };
                     assert_eq!(p.client_conn().peer_key(), Some(expected_key));
                     if client_auth {
@@ -55,7 +56,7 @@ fn matrix_completes_and_data_flows_after_one_rtt() {
             }
         }
     }
-    assert_eq!(runs, suites.len() * 8);
+    assert_eq!(runs, suites.len() * 12);
 }
 
 /// Application data rides with the client's Finished: sent at 1 RTT, read by the server at
