@@ -4,32 +4,16 @@
 //! loopback on the UDP backend: no privileges needed.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 mod common;
-use common::{Kill, STOQ, ext, keygen, listening_addr};
+use common::{Kill, STOQ, ext, keygen, listening_addr, server_command};
 
 /// A server with `auth` arguments; returns it and its address.
 fn server(dir: &Path, auth: &[&str]) -> (Kill, String) {
-    let key = dir.join("server");
     let mut s = Kill(
-        Command::new(STOQ)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                "udp",
-                "--workers",
-                "1",
-            ])
-            .arg("--key")
-            .arg(ext(&key, "key"))
-            .arg("--public")
-            .arg(ext(&key, "pub"))
+        server_command("127.0.0.1:0", &dir.join("server"))
             .args(auth)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("server"),
     );

@@ -2,10 +2,10 @@
 //! FALCON-512 + Ed25519 key, a server proves itself with it, and a client pinning its
 //! public key connects. Over loopback on the UDP backend: no privileges needed.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
-use common::{Kill, STOQ, ext, listening_addr};
+use common::{Kill, STOQ, ext, listening_addr, server_command};
 
 #[test]
 fn a_server_with_a_composite_key_serves_a_client_that_pins_it() {
@@ -30,26 +30,7 @@ fn a_server_with_a_composite_key_serves_a_client_that_pins_it() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("falcon512-ed25519"));
 
-    let mut s = Kill(
-        Command::new(STOQ)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                "udp",
-                "--workers",
-                "1",
-            ])
-            .arg("--key")
-            .arg(ext(&key, "key"))
-            .arg("--public")
-            .arg(ext(&key, "pub"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server"),
-    );
+    let mut s = Kill(server_command("127.0.0.1:0", &key).spawn().expect("server"));
     let (addr, _) = listening_addr(&mut s.0);
     let o = Command::new(STOQ)
         .args([

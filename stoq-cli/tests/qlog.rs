@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ, ext, keygen, listening_addr};
+use common::{Kill, STOQ, ext, keygen, listening_addr, server_command};
 
 /// `GET /metrics` from `addr`.
 fn scrape(addr: &str) -> String {
@@ -52,16 +52,9 @@ fn server_and_client_write_qlog_and_the_chart_draws_it() {
         l.local_addr().expect("addr").to_string()
     };
     let mut server = Kill(
-        Command::new(STOQ)
-            .args(["server", "--listen", "127.0.0.1:0", "--backend", "udp"])
-            .args(["--workers", "1", "--metrics", &metrics, "--qlog"])
+        server_command("127.0.0.1:0", &key)
+            .args(["--metrics", &metrics, "--qlog"])
             .arg(dir.join("server-qlog"))
-            .arg("--key")
-            .arg(ext(&key, "key"))
-            .arg("--public")
-            .arg(ext(&key, "pub"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("server"),
     );

@@ -8,31 +8,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ, ext, file_size, keygen, listening_addr, pattern_file};
+use common::{Kill, STOQ, ext, file_size, keygen, listening_addr, pattern_file, server_command};
 
 /// `stoq server` on `listen`, serving `srv`, with the cluster keys in `keys`.
 fn server(listen: &str, key: &Path, keys: &Path, srv: &Path) -> (Kill, String) {
     let mut s = Kill(
-        Command::new(STOQ)
-            .args([
-                "server",
-                "--listen",
-                listen,
-                "--backend",
-                "udp",
-                "--workers",
-                "1",
-            ])
-            .arg("--key")
-            .arg(ext(key, "key"))
-            .arg("--public")
-            .arg(ext(key, "pub"))
+        server_command(listen, key)
             .arg("--cluster-keys")
             .arg(keys)
             .arg("--dir")
             .arg(srv)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("server"),
     );

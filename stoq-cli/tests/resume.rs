@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ, file_size, pattern_file};
+use common::{Kill, STOQ, file_size, pattern_file, server_command};
 
 fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -35,24 +35,9 @@ fn a_killed_download_resumes_and_the_hash_matches() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut server = Kill(
-        Command::new(STOQ)
-            .args([
-                "server",
-                "--listen",
-                &listen,
-                "--backend",
-                "udp",
-                "--workers",
-                "1",
-            ])
-            .arg("--key")
-            .arg(dir.join("server.key"))
-            .arg("--public")
-            .arg(dir.join("server.pub"))
+        server_command(&listen, &dir.join("server"))
             .arg("--dir")
             .arg(&srv)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("server"),
     );

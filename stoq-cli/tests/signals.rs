@@ -2,11 +2,11 @@
 //! SIGINT. Over loopback on the UDP backend: no privileges needed.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Kill, STOQ};
+use common::{Kill, STOQ, server_command};
 
 fn drains_and_exits_zero_on(signal: libc::c_int, name: &str) {
     let dir = std::env::temp_dir().join(format!("stoq-signal-{name}-{}", std::process::id()));
@@ -18,19 +18,7 @@ fn drains_and_exits_zero_on(signal: libc::c_int, name: &str) {
         .status()
         .expect("keygen");
     assert!(ok.success());
-    let mut server = Kill(
-        Command::new(STOQ)
-            .args(["server", "--listen", "127.0.0.1:0", "--backend", "udp"])
-            .args(["--workers", "1"])
-            .arg("--key")
-            .arg(dir.join("server.key"))
-            .arg("--public")
-            .arg(dir.join("server.pub"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server"),
-    );
+    let mut server = Kill(server_command("127.0.0.1:0", &key).spawn().expect("server"));
     let mut out = BufReader::new(server.0.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("server banner");

@@ -19,6 +19,30 @@ impl Drop for Kill {
     }
 }
 
+/// `stoq server` listening on `listen` over the UDP backend with one worker, proving
+/// itself with the key pair `<key>.key` / `<key>.pub`; its standard output piped (for
+/// [`listening_addr`]) and its standard error dropped. Tests add their own arguments
+/// (a later `--workers` overrides this one).
+pub(crate) fn server_command(listen: &str, key: &Path) -> Command {
+    let mut c = Command::new(STOQ);
+    c.args([
+        "server",
+        "--listen",
+        listen,
+        "--backend",
+        "udp",
+        "--workers",
+        "1",
+    ])
+    .arg("--key")
+    .arg(ext(key, "key"))
+    .arg("--public")
+    .arg(ext(key, "pub"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    c
+}
+
 /// Writes a FALCON key pair to `<prefix>.key` and `<prefix>.pub`.
 pub(crate) fn keygen(prefix: &Path) {
     let o = Command::new(STOQ)

@@ -56,11 +56,61 @@ pub struct SessionCache {
 
 #[derive(Default)]
 struct Inner {
-    tickets: HashMap<Key, VecDeque<StoredTicket>>,
-    /// Address tokens from NEW_TOKEN, by server, each used once, newest first.
-    tokens: HashMap<Key, VecDeque<Vec<u8>>>,
+    tickets: PerServer<StoredTicket>,
+    /// Address tokens from NEW_TOKEN, each used once, newest first.
+    tokens: PerServer<Vec<u8>>,
+}
+
+/// Items kept per server, at most [`TICKETS_PER_SERVER`] each (the oldest dropped), for at
+/// most `max_servers` servers (the server stored first dropped to make room).
+struct PerServer<T> {
+    map: HashMap<Key, VecDeque<T>>,
     /// Servers in the order they were first stored, for eviction.
     order: VecDeque<Key>,
+}
+
+impl<T> Default for PerServer<T> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> PerServer<T> {
+    fn len(&self, key: &Key) -> usize {
+        self.map.get(key).map_or(0, VecDeque::len)
+    }
+
+    fn put(&mut self, key: Key, item: T, max_servers: usize) {
+        if !self.map.contains_key(&key) {
+            while self.map.len() >= max_servers {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.map.remove(&old);
+            }
+            self.order.push_back(key.clone());
+        }
+        let list = self.map.entry(key).or_default();
+        if list.len() == TICKETS_PER_SERVER {
+            list.pop_front();
+        }
+        list.push_back(item);
+    }
+
+    /// The newest item for `key` that `usable` accepts; the unusable ones are dropped.
+    fn take(&mut self, key: &Key, usable: impl FnMut(&T) -> bool) -> Option<T> {
+        let list = self.map.get_mut(key)?;
+        list.retain(usable);
+        let item = list.pop_back();
+        if list.is_empty() {
+            self.map.remove(key);
+            self.order.retain(|k| k != key);
+        }
+        item
+    }
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -74,7 +124,7 @@ impl std::fmt::Debug for SessionCache {
 
 impl SessionCache {
     /// A store for the tickets of up to `max_servers` servers (at least 1); the oldest
-    /// server's are dropped to make room.
+    /// server's are dropped to make room. Address tokens are bounded alike.
     pub fn new(max_servers: usize) -> Self {
         Self {
             inner: Mutex::default(),
@@ -84,19 +134,17 @@ impl SessionCache {
 
     /// Servers with tickets stored.
     pub fn servers(&self) -> usize {
-        self.lock().tickets.len()
+        self.lock().tickets.map.len()
     }
 
     /// Tickets stored for `server_name` under `trust`.
     pub fn tickets_for(&self, server_name: &str, trust: &Trust) -> usize {
-        let key = (server_name.to_string(), trust_id(trust));
-        self.lock().tickets.get(&key).map_or(0, VecDeque::len)
+        self.lock().tickets.len(&key(server_name, trust))
     }
 
     /// Address tokens stored for `server_name` under `trust`.
     pub fn address_tokens_for(&self, server_name: &str, trust: &Trust) -> usize {
-        let key = (server_name.to_string(), trust_id(trust));
-        self.lock().tokens.get(&key).map_or(0, VecDeque::len)
+        self.lock().tokens.len(&key(server_name, trust))
     }
 
     /// Forgets every ticket and address token.
@@ -114,67 +162,33 @@ impl SessionCache {
     /// Takes the newest usable ticket for `server_name` under `trust` at `now` (Unix
     /// seconds), dropping expired ones.
     pub(crate) fn take(&self, server_name: &str, trust: &Trust, now: u64) -> Option<StoredTicket> {
-        let key = (server_name.to_string(), trust_id(trust));
-        let mut inner = self.lock();
-        let list = inner.tickets.get_mut(&key)?;
-        list.retain(|t| t.expires > now);
-        let t = list.pop_back();
-        if list.is_empty() {
-            inner.tickets.remove(&key);
-            inner.order.retain(|k| *k != key);
-        }
-        t
+        self.lock()
+            .tickets
+            .take(&key(server_name, trust), |t| t.expires > now)
     }
 
     /// Takes the newest address token for `server_name` under `trust`.
     pub(crate) fn take_address_token(&self, server_name: &str, trust: &Trust) -> Option<Vec<u8>> {
-        let key = (server_name.to_string(), trust_id(trust));
-        let mut inner = self.lock();
-        let list = inner.tokens.get_mut(&key)?;
-        let t = list.pop_back();
-        if list.is_empty() {
-            inner.tokens.remove(&key);
-        }
-        t
+        self.lock().tokens.take(&key(server_name, trust), |_| true)
     }
 
-    /// Stores an address token for `server_name` under `trust` (for servers already
-    /// holding tickets, or within the server bound).
+    /// Stores an address token for `server_name` under `trust`.
     pub(crate) fn put_address_token(&self, server_name: &str, trust: &Trust, token: &[u8]) {
-        let key = (server_name.to_string(), trust_id(trust));
-        let mut inner = self.lock();
-        if !inner.tokens.contains_key(&key) && inner.tokens.len() >= self.max_servers {
-            // Bounded like the tickets: drop an arbitrary server's tokens to make room.
-            if let Some(old) = inner.tokens.keys().next().cloned() {
-                inner.tokens.remove(&old);
-            }
-        }
-        let list = inner.tokens.entry(key).or_default();
-        if list.len() == TICKETS_PER_SERVER {
-            list.pop_front();
-        }
-        list.push_back(token.to_vec());
+        let max = self.max_servers;
+        self.lock()
+            .tokens
+            .put(key(server_name, trust), token.to_vec(), max);
     }
 
     /// Stores a ticket for `server_name` under `trust`.
     pub(crate) fn put(&self, server_name: &str, trust: &Trust, t: StoredTicket) {
-        let key = (server_name.to_string(), trust_id(trust));
-        let mut inner = self.lock();
-        if !inner.tickets.contains_key(&key) {
-            while inner.tickets.len() >= self.max_servers {
-                let Some(old) = inner.order.pop_front() else {
-                    break;
-                };
-                inner.tickets.remove(&old);
-            }
-            inner.order.push_back(key.clone());
-        }
-        let list = inner.tickets.entry(key).or_default();
-        if list.len() == TICKETS_PER_SERVER {
-            list.pop_front();
-        }
-        list.push_back(t);
+        let max = self.max_servers;
+        self.lock().tickets.put(key(server_name, trust), t, max);
     }
+}
+
+fn key(server_name: &str, trust: &Trust) -> Key {
+    (server_name.to_string(), trust_id(trust))
 }
 
 /// A digest of a trust setting: tickets are kept apart per setting.
@@ -242,5 +256,28 @@ mod tests {
         assert!(cache.take("three", &tb, 10).is_some());
         cache.clear();
         assert_eq!(cache.servers(), 0);
+    }
+
+    /// Address tokens are bounded like tickets: per server, and the server stored first
+    /// makes room.
+    #[test]
+    fn address_tokens_are_bounded_alike() {
+        let (_, a) = SigningKey::generate(SigAlg::Falcon512, &mut OsRng);
+        let t = Trust::PinnedKey(a);
+        let cache = SessionCache::new(2);
+        for n in 0..=TICKETS_PER_SERVER as u8 {
+            cache.put_address_token("one", &t, &[n]);
+        }
+        assert_eq!(cache.address_tokens_for("one", &t), TICKETS_PER_SERVER);
+        cache.put_address_token("two", &t, &[1]);
+        cache.put_address_token("three", &t, &[2]);
+        assert_eq!(
+            cache.address_tokens_for("one", &t),
+            0,
+            "the first server made room"
+        );
+        assert_eq!(cache.take_address_token("three", &t), Some(vec![2]));
+        assert_eq!(cache.take_address_token("three", &t), None);
+        assert_eq!(cache.address_tokens_for("two", &t), 1);
     }
 }

@@ -132,33 +132,8 @@ pub(crate) fn tcp_client(spec: &RoleSpec) -> Result<Outcome, String> {
                 .map(|_| tcp_connect(spec, b'B'))
                 .collect::<Result<Vec<_>, _>>()?;
             crate::spec::start_measuring(&mut out);
-            let t = Instant::now();
-            let joins: Vec<_> = streams
-                .into_iter()
-                .map(|mut s| {
-                    std::thread::spawn(move || {
-                        let chunk = vec![0x5au8; CHUNK];
-                        let mut sent = 0u64;
-                        while t.elapsed().as_secs_f64() < secs {
-                            s.write_all(&chunk).map_err(|e| e.to_string())?;
-                            sent += CHUNK as u64;
-                        }
-                        s.shutdown(std::net::Shutdown::Write)
-                            .map_err(|e| e.to_string())?;
-                        let mut b = [0u8; 8];
-                        s.read_exact(&mut b).map_err(|e| e.to_string())?;
-                        let got = u64::from_be_bytes(b);
-                        if got != sent {
-                            return Err(format!("the server counted {got} of {sent} bytes"));
-                        }
-                        Ok(sent)
-                    })
-                })
-                .collect();
-            for j in joins {
-                out.bytes += j.join().map_err(|_| "sender panicked")??;
-            }
-            out.secs = t.elapsed().as_secs_f64();
+            (out.bytes, out.secs) =
+                bulk_send(streams, secs, |s| s.shutdown(std::net::Shutdown::Write))?;
             if let Some(p) = probe {
                 out.quantiles_us = p.finish();
             }
@@ -178,6 +153,43 @@ pub(crate) fn tcp_client(spec: &RoleSpec) -> Result<Outcome, String> {
     }
     out.detail = "kernel TCP".into();
     Ok(out)
+}
+
+/// Writes on each stream, from a thread of its own, for `secs`; then ends it with `finish`
+/// (a TCP shutdown, a TLS close_notify) and checks the server's count of what arrived (8
+/// bytes back). Returns the bytes sent and the seconds taken.
+pub(crate) fn bulk_send<S: Read + Write + Send + 'static>(
+    streams: Vec<S>,
+    secs: f64,
+    finish: fn(&mut S) -> std::io::Result<()>,
+) -> Result<(u64, f64), String> {
+    let t = Instant::now();
+    let joins: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let chunk = vec![0x5au8; CHUNK];
+                let mut sent = 0u64;
+                while t.elapsed().as_secs_f64() < secs {
+                    s.write_all(&chunk).map_err(|e| e.to_string())?;
+                    sent += CHUNK as u64;
+                }
+                finish(&mut s).map_err(|e| e.to_string())?;
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b).map_err(|e| e.to_string())?;
+                let got = u64::from_be_bytes(b);
+                if got != sent {
+                    return Err(format!("the server counted {got} of {sent} bytes"));
+                }
+                Ok(sent)
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for j in joins {
+        bytes += j.join().map_err(|_| "sender panicked")??;
+    }
+    Ok((bytes, t.elapsed().as_secs_f64()))
 }
 
 /// Times 64-byte round trips by `rt` for `secs`: the latencies (ns), their count and the

@@ -174,33 +174,10 @@ pub(crate) fn client(spec: &RoleSpec) -> Result<Outcome, String> {
                 .map(|_| connect(spec, &cfg, b'B'))
                 .collect::<Result<Vec<_>, _>>()?;
             crate::spec::start_measuring(&mut out);
-            let t = Instant::now();
-            let joins: Vec<_> = streams
-                .into_iter()
-                .map(|mut s| {
-                    std::thread::spawn(move || {
-                        let chunk = vec![0x5au8; CHUNK];
-                        let mut sent = 0u64;
-                        while t.elapsed().as_secs_f64() < secs {
-                            s.write_all(&chunk).map_err(|e| e.to_string())?;
-                            sent += CHUNK as u64;
-                        }
-                        s.conn.send_close_notify();
-                        s.flush().map_err(|e| e.to_string())?;
-                        let mut b = [0u8; 8];
-                        s.read_exact(&mut b).map_err(|e| e.to_string())?;
-                        let got = u64::from_be_bytes(b);
-                        if got != sent {
-                            return Err(format!("the server counted {got} of {sent} bytes"));
-                        }
-                        Ok(sent)
-                    })
-                })
-                .collect();
-            for j in joins {
-                out.bytes += j.join().map_err(|_| "sender panicked")??;
-            }
-            out.secs = t.elapsed().as_secs_f64();
+            (out.bytes, out.secs) = crate::plain::bulk_send(streams, secs, |s| {
+                s.conn.send_close_notify();
+                s.flush()
+            })?;
         }
         Scenario::Rr { secs } => {
             let cfg = client_config(spec, false)?;
