@@ -5,11 +5,17 @@
 //! key. Both shared secrets feed the key schedule (ML-KEM's first, as in the TLS hybrid
 //! design), so the session stays secret as long as either problem stays hard.
 
-use ml_kem::kem::{Decapsulate, Encapsulate};
-use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+//!
+//! ML-KEM is libcrux's (`libcrux-ml-kem`, formally verified with hax and F*, AVX2 chosen
+//! at run time): it takes its randomness as bytes, so the injected RNG still drives it,
+//! and it is several times faster than a portable implementation (docs/benchmarks.md).
+//! The tests check it against RustCrypto's `ml-kem`, an independent implementation.
+
+use libcrux_ml_kem::mlkem768::{self, MlKem768Ciphertext, MlKem768PrivateKey, MlKem768PublicKey};
+use libcrux_ml_kem::{ENCAPS_SEED_SIZE, KEY_GENERATION_SEED_SIZE};
 use rand_core::CryptoRngCore;
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// X25519 public key length.
 pub const X25519_LEN: usize = 32;
@@ -68,7 +74,24 @@ impl HybridSecret {
 /// The client's private half, kept until the server's share arrives.
 pub struct ClientKex {
     x25519: StaticSecret,
-    mlkem: <MlKem768 as KemCore>::DecapsulationKey,
+    mlkem: DecapsulationKey,
+}
+
+/// An ML-KEM-768 decapsulation key, wiped on drop (libcrux's type is not).
+struct DecapsulationKey(Box<MlKem768PrivateKey>);
+
+impl Drop for DecapsulationKey {
+    fn drop(&mut self) {
+        let len = MlKem768PrivateKey::len();
+        self.0[0..len].zeroize();
+    }
+}
+
+/// `N` bytes from `rng`, wiped on drop.
+fn seed<const N: usize>(rng: &mut impl CryptoRngCore) -> Zeroizing<[u8; N]> {
+    let mut s = Zeroizing::new([0u8; N]);
+    rng.fill_bytes(&mut s[..]);
+    s
 }
 
 impl std::fmt::Debug for ClientKex {
@@ -91,14 +114,15 @@ impl ClientKex {
     /// Generates fresh key pairs and returns the client's share (`CLIENT_SHARE_LEN` bytes).
     pub fn generate(rng: &mut impl CryptoRngCore) -> (Self, Vec<u8>) {
         let x = StaticSecret::random_from_rng(&mut *rng);
-        let (dk, ek) = MlKem768::generate(rng);
+        let pair = mlkem768::generate_key_pair(*seed::<KEY_GENERATION_SEED_SIZE>(rng));
+        let (dk, ek) = pair.into_parts();
         let mut share = Vec::with_capacity(CLIENT_SHARE_LEN);
         share.extend_from_slice(PublicKey::from(&x).as_bytes());
-        share.extend_from_slice(&ek.as_bytes());
+        share.extend_from_slice(ek.as_slice());
         (
             Self {
                 x25519: x,
-                mlkem: dk,
+                mlkem: DecapsulationKey(Box::new(dk)),
             },
             share,
         )
@@ -117,21 +141,13 @@ impl ClientKex {
         }
         let (x, ct) = server_share.split_at(X25519_LEN);
         let x25519 = x25519_shared(&self.x25519, x)?;
-        let ct = ml_kem::Ciphertext::<MlKem768>::try_from(ct).map_err(|_| KexError::BadLength {
+        let ct = MlKem768Ciphertext::try_from(ct).map_err(|_| KexError::BadLength {
             got: ct.len(),
             expected: MLKEM_CT_LEN,
         })?;
         // ML-KEM decapsulation never fails on a well-sized ciphertext: a tampered one yields
         // an unrelated secret (implicit rejection), caught later by the Finished MACs.
-        let ss = self
-            .mlkem
-            .decapsulate(&ct)
-            .map_err(|_| KexError::BadLength {
-                got: MLKEM_CT_LEN,
-                expected: MLKEM_CT_LEN,
-            })?;
-        let mut mlkem = Zeroizing::new([0u8; 32]);
-        mlkem.copy_from_slice(&ss);
+        let mlkem = Zeroizing::new(mlkem768::decapsulate(&self.mlkem.0, &ct));
         Ok(HybridSecret { mlkem, x25519 })
     }
 }
@@ -151,24 +167,24 @@ pub fn server_respond(
         });
     }
     let (x, ek_bytes) = client_share.split_at(X25519_LEN);
-    let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(ek_bytes)
-        .map_err(|_| KexError::BadEncapsulationKey)?;
-    let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
-    // FIPS 203 §7.2 modulus check: re-encoding must reproduce the input.
-    if ek.as_bytes().as_slice() != ek_bytes {
+    let ek = MlKem768PublicKey::try_from(ek_bytes).map_err(|_| KexError::BadEncapsulationKey)?;
+    // FIPS 203 §7.2 modulus check: every coefficient below q.
+    if !mlkem768::validate_public_key(&ek) {
         return Err(KexError::BadEncapsulationKey);
     }
     let secret = StaticSecret::random_from_rng(&mut *rng);
     let x25519 = x25519_shared(&secret, x)?;
-    let (ct, ss) = ek
-        .encapsulate(rng)
-        .map_err(|_| KexError::BadEncapsulationKey)?;
+    let (ct, ss) = mlkem768::encapsulate(&ek, *seed::<ENCAPS_SEED_SIZE>(rng));
     let mut share = Vec::with_capacity(SERVER_SHARE_LEN);
     share.extend_from_slice(PublicKey::from(&secret).as_bytes());
-    share.extend_from_slice(&ct);
-    let mut mlkem = Zeroizing::new([0u8; 32]);
-    mlkem.copy_from_slice(&ss);
-    Ok((share, HybridSecret { mlkem, x25519 }))
+    share.extend_from_slice(ct.as_slice());
+    Ok((
+        share,
+        HybridSecret {
+            mlkem: Zeroizing::new(ss),
+            x25519,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -219,5 +235,38 @@ mod tests {
             client2.finish(&reply[..10]),
             Err(KexError::BadLength { .. })
         ));
+    }
+
+    /// libcrux's ML-KEM against RustCrypto's, an independent implementation of FIPS 203:
+    /// each side's keys and ciphertexts work with the other's, both ways.
+    #[test]
+    fn agrees_with_an_independent_implementation() {
+        use ml_kem::kem::{Decapsulate, Encapsulate};
+        use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+        let mut rng = rand_core::OsRng;
+        for _ in 0..8 {
+            // A STOQ client's encapsulation key, encapsulated to by RustCrypto.
+            let (client, share) = ClientKex::generate(&mut rng);
+            let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(
+                &share[X25519_LEN..],
+            )
+            .unwrap();
+            let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
+            let (ct, ss) = ek.encapsulate(&mut rng).unwrap();
+            let x = StaticSecret::random_from_rng(rng);
+            let mut reply = PublicKey::from(&x).as_bytes().to_vec();
+            reply.extend_from_slice(&ct);
+            let got = client.finish(&reply).unwrap();
+            assert_eq!(&got.mlkem[..], &ss[..]);
+
+            // RustCrypto's encapsulation key, encapsulated to by a STOQ server.
+            let (dk, ek) = MlKem768::generate(&mut rng);
+            let xc = StaticSecret::random_from_rng(rng);
+            let mut share = PublicKey::from(&xc).as_bytes().to_vec();
+            share.extend_from_slice(&ek.as_bytes());
+            let (reply, server) = server_respond(&share, &mut rng).unwrap();
+            let ct = ml_kem::Ciphertext::<MlKem768>::try_from(&reply[X25519_LEN..]).unwrap();
+            assert_eq!(&dk.decapsulate(&ct).unwrap()[..], &server.mlkem[..]);
+        }
     }
 }
