@@ -797,7 +797,15 @@ impl Handshake {
             let buf = &self.buffers[epoch as usize];
             let len = match Message::frame_len(buf) {
                 Ok(Some(len)) => len,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // Nothing left of a message: give the buffer's memory back (a
+                    // ClientHello's 1.3 KB would stay for the connection's life).
+                    let buf = &mut self.buffers[epoch as usize];
+                    if buf.is_empty() {
+                        *buf = Vec::new();
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(self.fail(e.into())),
             };
             let raw: Vec<u8> = self.buffers[epoch as usize].drain(..len).collect();
