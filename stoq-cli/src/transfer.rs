@@ -263,6 +263,7 @@ pub(crate) fn server_config(credential: Credential) -> ServerConfig {
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
         batch_signing: true,
+        early_data: stoq::handshake::EarlyDataSettings::default(),
     }
 }
 
@@ -277,6 +278,7 @@ pub(crate) fn client_config(name: &str, trust: Trust) -> ClientConfig {
         credential: None,
         resumption: Some(Arc::new(stoq::handshake::SessionCache::new(256))),
         batch_signatures: true,
+        early_data: false,
     }
 }
 

@@ -261,6 +261,29 @@ impl Frame<'_> {
                 }
         )
     }
+
+    /// Whether the frame may appear in a 0-RTT packet as STOQ sends them: stream data
+    /// and its flow control, DATAGRAMs, PING, PADDING and CONNECTION_CLOSE (a subset of
+    /// RFC 9000 §12.4's: nothing that answers the server, whose 1-RTT packets the client
+    /// cannot have read yet, and no connection IDs before the handshake has set them up).
+    pub fn allowed_in_zero_rtt(&self) -> bool {
+        matches!(
+            self,
+            Self::Padding(_)
+                | Self::Ping
+                | Self::ResetStream { .. }
+                | Self::StopSending { .. }
+                | Self::Stream { .. }
+                | Self::MaxData(_)
+                | Self::MaxStreamData { .. }
+                | Self::MaxStreams { .. }
+                | Self::DataBlocked(_)
+                | Self::StreamDataBlocked { .. }
+                | Self::StreamsBlocked { .. }
+                | Self::Datagram(_)
+                | Self::Close { .. }
+        )
+    }
 }
 
 /// A frame that failed to decode: its type (as far as it was read) and why.

@@ -194,6 +194,19 @@ pub fn handshake(layout: &CidLayout, body: usize) -> Vec<u8> {
     b
 }
 
+/// A 0-RTT packet to a `dcid_len`-byte CID the client chose, with `body` bytes after the
+/// header.
+pub fn zero_rtt(dcid_len: usize, body: usize) -> Vec<u8> {
+    let r = Repr::ZeroRtt {
+        dcid: random_cid(dcid_len),
+        scid: random_cid(8),
+        length: body as u64,
+    };
+    let mut b = vec![0x55u8; r.buffer_len() + body];
+    r.emit(&mut b).expect("sized");
+    b
+}
+
 /// A Retry with a token of `token_len` bytes.
 pub fn retry(layout: &CidLayout, token_len: usize) -> Vec<u8> {
     let token = vec![0x44u8; token_len];

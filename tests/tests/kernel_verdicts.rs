@@ -159,8 +159,7 @@ fn known_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
     short_bad_cid[1] = (short_bad_cid[1] & 0xe0) | 12; // self-describes 13 bytes
     let mut hs_no_fixed = frames::handshake(&l, 100);
     hs_no_fixed[0] &= !0x40;
-    let mut zero_rtt = frames::handshake(&l, 100);
-    zero_rtt[0] = (zero_rtt[0] & 0xcf) | 0x10;
+    let zero_rtt_short_cid = frames::zero_rtt(7, 100);
     let mut hs_bad_dcid = frames::handshake(&l, 100);
     hs_bad_dcid[5] = 13;
     let mut long_dcid21 = frames::initial_full();
@@ -211,6 +210,16 @@ fn known_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             "Initial 1200, IPv6",
             with_payload(v6, &frames::initial_full()),
             Stoq(K::Initial),
+        ),
+        (
+            "0-RTT to a client-chosen 8-byte CID",
+            with_payload(v4, &frames::zero_rtt(8, 100)),
+            Stoq(K::ZeroRtt),
+        ),
+        (
+            "0-RTT to a 20-byte CID, IPv6",
+            with_payload(v6, &frames::zero_rtt(20, 60)),
+            Stoq(K::ZeroRtt),
         ),
         (
             "Initial 1200, IPv4 + VLAN",
@@ -278,9 +287,9 @@ fn known_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             Drop(D::FixedBit),
         ),
         (
-            "long type 0b01 (0-RTT)",
-            with_payload(v4, &zero_rtt),
-            Drop(D::UnknownLongType),
+            "0-RTT with a 7-byte DCID",
+            with_payload(v4, &zero_rtt_short_cid),
+            Drop(D::CidLength),
         ),
         (
             "Initial of 1199 bytes",

@@ -35,6 +35,8 @@ pub fn server_config() -> ServerConfig {
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
         batch_signing: true,
+        // Early data accepted, so a ticket that opens reaches the 0-RTT checks.
+        early_data: stoq::handshake::EarlyDataSettings::accept(),
         alpn: vec![b"h3".to_vec(), b"stoq/1".to_vec()],
     }
 }
@@ -50,6 +52,7 @@ pub fn client_config(server_name: &str, suites: Vec<CipherSuite>) -> ClientConfi
         credential: None,
         resumption: None,
         batch_signatures: true,
+        early_data: false,
         alpn: vec![b"stoq/1".to_vec()],
     }
 }

@@ -22,28 +22,25 @@ pub enum DropReason {
     TooShort = 0,
     /// The fixed bit (0x40) is clear.
     FixedBit = 1,
-    /// Long-header type 0b01: STOQ has no 0-RTT packets.
-    UnknownLongType = 2,
     /// An Initial in a UDP datagram under 1200 bytes (RFC 9000 §14.1).
-    InitialTooSmall = 3,
+    InitialTooSmall = 2,
     /// A connection ID whose length does not match the configured layout or the limits.
-    CidLength = 4,
+    CidLength = 3,
     /// A token or Length field that runs past the datagram.
-    LengthField = 5,
+    LengthField = 4,
     /// An unknown version in a datagram under 1200 bytes (RFC 9000 §5.2.2).
-    UnsupportedVersion = 6,
+    UnsupportedVersion = 5,
     /// The UDP length field is smaller than 8 or runs past the IP payload.
-    UdpLength = 7,
+    UdpLength = 6,
     /// A Version Negotiation packet whose version list is empty or ragged.
-    MalformedVersionNegotiation = 8,
+    MalformedVersionNegotiation = 7,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 8] = [
         Self::TooShort,
         Self::FixedBit,
-        Self::UnknownLongType,
         Self::InitialTooSmall,
         Self::CidLength,
         Self::LengthField,
@@ -57,7 +54,6 @@ impl DropReason {
         match self {
             Self::TooShort => "too_short",
             Self::FixedBit => "fixed_bit",
-            Self::UnknownLongType => "unknown_long_type",
             Self::InitialTooSmall => "initial_too_small",
             Self::CidLength => "cid_length",
             Self::LengthField => "length_field",
@@ -85,17 +81,20 @@ pub enum PacketKind {
     /// A long header of another version in a datagram of at least 1200 bytes: userspace
     /// answers it with Version Negotiation.
     UnknownVersion = 5,
+    /// Long header, type 0-RTT: a resuming client's early data.
+    ZeroRtt = 6,
 }
 
 impl PacketKind {
     /// Every kind, in counter order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Initial,
         Self::Handshake,
         Self::Retry,
         Self::Short,
         Self::VersionNegotiation,
         Self::UnknownVersion,
+        Self::ZeroRtt,
     ];
 
     /// A short, stable name for logs and metrics.
@@ -107,6 +106,7 @@ impl PacketKind {
             Self::Short => "short",
             Self::VersionNegotiation => "version_negotiation",
             Self::UnknownVersion => "unknown_version",
+            Self::ZeroRtt => "zero_rtt",
         }
     }
 }
@@ -131,10 +131,10 @@ pub struct HeaderInfo {
     pub token_off: usize,
     /// Length of the token (Initial and Retry; 0 otherwise).
     pub token_len: usize,
-    /// Offset of the (protected) packet number for Initial, Handshake and short packets;
+    /// Offset of the (protected) packet number for Initial, 0-RTT, Handshake and short packets;
     /// for Version Negotiation the offset of the version list.
     pub pn_off: usize,
-    /// The Length field (packet number + payload) of Initial and Handshake; 0 otherwise.
+    /// The Length field (packet number + payload) of Initial, 0-RTT and Handshake; 0 otherwise.
     pub length: u64,
     /// Worker id from the DCID of a short header, per the configured layout.
     pub worker: Option<u8>,
@@ -338,7 +338,12 @@ pub(crate) fn classify_at(
         }
         h.kind = PacketKind::Handshake;
     } else {
-        return Err(DropReason::UnknownLongType);
+        // 0-RTT: addressed, like the Initials it follows, to the CID the client chose
+        // (or, once the server's first Initial arrived, to the server's).
+        if dcid_len < crate::cid::MIN_CID_LEN {
+            return Err(DropReason::CidLength);
+        }
+        h.kind = PacketKind::ZeroRtt;
     }
     let (length, n) = varint_within(b, off, end)?;
     off += n;

@@ -23,8 +23,8 @@ pub const MIN_PROTECTED_LEN: usize = 20;
 pub const RETRY_TAG_LEN: usize = 16;
 /// Long-header type bits of an Initial.
 pub const LONG_TYPE_INITIAL: u8 = 0b00;
-/// Long-header type bits reserved (0-RTT in QUIC; STOQ has none).
-pub const LONG_TYPE_RESERVED: u8 = 0b01;
+/// Long-header type bits of a 0-RTT packet.
+pub const LONG_TYPE_ZERO_RTT: u8 = 0b01;
 /// Long-header type bits of a Handshake packet.
 pub const LONG_TYPE_HANDSHAKE: u8 = 0b10;
 /// Long-header type bits of a Retry.
@@ -107,6 +107,15 @@ pub enum Repr<'a> {
         /// Length of packet number + protected payload.
         length: u64,
     },
+    /// 0-RTT: a resuming client's early data, sent with its first flight.
+    ZeroRtt {
+        /// Destination CID.
+        dcid: ConnectionId,
+        /// Source CID.
+        scid: ConnectionId,
+        /// Length of packet number + protected payload.
+        length: u64,
+    },
     /// Retry: a stateless address-validation challenge.
     Retry {
         /// Destination CID.
@@ -166,6 +175,11 @@ impl<'a> Repr<'a> {
                 scid,
                 length: i.length,
             },
+            PacketKind::ZeroRtt => Self::ZeroRtt {
+                dcid,
+                scid,
+                length: i.length,
+            },
             PacketKind::Retry => {
                 let tag_off = i.token_off + i.token_len;
                 let mut tag = [0u8; RETRY_TAG_LEN];
@@ -190,7 +204,7 @@ impl<'a> Repr<'a> {
         })
     }
 
-    /// Bytes [`emit`](Self::emit) writes. For Initial and Handshake this is the header up to
+    /// Bytes [`emit`](Self::emit) writes. For Initial, 0-RTT and Handshake this is the header up to
     /// the packet number; the Length field is always written as a 2-byte varint so the
     /// protection layer can patch it after sealing.
     pub fn buffer_len(&self) -> usize {
@@ -204,7 +218,9 @@ impl<'a> Repr<'a> {
                     + token.len()
                     + 2
             }
-            Self::Handshake { dcid, scid, .. } => 7 + dcid.len() + scid.len() + 2,
+            Self::Handshake { dcid, scid, .. } | Self::ZeroRtt { dcid, scid, .. } => {
+                7 + dcid.len() + scid.len() + 2
+            }
             Self::Retry {
                 dcid, scid, token, ..
             } => 7 + dcid.len() + scid.len() + token.len() + RETRY_TAG_LEN,
@@ -218,7 +234,7 @@ impl<'a> Repr<'a> {
     }
 
     /// Writes the header at the front of `buf`, returning its length (the packet-number
-    /// offset for Initial, Handshake and Short). The protected low bits of the first byte
+    /// offset for Initial, 0-RTT, Handshake and Short). The protected low bits of the first byte
     /// are left zero for the protection layer to fill in.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, super::Error> {
         let mut at = 0;
@@ -263,6 +279,17 @@ impl<'a> Repr<'a> {
                     buf,
                     &mut at,
                     long(LONG_TYPE_HANDSHAKE),
+                    VERSION_1,
+                    dcid,
+                    scid,
+                )?;
+                length2(buf, &mut at, *length)?;
+            }
+            Self::ZeroRtt { dcid, scid, length } => {
+                head(
+                    buf,
+                    &mut at,
+                    long(LONG_TYPE_ZERO_RTT),
                     VERSION_1,
                     dcid,
                     scid,
@@ -330,6 +357,11 @@ mod tests {
                 scid: s,
                 length: 100,
             },
+            Repr::ZeroRtt {
+                dcid: d,
+                scid: s,
+                length: 300,
+            },
             Repr::Retry {
                 dcid: d,
                 scid: s,
@@ -352,9 +384,9 @@ mod tests {
             assert_eq!(n, r.buffer_len());
             let datagram = match r {
                 Repr::Retry { .. } | Repr::VersionNegotiation { .. } => &buf[..n],
-                Repr::Initial { length, .. } | Repr::Handshake { length, .. } => {
-                    &buf[..n + length as usize]
-                }
+                Repr::Initial { length, .. }
+                | Repr::Handshake { length, .. }
+                | Repr::ZeroRtt { length, .. } => &buf[..n + length as usize],
                 Repr::Short { .. } => &buf[..n + 40],
             };
             assert_eq!(Repr::parse(datagram, &cfg()), Ok(r), "{r:?}");
@@ -388,5 +420,27 @@ mod tests {
             Err(DropReason::CidLength)
         );
         assert_eq!(Repr::parse(&[], &cfg()), Err(DropReason::TooShort));
+    }
+
+    /// A 0-RTT packet is addressed to a CID the client chose, like its Initial: 8 to 20
+    /// bytes, whatever the server's layout.
+    #[test]
+    fn a_zero_rtt_packet_takes_a_client_chosen_cid_of_eight_bytes_or_more() {
+        let mut buf = [0u8; 128];
+        for (len, ok) in [(7usize, false), (8, true), (20, true)] {
+            let dcid = ConnectionId::from_slice(&[0x5a; 20][..len]).unwrap();
+            let r = Repr::ZeroRtt {
+                dcid,
+                scid: cid(&CidLayout::DEFAULT, 1),
+                length: 40,
+            };
+            let n = r.emit(&mut buf).unwrap();
+            let got = Repr::parse(&buf[..n + 40], &cfg());
+            if ok {
+                assert_eq!(got, Ok(r));
+            } else {
+                assert_eq!(got, Err(DropReason::CidLength));
+            }
+        }
     }
 }

@@ -355,6 +355,49 @@ impl Connection {
         .await
     }
 
+    /// How early data (0-RTT) went, once known: `NotOffered` for a connection that sent
+    /// none; for one opened with [`Endpoint::connect_early`](super::Endpoint::connect_early),
+    /// whether the server accepted it (then it read the first flight's streams and
+    /// DATAGRAMs) or refused it (then the streams' bytes were sent again at 1-RTT; the
+    /// DATAGRAMs were lost). On a server, whether it accepted the client's.
+    ///
+    /// # Errors
+    /// The connection's error if it ended before the server answered.
+    pub async fn early_data(&self) -> Result<crate::handshake::EarlyData, ConnectionError> {
+        if !self.is_on_worker() {
+            return on_worker(self, |c| async move { c.early_data_here().await }, discard).await?;
+        }
+        self.early_data_here().await
+    }
+
+    async fn early_data_here(&self) -> Result<crate::handshake::EarlyData, ConnectionError> {
+        poll_fn(|cx| {
+            match self.with(|c, slot| {
+                let e = c.early_data();
+                if e != crate::handshake::EarlyData::Pending {
+                    return Poll::Ready(Ok(e));
+                }
+                if c.is_closed() {
+                    return Poll::Ready(Err(self.ended(c)));
+                }
+                slot.wakers.early.register(cx.waker());
+                Poll::Pending
+            }) {
+                Ok(Some(p)) => p,
+                Ok(None) => Poll::Ready(Err(self.moved())),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// Whether stream `id`, opened by the client, came in its early data (server side):
+    /// what it carries may be a replay (see [`crate::handshake::early`]).
+    pub fn is_early_stream(&self, id: StreamId) -> bool {
+        self.here_or_call(move |c, _| c.is_early_stream(id))
+            .unwrap_or(false)
+    }
+
     async fn open_here(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
         poll_fn(|cx| {
             let r = self.with(|c, slot| match c.open_stream(dir) {

@@ -282,12 +282,61 @@ impl Endpoint {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<Connection, ConnectError> {
+        let c = self.start_connect(addr, server_name, false).await?;
+        c.connected().await.map_err(ConnectError::Lost)?;
+        Ok(c)
+    }
+
+    /// Connects to `addr` with early data (0-RTT) when this client holds a ticket from
+    /// the server that allows it: resolves at once, before the handshake, and the streams
+    /// opened and DATAGRAMs sent from the connection go out with the first flight, so a
+    /// request's answer comes one round trip sooner. [`Connection::early_data`] then says
+    /// whether the server accepted them; if it refused, every stream byte was sent again
+    /// at 1-RTT (DATAGRAMs were not: they are unreliable).
+    ///
+    /// **Early data can be replayed.** An attacker who records the first flight can send
+    /// it to a server of the cluster that has not seen it (a server refuses a flight it
+    /// has seen, and one older than its freshness window: see
+    /// [`crate::handshake::early`]). Send in it only requests that are safe to process
+    /// twice (a `GET`, not a payment), and send the rest after
+    /// [`Connection::early_data`] resolves.
+    ///
+    /// Without such a ticket, or with resumption off, this waits for the handshake as
+    /// [`connect`](Self::connect) does, and `early_data` resolves to `NotOffered`.
+    ///
+    /// # Errors
+    /// [`ConnectError`].
+    pub async fn connect_early(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection, ConnectError> {
+        let c = self.start_connect(addr, server_name, true).await?;
+        let pending = c
+            .here_or_call(|c, _| c.early_data() == crate::handshake::EarlyData::Pending)
+            .unwrap_or(false);
+        if !pending {
+            c.connected().await.map_err(ConnectError::Lost)?;
+        }
+        Ok(c)
+    }
+
+    /// Starts a connection to `addr` on a worker (round robin), `early` asking for early
+    /// data, and returns its handle without waiting for the handshake.
+    async fn start_connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        early: bool,
+    ) -> Result<Connection, ConnectError> {
         let base = self.client.as_ref().ok_or(ConnectError::NotAClient)?;
-        let cfg = if base.server_name == server_name {
+        let cfg = if base.server_name == server_name && base.early_data == early {
             base.clone()
         } else {
+            // Clones share the session cache.
             let mut c = ClientConfig::clone(base);
             c.server_name = server_name.to_string();
+            c.early_data = early;
             Arc::new(c)
         };
         let worker = self.engine.pick().clone();
@@ -311,9 +360,7 @@ impl Endpoint {
                     .map_err(|_| ConnectError::Lost(conn::ConnectionError::LocallyClosed))??
             }
         };
-        let c = Connection::from_shared(shared);
-        c.connected().await.map_err(ConnectError::Lost)?;
-        Ok(c)
+        Ok(Connection::from_shared(shared))
     }
 
     /// The next client whose handshake completed; `None` once the endpoint shuts down.

@@ -247,6 +247,9 @@ pub enum ConfigError {
     /// The server's session-ticket settings are out of range.
     #[error("ServerConfig::tickets: {0}")]
     Tickets(&'static str),
+    /// The server's early-data settings are out of range.
+    #[error("ServerConfig::early_data: {0}")]
+    EarlyData(&'static str),
     /// `max_udp_payload` outside 1200..=65527.
     #[error(
         "max_udp_payload {0} is outside 1200..=65527: QUIC needs paths of at least 1200 bytes; set it to the path MTU minus IP and UDP headers"
@@ -421,6 +424,12 @@ pub struct EndpointStats {
     /// Completed handshakes whose ticket was refused (a full handshake instead), by
     /// [`TicketRefusal`](crate::handshake::TicketRefusal) index.
     pub tickets_refused: [u64; handshake::TicketRefusal::ALL.len()],
+    /// Handshakes whose early data (0-RTT) was accepted.
+    pub early_data_accepted: u64,
+    /// Handshakes whose early data was refused, by
+    /// [`EarlyDataRefusal`](crate::handshake::EarlyDataRefusal) index (a client counts
+    /// the server's refusals as `declined`).
+    pub early_data_refused: [u64; handshake::EarlyDataRefusal::ALL.len()],
     /// Signatures this server made for its CertificateVerify (full handshakes): one per
     /// handshake signed alone, one per batch.
     pub signatures: u64,
@@ -559,6 +568,7 @@ impl Endpoint {
         if let Some(s) = &server {
             handshake::check_alpn(&s.alpn).map_err(ConfigError::Alpn)?;
             s.tickets.check().map_err(ConfigError::Tickets)?;
+            s.early_data.check().map_err(ConfigError::EarlyData)?;
         }
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
         // Drawn whether or not a key set is given, so the stream after it (CIDs, nonces)
@@ -647,6 +657,7 @@ impl Endpoint {
     ) -> Result<(), ConfigError> {
         handshake::check_alpn(&config.alpn).map_err(ConfigError::Alpn)?;
         config.tickets.check().map_err(ConfigError::Tickets)?;
+        config.early_data.check().map_err(ConfigError::EarlyData)?;
         match &mut self.server {
             Some(s) => {
                 *s = config;
@@ -1459,6 +1470,15 @@ impl Endpoint {
                                     self.stats.tickets_refused[r as usize] += 1;
                                 }
                                 handshake::Resumption::NotOffered => {}
+                            }
+                            match c.early_data() {
+                                handshake::EarlyData::Accepted => {
+                                    self.stats.early_data_accepted += 1;
+                                }
+                                handshake::EarlyData::Refused(r) => {
+                                    self.stats.early_data_refused[r as usize] += 1;
+                                }
+                                _ => {}
                             }
                         }
                         Event::Lost(

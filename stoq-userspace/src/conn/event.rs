@@ -48,6 +48,13 @@ pub enum Event {
     PathMigrated(SocketAddr),
     /// Extension frames are waiting in [`Connection::recv_extension_frame`](super::Connection::recv_extension_frame).
     ExtensionFrameReceived,
+    /// The server answered this client's early data (0-RTT): accepted, or refused, in
+    /// which case the streams' data goes again at 1-RTT (DATAGRAMs sent in 0-RTT are
+    /// lost). See [`Connection::early_data`](super::Connection::early_data).
+    EarlyData {
+        /// Whether the server accepted it.
+        accepted: bool,
+    },
     /// The DATAGRAM queue has room again after [`SendDatagramError::Blocked`](super::SendDatagramError::Blocked): a
     /// producer faster than the path may send the next one.
     DatagramsUnblocked,

@@ -29,6 +29,7 @@ mod admission;
 pub mod cc;
 mod config;
 mod datagrams;
+mod early;
 pub mod ecn;
 mod endpoint;
 mod error;
@@ -305,6 +306,25 @@ pub struct Connection {
     address_ping: bool,
     /// Server: 1-RTT receive keys held until the client's Finished verifies.
     pending_rx_1rtt: Option<Secret>,
+    /// Client: the application space sends with the 0-RTT key (packets go out as 0-RTT).
+    early_tx: bool,
+    /// Client: the server's answer to its early data has been acted on.
+    early_answered: bool,
+    /// The application may use streams before the handshake completes: a client that
+    /// started with early data, a server that accepted them ([`Connection::app_ready`]).
+    early_app: bool,
+    /// Server: the 0-RTT receive key, until the handshake completes.
+    early_rx: Option<Box<DirectionalKeys>>,
+    /// Server: streams the client opened in early data, bidirectional and unidirectional.
+    early_streams: [u64; 2],
+    /// The packet being handled is a 0-RTT one (its frames are checked against 0-RTT's).
+    rx_zero_rtt: bool,
+    /// The peer's stream and DATAGRAM limits were applied before the handshake completed
+    /// (a server answering early data).
+    peer_limits_set: bool,
+    /// [`Event::Connected`] was queued (a server answering early data queues it before
+    /// the handshake completes).
+    connected_sent: bool,
     early_packets: Vec<Vec<u8>>,
     key_phase: bool,
     rx_key_phase: bool,
@@ -434,6 +454,14 @@ impl Connection {
             ping_pending: false,
             address_ping: false,
             pending_rx_1rtt: None,
+            early_tx: false,
+            early_answered: false,
+            early_app: false,
+            early_rx: None,
+            early_streams: [0; 2],
+            rx_zero_rtt: false,
+            peer_limits_set: false,
+            connected_sent: false,
             early_packets: Vec::new(),
             key_phase: false,
             rx_key_phase: false,
@@ -677,7 +705,7 @@ impl Connection {
     /// [`SendDatagramError`]: not connected, not supported by the peer, too large, or the
     /// queue is full.
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendDatagramError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(SendDatagramError::NotConnected);
         }
         let max = self
@@ -763,7 +791,7 @@ impl Connection {
     /// follows when it grants more), [`OpenError::NotConnected`] before the handshake or
     /// after close.
     pub fn open_stream(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(OpenError::NotConnected);
         }
         self.streams.open(dir)
@@ -781,7 +809,7 @@ impl Connection {
     /// [`WriteError`]: blocked (wait for `StreamWritable`), stopped by the peer, finished,
     /// unknown, or not connected.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(WriteError::NotConnected);
         }
         self.streams.write(id, data, false)
@@ -802,7 +830,7 @@ impl Connection {
         id: StreamId,
         data: &mut bytes::Bytes,
     ) -> Result<usize, WriteError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(WriteError::NotConnected);
         }
         self.streams.write_chunk(id, data)
@@ -813,7 +841,7 @@ impl Connection {
     /// # Errors
     /// As [`write`](Self::write).
     pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(WriteError::NotConnected);
         }
         self.streams.finish(id)
@@ -909,7 +937,7 @@ impl Connection {
         deadline: Duration,
         urgency: Urgency,
     ) -> Result<StreamId, MessageError> {
-        if self.state != State::Established {
+        if !self.app_ready() {
             return Err(MessageError::NotConnected);
         }
         let cap = self.streams.send_capacity(urgency);
@@ -1035,10 +1063,10 @@ impl Connection {
         for s in &self.spaces {
             min(s.ack_deadline);
         }
+        if self.app_ready() && (!self.datagrams_out.is_empty() || self.streams.has_stream_data()) {
+            min(self.timers.get(Timer::Pacing));
+        }
         if self.state == State::Established {
-            if !self.datagrams_out.is_empty() || self.streams.has_stream_data() {
-                min(self.timers.get(Timer::Pacing));
-            }
             min(self.messages.iter().map(|m| m.1).min());
             if let (Some(k), Some(last)) = (self.keep_alive, self.last_eliciting_1rtt) {
                 min(Some(last + k));

@@ -66,7 +66,7 @@ impl Connection {
                 },
             };
             let len = match info.kind {
-                PacketKind::Initial | PacketKind::Handshake => {
+                PacketKind::Initial | PacketKind::Handshake | PacketKind::ZeroRtt => {
                     (info.pn_off + info.length as usize).min(rest.len())
                 }
                 _ => rest.len(),
@@ -99,7 +99,7 @@ impl Connection {
         match kind {
             PacketKind::Initial => Some(0),
             PacketKind::Handshake => Some(1),
-            PacketKind::Short => Some(2),
+            PacketKind::Short | PacketKind::ZeroRtt => Some(2),
             _ => None,
         }
     }
@@ -124,7 +124,23 @@ impl Connection {
         if self.state == State::Draining {
             return;
         }
-        if self.spaces[i].rx.is_none() {
+        let zero_rtt = info.kind == PacketKind::ZeroRtt;
+        if zero_rtt && self.early_rx.is_none() {
+            // 0-RTT packets go to servers only. One that overtook the end of its
+            // ClientHello (a lost second Initial) is held until the ClientHello is read;
+            // after that, no key means the early data were refused (or the handshake is
+            // over): the client sends that data again at 1-RTT.
+            let keys_coming = self.side == Side::Server
+                && self.state == State::Handshaking
+                && self.spaces[1].tx.is_none();
+            if keys_coming && self.early_packets.len() < MAX_EARLY_PACKETS {
+                self.early_packets.push(pkt.to_vec());
+            } else {
+                self.stats.dropped.no_keys += 1;
+            }
+            return;
+        }
+        if !zero_rtt && self.spaces[i].rx.is_none() {
             // Packets that overtook the one carrying their keys (RFC 9001 §4.1.4): the
             // client's 1-RTT packets ahead of its Finished at the server; the server's
             // Handshake or 1-RTT packets ahead of its lost or reordered Initial at the
@@ -142,15 +158,20 @@ impl Connection {
             }
             return;
         }
-        let space = &mut self.spaces[i];
-        let rx = space.rx.as_ref().expect("checked");
+        let rx = match &self.early_rx {
+            Some(k) if zero_rtt => k,
+            _ => self.spaces[i].rx.as_ref().expect("checked"),
+        };
         let Ok(h) = unprotect_header(pkt, info.pn_off, &rx.header) else {
             self.stats.dropped.malformed += 1;
             return;
         };
+        let space = &self.spaces[i];
         let pn = pn::decode(space.largest_rx.map(|l| l.0), h.truncated_pn, h.pn_len);
         let header_len = info.pn_off + h.pn_len;
-        let opened = if i == 2 {
+        let opened = if let Some(k) = self.early_rx.as_mut().filter(|_| zero_rtt) {
+            k.packet.open(pn, pkt, header_len).map(|_| ())
+        } else if i == 2 {
             self.open_one_rtt(pn, h.key_phase(), pkt, header_len)
         } else {
             let rx = self.spaces[i].rx.as_mut().expect("checked");
@@ -172,7 +193,7 @@ impl Connection {
                 return;
             }
         }
-        let reserved = if i == 2 { 0x18 } else { 0x0c };
+        let reserved = if i == 2 && !zero_rtt { 0x18 } else { 0x0c };
         if h.first & reserved != 0 {
             return self.fail(
                 now,
@@ -252,7 +273,10 @@ impl Connection {
             self.spaces[0].discard();
         }
         let payload_end = pkt.len() - TAG_LEN;
+        self.stats.zero_rtt_packets += u64::from(zero_rtt);
+        self.rx_zero_rtt = zero_rtt;
         self.handle_payload(now, i, &pkt[header_len..payload_end]);
+        self.rx_zero_rtt = false;
     }
 
     /// Acts on the frames of an authenticated packet of space `i`, then schedules its
@@ -270,6 +294,12 @@ impl Connection {
                     ConnectionError::ProtocolViolation(
                         "frame not allowed in Initial or Handshake packets",
                     ),
+                );
+            }
+            if self.rx_zero_rtt && !f.allowed_in_zero_rtt() {
+                return self.fail(
+                    now,
+                    ConnectionError::ProtocolViolation("frame not allowed in 0-RTT packets"),
                 );
             }
             eliciting |= f.is_ack_eliciting();
@@ -572,6 +602,10 @@ impl Connection {
         space.forget_in_flight();
         space.crypto_acked.clear();
         space.requeue_all_crypto();
+        if self.early_tx {
+            // The stateless Retry discarded the 0-RTT packets too: send them again.
+            self.discard_early_in_flight();
+        }
     }
 
     pub(super) fn handle_version_negotiation(&mut self, pkt: &[u8], info: &WireHeader) {

@@ -49,7 +49,9 @@ impl Connection {
             State::Closing if !self.close_pending => return None,
             _ => {}
         }
-        let data_ok = self.state != State::Established || self.data_allowed(now);
+        // Application data (also in 0-RTT and 0.5-RTT) is congestion controlled and
+        // paced; handshake data is bounded by the handshake and the amplification limit.
+        let data_ok = !self.app_ready() || self.data_allowed(now);
         let mut limit = self.path.mtu();
         // A due MTU probe takes a datagram of its own (1-RTT, PING + PADDING).
         let mut probe = if data_ok && self.validated && self.state == State::Established {
@@ -196,13 +198,15 @@ impl Connection {
         if self.path.validation.is_some_and(|v| v.challenge_pending) {
             return true;
         }
+        let established = self.state == State::Established;
         data_ok
-            && self.state == State::Established
+            && self.app_ready()
             && (!self.datagrams_out.is_empty()
-                || !self.ext_out.is_empty()
                 || self.streams.wants_send()
-                || !self.path.retire_pending.is_empty()
-                || self.path.has_unsent_cids())
+                || (established
+                    && (!self.ext_out.is_empty()
+                        || !self.path.retire_pending.is_empty()
+                        || self.path.has_unsent_cids())))
     }
 
     /// Whether the next 1-RTT packet carries a path probe: a PATH_CHALLENGE or
@@ -219,8 +223,10 @@ impl Connection {
             || (self.ping_pending && self.address_ping)
     }
 
+    /// Whether the application space may send: after the handshake, and before it with
+    /// early keys (a client's 0-RTT, a server's 0.5-RTT answer to accepted early data).
     pub(super) fn state_allows_1rtt(&self) -> bool {
-        self.hs.is_complete()
+        self.hs.is_complete() || (self.early_app && self.spaces[2].tx.is_some())
     }
 
     /// Writes one packet of space `i` into `out`; returns its length and whether it is
@@ -260,6 +266,11 @@ impl Connection {
                 scid: self.local_cid,
                 length: 0,
             },
+            _ if self.early_tx => Repr::ZeroRtt {
+                dcid: self.remote_cid,
+                scid: self.local_cid,
+                length: 0,
+            },
             _ => Repr::Short {
                 dcid: self.remote_cid,
                 spin: false,
@@ -270,7 +281,8 @@ impl Connection {
             return None;
         }
         out[0] |= (pn_len - 1) as u8;
-        if i == 2 && self.key_phase {
+        let long = i < 2 || self.early_tx;
+        if i == 2 && !long && self.key_phase {
             out[0] |= 0x04;
         }
         pn::encode(pn, pn_len, &mut out[hdr..])?;
@@ -279,7 +291,7 @@ impl Connection {
         // §10.3), so that a peer that lost its state can answer any of them with a
         // stateless reset shorter than the packet: a client that only sends keep-alive
         // PINGs and ACKs (a download) learns at once that its server restarted.
-        let pad_to = if i == 2 {
+        let pad_to = if i == 2 && !long {
             pad_to.max(hdr + RESET_TRIGGER_EXTRA)
         } else {
             pad_to
@@ -377,7 +389,7 @@ impl Connection {
             w.len()
         };
         let packet_len = payload_start + payload_len + TAG_LEN;
-        if i < 2 {
+        if long {
             let length = (pn_len + payload_len + TAG_LEN) as u16;
             out[hdr - 2..hdr].copy_from_slice(&(0x4000 | length).to_be_bytes());
         }
@@ -388,6 +400,8 @@ impl Connection {
             return None;
         }
         space.next_pn += 1;
+        self.stats.zero_rtt_packets += u64::from(self.early_tx && i == 2);
+        let space = &mut self.spaces[i];
         let probe = space.probes > 0 && eliciting;
         if probe {
             space.probes -= 1;
@@ -494,11 +508,12 @@ impl Connection {
             return true;
         }
         let probing = self.spaces[2].probes > 0;
-        if self.state != State::Established || !(data_ok || probing) {
+        if !self.app_ready() || !(data_ok || probing) {
             return eliciting;
         }
+        let established = self.state == State::Established;
         let records = &mut self.spaces[2].records;
-        while let Some(&seq) = self.path.retire_pending.front() {
+        while let Some(&seq) = self.path.retire_pending.front().filter(|_| established) {
             if frame::encode_varints(w, &[frame::ty::RETIRE_CONNECTION_ID, seq]).is_none() {
                 break;
             }
@@ -506,11 +521,13 @@ impl Connection {
             records.push_back(Record::RetireCid(seq));
             eliciting = true;
         }
-        self.path.write_new_cids(w, |seq| {
-            records.push_back(Record::NewCid(seq));
-            eliciting = true;
-        });
-        if let Some(t) = &self.new_token
+        if established {
+            self.path.write_new_cids(w, |seq| {
+                records.push_back(Record::NewCid(seq));
+                eliciting = true;
+            });
+        }
+        if let Some(t) = self.new_token.as_ref().filter(|_| established)
             && frame::encode_new_token(w, t).is_some()
         {
             self.new_token_in_flight = self.new_token.take();
@@ -520,7 +537,7 @@ impl Connection {
         let before = w.len();
         self.streams
             .write_control(w, &mut |r| records.push_back(Record::Stream(r)));
-        while let Some((seq, ty, payload)) = self.ext_out.front() {
+        while let Some((seq, ty, payload)) = self.ext_out.front().filter(|_| established) {
             if frame::encode_extension(w, *ty, *seq, payload).is_none() {
                 break;
             }

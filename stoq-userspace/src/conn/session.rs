@@ -6,7 +6,6 @@
 use super::error::ConnectionError;
 use super::event::Event;
 use super::space::MAX_CRYPTO_BUFFER;
-use super::streams::PeerLimits;
 use super::timers::Timer;
 use super::{Connection, Side, State, path};
 use crate::crypto::DirectionalKeys;
@@ -139,6 +138,9 @@ impl Connection {
     }
 
     pub(super) fn collect_handshake_output(&mut self, _now: Instant) {
+        // The server's answer to early data comes before the keys that follow it.
+        self.on_early_answer();
+        self.take_early_key();
         for KeyChange {
             epoch,
             suite,
@@ -151,6 +153,10 @@ impl Connection {
                 Side::Server => (server, client),
             };
             let i = epoch as usize;
+            if i == 2 {
+                // 1-RTT keys replace a client's 0-RTT ones.
+                self.early_tx = false;
+            }
             self.spaces[i].tx = Some(DirectionalKeys::from_secret(suite, tx));
             if i == 2 && self.side == Side::Server {
                 self.pending_rx_1rtt = Some(rx);
@@ -171,6 +177,17 @@ impl Connection {
             let start = space.crypto_out.len() as u64;
             space.crypto_out.extend_from_slice(&out);
             space.crypto_pending.insert(start..start + out.len() as u64);
+        }
+        if self.side == Side::Server
+            && self.early_app
+            && self.state == State::Handshaking
+            && self.spaces[2].tx.is_some()
+            && !self.connected_sent
+        {
+            // Early data accepted and the flight written: the application may answer
+            // now (0.5-RTT), a round trip before the client's Finished.
+            self.connected_sent = true;
+            self.events.push_back(Event::Connected);
         }
     }
 
@@ -227,19 +244,18 @@ impl Connection {
         }
         self.peer_max_ack_delay = Duration::from_millis(peer.max_ack_delay_ms);
         self.peer_ack_delay_exponent = peer.ack_delay_exponent;
-        self.peer_max_datagram = peer.max_datagram_frame_size;
         // The peer says the largest datagram it will take: discovery stops there.
         self.path
             .cap_mtu(usize::try_from(peer.max_udp_payload_size).unwrap_or(usize::MAX));
         self.peer_cid_limit = peer.active_connection_id_limit.min(8) as usize;
-        self.streams.set_peer_limits(PeerLimits {
-            max_data: peer.initial_max_data,
-            bidi_local: peer.initial_max_stream_data_bidi_local,
-            bidi_remote: peer.initial_max_stream_data_bidi_remote,
-            uni: peer.initial_max_stream_data_uni,
-            max_streams_bidi: peer.initial_max_streams_bidi,
-            max_streams_uni: peer.initial_max_streams_uni,
-        });
+        // A server answering early data applied the client's limits already (and may
+        // have been granted more since); a client that sent early data under remembered
+        // limits now has the server's own.
+        if self.side == Side::Client || !self.peer_limits_set {
+            self.apply_peer_limits(&peer);
+        }
+        self.after_refused_early()?;
+        self.end_early_rx();
         self.path.peer_cids.push_back(path::PeerCid {
             seq: 0,
             cid: self.remote_cid,
@@ -259,7 +275,10 @@ impl Connection {
         self.state = State::Established;
         self.tx_phase_acked = true;
         self.qlog_handshake(now);
-        self.events.push_back(Event::Connected);
+        if !self.connected_sent {
+            self.connected_sent = true;
+            self.events.push_back(Event::Connected);
+        }
         if self.side == Side::Server {
             // The server confirms at completion (RFC 9001 §4.1.2).
             self.confirm(now);
@@ -283,13 +302,22 @@ impl Connection {
             let Ok(info) = classify_payload(&p, &self.classifier) else {
                 continue;
             };
+            let zero_rtt = info.kind == stoq_common::classify::PacketKind::ZeroRtt;
             match Self::epoch_of(info.kind) {
-                Some(i) if self.spaces[i].rx.is_some() => {
+                Some(i) if self.spaces[i].rx.is_some() || (zero_rtt && self.early_rx.is_some()) => {
                     let (remote, len) = (self.remote, p.len());
                     self.handle_packet(now, &mut p, &info, remote, len);
                 }
+                // The ClientHello it follows is still incomplete.
+                Some(_)
+                    if zero_rtt
+                        && self.spaces[1].tx.is_none()
+                        && self.state == State::Handshaking =>
+                {
+                    self.early_packets.push(p);
+                }
                 // Still waiting for its keys.
-                Some(i) if !self.spaces[i].discarded => self.early_packets.push(p),
+                Some(i) if !zero_rtt && !self.spaces[i].discarded => self.early_packets.push(p),
                 _ => {}
             }
             if self.is_closed() {

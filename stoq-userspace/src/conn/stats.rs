@@ -60,6 +60,8 @@ pub struct ConnectionStats {
     pub mtu_black_holes: u64,
     /// 1-RTT key phase changes of this side's sending keys (initiated or answered).
     pub key_updates: u64,
+    /// 0-RTT packets: sent (client) or opened (server).
+    pub zero_rtt_packets: u64,
     /// Dropped packets, by reason.
     pub dropped: DropStats,
     /// Smoothed RTT.

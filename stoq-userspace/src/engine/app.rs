@@ -106,6 +106,8 @@ pub(crate) struct Wakers {
     pub(crate) datagram_room: Option<Waker>,
     /// A task waiting for the next path event.
     pub(crate) path_event: Option<Waker>,
+    /// Every task waiting for the server's answer to early data.
+    pub(crate) early: WakerSet,
     pub(crate) closed: Vec<Waker>,
 }
 
@@ -124,6 +126,7 @@ impl Wakers {
         }
         self.datagram.wake();
         self.extension.wake();
+        self.early.wake();
         for (_, w) in self
             .read
             .drain()
@@ -333,7 +336,7 @@ impl ApiState {
                 slot.shared
                     .max_datagram
                     .store(max.map_or(0, |m| m + 1), Ordering::Relaxed);
-                let mut woke = wake(w.connect.take());
+                let mut woke = wake(w.connect.take()) | w.early.wake();
                 if slot.server_side && !handled {
                     let conn = slot.shared.clone();
                     if let Some(serve) = &self.serve {
@@ -369,6 +372,7 @@ impl ApiState {
             }
             Event::StreamsAvailable(dir) => w.open[dir_index(*dir)].wake(),
             Event::DatagramReceived => w.datagram.wake(),
+            Event::EarlyData { .. } => w.early.wake(),
             Event::ExtensionFrameReceived => w.extension.wake(),
             Event::DatagramsUnblocked => wake(w.datagram_room.take()),
             Event::DatagramSizeChanged(size) => {

@@ -88,6 +88,11 @@ pub struct ClientHello {
 pub struct PskOffer {
     /// The ticket, opaque to the client: 1 to [`MAX_TICKET_LEN`] bytes.
     pub ticket: Vec<u8>,
+    /// Milliseconds since the client received the ticket, plus the ticket's `age_add`,
+    /// modulo 2^32 (RFC 8446 §4.2.11.1): the server checks a 0-RTT flight's freshness.
+    pub obfuscated_age: u32,
+    /// The client sends early data (0-RTT) under this ticket (RFC 8446 §4.2.10).
+    pub early_data: bool,
     /// HMAC over the ClientHello up to this field (see
     /// [`EarlySecret::binder`](super::schedule::EarlySecret::binder)).
     pub binder: [u8; BINDER_LEN],
@@ -102,6 +107,10 @@ pub struct NewSessionTicket {
     pub nonce: Vec<u8>,
     /// The ticket: 1 to [`MAX_TICKET_LEN`] bytes.
     pub ticket: Vec<u8>,
+    /// Added to the ticket age the client reports (RFC 8446 §4.6.1).
+    pub age_add: u32,
+    /// Whether the server would accept early data (0-RTT) resuming this ticket.
+    pub early_data: bool,
 }
 
 /// The server's answer, in the clear.
@@ -129,6 +138,8 @@ pub struct EncryptedExtensions {
     pub client_auth: bool,
     /// The application protocol the server selected from the client's offer (ALPN).
     pub alpn: Option<Vec<u8>>,
+    /// The server accepted the client's early data (0-RTT).
+    pub early_data: bool,
 }
 
 /// What a Certificate message carries.
@@ -188,6 +199,15 @@ pub enum Message {
 /// A list of 2-byte suite ids. Unknown ids are dropped, so a list may decode empty; an
 /// empty list is therefore accepted on the wire too (it re-encodes to itself), and the
 /// handshake answers it with `NoCommonSuite` rather than a decode error.
+/// A one-byte boolean: 0 or 1, anything else refused.
+fn flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid(what)),
+    }
+}
+
 fn suites(r: &mut Reader<'_>) -> Result<Vec<CipherSuite>, DecodeError> {
     let raw = r.vec8()?;
     if raw.len() % 2 != 0 {
@@ -268,7 +288,11 @@ impl Message {
                         b.u8(0);
                     }
                     Some(o) => {
-                        b.u8(1).vec16(&o.ticket).bytes(&o.binder);
+                        b.u8(1)
+                            .vec16(&o.ticket)
+                            .u32(o.obfuscated_age)
+                            .u8(u8::from(o.early_data))
+                            .bytes(&o.binder);
                     }
                 }
             }
@@ -278,13 +302,18 @@ impl Message {
                 b.vec16(&m.key_share).u8(u8::from(m.psk_accepted));
             }
             Self::NewSessionTicket(m) => {
-                b.u32(m.lifetime_s).vec8(&m.nonce).vec16(&m.ticket);
+                b.u32(m.lifetime_s)
+                    .vec8(&m.nonce)
+                    .vec16(&m.ticket)
+                    .u32(m.age_add)
+                    .u8(u8::from(m.early_data));
             }
             Self::EncryptedExtensions(m) => {
                 let mut p = Writer::new();
                 m.params.encode(&mut p);
                 b.vec16(&p.buf).u8(u8::from(m.client_auth));
                 b.vec8(m.alpn.as_deref().unwrap_or_default());
+                b.u8(u8::from(m.early_data));
             }
             Self::Certificate(m) => {
                 b.u8(m.kind as u8).vec24(&m.data);
@@ -372,8 +401,12 @@ impl Message {
                         if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
                             return Err(DecodeError::Invalid("session ticket length"));
                         }
+                        let obfuscated_age = r.u32()?;
+                        let early_data = flag(&mut r, "early_data flag")?;
                         Some(PskOffer {
                             ticket: ticket.to_vec(),
+                            obfuscated_age,
+                            early_data,
                             binder: r.array()?,
                         })
                     }
@@ -421,10 +454,14 @@ impl Message {
                 if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
                     return Err(DecodeError::Invalid("session ticket length"));
                 }
+                let age_add = r.u32()?;
+                let early_data = flag(&mut r, "early_data flag")?;
                 Self::NewSessionTicket(NewSessionTicket {
                     lifetime_s,
                     nonce: nonce.to_vec(),
                     ticket: ticket.to_vec(),
+                    age_add,
+                    early_data,
                 })
             }
             MessageType::EncryptedExtensions => {
@@ -438,10 +475,12 @@ impl Message {
                 let alpn = Some(r.vec8()?)
                     .filter(|a| !a.is_empty())
                     .map(<[u8]>::to_vec);
+                let early_data = flag(&mut r, "early_data flag")?;
                 Self::EncryptedExtensions(EncryptedExtensions {
                     params,
                     client_auth,
                     alpn,
+                    early_data,
                 })
             }
             MessageType::Certificate => {
@@ -507,6 +546,8 @@ mod tests {
                 params: TransportParams::default(),
                 psk: Some(PskOffer {
                     ticket: vec![6; 93],
+                    obfuscated_age: 0xdead_beef,
+                    early_data: true,
                     binder: [5; BINDER_LEN],
                 }),
             }),
@@ -521,11 +562,14 @@ mod tests {
                 lifetime_s: 86_400,
                 nonce: vec![1],
                 ticket: vec![4; 93],
+                age_add: 77,
+                early_data: true,
             }),
             Message::EncryptedExtensions(EncryptedExtensions {
                 alpn: Some(b"stoq/1".to_vec()),
                 params: TransportParams::default(),
                 client_auth: true,
+                early_data: false,
             }),
             Message::Certificate(CertificateMsg {
                 kind: CredentialKind::Certificate,

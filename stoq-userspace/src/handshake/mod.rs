@@ -26,6 +26,7 @@
 pub mod batch;
 pub mod cert;
 pub mod chain;
+pub mod early;
 pub mod messages;
 pub mod params;
 pub mod schedule;
@@ -38,6 +39,7 @@ use rand_core::CryptoRngCore;
 
 use self::batch::BatchProof;
 use self::cert::{CertError, Certificate};
+pub use self::early::{AntiReplay, EarlyData, EarlyDataRefusal, EarlyDataSettings};
 use self::messages::{
     BINDER_LEN, CertificateMsg, CertificateVerify, ClientHello, CredentialKind,
     EncryptedExtensions, Message, MessageType, NewSessionTicket, PskOffer, ServerHello,
@@ -47,8 +49,8 @@ use self::schedule::{
     EarlySecret, HandshakeSecrets, Transcript, finished_mac, ticket_psk, verify_finished,
 };
 pub use self::session_cache::SessionCache;
-use self::session_cache::StoredTicket;
-use self::ticket::TicketContents;
+use self::session_cache::{RememberedTerms, StoredTicket};
+use self::ticket::{EarlyTerms, TicketContents};
 pub use self::ticket::{Resumption, TicketKeys, TicketRefusal, TicketSettings};
 use crate::codec::DecodeError;
 use crate::crypto::kex::{ClientKex, KexError, server_respond};
@@ -243,6 +245,14 @@ pub struct ClientConfig {
     /// [`batch`]; 37 + 32 bytes per tree level more in the server's CertificateVerify).
     /// A loaded server then signs once for many clients. Default: on.
     pub batch_signatures: bool,
+    /// Send early data (0-RTT) when resuming from a ticket that allows it: streams opened
+    /// and DATAGRAMs sent before the handshake completes go in the first flight, a round
+    /// trip sooner. Such data may be *replayed* by an attacker to a server that has not
+    /// seen it (see [`early`]): send only what is safe to process twice. If the server
+    /// refuses it, it is sent again at 1-RTT, byte for byte
+    /// ([`Connection::early_data`](crate::conn::Connection::early_data) says which).
+    /// Default: off.
+    pub early_data: bool,
 }
 
 /// The server's handshake settings.
@@ -284,6 +294,9 @@ pub struct ServerConfig {
     /// (at most [`batch::MAX_BATCH`] a signature). One handshake waiting is signed
     /// alone, as with this off. Default: on.
     pub batch_signing: bool,
+    /// Early data (0-RTT) from resuming clients: off by default; see [`early`] for what
+    /// accepting it means and how replays are refused.
+    pub early_data: EarlyDataSettings,
 }
 
 impl ServerConfig {
@@ -299,6 +312,7 @@ impl ServerConfig {
             alpn: Vec::new(),
             tickets: TicketSettings::default(),
             batch_signing: true,
+            early_data: EarlyDataSettings::default(),
         }
     }
 
@@ -331,6 +345,7 @@ impl ClientConfig {
             alpn: Vec::new(),
             resumption: Some(Arc::new(SessionCache::new(256))),
             batch_signatures: true,
+            early_data: false,
         }
     }
 
@@ -554,6 +569,10 @@ pub struct Handshake {
     signing: Option<PendingSignature>,
     /// The handshakes that shared this server's signature (1: signed alone).
     batch_size: u32,
+    /// How early data went.
+    early_data: EarlyData,
+    /// The 0-RTT key (client: to send; server: to receive), until the connection takes it.
+    early_key: Option<(CipherSuite, Secret)>,
 }
 
 /// What the server flight still needs once its CertificateVerify is signed.
@@ -605,6 +624,12 @@ impl Handshake {
             .resumption
             .as_ref()
             .and_then(|c| c.take(&cfg.server_name, &cfg.trust, now_unix));
+        // Early data under a ticket that allows it, in a suite still offered.
+        let early_suite = ticket
+            .as_ref()
+            .and_then(|t| t.early.as_ref())
+            .map(|e| e.suite)
+            .filter(|s| cfg.early_data && cfg.suites.contains(s));
         let ch = Message::ClientHello(ClientHello {
             version: stoq_common::wire::stoq::VERSION_1,
             random,
@@ -617,6 +642,10 @@ impl Handshake {
             alpn: cfg.alpn.clone(),
             psk: ticket.as_ref().map(|t| PskOffer {
                 ticket: t.ticket.clone(),
+                // Milliseconds, from a clock of whole seconds (RFC 8446 §4.2.11.1).
+                obfuscated_age: (now_unix.saturating_sub(t.received).saturating_mul(1000) as u32)
+                    .wrapping_add(t.age_add),
+                early_data: early_suite.is_some(),
                 binder: [0; BINDER_LEN],
             }),
         });
@@ -643,6 +672,17 @@ impl Handshake {
         );
         me.transcript.add(&enc);
         me.outgoing[Epoch::Initial as usize].extend_from_slice(&enc);
+        if let (
+            Some(suite),
+            Role::Client {
+                offered: Some(o), ..
+            },
+        ) = (early_suite, &me.role)
+        {
+            let key = o.1.client_early_traffic(&me.transcript.hash());
+            me.early_key = Some((suite, key));
+            me.early_data = EarlyData::Pending;
+        }
         me
     }
 
@@ -681,6 +721,8 @@ impl Handshake {
             params,
             signing: None,
             batch_size: 0,
+            early_data: EarlyData::NotOffered,
+            early_key: None,
         }
     }
 
@@ -703,6 +745,30 @@ impl Handshake {
     /// (known from the ServerHello on).
     pub fn resumption(&self) -> Resumption {
         self.resumption
+    }
+
+    /// How early data (0-RTT) went: offered, accepted or refused, and why.
+    pub fn early_data(&self) -> EarlyData {
+        self.early_data
+    }
+
+    /// The 0-RTT packet key's suite and secret (the client's early traffic secret): the
+    /// client's from its ClientHello on when it offers early data, the server's when it
+    /// accepts them. Taken once.
+    pub fn take_early_key(&mut self) -> Option<(CipherSuite, Secret)> {
+        self.early_key.take()
+    }
+
+    /// The server's transport parameters a client remembers from the connection that
+    /// earned its ticket, while its early data waits for the server's answer: 0-RTT data
+    /// is sent under their limits.
+    pub fn remembered_params(&self) -> Option<&TransportParams> {
+        match &self.role {
+            Role::Client {
+                offered: Some(o), ..
+            } if self.early_data == EarlyData::Pending => o.0.early.as_ref().map(|e| &e.params),
+            _ => None,
+        }
     }
 
     /// The negotiated suite, once known.
@@ -867,6 +933,30 @@ impl Handshake {
                     ..
                 } = &mut self.role
                 {
+                    if ee.early_data && (self.early_data != EarlyData::Pending || resumed.is_none())
+                    {
+                        return Err(HandshakeError::BadResumption(
+                            "the server accepted early data that was not offered",
+                        ));
+                    }
+                    if self.early_data == EarlyData::Pending {
+                        self.early_data = if ee.early_data {
+                            // The server may not grant less than the client remembered
+                            // (RFC 9000 §7.4.1).
+                            let remembered = resumed
+                                .as_ref()
+                                .and_then(|t| t.early.as_ref())
+                                .map(|e| e.params.early_limits_digest());
+                            if remembered != Some(ee.params.early_limits_digest()) {
+                                return Err(HandshakeError::BadResumption(
+                                    "early data accepted under other transport limits",
+                                ));
+                            }
+                            EarlyData::Accepted
+                        } else {
+                            EarlyData::Refused(EarlyDataRefusal::Declined)
+                        };
+                    }
                     if let Some(t) = resumed {
                         // The ticket stands for the server's credential.
                         if ee.client_auth {
@@ -987,7 +1077,7 @@ impl Handshake {
         let Role::Server { cfg, tickets } = &self.role else {
             unreachable!("server state")
         };
-        let (early, resumption) = server_psk(cfg, tickets, &ch, raw, now)?;
+        let (early, resumption, opened) = server_psk(cfg, tickets, &ch, raw, now)?;
         let resumed = resumption == Resumption::Accepted;
         if ch.version != stoq_common::wire::stoq::VERSION_1 {
             return Err(HandshakeError::UnsupportedVersion(ch.version));
@@ -1017,6 +1107,19 @@ impl Handshake {
                 .join(", ");
             return Err(HandshakeError::NoApplicationProtocol { offered });
         }
+        let early_data = match (&ch.psk, &opened) {
+            (Some(offer), _) if !offer.early_data => EarlyData::NotOffered,
+            (None, _) => EarlyData::NotOffered,
+            (Some(_), None) => EarlyData::Refused(EarlyDataRefusal::NotResumed),
+            (Some(offer), Some(t)) => {
+                server_early_data(cfg, t, offer, suite, alpn.as_deref(), &self.params, now)
+            }
+        };
+        if early_data == EarlyData::Accepted {
+            // `H(ClientHello)`: the transcript holds the ClientHello alone here.
+            self.early_key = Some((suite, early.client_early_traffic(&self.transcript.hash())));
+        }
+        self.early_data = early_data;
         let server_suites = cfg.suites.clone();
         let cfg_batch = cfg.batch_signing;
         // A resumed handshake never has client authentication: a server that
@@ -1026,6 +1129,7 @@ impl Handshake {
             params: self.params.clone(),
             client_auth,
             alpn: alpn.clone(),
+            early_data: early_data == EarlyData::Accepted,
         });
         let cert = (!resumed).then(|| Message::Certificate(cfg.credential.message()));
         self.peer_params = Some(ch.params);
@@ -1296,8 +1400,14 @@ impl Handshake {
         let lifetime_s = u32::try_from(settings.lifetime.as_secs()).unwrap_or(u32::MAX);
         let name = self.peer_name.clone().unwrap_or_default();
         let credential = cfg.credential.ticket_id();
+        let early = cfg.early_data.enabled.then(|| EarlyTerms {
+            suite: self.suite.map_or(0, CipherSuite::id),
+            limits: self.params.early_limits_digest(),
+            alpn: self.alpn.clone().unwrap_or_default(),
+        });
         for i in 0..settings.per_connection {
             let nonce = [i];
+            let age_add = rng.next_u32();
             let ticket = tickets.seal(
                 &TicketContents {
                     issued: now,
@@ -1305,6 +1415,8 @@ impl Handshake {
                     psk: ticket_psk(resumption, &nonce),
                     credential,
                     server_name: name.clone(),
+                    age_add,
+                    early: early.clone(),
                 },
                 rng,
             );
@@ -1312,6 +1424,8 @@ impl Handshake {
                 lifetime_s,
                 nonce: nonce.to_vec(),
                 ticket,
+                age_add,
+                early_data: early.is_some(),
             });
             self.outgoing[Epoch::OneRtt as usize].extend_from_slice(&m.encode());
         }
@@ -1350,6 +1464,15 @@ impl Handshake {
                 psk: ticket_psk(res, &nst.nonce),
                 expires: now.saturating_add(lifetime),
                 server_key: key.clone(),
+                received: now,
+                age_add: nst.age_add,
+                early: match (nst.early_data, self.suite, &self.peer_params) {
+                    (true, Some(suite), Some(params)) => Some(Box::new(RememberedTerms {
+                        suite,
+                        params: params.clone(),
+                    })),
+                    _ => None,
+                },
             },
         );
     }
@@ -1365,11 +1488,11 @@ fn server_psk(
     ch: &ClientHello,
     raw: &[u8],
     now: u64,
-) -> Result<(EarlySecret, Resumption), HandshakeError> {
+) -> Result<(EarlySecret, Resumption, Option<TicketContents>), HandshakeError> {
     let Some(offer) = &ch.psk else {
-        return Ok((EarlySecret::full(), Resumption::NotOffered));
+        return Ok((EarlySecret::full(), Resumption::NotOffered, None));
     };
-    let refused = |r| Ok((EarlySecret::full(), Resumption::Refused(r)));
+    let refused = |r| Ok((EarlySecret::full(), Resumption::Refused(r), None));
     if tickets.settings().per_connection == 0 {
         return refused(TicketRefusal::Disabled);
     }
@@ -1392,7 +1515,45 @@ fn server_psk(
     if !early.verify_binder(&sha256(partial), &offer.binder) {
         return Err(HandshakeError::BadBinder);
     }
-    Ok((early, Resumption::Accepted))
+    Ok((early, Resumption::Accepted, Some(t)))
+}
+
+/// The server's answer to a resumed ClientHello's early data: accepted only under the
+/// terms the ticket was issued with, when fresh, and never twice (see [`early`]).
+fn server_early_data(
+    cfg: &ServerConfig,
+    t: &TicketContents,
+    offer: &PskOffer,
+    suite: CipherSuite,
+    alpn: Option<&[u8]>,
+    params: &TransportParams,
+    now: u64,
+) -> EarlyData {
+    let policy = &cfg.early_data;
+    let refused = EarlyData::Refused;
+    if !policy.enabled {
+        return refused(EarlyDataRefusal::Disabled);
+    }
+    let Some(terms) = &t.early else {
+        return refused(EarlyDataRefusal::NotInTicket);
+    };
+    if terms.suite != suite.id() || terms.alpn != alpn.unwrap_or_default() {
+        return refused(EarlyDataRefusal::Terms);
+    }
+    if terms.limits != params.early_limits_digest() {
+        return refused(EarlyDataRefusal::Limits);
+    }
+    let reported = offer.obfuscated_age.wrapping_sub(t.age_add);
+    if !early::is_fresh(t.issued, now, reported, policy.window) {
+        return refused(EarlyDataRefusal::Stale);
+    }
+    // Remembered as long as a copy could pass the freshness check: the window either
+    // side of its expected arrival, and the second the server's clock rounds away.
+    let keep = 2 * (policy.window.as_secs() + 1);
+    match policy.replay.check_and_record(&offer.binder, now, keep) {
+        Ok(()) => EarlyData::Accepted,
+        Err(r) => refused(r),
+    }
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -1446,6 +1607,8 @@ fn check_credential(
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod early_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

@@ -45,6 +45,30 @@ pub struct TransportParams {
     pub stateless_reset_token: Option<[u8; 16]>,
 }
 
+impl TransportParams {
+    /// A digest of the limits a client uses for 0-RTT (RFC 9000 §7.4.1: the flow-control,
+    /// stream and DATAGRAM limits): a server's ticket carries the digest of the limits it
+    /// had when it issued it, and it accepts early data only while its limits are the
+    /// same, so a client's remembered limits are never more than it grants.
+    pub(crate) fn early_limits_digest(&self) -> [u8; 8] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"stoq 0-rtt limits v1");
+        for v in [
+            self.initial_max_data,
+            self.initial_max_stream_data_bidi_local,
+            self.initial_max_stream_data_bidi_remote,
+            self.initial_max_stream_data_uni,
+            self.initial_max_streams_bidi,
+            self.initial_max_streams_uni,
+            self.max_datagram_frame_size,
+        ] {
+            h.update(v.to_be_bytes());
+        }
+        h.finalize()[..8].try_into().expect("8 of 32 bytes")
+    }
+}
+
 impl Default for TransportParams {
     fn default() -> Self {
         Self {

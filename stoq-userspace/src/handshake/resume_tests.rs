@@ -212,6 +212,9 @@ fn an_expired_forged_or_other_cluster_ticket_falls_back_to_a_full_handshake() {
             psk: Secret::new([1; 32]),
             expires: NOW + 60,
             server_key: st.public.clone(),
+            received: NOW,
+            age_add: 0,
+            early: None,
         },
     );
     refused_by(&st, st.server(), NOW, TicketRefusal::Invalid);
@@ -315,6 +318,8 @@ fn a_resumed_handshake_refuses_tampering_and_a_new_ticket_to_the_server() {
         lifetime_s: 60,
         nonce: vec![0],
         ticket: vec![1; 40],
+        age_add: 0,
+        early_data: false,
     });
     let e = s
         .read(Epoch::OneRtt, &nst.encode(), NOW, &mut OsRng)

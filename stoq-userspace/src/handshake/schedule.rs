@@ -104,6 +104,12 @@ impl EarlySecret {
         finished_mac(&key, partial_hello_hash)
     }
 
+    /// The client's early traffic secret (0-RTT), from `H(ClientHello)` (RFC 8446 §7.1,
+    /// `"c e traffic"`).
+    pub fn client_early_traffic(&self, th_client_hello: &[u8; 32]) -> Secret {
+        derive(&self.0[..], b"c e traffic", th_client_hello)
+    }
+
     /// Checks a received binder in constant time.
     pub fn verify_binder(&self, partial_hello_hash: &[u8; 32], received: &[u8; 32]) -> bool {
         let key = derive(&self.0[..], b"res binder", &empty_hash());
@@ -319,6 +325,13 @@ mod tests {
         assert_eq!(binder.to_vec(), value(&v, "binder"));
         assert!(early.verify_binder(&th("input H(CH to binder)"), &binder));
         assert!(!EarlySecret::full().verify_binder(&th("input H(CH to binder)"), &binder));
+        assert_eq!(
+            early
+                .client_early_traffic(&th("input H(CH)"))
+                .as_bytes()
+                .to_vec(),
+            value(&v, "c e traffic (resumed)")
+        );
         let resumed = HandshakeSecrets::new(&early, &hybrid, &th("input H(CH..SH)"));
         assert_eq!(
             resumed.client.as_bytes().to_vec(),

@@ -32,6 +32,20 @@ pub(crate) struct StoredTicket {
     pub expires: u64,
     /// The server's key, authenticated by the full handshake the ticket descends from.
     pub server_key: VerifyingKey,
+    /// When it was received, Unix seconds (client clock): its age is reported.
+    pub received: u64,
+    /// The server's obfuscation of the reported age.
+    pub age_add: u32,
+    /// What the connection that earned it had, if the ticket allows early data.
+    pub early: Option<Box<RememberedTerms>>,
+}
+
+/// What a client remembers from the connection that earned a ticket allowing early
+/// data: 0-RTT uses its suite and the server's limits then (RFC 9000 §7.4.1).
+#[derive(Clone)]
+pub(crate) struct RememberedTerms {
+    pub suite: crate::crypto::CipherSuite,
+    pub params: super::params::TransportParams,
 }
 
 type Key = (String, [u8; 32]);
@@ -222,6 +236,9 @@ mod tests {
             psk: Secret::new([n; 32]),
             expires,
             server_key: key.clone(),
+            received: 0,
+            age_add: 0,
+            early: None,
         }
     }
 

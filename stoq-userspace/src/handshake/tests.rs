@@ -84,6 +84,7 @@ pub(super) fn client_cfg(
         credential,
         resumption: None,
         batch_signatures: true,
+        early_data: false,
     }
 }
 
@@ -100,6 +101,7 @@ pub(super) fn server_cfg(
         client_auth,
         tickets: TicketSettings::default(),
         batch_signing: true,
+        early_data: EarlyDataSettings::default(),
     }
 }
 

@@ -10,7 +10,14 @@
 //! ```text
 //! issued (u64, Unix seconds) || lifetime (u32, seconds) || psk (32)
 //!   || credential (8: SHA-256 of the server's public key, truncated) || server name (u8 len)
+//!   || age_add (u32) || early (u8: 0, or 1 followed by)
+//!      suite (u16) || limits digest (8) || ALPN (u8 len)
 //! ```
+//!
+//! `age_add` obfuscates the ticket age the client reports (RFC 8446 §4.2.11.1). A ticket
+//! issued while the server accepts early data carries what 0-RTT must match: the cipher
+//! suite and ALPN of the connection it came from and a digest of the server's transport
+//! limits ([`TransportParams::early_limits_digest`](super::params::TransportParams)).
 //!
 //! The server keeps nothing per ticket: the ticket alone carries the PSK
 //! (`Expand-Label(resumption master, "resumption", nonce)`) to whichever server of the
@@ -32,7 +39,7 @@ use crate::crypto::{Secret, TAG_LEN};
 const GENERATIONS: usize = 7;
 
 /// The associated data of every ticket.
-const AAD: &[u8] = b"stoq ticket v1";
+const AAD: &[u8] = b"stoq ticket v2";
 /// The longest ticket lifetime allowed (RFC 8446 §4.6.1: seven days).
 pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How far ahead of this server's clock another server's may run for its tickets to be
@@ -171,6 +178,22 @@ pub(crate) struct TicketContents {
     pub credential: [u8; 8],
     /// The server name of the connection that issued it.
     pub server_name: String,
+    /// Added to the ticket age the client reports, modulo 2^32 (RFC 8446 §4.6.1).
+    pub age_add: u32,
+    /// Whether, and under what, the ticket allows early data.
+    pub early: Option<EarlyTerms>,
+}
+
+/// What a 0-RTT handshake resuming a ticket must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EarlyTerms {
+    /// The cipher suite of the connection that issued the ticket.
+    pub suite: u16,
+    /// [`TransportParams::early_limits_digest`](super::params::TransportParams) of the
+    /// server's parameters then.
+    pub limits: [u8; 8],
+    /// The application protocol selected then (empty: none).
+    pub alpn: Vec<u8>,
 }
 
 /// The keys that seal and open tickets, by cluster-key generation, and the settings.
@@ -236,6 +259,15 @@ impl TicketKeys {
         w.u64(t.issued).u32(t.lifetime_s).bytes(t.psk.as_bytes());
         w.bytes(&t.credential);
         w.vec8(t.server_name.as_bytes());
+        w.u32(t.age_add);
+        match &t.early {
+            None => {
+                w.u8(0);
+            }
+            Some(e) => {
+                w.u8(1).u16(e.suite).bytes(&e.limits).vec8(&e.alpn);
+            }
+        }
         let mut out = w.buf;
         let tag = key
             .seal_in_place_separate_tag(
@@ -279,6 +311,16 @@ impl TicketKeys {
             let psk = Secret::new(r.array()?);
             let credential = r.array()?;
             let name = r.vec8()?;
+            let age_add = r.u32()?;
+            let early = match r.u8()? {
+                0 => None,
+                1 => Some(EarlyTerms {
+                    suite: r.u16()?,
+                    limits: r.array()?,
+                    alpn: r.vec8()?.to_vec(),
+                }),
+                _ => return Err(crate::codec::DecodeError::Invalid("early flag")),
+            };
             r.finish()?;
             Ok(TicketContents {
                 issued,
@@ -286,6 +328,8 @@ impl TicketKeys {
                 psk,
                 credential,
                 server_name: String::from_utf8_lossy(name).into_owned(),
+                age_add,
+                early,
             })
         };
         // Authentic but malformed can only be a server bug or a key shared with another
@@ -343,14 +387,42 @@ mod tests {
             psk: Secret::new([9; 32]),
             credential: [4; 8],
             server_name: "files.example".into(),
+            age_add: 0x8000_0001,
+            early: None,
         }
+    }
+
+    #[test]
+    fn early_terms_round_trip() {
+        let keys = test_keys(&[(1, [1; 32])], TicketSettings::default());
+        let terms = EarlyTerms {
+            suite: 0x1303,
+            limits: [5; 8],
+            alpn: b"h3".to_vec(),
+        };
+        let t = keys.seal(
+            &TicketContents {
+                early: Some(terms.clone()),
+                ..contents(1_000)
+            },
+            &mut OsRng,
+        );
+        let opened = keys.open(&t, 1_000).unwrap();
+        assert_eq!(opened.early, Some(terms));
+        assert_eq!(opened.age_add, 0x8000_0001);
+        assert_eq!(
+            keys.open(&keys.seal(&contents(1_000), &mut OsRng), 1_000)
+                .unwrap()
+                .early,
+            None
+        );
     }
 
     #[test]
     fn a_ticket_opens_only_under_its_own_cluster_and_within_its_lifetime() {
         let keys = test_keys(&[(1, [1; 32])], TicketSettings::default());
         let t = keys.seal(&contents(1_000), &mut OsRng);
-        assert!(t.len() < 100, "{} bytes", t.len());
+        assert!(t.len() < 110, "{} bytes", t.len());
         let opened = keys.open(&t, 1_000).unwrap();
         assert_eq!(opened.psk.as_bytes(), &[9; 32]);
         assert_eq!(opened.server_name, "files.example");

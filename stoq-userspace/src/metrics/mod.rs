@@ -230,6 +230,18 @@ impl Metrics {
                     c(es.tickets_refused[r as usize]),
                 );
             }
+            put(
+                "stoq_early_data_accepted_total",
+                &[("worker", w)],
+                c(es.early_data_accepted),
+            );
+            for r in crate::handshake::EarlyDataRefusal::ALL {
+                put(
+                    "stoq_early_data_refused_total",
+                    &[("worker", w), ("reason", r.name())],
+                    c(es.early_data_refused[r as usize]),
+                );
+            }
             for (dir, bytes, packets, datagrams) in [
                 ("tx", tt.tx_bytes, tt.tx_packets, tt.tx_datagrams),
                 ("rx", tt.rx_bytes, tt.rx_packets, tt.rx_datagrams),
@@ -560,6 +572,18 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "reason"],
         "Completed full handshakes whose offered session ticket was refused, by reason.",
+    ),
+    family(
+        "stoq_early_data_accepted_total",
+        COUNTER,
+        &["worker"],
+        "Handshakes whose early data (0-RTT) was accepted.",
+    ),
+    family(
+        "stoq_early_data_refused_total",
+        COUNTER,
+        &["worker", "reason"],
+        "Handshakes whose early data (0-RTT) was refused, by reason (declined: seen by a client); the data went again at 1-RTT.",
     ),
     family(
         "stoq_bytes_total",

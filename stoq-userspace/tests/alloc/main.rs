@@ -180,6 +180,7 @@ impl Net {
             client_auth: None,
             tickets: stoq::handshake::TicketSettings::default(),
             batch_signing: true,
+            early_data: stoq::handshake::EarlyDataSettings::default(),
         });
         let client_cfg = Arc::new(ClientConfig {
             alpn: Vec::new(),
@@ -191,6 +192,7 @@ impl Net {
             credential: None,
             resumption: None,
             batch_signatures: true,
+            early_data: false,
         });
         let now = Instant::now();
         let mut cfg = EndpointConfig::new();

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod alpn;
 mod chunks;
 mod concurrent;
+mod early_data;
 mod extensions;
 mod flood;
 mod identity;

@@ -186,6 +186,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
         batch_signing: true,
+        early_data: stoq::handshake::EarlyDataSettings::default(),
     });
     let client_cfg = Arc::new(ClientConfig {
         alpn: Vec::new(),
@@ -197,6 +198,7 @@ fn the_heap_returns_to_its_baseline_after_connections_close() {
         credential: None,
         resumption: None,
         batch_signatures: true,
+        early_data: false,
     });
     let now = Instant::now();
     let mut cfg = EndpointConfig::new();

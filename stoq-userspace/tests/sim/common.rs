@@ -44,6 +44,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         client_auth: None,
         tickets: stoq::handshake::TicketSettings::default(),
         batch_signing: true,
+        early_data: stoq::handshake::EarlyDataSettings::default(),
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -55,6 +56,7 @@ pub(crate) fn configs(params: TransportParams) -> (ServerConfig, ClientConfig) {
         credential: None,
         resumption: None,
         batch_signatures: true,
+        early_data: false,
     };
     (server, client)
 }

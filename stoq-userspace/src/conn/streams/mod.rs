@@ -404,6 +404,11 @@ impl Streams {
         }
     }
 
+    /// Streams the peer has opened so far, bidirectional and unidirectional.
+    pub(crate) fn peer_opened(&self) -> [u64; 2] {
+        self.remote_opened
+    }
+
     /// Number of open streams.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

@@ -217,6 +217,69 @@ impl Streams {
         self.write(id, &[], true).map(|_| ())
     }
 
+    /// After the server refused this client's early data: nothing it sent in 0-RTT was
+    /// read, so every stream's bytes go again from where the acknowledged prefix ends
+    /// (nothing can be acknowledged before the server's answer), as fresh data under
+    /// flow control, and connection-level credit starts over. Resets are sent again.
+    pub(crate) fn rewind_refused_early(&mut self) {
+        let mut tx_data = 0;
+        for (&id, st) in &mut self.map {
+            let Some(q) = st.send.as_mut() else {
+                continue;
+            };
+            q.blocked_at = None;
+            q.blocked_pending = false;
+            if let Some(r) = q.reset.as_mut() {
+                r.acked = false;
+                if !r.pending {
+                    r.pending = true;
+                    self.ctrl.push_back(Ctrl::Reset(StreamId(id)));
+                }
+                tx_data += r.final_size;
+                continue;
+            }
+            self.unsent += q.sent - q.base;
+            q.sent = q.base;
+            q.retransmit.clear();
+            q.acked.clear();
+            if q.fin == FinState::Sent {
+                q.fin = FinState::Pending;
+            }
+            tx_data += q.base;
+            schedule_in(&mut self.levels, &mut self.vtime, id, st);
+        }
+        self.tx_data = tx_data;
+        self.data_blocked_at = None;
+        self.data_blocked_pending = false;
+    }
+
+    /// Sets the flow-control window of every stream this side opened to the peer's
+    /// initial one (after refused early data, the server's real limits replace the
+    /// remembered ones).
+    ///
+    /// # Errors
+    /// If more streams are open than the peer now allows.
+    pub(crate) fn reset_send_windows(&mut self) -> Result<(), ()> {
+        if self.next_local[0] > self.peer_max_streams[0]
+            || self.next_local[1] > self.peer_max_streams[1]
+        {
+            return Err(());
+        }
+        for (&id, st) in &mut self.map {
+            let sid = StreamId(id);
+            if sid.initiator() != self.side {
+                continue;
+            }
+            if let Some(q) = st.send.as_mut() {
+                q.max_data = match sid.dir() {
+                    Dir::Bi => self.peer_stream_window_bidi_remote,
+                    Dir::Uni => self.peer_stream_window_uni,
+                };
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn reset(&mut self, id: StreamId, code: u64) -> Result<(), WriteError> {
         let Some(s) = send_half(&mut self.map, id) else {
             return Err(WriteError::UnknownStream);

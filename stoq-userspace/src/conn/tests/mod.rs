@@ -3,6 +3,7 @@
 
 mod batch;
 mod cluster;
+mod early;
 mod ecn;
 mod flood;
 mod hostile;
@@ -144,6 +145,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         client_auth: client_trust,
         tickets: crate::handshake::TicketSettings::default(),
         batch_signing: true,
+        early_data: crate::handshake::EarlyDataSettings::default(),
     };
     let client = ClientConfig {
         alpn: Vec::new(),
@@ -155,6 +157,7 @@ pub(super) fn configs(s: Setup) -> (ServerConfig, ClientConfig) {
         credential: client_cred,
         resumption: None,
         batch_signatures: true,
+        early_data: false,
     };
     (server, client)
 }
@@ -213,7 +216,13 @@ pub(super) struct Pair {
     pub(super) amplification_checks: usize,
     /// Refusals from `Endpoint::accept`.
     pub(super) accept_errors: Vec<AcceptError>,
+    /// Runs on the server right after each delivery, before it sends: an application
+    /// that answers what just arrived within the same instant.
+    pub(super) server_app: Option<ServerApp>,
 }
+
+/// See [`Pair::server_app`]: the server endpoint and its connections.
+pub(super) type ServerApp = Box<dyn FnMut(&mut Endpoint, &[ConnectionHandle])>;
 
 pub(super) fn endpoint_config(seed: u8, mtu: usize, start: Instant) -> EndpointConfig {
     EndpointConfig {
@@ -287,6 +296,7 @@ impl Pair {
             buf: Vec::new(),
             amplification_checks: 0,
             accept_errors: Vec::new(),
+            server_app: None,
         }
     }
 
@@ -436,6 +446,9 @@ impl Pair {
     pub(super) fn step(&mut self, until: Instant) {
         self.flush();
         self.deliver();
+        if let Some(app) = self.server_app.as_mut() {
+            app(&mut self.server, &self.server_conns);
+        }
         self.collect_events();
         self.flush();
         let next = [
@@ -500,6 +513,20 @@ impl Pair {
                 .connection(*h)
                 .is_some_and(Connection::is_established)
         });
+        c && s
+    }
+
+    /// Whether the client's connection and the newest server connection are established.
+    pub(super) fn both_connected_newest(&mut self) -> bool {
+        let c = self
+            .client_conn
+            .and_then(|h| self.client.connection(h))
+            .is_some_and(Connection::is_established);
+        let s = self
+            .server_conns
+            .last()
+            .and_then(|h| self.server.connection(*h))
+            .is_some_and(Connection::is_established);
         c && s
     }
 
