@@ -280,6 +280,24 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             });
         }
     }
+    // A returning client's request: with the first flight (0-RTT) or after the handshake.
+    let reconnect = |early| Scenario::Reconnect {
+        secs: if q { 0.5 } else { 3.0 },
+        early,
+    };
+    v.push(Group {
+        id: "reconnect",
+        title: "Reconnect and request: time to the answer, 0-RTT against 1-RTT".into(),
+        path: Path::Veth(1500),
+        reps: o.reps,
+        cases: [
+            Subject::stoq("udp", "auto"),
+            Subject::Quinn { tuned: false },
+        ]
+        .into_iter()
+        .flat_map(|s| [true, false].map(|early| case(s.clone(), reconnect(early))))
+        .collect(),
+    });
     for (n, reps) in if q {
         [(200, 1), (1000, 1)]
     } else {
@@ -464,6 +482,7 @@ fn run_case(
         Scenario::Bulk { secs, .. }
         | Scenario::Rr { secs }
         | Scenario::Handshakes { secs, .. }
+        | Scenario::Reconnect { secs, .. }
         | Scenario::Shaped { secs } => 60 + secs as u64,
     };
     if idle {

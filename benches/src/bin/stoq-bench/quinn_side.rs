@@ -43,6 +43,8 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
         quinn::ServerConfig::with_single_cert(vec![cert(spec)?], key).map_err(|e| e.to_string())?;
     sc.transport_config(transport(spec)?);
     let addr = spec.server;
+    // Returning clients' early data is answered at 0.5-RTT, as STOQ's server does.
+    let half_rtt = matches!(spec.scenario, Scenario::Reconnect { .. });
     runtime()?.block_on(async move {
         let ep = quinn::Endpoint::server(sc, addr).map_err(|e| e.to_string())?;
         ready("quinn-udp (GSO/GRO where the kernel has them)".into());
@@ -50,7 +52,19 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
         tokio::spawn(async move {
             while let Some(inc) = ep2.accept().await {
                 tokio::spawn(async move {
-                    let Ok(c) = inc.await else { return };
+                    let c = if half_rtt {
+                        let Ok(cn) = inc.accept() else { return };
+                        match cn.into_0rtt() {
+                            Ok((c, _)) => c,
+                            Err(cn) => match cn.await {
+                                Ok(c) => c,
+                                Err(_) => return,
+                            },
+                        }
+                    } else {
+                        let Ok(c) = inc.await else { return };
+                        c
+                    };
                     let c2 = c.clone();
                     tokio::spawn(async move {
                         while let Ok((w, r)) = c2.accept_bi().await {
@@ -94,6 +108,9 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
     let resumed = matches!(spec.scenario, Scenario::Handshakes { resumed: true, .. });
     if matches!(spec.scenario, Scenario::Handshakes { resumed: false, .. }) {
         rc.resumption = rustls::client::Resumption::disabled();
+    }
+    if matches!(spec.scenario, Scenario::Reconnect { early: true, .. }) {
+        rc.enable_early_data = true;
     }
     let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rc).map_err(|e| e.to_string())?;
     let mut cc = quinn::ClientConfig::new(Arc::new(qc));
@@ -196,6 +213,49 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                     out.count += j.await.map_err(|e| e.to_string())??;
                 }
                 out.secs = t.elapsed().as_secs_f64();
+            }
+            Scenario::Reconnect { secs, early } => {
+                // A ticket first (quinn does not say when it arrives).
+                let c = connect(ep.clone()).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                c.close(0u32.into(), b"");
+                crate::spec::start_measuring(&mut out);
+                let t = Instant::now();
+                let mut lat = Vec::new();
+                let mut handshakes = Vec::new();
+                let mut previous: Option<quinn::Connection> = None;
+                while t.elapsed().as_secs_f64() < secs {
+                    let t0 = Instant::now();
+                    let connecting = ep.connect(to, NAME).map_err(|e| e.to_string())?;
+                    let (c, accepted) = if early {
+                        match connecting.into_0rtt() {
+                            Ok((c, accepted)) => (c, Some(accepted)),
+                            Err(cn) => (cn.await.map_err(|e| e.to_string())?, None),
+                        }
+                    } else {
+                        let c = connecting.await.map_err(|e| e.to_string())?;
+                        handshakes.push(t0.elapsed().as_secs_f64() * 1e6);
+                        (c, None)
+                    };
+                    let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                    w.write_all(&[7u8; 64]).await.map_err(|e| e.to_string())?;
+                    let mut answer = [0u8; 64];
+                    r.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                    if let Some(a) = accepted {
+                        out.resumed += u64::from(a.await);
+                    }
+                    if let Some(p) = previous.replace(c) {
+                        quinn::Connection::close(&p, 0u32.into(), b"");
+                    }
+                }
+                if let Some(p) = previous {
+                    quinn::Connection::close(&p, 0u32.into(), b"");
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = lat.len() as u64;
+                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                out.handshake_us = crate::spec::median(&mut handshakes);
             }
             Scenario::Idle { conns } => {
                 let tasks = 32.min(conns.max(1));

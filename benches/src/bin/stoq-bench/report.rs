@@ -85,7 +85,7 @@ impl Run {
             path: topo.describe(),
             mtu: topo.mtu(),
             subject: subject.clone(),
-            label: subject.label(),
+            label: label_of(subject, scenario),
             scenario,
             rep,
             server_cpus: Vec::new(),
@@ -154,6 +154,18 @@ impl Run {
                     put("resumed_pct", 100.0 * c.resumed as f64 / c.count as f64);
                 }
             }
+            Scenario::Reconnect { .. } => {
+                let n = c.count.max(1) as f64;
+                put("ttfb_p50_us", q(&c.quantiles_us, 0.5));
+                put("ttfb_p99_us", q(&c.quantiles_us, 0.99));
+                put("reconnects_per_s", c.count as f64 / c.secs);
+                put("early_pct", 100.0 * c.resumed as f64 / n);
+                if c.handshake_us > 0.0 {
+                    put("handshake_p50_us", c.handshake_us);
+                }
+                put("server_cpu_us_per_conn", s.cpu_s / n * 1e6);
+                put("client_cpu_us_per_conn", c.cpu_s / n * 1e6);
+            }
             Scenario::Idle { conns } => {
                 let n = conns.max(1) as f64;
                 put(
@@ -186,7 +198,7 @@ impl Run {
             path: String::new(),
             mtu: 0,
             subject: subject.clone(),
-            label: subject.label(),
+            label: label_of(subject, scenario),
             scenario,
             rep,
             server_cpus: Vec::new(),
@@ -234,6 +246,12 @@ impl Run {
                 g("rps")
             ),
             Scenario::Handshakes { .. } => format!("{:.0} handshakes/s", g("hs_per_s")),
+            Scenario::Reconnect { .. } => format!(
+                "answer p50 {:.1} µs  p99 {:.1} µs  early data accepted {:.0} %",
+                g("ttfb_p50_us"),
+                g("ttfb_p99_us"),
+                g("early_pct")
+            ),
             Scenario::Idle { .. } => format!(
                 "server {:.2} KiB/conn, client {:.2} KiB/conn",
                 g("server_kib_per_conn"),
@@ -247,6 +265,7 @@ impl Run {
             Scenario::Bulk { .. } | Scenario::Shaped { .. } => "gbps",
             Scenario::Rr { .. } => "p50_us",
             Scenario::Handshakes { .. } => "hs_per_s",
+            Scenario::Reconnect { .. } => "ttfb_p50_us",
             Scenario::Idle { .. } => "server_kib_per_conn",
         }
     }
@@ -320,6 +339,15 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
     pub(crate) delay_ms: u64,
     pub(crate) rate_mbit: u32,
+}
+
+/// A run's label: its subject's, and for a reconnecting client when it sent its request.
+fn label_of(subject: &Subject, scenario: Scenario) -> String {
+    match scenario {
+        Scenario::Reconnect { early: true, .. } => format!("{}, 0-RTT", subject.label()),
+        Scenario::Reconnect { early: false, .. } => format!("{}, 1-RTT", subject.label()),
+        _ => subject.label(),
+    }
 }
 
 fn rows(runs: &[Run]) -> Vec<Row> {
@@ -454,6 +482,7 @@ fn trailing(rows: &[Row]) -> Vec<String> {
             Scenario::Bulk { .. } | Scenario::Shaped { .. } => ("gbps", false, "Gbit/s"),
             Scenario::Rr { .. } => ("p50_us", true, "µs p50"),
             Scenario::Handshakes { .. } => ("hs_per_s", false, "handshakes/s"),
+            Scenario::Reconnect { .. } => ("ttfb_p50_us", true, "µs to the answer"),
             Scenario::Idle { .. } => ("server_kib_per_conn", true, "KiB per connection"),
         };
         // Scaling rows compare like with like: the same cores.
@@ -907,6 +936,20 @@ impl Report {
                 yes(r >= 1.5 * f && r >= qf)
             );
         }
+        // A 0-RTT request completes in one round trip: its answer no later than a 1-RTT
+        // handshake alone.
+        let early =
+            Self::find(rows, "Reconnect", "STOQ udp, 0-RTT").and_then(|r| r.m("ttfb_p50_us"));
+        let hs_alone =
+            Self::find(rows, "Reconnect", "STOQ udp, 1-RTT").and_then(|r| r.m("handshake_p50_us"));
+        if let (Some(a), Some(h)) = (early, hs_alone) {
+            let _ = writeln!(
+                s,
+                "| A 0-RTT request's answer ≤ a 1-RTT handshake alone (one round trip) | {a:.0} µs vs {h:.0} µs = {:.2}× | {} |",
+                a / h,
+                yes(a <= h)
+            );
+        }
         for r in rows.iter().filter(|r| r.title.starts_with("Idle")) {
             if !matches!(r.subject, Subject::Stoq { .. }) {
                 continue;
@@ -1174,6 +1217,73 @@ impl Report {
                              says what share of STOQ's connections resumed."
                         );
                     }
+                }
+                Some(Scenario::Reconnect { .. }) => {
+                    // The path's round trip, from the same run: raw UDP's request/response.
+                    let rtt = rows
+                        .iter()
+                        .find(|r| r.label == "raw UDP" && r.m("p50_us").is_some())
+                        .and_then(|r| r.m("p50_us"));
+                    let _ = writeln!(
+                        s,
+                        "| Subject | How it ran | Cores (server / client) | Answer p50 µs | Min–max | p99 µs | Handshake alone p50 µs | Answer ÷ 1-RTT handshake | Early data accepted | Reconnects/s | Server CPU µs per connection | 0-RTT saves, µs | Saving ÷ raw-UDP round trip |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                    );
+                    for r in &mine {
+                        let (med, mm) = spread(r, "ttfb_p50_us", 1);
+                        let early = r.label.ends_with("0-RTT");
+                        let one_rtt = mine
+                            .iter()
+                            .find(|x| x.label == r.label.replace("0-RTT", "1-RTT"));
+                        let hs = one_rtt.and_then(|x| x.m("handshake_p50_us"));
+                        let (hs_cell, per_hs) = if early {
+                            ("—".into(), ratio(r.m("ttfb_p50_us"), hs))
+                        } else {
+                            (
+                                cell(r, "handshake_p50_us", 1),
+                                ratio(r.m("ttfb_p50_us"), hs),
+                            )
+                        };
+                        let (saves, per_rtt) = if early {
+                            let other = one_rtt.and_then(|x| x.m("ttfb_p50_us"));
+                            match (other, r.m("ttfb_p50_us")) {
+                                (Some(a), Some(b)) => (
+                                    format!("{:.1}", a - b),
+                                    rtt.map_or("—".into(), |t| format!("{:.2}", (a - b) / t)),
+                                ),
+                                _ => ("—".into(), "—".into()),
+                            }
+                        } else {
+                            ("—".into(), "—".into())
+                        };
+                        let accepted = if early {
+                            format!("{:.1} %", r.m("early_pct").unwrap_or(0.0))
+                        } else {
+                            "—".into()
+                        };
+                        let _ = writeln!(
+                            s,
+                            "| {} | {med} | {mm} | {} | {hs_cell} | {per_hs} | {accepted} | {} | {} | {saves} | {per_rtt} |",
+                            r.who(),
+                            spread(r, "ttfb_p99_us", 1).0,
+                            spread(r, "reconnects_per_s", 0).0,
+                            spread(r, "server_cpu_us_per_conn", 0).0
+                        );
+                    }
+                    let _ = writeln!(
+                        s,
+                        "\nA returning client reconnects (resuming from a ticket), sends a 64-byte \
+                         request on a new stream and reads the 64-byte answer, again and again, one \
+                         at a time; the time is from the start of the connect to the answer. 0-RTT: \
+                         the request goes with the first flight as early data (STOQ's \
+                         `connect_early`, quinn's `into_0rtt`) and the server answers at once \
+                         (0.5-RTT); 1-RTT: after the handshake. A 0-RTT request completes in one \
+                         round trip when its answer arrives no later than a 1-RTT handshake alone \
+                         completes (\"Handshake alone\": the 1-RTT connect, measured in the same \
+                         loop; \"Answer ÷ 1-RTT handshake\" near 1 or below). \"0-RTT saves\" is the \
+                         1-RTT answer's time less the 0-RTT one's, also shown in raw-UDP \
+                         request/response round trips of the same run. \"Early data accepted\" is \
+                         the share of 0-RTT connections whose early data the server read."
+                    );
                 }
                 Some(Scenario::Idle { .. }) => {
                     let _ = writeln!(

@@ -203,6 +203,17 @@ pub(crate) enum Scenario {
     },
     /// Open `conns` connections and hold them until told to let go.
     Idle { conns: usize },
+    /// A returning client, again and again for `secs`: it reconnects (resuming from a
+    /// session ticket), sends a 64-byte request on a new stream and reads the 64-byte
+    /// answer; the time from the start of the connect to the answer is measured. With
+    /// `early`, the request goes with the first flight as early data (0-RTT: STOQ's
+    /// `connect_early`, quinn's `into_0rtt`); without, after the handshake (1-RTT).
+    /// Each connection is closed once the next one is up, so its tickets arrive.
+    Reconnect {
+        secs: f64,
+        #[serde(default)]
+        early: bool,
+    },
     /// One connection sending for `secs` while a UDP probe measures the round trip every
     /// 10 ms (the bottleneck run).
     Shaped { secs: f64 },
@@ -287,9 +298,20 @@ pub(crate) struct Outcome {
     pub(crate) detail: String,
     /// Datagrams sent and received (raw UDP), to show loss.
     pub(crate) sent: u64,
-    /// Connections that resumed from a session ticket (STOQ's resumed handshakes).
+    /// Connections that resumed from a session ticket (STOQ's resumed handshakes), or
+    /// whose early data the server accepted (reconnects with 0-RTT).
     #[serde(default)]
     pub(crate) resumed: u64,
+    /// Reconnects after the handshake (1-RTT): the median time from the start of the
+    /// connect to its completion, microseconds.
+    #[serde(default)]
+    pub(crate) handshake_us: f64,
+}
+
+/// The median of `v` (0 when empty), which it sorts.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Encodes bytes as lower-case hex.

@@ -12,7 +12,7 @@ use stoq::handshake::session_cache::TICKETS_PER_SERVER;
 use stoq::handshake::{ClientConfig, Resumption, ServerConfig, SessionCache, Trust};
 use stoq::io::BackendKind;
 use stoq::{Connection, Endpoint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::roles::{Hold, Ready, Stop, runtime};
 use crate::spec::{Outcome, RoleSpec, Scenario, Subject, unhex};
@@ -147,6 +147,10 @@ pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), St
         }
     );
     let handshakes = matches!(spec.scenario, Scenario::Handshakes { .. });
+    if matches!(spec.scenario, Scenario::Reconnect { .. }) {
+        // Returning clients may send their request as early data.
+        cfg.early_data = stoq::handshake::EarlyDataSettings::accept();
+    }
     let mut e = engine(spec, spec.server)?;
     let idle_poll_us = e.idle_poll.as_micros();
     // The observability subject: every connection traced into a directory of its own.
@@ -375,6 +379,44 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
                 }
                 out.secs = t.elapsed().as_secs_f64();
                 out.resumed = resumed_n;
+            }
+            Scenario::Reconnect { secs, early } => {
+                let cache = cache.as_ref().ok_or("resumption is off")?;
+                prime_tickets(&client, to, cache, &trust, 1).await?;
+                crate::spec::start_measuring(&mut out);
+                let t = Instant::now();
+                let mut lat = Vec::new();
+                let mut handshakes = Vec::new();
+                let mut previous: Option<Connection> = None;
+                while t.elapsed().as_secs_f64() < secs {
+                    let t0 = Instant::now();
+                    let c = if early {
+                        client.connect_early(to, NAME).await
+                    } else {
+                        client.connect(to, NAME).await
+                    }
+                    .map_err(|e| e.to_string())?;
+                    if !early {
+                        handshakes.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                    let (mut w, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
+                    w.write_all(&[7u8; 64]).await.map_err(|e| e.to_string())?;
+                    let mut answer = [0u8; 64];
+                    r.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                    let went = c.early_data().await.map_err(|e| e.to_string())?;
+                    out.resumed += u64::from(went == stoq::handshake::EarlyData::Accepted);
+                    if let Some(p) = previous.replace(c) {
+                        p.close(0, b"");
+                    }
+                }
+                if let Some(p) = previous {
+                    p.close(0, b"");
+                }
+                out.secs = t.elapsed().as_secs_f64();
+                out.count = lat.len() as u64;
+                out.quantiles_us = crate::spec::quantiles(&mut lat);
+                out.handshake_us = crate::spec::median(&mut handshakes);
             }
             Scenario::Idle { conns } => {
                 let tasks = 32.min(conns.max(1));
