@@ -2,6 +2,7 @@
 
 use rand_core::OsRng;
 
+use super::messages::NewSessionTicket;
 use super::tests::{
     NOW, Side, TICKET_KEY, assert_agree, client_cfg, expect_failure, new_client, new_client_at,
     new_server, new_server_with, no_tamper, raw, run, run_at, server_cfg,
