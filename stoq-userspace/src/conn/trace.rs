@@ -109,12 +109,20 @@ impl Connection {
             .filter(|_| resumption != "accepted")
             .map(|k| k.alg().name());
         let signature_batch = self.hs.signature_batch_size();
+        use crate::handshake::EarlyData;
+        let early_data = match self.hs.early_data() {
+            EarlyData::NotOffered => None,
+            EarlyData::Pending => Some("pending"),
+            EarlyData::Accepted => Some("accepted"),
+            EarlyData::Refused(r) => Some(r.name()),
+        };
         self.qlog(now, || Ev::HandshakeCompleted {
             suite,
             peer_signature,
             took_us,
             resumption,
             ticket_refused,
+            early_data,
             signature_batch,
         });
     }

@@ -22,7 +22,9 @@
 //! server refuses a replay it has seen; a copy sent to *another* server of the cluster
 //! within the window is accepted there once) is in `docs/security.md`.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -165,6 +167,10 @@ pub enum EarlyData {
 pub struct AntiReplay {
     shards: [Mutex<Shard>; SHARDS],
     per_shard: usize,
+    /// Picks a ClientHello's shard with a key of this process's: a client that can make
+    /// binders at will (any holder of a ticket) cannot aim them all at one shard and
+    /// fill it with a sixteenth of the effort.
+    shard_key: RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -181,6 +187,7 @@ impl AntiReplay {
         Self {
             shards: Default::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            shard_key: RandomState::new(),
         }
     }
 
@@ -199,7 +206,7 @@ impl AntiReplay {
     ) -> Result<(), EarlyDataRefusal> {
         let mut key = [0u8; 16];
         key.copy_from_slice(&id[..16]);
-        let shard = &self.shards[usize::from(id[16]) % SHARDS];
+        let shard = &self.shards[(self.shard_key.hash_one(key) % SHARDS as u64) as usize];
         let mut s = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -257,9 +264,7 @@ mod tests {
     use super::*;
 
     fn id(n: u8) -> [u8; 32] {
-        let mut b = [n; 32];
-        b[16] = n; // the shard
-        b
+        [n; 32]
     }
 
     #[test]
@@ -281,8 +286,15 @@ mod tests {
         // 16 entries: one per shard.
         let r = AntiReplay::new(16);
         let a = id(3);
-        let mut b = id(4);
-        b[16] = 3; // same shard as `a`
+        // Another ClientHello whose shard is `a`'s (the shard key is random).
+        let shard = |x: &[u8; 32]| {
+            let k: [u8; 16] = x[..16].try_into().expect("16 bytes");
+            r.shard_key.hash_one(k) % SHARDS as u64
+        };
+        let b = (4..=255u8)
+            .map(id)
+            .find(|b| shard(b) == shard(&a))
+            .expect("one of 252 shares a shard of 16");
         assert_eq!(r.check_and_record(&a, 0, 20), Ok(()));
         assert_eq!(
             r.check_and_record(&b, 5, 20),

@@ -79,6 +79,9 @@ pub(crate) enum Ev {
         resumption: &'static str,
         /// Why the ticket was refused, when it was.
         ticket_refused: Option<&'static str>,
+        /// Early data (0-RTT): `accepted`, or the refusal's reason; `None` when none was
+        /// offered.
+        early_data: Option<&'static str>,
         /// Handshakes this server's signature covered (1 alone, more in a batch); 0
         /// when this side signed nothing.
         signature_batch: u32,
@@ -292,6 +295,7 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             took_us,
             resumption,
             ticket_refused,
+            early_data,
             signature_batch,
         } => {
             let _ = write!(
@@ -306,6 +310,9 @@ pub(crate) fn write_json(out: &mut String, r: &Record) {
             let _ = write!(out, ",\"resumption\":\"{resumption}\"");
             if let Some(r) = ticket_refused {
                 let _ = write!(out, ",\"ticket_refused\":\"{r}\"");
+            }
+            if let Some(e) = early_data {
+                let _ = write!(out, ",\"early_data\":\"{e}\"");
             }
             if signature_batch > 0 {
                 let _ = write!(out, ",\"signature_batch\":{signature_batch}");
