@@ -163,7 +163,7 @@ impl Handshake {
 
     /// Completes the server flight with a batch signature: `signature` over the root of
     /// a tree of `batch_size` transcripts, this one's membership proved by `proof` (from
-    /// [`Credential::sign_batch`] over the [`SignatureRequest::transcript`]s).
+    /// [`Credential::sign_batch`](super::Credential::sign_batch) over the [`SignatureRequest::transcript`]s).
     pub fn sign_in_batch(&mut self, proof: BatchProof, signature: Vec<u8>, batch_size: u32) {
         let Some(p) = self.signing.take() else {
             return;
