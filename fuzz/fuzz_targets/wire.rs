@@ -73,9 +73,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(n) = r.emit(&mut out) {
             // Long headers with Length re-parse once the protected bytes are present.
             let body = match r {
-                stoq::Repr::Initial { length, .. } | stoq::Repr::Handshake { length, .. } => {
-                    length as usize
-                }
+                stoq::Repr::Initial { length, .. }
+                | stoq::Repr::Handshake { length, .. }
+                | stoq::Repr::ZeroRtt { length, .. } => length as usize,
                 stoq::Repr::Short { .. } => data.len().saturating_sub(n),
                 _ => 0,
             };
