@@ -8,23 +8,24 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use stoq_common::cid::{CidError, CidLayout, ConnectionId};
+use stoq_common::cid::ConnectionId;
 use stoq_common::classify::{DropReason, PacketKind, classify_payload};
 use stoq_common::maps::ClassifierConfig;
-use stoq_common::wire::stoq::MIN_INITIAL_DATAGRAM;
 use zeroize::Zeroizing;
 
-use super::admission::{PrefixTable, SourcePrefix};
+use super::admission::PrefixTable;
 use super::keys::{ClusterKeys, GENERATIONS};
 use super::token::{
     TokenError, TokenKey, is_address_token, open_address_token, open_token, reset_token,
 };
 use super::{
     Connection, ConnectionError, DatagramInfo, EcnCodepoint, Event, Setup, Side, Transmit,
-    TransportConfig, TransportTotals,
+    TransportTotals,
 };
 use crate::handshake::{self, Handshake, TicketKeys};
 
+mod config;
+mod events;
 mod responses;
 mod retried;
 mod schedule;
@@ -39,243 +40,11 @@ use self::schedule::Schedule;
 const USED_TOKENS: usize = 65_536;
 /// Datagrams held for an Incoming until the application decides.
 const MAX_INCOMING_DATAGRAMS: usize = 4;
-/// Handshakes in progress at which a server is under load by default: from there on a
-/// new client proves its address with a Retry first (see [`RetryPolicy`]).
-pub const DEFAULT_RETRY_THRESHOLD: usize = 64;
-/// Handshakes one source prefix may hold under load by default: three quarters of the
-/// default [`EndpointConfig::max_incoming`], so one network can never take every one of a
-/// worker's handshake slots (a quarter stays for everyone else), while one busy host, NAT
-/// or proxy opening hundreds of connections at once is not slowed. (A client dropped at
-/// the limit waits for its Initial's retransmission, a second or more: a tighter default
-/// made 1,000 simultaneous connections from one address miss their 30 s idle timeout.)
-pub const DEFAULT_MAX_HANDSHAKES_PER_PREFIX: usize = 768;
-
-/// When the server demands address validation with a Retry before it keeps any state.
-///
-/// While it does, the server is *under load*: it keeps no state and computes no signature
-/// for a client that has not proved its address, and a source prefix may hold at most
-/// [`EndpointConfig::max_handshakes_per_prefix`] handshakes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryPolicy {
-    /// Never send Retry on its own (the application can still call [`Endpoint::retry`]);
-    /// the server is never under load, so per-prefix limits are off too.
-    Never,
-    /// Validate every new client first (always under load).
-    Always,
-    /// Validate new clients while at least this many connections are still handshaking.
-    /// The default is `WhenHandshakingAbove(`[`DEFAULT_RETRY_THRESHOLD`]`)`: spoofed
-    /// Initials can hold at most that many half-open handshakes (each for
-    /// [`TransportConfig::handshake_timeout`]); past it each costs one stateless Retry.
-    WhenHandshakingAbove(usize),
-}
-
-/// Endpoint settings.
-///
-/// ```
-/// let mut c = stoq::conn::EndpointConfig::new(); // seeded from the OS
-/// c.max_udp_payload = 1452; // a 1500-byte MTU path
-/// c.max_connections = 10_000;
-/// assert!(c.validate().is_ok());
-/// c.max_udp_payload = 900;
-/// assert!(c.validate().is_err(), "QUIC paths carry at least 1200 bytes");
-/// ```
-#[derive(Debug, Clone)]
-pub struct EndpointConfig {
-    /// Layout of the CIDs this endpoint issues (must match the XDP program's).
-    pub cid_layout: CidLayout,
-    /// This server's id inside its CIDs.
-    pub server_id: u64,
-    /// This worker's id inside its CIDs.
-    pub worker_id: u8,
-    /// Largest UDP payload sent (at least 1200): the ceiling path MTU discovery probes up
-    /// to from [`TransportConfig::initial_mtu`]. Set it to the interface MTU minus the IP
-    /// and UDP headers (1452 for IPv6 on a 1500-byte link, the default).
-    pub max_udp_payload: usize,
-    /// Most connections at once.
-    pub max_connections: usize,
-    /// Most connection attempts waiting for the application's decision.
-    pub max_incoming: usize,
-    /// When to demand a Retry (the server is then under load).
-    pub retry: RetryPolicy,
-    /// Most handshakes in progress from one source prefix while under load; a validated
-    /// client from a prefix that holds this many is dropped (its Initial is resent, and
-    /// admitted once a slot frees) and counted in [`EndpointStats::prefix_limited`].
-    pub max_handshakes_per_prefix: usize,
-    /// How source addresses are grouped into prefixes (IPv4 /24 and IPv6 /64 by default).
-    pub source_prefix: SourcePrefix,
-    /// How long a Retry token stays valid (30 s by default: as long as a client keeps
-    /// resending an Initial that a full server drops before its idle timeout; a client
-    /// whose token expired is refused, since it cannot follow a second Retry).
-    pub token_lifetime: Duration,
-    /// How long an address token sent in NEW_TOKEN after a handshake stays valid (one day
-    /// by default; zero sends none): a client that comes back from the same IP address
-    /// within it is admitted without a Retry even under load.
-    pub address_token_lifetime: Duration,
-    /// Secrets shared by every server of a cluster (stateless-reset and token keys, by
-    /// generation): a server restarted, or another one, can reset this one's connections
-    /// and accept its tokens. `None`: random per endpoint, good only until it restarts.
-    pub cluster_keys: Option<Arc<ClusterKeys>>,
-    /// Seed of the endpoint's CSPRNG. [`EndpointConfig::new`] draws it from the OS; tests
-    /// and simulations fix it to replay exactly.
-    pub rng_seed: [u8; 32],
-    /// A moment and the Unix time then, for certificate validity checks.
-    pub unix_time_at: (Instant, u64),
-    /// Transport policy for every connection: congestion control, buffers, keep-alive,
-    /// ACK frequency, MTU discovery.
-    pub transport: Arc<TransportConfig>,
-    /// Most bytes of stream data all connections together may hold (send buffers and
-    /// receive reassembly). Above it, new clients are refused with
-    /// [`AcceptError::MemoryLimit`]; established connections are bounded by their own
-    /// windows. [`EndpointConfig::new`] sets half the machine's memory.
-    pub max_memory: u64,
-}
-
-impl EndpointConfig {
-    /// Defaults around the inputs the core never reads itself: the seed of the endpoint's
-    /// CSPRNG, a moment with the Unix time then (certificate validity), and the memory
-    /// limit. [`EndpointConfig::new`] reads them from the OS; tests and simulations give
-    /// fixed ones.
-    pub fn with_inputs(rng_seed: [u8; 32], unix_time_at: (Instant, u64), max_memory: u64) -> Self {
-        Self {
-            cid_layout: CidLayout::DEFAULT,
-            server_id: 0,
-            worker_id: 0,
-            max_udp_payload: 1452,
-            max_connections: 100_000,
-            max_incoming: 1024,
-            retry: RetryPolicy::WhenHandshakingAbove(DEFAULT_RETRY_THRESHOLD),
-            max_handshakes_per_prefix: DEFAULT_MAX_HANDSHAKES_PER_PREFIX,
-            source_prefix: SourcePrefix::DEFAULT,
-            token_lifetime: Duration::from_secs(30),
-            address_token_lifetime: Duration::from_secs(24 * 3600),
-            cluster_keys: None,
-            rng_seed,
-            unix_time_at,
-            transport: Arc::new(TransportConfig::default()),
-            max_memory,
-        }
-    }
-
-    /// Checks the settings.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the setting and the fix.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_udp_payload < MIN_INITIAL_DATAGRAM || self.max_udp_payload > 65_527 {
-            return Err(ConfigError::MaxUdpPayload(self.max_udp_payload));
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::NoConnections);
-        }
-        if self.max_handshakes_per_prefix == 0 {
-            return Err(ConfigError::Admission(
-                "max_handshakes_per_prefix is 0: no client could connect under load",
-            ));
-        }
-        if !self.source_prefix.is_valid() {
-            return Err(ConfigError::Admission(
-                "source_prefix lengths must be 1..=32 (IPv4) and 1..=128 (IPv6)",
-            ));
-        }
-        // Building a CID checks the server id against the layout.
-        self.cid_layout
-            .build(
-                0,
-                self.server_id,
-                self.worker_id,
-                &vec![0; self.cid_layout.nonce_len()],
-            )
-            .map_err(ConfigError::Cid)?;
-        if let Some(t) = self
-            .transport
-            .extension_frames
-            .iter()
-            .find(|t| !crate::frame::EXTENSION_TYPES.contains(t))
-        {
-            return Err(ConfigError::ExtensionFrameType(*t));
-        }
-        let t = &self.transport;
-        if t.send_buffer < 4096 {
-            return Err(ConfigError::Transport(
-                "send_buffer below 4096 bytes: writes could never make progress",
-            ));
-        }
-        if t.send_backlog < 16_384 {
-            return Err(ConfigError::Transport(
-                "send_backlog below 16384 bytes: a bulk writer could not keep a packet ready \
-                 (raise it; u64::MAX turns the limit off)",
-            ));
-        }
-        if t.handshake_timeout.is_zero() {
-            return Err(ConfigError::Transport(
-                "handshake_timeout is zero: no handshake could complete (10 s is the default)",
-            ));
-        }
-        if t.ack_eliciting_threshold == 0 || t.ack_thinning == 0 {
-            return Err(ConfigError::Transport(
-                "ack_eliciting_threshold and ack_thinning must be at least 1",
-            ));
-        }
-        if !(t.pacing_gain > 0.0 && t.pacing_gain <= 4.0) {
-            return Err(ConfigError::Transport(
-                "pacing_gain must be in (0, 4]: it multiplies the controller's rate",
-            ));
-        }
-        if t.initial_mtu < MIN_INITIAL_DATAGRAM || t.initial_mtu > self.max_udp_payload {
-            return Err(ConfigError::Transport(
-                "initial_mtu must lie between 1200 and max_udp_payload: paths start at it and \
-                 probe up to max_udp_payload",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for EndpointConfig {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A bad [`EndpointConfig`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The server's ALPN list is malformed.
-    #[error("ServerConfig::alpn: {0}")]
-    Alpn(&'static str),
-    /// The server's session-ticket settings are out of range.
-    #[error("ServerConfig::tickets: {0}")]
-    Tickets(&'static str),
-    /// The server's early-data settings are out of range.
-    #[error("ServerConfig::early_data: {0}")]
-    EarlyData(&'static str),
-    /// `max_udp_payload` outside 1200..=65527.
-    #[error(
-        "max_udp_payload {0} is outside 1200..=65527: QUIC needs paths of at least 1200 bytes; set it to the path MTU minus IP and UDP headers"
-    )]
-    MaxUdpPayload(usize),
-    /// `max_connections` is zero.
-    #[error("max_connections is 0: allow at least one connection")]
-    NoConnections,
-    /// The CID layout or server id is invalid.
-    #[error("connection-ID settings: {0}")]
-    Cid(CidError),
-    /// A registered extension frame type outside STOQ's extension range.
-    #[error(
-        "extension frame type {0:#x} is outside 0x5f00..=0x5fff: register types from stoq::frame::EXTENSION_TYPES"
-    )]
-    ExtensionFrameType(u64),
-    /// A transport setting out of range.
-    #[error("transport setting {0}")]
-    Transport(&'static str),
-    /// An admission setting (per-prefix handshake limit) out of range.
-    #[error("admission setting {0}")]
-    Admission(&'static str),
-    /// Server settings given to a client endpoint.
-    #[error("this endpoint is a client: it has no server configuration to replace")]
-    NotAServer,
-}
+pub use self::config::{
+    ConfigError, DEFAULT_MAX_HANDSHAKES_PER_PREFIX, DEFAULT_RETRY_THRESHOLD, EndpointConfig,
+    RetryPolicy,
+};
+pub use self::events::{AcceptError, ConnectError, DatagramEvent, EndpointStats, RetryError};
 
 /// A connection's index in its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -309,146 +78,6 @@ impl Incoming {
     pub fn local_ip(&self) -> Option<IpAddr> {
         self.local_ip
     }
-}
-
-/// What a datagram did at the endpoint.
-#[derive(Debug)]
-pub enum DatagramEvent {
-    /// It went to an existing connection.
-    Connection(ConnectionHandle),
-    /// A new client: decide with [`Endpoint::accept`], [`Endpoint::refuse`],
-    /// [`Endpoint::retry`] or [`Endpoint::ignore`].
-    Incoming(Incoming),
-}
-
-/// Why [`Endpoint::accept`] failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AcceptError {
-    /// This endpoint has no server configuration.
-    #[error(
-        "endpoint has no server configuration: create it with Endpoint::new(config, Some(server_config))"
-    )]
-    NotAServer,
-    /// `max_connections` reached; the client was refused.
-    #[error("connection limit reached (max_connections); the client was refused")]
-    ConnectionLimit,
-    /// The connections' buffered data exceeds `max_memory`; the client was refused.
-    #[error(
-        "memory limit reached: connections hold more than max_memory bytes; the client was refused (raise EndpointConfig::max_memory or lower the windows)"
-    )]
-    MemoryLimit,
-}
-
-/// Why [`Endpoint::retry`] failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RetryError {
-    /// The client already answered a Retry; a second one would loop. Accept or refuse it.
-    #[error("client already validated its address with a Retry token; accept or refuse it")]
-    AlreadyValidated,
-}
-
-/// Why [`Endpoint::connect`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The client configuration offers no cipher suite.
-    #[error("client config offers no cipher suite: set ClientConfig::suites")]
-    NoSuites,
-    /// The client configuration accepts no signature algorithm.
-    #[error("client config accepts no signature algorithm: set ClientConfig::sig_algs")]
-    NoSignatureAlgorithms,
-    /// A configured suite is not available on this CPU.
-    #[error("cipher suite {0:?} is not available on this CPU: remove it from ClientConfig::suites")]
-    SuiteUnavailable(crate::crypto::CipherSuite),
-    /// `max_connections` reached.
-    #[error("connection limit reached (max_connections)")]
-    ConnectionLimit,
-    /// The server name is empty or too long.
-    #[error("server name must be 1 to 255 bytes")]
-    BadServerName,
-    /// The ALPN list is malformed.
-    #[error("ClientConfig::alpn: {0}")]
-    BadAlpn(&'static str),
-}
-
-/// Endpoint counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EndpointStats {
-    /// Datagrams received.
-    pub rx_datagrams: u64,
-    /// Datagrams dropped because their header did not parse, by [`DropReason`] index.
-    pub malformed: [u64; DropReason::ALL.len()],
-    /// Datagrams for an unknown connection that needed no answer.
-    pub unknown_cid: u64,
-    /// Initial packets from unknown clients that did not authenticate under the Initial
-    /// keys of their own DCID (garbage, or tampered in flight).
-    pub unauthenticated_initial: u64,
-    /// Initial packets whose token did not authenticate.
-    pub invalid_token: u64,
-    /// Initial packets whose token had expired.
-    pub expired_token: u64,
-    /// Initial packets replaying a token already used.
-    pub token_reused: u64,
-    /// Address tokens sent in NEW_TOKEN after handshakes.
-    pub address_tokens_sent: u64,
-    /// New clients admitted as validated by an address token (no Retry needed).
-    pub address_tokens_accepted: u64,
-    /// Address tokens that did not open (another address, forged, another cluster's) or
-    /// had expired: treated as no token.
-    pub address_tokens_refused: u64,
-    /// Connection attempts dropped because `max_incoming` were waiting.
-    pub incoming_full: u64,
-    /// Validated connection attempts dropped under load because their source prefix held
-    /// `max_handshakes_per_prefix` handshakes.
-    pub prefix_limited: u64,
-    /// Retry packets sent.
-    pub retries_sent: u64,
-    /// Version Negotiation packets sent.
-    pub version_negotiations_sent: u64,
-    /// Stateless resets sent.
-    pub resets_sent: u64,
-    /// Stateless resets received for a connection of ours.
-    pub resets_received: u64,
-    /// Connection attempts refused.
-    pub refused: u64,
-    /// Stateless responses not sent because the queue was full.
-    pub responses_dropped: u64,
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Handshakes that completed.
-    pub handshakes_completed: u64,
-    /// Of those, handshakes resumed from a session ticket.
-    pub handshakes_resumed: u64,
-    /// Completed handshakes whose ticket was refused (a full handshake instead), by
-    /// [`TicketRefusal`](crate::handshake::TicketRefusal) index.
-    pub tickets_refused: [u64; handshake::TicketRefusal::ALL.len()],
-    /// Handshakes whose early data (0-RTT) was accepted.
-    pub early_data_accepted: u64,
-    /// Handshakes whose early data was refused, by
-    /// [`EarlyDataRefusal`](crate::handshake::EarlyDataRefusal) index (a client counts
-    /// the server's refusals as `declined`).
-    pub early_data_refused: [u64; handshake::EarlyDataRefusal::ALL.len()],
-    /// Signatures this server made for its CertificateVerify (full handshakes): one per
-    /// handshake signed alone, one per batch.
-    pub signatures: u64,
-    /// Handshakes authenticated by a batch signature shared with others (see
-    /// [`handshake::batch`]); `signatures` counts each batch once.
-    pub batch_signed: u64,
-    /// The most handshakes one signature covered.
-    pub largest_batch: u64,
-    /// Handshakes that failed (a protocol or authentication error, a refusal or reset by
-    /// the peer, or a local close before completion).
-    pub handshakes_failed: u64,
-    /// Handshakes that timed out (the handshake timeout on a server, the idle timeout on
-    /// a client).
-    pub handshakes_timed_out: u64,
-    /// Stream data held by all connections (send buffers and reassembly), bytes.
-    pub memory: u64,
-    /// The transport counters of the connections that have ended, summed (the live ones
-    /// are added by [`Endpoint::transport_totals`]).
-    pub closed: TransportTotals,
 }
 
 /// A sans-IO endpoint: many connections behind one socket (or one AF_XDP queue).
