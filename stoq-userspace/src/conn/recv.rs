@@ -342,6 +342,20 @@ impl Connection {
         self.handle_payload(now, 2, payload);
     }
 
+    /// Feeds `payload` to a server that accepted early data, as if it were the decrypted
+    /// payload of a new 0-RTT packet: for fuzzing what 0-RTT frames may do before the
+    /// handshake completes. Nothing happens on a client or once the early key is gone.
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    #[doc(hidden)]
+    pub fn inject_zero_rtt_payload(&mut self, now: Instant, payload: &[u8]) {
+        if self.side != Side::Server || self.early_rx.is_none() {
+            return;
+        }
+        self.rx_zero_rtt = true;
+        self.handle_payload(now, 2, payload);
+        self.rx_zero_rtt = false;
+    }
+
     /// Queues raw frame bytes for the next 1-RTT packet, unchecked: lets a test play a
     /// hostile peer over the real packet path.
     #[cfg(any(test, feature = "sim"))]
