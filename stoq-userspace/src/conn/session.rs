@@ -302,22 +302,16 @@ impl Connection {
             let Ok(info) = classify_payload(&p, &self.classifier) else {
                 continue;
             };
+            // A 0-RTT packet goes back to `handle_packet`, which holds it again while its
+            // ClientHello is incomplete, opens it, or counts it as having no keys.
             let zero_rtt = info.kind == stoq_common::classify::PacketKind::ZeroRtt;
             match Self::epoch_of(info.kind) {
-                Some(i) if self.spaces[i].rx.is_some() || (zero_rtt && self.early_rx.is_some()) => {
+                Some(i) if zero_rtt || self.spaces[i].rx.is_some() => {
                     let (remote, len) = (self.remote, p.len());
                     self.handle_packet(now, &mut p, &info, remote, len);
                 }
-                // The ClientHello it follows is still incomplete.
-                Some(_)
-                    if zero_rtt
-                        && self.spaces[1].tx.is_none()
-                        && self.state == State::Handshaking =>
-                {
-                    self.early_packets.push(p);
-                }
                 // Still waiting for its keys.
-                Some(i) if !zero_rtt && !self.spaces[i].discarded => self.early_packets.push(p),
+                Some(i) if !self.spaces[i].discarded => self.early_packets.push(p),
                 _ => {}
             }
             if self.is_closed() {
