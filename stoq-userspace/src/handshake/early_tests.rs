@@ -3,49 +3,24 @@
 
 use rand_core::OsRng;
 
-use super::tests::{
-    Side, client_cfg, expect_failure, new_client, new_server, no_tamper, raw, run, server_cfg,
-};
+use super::resume_tests::Setup;
+use super::tests::{Side, expect_failure, new_client, new_server, no_tamper, run};
 use super::*;
 
-struct Setup {
-    key: Vec<u8>,
-    public: VerifyingKey,
-    cache: Arc<SessionCache>,
-}
+/// Resumption's setup, with early data on the client (`early`) or the server.
+struct Early(Setup);
 
-impl Setup {
-    fn new() -> Self {
-        let (cred, public) = raw(SigAlg::Falcon512);
-        let Credential::RawKey { key, .. } = cred else {
-            unreachable!("raw key")
-        };
-        Self {
-            key: key.as_bytes().to_vec(),
-            public,
-            cache: Arc::new(SessionCache::new(16)),
-        }
-    }
-
+impl Early {
     fn client(&self, early: bool) -> Handshake {
         let cfg = ClientConfig {
-            resumption: Some(self.cache.clone()),
             early_data: early,
-            ..client_cfg(
-                Trust::PinnedKey(self.public.clone()),
-                &CipherSuite::ALL,
-                None,
-            )
+            ..self.0.client_cfg()
         };
         new_client(cfg, &mut OsRng)
     }
 
     fn server_cfg(&self, early: bool) -> ServerConfig {
-        let cred = Credential::RawKey {
-            key: SigningKey::from_bytes(&self.key).expect("the same key"),
-            public: self.public.clone(),
-        };
-        let mut cfg = server_cfg(cred, &CipherSuite::ALL, None);
+        let mut cfg = self.0.server_cfg();
         if early {
             cfg.early_data = EarlyDataSettings::accept();
         }
@@ -65,7 +40,7 @@ impl Setup {
 
 #[test]
 fn both_sides_derive_the_same_early_key_only_when_accepted() {
-    let st = Setup::new();
+    let st = Early(Setup::new());
     st.prime(true);
     let c = st.client(true);
     assert_eq!(c.early_data(), EarlyData::Pending);
@@ -114,20 +89,18 @@ fn both_sides_derive_the_same_early_key_only_when_accepted() {
 
 #[test]
 fn a_ticket_carries_the_terms_of_its_connection() {
-    let st = Setup::new();
+    let st = Early(Setup::new());
     // Issued while the server did not accept early data: the client offers none.
     st.prime(false);
     assert_eq!(st.client(true).early_data(), EarlyData::NotOffered);
 
     // Issued with no ALPN, offered to a server that now selects one: refused.
-    st.cache.clear();
+    st.0.cache.clear();
     st.prime(true);
-    let mut c_cfg = ClientConfig {
-        resumption: Some(st.cache.clone()),
+    let c_cfg = ClientConfig {
         early_data: true,
-        ..client_cfg(Trust::PinnedKey(st.public.clone()), &CipherSuite::ALL, None)
+        ..st.0.client_cfg().with_alpn(&[b"h3"])
     };
-    c_cfg.alpn = vec![b"h3".to_vec()];
     let c = new_client(c_cfg, &mut OsRng);
     assert_eq!(c.early_data(), EarlyData::Pending);
     let s = new_server(st.server_cfg(true).with_alpn(&[b"h3"]));
@@ -137,7 +110,7 @@ fn a_ticket_carries_the_terms_of_its_connection() {
 
 #[test]
 fn a_server_accepting_early_data_that_was_not_offered_fails_the_handshake() {
-    let st = Setup::new();
+    let st = Early(Setup::new());
     st.prime(true);
     // The server's EncryptedExtensions end with the early-data flag: set it.
     let mut forge = |to_server: bool, epoch: Epoch, b: &mut Vec<u8>| {

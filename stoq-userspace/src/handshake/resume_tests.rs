@@ -9,15 +9,16 @@ use super::tests::{
 };
 use super::*;
 
-/// A server credential, its pinned trust, and a client configuration with a cache.
-struct Setup {
+/// A server credential, its pinned trust, and a client configuration with a cache (the
+/// early-data tests use it too).
+pub(super) struct Setup {
     key: Vec<u8>,
-    public: VerifyingKey,
-    cache: Arc<SessionCache>,
+    pub(super) public: VerifyingKey,
+    pub(super) cache: Arc<SessionCache>,
 }
 
 impl Setup {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let (cred, public) = raw(SigAlg::Falcon512);
         let Credential::RawKey { key, .. } = cred else {
             unreachable!("raw key")
@@ -29,11 +30,11 @@ impl Setup {
         }
     }
 
-    fn trust(&self) -> Trust {
+    pub(super) fn trust(&self) -> Trust {
         Trust::PinnedKey(self.public.clone())
     }
 
-    fn client_cfg(&self) -> ClientConfig {
+    pub(super) fn client_cfg(&self) -> ClientConfig {
         ClientConfig {
             resumption: Some(self.cache.clone()),
             ..client_cfg(self.trust(), &CipherSuite::ALL, None)
@@ -44,7 +45,7 @@ impl Setup {
         new_client(self.client_cfg(), &mut OsRng)
     }
 
-    fn server_cfg(&self) -> ServerConfig {
+    pub(super) fn server_cfg(&self) -> ServerConfig {
         let cred = Credential::RawKey {
             key: SigningKey::from_bytes(&self.key).expect("the same key"),
             public: self.public.clone(),
