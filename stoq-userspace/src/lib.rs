@@ -91,6 +91,7 @@ pub mod handshake;
 mod host;
 pub mod io;
 pub mod metrics;
+pub mod nat;
 mod os;
 pub mod qlog;
 #[cfg(any(test, feature = "sim"))]

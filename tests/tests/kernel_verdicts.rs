@@ -160,6 +160,25 @@ fn known_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
     let mut hs_no_fixed = frames::handshake(&l, 100);
     hs_no_fixed[0] &= !0x40;
     let zero_rtt_short_cid = frames::zero_rtt(7, 100);
+    // A STUN Binding response (RFC 8489) with FINGERPRINT, the answer to a worker's request
+    // for its reflexive address; then the same with a wrong cookie, and with a length
+    // field that is not the datagram's: those are not STUN, and not STOQ either.
+    let stun = {
+        use stoq_common::wire::stun::{Class, METHOD_BINDING, Writer, attr};
+        let mut b = [0u8; 64];
+        let mut w = Writer::new(&mut b, Class::Success, METHOD_BINDING, &[1; 12]).unwrap();
+        w.xor_address(
+            attr::XOR_MAPPED_ADDRESS,
+            "100.64.0.1:40000".parse().unwrap(),
+        )
+        .unwrap();
+        let n = w.finish_with_fingerprint().unwrap();
+        b[..n].to_vec()
+    };
+    let mut stun_cookie = stun.clone();
+    stun_cookie[4] ^= 1;
+    let mut stun_length = stun.clone();
+    stun_length.extend_from_slice(&[0; 4]);
     let mut hs_bad_dcid = frames::handshake(&l, 100);
     hs_bad_dcid[5] = 13;
     let mut long_dcid21 = frames::initial_full();
@@ -210,6 +229,26 @@ fn known_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             "Initial 1200, IPv6",
             with_payload(v6, &frames::initial_full()),
             Stoq(K::Initial),
+        ),
+        (
+            "STUN Binding response",
+            with_payload(v4, &stun),
+            Stoq(K::Stun),
+        ),
+        (
+            "STUN Binding response, IPv6 + VLAN",
+            with_payload(v6vlan, &stun),
+            Stoq(K::Stun),
+        ),
+        (
+            "STUN header, wrong magic cookie",
+            with_payload(v4, &stun_cookie),
+            Drop(D::FixedBit),
+        ),
+        (
+            "STUN header, length not the datagram's",
+            with_payload(v6, &stun_length),
+            Drop(D::FixedBit),
         ),
         (
             "0-RTT to a client-chosen 8-byte CID",

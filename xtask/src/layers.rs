@@ -20,7 +20,7 @@ const CRATES: [(&str, &str); 2] = [
 ];
 
 /// The protocol layer of `stoq`, and what it must never import.
-const PROTOCOL: [&str; 5] = ["conn", "crypto", "handshake", "frame", "codec"];
+const PROTOCOL: [&str; 6] = ["conn", "nat", "crypto", "handshake", "frame", "codec"];
 const ABOVE_PROTOCOL: [&str; 6] = ["io", "engine", "api", "xdp", "sim", "os"];
 
 /// A crate's module graph: top-level module → the top-level modules it imports.

@@ -102,6 +102,13 @@ fn test(extra: &[String]) -> Result<(), Fail> {
                 .into(),
         ));
     }
+    if is_root() && !util::runs("turnserver") {
+        return Err(Fail(
+            "the NAT traversal tests start coturn's turnserver as their STUN server: install \
+             it (Debian/Ubuntu: apt-get install --no-install-recommends coturn)"
+                .into(),
+        ));
+    }
     if is_root() && !util::runs("promtool") {
         return Err(Fail(
             "the metrics test lints `stoq server --metrics` with promtool: install it \
@@ -131,7 +138,7 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     run(&mut c)?;
     // The engine end to end over veth pairs (1 GiB transfers, 1,000 connections, a
     // million hostile datagrams, a spoofed handshake flood, a fleet behind an nftables
-    // balancer), in release mode, one test at a time (each owns the CPU).
+    // balancer, an endpoint behind an nftables NAT asking coturn), in release mode, one test at a time (each owns the CPU).
     let mut c = cargo();
     c.args(E2E_TESTS).args(["--", "--test-threads", "1"]);
     if is_root() {
@@ -141,7 +148,7 @@ fn test(extra: &[String]) -> Result<(), Fail> {
 }
 
 /// The engine's end-to-end test binaries (and the handshake flood), in release mode.
-const E2E_TESTS: [&str; 12] = [
+const E2E_TESTS: [&str; 14] = [
     "test",
     "--release",
     "-p",
@@ -154,6 +161,8 @@ const E2E_TESTS: [&str; 12] = [
     "netns_handshake_flood",
     "--test",
     "netns_fleet",
+    "--test",
+    "netns_nat",
 ];
 
 /// The simulator test binary, in release mode (it needs the `sim` feature).

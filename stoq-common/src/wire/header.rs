@@ -83,11 +83,17 @@ pub enum PacketKind {
     UnknownVersion = 5,
     /// Long header, type 0-RTT: a resuming client's early data.
     ZeroRtt = 6,
+    /// Not STOQ: a STUN message (RFC 8489) on a STOQ port, the answer to an endpoint's
+    /// Binding request for its reflexive address. Told apart by RFC 7983's first-byte
+    /// range (0 to 3, where STOQ's fixed bit is clear), the magic cookie and a length
+    /// that is the datagram's; steered by the first byte of its transaction ID, which
+    /// names the worker that sent the request ([`HeaderInfo::worker`]).
+    Stun = 7,
 }
 
 impl PacketKind {
     /// Every kind, in counter order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Initial,
         Self::Handshake,
         Self::Retry,
@@ -95,6 +101,7 @@ impl PacketKind {
         Self::VersionNegotiation,
         Self::UnknownVersion,
         Self::ZeroRtt,
+        Self::Stun,
     ];
 
     /// A short, stable name for logs and metrics.
@@ -107,6 +114,7 @@ impl PacketKind {
             Self::VersionNegotiation => "version_negotiation",
             Self::UnknownVersion => "unknown_version",
             Self::ZeroRtt => "zero_rtt",
+            Self::Stun => "stun",
         }
     }
 }
@@ -136,7 +144,8 @@ pub struct HeaderInfo {
     pub pn_off: usize,
     /// The Length field (packet number + payload) of Initial, 0-RTT and Handshake; 0 otherwise.
     pub length: u64,
-    /// Worker id from the DCID of a short header, per the configured layout.
+    /// Worker id from the DCID of a short header, per the configured layout; for a STUN
+    /// message, the first byte of its transaction ID.
     pub worker: Option<u8>,
 }
 
@@ -205,6 +214,19 @@ fn varint_within(b: &Bytes<'_>, off: usize, end: usize) -> Result<(u64, usize), 
     }
 }
 
+/// [`stun::is_stun`](super::stun::is_stun) over [`Bytes`]: the magic cookie and a length
+/// field that is the rest of the datagram (a multiple of 4). The first byte is checked by
+/// the caller.
+#[inline(always)]
+fn is_stun_at(b: &Bytes<'_>, p: usize, len: usize) -> bool {
+    len >= super::stun::HEADER_LEN
+        && len.is_multiple_of(4)
+        && b.u32_at(p + 4)
+            .is_ok_and(|c| c == super::stun::MAGIC_COOKIE)
+        && b.u16_at(p + 2)
+            .is_ok_and(|l| usize::from(l) + super::stun::HEADER_LEN == len)
+}
+
 /// The STOQ half of the classifier: the header at `p`, in a datagram of `len` bytes.
 #[inline(always)]
 pub(crate) fn classify_at(
@@ -235,6 +257,12 @@ pub(crate) fn classify_at(
     if first & 0x80 == 0 {
         // Short header: first byte, DCID of the configured length, packet number.
         if first & 0x40 == 0 {
+            if first & 0xc0 == 0 && is_stun_at(b, p, len) {
+                h.kind = PacketKind::Stun;
+                h.dcid_off = 0;
+                h.worker = b.u8_at(p + 8).ok();
+                return Ok(h);
+            }
             return Err(DropReason::FixedBit);
         }
         let cid_len = usize::from(cfg.cid_len);

@@ -10,6 +10,7 @@ pub mod header;
 pub mod ipv4;
 pub mod ipv6;
 pub mod stoq;
+pub mod stun;
 pub mod udp;
 
 use core::fmt;

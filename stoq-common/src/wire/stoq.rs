@@ -201,6 +201,8 @@ impl<'a> Repr<'a> {
                 spin: buf[0] & 0x20 != 0,
             },
             PacketKind::UnknownVersion => return Err(DropReason::UnsupportedVersion),
+            // A STUN message has no STOQ header to represent.
+            PacketKind::Stun => return Err(DropReason::FixedBit),
         })
     }
 

@@ -45,7 +45,7 @@ use crate::handshake::{ClientConfig, ServerConfig};
 /// ```
 #[derive(Debug)]
 pub struct Endpoint {
-    engine: Arc<Engine>,
+    pub(super) engine: Arc<Engine>,
     client: Option<Arc<ClientConfig>>,
 }
 

@@ -48,6 +48,7 @@ mod connection;
 mod datagram;
 mod endpoint;
 mod incoming;
+mod nat;
 mod reconnect;
 pub(crate) mod remote;
 mod stream;

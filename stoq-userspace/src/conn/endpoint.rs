@@ -31,6 +31,7 @@ mod retried;
 mod schedule;
 mod signing;
 mod stateless;
+mod stun;
 
 use self::responses::Responses;
 use self::retried::Retried;
@@ -172,6 +173,8 @@ pub struct Endpoint {
     signatures_held: bool,
     /// Connections freed, for [`Endpoint::poll_removed`].
     removed: VecDeque<ConnectionHandle>,
+    /// STUN Binding transactions (the reflexive address).
+    stun: crate::nat::binding::Bindings,
     stats: EndpointStats,
 }
 
@@ -244,6 +247,7 @@ impl Endpoint {
             batch: Vec::new(),
             signatures_held: false,
             removed: VecDeque::new(),
+            stun: crate::nat::binding::Bindings::default(),
             stats: EndpointStats::default(),
         };
         me.set_cluster_keys(&keys);
@@ -312,6 +316,7 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats;
         s.memory = self.mem_total;
+        s.stun = self.stun.stats;
         s
     }
 
@@ -579,6 +584,10 @@ impl Endpoint {
                 return None;
             }
         };
+        if info.kind == PacketKind::Stun {
+            self.stun.handle(remote, data);
+            return None;
+        }
         if info.kind == PacketKind::UnknownVersion {
             if self.server.is_some() {
                 self.version_negotiation(remote, data, &info);
@@ -867,6 +876,9 @@ impl Endpoint {
         if buf.len() < size {
             buf.resize(size, 0);
         }
+        if let Some(t) = self.poll_stun(now, buf) {
+            return Some(t);
+        }
         if let Some(t) = self
             .responses
             .pop_into(buf, &mut self.stats.responses_dropped)
@@ -883,6 +895,9 @@ impl Endpoint {
     /// is dropped (counted in `responses_dropped`).
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.sign_waiting(now);
+        if let Some(t) = self.poll_stun(now, buf) {
+            return Some(t);
+        }
         if let Some(t) = self
             .responses
             .pop_into(buf, &mut self.stats.responses_dropped)
@@ -890,6 +905,15 @@ impl Endpoint {
             return Some(t);
         }
         self.poll_connections(now, buf)
+    }
+
+    /// A STUN request that is due (rare and tiny: first in line).
+    fn poll_stun(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.stun.is_empty() {
+            return None;
+        }
+        let (to, n) = self.stun.poll_transmit(now, buf)?;
+        Some(Transmit::new(to, n))
     }
 
     /// The next datagram of the connections that may have something to send, taking
@@ -990,17 +1014,19 @@ impl Endpoint {
     /// The earliest timer over all connections.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.refresh();
+        let stun = self.stun.poll_timeout();
         while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
             if self.sched.deadline[i] == Some(t) && self.conns[i].is_some() {
-                return Some(t);
+                return Some(stun.map_or(t, |s| s.min(t)));
             }
             self.sched.timers.pop();
         }
-        None
+        stun
     }
 
-    /// Fires every expired connection timer.
+    /// Fires every expired timer: the connections', and STUN transactions' ends.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.stun.handle_timeout(now);
         self.refresh();
         while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
             if t > now {

@@ -207,6 +207,11 @@ pub(crate) struct ApiState {
     pub(crate) shutting_down: bool,
     /// Tasks waiting for this worker's connections to drain.
     pub(crate) drained: Vec<Waker>,
+    /// Tasks waiting for a STUN Binding transaction's outcome.
+    pub(crate) bindings: HashMap<
+        crate::nat::BindingId,
+        tokio::sync::oneshot::Sender<Result<std::net::SocketAddr, crate::nat::BindingError>>,
+    >,
 }
 
 impl std::fmt::Debug for ApiState {

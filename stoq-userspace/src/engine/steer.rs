@@ -12,7 +12,8 @@ use crate::wire::cid::{CidLayout, ConnectionId};
 /// How a datagram is routed among workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
-    /// Its destination CID follows the layout: the worker named inside it.
+    /// Its destination CID follows the layout: the worker named inside it (or, for a STUN
+    /// answer, the worker its transaction ID names).
     Owner(u8),
     /// A long header under a CID this server did not issue: a client's first Initials,
     /// under the destination CID it chose.
@@ -31,6 +32,14 @@ pub(crate) fn route<'a>(
     let Some(first) = d.first() else {
         return Route::Anyone;
     };
+    if first & 0xc0 == 0 {
+        // Not STOQ (its fixed bit is clear). A STUN answer goes to the worker that asked:
+        // the first byte of the transaction ID it chose.
+        return match d.get(8) {
+            Some(&w) if crate::wire::wire::stun::is_stun(d) => Route::Owner(w),
+            _ => Route::Anyone,
+        };
+    }
     if first & 0x80 == 0 {
         return match d.get(1..1 + layout.len()) {
             Some(cid) if layout.matches_first_octet(cid[0]) => Route::Owner(worker_of(cid)),
@@ -181,5 +190,22 @@ mod tests {
         }
         assert!(p.chosen.len() <= PLACED && p.order.len() <= PLACED);
         assert!(p.by_peer.len() <= PLACED && p.peers.len() <= PLACED);
+    }
+
+    #[test]
+    fn a_stun_answer_goes_to_the_worker_its_transaction_id_names() {
+        use crate::wire::wire::stun::{Class, METHOD_BINDING, Writer};
+        let layout = CidLayout::DEFAULT;
+        let mut b = [0u8; 28];
+        let mut id = [9u8; 12];
+        id[0] = 2;
+        let n = Writer::new(&mut b, Class::Success, METHOD_BINDING, &id)
+            .unwrap()
+            .finish_with_fingerprint()
+            .unwrap();
+        assert_eq!(route(&b[..n], &layout, |_| 7), Route::Owner(2));
+        // Bytes that only look like STUN (the length is not the datagram's) are nobody's.
+        assert_eq!(route(&b[..n - 4], &layout, |_| 7), Route::Anyone);
+        assert_eq!(route(&[0u8; 12], &layout, |_| 7), Route::Anyone);
     }
 }

@@ -423,6 +423,11 @@ impl State {
         while let Some(h) = self.endpoint.poll_removed() {
             woke |= self.api.on_removed(h);
         }
+        while let Some(o) = self.endpoint.poll_binding() {
+            if let Some(tx) = self.api.bindings.remove(&o.id) {
+                woke |= tx.send(o.result).is_ok();
+            }
+        }
         if self.endpoint.connection_count() == 0 {
             woke |= self.api.on_drained();
         }

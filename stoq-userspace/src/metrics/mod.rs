@@ -242,6 +242,28 @@ impl Metrics {
                     c(es.early_data_refused[r as usize]),
                 );
             }
+            put(
+                "stoq_stun_requests_total",
+                &[("worker", w)],
+                c(es.stun.requests_sent),
+            );
+            for (outcome, v) in [("succeeded", es.stun.succeeded), ("failed", es.stun.failed)] {
+                put(
+                    "stoq_stun_transactions_total",
+                    &[("worker", w), ("outcome", outcome)],
+                    c(v),
+                );
+            }
+            for (reason, v) in [
+                ("unsolicited", es.stun.unsolicited),
+                ("malformed", es.stun.malformed),
+            ] {
+                put(
+                    "stoq_stun_dropped_total",
+                    &[("worker", w), ("reason", reason)],
+                    c(v),
+                );
+            }
             for (dir, bytes, packets, datagrams) in [
                 ("tx", tt.tx_bytes, tt.tx_packets, tt.tx_datagrams),
                 ("rx", tt.rx_bytes, tt.rx_packets, tt.rx_datagrams),
@@ -584,6 +606,24 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "reason"],
         "Handshakes whose early data (0-RTT) was refused, by reason (declined: seen by a client); the data went again at 1-RTT.",
+    ),
+    family(
+        "stoq_stun_requests_total",
+        COUNTER,
+        &["worker"],
+        "STUN Binding requests sent (reflexive address), retransmissions included.",
+    ),
+    family(
+        "stoq_stun_transactions_total",
+        COUNTER,
+        &["worker", "outcome"],
+        "STUN Binding transactions by outcome: succeeded, failed (timed out, error response, unusable answer).",
+    ),
+    family(
+        "stoq_stun_dropped_total",
+        COUNTER,
+        &["worker", "reason"],
+        "STUN messages dropped: unsolicited (no matching transaction, another source, another method), malformed.",
     ),
     family(
         "stoq_bytes_total",

@@ -146,4 +146,6 @@ pub struct EndpointStats {
     /// The transport counters of the connections that have ended, summed (the live ones
     /// are added by [`Endpoint::transport_totals`](super::Endpoint::transport_totals)).
     pub closed: TransportTotals,
+    /// STUN Binding transactions and the STUN messages received.
+    pub stun: crate::nat::StunStats,
 }

@@ -1,0 +1,13 @@
+//! NAT traversal: what an endpoint behind a NAT needs to be reached.
+//!
+//! - [`binding`]: STUN Binding transactions (RFC 8489), which tell an endpoint its
+//!   reflexive address (the public address and port its NAT maps its socket to) as a STUN
+//!   server sees it. They run on the endpoint's own socket and backend, so the address
+//!   learned is the one its connections use; the XDP classifier and the worker steering
+//!   recognise STUN answers beside STOQ packets (`docs/nat.md`).
+//!
+//! The wire codec is `stoq_common::wire::stun` (no_std, shared with the classifier).
+
+pub mod binding;
+
+pub use binding::{BindingError, BindingId, BindingOutcome, StunStats};
