@@ -16,6 +16,7 @@ macro_rules! say {
 
 mod demo;
 mod keys;
+mod nat;
 mod qlog_chart;
 mod transfer;
 
@@ -238,6 +239,24 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Asks STUN servers (RFC 8489) for this host's reflexive address, from an endpoint's
+    /// own socket and backend as a STOQ server's connections would see it, and says how the
+    /// NAT maps it: endpoint-independent (a "cone": peers can be told the address) or
+    /// dependent (a "symmetric" NAT). Telling them apart takes two servers on different
+    /// IP addresses. Exits non-zero when no server answers.
+    Nat {
+        /// A STUN server (IP:port); repeat for more.
+        #[arg(long = "stun", value_name = "ADDR", required = true)]
+        stun: Vec<SocketAddr>,
+        /// The local address to ask from (default: the servers' wildcard, any port).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// Seconds to wait for each server.
+        #[arg(long, default_value = "5")]
+        timeout: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Draws a connection's congestion control from its qlog file (`--qlog`) as an SVG:
     /// congestion window and bytes in flight over the controller's states, with the
     /// losses; pacing rate; round-trip times. Read the sender's trace.
@@ -449,6 +468,17 @@ fn main() -> ExitCode {
             out,
         }),
         Command::Probe { bind, engine } => probe(bind, &engine),
+        Command::Nat {
+            stun,
+            bind,
+            timeout,
+            engine,
+        } => nat::run(&nat::NatArgs {
+            stun: &stun,
+            bind,
+            timeout: std::time::Duration::from_secs(timeout),
+            engine: &engine,
+        }),
         Command::ClusterKeys { out, rotate, lb } => {
             keys::cluster_keys(out.as_deref(), rotate.as_deref(), lb)
         }

@@ -13,12 +13,17 @@
 //! address with the very port the STOQ server sees the connection come from, which is the
 //! port conntrack shows for the mapping. The connection keeps working after the STUN
 //! exchange.
+//!
+//! Then the mapping's behaviour: behind a port-preserving masquerade (endpoint-independent
+//! mapping, a "cone") both of coturn's addresses see one public address and port; behind
+//! `masquerade random` (a "symmetric" NAT) they see two.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use stoq::Endpoint;
+use stoq::api::Mapping;
 use stoq::engine::EngineConfig;
 use stoq::io::BackendKind;
 use stoq_common::classify::PacketKind;
@@ -30,6 +35,8 @@ const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 120, 2);
 const NAT_INSIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 120, 1);
 const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(100, 64, 120, 1);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(100, 64, 120, 2);
+/// coturn's second address: a second STUN server, for the mapping's behaviour.
+const PUBLIC2: Ipv4Addr = Ipv4Addr::new(100, 64, 120, 3);
 const MAPPED_PORTS: std::ops::RangeInclusive<u16> = 40_000..=40_999;
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -85,7 +92,14 @@ fn link(a: &NetNs, a_if: &str, a_ip: &str, b: &NetNs, b_if: &str, b_ip: &str) {
     b.ip(&["link", "set", b_if, "up"]).expect("up");
 }
 
-fn topology() -> Topology {
+/// nftables NAT statements: ports mapped into a range (the reflexive-address test), the
+/// source port kept where it is free (endpoint-independent mapping, a "cone"), and a random
+/// port per flow (a "symmetric" NAT).
+const RANGE: &str = "masquerade to :40000-40999";
+const CONE: &str = "masquerade";
+const SYMMETRIC: &str = "masquerade random";
+
+fn topology(nat_rule: &str) -> Topology {
     let inside = NetNs::new("nat").expect("netns");
     let nat = NetNs::new("nat").expect("netns");
     let public = NetNs::new("nat").expect("netns");
@@ -105,6 +119,9 @@ fn topology() -> Topology {
         "p0",
         "100.64.120.2/24",
     );
+    public
+        .ip(&["addr", "add", &format!("{PUBLIC2}/24"), "dev", "p0"])
+        .expect("coturn's second address");
     inside
         .ip(&["route", "add", "default", "via", &NAT_INSIDE.to_string()])
         .expect("route");
@@ -119,12 +136,14 @@ fn topology() -> Topology {
             "net.ipv4.ip_forward=1",
         ],
     );
-    let rules = "table ip stoq_nat {\n\
-         chain post {\n\
-           type nat hook postrouting priority srcnat; policy accept;\n\
-           oifname \"n1\" meta l4proto udp masquerade to :40000-40999\n\
-         }\n\
-       }\n";
+    let rules = format!(
+        "table ip stoq_nat {{\n\
+           chain post {{\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             oifname \"n1\" meta l4proto udp {nat_rule}\n\
+           }}\n\
+         }}\n"
+    );
     let mut nft = Command::new("ip")
         .args(["netns", "exec", nat.name(), "nft", "-f", "-"])
         .stdin(Stdio::piped())
@@ -147,6 +166,8 @@ fn topology() -> Topology {
         .args([
             "-L",
             &PUBLIC.to_string(),
+            "-L",
+            &PUBLIC2.to_string(),
             "-p",
             "3478",
             "--no-tls",
@@ -162,8 +183,26 @@ fn topology() -> Topology {
         .stderr(Stdio::null())
         .spawn()
         .expect("turnserver (apt install coturn)");
+    let coturn = Coturn(coturn);
+    // coturn says nothing when a listener cannot bind; wait until both are open so a
+    // broken topology fails here, by name, not as a STUN timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ss = sh("ip", &["netns", "exec", public.name(), "ss", "-Hlun"]);
+        if [PUBLIC, PUBLIC2]
+            .iter()
+            .all(|ip| ss.contains(&format!("{ip}:3478")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "turnserver does not listen on {PUBLIC}:3478 and {PUBLIC2}:3478: {ss}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Topology {
-        _coturn: Coturn(coturn),
+        _coturn: coturn,
         inside,
         nat,
         public,
@@ -204,7 +243,7 @@ fn conntrack_mapping(nat: &NetNs, port: u16) -> Option<u16> {
 }
 
 fn reflexive_address_through_a_nat(backend: BackendKind) {
-    let t = topology();
+    let t = topology(RANGE);
     let (scfg, ccfg) = engine::configs();
     let mut se = EngineConfig::new(SocketAddr::new(PUBLIC.into(), 4433));
     se.backend = Some(BackendKind::Udp);
@@ -294,5 +333,51 @@ fn reflexive_address_io_uring() {
 fn reflexive_address_af_xdp() {
     if privileged("netns_nat::reflexive_address_af_xdp") {
         reflexive_address_through_a_nat(BackendKind::AfXdp);
+    }
+}
+
+/// Behind each kind of NAT, a client asks both of coturn's addresses: the report must name
+/// the mapping the nftables rule makes.
+#[test]
+fn nat_mapping_cone_and_symmetric() {
+    if !privileged("netns_nat::nat_mapping_cone_and_symmetric") {
+        return;
+    }
+    let servers = [
+        SocketAddr::new(PUBLIC.into(), 3478),
+        SocketAddr::new(PUBLIC2.into(), 3478),
+    ];
+    for (rule, want) in [
+        (CONE, Mapping::EndpointIndependent),
+        (SYMMETRIC, Mapping::Dependent),
+    ] {
+        let t = topology(rule);
+        let (_, ccfg) = engine::configs();
+        let mut ce = EngineConfig::new(SocketAddr::new(INSIDE.into(), 5000));
+        ce.backend = Some(BackendKind::Udp);
+        let client = t
+            .inside
+            .run(move || Endpoint::client(ce, ccfg))
+            .expect("client");
+        let report =
+            engine::runtime().block_on(client.nat_report(&servers, Duration::from_secs(10)));
+        eprintln!("{rule}: {report:?}");
+        let stun = client.endpoint_stats()[0].stun;
+        assert_eq!(report.mapping, want, "{rule}: {report:?} {stun:?}");
+        assert!(
+            report
+                .answers
+                .iter()
+                .all(|(_, r)| r.is_ok_and(|a| a.ip() == IpAddr::from(NAT_PUBLIC)))
+        );
+        match want {
+            Mapping::EndpointIndependent => {
+                assert_eq!(
+                    report.reflexive(),
+                    Some(SocketAddr::new(NAT_PUBLIC.into(), 5000))
+                );
+            }
+            _ => assert_eq!(report.reflexive(), None),
+        }
     }
 }

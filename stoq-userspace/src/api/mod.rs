@@ -59,6 +59,7 @@ pub use self::chunk::Chunk;
 pub use self::connection::{Connection, Message, MessageOutcome};
 pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
+pub use self::nat::{Mapping, NatReport};
 pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
