@@ -138,7 +138,7 @@ fn test(extra: &[String]) -> Result<(), Fail> {
     run(&mut c)?;
     // The engine end to end over veth pairs (1 GiB transfers, 1,000 connections, a
     // million hostile datagrams, a spoofed handshake flood, a fleet behind an nftables
-    // balancer, an endpoint behind an nftables NAT asking coturn), in release mode, one test at a time (each owns the CPU).
+    // balancer, an endpoint behind an nftables NAT asking coturn, peers meeting through NATs), in release mode, one test at a time (each owns the CPU).
     let mut c = cargo();
     c.args(E2E_TESTS).args(["--", "--test-threads", "1"]);
     if is_root() {
@@ -148,7 +148,7 @@ fn test(extra: &[String]) -> Result<(), Fail> {
 }
 
 /// The engine's end-to-end test binaries (and the handshake flood), in release mode.
-const E2E_TESTS: [&str; 14] = [
+const E2E_TESTS: [&str; 16] = [
     "test",
     "--release",
     "-p",
@@ -163,6 +163,8 @@ const E2E_TESTS: [&str; 14] = [
     "netns_fleet",
     "--test",
     "netns_nat",
+    "--test",
+    "netns_peer",
 ];
 
 /// The simulator test binary, in release mode (it needs the `sim` feature).

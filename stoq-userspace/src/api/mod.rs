@@ -51,6 +51,7 @@ mod incoming;
 mod nat;
 mod reconnect;
 pub(crate) mod remote;
+mod rendezvous;
 mod stream;
 
 use std::io;
@@ -61,6 +62,9 @@ pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::nat::{Mapping, NatReport};
 pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
+pub use self::rendezvous::{
+    ATTEMPT_TIMEOUT, HEAD_START, PUNCH_SPACING, PUNCHES, PeerError, Rendezvous, serve_rendezvous,
+};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 pub use crate::engine::app::PathEvent;

@@ -254,6 +254,11 @@ impl Metrics {
                     c(v),
                 );
             }
+            put(
+                "stoq_nat_punches_total",
+                &[("worker", w)],
+                c(es.stun.punches_sent),
+            );
             for (reason, v) in [
                 ("unsolicited", es.stun.unsolicited),
                 ("malformed", es.stun.malformed),
@@ -618,6 +623,12 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "outcome"],
         "STUN Binding transactions by outcome: succeeded, failed (timed out, error response, unusable answer).",
+    ),
+    family(
+        "stoq_nat_punches_total",
+        COUNTER,
+        &["worker"],
+        "Datagrams sent to open the NAT toward a peer that asked to connect (hole punching).",
     ),
     family(
         "stoq_stun_dropped_total",

@@ -98,6 +98,8 @@ pub struct StunStats {
     /// STUN messages dropped as malformed (the codec refused them; a FINGERPRINT that
     /// does not match among them).
     pub malformed: u64,
+    /// Binding indications sent to open the NAT toward a peer (hole punching).
+    pub punches_sent: u64,
 }
 
 #[derive(Debug)]
@@ -112,10 +114,15 @@ struct Pending {
     deadline: Instant,
 }
 
-/// An endpoint's Binding transactions.
+/// Punches waiting to be sent at most (a further one is dropped).
+pub const MAX_PUNCHES: usize = 64;
+
+/// An endpoint's Binding transactions, and the punches it sends to open its NAT.
 #[derive(Debug, Default)]
 pub(crate) struct Bindings {
     pending: Vec<Pending>,
+    /// Binding indications to send, each with its transaction ID (hole punching).
+    punches: VecDeque<(SocketAddr, [u8; 12])>,
     done: VecDeque<BindingOutcome>,
     next_id: u64,
     pub(crate) stats: StunStats,
@@ -151,9 +158,21 @@ impl Bindings {
         Ok(id)
     }
 
-    /// Whether a transaction is running.
+    /// Whether nothing runs or waits to be sent.
     pub(crate) fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.punches.is_empty()
+    }
+
+    /// Queues a Binding indication to `to`: a datagram whose only purpose is to leave
+    /// through this endpoint's NAT toward `to`, so that the NAT lets `to`'s packets in
+    /// (hole punching). A STUN indication gets no answer, and a STOQ endpoint counts one
+    /// as unsolicited STUN. Returns whether it was queued.
+    pub(crate) fn punch(&mut self, to: SocketAddr, txid: [u8; 12]) -> bool {
+        if self.punches.len() >= MAX_PUNCHES {
+            return false;
+        }
+        self.punches.push_back((to, txid));
+        true
     }
 
     /// The next request due by `now`, written into `buf`: (server, length).
@@ -162,6 +181,13 @@ impl Bindings {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
+        if let Some((to, txid)) = self.punches.pop_front() {
+            let n = Writer::new(buf, Class::Indication, METHOD_BINDING, &txid)
+                .and_then(Writer::finish_with_fingerprint)
+                .ok()?;
+            self.stats.punches_sent += 1;
+            return Some((to, n));
+        }
         let p = self
             .pending
             .iter_mut()

@@ -5,9 +5,12 @@
 //!   server sees it. They run on the endpoint's own socket and backend, so the address
 //!   learned is the one its connections use; the XDP classifier and the worker steering
 //!   recognise STUN answers beside STOQ packets (`docs/nat.md`).
+//! - [`rendezvous`]: the messages two peers exchange through a rendezvous server to learn
+//!   each other's candidate addresses before punching (`Endpoint::connect_peer`).
 //!
 //! The wire codec is `stoq_common::wire::stun` (no_std, shared with the classifier).
 
 pub mod binding;
+pub mod rendezvous;
 
 pub use binding::{BindingError, BindingId, BindingOutcome, StunStats};

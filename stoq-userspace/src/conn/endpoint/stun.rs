@@ -34,6 +34,17 @@ impl Endpoint {
         self.stun.start(now, server, timeout, txid)
     }
 
+    /// Sends a Binding indication (28 bytes, no answer expected) to `to` through
+    /// [`poll_transmit`](Self::poll_transmit): it opens this endpoint's NAT toward `to`, so
+    /// that a peer there can reach it (hole punching, `docs/nat.md`). Returns `false` when
+    /// 64 punches already wait to be sent.
+    pub fn punch(&mut self, to: SocketAddr) -> bool {
+        let mut txid = [0u8; 12];
+        txid[0] = self.config.worker_id;
+        self.rng.fill_bytes(&mut txid[1..]);
+        self.stun.punch(to, txid)
+    }
+
     /// A Binding transaction that ended (answered, failed or timed out), once.
     pub fn poll_binding(&mut self) -> Option<BindingOutcome> {
         self.stun.poll()

@@ -293,3 +293,28 @@ fn misuse_is_refused_with_the_fix() {
     }
     assert_eq!(ended, MAX_PENDING);
 }
+
+#[test]
+fn punches_are_28_byte_indications_that_a_stoq_endpoint_ignores() {
+    let mut r = Rig::new(4);
+    let peer: SocketAddr = "100.64.131.1:5000".parse().unwrap();
+    assert!(r.ep.punch(peer));
+    let mut buf = Vec::new();
+    let t = r.ep.poll_transmit(r.now, &mut buf).unwrap();
+    assert_eq!((t.destination, t.size), (peer, 28));
+    let m = Message::parse(&buf[..t.size]).unwrap();
+    assert_eq!((m.class(), m.method()), (Class::Indication, METHOD_BINDING));
+    assert_eq!(m.transaction_id()[0], 4);
+    assert!(r.ep.poll_transmit(r.now, &mut buf).is_none());
+    assert_eq!(r.ep.stats().stun.punches_sent, 1);
+    // The peer's endpoint receives it as unsolicited STUN, and answers nothing.
+    let mut other = Rig::new(0);
+    other.feed(server(), &buf[..t.size]);
+    assert_eq!(other.ep.stats().stun.unsolicited, 1);
+    assert!(other.requests().is_empty());
+    // Bounded: 64 wait at most.
+    for _ in 0..MAX_PUNCHES {
+        assert!(r.ep.punch(peer));
+    }
+    assert!(!r.ep.punch(peer));
+}

@@ -1,0 +1,388 @@
+//! Peer-to-peer connections through NATs: a rendezvous server tells two peers each other's
+//! candidate addresses, the peer asked for punches a hole in its NAT toward the asking
+//! peer, and the asking peer connects directly (`docs/nat.md`).
+//!
+//! - [`serve_rendezvous`]: the rendezvous role, on any server endpoint.
+//! - [`Endpoint::join_rendezvous`]: a peer (an endpoint that both accepts and connects,
+//!   [`Endpoint::server_and_client`]) registers under an id and punches when another
+//!   peer asks for it; the connection that follows arrives through
+//!   [`Endpoint::accept`] like any other.
+//! - [`Endpoint::connect_peer`]: asks for a peer by id and connects to its candidates.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnectError, Connection, Endpoint, RecvStream, SendStream};
+use crate::conn::ConnectionError;
+use crate::engine::Engine;
+use crate::nat::rendezvous::{MAX_CANDIDATES, Message, RendezvousError};
+
+/// Punches sent toward each candidate of a peer that asked for this one, spaced by
+/// [`PUNCH_SPACING`]: more than one, in case the first is lost or leaves before the NAT
+/// is ready.
+pub const PUNCHES: usize = 3;
+/// Time between punches toward one candidate.
+pub const PUNCH_SPACING: Duration = Duration::from_millis(20);
+/// How long the asking peer waits after learning the candidates before its first
+/// Initial, so that the other peer's punch leaves first: an Initial that reaches a NAT
+/// before the punch is dropped there (and, on some NATs, spoils the mapping).
+pub const HEAD_START: Duration = Duration::from_millis(30);
+/// How long a connection attempt to one candidate may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a peer-to-peer step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The connection to the rendezvous server could not be made.
+    #[error("rendezvous server: {0}")]
+    Connect(#[from] ConnectError),
+    /// The connection to the rendezvous server ended (the reason).
+    #[error("rendezvous connection lost: {0}")]
+    Lost(String),
+    /// The rendezvous server (or peer) sent a message that does not decode.
+    #[error("rendezvous protocol: {0}")]
+    Protocol(#[from] RendezvousError),
+    /// The id is empty or over 64 bytes.
+    #[error("a peer id is 1 to 64 bytes")]
+    BadId,
+    /// No peer is registered under that id.
+    #[error("no peer is registered under that id at the rendezvous server")]
+    NotFound,
+    /// No candidate of the peer could be reached.
+    #[error("the peer could not be reached at any of its {tried} candidate(s): {last}")]
+    Unreachable {
+        /// Candidates tried.
+        tried: usize,
+        /// The last attempt's failure.
+        last: String,
+    },
+}
+
+/// Reads one message.
+async fn read_message(recv: &mut RecvStream) -> Result<Message, PeerError> {
+    let mut h = [0u8; 3];
+    read_exact(recv, &mut h).await?;
+    let len = Message::body_len(h)?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body).await?;
+    Ok(Message::decode(h[0], &body)?)
+}
+
+async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), PeerError> {
+    recv.read_exact(buf)
+        .await
+        .map(|_| ())
+        .map_err(|e| PeerError::Lost(e.to_string()))
+}
+
+/// Sends what arrives on the channel, in order, until it closes or the stream fails.
+fn spawn_writer(mut send: SendStream) -> mpsc::Sender<Message> {
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(m) = rx.recv().await {
+            buf.clear();
+            if m.encode(&mut buf).is_err() || send.write_all_data(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    tx
+}
+
+/// A registered peer, as the rendezvous server keeps it.
+struct Entry {
+    candidates: Vec<SocketAddr>,
+    tx: mpsc::Sender<Message>,
+}
+
+type Registry = Arc<Mutex<HashMap<Vec<u8>, Entry>>>;
+
+/// The `connect_peer` calls waiting for the server's answer, oldest first.
+type Waiting = Mutex<VecDeque<oneshot::Sender<Result<Vec<SocketAddr>, PeerError>>>>;
+
+/// Serves the rendezvous role on `endpoint` until it shuts down: every connection it
+/// accepts is a peer that registers under an id (the last to register an id holds it)
+/// and may ask for another. The server adds the address it sees each peer's connection
+/// come from (its reflexive address) before the candidates the peer gave. Call it on a
+/// tokio runtime; each peer is served by a task of its own.
+pub async fn serve_rendezvous(endpoint: &Endpoint) {
+    let registry: Registry = Arc::default();
+    while let Some(conn) = endpoint.accept().await {
+        tokio::spawn(serve_peer(conn, registry.clone()));
+    }
+}
+
+async fn serve_peer(conn: Connection, registry: Registry) {
+    let Some(observed) = conn.remote_address() else {
+        return;
+    };
+    let Ok((send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let tx = spawn_writer(send);
+    let mut me: Option<Vec<u8>> = None;
+    while let Ok(m) = read_message(&mut recv).await {
+        match m {
+            Message::Register { id, candidates } => {
+                let mut c = vec![observed];
+                c.extend(
+                    candidates
+                        .into_iter()
+                        .filter(|a| *a != observed)
+                        .take(MAX_CANDIDATES - 1),
+                );
+                let mut r = registry
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                r.insert(
+                    id.clone(),
+                    Entry {
+                        candidates: c,
+                        tx: tx.clone(),
+                    },
+                );
+                me = Some(id);
+            }
+            Message::Connect { id } => {
+                // Only a registered peer may ask: the one asked for is told who.
+                let Some(mine) = me.as_ref() else { break };
+                let (target, own) = {
+                    let r = registry
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (
+                        r.get(&id).map(|e| (e.candidates.clone(), e.tx.clone())),
+                        r.get(mine)
+                            .map(|e| e.candidates.clone())
+                            .unwrap_or_default(),
+                    )
+                };
+                let Some((candidates, their_tx)) = target else {
+                    let _ = tx.send(Message::NotFound).await;
+                    continue;
+                };
+                // The peer asked for hears first, so its punches lead the Initial.
+                let _ = their_tx
+                    .send(Message::Incoming {
+                        id: mine.clone(),
+                        candidates: own,
+                    })
+                    .await;
+                let _ = tx.send(Message::Peer { candidates }).await;
+            }
+            // Server-bound messages only.
+            _ => break,
+        }
+    }
+    if let Some(id) = me {
+        let mut r = registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.get(&id).is_some_and(|e| e.tx.same_channel(&tx)) {
+            r.remove(&id);
+        }
+    }
+}
+
+/// A peer's registration at a rendezvous server (see [`Endpoint::join_rendezvous`]). The
+/// registration ends when this is dropped.
+#[derive(Debug)]
+pub struct Rendezvous {
+    conn: Connection,
+    tx: mpsc::Sender<Message>,
+    waiting: Arc<Waiting>,
+    punched: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Rendezvous {
+    /// Peers that asked for this one and were punched toward, so far.
+    pub fn punched(&self) -> u64 {
+        self.punched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The connection to the rendezvous server.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        self.conn.close(0, b"rendezvous left");
+    }
+}
+
+impl Endpoint {
+    /// Registers this endpoint as `id` at the rendezvous server `server` (a STOQ server
+    /// running [`serve_rendezvous`], authenticated as `server_name` by this endpoint's
+    /// client settings), from this endpoint's own socket, so that the server sees the
+    /// address peers can reach. When another peer asks for `id`, this endpoint sends a
+    /// few 28-byte punches ([`crate::conn::Endpoint::punch`]) toward the asking peer's
+    /// candidates to open its NAT; the asking peer's connection then arrives through
+    /// [`accept`](Self::accept). The endpoint must accept connections
+    /// ([`server_and_client`](Self::server_and_client)).
+    ///
+    /// # Errors
+    /// [`PeerError::BadId`], or the connection to the server failing.
+    pub async fn join_rendezvous(
+        &self,
+        server: SocketAddr,
+        server_name: &str,
+        id: &[u8],
+    ) -> Result<Rendezvous, PeerError> {
+        if id.is_empty() || id.len() > crate::nat::rendezvous::MAX_ID {
+            return Err(PeerError::BadId);
+        }
+        let conn = self.connect(server, server_name).await?;
+        let (send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| PeerError::Lost(e.to_string()))?;
+        let tx = spawn_writer(send);
+        let local = self.local_addr();
+        let candidates = if local.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![local]
+        };
+        tx.send(Message::Register {
+            id: id.to_vec(),
+            candidates,
+        })
+        .await
+        .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))?;
+        let waiting: Arc<Waiting> = Arc::default();
+        let punched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let engine = Arc::downgrade(&self.engine);
+        let (w, p) = (waiting.clone(), punched.clone());
+        tokio::spawn(async move {
+            let end = loop {
+                let m = match read_message(&mut recv).await {
+                    Ok(m) => m,
+                    Err(e) => break e,
+                };
+                match m {
+                    Message::Incoming { candidates, .. } => {
+                        p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::spawn(punch(engine.clone(), candidates));
+                    }
+                    Message::Peer { candidates } => answer(&w, Ok(candidates)),
+                    Message::NotFound => answer(&w, Err(PeerError::NotFound)),
+                    _ => break PeerError::Protocol(RendezvousError::Malformed),
+                }
+            };
+            let mut q = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while let Some(s) = q.pop_front() {
+                let _ = s.send(Err(end.clone()));
+            }
+        });
+        Ok(Rendezvous {
+            conn,
+            tx,
+            waiting,
+            punched,
+        })
+    }
+
+    /// Connects to the peer registered as `peer_id` at `rendezvous`'s server: learns its
+    /// candidates (the address the server sees it at first, then its own), waits
+    /// [`HEAD_START`] for its punches to open its NAT, and tries each candidate in order
+    /// ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes is the connection,
+    /// authenticated as `server_name` like any other. The handshake validates the path.
+    ///
+    /// # Errors
+    /// [`PeerError::NotFound`], [`PeerError::Unreachable`], or the rendezvous connection
+    /// failing.
+    pub async fn connect_peer(
+        &self,
+        rendezvous: &Rendezvous,
+        peer_id: &[u8],
+        server_name: &str,
+    ) -> Result<Connection, PeerError> {
+        if peer_id.is_empty() || peer_id.len() > crate::nat::rendezvous::MAX_ID {
+            return Err(PeerError::BadId);
+        }
+        let (otx, orx) = oneshot::channel();
+        rendezvous
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(otx);
+        rendezvous
+            .tx
+            .send(Message::Connect {
+                id: peer_id.to_vec(),
+            })
+            .await
+            .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))?;
+        let candidates = orx
+            .await
+            .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))??;
+        tokio::time::sleep(HEAD_START).await;
+        let mut last = String::from("no candidates");
+        for (i, c) in candidates.iter().enumerate() {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(*c, server_name)).await {
+                Ok(Ok(conn)) => {
+                    tracing::info!(peer = %c, candidate = i, "direct peer connection");
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last = format!("{c}: {e}"),
+                Err(_) => last = format!("{c}: no handshake within {ATTEMPT_TIMEOUT:?}"),
+            }
+        }
+        Err(PeerError::Unreachable {
+            tried: candidates.len(),
+            last,
+        })
+    }
+}
+
+/// Hands the oldest waiting `connect_peer` its answer.
+fn answer(w: &Waiting, r: Result<Vec<SocketAddr>, PeerError>) {
+    if let Some(s) = w
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop_front()
+    {
+        let _ = s.send(r);
+    }
+}
+
+/// Punches toward every candidate, [`PUNCHES`] times, [`PUNCH_SPACING`] apart. Holds the
+/// engine only while punching: a dropped endpoint stops it.
+async fn punch(engine: Weak<Engine>, candidates: Vec<SocketAddr>) {
+    for round in 0..PUNCHES {
+        if round > 0 {
+            tokio::time::sleep(PUNCH_SPACING).await;
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let worker = engine.pick().clone();
+        let c = candidates.clone();
+        let sent = worker.with(|st| {
+            for a in &c {
+                st.endpoint.punch(*a);
+            }
+        });
+        if sent.is_some() {
+            worker.kick();
+        } else {
+            worker.post(Box::new(move |w| {
+                w.with(|st| {
+                    for a in &c {
+                        st.endpoint.punch(*a);
+                    }
+                });
+            }));
+        }
+    }
+}
