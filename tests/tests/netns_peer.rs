@@ -14,7 +14,8 @@
 //! punches toward A's candidates, A connects to B's. Cone ↔ cone and cone ↔
 //! port-restricted: the connection is direct (to B's NAT's public address) and a 256 MiB
 //! transfer's SHA-256 matches. Symmetric ↔ symmetric: no direct path exists, and
-//! `connect_peer` says so (a relay is still to come).
+//! `connect_peer` says so (a relay is still to come). A NAT that rebinds a peer to a new
+//! port and forgets every flow mid-transfer loses no data: the connection migrates.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -158,8 +159,10 @@ fn site(internet: &NetNs, n: u8, kind: Nat) -> (NetNs, NetNs) {
 }
 
 /// Peer A behind `a`, peer B behind `b`: A asks the rendezvous server for B, connects and
-/// sends 256 MiB, whose SHA-256 B returns.
-fn meet(a: Nat, b: Nat) {
+/// sends 256 MiB, whose SHA-256 B returns. With `rebind`, once B has 32 MiB, NAT A starts
+/// mapping A to port 6000 and both NATs forget their flows (`conntrack -F`): A's packets
+/// reach B from a new address mid-transfer.
+fn meet(a: Nat, b: Nat, rebind: bool) {
     let internet = NetNs::new("peer").expect("netns");
     internet
         .ip(&["addr", "add", &format!("{RENDEZVOUS}/32"), "dev", "lo"])
@@ -175,8 +178,11 @@ fn meet(a: Nat, b: Nat) {
             "net.ipv4.ip_forward=1",
         ],
     );
-    let (peer_a, _nat_a) = site(&internet, 131, a);
-    let (peer_b, _nat_b) = site(&internet, 132, b);
+    let (peer_a, nat_a) = site(&internet, 131, a);
+    let (peer_b, nat_b) = site(&internet, 132, b);
+    let (halfway_tx, halfway_rx) = tokio::sync::oneshot::channel::<()>();
+    let halfway = Arc::new(std::sync::Mutex::new(Some(halfway_tx)));
+    let b_saw = Arc::new(std::sync::Mutex::new(None));
     let (scfg, ccfg) = engine::configs();
     let rt = engine::runtime();
     let rv_addr = SocketAddr::new(RENDEZVOUS.into(), 4433);
@@ -217,18 +223,30 @@ fn meet(a: Nat, b: Nat) {
             .expect("A registers");
         // B serves: whatever arrives on a stream is hashed, and the digest is the answer.
         let eb = ep_b.clone();
+        let (halfway, b_saw2) = (halfway.clone(), b_saw.clone());
         tokio::spawn(async move {
             while let Some(conn) = eb.accept().await {
+                let (halfway, b_saw) = (halfway.clone(), b_saw2.clone());
                 tokio::spawn(async move {
                     while let Ok((mut s, mut r)) = conn.accept_bi().await {
                         let mut h = Sha256::new();
                         let mut buf = vec![0u8; 1 << 16];
+                        let mut total = 0;
                         loop {
                             match r.read(&mut buf).await {
                                 Ok(0) | Err(_) => break,
-                                Ok(n) => h.update(&buf[..n]),
+                                Ok(n) => {
+                                    h.update(&buf[..n]);
+                                    total += n;
+                                    if total >= 32 << 20
+                                        && let Some(t) = halfway.lock().unwrap().take()
+                                    {
+                                        let _ = t.send(());
+                                    }
+                                }
                             }
                         }
+                        *b_saw.lock().unwrap() = conn.remote_address();
                         let _ = s.write_all_data(&h.finalize()).await;
                         let _ = s.finish();
                     }
@@ -247,6 +265,44 @@ fn meet(a: Nat, b: Nat) {
         };
         let connected = start.elapsed();
         assert!(reg_b.punched() >= 1, "B was told to punch");
+        if rebind {
+            let (na, nb) = (nat_a.name().to_string(), nat_b.name().to_string());
+            tokio::spawn(async move {
+                if halfway_rx.await.is_ok() {
+                    tokio::task::spawn_blocking(move || {
+                        let ex = |ns: &str, args: &[&str]| {
+                            let mut v = vec!["netns", "exec", ns];
+                            v.extend_from_slice(args);
+                            sh("ip", &v);
+                        };
+                        ex(&na, &["nft", "flush", "chain", "ip", "stoq_peer", "post"]);
+                        ex(
+                            &na,
+                            &[
+                                "nft",
+                                "add",
+                                "rule",
+                                "ip",
+                                "stoq_peer",
+                                "post",
+                                "oifname",
+                                "wan",
+                                "meta",
+                                "l4proto",
+                                "udp",
+                                "masquerade",
+                                "to",
+                                ":6000",
+                            ],
+                        );
+                        ex(&na, &["conntrack", "-F"]);
+                        ex(&nb, &["conntrack", "-F"]);
+                    })
+                    .await
+                    .expect("rebinding");
+                }
+            });
+        }
         let data = engine::pattern(0x5710, BYTES);
         let want = Sha256::digest(&data);
         let (mut s, mut r) = conn.open_bi().await.expect("stream");
@@ -278,6 +334,15 @@ fn meet(a: Nat, b: Nat) {
             assert_eq!(outcome.expect("a direct path"), Some(b_public));
         }
     }
+    let a_public = Ipv4Addr::new(100, 64, 131, 1);
+    let want_port = if rebind { 6000 } else { PORT };
+    if a != Nat::Symmetric {
+        assert_eq!(
+            *b_saw.lock().unwrap(),
+            Some(SocketAddr::new(a_public.into(), want_port)),
+            "where B saw A at the end"
+        );
+    }
     drop(ep_a);
     drop(ep_b);
     drop(rt);
@@ -287,27 +352,37 @@ fn meet(a: Nat, b: Nat) {
 #[test]
 fn cone_to_cone() {
     if privileged("netns_peer::cone_to_cone") {
-        meet(Nat::Cone, Nat::Cone);
+        meet(Nat::Cone, Nat::Cone, false);
     }
 }
 
 #[test]
 fn cone_to_port_restricted() {
     if privileged("netns_peer::cone_to_port_restricted") {
-        meet(Nat::Cone, Nat::PortRestricted);
+        meet(Nat::Cone, Nat::PortRestricted, false);
     }
 }
 
 #[test]
 fn port_restricted_to_port_restricted() {
     if privileged("netns_peer::port_restricted_to_port_restricted") {
-        meet(Nat::PortRestricted, Nat::PortRestricted);
+        meet(Nat::PortRestricted, Nat::PortRestricted, false);
     }
 }
 
 #[test]
 fn symmetric_to_symmetric_has_no_direct_path() {
     if privileged("netns_peer::symmetric_to_symmetric_has_no_direct_path") {
-        meet(Nat::Symmetric, Nat::Symmetric);
+        meet(Nat::Symmetric, Nat::Symmetric, false);
+    }
+}
+
+/// NAT A rebinds A to a new public port and both NATs forget their flows mid-transfer:
+/// B (behind a cone) hears A from the new address, the connection migrates, and the
+/// 256 MiB arrive intact.
+#[test]
+fn a_nat_rebinding_mid_transfer_loses_nothing() {
+    if privileged("netns_peer::a_nat_rebinding_mid_transfer_loses_nothing") {
+        meet(Nat::Cone, Nat::Cone, true);
     }
 }

@@ -34,6 +34,18 @@ pub const PUNCH_SPACING: Duration = Duration::from_millis(20);
 pub const HEAD_START: Duration = Duration::from_millis(30);
 /// How long a connection attempt to one candidate may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The keep-alive of a peer connection and of a registration: a PING after this long
+/// without sending, below the 30 s after which many NATs forget an idle UDP mapping (RFC
+/// 4787 asks for 2 minutes at least; not every NAT complies).
+pub const NAT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Keeps `conn`'s NAT mappings open (see [`NAT_KEEP_ALIVE`]).
+fn keep_open(conn: &Connection) {
+    conn.adapt(crate::conn::Adaptation {
+        keep_alive: Some(Some(NAT_KEEP_ALIVE)),
+        ..Default::default()
+    });
+}
 
 /// Why a peer-to-peer step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,6 +309,9 @@ impl Endpoint {
     /// [`HEAD_START`] for its punches to open its NAT, and tries each candidate in order
     /// ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes is the connection,
     /// authenticated as `server_name` like any other. The handshake validates the path.
+    /// The connection sends a PING after [`NAT_KEEP_ALIVE`] without traffic, so both NATs
+    /// keep its mappings; a NAT that rebinds it anyway (a new public port) is followed by
+    /// connection migration.
     ///
     /// # Errors
     /// [`PeerError::NotFound`], [`PeerError::Unreachable`], or the rendezvous connection
@@ -332,6 +347,8 @@ impl Endpoint {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(*c, server_name)).await {
                 Ok(Ok(conn)) => {
                     tracing::info!(peer = %c, candidate = i, "direct peer connection");
+                    // Its PINGs also make the peer answer, which keeps the peer's NAT open.
+                    keep_open(&conn);
                     return Ok(conn);
                 }
                 Ok(Err(e)) => last = format!("{c}: {e}"),
