@@ -8,6 +8,9 @@
 //!   into datagrams, as if from the STUN server it asked and from another address. It
 //!   never sends a STUN request to any address but the server's, sends at most 7, reports at
 //!   most one outcome, and a datagram that does not end the transaction leaves it running.
+//! - The TURN client: an endpoint allocating on a relay is fed the input as the relay's
+//!   datagrams (with the last request's ID patched in when asked): it sends TURN requests
+//!   to the relay only and never panics on a response, a 401 or a Data indication.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -113,7 +116,54 @@ fn client(data: &[u8]) {
     assert!(outcomes <= 1, "{outcomes} outcomes");
 }
 
+/// A TURN client fed hostile datagrams from its relay: TURN requests go to the relay only,
+/// nothing is relayed to a peer without a permission, and a relayed datagram's range lies
+/// inside what was received.
+fn turn(data: &[u8]) {
+    let relay: SocketAddr = "192.0.2.20:3478".parse().unwrap();
+    let mut ep = Endpoint::new(EndpointConfig::new(), None).unwrap();
+    let mut now = Instant::now();
+    let creds = stoq::nat::turn::TurnCredentials {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    ep.turn_allocate(now, relay, creds).unwrap();
+    let mut buf = Vec::new();
+    let mut txid = [0u8; 12];
+    let mut rest = data;
+    while let Some((&l, tail)) = rest.split_first() {
+        while let Some(t) = ep.poll_transmit(now, &mut buf) {
+            if Message::parse(&buf[..t.size]).is_ok() {
+                assert_eq!(t.destination, relay, "a TURN request to another address");
+                txid.copy_from_slice(&buf[8..20]);
+            }
+        }
+        let n = usize::from(l & 0x7f).min(tail.len());
+        let mut d = tail[..n].to_vec();
+        if d.len() >= 20 && l & 0x80 != 0 {
+            // Answer the last request: its ID and a well-formed header.
+            d[8..20].copy_from_slice(&txid);
+            let len = u16::try_from((d.len() - 20) & !3).unwrap_or(0);
+            d.truncate(20 + usize::from(len));
+            d[2..4].copy_from_slice(&len.to_be_bytes());
+            d[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+            d[0] &= 0x3f;
+        }
+        let _ = ep.handle_datagram(now, relay, DatagramInfo::default(), &mut d);
+        while ep.poll_turn().is_some() {}
+        now += Duration::from_millis(u64::from(l) * 40);
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        rest = &tail[n..];
+    }
+    let s = ep.stats().turn;
+    // Nothing was sent through the relay: no connection exists to send anything.
+    assert_eq!(s.relayed_sent, 0);
+}
+
 fuzz_target!(|data: &[u8]| {
     codec(data);
     client(data);
+    turn(data);
 });

@@ -24,15 +24,18 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use stoq::Endpoint;
-use stoq::api::{PeerError, serve_rendezvous};
+use stoq::api::{PeerError, PeerPath, Relay, serve_rendezvous};
 use stoq::engine::EngineConfig;
 use stoq::io::BackendKind;
+use stoq::nat::turn::TurnCredentials;
 use stoq_netns::NetNs;
 use stoq_tests::engine::{self, SERVER_NAME};
 use stoq_tests::privileged;
 use tokio::io::AsyncReadExt;
 
 const RENDEZVOUS: Ipv4Addr = Ipv4Addr::new(100, 64, 130, 2);
+/// coturn, the TURN relay (long-term credentials stoq:relay-secret, realm stoq.test).
+const TURN: Ipv4Addr = Ipv4Addr::new(100, 64, 130, 3);
 const PORT: u16 = 5000;
 const BYTES: usize = 256 << 20;
 
@@ -88,6 +91,60 @@ fn nft(ns: &NetNs, rules: &str) {
         .expect("nft rules");
     drop(c.stdin.take());
     assert!(c.wait().expect("nft").success(), "nft -f failed:\n{rules}");
+}
+
+/// Kills coturn when the test ends, passed or not.
+struct Coturn(std::process::Child);
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// coturn's turnserver in `ns` on [`TURN`]:3478, relaying from ports 49152-49407 of the
+/// same address, to the emulated public addresses only; returns once it listens.
+fn coturn(ns: &NetNs) -> Coturn {
+    let c = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "turnserver", "-n", "--no-cli"])
+        .args([
+            "-L",
+            &TURN.to_string(),
+            "-E",
+            &TURN.to_string(),
+            "-p",
+            "3478",
+        ])
+        .args([
+            "--min-port",
+            "49152",
+            "--max-port",
+            "49407",
+            "--no-tls",
+            "--no-dtls",
+        ])
+        .args(["-a", "-u", "stoq:relay-secret", "-r", "stoq.test"])
+        .args([
+            "--allowed-peer-ip=100.64.0.0-100.127.255.255",
+            "--no-software-attribute",
+        ])
+        .args(["--no-stdout-log", "--log-file", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnserver (apt install coturn)");
+    let c = Coturn(c);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sh("ip", &["netns", "exec", ns.name(), "ss", "-Hlun"]).contains(&format!("{TURN}:3478"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "turnserver does not listen on {TURN}:3478"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c
 }
 
 /// A peer's namespace behind its NAT's namespace; returns (peer, nat).
@@ -162,7 +219,7 @@ fn site(internet: &NetNs, n: u8, kind: Nat) -> (NetNs, NetNs) {
 /// sends 256 MiB, whose SHA-256 B returns. With `rebind`, once B has 32 MiB, NAT A starts
 /// mapping A to port 6000 and both NATs forget their flows (`conntrack -F`): A's packets
 /// reach B from a new address mid-transfer.
-fn meet(a: Nat, b: Nat, rebind: bool) {
+fn meet(a: Nat, b: Nat, rebind: bool, relay: bool) {
     let internet = NetNs::new("peer").expect("netns");
     internet
         .ip(&["addr", "add", &format!("{RENDEZVOUS}/32"), "dev", "lo"])
@@ -178,6 +235,10 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
             "net.ipv4.ip_forward=1",
         ],
     );
+    internet
+        .ip(&["addr", "add", &format!("{TURN}/32"), "dev", "lo"])
+        .expect("relay address");
+    let _coturn = relay.then(|| coturn(&internet));
     let (peer_a, nat_a) = site(&internet, 131, a);
     let (peer_b, nat_b) = site(&internet, 132, b);
     let (halfway_tx, halfway_rx) = tokio::sync::oneshot::channel::<()>();
@@ -213,8 +274,15 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
     let ep_b = Arc::new(peer(&peer_b, 132));
     let b_public = SocketAddr::new(Ipv4Addr::new(100, 64, 132, 1).into(), PORT);
     let outcome = rt.block_on(async {
+        let relay = relay.then(|| Relay {
+            server: SocketAddr::new(TURN.into(), 3478),
+            credentials: TurnCredentials {
+                username: "stoq".into(),
+                password: "relay-secret".into(),
+            },
+        });
         let reg_b = ep_b
-            .join_rendezvous(rv_addr, SERVER_NAME, b"bob")
+            .join_rendezvous_with(rv_addr, SERVER_NAME, b"bob", relay)
             .await
             .expect("B registers");
         let reg_a = ep_a
@@ -259,12 +327,14 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
             Some(PeerError::NotFound)
         );
         let start = Instant::now();
-        let conn = match ep_a.connect_peer(&reg_a, b"bob", SERVER_NAME).await {
+        let pc = match ep_a.connect_peer(&reg_a, b"bob", SERVER_NAME).await {
             Ok(c) => c,
             Err(e) => return Err(e),
         };
+        let (conn, path) = (pc.connection, pc.path);
         let connected = start.elapsed();
         assert!(reg_b.punched() >= 1, "B was told to punch");
+        let (rebound_tx, rebound_rx) = tokio::sync::oneshot::channel::<()>();
         if rebind {
             let (na, nb) = (nat_a.name().to_string(), nat_b.name().to_string());
             tokio::spawn(async move {
@@ -275,6 +345,10 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
                             v.extend_from_slice(args);
                             sh("ip", &v);
                         };
+                        // A's NAT stops letting anyone in on the old port (else a packet
+                        // from B arriving first would re-create the old mapping) and maps
+                        // A to port 6000 from now on.
+                        ex(&na, &["nft", "flush", "chain", "ip", "stoq_peer", "pre"]);
                         ex(&na, &["nft", "flush", "chain", "ip", "stoq_peer", "post"]);
                         ex(
                             &na,
@@ -300,6 +374,7 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
                     })
                     .await
                     .expect("rebinding");
+                    let _ = rebound_tx.send(());
                 }
             });
         }
@@ -307,7 +382,15 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
         let want = Sha256::digest(&data);
         let (mut s, mut r) = conn.open_bi().await.expect("stream");
         let t = Instant::now();
-        s.write_all_data(&data).await.expect("send");
+        if rebind {
+            // The first quarter, then the rest once the NAT has rebound: the change lands
+            // mid-transfer however fast the link is.
+            s.write_all_data(&data[..BYTES / 4]).await.expect("send");
+            rebound_rx.await.expect("rebound");
+            s.write_all_data(&data[BYTES / 4..]).await.expect("send");
+        } else {
+            s.write_all_data(&data).await.expect("send");
+        }
         s.finish().expect("finish");
         let got = r.read_to_end_limited(64).await.expect("digest");
         let secs = t.elapsed().as_secs_f64();
@@ -317,26 +400,43 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
             "SHA-256 of what B received"
         );
         eprintln!(
-            "{a:?} <-> {b:?}: direct to {:?} after {connected:?}, 256 MiB in {secs:.2} s \
-             ({:.2} Gbit/s)",
-            conn.remote_address(),
+            "{a:?} <-> {b:?}: {path:?} after {connected:?} ({} failed first), 256 MiB in \
+             {secs:.2} s ({:.2} Gbit/s)",
+            pc.failed.len(),
             BYTES as f64 * 8.0 / secs / 1e9
         );
-        Ok(conn.remote_address())
+        Ok((conn.remote_address(), path))
     });
-    match (a, b) {
-        (Nat::Symmetric, Nat::Symmetric) => {
+    match (a, b, relay) {
+        (Nat::Symmetric, Nat::Symmetric, false) => {
             let e = outcome.expect_err("no direct path between two symmetric NATs");
             assert!(matches!(e, PeerError::Unreachable { tried: 2, .. }), "{e}");
         }
+        (Nat::Symmetric, Nat::Symmetric, true) => {
+            // Through coturn: to B's relayed address there, after both direct candidates
+            // failed.
+            let (remote, path) = outcome.expect("a relayed path");
+            let PeerPath::Relayed(c) = path else {
+                panic!("{path:?}")
+            };
+            assert_eq!(remote, Some(c.addr));
+            assert_eq!(c.addr.ip(), std::net::IpAddr::from(TURN));
+        }
         _ => {
             // Direct: to B's NAT's public address, not through anything else.
-            assert_eq!(outcome.expect("a direct path"), Some(b_public));
+            let (remote, path) = outcome.expect("a direct path");
+            assert_eq!(remote, Some(b_public));
+            assert!(matches!(path, PeerPath::Direct(_)), "{path:?}");
         }
     }
     let a_public = Ipv4Addr::new(100, 64, 131, 1);
     let want_port = if rebind { 6000 } else { PORT };
-    if a != Nat::Symmetric {
+    if a == Nat::Symmetric && relay {
+        // B hears A through the relay as A's NAT's public address (another port than the
+        // one the rendezvous server saw: the NAT is symmetric).
+        let saw = b_saw.lock().unwrap().expect("B saw A");
+        assert_eq!(saw.ip(), std::net::IpAddr::from(a_public));
+    } else if a != Nat::Symmetric {
         assert_eq!(
             *b_saw.lock().unwrap(),
             Some(SocketAddr::new(a_public.into(), want_port)),
@@ -352,28 +452,28 @@ fn meet(a: Nat, b: Nat, rebind: bool) {
 #[test]
 fn cone_to_cone() {
     if privileged("netns_peer::cone_to_cone") {
-        meet(Nat::Cone, Nat::Cone, false);
+        meet(Nat::Cone, Nat::Cone, false, false);
     }
 }
 
 #[test]
 fn cone_to_port_restricted() {
     if privileged("netns_peer::cone_to_port_restricted") {
-        meet(Nat::Cone, Nat::PortRestricted, false);
+        meet(Nat::Cone, Nat::PortRestricted, false, false);
     }
 }
 
 #[test]
 fn port_restricted_to_port_restricted() {
     if privileged("netns_peer::port_restricted_to_port_restricted") {
-        meet(Nat::PortRestricted, Nat::PortRestricted, false);
+        meet(Nat::PortRestricted, Nat::PortRestricted, false, false);
     }
 }
 
 #[test]
 fn symmetric_to_symmetric_has_no_direct_path() {
     if privileged("netns_peer::symmetric_to_symmetric_has_no_direct_path") {
-        meet(Nat::Symmetric, Nat::Symmetric, false);
+        meet(Nat::Symmetric, Nat::Symmetric, false, false);
     }
 }
 
@@ -383,6 +483,15 @@ fn symmetric_to_symmetric_has_no_direct_path() {
 #[test]
 fn a_nat_rebinding_mid_transfer_loses_nothing() {
     if privileged("netns_peer::a_nat_rebinding_mid_transfer_loses_nothing") {
-        meet(Nat::Cone, Nat::Cone, true);
+        meet(Nat::Cone, Nat::Cone, true, false);
+    }
+}
+
+/// Two symmetric NATs: B registered a relayed address on coturn, and after both direct
+/// candidates fail, A connects through it; 256 MiB arrive intact, encrypted end to end.
+#[test]
+fn symmetric_to_symmetric_through_coturn() {
+    if privileged("netns_peer::symmetric_to_symmetric_through_coturn") {
+        meet(Nat::Symmetric, Nat::Symmetric, false, true);
     }
 }

@@ -26,6 +26,16 @@ pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
 /// The Binding method.
 pub const METHOD_BINDING: u16 = 0x001;
+/// TURN's Allocate method (RFC 8656).
+pub const METHOD_ALLOCATE: u16 = 0x003;
+/// TURN's Refresh method.
+pub const METHOD_REFRESH: u16 = 0x004;
+/// TURN's Send method (indications to the relay).
+pub const METHOD_SEND: u16 = 0x006;
+/// TURN's Data method (indications from the relay).
+pub const METHOD_DATA: u16 = 0x007;
+/// TURN's CreatePermission method.
+pub const METHOD_CREATE_PERMISSION: u16 = 0x008;
 
 /// Attribute types STOQ reads or writes (RFC 8489 §18.3).
 pub mod attr {
@@ -57,6 +67,16 @@ pub mod attr {
     pub const ALTERNATE_SERVER: u16 = 0x8023;
     /// FINGERPRINT: CRC-32 of the message before it, XOR [`super::FINGERPRINT_XOR`].
     pub const FINGERPRINT: u16 = 0x8028;
+    /// TURN (RFC 8656) LIFETIME: seconds an allocation lives.
+    pub const LIFETIME: u16 = 0x000D;
+    /// TURN XOR-PEER-ADDRESS: the peer a Send, Data or CreatePermission is about.
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// TURN DATA: the relayed datagram.
+    pub const DATA: u16 = 0x0013;
+    /// TURN XOR-RELAYED-ADDRESS: the allocation's address on the relay.
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// TURN REQUESTED-TRANSPORT: 17 (UDP).
+    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
 
     /// Whether an attribute type is comprehension-required (0x0000 to 0x7FFF): a
     /// response with one the reader does not know fails its transaction (RFC 8489 §6.3.3).
@@ -390,6 +410,18 @@ impl<'a> Message<'a> {
         Ok(Some((class * 100 + number, reason)))
     }
 
+    /// What a MESSAGE-INTEGRITY is computed over, and the value it carries: the message up
+    /// to the attribute, with the length field set to end just after it (the caller
+    /// computes the HMAC; the codec carries no cryptography). `None` without one.
+    pub fn integrity_input(&self) -> Option<([u8; 4], &'a [u8], &'a [u8])> {
+        let a = self.get(attr::MESSAGE_INTEGRITY)?;
+        if a.value.len() != 20 {
+            return None;
+        }
+        let head = header_with_length(self.buf, a.offset + 24);
+        Some((head, &self.buf[4..a.offset], a.value))
+    }
+
     /// The SOFTWARE description, if present and UTF-8.
     pub fn software(&self) -> Option<&'a str> {
         self.get(attr::SOFTWARE)
@@ -532,6 +564,23 @@ impl<'a> Writer<'a> {
     /// The message's length, without FINGERPRINT.
     pub fn finish(self) -> usize {
         self.len
+    }
+
+    /// Appends MESSAGE-INTEGRITY (RFC 8489 §14.5): `mac` is given the message so far, its
+    /// length field already counting the 24-byte attribute, and returns the 20-byte
+    /// HMAC-SHA1 under the credentials' key (the codec carries no cryptography).
+    ///
+    /// # Errors
+    /// [`StunError::BufferTooSmall`] if it does not fit.
+    pub fn message_integrity(
+        &mut self,
+        mac: impl FnOnce(&[u8]) -> [u8; 20],
+    ) -> Result<(), StunError> {
+        let start = self.len;
+        self.attribute(attr::MESSAGE_INTEGRITY, &[0; 20])?;
+        let m = mac(&self.buf[..start]);
+        self.buf[start + 4..start + 24].copy_from_slice(&m);
+        Ok(())
     }
 
     fn set_length(&mut self) {

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ConnectError, Connection, Endpoint, RecvStream, SendStream};
 use crate::conn::ConnectionError;
 use crate::engine::Engine;
-use crate::nat::rendezvous::{MAX_CANDIDATES, Message, RendezvousError};
+use crate::nat::rendezvous::{Candidate, CandidateKind, MAX_CANDIDATES, Message, RendezvousError};
+use crate::nat::turn::{TurnCredentials, TurnError, TurnEvent};
 
 /// Punches sent toward each candidate of a peer that asked for this one, spaced by
 /// [`PUNCH_SPACING`]: more than one, in case the first is lost or leaves before the NAT
@@ -66,6 +67,9 @@ pub enum PeerError {
     /// No peer is registered under that id.
     #[error("no peer is registered under that id at the rendezvous server")]
     NotFound,
+    /// The TURN relay could not be used.
+    #[error("TURN relay: {0}")]
+    Relay(TurnError),
     /// No candidate of the peer could be reached.
     #[error("the peer could not be reached at any of its {tried} candidate(s): {last}")]
     Unreachable {
@@ -111,14 +115,14 @@ fn spawn_writer(mut send: SendStream) -> mpsc::Sender<Message> {
 
 /// A registered peer, as the rendezvous server keeps it.
 struct Entry {
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Candidate>,
     tx: mpsc::Sender<Message>,
 }
 
 type Registry = Arc<Mutex<HashMap<Vec<u8>, Entry>>>;
 
 /// The `connect_peer` calls waiting for the server's answer, oldest first.
-type Waiting = Mutex<VecDeque<oneshot::Sender<Result<Vec<SocketAddr>, PeerError>>>>;
+type Waiting = Mutex<VecDeque<oneshot::Sender<Result<Vec<Candidate>, PeerError>>>>;
 
 /// Serves the rendezvous role on `endpoint` until it shuts down: every connection it
 /// accepts is a peer that registers under an id (the last to register an id holds it)
@@ -144,11 +148,11 @@ async fn serve_peer(conn: Connection, registry: Registry) {
     while let Ok(m) = read_message(&mut recv).await {
         match m {
             Message::Register { id, candidates } => {
-                let mut c = vec![observed];
+                let mut c = vec![Candidate::new(observed, CandidateKind::Reflexive)];
                 c.extend(
                     candidates
                         .into_iter()
-                        .filter(|a| *a != observed)
+                        .filter(|a| a.addr != observed)
                         .take(MAX_CANDIDATES - 1),
                 );
                 let mut r = registry
@@ -232,6 +236,36 @@ impl Drop for Rendezvous {
     }
 }
 
+/// A TURN relay a peer registers a relayed candidate on (see
+/// [`Endpoint::join_rendezvous_with`]).
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// Its long-term credentials.
+    pub credentials: TurnCredentials,
+}
+
+/// How a peer connection reaches the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerPath {
+    /// Straight to the peer's address (its NAT's public one, or its own).
+    Direct(Candidate),
+    /// Through the peer's TURN relay: no direct candidate answered.
+    Relayed(Candidate),
+}
+
+/// A connection to a peer, and how it got there.
+#[derive(Debug)]
+pub struct PeerConnection {
+    /// The connection.
+    pub connection: Connection,
+    /// The path it uses.
+    pub path: PeerPath,
+    /// Candidates tried before it, with why each failed.
+    pub failed: Vec<(Candidate, String)>,
+}
+
 impl Endpoint {
     /// Registers this endpoint as `id` at the rendezvous server `server` (a STOQ server
     /// running [`serve_rendezvous`], authenticated as `server_name` by this endpoint's
@@ -250,21 +284,50 @@ impl Endpoint {
         server_name: &str,
         id: &[u8],
     ) -> Result<Rendezvous, PeerError> {
+        self.join_rendezvous_with(server, server_name, id, None)
+            .await
+    }
+
+    /// As [`join_rendezvous`](Self::join_rendezvous), with a TURN relay: the endpoint
+    /// allocates a relayed address on it first (on worker 0, which then holds every
+    /// connection that arrives through the relay) and registers it as its last
+    /// candidate. A peer that cannot reach this one directly (two symmetric NATs) connects
+    /// through the relay; the relay forwards STOQ's packets, encrypted end to end. The
+    /// asking peer's addresses are given permissions on the relay when it asks.
+    ///
+    /// # Errors
+    /// As [`join_rendezvous`](Self::join_rendezvous), and [`PeerError::Relay`].
+    pub async fn join_rendezvous_with(
+        &self,
+        server: SocketAddr,
+        server_name: &str,
+        id: &[u8],
+        relay: Option<Relay>,
+    ) -> Result<Rendezvous, PeerError> {
         if id.is_empty() || id.len() > crate::nat::rendezvous::MAX_ID {
             return Err(PeerError::BadId);
         }
+        let relayed = match &relay {
+            Some(r) => Some(self.allocate(r).await?),
+            None => None,
+        };
         let conn = self.connect(server, server_name).await?;
+        // The registration lives as long as this connection, and punches only help while
+        // the server's view of the mapping is true.
+        keep_open(&conn);
         let (send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| PeerError::Lost(e.to_string()))?;
         let tx = spawn_writer(send);
         let local = self.local_addr();
-        let candidates = if local.ip().is_unspecified() {
-            Vec::new()
-        } else {
-            vec![local]
-        };
+        let mut candidates = Vec::new();
+        if !local.ip().is_unspecified() {
+            candidates.push(Candidate::new(local, CandidateKind::Host));
+        }
+        if let Some(r) = relayed {
+            candidates.push(Candidate::new(r, CandidateKind::Relayed));
+        }
         tx.send(Message::Register {
             id: id.to_vec(),
             candidates,
@@ -275,6 +338,7 @@ impl Endpoint {
         let punched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let engine = Arc::downgrade(&self.engine);
         let (w, p) = (waiting.clone(), punched.clone());
+        let relaying = relayed.is_some();
         tokio::spawn(async move {
             let end = loop {
                 let m = match read_message(&mut recv).await {
@@ -284,7 +348,11 @@ impl Endpoint {
                 match m {
                     Message::Incoming { candidates, .. } => {
                         p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tokio::spawn(punch(engine.clone(), candidates));
+                        let addrs: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
+                        if relaying {
+                            permit(&engine, &addrs);
+                        }
+                        tokio::spawn(punch(engine.clone(), addrs));
                     }
                     Message::Peer { candidates } => answer(&w, Ok(candidates)),
                     Message::NotFound => answer(&w, Err(PeerError::NotFound)),
@@ -304,14 +372,45 @@ impl Endpoint {
         })
     }
 
+    /// Allocates on `relay` from worker 0 and waits for the relayed address.
+    async fn allocate(&self, relay: &Relay) -> Result<SocketAddr, PeerError> {
+        let worker = self.engine.workers[0].clone();
+        let (server, creds) = (relay.server, relay.credentials.clone());
+        let started = worker
+            .call(move |st| {
+                st.endpoint
+                    .turn_allocate(std::time::Instant::now(), server, creds)
+            })
+            .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
+        started.map_err(PeerError::Relay)?;
+        worker.kick();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+        loop {
+            let ev = worker
+                .call(|st| st.endpoint.poll_turn())
+                .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
+            match ev {
+                Some(TurnEvent::Allocated { relayed, .. }) => return Ok(relayed),
+                Some(TurnEvent::Failed(e)) => return Err(PeerError::Relay(e)),
+                Some(TurnEvent::Permitted(_)) | None => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(PeerError::Relay(TurnError::TimedOut));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Connects to the peer registered as `peer_id` at `rendezvous`'s server: learns its
-    /// candidates (the address the server sees it at first, then its own), waits
-    /// [`HEAD_START`] for its punches to open its NAT, and tries each candidate in order
-    /// ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes is the connection,
-    /// authenticated as `server_name` like any other. The handshake validates the path.
-    /// The connection sends a PING after [`NAT_KEEP_ALIVE`] without traffic, so both NATs
-    /// keep its mappings; a NAT that rebinds it anyway (a new public port) is followed by
-    /// connection migration.
+    /// candidates (the address the server sees it at first, then its own, its relayed
+    /// one last), waits [`HEAD_START`] for its punches to open its NAT, and tries each
+    /// candidate in order ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes
+    /// is the connection, authenticated as `server_name` like any other, and
+    /// [`PeerConnection::path`] says whether it is direct or relayed and
+    /// [`PeerConnection::failed`] why the candidates before it were not used. The
+    /// handshake validates the path. The connection sends a PING after [`NAT_KEEP_ALIVE`]
+    /// without traffic, so both NATs keep its mappings; a NAT that rebinds it anyway (a
+    /// new public port) is followed by connection migration.
     ///
     /// # Errors
     /// [`PeerError::NotFound`], [`PeerError::Unreachable`], or the rendezvous connection
@@ -321,7 +420,7 @@ impl Endpoint {
         rendezvous: &Rendezvous,
         peer_id: &[u8],
         server_name: &str,
-    ) -> Result<Connection, PeerError> {
+    ) -> Result<PeerConnection, PeerError> {
         if peer_id.is_empty() || peer_id.len() > crate::nat::rendezvous::MAX_ID {
             return Err(PeerError::BadId);
         }
@@ -342,28 +441,62 @@ impl Endpoint {
             .await
             .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))??;
         tokio::time::sleep(HEAD_START).await;
-        let mut last = String::from("no candidates");
-        for (i, c) in candidates.iter().enumerate() {
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(*c, server_name)).await {
+        let mut failed = Vec::new();
+        for c in &candidates {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(c.addr, server_name)).await {
                 Ok(Ok(conn)) => {
-                    tracing::info!(peer = %c, candidate = i, "direct peer connection");
+                    let path = if c.kind == CandidateKind::Relayed {
+                        PeerPath::Relayed(*c)
+                    } else {
+                        PeerPath::Direct(*c)
+                    };
+                    tracing::info!(peer = %c.addr, ?path, tried = failed.len(), "peer connection");
                     // Its PINGs also make the peer answer, which keeps the peer's NAT open.
                     keep_open(&conn);
-                    return Ok(conn);
+                    return Ok(PeerConnection {
+                        connection: conn,
+                        path,
+                        failed,
+                    });
                 }
-                Ok(Err(e)) => last = format!("{c}: {e}"),
-                Err(_) => last = format!("{c}: no handshake within {ATTEMPT_TIMEOUT:?}"),
+                Ok(Err(e)) => failed.push((*c, e.to_string())),
+                Err(_) => failed.push((*c, format!("no handshake within {ATTEMPT_TIMEOUT:?}"))),
             }
         }
         Err(PeerError::Unreachable {
             tried: candidates.len(),
-            last,
+            last: failed.last().map_or_else(
+                || "no candidates".into(),
+                |(c, e)| format!("{}: {e}", c.addr),
+            ),
         })
     }
 }
 
+/// Gives the asking peer's addresses permissions on worker 0's relay.
+fn permit(engine: &Weak<Engine>, addrs: &[SocketAddr]) {
+    let Some(engine) = engine.upgrade() else {
+        return;
+    };
+    let worker = engine.workers[0].clone();
+    let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+    let job = move |st: &mut crate::engine::home::State| {
+        for ip in &ips {
+            let _ = st.endpoint.turn_permit(std::time::Instant::now(), *ip);
+        }
+    };
+    if worker.is_here() || worker.is_locked() {
+        let _ = worker.with(job);
+        worker.kick();
+    } else {
+        worker.post(Box::new(move |w| {
+            w.with(job);
+        }));
+    }
+}
+
 /// Hands the oldest waiting `connect_peer` its answer.
-fn answer(w: &Waiting, r: Result<Vec<SocketAddr>, PeerError>) {
+fn answer(w: &Waiting, r: Result<Vec<Candidate>, PeerError>) {
     if let Some(s) = w
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

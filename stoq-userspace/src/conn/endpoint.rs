@@ -175,6 +175,8 @@ pub struct Endpoint {
     removed: VecDeque<ConnectionHandle>,
     /// STUN Binding transactions (the reflexive address).
     stun: crate::nat::binding::Bindings,
+    /// The TURN allocation, if any (the relay fallback).
+    turn: Option<crate::nat::turn::Turn>,
     stats: EndpointStats,
 }
 
@@ -248,6 +250,7 @@ impl Endpoint {
             signatures_held: false,
             removed: VecDeque::new(),
             stun: crate::nat::binding::Bindings::default(),
+            turn: None,
             stats: EndpointStats::default(),
         };
         me.set_cluster_keys(&keys);
@@ -317,6 +320,7 @@ impl Endpoint {
         let mut s = self.stats;
         s.memory = self.mem_total;
         s.stun = self.stun.stats;
+        s.turn = self.turn.as_ref().map(|t| t.stats).unwrap_or_default();
         s
     }
 
@@ -585,9 +589,31 @@ impl Endpoint {
             }
         };
         if info.kind == PacketKind::Stun {
-            self.stun.handle(remote, data);
-            return None;
+            // A peer's datagram relayed by the TURN server: unwrapped, and handled as if
+            // it came from the peer (once: a relayed STUN message goes no further).
+            let (peer, range) = self.handle_stun(now, remote, data)?;
+            let inner = &mut data[range];
+            let info = match classify_payload(inner, &self.classifier) {
+                Ok(i) if i.kind != PacketKind::Stun => i,
+                Ok(_) => return None,
+                Err(r) => {
+                    self.stats.malformed[r as usize] += 1;
+                    return None;
+                }
+            };
+            return self.handle_stoq(now, peer, inner, info);
         }
+        self.handle_stoq(now, remote, data, info)
+    }
+
+    /// A datagram the classifier found to be STOQ.
+    fn handle_stoq(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &mut [u8],
+        info: stoq_common::classify::HeaderInfo,
+    ) -> Option<DatagramEvent> {
         if info.kind == PacketKind::UnknownVersion {
             if self.server.is_some() {
                 self.version_negotiation(remote, data, &info);
@@ -907,15 +933,6 @@ impl Endpoint {
         self.poll_connections(now, buf)
     }
 
-    /// A STUN request that is due (rare and tiny: first in line).
-    fn poll_stun(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if self.stun.is_empty() {
-            return None;
-        }
-        let (to, n) = self.stun.poll_transmit(now, buf)?;
-        Some(Transmit::new(to, n))
-    }
-
     /// The next datagram of the connections that may have something to send, taking
     /// turns (one datagram each).
     fn poll_connections(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -934,6 +951,25 @@ impl Endpoint {
                 continue;
             }
             let t = c.poll_transmit_into(now, buf);
+            // To a peer reached through the TURN relay: in a Send indication to it. Without
+            // room to wrap it, the datagram is lost (counted) and recovered as any loss.
+            let t = match t {
+                Some(tt)
+                    if self
+                        .turn
+                        .as_ref()
+                        .is_some_and(|r| r.relays_to(tt.destination)) =>
+                {
+                    let w = self.relay(tt, buf);
+                    if w.is_none() {
+                        self.sched.retime(i);
+                        self.sched.sendable.push_back(i);
+                        continue;
+                    }
+                    w
+                }
+                other => other,
+            };
             // Sending moves timers (loss detection, pacing) and may raise events: the
             // deadline is recomputed once, when the timers are next asked for.
             self.sched.retime(i);
@@ -1014,7 +1050,7 @@ impl Endpoint {
     /// The earliest timer over all connections.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.refresh();
-        let stun = self.stun.poll_timeout();
+        let stun = self.stun_timeout();
         while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
             if self.sched.deadline[i] == Some(t) && self.conns[i].is_some() {
                 return Some(stun.map_or(t, |s| s.min(t)));
@@ -1026,7 +1062,7 @@ impl Endpoint {
 
     /// Fires every expired timer: the connections', and STUN transactions' ends.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.stun.handle_timeout(now);
+        self.stun_handle_timeout(now);
         self.refresh();
         while let Some(&Reverse((t, i))) = self.sched.timers.peek() {
             if t > now {

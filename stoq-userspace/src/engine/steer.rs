@@ -34,8 +34,15 @@ pub(crate) fn route<'a>(
     };
     if first & 0xc0 == 0 {
         // Not STOQ (its fixed bit is clear). A STUN answer goes to the worker that asked:
-        // the first byte of the transaction ID it chose.
+        // the first byte of the transaction ID it chose. Requests and indications (a TURN
+        // relay's Data indications, peers' punches) carry a sender's ID: they go to worker
+        // 0, which holds the TURN allocation and the connections that use it.
+        // The class's high bit (0x0100 of the type) is set in responses only.
+        let indication_or_request = first & 0x01 == 0;
         return match d.get(8) {
+            Some(_) if crate::wire::wire::stun::is_stun(d) && indication_or_request => {
+                Route::Owner(0)
+            }
             Some(&w) if crate::wire::wire::stun::is_stun(d) => Route::Owner(w),
             _ => Route::Anyone,
         };
@@ -204,6 +211,16 @@ mod tests {
             .finish_with_fingerprint()
             .unwrap();
         assert_eq!(route(&b[..n], &layout, |_| 7), Route::Owner(2));
+        // An indication (a relay's Data, a peer's punch) goes to worker 0.
+        let n = Writer::new(&mut b, Class::Indication, 0x007, &id)
+            .unwrap()
+            .finish_with_fingerprint()
+            .unwrap();
+        assert_eq!(route(&b[..n], &layout, |_| 7), Route::Owner(0));
+        let n = Writer::new(&mut b, Class::Success, METHOD_BINDING, &id)
+            .unwrap()
+            .finish_with_fingerprint()
+            .unwrap();
         // Bytes that only look like STUN (the length is not the datagram's) are nobody's.
         assert_eq!(route(&b[..n - 4], &layout, |_| 7), Route::Anyone);
         assert_eq!(route(&[0u8; 12], &layout, |_| 7), Route::Anyone);

@@ -254,6 +254,26 @@ impl Metrics {
                     c(v),
                 );
             }
+            for (dir, v) in [
+                ("sent", es.turn.relayed_sent),
+                ("received", es.turn.relayed_received),
+            ] {
+                put(
+                    "stoq_turn_relayed_datagrams_total",
+                    &[("worker", w), ("direction", dir)],
+                    c(v),
+                );
+            }
+            for (reason, v) in [
+                ("dropped", es.turn.dropped),
+                ("too_large", es.turn.too_large),
+            ] {
+                put(
+                    "stoq_turn_dropped_total",
+                    &[("worker", w), ("reason", reason)],
+                    c(v),
+                );
+            }
             put(
                 "stoq_nat_punches_total",
                 &[("worker", w)],
@@ -623,6 +643,18 @@ const FAMILIES: &[Family] = &[
         COUNTER,
         &["worker", "outcome"],
         "STUN Binding transactions by outcome: succeeded, failed (timed out, error response, unusable answer).",
+    ),
+    family(
+        "stoq_turn_relayed_datagrams_total",
+        COUNTER,
+        &["worker", "direction"],
+        "Datagrams to and from peers through the TURN relay (Send and Data indications).",
+    ),
+    family(
+        "stoq_turn_dropped_total",
+        COUNTER,
+        &["worker", "reason"],
+        "TURN traffic dropped: dropped (from the relay: unanswered, bad integrity, no permission, malformed), too_large (no room to wrap a datagram).",
     ),
     family(
         "stoq_nat_punches_total",

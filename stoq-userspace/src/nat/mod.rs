@@ -7,10 +7,13 @@
 //!   recognise STUN answers beside STOQ packets (`docs/nat.md`).
 //! - [`rendezvous`]: the messages two peers exchange through a rendezvous server to learn
 //!   each other's candidate addresses before punching (`Endpoint::connect_peer`).
+//! - [`turn`]: a TURN client (RFC 8656) for one allocation, the relay fallback between
+//!   peers that cannot reach each other directly.
 //!
 //! The wire codec is `stoq_common::wire::stun` (no_std, shared with the classifier).
 
 pub mod binding;
 pub mod rendezvous;
+pub mod turn;
 
 pub use binding::{BindingError, BindingId, BindingOutcome, StunStats};

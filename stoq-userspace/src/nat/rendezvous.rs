@@ -13,8 +13,9 @@
 //! | 5 | `NotFound` | server → peer | (empty): no peer registered under that id |
 //!
 //! An id is 1 to [`MAX_ID`] bytes (`u8` length, bytes); candidates are a `u8` count (at
-//! most [`MAX_CANDIDATES`]) of `family (4 or 6) | address | port (u16)`. The server adds
-//! the address it sees a peer's connection come from (its reflexive address) first.
+//! most [`MAX_CANDIDATES`]) of `kind (0 host, 1 reflexive, 2 relayed) | family (4 or 6) |
+//! address | port (u16)`. The server adds the address it sees a peer's connection come
+//! from (its reflexive address) first.
 //! Decoding refuses every length that does not add up, and never allocates more than the
 //! bounds above.
 
@@ -25,7 +26,34 @@ pub const MAX_ID: usize = 64;
 /// The most candidates a message carries.
 pub const MAX_CANDIDATES: usize = 8;
 /// The longest message body: an id and the most candidates, all IPv6.
-pub const MAX_BODY: usize = 1 + MAX_ID + 1 + MAX_CANDIDATES * 19;
+pub const MAX_BODY: usize = 1 + MAX_ID + 1 + MAX_CANDIDATES * 20;
+
+/// How a candidate address reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateKind {
+    /// The peer's own address (reachable on its network only, or with no NAT).
+    Host = 0,
+    /// The public address a NAT maps the peer's socket to, as a server saw it.
+    Reflexive = 1,
+    /// An address on a TURN relay that forwards to the peer.
+    Relayed = 2,
+}
+
+/// A way to reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// The address.
+    pub addr: SocketAddr,
+    /// What it is.
+    pub kind: CandidateKind,
+}
+
+impl Candidate {
+    /// A candidate of `kind` at `addr`.
+    pub fn new(addr: SocketAddr, kind: CandidateKind) -> Self {
+        Self { addr, kind }
+    }
+}
 
 /// A rendezvous message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +63,7 @@ pub enum Message {
         /// The peer's id.
         id: Vec<u8>,
         /// The peer's own addresses (host candidates).
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
     },
     /// A peer asks to reach the peer registered as `id`.
     Connect {
@@ -47,12 +75,12 @@ pub enum Message {
         /// The peer that asked.
         id: Vec<u8>,
         /// Its candidates, the reflexive address the server saw first.
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
     },
     /// The candidates of the peer asked for, the reflexive address the server saw first.
     Peer {
         /// Its candidates.
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
     },
     /// No peer is registered under the id asked for.
     NotFound,
@@ -79,7 +107,7 @@ impl Message {
     /// # Errors
     /// [`RendezvousError::Malformed`] for an id or a candidate list out of bounds.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), RendezvousError> {
-        let (ty, id, candidates): (u8, Option<&[u8]>, Option<&[SocketAddr]>) = match self {
+        let (ty, id, candidates): (u8, Option<&[u8]>, Option<&[Candidate]>) = match self {
             Self::Register { id, candidates } => (1, Some(id), Some(candidates)),
             Self::Connect { id } => (2, Some(id), None),
             Self::Incoming { id, candidates } => (3, Some(id), Some(candidates)),
@@ -100,7 +128,9 @@ impl Message {
                 return Err(RendezvousError::Malformed);
             }
             out.push(c.len() as u8);
-            for a in c {
+            for cand in c {
+                let a = cand.addr;
+                out.push(cand.kind as u8);
                 match a.ip() {
                     IpAddr::V4(ip) => {
                         out.push(4);
@@ -194,13 +224,19 @@ impl Reader<'_> {
         Ok(self.take(n)?.to_vec())
     }
 
-    fn candidates(&mut self) -> Result<Vec<SocketAddr>, RendezvousError> {
+    fn candidates(&mut self) -> Result<Vec<Candidate>, RendezvousError> {
         let n = usize::from(self.u8()?);
         if n > MAX_CANDIDATES {
             return Err(RendezvousError::Malformed);
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
+            let kind = match self.u8()? {
+                0 => CandidateKind::Host,
+                1 => CandidateKind::Reflexive,
+                2 => CandidateKind::Relayed,
+                _ => return Err(RendezvousError::Malformed),
+            };
             let ip = match self.u8()? {
                 4 => {
                     let o: [u8; 4] = self
@@ -219,7 +255,10 @@ impl Reader<'_> {
                 _ => return Err(RendezvousError::Malformed),
             };
             let p = self.take(2)?;
-            v.push(SocketAddr::new(ip, u16::from_be_bytes([p[0], p[1]])));
+            v.push(Candidate::new(
+                SocketAddr::new(ip, u16::from_be_bytes([p[0], p[1]])),
+                kind,
+            ));
         }
         Ok(v)
     }
@@ -243,9 +282,13 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let c: Vec<SocketAddr> = vec![
-            "100.64.0.1:5000".parse().unwrap(),
-            "[fd00:5710::2]:443".parse().unwrap(),
+        let c = vec![
+            Candidate::new("100.64.0.1:5000".parse().unwrap(), CandidateKind::Reflexive),
+            Candidate::new("[fd00:5710::2]:443".parse().unwrap(), CandidateKind::Host),
+            Candidate::new(
+                "100.64.130.3:49160".parse().unwrap(),
+                CandidateKind::Relayed,
+            ),
         ];
         round_trip(&Message::Register {
             id: b"alice".to_vec(),
@@ -276,7 +319,10 @@ mod tests {
             .encode(&mut b),
             Err(RendezvousError::Malformed)
         );
-        let many = vec!["10.200.0.1:1".parse().unwrap(); MAX_CANDIDATES + 1];
+        let many = vec![
+            Candidate::new("10.200.0.1:1".parse().unwrap(), CandidateKind::Host);
+            MAX_CANDIDATES + 1
+        ];
         assert_eq!(
             Message::Peer { candidates: many }.encode(&mut b),
             Err(RendezvousError::Malformed)

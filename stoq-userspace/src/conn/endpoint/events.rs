@@ -148,4 +148,6 @@ pub struct EndpointStats {
     pub closed: TransportTotals,
     /// STUN Binding transactions and the STUN messages received.
     pub stun: crate::nat::StunStats,
+    /// The TURN relay's traffic (all zero without an allocation).
+    pub turn: crate::nat::turn::TurnStats,
 }

@@ -1,12 +1,13 @@
-//! The endpoint's STUN Binding transactions ([`crate::nat::binding`]): started by the
-//! application, answered on the endpoint's own socket.
+//! The endpoint's STUN traffic: Binding transactions ([`crate::nat::binding`]), punches,
+//! and the TURN allocation ([`crate::nat::turn`]), all on the endpoint's own socket.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand_core::RngCore;
 
-use super::Endpoint;
+use super::{Endpoint, Transmit};
+use crate::nat::turn::{Turn, TurnCredentials, TurnError, TurnEvent};
 use crate::nat::{BindingError, BindingId, BindingOutcome};
 
 impl Endpoint {
@@ -28,9 +29,7 @@ impl Endpoint {
         server: SocketAddr,
         timeout: Duration,
     ) -> Result<BindingId, BindingError> {
-        let mut txid = [0u8; 12];
-        txid[0] = self.config.worker_id;
-        self.rng.fill_bytes(&mut txid[1..]);
+        let txid = self.txid();
         self.stun.start(now, server, timeout, txid)
     }
 
@@ -39,9 +38,7 @@ impl Endpoint {
     /// that a peer there can reach it (hole punching, `docs/nat.md`). Returns `false` when
     /// 64 punches already wait to be sent.
     pub fn punch(&mut self, to: SocketAddr) -> bool {
-        let mut txid = [0u8; 12];
-        txid[0] = self.config.worker_id;
-        self.rng.fill_bytes(&mut txid[1..]);
+        let txid = self.txid();
         self.stun.punch(to, txid)
     }
 
@@ -55,4 +52,136 @@ impl Endpoint {
     pub fn abandon_bindings(&mut self) {
         self.stun.abandon();
     }
+
+    /// Allocates a relayed address on the TURN server `server` with long-term
+    /// `credentials` (RFC 8656; one allocation per endpoint): requests go out through
+    /// [`poll_transmit`](Self::poll_transmit), and [`poll_turn`](Self::poll_turn) reports
+    /// [`TurnEvent::Allocated`] with the address peers can send to. The allocation is
+    /// refreshed for as long as the endpoint lives. Datagrams that arrive through it are
+    /// handled as coming from the peer, and what is sent to such a peer goes back through
+    /// the relay.
+    ///
+    /// # Errors
+    /// [`TurnError::AlreadyAllocating`], [`TurnError::BadServer`].
+    pub fn turn_allocate(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        credentials: TurnCredentials,
+    ) -> Result<(), TurnError> {
+        if self
+            .turn
+            .as_ref()
+            .is_some_and(|t| t.relayed().is_some() || t.poll_timeout().is_some())
+        {
+            return Err(TurnError::AlreadyAllocating);
+        }
+        let txid = self.txid();
+        self.turn = Some(Turn::new(now, server, credentials, txid)?);
+        Ok(())
+    }
+
+    /// Lets datagrams from `peer`'s IP address through the relay (a TURN permission,
+    /// refreshed for as long as the allocation lives).
+    ///
+    /// # Errors
+    /// [`TurnError::NotAllocated`], [`TurnError::TooManyPermissions`].
+    pub fn turn_permit(&mut self, now: Instant, peer: std::net::IpAddr) -> Result<(), TurnError> {
+        let txid = self.txid();
+        self.turn
+            .as_mut()
+            .ok_or(TurnError::NotAllocated)?
+            .permit(now, peer, txid)
+    }
+
+    /// The relayed address, once allocated.
+    pub fn turn_relayed_address(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().and_then(Turn::relayed)
+    }
+
+    /// What happened to the TURN allocation, once.
+    pub fn poll_turn(&mut self) -> Option<TurnEvent> {
+        self.turn.as_mut().and_then(Turn::poll_event)
+    }
+
+    /// A transaction ID whose first byte is this worker's id.
+    fn txid(&mut self) -> [u8; 12] {
+        make_txid(&mut self.rng, self.config.worker_id)
+    }
+
+    /// A STUN message: to the TURN client when it comes from the relay (a relayed
+    /// datagram comes back, with its peer), else to the Binding transactions.
+    pub(super) fn handle_stun(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Option<(SocketAddr, std::ops::Range<usize>)> {
+        let from_relay = self.turn.as_ref().is_some_and(|t| {
+            t.server().port() == remote.port()
+                && t.server().ip().to_canonical() == remote.ip().to_canonical()
+        });
+        if from_relay {
+            let (rng, worker) = (&mut self.rng, self.config.worker_id);
+            let turn = self.turn.as_mut()?;
+            return turn.handle(now, data, || make_txid(rng, worker));
+        }
+        self.stun.handle(remote, data);
+        None
+    }
+
+    /// Wraps a connection's datagram to a relayed peer in a Send indication to the relay.
+    pub(super) fn relay(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
+        let txid = self.txid();
+        let turn = self.turn.as_mut()?;
+        let n = turn.wrap(buf, t.size, t.destination, txid)?;
+        Some(Transmit::new(turn.server(), n))
+    }
+
+    /// A STUN or TURN request that is due (rare and tiny: first in line).
+    pub(super) fn poll_stun(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.turn.as_mut()
+            && let Some(n) = t.poll_transmit(now, buf)
+        {
+            return Some(Transmit::new(t.server(), n));
+        }
+        if self.stun.is_empty() {
+            return None;
+        }
+        let (to, n) = self.stun.poll_transmit(now, buf)?;
+        Some(Transmit::new(to, n))
+    }
+
+    /// The earliest STUN or TURN timer.
+    pub(super) fn stun_timeout(&self) -> Option<Instant> {
+        let turn = self.turn.as_ref().and_then(Turn::poll_timeout);
+        match (self.stun.poll_timeout(), turn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires the STUN and TURN timers that are due.
+    pub(super) fn stun_handle_timeout(&mut self, now: Instant) {
+        self.stun.handle_timeout(now);
+        let (rng, worker) = (&mut self.rng, self.config.worker_id);
+        if let Some(t) = self.turn.as_mut()
+            && t.poll_timeout().is_some_and(|at| at <= now)
+        {
+            t.handle_timeout(now, || make_txid(rng, worker));
+        }
+    }
+
+    /// The TURN client's counters.
+    pub fn turn_stats(&self) -> Option<crate::nat::turn::TurnStats> {
+        self.turn.as_ref().map(|t| t.stats)
+    }
+}
+
+/// A transaction ID: the worker's id, then 11 random bytes.
+fn make_txid(rng: &mut rand_chacha::ChaCha20Rng, worker: u8) -> [u8; 12] {
+    let mut txid = [0u8; 12];
+    txid[0] = worker;
+    rng.fill_bytes(&mut txid[1..]);
+    txid
 }
