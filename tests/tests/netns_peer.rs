@@ -93,6 +93,52 @@ fn nft(ns: &NetNs, rules: &str) {
     assert!(c.wait().expect("nft").success(), "nft -f failed:\n{rules}");
 }
 
+/// One request (a byte) and the first byte of its answer on `conn`.
+async fn first_byte(conn: &stoq::Connection) {
+    let (mut s, mut r) = conn.open_bi().await.expect("stream");
+    s.write_all_data(b"x").await.expect("request");
+    s.finish().expect("finish");
+    let mut one = [0u8; 1];
+    r.read_exact(&mut one).await.expect("answer");
+}
+
+/// On the idle topology: the time from `connect_peer` to the first byte of an answer,
+/// against a plain `connect` to the same peer address (the handshake and one request)
+/// in the same run, with the path's smallest RTT. Printed for docs/benchmarks.md: a
+/// speed goal is the harness's business, not a test's.
+async fn time_to_first_byte(ep: &Endpoint, rv: &stoq::api::Rendezvous, peer: SocketAddr) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut via_peer, mut direct, mut rtt) = (Vec::new(), Vec::new(), f64::MAX);
+    for _ in 0..7 {
+        let t = Instant::now();
+        let pc = ep
+            .connect_peer(rv, b"bob", SERVER_NAME)
+            .await
+            .expect("peer");
+        first_byte(&pc.connection).await;
+        via_peer.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(s) = pc.connection.stats() {
+            rtt = rtt.min(s.min_rtt.as_secs_f64() * 1e3);
+        }
+        pc.connection.close(0, b"");
+        let t = Instant::now();
+        let c = ep.connect(peer, SERVER_NAME).await.expect("direct");
+        first_byte(&c).await;
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+        c.close(0, b"");
+    }
+    let (p, d) = (median(via_peer), median(direct));
+    eprintln!(
+        "time to first byte, medians of 7: connect_peer {p:.3} ms, plain connect {d:.3} ms, \
+         difference {:.3} ms = {:.1} min RTTs ({rtt:.3} ms)",
+        p - d,
+        (p - d) / rtt
+    );
+}
+
 /// Kills coturn when the test ends, passed or not.
 struct Coturn(std::process::Child);
 
@@ -326,6 +372,9 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool) {
             ep_a.connect_peer(&reg_a, b"carol", SERVER_NAME).await.err(),
             Some(PeerError::NotFound)
         );
+        if (a, b, rebind) == (Nat::Cone, Nat::Cone, false) {
+            time_to_first_byte(&ep_a, &reg_a, b_public).await;
+        }
         let start = Instant::now();
         let pc = match ep_a.connect_peer(&reg_a, b"bob", SERVER_NAME).await {
             Ok(c) => c,

@@ -63,8 +63,8 @@ pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::nat::{Mapping, NatReport};
 pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
 pub use self::rendezvous::{
-    ATTEMPT_TIMEOUT, HEAD_START, NAT_KEEP_ALIVE, PUNCH_SPACING, PUNCHES, PeerConnection, PeerError,
-    PeerPath, Relay, Rendezvous, serve_rendezvous,
+    ATTEMPT_TIMEOUT, NAT_KEEP_ALIVE, PUNCH_SPACING, PUNCHES, PeerConnection, PeerError, PeerPath,
+    Relay, Rendezvous, serve_rendezvous,
 };
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};

@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ConnectError, Connection, Endpoint, RecvStream, SendStream};
 use crate::conn::ConnectionError;
 use crate::engine::Engine;
-use crate::nat::rendezvous::{Candidate, CandidateKind, MAX_CANDIDATES, Message, RendezvousError};
+use crate::nat::rendezvous::{
+    Candidate, CandidateKind, MAX_CANDIDATES, Message, READY_WAIT, RendezvousError,
+};
 use crate::nat::turn::{TurnCredentials, TurnError, TurnEvent};
 
 /// Punches sent toward each candidate of a peer that asked for this one, spaced by
@@ -29,10 +31,6 @@ use crate::nat::turn::{TurnCredentials, TurnError, TurnEvent};
 pub const PUNCHES: usize = 3;
 /// Time between punches toward one candidate.
 pub const PUNCH_SPACING: Duration = Duration::from_millis(20);
-/// How long the asking peer waits after learning the candidates before its first
-/// Initial, so that the other peer's punch leaves first: an Initial that reaches a NAT
-/// before the punch is dropped there (and, on some NATs, spoils the mapping).
-pub const HEAD_START: Duration = Duration::from_millis(30);
 /// How long a connection attempt to one candidate may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The keep-alive of a peer connection and of a registration: a PING after this long
@@ -119,7 +117,15 @@ struct Entry {
     tx: mpsc::Sender<Message>,
 }
 
-type Registry = Arc<Mutex<HashMap<Vec<u8>, Entry>>>;
+/// The rendezvous server's state: registered peers, and the asks waiting for the peer
+/// asked for to say `Ready` (keyed by (peer asked for, asker)).
+#[derive(Default)]
+struct Directory {
+    peers: HashMap<Vec<u8>, Entry>,
+    ready: HashMap<(Vec<u8>, Vec<u8>), oneshot::Sender<()>>,
+}
+
+type Registry = Arc<Mutex<Directory>>;
 
 /// The `connect_peer` calls waiting for the server's answer, oldest first.
 type Waiting = Mutex<VecDeque<oneshot::Sender<Result<Vec<Candidate>, PeerError>>>>;
@@ -158,7 +164,7 @@ async fn serve_peer(conn: Connection, registry: Registry) {
                 let mut r = registry
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                r.insert(
+                r.peers.insert(
                     id.clone(),
                     Entry {
                         candidates: c,
@@ -170,29 +176,57 @@ async fn serve_peer(conn: Connection, registry: Registry) {
             Message::Connect { id } => {
                 // Only a registered peer may ask: the one asked for is told who.
                 let Some(mine) = me.as_ref() else { break };
-                let (target, own) = {
-                    let r = registry
+                let (ready_rx, target, own) = {
+                    let mut r = registry
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    (
-                        r.get(&id).map(|e| (e.candidates.clone(), e.tx.clone())),
-                        r.get(mine)
-                            .map(|e| e.candidates.clone())
-                            .unwrap_or_default(),
-                    )
+                    let target = r
+                        .peers
+                        .get(&id)
+                        .map(|e| (e.candidates.clone(), e.tx.clone()));
+                    let own = r
+                        .peers
+                        .get(mine)
+                        .map(|e| e.candidates.clone())
+                        .unwrap_or_default();
+                    let (rtx, rrx) = oneshot::channel();
+                    if target.is_some() {
+                        r.ready.insert((id.clone(), mine.clone()), rtx);
+                    }
+                    (rrx, target, own)
                 };
                 let Some((candidates, their_tx)) = target else {
                     let _ = tx.send(Message::NotFound).await;
                     continue;
                 };
-                // The peer asked for hears first, so its punches lead the Initial.
+                // The peer asked for hears first and punches; the asker hears once it
+                // has (or after READY_WAIT), so its first packet follows the punches.
                 let _ = their_tx
                     .send(Message::Incoming {
                         id: mine.clone(),
                         candidates: own,
                     })
                     .await;
-                let _ = tx.send(Message::Peer { candidates }).await;
+                let (tx2, reg2, key) = (tx.clone(), registry.clone(), (id, mine.clone()));
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(READY_WAIT, ready_rx).await;
+                    reg2.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .ready
+                        .remove(&key);
+                    let _ = tx2.send(Message::Peer { candidates }).await;
+                });
+            }
+            Message::Ready { id } => {
+                let Some(mine) = me.as_ref() else { break };
+                let waiting = registry
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .ready
+                    .remove(&(mine.clone(), id));
+                if let Some(w) = waiting {
+                    let _ = w.send(());
+                }
             }
             // Server-bound messages only.
             _ => break,
@@ -202,8 +236,8 @@ async fn serve_peer(conn: Connection, registry: Registry) {
         let mut r = registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if r.get(&id).is_some_and(|e| e.tx.same_channel(&tx)) {
-            r.remove(&id);
+        if r.peers.get(&id).is_some_and(|e| e.tx.same_channel(&tx)) {
+            r.peers.remove(&id);
         }
     }
 }
@@ -339,6 +373,7 @@ impl Endpoint {
         let engine = Arc::downgrade(&self.engine);
         let (w, p) = (waiting.clone(), punched.clone());
         let relaying = relayed.is_some();
+        let ready_tx = tx.clone();
         tokio::spawn(async move {
             let end = loop {
                 let m = match read_message(&mut recv).await {
@@ -346,12 +381,16 @@ impl Endpoint {
                     Err(e) => break e,
                 };
                 match m {
-                    Message::Incoming { candidates, .. } => {
+                    Message::Incoming { id, candidates } => {
                         p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let addrs: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
                         if relaying {
                             permit(&engine, &addrs);
                         }
+                        // The first punches are queued before the Ready that lets the
+                        // asker go (the worker sends them first), the others follow.
+                        punch_once(&engine, &addrs);
+                        let _ = ready_tx.send(Message::Ready { id }).await;
                         tokio::spawn(punch(engine.clone(), addrs));
                     }
                     Message::Peer { candidates } => answer(&w, Ok(candidates)),
@@ -403,7 +442,8 @@ impl Endpoint {
 
     /// Connects to the peer registered as `peer_id` at `rendezvous`'s server: learns its
     /// candidates (the address the server sees it at first, then its own, its relayed
-    /// one last), waits [`HEAD_START`] for its punches to open its NAT, and tries each
+    /// one last) once the peer has punched a hole in its NAT toward this one (the server
+    /// answers when the peer says so), and tries each
     /// candidate in order ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes
     /// is the connection, authenticated as `server_name` like any other, and
     /// [`PeerConnection::path`] says whether it is direct or relayed and
@@ -440,7 +480,6 @@ impl Endpoint {
         let candidates = orx
             .await
             .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))??;
-        tokio::time::sleep(HEAD_START).await;
         let mut failed = Vec::new();
         for c in &candidates {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(c.addr, server_name)).await {
@@ -506,33 +545,36 @@ fn answer(w: &Waiting, r: Result<Vec<Candidate>, PeerError>) {
     }
 }
 
-/// Punches toward every candidate, [`PUNCHES`] times, [`PUNCH_SPACING`] apart. Holds the
-/// engine only while punching: a dropped endpoint stops it.
+/// The punches after the first round: [`PUNCHES`] rounds in all, [`PUNCH_SPACING`] apart.
+/// Holds the engine only while punching: a dropped endpoint stops it.
 async fn punch(engine: Weak<Engine>, candidates: Vec<SocketAddr>) {
-    for round in 0..PUNCHES {
-        if round > 0 {
-            tokio::time::sleep(PUNCH_SPACING).await;
+    for _ in 1..PUNCHES {
+        tokio::time::sleep(PUNCH_SPACING).await;
+        punch_once(&engine, &candidates);
+    }
+}
+
+/// One punch toward every candidate.
+fn punch_once(engine: &Weak<Engine>, candidates: &[SocketAddr]) {
+    let Some(engine) = engine.upgrade() else {
+        return;
+    };
+    let worker = engine.pick().clone();
+    let c = candidates.to_vec();
+    let sent = worker.with(|st| {
+        for a in &c {
+            st.endpoint.punch(*a);
         }
-        let Some(engine) = engine.upgrade() else {
-            return;
-        };
-        let worker = engine.pick().clone();
-        let c = candidates.clone();
-        let sent = worker.with(|st| {
-            for a in &c {
-                st.endpoint.punch(*a);
-            }
-        });
-        if sent.is_some() {
-            worker.kick();
-        } else {
-            worker.post(Box::new(move |w| {
-                w.with(|st| {
-                    for a in &c {
-                        st.endpoint.punch(*a);
-                    }
-                });
-            }));
-        }
+    });
+    if sent.is_some() {
+        worker.kick();
+    } else {
+        worker.post(Box::new(move |w| {
+            w.with(|st| {
+                for a in &c {
+                    st.endpoint.punch(*a);
+                }
+            });
+        }));
     }
 }

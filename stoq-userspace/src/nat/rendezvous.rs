@@ -11,6 +11,11 @@
 //! | 3 | `Incoming` | server → peer | the id and candidates of a peer that wants to connect |
 //! | 4 | `Peer` | server → peer | the candidates of the peer asked for |
 //! | 5 | `NotFound` | server → peer | (empty): no peer registered under that id |
+//! | 6 | `Ready` | peer → server | the id of the peer it has just punched toward |
+//!
+//! The server answers a `Connect` with `Peer` once the peer asked for says `Ready` (its
+//! punches have left, so the asker's first packet cannot reach its NAT before them), or
+//! after [`READY_WAIT`] without it.
 //!
 //! An id is 1 to [`MAX_ID`] bytes (`u8` length, bytes); candidates are a `u8` count (at
 //! most [`MAX_CANDIDATES`]) of `kind (0 host, 1 reflexive, 2 relayed) | family (4 or 6) |
@@ -20,6 +25,9 @@
 //! bounds above.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// How long the server waits for the peer asked for to say `Ready`.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest peer id.
 pub const MAX_ID: usize = 64;
@@ -84,6 +92,11 @@ pub enum Message {
     },
     /// No peer is registered under the id asked for.
     NotFound,
+    /// The peer has punched toward the peer `id` that asked for it.
+    Ready {
+        /// The asking peer.
+        id: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a rendezvous message.
@@ -113,6 +126,7 @@ impl Message {
             Self::Incoming { id, candidates } => (3, Some(id), Some(candidates)),
             Self::Peer { candidates } => (4, None, Some(candidates)),
             Self::NotFound => (5, None, None),
+            Self::Ready { id } => (6, Some(id), None),
         };
         let start = out.len();
         out.extend_from_slice(&[ty, 0, 0]);
@@ -156,7 +170,7 @@ impl Message {
     /// [`RendezvousError::Malformed`] for a length over [`MAX_BODY`];
     /// [`RendezvousError::UnknownType`].
     pub fn body_len(header: [u8; 3]) -> Result<usize, RendezvousError> {
-        if !(1..=5).contains(&header[0]) {
+        if !(1..=6).contains(&header[0]) {
             return Err(RendezvousError::UnknownType(header[0]));
         }
         let len = usize::from(u16::from_be_bytes([header[1], header[2]]));
@@ -189,6 +203,7 @@ impl Message {
                 candidates: r.candidates()?,
             },
             5 => Self::NotFound,
+            6 => Self::Ready { id: r.id()? },
             t => return Err(RendezvousError::UnknownType(t)),
         };
         if !r.b.is_empty() {
@@ -303,6 +318,9 @@ mod tests {
         });
         round_trip(&Message::Peer { candidates: vec![] });
         round_trip(&Message::NotFound);
+        round_trip(&Message::Ready {
+            id: b"alice".to_vec(),
+        });
     }
 
     #[test]
