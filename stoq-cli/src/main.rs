@@ -17,6 +17,7 @@ macro_rules! say {
 mod demo;
 mod keys;
 mod nat;
+mod peer;
 mod qlog_chart;
 mod transfer;
 
@@ -254,6 +255,78 @@ enum Command {
         /// Seconds to wait for each server.
         #[arg(long, default_value = "5")]
         timeout: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Serves the rendezvous role: peers register under an id and learn each other's
+    /// addresses to connect directly through their NATs (`stoq peer`).
+    Rendezvous {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:4433")]
+        listen: SocketAddr,
+        /// The server's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The server's public key (raw-key mode: peers pin it).
+        #[arg(long, conflicts_with = "cert")]
+        public: Option<PathBuf>,
+        /// The server's certificate chain.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// A peer: registers at a rendezvous server as --id from this endpoint's own socket;
+    /// with --connect, reaches that peer (directly through both NATs, or through the
+    /// --turn relay when no direct path exists), says which path and why, sends --bytes
+    /// and checks the SHA-256 the peer answers; without, answers every peer that connects
+    /// with the SHA-256 of what it sent.
+    Peer {
+        /// The rendezvous server.
+        #[arg(long)]
+        rendezvous: SocketAddr,
+        /// The name the rendezvous server and the peers are authenticated as.
+        #[arg(long)]
+        name: String,
+        /// This peer's id (1 to 64 bytes).
+        #[arg(long)]
+        id: String,
+        /// Trust this public key (rendezvous server and peers).
+        #[arg(long, conflicts_with = "ca")]
+        pin: Option<PathBuf>,
+        /// Trust certificates issued by this CA (rendezvous server and peers).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// This peer's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// This peer's public key (raw-key mode).
+        #[arg(long, conflicts_with = "cert")]
+        public: Option<PathBuf>,
+        /// This peer's certificate chain.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Local address (port 0: any).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+        /// The id of the peer to connect to.
+        #[arg(long)]
+        connect: Option<String>,
+        /// Bytes to send with --connect (suffixes k, M, G).
+        #[arg(long, default_value = "1M")]
+        bytes: String,
+        /// Without --connect: exit after the first peer's transfer.
+        #[arg(long)]
+        once: bool,
+        /// A TURN server to allocate a relayed address on (the fallback).
+        #[arg(long, requires_all = ["turn_user", "turn_password"])]
+        turn: Option<SocketAddr>,
+        /// The TURN account's username.
+        #[arg(long)]
+        turn_user: Option<String>,
+        /// The TURN account's password.
+        #[arg(long)]
+        turn_password: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -535,6 +608,50 @@ fn main() -> ExitCode {
             engine,
         }),
         Command::QlogChart { file, out } => qlog_chart::run(&file, &out),
+        Command::Rendezvous {
+            listen,
+            key,
+            public,
+            cert,
+            engine,
+        } => peer::rendezvous(listen, &key, public.as_deref(), cert.as_deref(), &engine),
+        Command::Peer {
+            rendezvous,
+            name,
+            id,
+            pin,
+            ca,
+            key,
+            public,
+            cert,
+            bind,
+            connect,
+            bytes,
+            once,
+            turn,
+            turn_user,
+            turn_password,
+            engine,
+        } => parse_bytes(&bytes).and_then(|bytes| {
+            peer::peer(&peer::PeerArgs {
+                rendezvous,
+                name,
+                id,
+                pin,
+                ca,
+                key,
+                public,
+                cert,
+                bind,
+                connect,
+                bytes,
+                once,
+                turn,
+                turn_user,
+                turn_password,
+                engine,
+            })
+        }),
         Command::Demo {
             bytes,
             loopback,

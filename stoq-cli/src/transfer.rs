@@ -228,7 +228,7 @@ pub(crate) async fn serve_connection(conn: Connection, dir: Option<Arc<PathBuf>>
 
 /// The command's own runtime: one thread. The server's connections are served on the
 /// engine's workers; the client's engine runs on this runtime, beside the transfer.
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,7 +237,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// A credential from a private key and either its public key (raw-key mode) or its
 /// certificate chain.
-fn credential(
+pub(crate) fn credential(
     key: &Path,
     public: Option<&Path>,
     cert: Option<&Path>,
