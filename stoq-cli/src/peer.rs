@@ -34,7 +34,10 @@ pub(crate) fn rendezvous(
         ep.local_addr(),
         ep.info().selection.chosen
     );
-    rt.block_on(stoq::api::serve_rendezvous(&ep));
+    stoq::api::serve_rendezvous(&ep).map_err(|e| e.to_string())?;
+    // Served on the endpoint's workers until interrupted.
+    rt.block_on(tokio::signal::ctrl_c())
+        .map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
     Ok(())
 }
 

@@ -302,9 +302,7 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool) {
             Endpoint::server(e, s)
         })
         .expect("rendezvous server");
-    let rv = Arc::new(rv);
-    let rv2 = rv.clone();
-    rt.spawn(async move { serve_rendezvous(&rv2).await });
+    serve_rendezvous(&rv).expect("rendezvous role");
     let peer = |ns: &NetNs, n: u8| {
         let (s, c) = (scfg.clone(), ccfg.clone());
         ns.run(move || {

@@ -130,16 +130,19 @@ type Registry = Arc<Mutex<Directory>>;
 /// The `connect_peer` calls waiting for the server's answer, oldest first.
 type Waiting = Mutex<VecDeque<oneshot::Sender<Result<Vec<Candidate>, PeerError>>>>;
 
-/// Serves the rendezvous role on `endpoint` until it shuts down: every connection it
-/// accepts is a peer that registers under an id (the last to register an id holds it)
-/// and may ask for another. The server adds the address it sees each peer's connection
-/// come from (its reflexive address) before the candidates the peer gave. Call it on a
-/// tokio runtime; each peer is served by a task of its own.
-pub async fn serve_rendezvous(endpoint: &Endpoint) {
+/// Serves the rendezvous role on `endpoint` (a server endpoint) for as long as it lives:
+/// every connection it accepts is a peer that registers under an id (the last to
+/// register an id holds it) and may ask for another. The server adds the address it sees
+/// each peer's connection come from (its reflexive address) before the candidates the
+/// peer gave. Each peer is served on its connection's worker
+/// ([`serve`](Endpoint::serve)): no hop between threads on the way from one peer to the
+/// other.
+///
+/// # Errors
+/// As [`serve`](Endpoint::serve).
+pub fn serve_rendezvous(endpoint: &Endpoint) -> Result<(), super::ServeError> {
     let registry: Registry = Arc::default();
-    while let Some(conn) = endpoint.accept().await {
-        tokio::spawn(serve_peer(conn, registry.clone()));
-    }
+    endpoint.serve(move |conn| serve_peer(conn, registry.clone()))
 }
 
 async fn serve_peer(conn: Connection, registry: Registry) {
