@@ -24,6 +24,31 @@ fn ip(args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Joins namespaces `a` and `b` with a veth pair: interface `a_if` in `a` with address
+/// `a_ip` (with its prefix, `10.200.1.1/24`), `b_if` in `b` with `b_ip`, both up. The
+/// pair goes away with either namespace.
+///
+/// # Errors
+/// The failing `ip` command and its message.
+pub fn link(
+    a: &NetNs,
+    a_if: &str,
+    a_ip: &str,
+    b: &NetNs,
+    b_if: &str,
+    b_ip: &str,
+) -> io::Result<()> {
+    ip(&[
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ])?;
+    a.ip(&["addr", "add", a_ip, "dev", a_if])?;
+    b.ip(&["addr", "add", b_ip, "dev", b_if])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {

@@ -8,6 +8,7 @@
 pub mod echo;
 pub mod engine;
 pub mod frames;
+pub mod nat;
 
 use stoq::xdp::{XdpError, XdpProgram};
 pub use stoq_netns as netns;

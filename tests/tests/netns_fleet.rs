@@ -28,6 +28,7 @@ use stoq::io::BackendKind;
 use stoq::{Connection, Endpoint};
 use stoq_netns::NetNs;
 use stoq_tests::engine::{self, SERVER_NAME};
+use stoq_tests::nat::sh;
 use stoq_tests::privileged;
 
 const SERVERS: usize = 3;
@@ -37,16 +38,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 89, 100);
 
 fn server_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, 91 + i as u8, 1)
-}
-
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The nftables rules of the load balancer: QUIC-LB server ID `i + 1` is server `i`;
@@ -92,27 +83,7 @@ impl Fleet {
             .map(|_| NetNs::new("fleet-s").expect("netns"))
             .collect();
         let link = |a: &NetNs, a_if: &str, a_ip: &str, b: &NetNs, b_if: &str, b_ip: &str| {
-            sh(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    a_if,
-                    "netns",
-                    a.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    b_if,
-                    "netns",
-                    b.name(),
-                ],
-            );
-            a.ip(&["addr", "add", a_ip, "dev", a_if]).expect("addr");
-            b.ip(&["addr", "add", b_ip, "dev", b_if]).expect("addr");
-            a.ip(&["link", "set", a_if, "up"]).expect("up");
-            b.ip(&["link", "set", b_if, "up"]).expect("up");
+            stoq_netns::link(a, a_if, a_ip, b, b_if, b_ip).expect("veth");
         };
         // Clients: 10.200.90.0/24, one address per client (so each has its own 4-tuple).
         link(

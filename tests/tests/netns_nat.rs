@@ -19,7 +19,6 @@
 //! `masquerade random` (a "symmetric" NAT) they see two.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use stoq::Endpoint;
@@ -29,6 +28,7 @@ use stoq::io::BackendKind;
 use stoq_common::classify::PacketKind;
 use stoq_netns::NetNs;
 use stoq_tests::engine::{self, SERVER_NAME};
+use stoq_tests::nat::{Coturn, coturn, nft, sh};
 use stoq_tests::privileged;
 
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 120, 2);
@@ -39,57 +39,12 @@ const PUBLIC: Ipv4Addr = Ipv4Addr::new(100, 64, 120, 2);
 const PUBLIC2: Ipv4Addr = Ipv4Addr::new(100, 64, 120, 3);
 const MAPPED_PORTS: std::ops::RangeInclusive<u16> = 40_000..=40_999;
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Kills the STUN server when the test ends, passed or not.
-struct Coturn(Child);
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The namespaces and coturn. Fields drop in order: coturn first, the namespaces last.
 struct Topology {
     _coturn: Coturn,
     inside: NetNs,
     nat: NetNs,
     public: NetNs,
-}
-
-fn link(a: &NetNs, a_if: &str, a_ip: &str, b: &NetNs, b_if: &str, b_ip: &str) {
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ],
-    );
-    a.ip(&["addr", "add", a_ip, "dev", a_if]).expect("addr");
-    b.ip(&["addr", "add", b_ip, "dev", b_if]).expect("addr");
-    a.ip(&["link", "set", a_if, "up"]).expect("up");
-    b.ip(&["link", "set", b_if, "up"]).expect("up");
 }
 
 /// nftables NAT statements: ports mapped into a range (the reflexive-address test), the
@@ -103,22 +58,24 @@ fn topology(nat_rule: &str) -> Topology {
     let inside = NetNs::new("nat").expect("netns");
     let nat = NetNs::new("nat").expect("netns");
     let public = NetNs::new("nat").expect("netns");
-    link(
+    stoq_netns::link(
         &inside,
         "i0",
         "10.200.120.2/24",
         &nat,
         "n0",
         "10.200.120.1/24",
-    );
-    link(
+    )
+    .expect("veth");
+    stoq_netns::link(
         &nat,
         "n1",
         "100.64.120.1/24",
         &public,
         "p0",
         "100.64.120.2/24",
-    );
+    )
+    .expect("veth");
     public
         .ip(&["addr", "add", &format!("{PUBLIC2}/24"), "dev", "p0"])
         .expect("coturn's second address");
@@ -144,63 +101,8 @@ fn topology(nat_rule: &str) -> Topology {
            }}\n\
          }}\n"
     );
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", nat.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(nft.stdin.as_mut().expect("stdin"), rules.as_bytes())
-        .expect("nft rules");
-    drop(nft.stdin.take());
-    assert!(nft.wait().expect("nft").success(), "nft -f failed");
-    let coturn = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            public.name(),
-            "turnserver",
-            "-n",
-            "--no-cli",
-            "--stun-only",
-        ])
-        .args([
-            "-L",
-            &PUBLIC.to_string(),
-            "-L",
-            &PUBLIC2.to_string(),
-            "-p",
-            "3478",
-            "--no-tls",
-            "--no-dtls",
-        ])
-        .args([
-            "--no-stdout-log",
-            "--log-file",
-            "/dev/null",
-            "--no-software-attribute",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnserver (apt install coturn)");
-    let coturn = Coturn(coturn);
-    // coturn says nothing when a listener cannot bind; wait until both are open so a
-    // broken topology fails here, by name, not as a STUN timeout.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ss = sh("ip", &["netns", "exec", public.name(), "ss", "-Hlun"]);
-        if [PUBLIC, PUBLIC2]
-            .iter()
-            .all(|ip| ss.contains(&format!("{ip}:3478")))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "turnserver does not listen on {PUBLIC}:3478 and {PUBLIC2}:3478: {ss}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    nft(&nat, &rules);
+    let coturn = coturn(&public, &[PUBLIC, PUBLIC2], &["--stun-only"]);
     Topology {
         _coturn: coturn,
         inside,

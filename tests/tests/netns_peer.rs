@@ -18,7 +18,6 @@
 //! port and forgets every flow mid-transfer loses no data: the connection migrates.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use stoq::io::BackendKind;
 use stoq::nat::turn::TurnCredentials;
 use stoq_netns::NetNs;
 use stoq_tests::engine::{self, SERVER_NAME};
+use stoq_tests::nat::{coturn, nft, sh};
 use stoq_tests::privileged;
 use tokio::io::AsyncReadExt;
 
@@ -44,53 +44,6 @@ enum Nat {
     Cone,
     PortRestricted,
     Symmetric,
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn link(a: &NetNs, a_if: &str, a_ip: &str, b: &NetNs, b_if: &str, b_ip: &str) {
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ],
-    );
-    a.ip(&["addr", "add", a_ip, "dev", a_if]).expect("addr");
-    b.ip(&["addr", "add", b_ip, "dev", b_if]).expect("addr");
-    a.ip(&["link", "set", a_if, "up"]).expect("up");
-    b.ip(&["link", "set", b_if, "up"]).expect("up");
-}
-
-fn nft(ns: &NetNs, rules: &str) {
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(c.stdin.as_mut().expect("stdin"), rules.as_bytes())
-        .expect("nft rules");
-    drop(c.stdin.take());
-    assert!(c.wait().expect("nft").success(), "nft -f failed:\n{rules}");
 }
 
 /// One request (a byte) and the first byte of its answer on `conn`.
@@ -139,80 +92,28 @@ async fn time_to_first_byte(ep: &Endpoint, rv: &stoq::api::Rendezvous, peer: Soc
     );
 }
 
-/// Kills coturn when the test ends, passed or not.
-struct Coturn(std::process::Child);
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// coturn's turnserver in `ns` on [`TURN`]:3478, relaying from ports 49152-49407 of the
-/// same address, to the emulated public addresses only; returns once it listens.
-fn coturn(ns: &NetNs) -> Coturn {
-    let c = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "turnserver", "-n", "--no-cli"])
-        .args([
-            "-L",
-            &TURN.to_string(),
-            "-E",
-            &TURN.to_string(),
-            "-p",
-            "3478",
-        ])
-        .args([
-            "--min-port",
-            "49152",
-            "--max-port",
-            "49407",
-            "--no-tls",
-            "--no-dtls",
-        ])
-        .args(["-a", "-u", "stoq:relay-secret", "-r", "stoq.test"])
-        .args([
-            "--allowed-peer-ip=100.64.0.0-100.127.255.255",
-            "--no-software-attribute",
-        ])
-        .args(["--no-stdout-log", "--log-file", "/dev/null"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnserver (apt install coturn)");
-    let c = Coturn(c);
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while !sh("ip", &["netns", "exec", ns.name(), "ss", "-Hlun"]).contains(&format!("{TURN}:3478"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "turnserver does not listen on {TURN}:3478"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    c
-}
-
 /// A peer's namespace behind its NAT's namespace; returns (peer, nat).
 fn site(internet: &NetNs, n: u8, kind: Nat) -> (NetNs, NetNs) {
     let peer = NetNs::new("peer").expect("netns");
     let nat = NetNs::new("peer").expect("netns");
-    link(
+    stoq_netns::link(
         &peer,
         "p0",
         &format!("10.200.{n}.2/24"),
         &nat,
         "lan",
         &format!("10.200.{n}.1/24"),
-    );
-    link(
+    )
+    .expect("veth");
+    stoq_netns::link(
         &nat,
         "wan",
         &format!("100.64.{n}.1/24"),
         internet,
         &format!("i{n}"),
         &format!("100.64.{n}.254/24"),
-    );
+    )
+    .expect("veth");
     peer.ip(&["route", "add", "default", "via", &format!("10.200.{n}.1")])
         .expect("route");
     nat.ip(&["route", "add", "default", "via", &format!("100.64.{n}.254")])
@@ -284,7 +185,28 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool) {
     internet
         .ip(&["addr", "add", &format!("{TURN}/32"), "dev", "lo"])
         .expect("relay address");
-    let _coturn = relay.then(|| coturn(&internet));
+    // coturn relaying from ports 49152-49407 of its address, to the emulated public
+    // addresses only, for the account stoq:relay-secret.
+    let _coturn = relay.then(|| {
+        coturn(
+            &internet,
+            &[TURN],
+            &[
+                "-E",
+                &TURN.to_string(),
+                "--min-port",
+                "49152",
+                "--max-port",
+                "49407",
+                "-a",
+                "-u",
+                "stoq:relay-secret",
+                "-r",
+                "stoq.test",
+                "--allowed-peer-ip=100.64.0.0-100.127.255.255",
+            ],
+        )
+    });
     let (peer_a, nat_a) = site(&internet, 131, a);
     let (peer_b, nat_b) = site(&internet, 132, b);
     let (halfway_tx, halfway_rx) = tokio::sync::oneshot::channel::<()>();
