@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ConnectError, Connection, Endpoint, RecvStream, SendStream};
 use crate::conn::ConnectionError;
 use crate::engine::Engine;
+use crate::engine::home::{State, Worker};
 use crate::nat::rendezvous::{
     Candidate, CandidateKind, MAX_CANDIDATES, Message, READY_WAIT, RendezvousError,
 };
@@ -520,19 +521,28 @@ fn permit(engine: &Weak<Engine>, addrs: &[SocketAddr]) {
     let Some(engine) = engine.upgrade() else {
         return;
     };
-    let worker = engine.workers[0].clone();
     let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-    let job = move |st: &mut crate::engine::home::State| {
+    on_worker(&engine.workers[0], move |st| {
         for ip in &ips {
             let _ = st.endpoint.turn_permit(std::time::Instant::now(), *ip);
         }
-    };
-    if worker.is_here() || worker.is_locked() {
-        let _ = worker.with(job);
+    });
+}
+
+/// Runs `job` on the worker's state: here when this thread may touch it, else posted to
+/// the worker's loop; the loop is woken either way.
+fn on_worker(worker: &Arc<Worker>, job: impl FnOnce(&mut State) + Send + 'static) {
+    let mut job = Some(job);
+    let ran = worker.with(|st| {
+        if let Some(j) = job.take() {
+            j(st);
+        }
+    });
+    if ran.is_some() {
         worker.kick();
-    } else {
+    } else if let Some(j) = job {
         worker.post(Box::new(move |w| {
-            w.with(job);
+            w.with(j);
         }));
     }
 }
@@ -562,22 +572,10 @@ fn punch_once(engine: &Weak<Engine>, candidates: &[SocketAddr]) {
     let Some(engine) = engine.upgrade() else {
         return;
     };
-    let worker = engine.pick().clone();
     let c = candidates.to_vec();
-    let sent = worker.with(|st| {
+    on_worker(engine.pick(), move |st| {
         for a in &c {
             st.endpoint.punch(*a);
         }
     });
-    if sent.is_some() {
-        worker.kick();
-    } else {
-        worker.post(Box::new(move |w| {
-            w.with(|st| {
-                for a in &c {
-                    st.endpoint.punch(*a);
-                }
-            });
-        }));
-    }
 }

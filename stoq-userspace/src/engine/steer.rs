@@ -37,14 +37,15 @@ pub(crate) fn route<'a>(
         // the first byte of the transaction ID it chose. Requests and indications (a TURN
         // relay's Data indications, peers' punches) carry a sender's ID: they go to worker
         // 0, which holds the TURN allocation and the connections that use it.
-        // The class's high bit (0x0100 of the type) is set in responses only.
-        let indication_or_request = first & 0x01 == 0;
-        return match d.get(8) {
-            Some(_) if crate::wire::wire::stun::is_stun(d) && indication_or_request => {
-                Route::Owner(0)
-            }
-            Some(&w) if crate::wire::wire::stun::is_stun(d) => Route::Owner(w),
-            _ => Route::Anyone,
+        if !crate::wire::wire::stun::is_stun(d) {
+            return Route::Anyone;
+        }
+        // The class's high bit (0x0100 of the type) is set in responses only; a STUN
+        // message is at least 20 bytes, so its ID's first byte (offset 8) is there.
+        return if first & 0x01 == 0 {
+            Route::Owner(0)
+        } else {
+            Route::Owner(d[8])
         };
     }
     if first & 0x80 == 0 {

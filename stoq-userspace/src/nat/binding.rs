@@ -19,16 +19,12 @@ use std::time::{Duration, Instant};
 
 use stoq_common::wire::stun::{Class, METHOD_BINDING, Message, Writer, attr};
 
+use super::retransmit::Schedule;
+pub use super::retransmit::{INITIAL_RTO, MAX_REQUESTS};
+
 /// Transactions one endpoint runs at once; a further one is refused with
 /// [`BindingError::TooManyPending`].
 pub const MAX_PENDING: usize = 16;
-
-/// The first retransmission timeout (RFC 8489 §6.2.1 recommends 500 ms for a path of
-/// unknown RTT); it doubles with every retransmission.
-pub const INITIAL_RTO: Duration = Duration::from_millis(500);
-
-/// Requests sent in all (RFC 8489's Rc), unless the timeout comes first.
-pub const MAX_REQUESTS: u8 = 7;
 
 /// Identifies one Binding transaction of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,11 +103,7 @@ struct Pending {
     id: BindingId,
     server: SocketAddr,
     txid: [u8; 12],
-    sent: u8,
-    /// When the next request is due (the first is due at once).
-    next: Instant,
-    rto: Duration,
-    deadline: Instant,
+    when: Schedule,
 }
 
 /// Punches waiting to be sent at most (a further one is dropped).
@@ -150,10 +142,7 @@ impl Bindings {
             id,
             server,
             txid,
-            sent: 0,
-            next: now,
-            rto: INITIAL_RTO,
-            deadline: now + timeout,
+            when: Schedule::new(now, timeout),
         });
         Ok(id)
     }
@@ -188,42 +177,29 @@ impl Bindings {
             self.stats.punches_sent += 1;
             return Some((to, n));
         }
-        let p = self
-            .pending
-            .iter_mut()
-            .find(|p| p.next <= now && p.sent < MAX_REQUESTS && now < p.deadline)?;
+        let p = self.pending.iter_mut().find(|p| p.when.due(now))?;
         // A request with FINGERPRINT: STOQ shares its port with STUN (RFC 8489 §7).
         let n = Writer::new(buf, Class::Request, METHOD_BINDING, &p.txid)
             .and_then(Writer::finish_with_fingerprint)
             .ok()?;
-        p.sent += 1;
-        p.next = now + p.rto;
-        p.rto = p.rto.saturating_mul(2);
+        p.when.sent_at(now);
         self.stats.requests_sent += 1;
         Some((p.server, n))
     }
 
     /// The earliest moment something is due: a request, or a transaction's end.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.pending
-            .iter()
-            .map(|p| {
-                if p.sent < MAX_REQUESTS {
-                    p.next.min(p.deadline)
-                } else {
-                    p.deadline
-                }
-            })
-            .min()
+        self.pending.iter().map(|p| p.when.timeout()).min()
     }
 
     /// Ends the transactions whose time is up.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.pending.len() {
-            if self.pending[i].deadline <= now {
+            if self.pending[i].when.deadline <= now {
                 let p = self.pending.swap_remove(i);
-                self.finish(&p, Err(BindingError::TimedOut { requests: p.sent }));
+                let requests = p.when.sent;
+                self.finish(&p, Err(BindingError::TimedOut { requests }));
             } else {
                 i += 1;
             }
@@ -285,7 +261,7 @@ impl Bindings {
             id: p.id,
             server: p.server,
             result,
-            requests: p.sent,
+            requests: p.when.sent,
         });
     }
 
@@ -304,7 +280,7 @@ impl Bindings {
 
 /// Whether `from` is `server`, an IPv4 address matching its IPv4-mapped IPv6 form (a
 /// dual-stack socket reports IPv4 peers that way).
-fn same_address(server: SocketAddr, from: SocketAddr) -> bool {
+pub(crate) fn same_address(server: SocketAddr, from: SocketAddr) -> bool {
     server.port() == from.port() && server.ip().to_canonical() == from.ip().to_canonical()
 }
 

@@ -14,6 +14,8 @@
 
 pub mod binding;
 pub mod rendezvous;
+mod retransmit;
 pub mod turn;
 
 pub use binding::{BindingError, BindingId, BindingOutcome, StunStats};
+pub use retransmit::{INITIAL_RTO, MAX_REQUESTS};

@@ -17,16 +17,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::retransmit::Schedule;
 use md5::{Digest, Md5};
 use stoq_common::wire::stun::{
     Class, METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND,
     Message, Writer, attr,
 };
 
-/// The first retransmission timeout; doubled each time, at most [`MAX_REQUESTS`] sends.
-const RTO: Duration = Duration::from_millis(500);
-/// Requests sent in all per transaction.
-const MAX_REQUESTS: u8 = 7;
 /// A transaction gives up after this long.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Permissions last 300 s (RFC 8656 §9); refreshed after this long.
@@ -130,10 +127,7 @@ enum Kind {
 struct Txn {
     kind: Kind,
     txid: [u8; 12],
-    sent: u8,
-    next: Instant,
-    rto: Duration,
-    deadline: Instant,
+    when: Schedule,
     /// Sent again after a 401/438 already: a second one fails.
     reauthenticated: bool,
 }
@@ -214,10 +208,7 @@ impl Turn {
         self.txns.push(Txn {
             kind,
             txid,
-            sent: 0,
-            next: now,
-            rto: RTO,
-            deadline: now + TRANSACTION_TIMEOUT,
+            when: Schedule::new(now, TRANSACTION_TIMEOUT),
             reauthenticated: false,
         });
     }
@@ -245,16 +236,10 @@ impl Turn {
 
     /// The next request due, written into `buf`: its length (to [`server`](Self::server)).
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let i = self
-            .txns
-            .iter()
-            .position(|t| t.next <= now && t.sent < MAX_REQUESTS && now < t.deadline)?;
+        let i = self.txns.iter().position(|t| t.when.due(now))?;
         let (kind, txid) = (self.txns[i].kind, self.txns[i].txid);
         let n = self.request(buf, kind, &txid)?;
-        let t = &mut self.txns[i];
-        t.sent += 1;
-        t.next = now + t.rto;
-        t.rto = t.rto.saturating_mul(2);
+        self.txns[i].when.sent_at(now);
         self.stats.requests_sent += 1;
         Some(n)
     }
@@ -288,17 +273,7 @@ impl Turn {
 
     /// The earliest moment something is due.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let txn = self
-            .txns
-            .iter()
-            .map(|t| {
-                if t.sent < MAX_REQUESTS {
-                    t.next.min(t.deadline)
-                } else {
-                    t.deadline
-                }
-            })
-            .min();
+        let txn = self.txns.iter().map(|t| t.when.timeout()).min();
         let refresh = match self.state {
             State::Allocated { refresh_at, .. } => Some(refresh_at),
             _ => None,
@@ -311,7 +286,7 @@ impl Turn {
     pub(crate) fn handle_timeout(&mut self, now: Instant, mut txid: impl FnMut() -> [u8; 12]) {
         let mut i = 0;
         while i < self.txns.len() {
-            if self.txns[i].deadline <= now {
+            if self.txns[i].when.deadline <= now {
                 let t = self.txns.swap_remove(i);
                 self.fail(t.kind, TurnError::TimedOut);
             } else {

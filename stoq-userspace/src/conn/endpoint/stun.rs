@@ -117,10 +117,10 @@ impl Endpoint {
         remote: SocketAddr,
         data: &[u8],
     ) -> Option<(SocketAddr, std::ops::Range<usize>)> {
-        let from_relay = self.turn.as_ref().is_some_and(|t| {
-            t.server().port() == remote.port()
-                && t.server().ip().to_canonical() == remote.ip().to_canonical()
-        });
+        let from_relay = self
+            .turn
+            .as_ref()
+            .is_some_and(|t| crate::nat::binding::same_address(t.server(), remote));
         if from_relay {
             let (rng, worker) = (&mut self.rng, self.config.worker_id);
             let turn = self.turn.as_mut()?;
@@ -170,11 +170,6 @@ impl Endpoint {
         {
             t.handle_timeout(now, || make_txid(rng, worker));
         }
-    }
-
-    /// The TURN client's counters.
-    pub fn turn_stats(&self) -> Option<crate::nat::turn::TurnStats> {
-        self.turn.as_ref().map(|t| t.stats)
     }
 }
 
