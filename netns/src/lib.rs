@@ -10,6 +10,10 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod delay;
+
+pub use delay::DelayLine;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) -> io::Result<String> {
