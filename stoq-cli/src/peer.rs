@@ -123,7 +123,7 @@ async fn send(
         .await
         .map_err(|e| e.to_string())?;
     for (c, why) in &pc.failed {
-        say!("  {:?} candidate {} failed: {why}", c.kind, c.addr);
+        say!("  {:?} candidate {} not used: {why}", c.kind, c.addr);
     }
     match pc.path {
         PeerPath::Direct(c) => say!("direct to {} ({:?}) in {:?}", c.addr, c.kind, t.elapsed()),

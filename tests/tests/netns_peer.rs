@@ -28,6 +28,7 @@ use stoq::Endpoint;
 use stoq::api::{PeerError, PeerPath, Relay, serve_rendezvous};
 use stoq::engine::EngineConfig;
 use stoq::io::BackendKind;
+use stoq::nat::rendezvous::{Candidate, CandidateKind, decode_candidates, encode_candidates};
 use stoq::nat::turn::TurnCredentials;
 use stoq_netns::NetNs;
 use stoq_tests::engine::{self, SERVER_NAME};
@@ -40,6 +41,36 @@ const RENDEZVOUS: Ipv4Addr = Ipv4Addr::new(100, 64, 130, 2);
 const TURN: Ipv4Addr = Ipv4Addr::new(100, 64, 130, 3);
 const PORT: u16 = 5000;
 const BYTES: usize = 256 << 20;
+
+/// One test's topology and how its peers meet.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    /// Peer A's NAT (A connects).
+    a: Nat,
+    /// Peer B's NAT.
+    b: Nat,
+    /// NAT A rebinds A mid-transfer.
+    rebind: bool,
+    /// B takes a relayed candidate on coturn.
+    relay: bool,
+    /// A delay line in the internet, this long each way.
+    delay: Option<Duration>,
+    /// No rendezvous server: the peers trade candidates themselves.
+    own_signalling: bool,
+}
+
+impl Case {
+    fn new(a: Nat, b: Nat) -> Self {
+        Self {
+            a,
+            b,
+            rebind: false,
+            relay: false,
+            delay: None,
+            own_signalling: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Nat {
@@ -174,7 +205,15 @@ fn site(internet: &NetNs, n: u8, kind: Nat) -> (NetNs, NetNs) {
 /// sends 256 MiB, whose SHA-256 B returns. With `rebind`, once B has 32 MiB, NAT A starts
 /// mapping A to port 6000 and both NATs forget their flows (`conntrack -F`): A's packets
 /// reach B from a new address mid-transfer.
-fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
+fn meet(case: Case) {
+    let Case {
+        a,
+        b,
+        rebind,
+        relay,
+        delay,
+        own_signalling,
+    } = case;
     let internet = NetNs::new("peer").expect("netns");
     // The rendezvous server and the relay live behind the internet's interface i130.
     let services = NetNs::new("peer").expect("netns");
@@ -206,7 +245,8 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
     );
     // coturn relaying from ports 49152-49407 of its address, to the emulated public
     // addresses only, for the account stoq:relay-secret.
-    let _coturn = relay.then(|| {
+    // It is also the STUN server peers without a rendezvous server gather candidates from.
+    let _coturn = (relay || own_signalling).then(|| {
         coturn(
             &services,
             &[TURN],
@@ -272,14 +312,19 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
                 password: "relay-secret".into(),
             },
         });
-        let reg_b = ep_b
-            .join_rendezvous_with(rv_addr, SERVER_NAME, b"bob", relay)
-            .await
-            .expect("B registers");
-        let reg_a = ep_a
-            .join_rendezvous(rv_addr, SERVER_NAME, b"alice")
-            .await
-            .expect("A registers");
+        let regs = if own_signalling {
+            None
+        } else {
+            let reg_b = ep_b
+                .join_rendezvous_with(rv_addr, SERVER_NAME, b"bob", relay.clone())
+                .await
+                .expect("B registers");
+            let reg_a = ep_a
+                .join_rendezvous(rv_addr, SERVER_NAME, b"alice")
+                .await
+                .expect("A registers");
+            Some((reg_a, reg_b))
+        };
         // B serves: whatever arrives on a stream is hashed, and the digest is the answer.
         let eb = ep_b.clone();
         let (halfway, b_saw2) = (halfway.clone(), b_saw.clone());
@@ -312,22 +357,55 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
                 });
             }
         });
-        // A peer that is not registered is named as such.
-        assert_eq!(
-            ep_a.connect_peer(&reg_a, b"carol", SERVER_NAME).await.err(),
-            Some(PeerError::NotFound)
-        );
-        if delay.is_some() {
-            time_to_first_byte(&ep_a, &reg_a, b_public).await;
-        }
-        let start = Instant::now();
-        let pc = match ep_a.connect_peer(&reg_a, b"bob", SERVER_NAME).await {
-            Ok(c) => c,
-            Err(e) => return Err(e),
+        let pc = if let Some((reg_a, reg_b)) = &regs {
+            // A peer that is not registered is named as such.
+            assert_eq!(
+                ep_a.connect_peer(reg_a, b"carol", SERVER_NAME).await.err(),
+                Some(PeerError::NotFound)
+            );
+            if delay.is_some() {
+                time_to_first_byte(&ep_a, reg_a, b_public).await;
+            }
+            let start = Instant::now();
+            let pc = ep_a.connect_peer(reg_a, b"bob", SERVER_NAME).await?;
+            assert!(reg_b.punched() >= 1, "B was told to punch");
+            (pc, start.elapsed())
+        } else {
+            // The application's own signalling: each peer gathers (reflexive from coturn
+            // as a STUN server, host, B's relayed), the candidates cross as bytes, B
+            // punches toward A's, then A connects to B's.
+            let stun = [SocketAddr::new(TURN.into(), 3478)];
+            let wait = Duration::from_secs(2);
+            let b_has = ep_b
+                .gather_candidates(&stun, relay.as_ref(), wait)
+                .await
+                .expect("B gathers");
+            let a_has = ep_a
+                .gather_candidates(&stun, None, wait)
+                .await
+                .expect("A gathers");
+            let carried = |c: &[Candidate]| {
+                let mut bytes = Vec::new();
+                encode_candidates(c, &mut bytes).expect("encode");
+                decode_candidates(&bytes).expect("decode")
+            };
+            assert_eq!(
+                a_has.first().map(|c| (c.kind, c.addr.ip())),
+                Some((
+                    CandidateKind::Reflexive,
+                    Ipv4Addr::new(100, 64, 131, 1).into()
+                )),
+                "A's first candidate is its NAT's public address"
+            );
+            let start = Instant::now();
+            ep_b.punch_toward(&carried(&a_has)).await;
+            let pc = ep_a
+                .connect_candidates(&carried(&b_has), SERVER_NAME)
+                .await?;
+            (pc, start.elapsed())
         };
+        let (pc, connected) = pc;
         let (conn, path) = (pc.connection, pc.path);
-        let connected = start.elapsed();
-        assert!(reg_b.punched() >= 1, "B was told to punch");
         let (rebound_tx, rebound_rx) = tokio::sync::oneshot::channel::<()>();
         if rebind {
             let (na, nb) = (nat_a.name().to_string(), nat_b.name().to_string());
@@ -396,7 +474,7 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
             "SHA-256 of what B received"
         );
         eprintln!(
-            "{a:?} <-> {b:?}: {path:?} after {connected:?} ({} failed first), {} MiB in \
+            "{a:?} <-> {b:?}: {path:?} after {connected:?} ({} others not used), {} MiB in \
              {secs:.2} s ({:.2} Gbit/s)",
             pc.failed.len(),
             bytes >> 20,
@@ -449,28 +527,28 @@ fn meet(a: Nat, b: Nat, rebind: bool, relay: bool, delay: Option<Duration>) {
 #[test]
 fn cone_to_cone() {
     if privileged("netns_peer::cone_to_cone") {
-        meet(Nat::Cone, Nat::Cone, false, false, None);
+        meet(Case::new(Nat::Cone, Nat::Cone));
     }
 }
 
 #[test]
 fn cone_to_port_restricted() {
     if privileged("netns_peer::cone_to_port_restricted") {
-        meet(Nat::Cone, Nat::PortRestricted, false, false, None);
+        meet(Case::new(Nat::Cone, Nat::PortRestricted));
     }
 }
 
 #[test]
 fn port_restricted_to_port_restricted() {
     if privileged("netns_peer::port_restricted_to_port_restricted") {
-        meet(Nat::PortRestricted, Nat::PortRestricted, false, false, None);
+        meet(Case::new(Nat::PortRestricted, Nat::PortRestricted));
     }
 }
 
 #[test]
 fn symmetric_to_symmetric_has_no_direct_path() {
     if privileged("netns_peer::symmetric_to_symmetric_has_no_direct_path") {
-        meet(Nat::Symmetric, Nat::Symmetric, false, false, None);
+        meet(Case::new(Nat::Symmetric, Nat::Symmetric));
     }
 }
 
@@ -480,7 +558,10 @@ fn symmetric_to_symmetric_has_no_direct_path() {
 #[test]
 fn a_nat_rebinding_mid_transfer_loses_nothing() {
     if privileged("netns_peer::a_nat_rebinding_mid_transfer_loses_nothing") {
-        meet(Nat::Cone, Nat::Cone, true, false, None);
+        meet(Case {
+            rebind: true,
+            ..Case::new(Nat::Cone, Nat::Cone)
+        });
     }
 }
 
@@ -489,7 +570,10 @@ fn a_nat_rebinding_mid_transfer_loses_nothing() {
 #[test]
 fn symmetric_to_symmetric_through_coturn() {
     if privileged("netns_peer::symmetric_to_symmetric_through_coturn") {
-        meet(Nat::Symmetric, Nat::Symmetric, false, true, None);
+        meet(Case {
+            relay: true,
+            ..Case::new(Nat::Symmetric, Nat::Symmetric)
+        });
     }
 }
 
@@ -499,12 +583,36 @@ fn symmetric_to_symmetric_through_coturn() {
 #[test]
 fn connect_peer_costs_at_most_three_round_trips() {
     if privileged("netns_peer::connect_peer_costs_at_most_three_round_trips") {
-        meet(
-            Nat::Cone,
-            Nat::Cone,
-            false,
-            false,
-            Some(Duration::from_millis(10)),
-        );
+        meet(Case {
+            delay: Some(Duration::from_millis(10)),
+            ..Case::new(Nat::Cone, Nat::Cone)
+        });
+    }
+}
+
+/// No rendezvous server: the peers gather their candidates (coturn as the STUN server),
+/// trade them as bytes over their own channel, B punches toward A's and A connects to
+/// B's. Both NATs are port-restricted, so without B's punches nothing gets in.
+#[test]
+fn port_restricted_to_port_restricted_over_own_signalling() {
+    if privileged("netns_peer::port_restricted_to_port_restricted_over_own_signalling") {
+        meet(Case {
+            own_signalling: true,
+            ..Case::new(Nat::PortRestricted, Nat::PortRestricted)
+        });
+    }
+}
+
+/// No rendezvous server, two symmetric NATs: B gathers a relayed candidate too, its
+/// punch gives A's address a permission on the relay, and A's connection goes through
+/// coturn once the direct attempts have had their head start.
+#[test]
+fn symmetric_to_symmetric_through_coturn_over_own_signalling() {
+    if privileged("netns_peer::symmetric_to_symmetric_through_coturn_over_own_signalling") {
+        meet(Case {
+            relay: true,
+            own_signalling: true,
+            ..Case::new(Nat::Symmetric, Nat::Symmetric)
+        });
     }
 }

@@ -323,7 +323,7 @@ impl Endpoint {
 
     /// Starts a connection to `addr` on a worker (round robin), `early` asking for early
     /// data, and returns its handle without waiting for the handshake.
-    async fn start_connect(
+    pub(super) async fn start_connect(
         &self,
         addr: SocketAddr,
         server_name: &str,

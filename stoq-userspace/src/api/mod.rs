@@ -49,6 +49,7 @@ mod datagram;
 mod endpoint;
 mod incoming;
 mod nat;
+mod peer;
 mod reconnect;
 pub(crate) mod remote;
 mod rendezvous;
@@ -61,11 +62,12 @@ pub use self::connection::{Connection, Message, MessageOutcome};
 pub use self::endpoint::{ConnectionShutdown, Endpoint, ShutdownReport};
 pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::nat::{Mapping, NatReport};
-pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
-pub use self::rendezvous::{
-    ATTEMPT_TIMEOUT, NAT_KEEP_ALIVE, PUNCH_SPACING, PUNCHES, PeerConnection, PeerError, PeerPath,
-    Relay, Rendezvous, serve_rendezvous,
+pub use self::peer::{
+    ATTEMPT_SPACING, ATTEMPT_TIMEOUT, NAT_KEEP_ALIVE, PUNCH_SPACING, PUNCHES, PeerConnection,
+    PeerError, PeerPath, RELAY_GRACE, Relay,
 };
+pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
+pub use self::rendezvous::{Rendezvous, serve_rendezvous};
 pub use self::stream::{RecvStream, SendStream};
 use crate::conn::{self, ConnectionError};
 pub use crate::engine::app::PathEvent;

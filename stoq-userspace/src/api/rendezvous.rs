@@ -11,73 +11,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ConnectError, Connection, Endpoint, RecvStream, SendStream};
+use super::peer::{keep_open, permit, punch, punch_once};
+use super::{Connection, Endpoint, PeerConnection, PeerError, RecvStream, Relay, SendStream};
 use crate::conn::ConnectionError;
-use crate::engine::Engine;
-use crate::engine::home::{State, Worker};
 use crate::nat::rendezvous::{
     Candidate, CandidateKind, MAX_CANDIDATES, Message, READY_WAIT, RendezvousError,
 };
-use crate::nat::turn::{TurnCredentials, TurnError, TurnEvent};
-
-/// Punches sent toward each candidate of a peer that asked for this one, spaced by
-/// [`PUNCH_SPACING`]: more than one, in case the first is lost or leaves before the NAT
-/// is ready.
-pub const PUNCHES: usize = 3;
-/// Time between punches toward one candidate.
-pub const PUNCH_SPACING: Duration = Duration::from_millis(20);
-/// How long a connection attempt to one candidate may take.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The keep-alive of a peer connection and of a registration: a PING after this long
-/// without sending, below the 30 s after which many NATs forget an idle UDP mapping (RFC
-/// 4787 asks for 2 minutes at least; not every NAT complies).
-pub const NAT_KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// Keeps `conn`'s NAT mappings open (see [`NAT_KEEP_ALIVE`]).
-fn keep_open(conn: &Connection) {
-    conn.adapt(crate::conn::Adaptation {
-        keep_alive: Some(Some(NAT_KEEP_ALIVE)),
-        ..Default::default()
-    });
-}
-
-/// Why a peer-to-peer step failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PeerError {
-    /// The connection to the rendezvous server could not be made.
-    #[error("rendezvous server: {0}")]
-    Connect(#[from] ConnectError),
-    /// The connection to the rendezvous server ended (the reason).
-    #[error("rendezvous connection lost: {0}")]
-    Lost(String),
-    /// The rendezvous server (or peer) sent a message that does not decode.
-    #[error("rendezvous protocol: {0}")]
-    Protocol(#[from] RendezvousError),
-    /// The id is empty or over 64 bytes.
-    #[error("a peer id is 1 to 64 bytes")]
-    BadId,
-    /// No peer is registered under that id.
-    #[error("no peer is registered under that id at the rendezvous server")]
-    NotFound,
-    /// The TURN relay could not be used.
-    #[error("TURN relay: {0}")]
-    Relay(TurnError),
-    /// No candidate of the peer could be reached.
-    #[error("the peer could not be reached at any of its {tried} candidate(s): {last}")]
-    Unreachable {
-        /// Candidates tried.
-        tried: usize,
-        /// The last attempt's failure.
-        last: String,
-    },
-}
 
 /// Reads one message.
 async fn read_message(recv: &mut RecvStream) -> Result<Message, PeerError> {
@@ -274,36 +218,6 @@ impl Drop for Rendezvous {
     }
 }
 
-/// A TURN relay a peer registers a relayed candidate on (see
-/// [`Endpoint::join_rendezvous_with`]).
-#[derive(Debug, Clone)]
-pub struct Relay {
-    /// The TURN server.
-    pub server: SocketAddr,
-    /// Its long-term credentials.
-    pub credentials: TurnCredentials,
-}
-
-/// How a peer connection reaches the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerPath {
-    /// Straight to the peer's address (its NAT's public one, or its own).
-    Direct(Candidate),
-    /// Through the peer's TURN relay: no direct candidate answered.
-    Relayed(Candidate),
-}
-
-/// A connection to a peer, and how it got there.
-#[derive(Debug)]
-pub struct PeerConnection {
-    /// The connection.
-    pub connection: Connection,
-    /// The path it uses.
-    pub path: PeerPath,
-    /// Candidates tried before it, with why each failed.
-    pub failed: Vec<(Candidate, String)>,
-}
-
 impl Endpoint {
     /// Registers this endpoint as `id` at the rendezvous server `server` (a STOQ server
     /// running [`serve_rendezvous`], authenticated as `server_name` by this endpoint's
@@ -415,46 +329,13 @@ impl Endpoint {
         })
     }
 
-    /// Allocates on `relay` from worker 0 and waits for the relayed address.
-    async fn allocate(&self, relay: &Relay) -> Result<SocketAddr, PeerError> {
-        let worker = self.engine.workers[0].clone();
-        let (server, creds) = (relay.server, relay.credentials.clone());
-        let started = worker
-            .call(move |st| {
-                st.endpoint
-                    .turn_allocate(std::time::Instant::now(), server, creds)
-            })
-            .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
-        started.map_err(PeerError::Relay)?;
-        worker.kick();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
-        loop {
-            let ev = worker
-                .call(|st| st.endpoint.poll_turn())
-                .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
-            match ev {
-                Some(TurnEvent::Allocated { relayed, .. }) => return Ok(relayed),
-                Some(TurnEvent::Failed(e)) => return Err(PeerError::Relay(e)),
-                Some(TurnEvent::Permitted(_)) | None => {}
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(PeerError::Relay(TurnError::TimedOut));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// Connects to the peer registered as `peer_id` at `rendezvous`'s server: learns its
     /// candidates (the address the server sees it at first, then its own, its relayed
     /// one last) once the peer has punched a hole in its NAT toward this one (the server
-    /// answers when the peer says so), and tries each
-    /// candidate in order ([`ATTEMPT_TIMEOUT`] each); the first handshake that completes
-    /// is the connection, authenticated as `server_name` like any other, and
-    /// [`PeerConnection::path`] says whether it is direct or relayed and
-    /// [`PeerConnection::failed`] why the candidates before it were not used. The
-    /// handshake validates the path. The connection sends a PING after [`NAT_KEEP_ALIVE`]
-    /// without traffic, so both NATs keep its mappings; a NAT that rebinds it anyway (a
-    /// new public port) is followed by connection migration.
+    /// answers when the peer says so), and connects to them as
+    /// [`connect_candidates`](Self::connect_candidates) does: staggered attempts, the
+    /// first handshake to complete wins, [`PeerConnection::path`] says whether it is
+    /// direct or relayed and [`PeerConnection::failed`] why the others were not used.
     ///
     /// # Errors
     /// [`PeerError::NotFound`], [`PeerError::Unreachable`], or the rendezvous connection
@@ -484,66 +365,7 @@ impl Endpoint {
         let candidates = orx
             .await
             .map_err(|_| PeerError::Lost(ConnectionError::LocallyClosed.to_string()))??;
-        let mut failed = Vec::new();
-        for c in &candidates {
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.connect(c.addr, server_name)).await {
-                Ok(Ok(conn)) => {
-                    let path = if c.kind == CandidateKind::Relayed {
-                        PeerPath::Relayed(*c)
-                    } else {
-                        PeerPath::Direct(*c)
-                    };
-                    tracing::info!(peer = %c.addr, ?path, tried = failed.len(), "peer connection");
-                    // Its PINGs also make the peer answer, which keeps the peer's NAT open.
-                    keep_open(&conn);
-                    return Ok(PeerConnection {
-                        connection: conn,
-                        path,
-                        failed,
-                    });
-                }
-                Ok(Err(e)) => failed.push((*c, e.to_string())),
-                Err(_) => failed.push((*c, format!("no handshake within {ATTEMPT_TIMEOUT:?}"))),
-            }
-        }
-        Err(PeerError::Unreachable {
-            tried: candidates.len(),
-            last: failed.last().map_or_else(
-                || "no candidates".into(),
-                |(c, e)| format!("{}: {e}", c.addr),
-            ),
-        })
-    }
-}
-
-/// Gives the asking peer's addresses permissions on worker 0's relay.
-fn permit(engine: &Weak<Engine>, addrs: &[SocketAddr]) {
-    let Some(engine) = engine.upgrade() else {
-        return;
-    };
-    let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-    on_worker(&engine.workers[0], move |st| {
-        for ip in &ips {
-            let _ = st.endpoint.turn_permit(std::time::Instant::now(), *ip);
-        }
-    });
-}
-
-/// Runs `job` on the worker's state: here when this thread may touch it, else posted to
-/// the worker's loop; the loop is woken either way.
-fn on_worker(worker: &Arc<Worker>, job: impl FnOnce(&mut State) + Send + 'static) {
-    let mut job = Some(job);
-    let ran = worker.with(|st| {
-        if let Some(j) = job.take() {
-            j(st);
-        }
-    });
-    if ran.is_some() {
-        worker.kick();
-    } else if let Some(j) = job {
-        worker.post(Box::new(move |w| {
-            w.with(j);
-        }));
+        self.connect_candidates(&candidates, server_name).await
     }
 }
 
@@ -556,26 +378,4 @@ fn answer(w: &Waiting, r: Result<Vec<Candidate>, PeerError>) {
     {
         let _ = s.send(r);
     }
-}
-
-/// The punches after the first round: [`PUNCHES`] rounds in all, [`PUNCH_SPACING`] apart.
-/// Holds the engine only while punching: a dropped endpoint stops it.
-async fn punch(engine: Weak<Engine>, candidates: Vec<SocketAddr>) {
-    for _ in 1..PUNCHES {
-        tokio::time::sleep(PUNCH_SPACING).await;
-        punch_once(&engine, &candidates);
-    }
-}
-
-/// One punch toward every candidate.
-fn punch_once(engine: &Weak<Engine>, candidates: &[SocketAddr]) {
-    let Some(engine) = engine.upgrade() else {
-        return;
-    };
-    let c = candidates.to_vec();
-    on_worker(engine.pick(), move |st| {
-        for a in &c {
-            st.endpoint.punch(*a);
-        }
-    });
 }

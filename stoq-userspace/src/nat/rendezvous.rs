@@ -138,25 +138,7 @@ impl Message {
             out.extend_from_slice(id);
         }
         if let Some(c) = candidates {
-            if c.len() > MAX_CANDIDATES {
-                return Err(RendezvousError::Malformed);
-            }
-            out.push(c.len() as u8);
-            for cand in c {
-                let a = cand.addr;
-                out.push(cand.kind as u8);
-                match a.ip() {
-                    IpAddr::V4(ip) => {
-                        out.push(4);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                    IpAddr::V6(ip) => {
-                        out.push(6);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                }
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
+            encode_candidates(c, out)?;
         }
         let len = u16::try_from(out.len() - start - 3).map_err(|_| RendezvousError::Malformed)?;
         out[start + 1..start + 3].copy_from_slice(&len.to_be_bytes());
@@ -211,6 +193,53 @@ impl Message {
         }
         Ok(m)
     }
+}
+
+/// Appends `candidates` as the messages carry them (a count, then each candidate): the
+/// form an application sends over its own signalling channel to a peer that calls
+/// [`decode_candidates`] and then `Endpoint::connect_candidates` or
+/// `Endpoint::punch_toward`.
+///
+/// # Errors
+/// [`RendezvousError::Malformed`] for more than [`MAX_CANDIDATES`].
+pub fn encode_candidates(
+    candidates: &[Candidate],
+    out: &mut Vec<u8>,
+) -> Result<(), RendezvousError> {
+    if candidates.len() > MAX_CANDIDATES {
+        return Err(RendezvousError::Malformed);
+    }
+    out.push(candidates.len() as u8);
+    for c in candidates {
+        out.push(c.kind as u8);
+        match c.addr.ip() {
+            IpAddr::V4(ip) => {
+                out.push(4);
+                out.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.push(6);
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+        out.extend_from_slice(&c.addr.port().to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Decodes what [`encode_candidates`] wrote, all of `bytes` (hostile: a peer's, through
+/// whatever channel carried them). Allocates at most [`MAX_CANDIDATES`] candidates.
+///
+/// # Errors
+/// [`RendezvousError::Truncated`] or [`RendezvousError::Malformed`] (more than
+/// [`MAX_CANDIDATES`], an unknown kind or family, bytes left over).
+pub fn decode_candidates(bytes: &[u8]) -> Result<Vec<Candidate>, RendezvousError> {
+    let mut r = Reader { b: bytes };
+    let c = r.candidates()?;
+    if !r.b.is_empty() {
+        return Err(RendezvousError::Malformed);
+    }
+    Ok(c)
 }
 
 struct Reader<'a> {
@@ -321,6 +350,36 @@ mod tests {
         round_trip(&Message::Ready {
             id: b"alice".to_vec(),
         });
+    }
+
+    #[test]
+    fn candidate_lists_round_trip_and_refuse_the_rest() {
+        let c = vec![
+            Candidate::new("100.64.0.1:5000".parse().unwrap(), CandidateKind::Reflexive),
+            Candidate::new("[fd00:5710::2]:443".parse().unwrap(), CandidateKind::Host),
+        ];
+        let mut b = Vec::new();
+        encode_candidates(&c, &mut b).unwrap();
+        // Count, then kind | family | address | port.
+        assert_eq!(b.len(), 1 + (2 + 4 + 2) + (2 + 16 + 2));
+        assert_eq!(decode_candidates(&b).unwrap(), c);
+        for cut in 0..b.len() {
+            assert!(decode_candidates(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = b.clone();
+        extra.push(0);
+        assert_eq!(decode_candidates(&extra), Err(RendezvousError::Malformed));
+        let mut kind = b.clone();
+        kind[1] = 3;
+        assert_eq!(decode_candidates(&kind), Err(RendezvousError::Malformed));
+        assert_eq!(
+            encode_candidates(&[c[0]; MAX_CANDIDATES + 1], &mut Vec::new()),
+            Err(RendezvousError::Malformed)
+        );
+        assert_eq!(
+            decode_candidates(&[MAX_CANDIDATES as u8 + 1]),
+            Err(RendezvousError::Malformed)
+        );
     }
 
     #[test]
