@@ -10,7 +10,8 @@
 //!   most one outcome, and a datagram that does not end the transaction leaves it running.
 //! - The TURN client: an endpoint allocating on a relay is fed the input as the relay's
 //!   datagrams (with the last request's ID patched in when asked): it sends TURN requests
-//!   to the relay only and never panics on a response, a 401 or a Data indication.
+//!   to the relay only and never panics on a response, a 401, a Data indication or
+//!   ChannelData (input whose first byte is 0x40-0x4F, from the relay's address).
 #![no_main]
 
 use std::net::SocketAddr;

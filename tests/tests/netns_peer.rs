@@ -290,19 +290,21 @@ fn meet(case: Case) {
         })
         .expect("rendezvous server");
     serve_rendezvous(&rv).expect("rendezvous role");
-    let peer = |ns: &NetNs, n: u8| {
+    let peer = |ns: &NetNs, n: u8, workers: usize| {
         let (s, c) = (scfg.clone(), ccfg.clone());
         ns.run(move || {
             let mut e =
                 EngineConfig::new(SocketAddr::new(Ipv4Addr::new(10, 200, n, 2).into(), PORT));
             e.backend = Some(BackendKind::Udp);
-            e.workers = 1;
+            e.workers = workers;
             Endpoint::server_and_client(e, s, c)
         })
         .expect("peer endpoint")
     };
-    let ep_a = Arc::new(peer(&peer_a, 131));
-    let ep_b = Arc::new(peer(&peer_b, 132));
+    let ep_a = Arc::new(peer(&peer_a, 131, 1));
+    // With a relay, B runs two workers: the relay's ChannelData, which the kernel's
+    // SO_REUSEPORT steering spreads by what it takes for a CID, must reach worker 0.
+    let ep_b = Arc::new(peer(&peer_b, 132, if relay { 2 } else { 1 }));
     let b_public = SocketAddr::new(Ipv4Addr::new(100, 64, 132, 1).into(), PORT);
     let outcome = rt.block_on(async {
         let relay = relay.then(|| Relay {
@@ -480,6 +482,20 @@ fn meet(case: Case) {
             bytes >> 20,
             bytes as f64 * 8.0 / secs / 1e9
         );
+        if relay.is_some() {
+            // Through the relay the bulk went as ChannelData (4 bytes of framing), both
+            // ways, once B had bound a channel to A's address.
+            let t = ep_b.endpoint_stats()[0].turn;
+            if let Some(w) = ep_b.worker_stats().get(1) {
+                eprintln!("B's worker 1 handed over {} datagrams", w.handoffs_out);
+            }
+            eprintln!("B's relay traffic: {t:?}");
+            assert!(t.channels_bound >= 1, "{t:?}");
+            assert!(
+                t.channel_received > t.relayed_received / 2 && t.channel_sent > 0,
+                "{t:?}"
+            );
+        }
         Ok((conn.remote_address(), path))
     });
     match (a, b, relay) {

@@ -36,6 +36,8 @@ pub const METHOD_SEND: u16 = 0x006;
 pub const METHOD_DATA: u16 = 0x007;
 /// TURN's CreatePermission method.
 pub const METHOD_CREATE_PERMISSION: u16 = 0x008;
+/// TURN's ChannelBind method.
+pub const METHOD_CHANNEL_BIND: u16 = 0x009;
 
 /// Attribute types STOQ reads or writes (RFC 8489 §18.3).
 pub mod attr {
@@ -69,6 +71,8 @@ pub mod attr {
     pub const FINGERPRINT: u16 = 0x8028;
     /// TURN (RFC 8656) LIFETIME: seconds an allocation lives.
     pub const LIFETIME: u16 = 0x000D;
+    /// TURN CHANNEL-NUMBER: a channel (0x4000-0x4FFF) and two reserved bytes.
+    pub const CHANNEL_NUMBER: u16 = 0x000C;
     /// TURN XOR-PEER-ADDRESS: the peer a Send, Data or CreatePermission is about.
     pub const XOR_PEER_ADDRESS: u16 = 0x0012;
     /// TURN DATA: the relayed datagram.

@@ -323,6 +323,10 @@ impl Endpoint {
             .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
         started.map_err(PeerError::Relay)?;
         worker.kick();
+        // Every worker steers the relay's datagrams to worker 0.
+        for w in &self.engine.workers {
+            on_worker(w, move |st| st.relay_server = Some(server));
+        }
         let deadline = Instant::now() + Duration::from_secs(12);
         loop {
             let ev = worker

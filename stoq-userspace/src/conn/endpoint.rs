@@ -579,6 +579,12 @@ impl Endpoint {
     ) -> Option<DatagramEvent> {
         self.stats.rx_datagrams += 1;
         self.rx_info = info;
+        if let Some(relayed) = self.channel_data(remote, data) {
+            // ChannelData from the TURN relay (its first byte looks like a short header's):
+            // the peer's datagram, handled as if it came from the peer.
+            let (peer, range) = relayed?;
+            return self.handle_relayed(now, peer, &mut data[range]);
+        }
         let info = match classify_payload(data, &self.classifier) {
             Ok(i) => i,
             Err(r) => {
@@ -592,18 +598,28 @@ impl Endpoint {
             // A peer's datagram relayed by the TURN server: unwrapped, and handled as if
             // it came from the peer (once: a relayed STUN message goes no further).
             let (peer, range) = self.handle_stun(now, remote, data)?;
-            let inner = &mut data[range];
-            let info = match classify_payload(inner, &self.classifier) {
-                Ok(i) if i.kind != PacketKind::Stun => i,
-                Ok(_) => return None,
-                Err(r) => {
-                    self.stats.malformed[r as usize] += 1;
-                    return None;
-                }
-            };
-            return self.handle_stoq(now, peer, inner, info);
+            return self.handle_relayed(now, peer, &mut data[range]);
         }
         self.handle_stoq(now, remote, data, info)
+    }
+
+    /// A peer's datagram that came through the TURN relay: STOQ only (a relayed STUN
+    /// message goes no further).
+    fn handle_relayed(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        inner: &mut [u8],
+    ) -> Option<DatagramEvent> {
+        let info = match classify_payload(inner, &self.classifier) {
+            Ok(i) if i.kind != PacketKind::Stun => i,
+            Ok(_) => return None,
+            Err(r) => {
+                self.stats.malformed[r as usize] += 1;
+                return None;
+            }
+        };
+        self.handle_stoq(now, peer, inner, info)
     }
 
     /// A datagram the classifier found to be STOQ.

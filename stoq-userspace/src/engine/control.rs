@@ -201,6 +201,7 @@ impl Engine {
                 },
                 stop: false,
                 rebind: None,
+                relay_server: None,
             };
             let (worker, inbox, state) = match placement {
                 Placement::Threads => {

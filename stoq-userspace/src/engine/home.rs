@@ -48,6 +48,9 @@ pub(crate) struct State {
     pub(crate) stop: bool,
     /// A new backend to switch to (a client's rebinding), taken by the loop.
     pub(crate) rebind: Option<Box<dyn Backend>>,
+    /// The TURN relay worker 0 allocates on: its datagrams (ChannelData, whose first byte
+    /// looks like a short header's) are steered to worker 0 by their source.
+    pub(crate) relay_server: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for State {

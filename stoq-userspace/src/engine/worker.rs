@@ -229,9 +229,13 @@ async fn drive(
                         // the clock is read after them only.
                         let long = d.first().is_some_and(|b| b & 0x80 != 0);
                         if n > 1 {
+                            let from_relay = st
+                                .relay_server
+                                .is_some_and(|r| crate::nat::binding::same_address(r, from));
                             let o = match route(d, &cfg.layout, |cid| {
                                 st.endpoint.cid_worker(cid).unwrap_or(worker.id)
                             }) {
+                                _ if from_relay => 0,
                                 Route::Owner(o) => o,
                                 Route::New(dcid) => placer.place(from, dcid, worker.id, &cfg.peers),
                                 Route::Anyone => worker.id,

@@ -254,13 +254,20 @@ impl Metrics {
                     c(v),
                 );
             }
-            for (dir, v) in [
-                ("sent", es.turn.relayed_sent),
-                ("received", es.turn.relayed_received),
+            let t = es.turn;
+            for (dir, framing, v) in [
+                ("sent", "channel", t.channel_sent),
+                ("sent", "indication", t.relayed_sent - t.channel_sent),
+                ("received", "channel", t.channel_received),
+                (
+                    "received",
+                    "indication",
+                    t.relayed_received - t.channel_received,
+                ),
             ] {
                 put(
                     "stoq_turn_relayed_datagrams_total",
-                    &[("worker", w), ("direction", dir)],
+                    &[("worker", w), ("direction", dir), ("framing", framing)],
                     c(v),
                 );
             }
@@ -647,8 +654,8 @@ const FAMILIES: &[Family] = &[
     family(
         "stoq_turn_relayed_datagrams_total",
         COUNTER,
-        &["worker", "direction"],
-        "Datagrams to and from peers through the TURN relay (Send and Data indications).",
+        &["worker", "direction", "framing"],
+        "Datagrams to and from peers through the TURN relay, by framing: channel (ChannelData, once a channel is bound to the peer), indication (Send and Data indications).",
     ),
     family(
         "stoq_turn_dropped_total",

@@ -5,8 +5,16 @@
 //! with the long-term credential mechanism (RFC 8489 §9.2: a 401 with REALM and NONCE,
 //! then requests with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY, HMAC-SHA1 under
 //! `MD5(username:realm:password)`), refreshes it before it expires, creates permissions
-//! for the peers' addresses, and carries STOQ datagrams in Send and Data indications. The
-//! relay sees STOQ's packets, which are encrypted end to end: only ciphertext.
+//! for the peers' addresses, and carries STOQ datagrams in Send and Data indications until
+//! a channel is bound to the peer, then in ChannelData (4 bytes of overhead instead of
+//! 36). The relay sees STOQ's packets, which are encrypted end to end: only ciphertext.
+//!
+//! ChannelData's first byte (0x40-0x4F) lies in STOQ's short-header range, so the
+//! endpoint recognises it by its source, the relay's address, before anything else
+//! looks at it. Channel numbers are chosen so that the second byte reads as a short
+//! header's CID length byte of the endpoint's layout ([`channel_number`]): the XDP
+//! program and the kernel's SO_REUSEPORT steering take ChannelData for a STOQ packet and
+//! pass it up like one, and userspace steers it to the worker that holds the allocation.
 //!
 //! Hostile input: only messages from the relay's address are looked at; a response must
 //! answer an outstanding request, and when it carries MESSAGE-INTEGRITY it must verify
@@ -20,8 +28,8 @@ use std::time::{Duration, Instant};
 use super::retransmit::Schedule;
 use md5::{Digest, Md5};
 use stoq_common::wire::stun::{
-    Class, METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND,
-    Message, Writer, attr,
+    Class, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA,
+    METHOD_REFRESH, METHOD_SEND, Message, Writer, attr,
 };
 
 /// A transaction gives up after this long.
@@ -36,6 +44,23 @@ pub const MAX_RELAYED_PEERS: usize = 1024;
 /// XOR-PEER-ADDRESS, DATA's header); 12 more for an IPv6 peer, and up to 3 of padding
 /// after it.
 pub const SEND_OVERHEAD_V4: usize = 20 + 12 + 4;
+/// Bytes ChannelData adds in front of a datagram (channel number, length; no padding over
+/// UDP, RFC 8656 §12.5).
+pub const CHANNEL_OVERHEAD: usize = 4;
+/// The most channels bound (one per peer address reached through the relay).
+pub const MAX_CHANNELS: usize = 64;
+/// A channel binding lasts 10 minutes (RFC 8656 §12); refreshed after this long.
+const CHANNEL_REFRESH: Duration = Duration::from_secs(480);
+
+/// The channel number of the `index`th channel (below [`MAX_CHANNELS`]) for an endpoint
+/// whose connection IDs are `cid_len` bytes (1 to 20): in RFC 8656's range 0x4000-0x4FFF,
+/// with the low five bits of its second byte equal to `cid_len - 1`, as a short header's
+/// first CID byte of the layout has them, so that ChannelData passes the packet
+/// classifier's shape check (`stoq_common::classify`). 128 numbers fit that pattern.
+pub fn channel_number(index: usize, cid_len: u8) -> u16 {
+    let i = (index % 128) as u16;
+    0x4000 | ((i & 0x0f) << 8) | ((i >> 4) << 5) | u16::from(cid_len.saturating_sub(1) & 0x1f)
+}
 
 /// The long-term credentials of a TURN server account.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,6 +139,12 @@ pub struct TurnStats {
     pub dropped: u64,
     /// Datagrams to relayed peers dropped: no room in the buffer to wrap them.
     pub too_large: u64,
+    /// Of `relayed_sent`, those sent as ChannelData (the rest went in Send indications).
+    pub channel_sent: u64,
+    /// Of `relayed_received`, those that came as ChannelData.
+    pub channel_received: u64,
+    /// Channels bound (ChannelBind answered with success), refreshes included.
+    pub channels_bound: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +152,21 @@ enum Kind {
     Allocate,
     Refresh,
     Permission(IpAddr),
+    /// A ChannelBind of the channel at this index.
+    Channel(usize),
+}
+
+/// A channel to one peer address.
+#[derive(Debug)]
+struct Channel {
+    peer: SocketAddr,
+    number: u16,
+    /// The relay confirmed it; ChannelData may be sent (and is accepted before that too:
+    /// the relay may use the channel as soon as it has bound it).
+    bound: bool,
+    /// When to bind it again (while bound), or `None` once binding failed: the peer stays
+    /// on Send indications.
+    refresh_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -157,6 +203,9 @@ pub(crate) struct Turn {
     /// Peer addresses whose datagrams came through the relay: what is sent to them goes
     /// back through it.
     relayed_peers: HashSet<SocketAddr>,
+    channels: Vec<Channel>,
+    /// The endpoint's CID length, which the channel numbers follow.
+    cid_len: u8,
     events: VecDeque<TurnEvent>,
     pub(crate) stats: TurnStats,
 }
@@ -168,6 +217,7 @@ impl Turn {
         now: Instant,
         server: SocketAddr,
         creds: TurnCredentials,
+        cid_len: u8,
         txid: [u8; 12],
     ) -> Result<Self, TurnError> {
         if server.ip().is_unspecified() || server.port() == 0 {
@@ -183,6 +233,8 @@ impl Turn {
             txns: Vec::new(),
             permissions: HashMap::new(),
             relayed_peers: HashSet::new(),
+            channels: Vec::new(),
+            cid_len,
             events: VecDeque::new(),
             stats: TurnStats::default(),
         };
@@ -249,6 +301,7 @@ impl Turn {
             Kind::Allocate => METHOD_ALLOCATE,
             Kind::Refresh => METHOD_REFRESH,
             Kind::Permission(_) => METHOD_CREATE_PERMISSION,
+            Kind::Channel(_) => METHOD_CHANNEL_BIND,
         };
         let mut w = Writer::new(buf, Class::Request, method, txid).ok()?;
         match kind {
@@ -260,6 +313,13 @@ impl Turn {
             Kind::Permission(ip) => w
                 .xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(ip, 0))
                 .ok()?,
+            Kind::Channel(i) => {
+                let c = self.channels.get(i)?;
+                let n = c.number.to_be_bytes();
+                w.attribute(attr::CHANNEL_NUMBER, &[n[0], n[1], 0, 0])
+                    .ok()?;
+                w.xor_address(attr::XOR_PEER_ADDRESS, c.peer).ok()?
+            }
         }
         if let Some(key) = self.key {
             w.attribute(attr::USERNAME, self.creds.username.as_bytes())
@@ -279,7 +339,8 @@ impl Turn {
             _ => None,
         };
         let permit = self.permissions.values().min().copied();
-        [txn, refresh, permit].into_iter().flatten().min()
+        let channel = self.channels.iter().filter_map(|c| c.refresh_at).min();
+        [txn, refresh, permit, channel].into_iter().flatten().min()
     }
 
     /// Refreshes what is due; ends transactions whose time is up. `txid` makes IDs.
@@ -309,6 +370,14 @@ impl Turn {
             self.permissions.insert(ip, now + PERMISSION_REFRESH);
             self.begin(now, Kind::Permission(ip), txid());
         }
+        for i in 0..self.channels.len() {
+            if let Some(at) = &mut self.channels[i].refresh_at
+                && *at <= now
+            {
+                *at = now + CHANNEL_REFRESH;
+                self.begin(now, Kind::Channel(i), txid());
+            }
+        }
     }
 
     fn fail(&mut self, kind: Kind, e: TurnError) {
@@ -317,9 +386,18 @@ impl Turn {
                 self.state = State::Failed;
                 self.permissions.clear();
                 self.relayed_peers.clear();
+                self.channels.clear();
             }
             Kind::Permission(ip) => {
                 self.permissions.remove(&ip);
+            }
+            Kind::Channel(i) => {
+                // The peer stays on Send indications; the number is not tried again.
+                if let Some(c) = self.channels.get_mut(i) {
+                    c.bound = false;
+                    c.refresh_at = None;
+                }
+                return;
             }
         }
         self.events.push_back(TurnEvent::Failed(e));
@@ -338,7 +416,11 @@ impl Turn {
             return None;
         };
         if m.class() == Class::Indication {
-            return self.data_indication(&m);
+            let r = self.data_indication(&m);
+            if let Some((peer, _)) = &r {
+                self.bind_channel(now, *peer, txid());
+            }
+            return r;
         }
         let id = m.transaction_id();
         let Some(i) = self.txns.iter().position(|t| t.txid == id) else {
@@ -410,8 +492,60 @@ impl Turn {
                 }
             }
             Kind::Permission(ip) => self.events.push_back(TurnEvent::Permitted(ip)),
+            Kind::Channel(i) => {
+                if let Some(c) = self.channels.get_mut(i) {
+                    c.bound = true;
+                    self.stats.channels_bound += 1;
+                }
+            }
         }
         None
+    }
+
+    /// Binds a channel to `peer`, which has just been heard through the relay, unless it
+    /// has one (or had: a failed binding is not tried again) or [`MAX_CHANNELS`] exist.
+    fn bind_channel(&mut self, now: Instant, peer: SocketAddr, txid: [u8; 12]) {
+        if self.channels.len() >= MAX_CHANNELS || self.channels.iter().any(|c| c.peer == peer) {
+            return;
+        }
+        let i = self.channels.len();
+        self.channels.push(Channel {
+            peer,
+            number: channel_number(i, self.cid_len),
+            bound: false,
+            refresh_at: Some(now + CHANNEL_REFRESH),
+        });
+        self.begin(now, Kind::Channel(i), txid);
+    }
+
+    /// A ChannelData message from the relay (the caller checked its source): the peer it
+    /// comes from and where its datagram lies, or `None` (counted as dropped) for an
+    /// unknown channel or a length that does not fit.
+    pub(crate) fn channel_data(
+        &mut self,
+        data: &[u8],
+    ) -> Option<(SocketAddr, std::ops::Range<usize>)> {
+        let Some(&[a, b, c, d]) = data.first_chunk::<4>() else {
+            self.stats.dropped += 1;
+            return None;
+        };
+        let number = u16::from_be_bytes([a, b]);
+        let len = usize::from(u16::from_be_bytes([c, d]));
+        // Exactly the length, or padded to the next multiple of 4 (allowed over UDP).
+        let end = CHANNEL_OVERHEAD + len;
+        let fits = data.len() == end || (data.len() > end && data.len() == end.next_multiple_of(4));
+        let peer = self
+            .channels
+            .iter()
+            .find(|ch| ch.number == number && ch.refresh_at.is_some())
+            .map(|ch| ch.peer);
+        let (true, Some(peer)) = (fits, peer) else {
+            self.stats.dropped += 1;
+            return None;
+        };
+        self.stats.relayed_received += 1;
+        self.stats.channel_received += 1;
+        Some((peer, 4..4 + len))
     }
 
     fn data_indication(&mut self, m: &Message<'_>) -> Option<(SocketAddr, std::ops::Range<usize>)> {
@@ -444,8 +578,9 @@ impl Turn {
                 .contains(&SocketAddr::new(peer.ip().to_canonical(), peer.port()))
     }
 
-    /// Wraps the datagram `buf[..n]` to `peer` in a Send indication, in place; returns the
-    /// new length, or `None` (counted) when `buf` has no room for the header.
+    /// Wraps the datagram `buf[..n]` to `peer`, in place: in ChannelData once a channel to
+    /// it is bound, else in a Send indication. Returns the new length, or `None` (counted)
+    /// when `buf` has no room for the header.
     pub(crate) fn wrap(
         &mut self,
         buf: &mut [u8],
@@ -453,6 +588,20 @@ impl Turn {
         peer: SocketAddr,
         txid: [u8; 12],
     ) -> Option<usize> {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        if let Some(ch) = self.channels.iter().find(|c| c.bound && c.peer == peer) {
+            if CHANNEL_OVERHEAD + n > buf.len() || n > usize::from(u16::MAX) {
+                self.stats.too_large += 1;
+                return None;
+            }
+            let number = ch.number;
+            buf.copy_within(..n, CHANNEL_OVERHEAD);
+            buf[..2].copy_from_slice(&number.to_be_bytes());
+            buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            self.stats.relayed_sent += 1;
+            self.stats.channel_sent += 1;
+            return Some(CHANNEL_OVERHEAD + n);
+        }
         let peer_attr = if peer.ip().to_canonical().is_ipv4() {
             12
         } else {

@@ -77,7 +77,8 @@ impl Endpoint {
             return Err(TurnError::AlreadyAllocating);
         }
         let txid = self.txid();
-        self.turn = Some(Turn::new(now, server, credentials, txid)?);
+        let cid_len = self.config.cid_layout.len() as u8;
+        self.turn = Some(Turn::new(now, server, credentials, cid_len, txid)?);
         Ok(())
     }
 
@@ -130,7 +131,27 @@ impl Endpoint {
         None
     }
 
-    /// Wraps a connection's datagram to a relayed peer in a Send indication to the relay.
+    /// A ChannelData message, when `data` is one from the relay (its first byte is in
+    /// 0x40-0x4F and it comes from the relay's address): the peer it relays and where its
+    /// datagram lies; `Some(None)` when it is dropped (counted), `None` when it is not
+    /// from the relay (a STOQ packet, handled as one).
+    #[allow(clippy::option_option)]
+    pub(super) fn channel_data(
+        &mut self,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Option<Option<(SocketAddr, std::ops::Range<usize>)>> {
+        let turn = self.turn.as_mut()?;
+        if data.first().is_none_or(|b| b & 0xf0 != 0x40)
+            || !crate::nat::binding::same_address(turn.server(), remote)
+        {
+            return None;
+        }
+        Some(turn.channel_data(data))
+    }
+
+    /// Wraps a connection's datagram to a relayed peer for the relay (ChannelData or a Send
+    /// indication).
     pub(super) fn relay(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
         let txid = self.txid();
         let turn = self.turn.as_mut()?;

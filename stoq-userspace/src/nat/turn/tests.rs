@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use stoq_common::classify::{ClassifierConfig, PacketKind, classify_payload};
 use stoq_common::wire::stun::{
-    Class, METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, Message, Writer, attr,
+    Class, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message, Writer, attr,
 };
 
 use super::*;
@@ -82,7 +83,7 @@ impl Relay {
     fn new() -> Self {
         let now = Instant::now();
         Self {
-            t: Turn::new(now, RELAY.parse().unwrap(), creds(), [0; 12]).unwrap(),
+            t: Turn::new(now, RELAY.parse().unwrap(), creds(), 12, [0; 12]).unwrap(),
             now,
             n: 1,
         }
@@ -302,7 +303,7 @@ fn refusals_timeouts_and_refreshes() {
     // Misuse.
     let now = Instant::now();
     assert_eq!(
-        Turn::new(now, "0.0.0.0:3478".parse().unwrap(), creds(), [0; 12]).err(),
+        Turn::new(now, "0.0.0.0:3478".parse().unwrap(), creds(), 12, [0; 12]).err(),
         Some(TurnError::BadServer("0.0.0.0:3478".parse().unwrap()))
     );
     let mut fresh = Relay::new();
@@ -310,4 +311,154 @@ fn refusals_timeouts_and_refreshes() {
         fresh.t.permit(now, "10.0.0.1".parse().unwrap(), [1; 12]),
         Err(TurnError::NotAllocated)
     );
+}
+
+/// A Data indication from `peer` carrying `payload`.
+fn data_indication(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 256];
+    let mut w = Writer::new(&mut b, Class::Indication, METHOD_DATA, &[7; 12]).unwrap();
+    w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+    w.attribute(attr::DATA, payload).unwrap();
+    let n = w.finish();
+    b.truncate(n);
+    b
+}
+
+#[test]
+fn channel_numbers_read_as_short_headers_of_the_layout() {
+    for cid_len in 1..=20u8 {
+        let cfg = ClassifierConfig {
+            cid_len,
+            worker_offset: 0,
+            reserved: [0; 6],
+        };
+        let mut seen = HashSet::new();
+        for i in 0..MAX_CHANNELS {
+            let n = channel_number(i, cid_len);
+            assert!((0x4000..=0x4fff).contains(&n), "{n:#x}");
+            assert!(seen.insert(n), "channel {n:#x} twice");
+            // ChannelData of a 40-byte datagram passes the classifier as a short header.
+            let mut d = vec![0u8; 44];
+            d[..2].copy_from_slice(&n.to_be_bytes());
+            d[2..4].copy_from_slice(&40u16.to_be_bytes());
+            let h = classify_payload(&d, &cfg).expect("classified");
+            assert_eq!(h.kind, PacketKind::Short);
+        }
+    }
+}
+
+#[test]
+fn a_peer_heard_through_the_relay_gets_a_channel() {
+    let mut r = Relay::new();
+    let key = allocated(&mut r);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let id = r.txid();
+    r.t.permit(r.now, peer.ip(), id).unwrap();
+    let req = r.request();
+    assert!(
+        r.answer(&respond(&req, Class::Success, &[], Some(key)))
+            .is_none()
+    );
+    // ChannelData before any channel: dropped.
+    let number = channel_number(0, 12);
+    let mut early = vec![0u8; 8];
+    early[..2].copy_from_slice(&number.to_be_bytes());
+    early[2..4].copy_from_slice(&4u16.to_be_bytes());
+    assert!(r.t.channel_data(&early).is_none());
+    assert_eq!(r.t.stats.dropped, 1);
+    // The peer's first datagram through the relay starts a ChannelBind for it.
+    assert!(r.answer(&data_indication(peer, b"first")).is_some());
+    let bind = r.request();
+    let m = Message::parse(&bind).unwrap();
+    assert_eq!(
+        (m.class(), m.method()),
+        (Class::Request, METHOD_CHANNEL_BIND)
+    );
+    let nb = number.to_be_bytes();
+    assert_eq!(
+        m.get(attr::CHANNEL_NUMBER).unwrap().value,
+        &[nb[0], nb[1], 0, 0]
+    );
+    assert_eq!(
+        m.xor_address(m.get(attr::XOR_PEER_ADDRESS).unwrap().value),
+        Ok(peer)
+    );
+    assert!(verifies(&bind, &key));
+    // A second datagram does not bind again.
+    assert!(r.answer(&data_indication(peer, b"second")).is_some());
+    assert!(r.t.poll_transmit(r.now, &mut [0u8; 512]).is_none());
+    // Until the relay confirms: Send indications.
+    let mut buf = vec![0u8; 100];
+    buf[..13].copy_from_slice(b"answer packet");
+    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    assert_eq!(Message::parse(&buf[..n]).unwrap().method(), METHOD_SEND);
+    // Bound: ChannelData, 4 bytes in front.
+    assert!(
+        r.answer(&respond(&bind, Class::Success, &[], Some(key)))
+            .is_none()
+    );
+    assert_eq!(r.t.stats.channels_bound, 1);
+    buf[..13].copy_from_slice(b"answer packet");
+    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    assert_eq!(n, 17);
+    assert_eq!(buf[..4], [nb[0], nb[1], 0, 13]);
+    assert_eq!(&buf[4..17], b"answer packet");
+    assert_eq!(r.t.stats.channel_sent, 1);
+    // From the relay: exactly the length, or padded to 4; anything else is dropped.
+    let (from, range) = r.t.channel_data(&buf[..17]).expect("ChannelData");
+    assert_eq!((from, &buf[range]), (peer, &b"answer packet"[..]));
+    assert!(r.t.channel_data(&buf[..20]).is_some(), "padded");
+    let dropped = r.t.stats.dropped;
+    assert!(r.t.channel_data(&buf[..16]).is_none(), "truncated");
+    assert!(r.t.channel_data(&buf[..21]).is_none(), "over-padded");
+    assert!(r.t.channel_data(&buf[..3]).is_none(), "no header");
+    let mut other = buf[..17].to_vec();
+    other[..2].copy_from_slice(&channel_number(1, 12).to_be_bytes());
+    assert!(r.t.channel_data(&other).is_none(), "unbound channel");
+    assert_eq!(r.t.stats.dropped, dropped + 4);
+    assert_eq!(r.t.stats.channel_received, 2);
+    // The binding is refreshed before its 10 minutes end.
+    r.now += CHANNEL_REFRESH;
+    let mut n = r.n;
+    r.t.handle_timeout(r.now, || {
+        n += 1;
+        [n; 12]
+    });
+    r.n = n;
+    let mut again = Vec::new();
+    while let Some(req) = {
+        let mut b = vec![0u8; 512];
+        r.t.poll_transmit(r.now, &mut b).map(|n| b[..n].to_vec())
+    } {
+        again.push(Message::parse(&req).unwrap().method());
+    }
+    assert!(again.contains(&METHOD_CHANNEL_BIND), "{again:?}");
+}
+
+#[test]
+fn a_refused_channel_leaves_the_peer_on_send_indications() {
+    let mut r = Relay::new();
+    let key = allocated(&mut r);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let id = r.txid();
+    r.t.permit(r.now, peer.ip(), id).unwrap();
+    let req = r.request();
+    r.answer(&respond(&req, Class::Success, &[], Some(key)));
+    assert!(r.answer(&data_indication(peer, b"first")).is_some());
+    let bind = r.request();
+    let refused = respond(
+        &bind,
+        Class::Error,
+        &[(attr::ERROR_CODE, b"\0\0\x04\x00Bad Request".to_vec())],
+        Some(key),
+    );
+    assert!(r.answer(&refused).is_none());
+    let mut buf = vec![0u8; 100];
+    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    assert_eq!(Message::parse(&buf[..n]).unwrap().method(), METHOD_SEND);
+    // Not tried again, and the allocation is not reported failed.
+    assert!(r.answer(&data_indication(peer, b"again")).is_some());
+    assert!(r.t.poll_transmit(r.now, &mut [0u8; 512]).is_none());
+    assert_eq!(r.t.poll_event(), Some(TurnEvent::Permitted(peer.ip())));
+    assert_eq!(r.t.poll_event(), None);
 }
