@@ -302,9 +302,12 @@ fn meet(case: Case) {
         .expect("peer endpoint")
     };
     let ep_a = Arc::new(peer(&peer_a, 131, 1));
-    // With a relay, B runs two workers: the relay's ChannelData, which the kernel's
-    // SO_REUSEPORT steering spreads by what it takes for a CID, must reach worker 0.
-    let ep_b = Arc::new(peer(&peer_b, 132, if relay { 2 } else { 1 }));
+    // Reached through the relay from the start, B runs two workers: the relay's
+    // ChannelData, which the kernel's SO_REUSEPORT steering spreads by what it takes for a
+    // CID, must reach worker 0. (A direct connection that falls back to the relay must
+    // live on worker 0 already: one worker.)
+    let two = relay && a == Nat::Symmetric;
+    let ep_b = Arc::new(peer(&peer_b, 132, if two { 2 } else { 1 }));
     let b_public = SocketAddr::new(Ipv4Addr::new(100, 64, 132, 1).into(), PORT);
     let outcome = rt.block_on(async {
         let relay = relay.then(|| Relay {
@@ -409,6 +412,9 @@ fn meet(case: Case) {
         let (pc, connected) = pc;
         let (conn, path) = (pc.connection, pc.path);
         let (rebound_tx, rebound_rx) = tokio::sync::oneshot::channel::<()>();
+        // With a relay to fall back on, only A's NAT forgets: B's NAT keeps its mapping
+        // toward the relay (which its keep-alives hold open).
+        let flush_b = relay.is_none();
         if rebind {
             let (na, nb) = (nat_a.name().to_string(), nat_b.name().to_string());
             tokio::spawn(async move {
@@ -444,7 +450,9 @@ fn meet(case: Case) {
                             ],
                         );
                         ex(&na, &["conntrack", "-F"]);
-                        ex(&nb, &["conntrack", "-F"]);
+                        if flush_b {
+                            ex(&nb, &["conntrack", "-F"]);
+                        }
                     })
                     .await
                     .expect("rebinding");
@@ -499,6 +507,14 @@ fn meet(case: Case) {
         Ok((conn.remote_address(), path))
     });
     match (a, b, relay) {
+        (_, Nat::PortRestricted, true) if rebind => {
+            // Direct at first; once A's NAT rebound it, B's NAT kept A's new port out and
+            // A's connection moved to B's relayed address on coturn.
+            let (remote, path) = outcome.expect("a path");
+            assert!(matches!(path, PeerPath::Direct(_)), "{path:?}");
+            let remote = remote.expect("A's connection is open");
+            assert_eq!(remote.ip(), std::net::IpAddr::from(TURN), "{remote}");
+        }
         (Nat::Symmetric, Nat::Symmetric, false) => {
             let e = outcome.expect_err("no direct path between two symmetric NATs");
             assert!(matches!(e, PeerError::Unreachable { tried: 2, .. }), "{e}");
@@ -629,6 +645,21 @@ fn symmetric_to_symmetric_through_coturn_over_own_signalling() {
             relay: true,
             own_signalling: true,
             ..Case::new(Nat::Symmetric, Nat::Symmetric)
+        });
+    }
+}
+
+/// B behind a port-restricted NAT, with a relayed candidate on coturn: A's NAT rebinds A to
+/// a new port mid-transfer and forgets its flows. B's NAT keeps A's new port out, so
+/// migration cannot follow; A's connection hears nothing, moves to B's relayed address,
+/// and the 256 MiB arrive intact.
+#[test]
+fn a_rebinding_behind_a_port_restricted_peer_falls_back_to_the_relay() {
+    if privileged("netns_peer::a_rebinding_behind_a_port_restricted_peer_falls_back_to_the_relay") {
+        meet(Case {
+            rebind: true,
+            relay: true,
+            ..Case::new(Nat::Cone, Nat::PortRestricted)
         });
     }
 }

@@ -199,6 +199,20 @@ impl Connection {
         self.shared.local_cid
     }
 
+    /// Sends to the peer at `remote` from now on, another address of the same peer (its
+    /// relayed candidate when the direct path has gone silent): the path is validated, and
+    /// if the peer does not answer there within about three PTOs the connection returns to
+    /// the address it left ([`conn::Connection::switch_remote`]). Returns `false` when the
+    /// connection is not established, is gone, or already sends to `remote`.
+    pub fn switch_remote(&self, remote: SocketAddr) -> bool {
+        let moved = self
+            .here_or_call(move |c, _| c.switch_remote(Instant::now(), remote))
+            .unwrap_or(false);
+        // The challenge and PING leave on the worker's next turn.
+        self.kick();
+        moved
+    }
+
     /// Statistics: RTT, congestion window, bytes and packets, losses.
     pub fn stats(&self) -> Option<ConnectionStats> {
         self.here_or_call(|c, _| c.stats()).ok()

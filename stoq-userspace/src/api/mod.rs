@@ -64,7 +64,7 @@ pub use self::incoming::{AcceptError, Incoming, RetryError};
 pub use self::nat::{Mapping, NatReport};
 pub use self::peer::{
     ATTEMPT_SPACING, ATTEMPT_TIMEOUT, NAT_KEEP_ALIVE, PUNCH_SPACING, PUNCHES, PeerConnection,
-    PeerError, PeerPath, RELAY_GRACE, Relay,
+    PeerError, PeerPath, RELAY_FALLBACK_SILENCE, RELAY_GRACE, Relay,
 };
 pub use self::reconnect::{Attempt, Backoff, BackoffError, ReconnectError, is_transient};
 pub use self::rendezvous::{Rendezvous, serve_rendezvous};

@@ -41,6 +41,13 @@ pub const ATTEMPT_SPACING: Duration = Duration::from_millis(100);
 /// How long after the last direct attempt starts the relayed candidate is tried: a direct
 /// path that answers within this is preferred to the relay.
 pub const RELAY_GRACE: Duration = Duration::from_millis(250);
+/// A direct peer connection that hears nothing for this long while it has data in
+/// flight moves to the peer's relayed candidate, when it has one (a NAT rebinding that
+/// migration cannot follow: the other NAT filters by port).
+pub const RELAY_FALLBACK_SILENCE: Duration = Duration::from_secs(1);
+/// How often a direct peer connection with a relayed candidate to fall back on is looked
+/// at.
+const FALLBACK_CHECK: Duration = Duration::from_millis(100);
 /// The keep-alive of a peer connection and of a registration: a PING after this long
 /// without sending, below the 30 s after which many NATs forget an idle UDP mapping (RFC
 /// 4787 asks for 2 minutes at least; not every NAT complies).
@@ -193,7 +200,13 @@ impl Endpoint {
     /// [`PeerConnection::path`] says whether it is direct or relayed and
     /// [`PeerConnection::failed`] why the others were not used. The connection sends a
     /// PING after [`NAT_KEEP_ALIVE`] without traffic, so both NATs keep its mappings; a
-    /// NAT that rebinds it anyway is followed by connection migration.
+    /// NAT that rebinds it anyway is followed by connection migration, and when the other
+    /// NAT filters by port (migration cannot get through) a direct connection that hears
+    /// nothing for [`RELAY_FALLBACK_SILENCE`] with data in flight moves to the peer's
+    /// relayed candidate, if it has one ([`Connection::switch_remote`]): no data is lost,
+    /// and [`Connection::remote_address`] then names the relay. The peer's connection
+    /// must then live on the worker that holds its relay allocation (worker 0; always so
+    /// on a one-worker endpoint).
     ///
     /// # Errors
     /// [`PeerError::Unreachable`] when no attempt completes.
@@ -288,6 +301,12 @@ impl Endpoint {
                     tracing::info!(peer = %c.addr, ?path, others = failed.len(), "peer connection");
                     // Its PINGs also make the peer answer, which keeps the peer's NAT open.
                     keep_open(&conn);
+                    if let (PeerPath::Direct(_), Some(r)) = (
+                        path,
+                        order.iter().find(|c| c.kind == CandidateKind::Relayed),
+                    ) {
+                        tokio::spawn(fall_back(conn.clone(), r.addr));
+                    }
                     return Ok(PeerConnection {
                         connection: conn,
                         path,
@@ -341,6 +360,31 @@ impl Endpoint {
                 return Err(PeerError::Relay(TurnError::TimedOut));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Watches a direct peer connection and moves it to the peer's relayed address `relayed`
+/// once it has heard nothing for [`RELAY_FALLBACK_SILENCE`] with data in flight; once,
+/// and only while the connection lives. If the relay does not answer either, the
+/// connection returns to the direct address (path validation fails) and idles out there.
+async fn fall_back(conn: Connection, relayed: SocketAddr) {
+    let (mut heard, mut since) = (0, Instant::now());
+    loop {
+        tokio::time::sleep(FALLBACK_CHECK).await;
+        let Some(s) = conn.stats() else { return };
+        if conn.close_reason().is_some() {
+            return;
+        }
+        if s.rx_packets != heard || s.bytes_in_flight == 0 {
+            (heard, since) = (s.rx_packets, Instant::now());
+            continue;
+        }
+        if since.elapsed() >= RELAY_FALLBACK_SILENCE {
+            if conn.switch_remote(relayed) {
+                tracing::info!(%relayed, "direct path to the peer went silent: through its relay now");
+            }
+            return;
         }
     }
 }

@@ -976,7 +976,7 @@ impl Endpoint {
                         .as_ref()
                         .is_some_and(|r| r.relays_to(tt.destination)) =>
                 {
-                    let w = self.relay(tt, buf);
+                    let w = self.relay(now, tt, buf);
                     if w.is_none() {
                         self.sched.retime(i);
                         self.sched.sendable.push_back(i);

@@ -29,6 +29,27 @@ impl Connection {
         self.ecn.reset();
     }
 
+    /// Sends to the peer at `remote` from now on: another address of the same peer, such
+    /// as its relayed address on a TURN server when the direct path has gone silent
+    /// (`docs/nat.md`). The new path is validated (PATH_CHALLENGE; a PING goes at once),
+    /// its congestion state starts over when the IP differs, and if the peer does not
+    /// answer there within about three PTOs the connection returns to the address it
+    /// left. Nothing limits what is sent there meanwhile: this side chose the address, so
+    /// there is no amplification to guard against. The peer, seeing the connection's
+    /// packets come from where it now hears this side, follows as in any migration.
+    /// Returns `false` (and does nothing) before the handshake has completed, once
+    /// closing, or when `remote` is already the peer's address.
+    pub fn switch_remote(&mut self, now: Instant, remote: SocketAddr) -> bool {
+        if self.state != State::Established || remote == self.remote {
+            return false;
+        }
+        self.on_peer_address_change(now, remote, 0);
+        self.validated = true;
+        self.ping_pending = true;
+        self.address_ping = true;
+        true
+    }
+
     /// The peer's packets now come from `remote` (NAT rebinding or migration): switch to
     /// it, validate it, and limit what is sent there until it answers (RFC 9000 §9).
     pub(super) fn on_peer_address_change(

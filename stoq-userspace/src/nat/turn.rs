@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use super::retransmit::Schedule;
 use md5::{Digest, Md5};
 use stoq_common::wire::stun::{
-    Class, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA,
-    METHOD_REFRESH, METHOD_SEND, Message, Writer, attr,
+    Class, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
+    METHOD_DATA, METHOD_REFRESH, METHOD_SEND, Message, Writer, attr,
 };
 
 /// A transaction gives up after this long.
@@ -51,6 +51,10 @@ pub const CHANNEL_OVERHEAD: usize = 4;
 pub const MAX_CHANNELS: usize = 64;
 /// A channel binding lasts 10 minutes (RFC 8656 §12); refreshed after this long.
 const CHANNEL_REFRESH: Duration = Duration::from_secs(480);
+/// With nothing sent to the relay for this long, a Binding indication goes to it: this
+/// endpoint's NAT keeps the mapping the relay forwards to (RFC 8656 §5 asks for a
+/// keep-alive below the NAT's timeout; many forget an idle UDP mapping after 30 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The channel number of the `index`th channel (below [`MAX_CHANNELS`]) for an endpoint
 /// whose connection IDs are `cid_len` bytes (1 to 20): in RFC 8656's range 0x4000-0x4FFF,
@@ -145,6 +149,9 @@ pub struct TurnStats {
     pub channel_received: u64,
     /// Channels bound (ChannelBind answered with success), refreshes included.
     pub channels_bound: u64,
+    /// Keep-alives sent to the relay (Binding indications after [`KEEP_ALIVE`] without
+    /// sending).
+    pub keepalives: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +213,10 @@ pub(crate) struct Turn {
     channels: Vec<Channel>,
     /// The endpoint's CID length, which the channel numbers follow.
     cid_len: u8,
+    /// When anything was last sent to the relay.
+    last_sent: Instant,
+    /// A keep-alive due to be sent (its transaction ID).
+    keepalive: Option<[u8; 12]>,
     events: VecDeque<TurnEvent>,
     pub(crate) stats: TurnStats,
 }
@@ -235,6 +246,8 @@ impl Turn {
             relayed_peers: HashSet::new(),
             channels: Vec::new(),
             cid_len,
+            last_sent: now,
+            keepalive: None,
             events: VecDeque::new(),
             stats: TurnStats::default(),
         };
@@ -288,11 +301,20 @@ impl Turn {
 
     /// The next request due, written into `buf`: its length (to [`server`](Self::server)).
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if let Some(txid) = self.keepalive.take() {
+            let n = Writer::new(buf, Class::Indication, METHOD_BINDING, &txid)
+                .and_then(Writer::finish_with_fingerprint)
+                .ok()?;
+            self.last_sent = now;
+            self.stats.keepalives += 1;
+            return Some(n);
+        }
         let i = self.txns.iter().position(|t| t.when.due(now))?;
         let (kind, txid) = (self.txns[i].kind, self.txns[i].txid);
         let n = self.request(buf, kind, &txid)?;
         self.txns[i].when.sent_at(now);
         self.stats.requests_sent += 1;
+        self.last_sent = now;
         Some(n)
     }
 
@@ -340,7 +362,11 @@ impl Turn {
         };
         let permit = self.permissions.values().min().copied();
         let channel = self.channels.iter().filter_map(|c| c.refresh_at).min();
-        [txn, refresh, permit, channel].into_iter().flatten().min()
+        let keepalive = self.relayed().map(|_| self.last_sent + KEEP_ALIVE);
+        [txn, refresh, permit, channel, keepalive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Refreshes what is due; ends transactions whose time is up. `txid` makes IDs.
@@ -377,6 +403,15 @@ impl Turn {
                 *at = now + CHANNEL_REFRESH;
                 self.begin(now, Kind::Channel(i), txid());
             }
+        }
+        // A request about to go keeps the mapping open as well.
+        if self.relayed().is_some()
+            && self.last_sent + KEEP_ALIVE <= now
+            && !self.txns.iter().any(|t| t.when.due(now))
+        {
+            // Counted from now, so the timer does not fire again before it is sent.
+            self.last_sent = now;
+            self.keepalive = Some(txid());
         }
     }
 
@@ -583,11 +618,13 @@ impl Turn {
     /// when `buf` has no room for the header.
     pub(crate) fn wrap(
         &mut self,
+        now: Instant,
         buf: &mut [u8],
         n: usize,
         peer: SocketAddr,
         txid: [u8; 12],
     ) -> Option<usize> {
+        self.last_sent = now;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         if let Some(ch) = self.channels.iter().find(|c| c.bound && c.peer == peer) {
             if CHANNEL_OVERHEAD + n > buf.len() || n > usize::from(u16::MAX) {

@@ -152,10 +152,10 @@ impl Endpoint {
 
     /// Wraps a connection's datagram to a relayed peer for the relay (ChannelData or a Send
     /// indication).
-    pub(super) fn relay(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
+    pub(super) fn relay(&mut self, now: Instant, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
         let txid = self.txid();
         let turn = self.turn.as_mut()?;
-        let n = turn.wrap(buf, t.size, t.destination, txid)?;
+        let n = turn.wrap(now, buf, t.size, t.destination, txid)?;
         Some(Transmit::new(turn.server(), n))
     }
 

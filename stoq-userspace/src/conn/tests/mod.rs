@@ -177,6 +177,9 @@ pub(super) struct Wire {
     pub(super) seq: usize,
     pub(super) data: Vec<u8>,
     pub(super) from: SocketAddr,
+    /// Where the sender addressed it (delivered to the other side whatever it is, unless a
+    /// tamper drops it).
+    pub(super) to: SocketAddr,
     /// The IP header's ECN bits (a tamper may set CE, or clear them as a bleaching
     /// middlebox does).
     pub(super) ecn: EcnCodepoint,
@@ -377,6 +380,7 @@ impl Pair {
             seq: self.seq,
             data: self.buf[..t.size].to_vec(),
             from,
+            to: t.destination,
             ecn: t.ecn,
         };
         self.seq += 1;
@@ -395,6 +399,7 @@ impl Pair {
             seq: usize::MAX,
             data,
             from,
+            to: from,
             ecn: EcnCodepoint::NotEct,
         };
         self.queue.push_back((self.now, w));

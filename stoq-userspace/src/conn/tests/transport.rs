@@ -744,6 +744,53 @@ fn a_path_that_never_answers_is_abandoned_for_the_old_one() {
     );
 }
 
+/// The direct path dies; the client switches to the server's other address (a TURN
+/// relay's, forwarding to the server): the server hears the client from the address the
+/// relay gives it and follows, both paths validate, and data flows through the relay.
+#[test]
+fn a_client_that_switches_to_the_peers_other_address_is_followed() {
+    let mut p = connected_pair();
+    p.exchange_datagrams(b"before");
+    let relayed: SocketAddr = "[fd00:5710::7]:49160".parse().unwrap();
+    let via_relay: SocketAddr = "[fd00:5710::1]:41002".parse().unwrap();
+    p.tamper = Some(Box::new(move |w: &mut Wire| {
+        // Only what goes through the relay arrives: the direct path is dead both ways.
+        let (to, seen_from) = if w.to_server {
+            (relayed, via_relay)
+        } else {
+            (via_relay, relayed)
+        };
+        if w.to != to {
+            return Verdict::Drop;
+        }
+        w.from = seen_from;
+        Verdict::Deliver
+    }));
+    let now = p.now;
+    assert!(p.client_conn().switch_remote(now, relayed));
+    assert!(
+        !p.client_conn().switch_remote(now, relayed),
+        "already sending there"
+    );
+    let h = p.server_conns[0];
+    let moved = p.drive_until(Duration::from_secs(2), |p| {
+        p.server.connection(h).unwrap().remote_address() == via_relay
+    });
+    assert!(moved, "the server followed the client through the relay");
+    p.exchange_datagrams(b"through the relay");
+    // Past every validation deadline: neither side went back.
+    p.drive_until(Duration::from_secs(10), |_| false);
+    assert_eq!(p.client_conn().remote_address(), relayed);
+    assert_eq!(p.server.connection(h).unwrap().remote_address(), via_relay);
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.1 && matches!(e.3, Event::PathMigrated(_))),
+        "the server validated the client's new address"
+    );
+    p.exchange_datagrams(b"still");
+}
+
 #[test]
 fn a_client_that_moves_with_nothing_to_send_tells_the_server() {
     use std::cell::Cell;

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use stoq_common::classify::{ClassifierConfig, PacketKind, classify_payload};
 use stoq_common::wire::stun::{
-    Class, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message, Writer, attr,
+    Class, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message,
+    Writer, attr,
 };
 
 use super::*;
@@ -230,7 +231,7 @@ fn allocate_with_long_term_credentials_then_permit_and_relay() {
     assert!(!r.t.relays_to("100.64.131.1:1".parse().unwrap()));
     let mut buf = vec![0u8; 100];
     buf[..13].copy_from_slice(b"answer packet");
-    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    let n = r.t.wrap(r.now, &mut buf, 13, peer, [3; 12]).unwrap();
     let m = Message::parse(&buf[..n]).unwrap();
     assert_eq!((m.class(), m.method()), (Class::Indication, METHOD_SEND));
     assert_eq!(
@@ -240,7 +241,7 @@ fn allocate_with_long_term_credentials_then_permit_and_relay() {
     assert_eq!(m.get(attr::DATA).unwrap().value, b"answer packet");
     // No room: dropped and counted, the buffer's datagram left alone.
     let mut small = vec![0u8; 40];
-    assert!(r.t.wrap(&mut small, 13, peer, [3; 12]).is_none());
+    assert!(r.t.wrap(r.now, &mut small, 13, peer, [3; 12]).is_none());
     assert_eq!(r.t.stats.too_large, 1);
 }
 
@@ -291,15 +292,48 @@ fn refusals_timeouts_and_refreshes() {
         r.t.poll_event(),
         Some(TurnEvent::Failed(TurnError::TimedOut))
     );
-    // An allocation is refreshed a minute before its lifetime ends.
+    // An idle allocation sends a keep-alive every 15 s (the NAT's mapping toward the
+    // relay stays open), and is refreshed a minute before its lifetime ends.
     let mut r = Relay::new();
-    allocated(&mut r);
-    assert_eq!(r.t.poll_timeout(), Some(r.now + Duration::from_secs(540)));
-    r.now += Duration::from_secs(540);
-    r.t.handle_timeout(r.now, || [42; 12]);
-    let m_bytes = r.request();
-    let m = Message::parse(&m_bytes).unwrap();
-    assert_eq!((m.method(), m.transaction_id()), (METHOD_REFRESH, [42; 12]));
+    let key = allocated(&mut r);
+    let start = r.now;
+    assert_eq!(r.t.poll_timeout(), Some(r.now + KEEP_ALIVE));
+    let mut keepalives = 0;
+    while r.now < start + Duration::from_secs(540) {
+        r.now = r.t.poll_timeout().unwrap();
+        r.t.handle_timeout(r.now, || [42; 12]);
+        let m_bytes = r.request();
+        let m = Message::parse(&m_bytes).unwrap();
+        if m.method() == METHOD_REFRESH {
+            assert_eq!(m.transaction_id(), [42; 12]);
+            let ok = respond(
+                &m_bytes,
+                Class::Success,
+                &[(attr::LIFETIME, 600u32.to_be_bytes().to_vec())],
+                Some(key),
+            );
+            assert!(r.answer(&ok).is_none());
+            break;
+        }
+        assert_eq!((m.class(), m.method()), (Class::Indication, METHOD_BINDING));
+        keepalives += 1;
+        assert!(
+            r.t.poll_transmit(r.now, &mut [0u8; 512]).is_none(),
+            "one at a time"
+        );
+    }
+    assert_eq!(r.now, start + Duration::from_secs(540), "refreshed on time");
+    assert_eq!(
+        (keepalives, r.t.stats.keepalives),
+        (35, 35),
+        "every 15 s until then"
+    );
+    // Traffic through the relay counts as a keep-alive.
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(r.t.poll_timeout(), Some(r.now + KEEP_ALIVE));
+    r.now += Duration::from_secs(10);
+    r.t.wrap(r.now, &mut [0u8; 100], 13, peer, [3; 12]);
+    assert_eq!(r.t.poll_timeout(), Some(r.now + KEEP_ALIVE));
     // Misuse.
     let now = Instant::now();
     assert_eq!(
@@ -390,7 +424,7 @@ fn a_peer_heard_through_the_relay_gets_a_channel() {
     // Until the relay confirms: Send indications.
     let mut buf = vec![0u8; 100];
     buf[..13].copy_from_slice(b"answer packet");
-    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    let n = r.t.wrap(r.now, &mut buf, 13, peer, [3; 12]).unwrap();
     assert_eq!(Message::parse(&buf[..n]).unwrap().method(), METHOD_SEND);
     // Bound: ChannelData, 4 bytes in front.
     assert!(
@@ -399,7 +433,7 @@ fn a_peer_heard_through_the_relay_gets_a_channel() {
     );
     assert_eq!(r.t.stats.channels_bound, 1);
     buf[..13].copy_from_slice(b"answer packet");
-    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    let n = r.t.wrap(r.now, &mut buf, 13, peer, [3; 12]).unwrap();
     assert_eq!(n, 17);
     assert_eq!(buf[..4], [nb[0], nb[1], 0, 13]);
     assert_eq!(&buf[4..17], b"answer packet");
@@ -454,7 +488,7 @@ fn a_refused_channel_leaves_the_peer_on_send_indications() {
     );
     assert!(r.answer(&refused).is_none());
     let mut buf = vec![0u8; 100];
-    let n = r.t.wrap(&mut buf, 13, peer, [3; 12]).unwrap();
+    let n = r.t.wrap(r.now, &mut buf, 13, peer, [3; 12]).unwrap();
     assert_eq!(Message::parse(&buf[..n]).unwrap().method(), METHOD_SEND);
     // Not tried again, and the allocation is not reported failed.
     assert!(r.answer(&data_indication(peer, b"again")).is_some());
