@@ -167,6 +167,11 @@ async fn send(
         bytes as f64 * 8.0 / secs.max(1e-9) / 1e9,
         hex(&want)
     );
+    if let (PeerPath::Direct(c), Some(now)) = (pc.path, pc.connection.remote_address())
+        && now != c.addr
+    {
+        say!("the direct path went silent during the transfer: moved to the peer's relay {now}");
+    }
     pc.connection.close(0, b"done");
     // Let the close reach the peer before the process ends.
     let _ = ep.shutdown(std::time::Duration::from_secs(1)).await;
@@ -192,7 +197,11 @@ async fn answer(ep: &stoq::Endpoint, once: bool) -> Result<(), String> {
             let d = h.finalize();
             let _ = s.write_all_data(&d).await;
             let _ = s.finish();
-            say!("received {n} bytes from {from:?}, SHA-256 {}", hex(&d));
+            let via = conn
+                .relay()
+                .map(|r| format!(" through the relay {r}"))
+                .unwrap_or_default();
+            say!("received {n} bytes from {from:?}{via}, SHA-256 {}", hex(&d));
             if once {
                 // The answer is delivered once the peer closes (or gives up waiting).
                 let _ =

@@ -355,7 +355,7 @@ fn meet(case: Case) {
                                 }
                             }
                         }
-                        *b_saw.lock().unwrap() = conn.remote_address();
+                        *b_saw.lock().unwrap() = Some((conn.remote_address(), conn.relay()));
                         let _ = s.write_all_data(&h.finalize()).await;
                         let _ = s.finish();
                     }
@@ -541,15 +541,23 @@ fn meet(case: Case) {
     if a == Nat::Symmetric && relay {
         // B hears A through the relay as A's NAT's public address (another port than the
         // one the rendezvous server saw: the NAT is symmetric).
-        let saw = b_saw.lock().unwrap().expect("B saw A");
+        let saw = b_saw.lock().unwrap().expect("B saw A").0.expect("open");
         assert_eq!(saw.ip(), std::net::IpAddr::from(a_public));
     } else if a != Nat::Symmetric {
         assert_eq!(
-            *b_saw.lock().unwrap(),
+            b_saw.lock().unwrap().expect("B saw A").0,
             Some(SocketAddr::new(a_public.into(), want_port)),
             "where B saw A at the end"
         );
     }
+    // B's connection says whether it reaches A through B's own relay allocation.
+    let through = b_saw.lock().unwrap().and_then(|(_, r)| r);
+    let relayed_at_end = relay && (a == Nat::Symmetric || rebind);
+    assert_eq!(
+        through,
+        relayed_at_end.then(|| SocketAddr::new(TURN.into(), 3478)),
+        "the relay B's connection names"
+    );
     drop(ep_a);
     drop(ep_b);
     drop(rt);

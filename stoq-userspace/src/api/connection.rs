@@ -199,6 +199,22 @@ impl Connection {
         self.shared.local_cid
     }
 
+    /// The TURN relay this side reaches the peer through, when it does: the peer's packets
+    /// arrive through this endpoint's relay allocation
+    /// ([`Endpoint::join_rendezvous_with`](crate::Endpoint::join_rendezvous_with) or
+    /// [`Endpoint::gather_candidates`](crate::Endpoint::gather_candidates) with a relay),
+    /// and what this side sends goes back through it. `None` when packets go straight to
+    /// [`remote_address`](Self::remote_address); for the side that connected to a peer's
+    /// relayed candidate that address is the relay's
+    /// ([`PeerConnection::path`](crate::api::PeerConnection::path)), and the relay is not
+    /// this side's to name.
+    pub fn relay(&self) -> Option<SocketAddr> {
+        let remote = self.remote_address()?;
+        self.worker()
+            .call(move |st| st.endpoint.turn_relay_for(remote))
+            .flatten()
+    }
+
     /// Sends to the peer at `remote` from now on, another address of the same peer (its
     /// relayed candidate when the direct path has gone silent): the path is validated, and
     /// if the peer does not answer there within about three PTOs the connection returns to

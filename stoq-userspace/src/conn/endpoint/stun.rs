@@ -95,6 +95,15 @@ impl Endpoint {
             .permit(now, peer, txid)
     }
 
+    /// The TURN server this endpoint reaches `peer` through: its allocation relays for that
+    /// peer address (a peer heard through the relay, or given a channel).
+    pub fn turn_relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.turn
+            .as_ref()
+            .filter(|t| t.relays_to(peer))
+            .map(Turn::server)
+    }
+
     /// The relayed address, once allocated.
     pub fn turn_relayed_address(&self) -> Option<SocketAddr> {
         self.turn.as_ref().and_then(Turn::relayed)
