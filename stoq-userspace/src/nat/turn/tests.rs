@@ -381,8 +381,8 @@ fn channel_numbers_read_as_short_headers_of_the_layout() {
     }
 }
 
-#[test]
-fn a_peer_heard_through_the_relay_gets_a_channel() {
+/// An allocation with a permission for [`PEER`]: the relay, its key and the peer.
+fn permitted() -> (Relay, [u8; 16], SocketAddr) {
     let mut r = Relay::new();
     let key = allocated(&mut r);
     let peer: SocketAddr = PEER.parse().unwrap();
@@ -393,6 +393,12 @@ fn a_peer_heard_through_the_relay_gets_a_channel() {
         r.answer(&respond(&req, Class::Success, &[], Some(key)))
             .is_none()
     );
+    (r, key, peer)
+}
+
+#[test]
+fn a_peer_heard_through_the_relay_gets_a_channel() {
+    let (mut r, key, peer) = permitted();
     // ChannelData before any channel: dropped.
     let number = channel_number(0, 12);
     let mut early = vec![0u8; 8];
@@ -471,13 +477,7 @@ fn a_peer_heard_through_the_relay_gets_a_channel() {
 
 #[test]
 fn a_refused_channel_leaves_the_peer_on_send_indications() {
-    let mut r = Relay::new();
-    let key = allocated(&mut r);
-    let peer: SocketAddr = PEER.parse().unwrap();
-    let id = r.txid();
-    r.t.permit(r.now, peer.ip(), id).unwrap();
-    let req = r.request();
-    r.answer(&respond(&req, Class::Success, &[], Some(key)));
+    let (mut r, key, peer) = permitted();
     assert!(r.answer(&data_indication(peer, b"first")).is_some());
     let bind = r.request();
     let refused = respond(
