@@ -302,12 +302,11 @@ fn meet(case: Case) {
         .expect("peer endpoint")
     };
     let ep_a = Arc::new(peer(&peer_a, 131, 1));
-    // Reached through the relay from the start, B runs two workers: the relay's
-    // ChannelData, which the kernel's SO_REUSEPORT steering spreads by what it takes for a
-    // CID, must reach worker 0. (A direct connection that falls back to the relay must
-    // live on worker 0 already: one worker.)
-    let two = relay && a == Nat::Symmetric;
-    let ep_b = Arc::new(peer(&peer_b, 132, if two { 2 } else { 1 }));
+    // With a relay, B runs two workers: the relay's datagrams, which the kernel's
+    // SO_REUSEPORT steering spreads by what it takes for a CID, must reach worker 0, and
+    // so must A's connection, even when it arrives directly (it may fall back to the
+    // relay, whose allocation lives on worker 0).
+    let ep_b = Arc::new(peer(&peer_b, 132, if relay { 2 } else { 1 }));
     let b_public = SocketAddr::new(Ipv4Addr::new(100, 64, 132, 1).into(), PORT);
     let outcome = rt.block_on(async {
         let relay = relay.then(|| Relay {
@@ -494,9 +493,16 @@ fn meet(case: Case) {
             // Through the relay the bulk went as ChannelData (4 bytes of framing), both
             // ways, once B had bound a channel to A's address.
             let t = ep_b.endpoint_stats()[0].turn;
-            if let Some(w) = ep_b.worker_stats().get(1) {
-                eprintln!("B's worker 1 handed over {} datagrams", w.handoffs_out);
-            }
+            let ws = ep_b.worker_stats();
+            let conns: Vec<usize> = ws.iter().map(|w| w.connections).collect();
+            eprintln!(
+                "B's connections by worker {conns:?}; worker 1 handed over {} datagrams",
+                ws[1].handoffs_out
+            );
+            // B holds a relay allocation: every connection of its (A's, and the one to the
+            // rendezvous server if any) lives on worker 0 with it.
+            assert_eq!(conns[1], 0, "{conns:?}");
+            assert!(conns[0] >= 1, "{conns:?}");
             eprintln!("B's relay traffic: {t:?}");
             assert!(t.channels_bound >= 1, "{t:?}");
             assert!(

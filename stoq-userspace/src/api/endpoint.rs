@@ -339,7 +339,7 @@ impl Endpoint {
             c.early_data = early;
             Arc::new(c)
         };
-        let worker = self.engine.pick().clone();
+        let worker = self.engine.pick_for_connection().clone();
         let shared = match worker.with(|st| connect_here(st, &worker, addr, cfg.clone())) {
             Some(r) => {
                 worker.kick();

@@ -204,9 +204,9 @@ impl Endpoint {
     /// NAT filters by port (migration cannot get through) a direct connection that hears
     /// nothing for [`RELAY_FALLBACK_SILENCE`] with data in flight moves to the peer's
     /// relayed candidate, if it has one ([`Connection::switch_remote`]): no data is lost,
-    /// and [`Connection::remote_address`] then names the relay. The peer's connection
-    /// must then live on the worker that holds its relay allocation (worker 0; always so
-    /// on a one-worker endpoint).
+    /// and [`Connection::remote_address`] then names the relay. (An endpoint that holds a
+    /// relay allocation makes its new connections on the worker that holds it, so that
+    /// the peer's side of any of them can use it.)
     ///
     /// # Errors
     /// [`PeerError::Unreachable`] when no attempt completes.
@@ -342,7 +342,10 @@ impl Endpoint {
             .ok_or(PeerError::Relay(TurnError::NotAllocated))?;
         started.map_err(PeerError::Relay)?;
         worker.kick();
-        // Every worker steers the relay's datagrams to worker 0.
+        // Every worker steers the relay's datagrams, and new connections, to worker 0.
+        self.engine
+            .relaying
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for w in &self.engine.workers {
             on_worker(w, move |st| st.relay_server = Some(server));
         }

@@ -47,6 +47,9 @@ pub(crate) struct Engine {
     batch: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
+    /// Worker 0 holds a TURN allocation: new connections are made there, so that any of
+    /// them can reach its peer through the relay (`docs/nat.md`).
+    pub(crate) relaying: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -233,6 +236,7 @@ impl Engine {
             batch: config.batch,
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
+            relaying: std::sync::atomic::AtomicBool::new(false),
         });
         // With qlog on, the XDP program's verdicts go into the endpoint's trace: a server's
         // (AF_XDP, or the filter in front of its socket) or an AF_XDP client's.
@@ -353,7 +357,16 @@ impl Engine {
         Ok(addr)
     }
 
-    /// The worker for the next client connection (round robin).
+    /// The worker a new outgoing connection lives on: round robin, or worker 0 while it
+    /// holds a TURN allocation.
+    pub(crate) fn pick_for_connection(&self) -> &Arc<Worker> {
+        if self.relaying.load(Ordering::Relaxed) {
+            return &self.workers[0];
+        }
+        self.pick()
+    }
+
+    /// The next worker, round robin (client connections, STUN transactions, punches).
     pub(crate) fn pick(&self) -> &Arc<Worker> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         &self.workers[i]

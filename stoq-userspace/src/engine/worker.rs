@@ -237,6 +237,9 @@ async fn drive(
                             }) {
                                 _ if from_relay => 0,
                                 Route::Owner(o) => o,
+                                // A new connection where the relay allocation is, if any:
+                                // then any connection can fall back to the relay.
+                                Route::New(_) if st.relay_server.is_some() => 0,
                                 Route::New(dcid) => placer.place(from, dcid, worker.id, &cfg.peers),
                                 Route::Anyone => worker.id,
                             };
