@@ -92,20 +92,23 @@ const PLACED: usize = 4096;
 
 impl Placer {
     /// The worker for the new connection from `from` whose client chose `dcid`, received
-    /// by worker `me`.
+    /// by worker `me`: the one chosen for `dcid` before, else `prefer` when given (worker
+    /// 0 while it holds a TURN allocation), else as above.
     pub(crate) fn place(
         &mut self,
         from: SocketAddr,
         dcid: &[u8],
         me: u8,
         peers: &[Arc<Worker>],
+        prefer: Option<u8>,
     ) -> u8 {
         if let Some(o) = self.chosen.get(dcid) {
             return *o;
         }
-        let o = match self.by_peer.get(&from) {
-            Some(o) => *o,
-            None => {
+        let o = match (prefer, self.by_peer.get(&from)) {
+            (Some(p), _) => p,
+            (None, Some(o)) => *o,
+            (None, None) => {
                 let load = |w: &Worker| w.load() + w.handoff.len();
                 let mine = peers.get(usize::from(me)).map_or(usize::MAX, |w| load(w));
                 let (best, least) = peers
@@ -170,21 +173,40 @@ mod tests {
         let a: SocketAddr = "10.200.0.1:5000".parse().expect("addr");
         let b: SocketAddr = "10.200.0.1:5001".parse().expect("addr");
         // Received by worker 0, which has the most: worker 1 has the fewest.
-        assert_eq!(p.place(a, &[1; 8], 0, &peers), 1);
+        assert_eq!(p.place(a, &[1; 8], 0, &peers, None), 1);
         // The same connection's later Initials, wherever they arrive, follow.
-        assert_eq!(p.place(a, &[1; 8], 0, &peers), 1);
+        assert_eq!(p.place(a, &[1; 8], 0, &peers, None), 1);
         // Another connection from the same address and port joins it, even if worker 1
         // now has more than others (its datagrams arrive coalesced with the first's).
         peers[1].set_load(9);
-        assert_eq!(p.place(a, &[2; 8], 0, &peers), 1);
+        assert_eq!(p.place(a, &[2; 8], 0, &peers, None), 1);
         // A new client address: the least loaded again (worker 2 now).
-        assert_eq!(p.place(b, &[3; 8], 0, &peers), 2);
+        assert_eq!(p.place(b, &[3; 8], 0, &peers, None), 2);
         // A tie keeps it where it arrived.
         let peers = workers(&[1, 1]);
         assert_eq!(
-            p.place("10.200.0.2:1".parse().expect("addr"), &[4; 8], 1, &peers),
+            p.place(
+                "10.200.0.2:1".parse().expect("addr"),
+                &[4; 8],
+                1,
+                &peers,
+                None
+            ),
             1
         );
+    }
+
+    #[test]
+    fn a_preferred_worker_takes_new_connections_but_not_ones_already_placed() {
+        let peers = workers(&[3, 1, 2]);
+        let mut p = Placer::default();
+        let a: SocketAddr = "10.200.0.1:5000".parse().expect("addr");
+        assert_eq!(p.place(a, &[1; 8], 0, &peers, None), 1);
+        // Worker 0 now holds a relay allocation: new connections go there, whatever the
+        // load or the client address, but one whose first Initial was placed stays.
+        assert_eq!(p.place(a, &[2; 8], 2, &peers, Some(0)), 0);
+        assert_eq!(p.place(a, &[1; 8], 2, &peers, Some(0)), 1);
+        assert_eq!(p.place(a, &[2; 8], 1, &peers, Some(0)), 0);
     }
 
     #[test]
@@ -194,7 +216,7 @@ mod tests {
         for i in 0..(PLACED as u32 * 3) {
             let from =
                 SocketAddr::from(([10, 200, (i >> 8) as u8, i as u8], (i % 60_000) as u16 + 1));
-            p.place(from, &i.to_be_bytes(), 0, &peers);
+            p.place(from, &i.to_be_bytes(), 0, &peers, None);
         }
         assert!(p.chosen.len() <= PLACED && p.order.len() <= PLACED);
         assert!(p.by_peer.len() <= PLACED && p.peers.len() <= PLACED);

@@ -239,8 +239,13 @@ async fn drive(
                                 Route::Owner(o) => o,
                                 // A new connection where the relay allocation is, if any:
                                 // then any connection can fall back to the relay.
-                                Route::New(_) if st.relay_server.is_some() => 0,
-                                Route::New(dcid) => placer.place(from, dcid, worker.id, &cfg.peers),
+                                Route::New(dcid) => placer.place(
+                                    from,
+                                    dcid,
+                                    worker.id,
+                                    &cfg.peers,
+                                    st.relay_server.map(|_| 0),
+                                ),
                                 Route::Anyone => worker.id,
                             };
                             if o != worker.id && usize::from(o) < n {
