@@ -392,11 +392,14 @@ async fn fall_back(conn: Connection, relayed: SocketAddr) {
     }
 }
 
-/// Gives the asking peer's addresses permissions on worker 0's relay.
+/// Gives a peer's addresses permissions on worker 0's relay, when this endpoint has one.
 pub(super) fn permit(engine: &Weak<Engine>, addrs: &[SocketAddr]) {
     let Some(engine) = engine.upgrade() else {
         return;
     };
+    if !engine.relaying.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
     on_worker(&engine.workers[0], move |st| {
         for ip in &ips {

@@ -290,7 +290,6 @@ impl Endpoint {
         let punched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let engine = Arc::downgrade(&self.engine);
         let (w, p) = (waiting.clone(), punched.clone());
-        let relaying = relayed.is_some();
         let ready_tx = tx.clone();
         tokio::spawn(async move {
             let end = loop {
@@ -302,9 +301,8 @@ impl Endpoint {
                     Message::Incoming { id, candidates } => {
                         p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let addrs: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
-                        if relaying {
-                            permit(&engine, &addrs);
-                        }
+                        // On the relay, when this endpoint holds an allocation.
+                        permit(&engine, &addrs);
                         // The first punches are queued before the Ready that lets the
                         // asker go (the worker sends them first), the others follow.
                         punch_once(&engine, &addrs);

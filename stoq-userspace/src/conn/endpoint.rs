@@ -550,10 +550,10 @@ impl Endpoint {
     ) -> Option<DatagramEvent> {
         self.stats.rx_datagrams += 1;
         self.rx_info = info;
-        if let Some(relayed) = self.channel_data(remote, data) {
-            // ChannelData from the TURN relay (its first byte looks like a short header's):
-            // the peer's datagram, handled as if it came from the peer.
-            let (peer, range) = relayed?;
+        if self.is_channel_data(remote, data) {
+            // The peer's datagram, handled as if it came from the peer (dropped and counted
+            // by the TURN client when the channel or length is wrong).
+            let (peer, range) = self.turn.as_mut()?.channel_data(data)?;
             return self.handle_relayed(now, peer, &mut data[range]);
         }
         let info = match classify_payload(data, &self.classifier) {

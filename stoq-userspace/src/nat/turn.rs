@@ -453,7 +453,7 @@ impl Turn {
         if m.class() == Class::Indication {
             let r = self.data_indication(&m);
             if let Some((peer, _)) = &r {
-                self.bind_channel(now, *peer, txid());
+                self.bind_channel(now, *peer, txid);
             }
             return r;
         }
@@ -539,10 +539,11 @@ impl Turn {
 
     /// Binds a channel to `peer`, which has just been heard through the relay, unless it
     /// has one (or had: a failed binding is not tried again) or [`MAX_CHANNELS`] exist.
-    fn bind_channel(&mut self, now: Instant, peer: SocketAddr, txid: [u8; 12]) {
+    fn bind_channel(&mut self, now: Instant, peer: SocketAddr, txid: impl FnOnce() -> [u8; 12]) {
         if self.channels.len() >= MAX_CHANNELS || self.channels.iter().any(|c| c.peer == peer) {
             return;
         }
+        let txid = txid();
         let i = self.channels.len();
         self.channels.push(Channel {
             peer,

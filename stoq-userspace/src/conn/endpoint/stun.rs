@@ -127,11 +127,7 @@ impl Endpoint {
         remote: SocketAddr,
         data: &[u8],
     ) -> Option<(SocketAddr, std::ops::Range<usize>)> {
-        let from_relay = self
-            .turn
-            .as_ref()
-            .is_some_and(|t| crate::nat::binding::same_address(t.server(), remote));
-        if from_relay {
+        if self.is_relay(remote) {
             let (rng, worker) = (&mut self.rng, self.config.worker_id);
             let turn = self.turn.as_mut()?;
             return turn.handle(now, data, || make_txid(rng, worker));
@@ -140,23 +136,17 @@ impl Endpoint {
         None
     }
 
-    /// A ChannelData message, when `data` is one from the relay (its first byte is in
-    /// 0x40-0x4F and it comes from the relay's address): the peer it relays and where its
-    /// datagram lies; `Some(None)` when it is dropped (counted), `None` when it is not
-    /// from the relay (a STOQ packet, handled as one).
-    #[allow(clippy::option_option)]
-    pub(super) fn channel_data(
-        &mut self,
-        remote: SocketAddr,
-        data: &[u8],
-    ) -> Option<Option<(SocketAddr, std::ops::Range<usize>)>> {
-        let turn = self.turn.as_mut()?;
-        if data.first().is_none_or(|b| b & 0xf0 != 0x40)
-            || !crate::nat::binding::same_address(turn.server(), remote)
-        {
-            return None;
-        }
-        Some(turn.channel_data(data))
+    /// Whether `remote` is the TURN relay this endpoint allocated on.
+    fn is_relay(&self, remote: SocketAddr) -> bool {
+        self.turn
+            .as_ref()
+            .is_some_and(|t| crate::nat::binding::same_address(t.server(), remote))
+    }
+
+    /// Whether `data` is ChannelData: its first byte is in 0x40-0x4F (where STOQ's short
+    /// headers also start) and it comes from the relay, which no STOQ peer sends from.
+    pub(super) fn is_channel_data(&self, remote: SocketAddr, data: &[u8]) -> bool {
+        data.first().is_some_and(|b| b & 0xf0 == 0x40) && self.is_relay(remote)
     }
 
     /// Wraps a connection's datagram to a relayed peer for the relay (ChannelData or a Send

@@ -196,15 +196,7 @@ fn allocate_with_long_term_credentials_then_permit_and_relay() {
     let key = allocated(&mut r);
     let peer: SocketAddr = PEER.parse().unwrap();
     // Not yet permitted: a Data indication from the peer is dropped.
-    let data_ind = |payload: &[u8]| {
-        let mut b = vec![0u8; 256];
-        let mut w = Writer::new(&mut b, Class::Indication, METHOD_DATA, &[7; 12]).unwrap();
-        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
-        w.attribute(attr::DATA, payload).unwrap();
-        let n = w.finish();
-        b.truncate(n);
-        b
-    };
+    let data_ind = |payload: &[u8]| data_indication(peer, payload);
     assert!(r.answer(&data_ind(b"hello")).is_none());
     assert_eq!(r.t.stats.dropped, 1);
     let id = r.txid();
