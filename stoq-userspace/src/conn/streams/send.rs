@@ -611,11 +611,16 @@ impl Streams {
     }
 
     /// Free send buffer a blocked writer waits for before it is woken: an eighth of the
-    /// buffer, at most 256 KiB. Waking it for every acknowledged packet made writer and
-    /// worker trade the CPU for a few kilobytes at a time (a context switch per ACK on
-    /// a shared core).
+    /// buffer, at most 256 KiB, and at most half of what the backlog lets a bulk writer
+    /// hold (room it can actually get: a backlog under ~293 KiB once waited for 256 KiB
+    /// it could never have, and its writer hung). Waking it for every acknowledged packet
+    /// made writer and worker trade the CPU for a few kilobytes at a time (a context
+    /// switch per ACK on a shared core).
     pub(super) fn wake_room(&self) -> u64 {
-        (self.limits.send_buffer / 8).clamp(1, 256 << 10)
+        (self.limits.send_buffer / 8)
+            .min(256 << 10)
+            .min(self.limits.send_backlog / 8 * 7 / 2)
+            .max(1)
     }
 
     pub(super) fn wake_blocked_writers(&mut self) {
