@@ -33,7 +33,9 @@ pub struct TransportConfig {
     /// watermark, like TCP_NOTSENT_LOWAT): a writer ahead of the wire by this much waits
     /// until packets leave, so what it wrote is still in cache when it is packed, without
     /// shrinking the window of unacknowledged data `send_buffer` allows. Whole messages
-    /// (`send_message`) are not held back by it.
+    /// (`send_message`) are not held back by it. The cache is the worker's core's, so this
+    /// is also the budget of the worker's endpoint: connections of one worker busy sending
+    /// bulk data split it (each at least 64 KiB), and one alone has all of it.
     pub send_backlog: u64,
     /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
     /// and the idle timer stay alive.

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::handshake::{self, Handshake, TicketKeys};
 
+mod backlog;
 mod config;
 mod events;
 mod incoming;
@@ -121,6 +122,8 @@ pub struct Endpoint {
     /// Each slab entry's last sampled memory, and the total.
     conn_mem: Vec<u64>,
     mem_total: u64,
+    /// The worker's budget of unsent stream bytes, split among busy senders.
+    backlog: backlog::BacklogShare,
     mem_resampled: Option<Instant>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
     /// The token each connection has in `reset_tokens`: that of the peer CID it sends to.
@@ -186,6 +189,7 @@ impl Endpoint {
             Some(k) => ClusterKeys::clone(k),
             None => ClusterKeys::new(0, *secret).expect("generation 0"),
         };
+        let budget = config.transport.send_backlog;
         let mut me = Self {
             classifier: ClassifierConfig::new(&config.cid_layout),
             config,
@@ -205,6 +209,7 @@ impl Endpoint {
             routes: HashMap::new(),
             conn_routes: Vec::new(),
             conn_mem: Vec::new(),
+            backlog: backlog::BacklogShare::new(budget),
             mem_total: 0,
             mem_resampled: None,
             reset_tokens: HashMap::new(),
@@ -439,6 +444,7 @@ impl Endpoint {
             self.sched.grow(self.conns.len());
             ConnectionHandle(self.conns.len() - 1)
         };
+        self.backlog.reset_slot(h.0);
         self.sched.touch(h.0);
         h
     }
@@ -725,6 +731,11 @@ impl Endpoint {
                 continue;
             }
             let t = c.poll_transmit_into(now, buf);
+            if t.is_some() {
+                if let Some(share) = self.backlog.on_transmit(now, i, c.unsent()) {
+                    c.set_backlog_share(share);
+                }
+            }
             // To a peer reached through the TURN relay: in a Send indication to it. Without
             // room to wrap it, the datagram is lost (counted) and recovered as any loss.
             let t = match t {

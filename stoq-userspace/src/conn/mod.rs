@@ -913,6 +913,17 @@ impl Connection {
         self.streams.buffered()
     }
 
+    /// Stream bytes written and not yet sent once.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.streams.unsent()
+    }
+
+    /// Sets this connection's share of its worker's budget of unsent bytes
+    /// (`endpoint::backlog`).
+    pub(crate) fn set_backlog_share(&mut self, share: u64) {
+        self.streams.set_backlog_share(share);
+    }
+
     /// Bytes that can be written to stream `id` before writes block (0 for an unknown
     /// stream). Bulk streams see 7/8 of the send buffer; the rest is kept for more urgent
     /// streams.

@@ -309,6 +309,9 @@ pub(crate) struct Streams {
     buffered: u64,
     /// Of those, bytes not yet sent once.
     unsent: u64,
+    /// This connection's share of its worker's budget of unsent bytes (`u64::MAX`: none
+    /// set, the configured backlog alone applies).
+    backlog_share: u64,
     /// STREAM bytes sent again after a loss.
     pub(crate) retransmitted: u64,
     /// Some write returned Blocked since the last wake-up.
@@ -360,6 +363,7 @@ impl Streams {
             max_data_pending: false,
             buffered: 0,
             unsent: 0,
+            backlog_share: u64::MAX,
             retransmitted: 0,
             blocked_writers: false,
             rx_buffered: 0,

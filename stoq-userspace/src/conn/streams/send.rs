@@ -152,9 +152,9 @@ impl Streams {
     /// of the backlog, so a bulk writer cannot hold back a more urgent one.
     pub(super) fn write_room(&self, u: Urgency) -> u64 {
         let backlog = if u == Urgency::Bulk {
-            self.limits.send_backlog / 8 * 7
+            self.send_backlog() / 8 * 7
         } else {
-            self.limits.send_backlog
+            self.send_backlog()
         };
         self.send_capacity(u)
             .min(backlog.saturating_sub(self.unsent))
@@ -619,8 +619,29 @@ impl Streams {
     pub(super) fn wake_room(&self) -> u64 {
         (self.limits.send_buffer / 8)
             .min(256 << 10)
-            .min(self.limits.send_backlog / 8 * 7 / 2)
+            .min(self.send_backlog() / 8 * 7 / 2)
             .max(1)
+    }
+
+    /// The backlog of unsent bytes this connection may hold now: the configured one, or
+    /// less while its worker shares its budget with other busy senders
+    /// ([`set_backlog_share`](Self::set_backlog_share)).
+    pub(super) fn send_backlog(&self) -> u64 {
+        self.limits.send_backlog.min(self.backlog_share)
+    }
+
+    /// Sets this connection's share of its worker's unsent-bytes budget. A larger share
+    /// may free room a blocked writer waits for: it is told at once.
+    pub(crate) fn set_backlog_share(&mut self, share: u64) {
+        self.backlog_share = share;
+        if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
+            self.wake_blocked_writers();
+        }
+    }
+
+    /// Bytes written and not yet sent once.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.unsent
     }
 
     pub(super) fn wake_blocked_writers(&mut self) {

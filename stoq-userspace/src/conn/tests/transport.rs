@@ -752,6 +752,80 @@ fn a_small_backlog_still_wakes_its_writer() {
     }
 }
 
+/// Two connections of one endpoint sending bulk data share its backlog budget: each
+/// writer is held to half of it once the endpoint has seen both busy, and the one left
+/// alone gets the whole budget back.
+#[test]
+fn busy_connections_share_their_endpoints_backlog() {
+    let budget = TransportConfig::default().send_backlog;
+    let mut p = connected_pair();
+    let first = p.client_conn.unwrap();
+    let (_, client) = configs(Setup::default());
+    let second = p.connect(client);
+    assert!(p.handshake() && p.both_connected());
+    let chunk = vec![5u8; 16 << 10];
+    let ids: Vec<_> = [first, second]
+        .iter()
+        .map(|&h| {
+            let c = p.client.connection_mut(h).unwrap();
+            (h, c.open_stream(Dir::Uni).unwrap())
+        })
+        .collect();
+    // Writes until refused; returns the most unsent bytes a successful write left.
+    let fill = |p: &mut Pair, which: &[(ConnectionHandle, StreamId)]| {
+        let mut most = 0;
+        for &(h, id) in which {
+            let c = p.client.connection_mut(h).unwrap();
+            while c.write(id, &chunk).is_ok_and(|n| n > 0) {
+                most = most.max(c.unsent());
+            }
+        }
+        most
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut drain = |p: &mut Pair| {
+        for &h in &p.server_conns.clone() {
+            let s = p.server.connection_mut(h).unwrap();
+            while s.accept_stream(Dir::Uni).is_some() {}
+            for &(_, id) in &ids {
+                while let Ok(Some(_)) = s.read(id, &mut buf) {}
+            }
+        }
+    };
+    let mut run = |p: &mut Pair, which: &[(ConnectionHandle, StreamId)]| {
+        let mut most = 0;
+        for ms in 0..300 {
+            p.drive_until(Duration::from_millis(1), |_| false);
+            drain(p);
+            let m = fill(p, which);
+            // After the first epochs: what writers were let hold.
+            if ms >= 100 {
+                most = most.max(m);
+            }
+        }
+        most
+    };
+    assert_eq!(
+        fill(&mut p, &ids[..1]),
+        budget / 8 * 7,
+        "alone so far: all of it"
+    );
+    let both = run(&mut p, &ids);
+    assert!(
+        both > 0 && both <= budget / 2 / 8 * 7,
+        "two busy connections hold at most half the budget each: {both}"
+    );
+    // The second stops (its stream reset): the first gets the whole budget back.
+    let (h2, id2) = ids[1];
+    p.client
+        .connection_mut(h2)
+        .unwrap()
+        .reset_stream(id2, 0)
+        .unwrap();
+    let alone = run(&mut p, &ids[..1]);
+    assert!(alone > budget / 2, "alone again: {alone}");
+}
+
 #[test]
 fn a_path_that_never_answers_is_abandoned_for_the_old_one() {
     let mut p = connected_pair();
