@@ -122,9 +122,9 @@ pub struct Endpoint {
     /// Each slab entry's last sampled memory, and the total.
     conn_mem: Vec<u64>,
     mem_total: u64,
+    mem_resampled: Option<Instant>,
     /// The worker's budget of unsent stream bytes, split among busy senders.
     backlog: backlog::BacklogShare,
-    mem_resampled: Option<Instant>,
     reset_tokens: HashMap<[u8; 16], ConnectionHandle>,
     /// The token each connection has in `reset_tokens`: that of the peer CID it sends to.
     conn_reset: Vec<Option<[u8; 16]>>,

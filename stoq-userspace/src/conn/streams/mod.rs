@@ -613,9 +613,7 @@ impl Streams {
                     self.events.push_back(Event::StreamFinished(id));
                     self.maybe_free(id);
                 }
-                if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
-                    self.wake_blocked_writers();
-                }
+                self.wake_writers_with_room();
             }
             StreamRecord::Reset(id) => {
                 if let Some(r) = send_reset(&mut self.map, id) {

@@ -498,9 +498,7 @@ impl Streams {
             self.write_control(w, rec);
         }
         // Writers held back by the backlog may go on once enough of it has left.
-        if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
-            self.wake_blocked_writers();
-        }
+        self.wake_writers_with_room();
     }
 
     pub(super) fn write_stream_frames(
@@ -634,6 +632,12 @@ impl Streams {
     /// may free room a blocked writer waits for: it is told at once.
     pub(crate) fn set_backlog_share(&mut self, share: u64) {
         self.backlog_share = share;
+        self.wake_writers_with_room();
+    }
+
+    /// Wakes the blocked writers once a bulk write has [`wake_room`](Self::wake_room) to
+    /// go on with (after acknowledgements, packets leaving, or a larger backlog share).
+    pub(super) fn wake_writers_with_room(&mut self) {
         if self.blocked_writers && self.write_room(Urgency::Bulk) >= self.wake_room() {
             self.wake_blocked_writers();
         }
