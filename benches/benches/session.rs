@@ -6,9 +6,10 @@
 //! - `primitives/*`: the bare crates' cost of what a handshake must do: FALCON-512 sign and
 //!   verify (fn-dsa), ML-KEM-768 key generation, encapsulation and decapsulation
 //!   (libcrux-ml-kem, what the handshake runs; RustCrypto's ml-kem beside it, what it ran
-//!   before), X25519 key generation and agreement (x25519-dalek).
+//!   before), X25519 key generation and agreement (AWS-LC, as STOQ on Linux, and
+//!   x25519-dalek).
 //! - `protect/*`: STOQ's `PacketKey::seal`/`open` and whole-packet protection (AEAD plus
-//!   header protection) for 64, 1200 and 1400-byte payloads, against the bare ring AEAD
+//!   header protection) for 64, 1200 and 1400-byte payloads, against the bare AEAD (aws-lc-rs)
 //!   that implements them and the RustCrypto crates.
 //!
 //! After criterion, a summary prints the handshake/primitives ratio per side from medians
@@ -152,8 +153,20 @@ impl Prims {
         mlkem768::encapsulate(ek, seed)
     }
 
-    /// One side's X25519 work: a fresh key pair and one agreement with the peer's key.
+    /// One side's X25519 work as STOQ does it on Linux (AWS-LC): a key pair from 32 random
+    /// bytes and one agreement with the peer's key.
     fn x25519_keygen_and_agree(peer: &x25519_dalek::PublicKey) {
+        use aws_lc_rs::agreement::{PrivateKey, UnparsedPublicKey, X25519, agree};
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        let a = PrivateKey::from_private_key(&X25519, &bytes).expect("key");
+        black_box(a.compute_public_key().expect("public key"));
+        let peer = UnparsedPublicKey::new(&X25519, peer.as_bytes());
+        black_box(agree(&a, peer, (), |s| Ok(s[0])).expect("agree"));
+    }
+
+    /// The same with x25519-dalek (STOQ's X25519 off Linux, and on Linux before AWS-LC).
+    fn x25519_keygen_and_agree_dalek(peer: &x25519_dalek::PublicKey) {
         let a = x25519_dalek::StaticSecret::random_from_rng(OsRng);
         black_box(x25519_dalek::PublicKey::from(&a));
         black_box(a.diffie_hellman(peer));
@@ -215,6 +228,9 @@ fn handshake(c: &mut Criterion) {
     g.bench_function("x25519_keygen_agree", |b| {
         b.iter(|| Prims::x25519_keygen_and_agree(&peer))
     });
+    g.bench_function("x25519_keygen_agree_dalek", |b| {
+        b.iter(|| Prims::x25519_keygen_and_agree_dalek(&peer))
+    });
     g.finish();
 }
 
@@ -273,18 +289,18 @@ fn protect(c: &mut Criterion) {
                     })
                 },
             );
-            // The bare ring AEAD that PacketKey wraps.
+            // The bare AEAD that PacketKey wraps on Linux (aws-lc-rs).
             let alg = match suite {
-                CipherSuite::Aes256Gcm => &ring::aead::AES_256_GCM,
-                _ => &ring::aead::CHACHA20_POLY1305,
+                CipherSuite::Aes256Gcm => &aws_lc_rs::aead::AES_256_GCM,
+                _ => &aws_lc_rs::aead::CHACHA20_POLY1305,
             };
-            let rk = ring::aead::LessSafeKey::new(
-                ring::aead::UnboundKey::new(alg, &[1; 32]).expect("key"),
+            let rk = aws_lc_rs::aead::LessSafeKey::new(
+                aws_lc_rs::aead::UnboundKey::new(alg, &[1; 32]).expect("key"),
             );
             let mut body = vec![0u8; len];
             let aad = [0x41u8; 17];
             g.bench_with_input(
-                BenchmarkId::new(format!("ring_seal/{name}"), len),
+                BenchmarkId::new(format!("bare_seal/{name}"), len),
                 &len,
                 |b, _| {
                     b.iter(|| {
@@ -296,8 +312,8 @@ fn protect(c: &mut Criterion) {
                             .for_each(|(a, b)| *a ^= b);
                         let _ = black_box(
                             rk.seal_in_place_separate_tag(
-                                ring::aead::Nonce::assume_unique_for_key(n),
-                                ring::aead::Aad::from(&aad),
+                                aws_lc_rs::aead::Nonce::assume_unique_for_key(n),
+                                aws_lc_rs::aead::Aad::from(&aad),
                                 &mut body,
                             )
                             .expect("seal"),
@@ -308,23 +324,23 @@ fn protect(c: &mut Criterion) {
             let mut rsealed = vec![0u8; len];
             let tag = rk
                 .seal_in_place_separate_tag(
-                    ring::aead::Nonce::assume_unique_for_key([5; 12]),
-                    ring::aead::Aad::from(&aad),
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key([5; 12]),
+                    aws_lc_rs::aead::Aad::from(&aad),
                     &mut rsealed,
                 )
                 .expect("seal");
             rsealed.extend_from_slice(tag.as_ref());
             let mut rwork = rsealed.clone();
             g.bench_with_input(
-                BenchmarkId::new(format!("ring_open/{name}"), len),
+                BenchmarkId::new(format!("bare_open/{name}"), len),
                 &len,
                 |b, _| {
                     b.iter(|| {
                         rwork.copy_from_slice(&rsealed);
                         black_box(
                             rk.open_in_place(
-                                ring::aead::Nonce::assume_unique_for_key([5; 12]),
-                                ring::aead::Aad::from(&aad),
+                                aws_lc_rs::aead::Nonce::assume_unique_for_key([5; 12]),
+                                aws_lc_rs::aead::Aad::from(&aad),
                                 &mut rwork,
                             )
                             .expect("open")

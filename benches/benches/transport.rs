@@ -9,7 +9,7 @@
 //! - `transport/ack_1000`: processing one ACK that acknowledges 1,000 in-flight packets
 //!   (RTT and delivery-rate samples, BBR, stream-record retirement, buffer release).
 //! - `transport/bare_seal_1400`: sealing a 1,400-byte payload with the connection's suite
-//!   on bare ring, the floor the protocol's own overhead is compared with.
+//!   on the bare AEAD (aws-lc-rs), the floor the protocol's own overhead is compared with.
 //!
 //! A summary after criterion prints each figure and its ratio to the bare AEAD.
 
@@ -355,11 +355,12 @@ fn ack_1000(p: &mut Pair) -> Duration {
 
 fn bare_seal(suite: CipherSuite) -> impl FnMut() {
     let alg = match suite {
-        CipherSuite::Aes256Gcm => &ring::aead::AES_256_GCM,
-        _ => &ring::aead::CHACHA20_POLY1305,
+        CipherSuite::Aes256Gcm => &aws_lc_rs::aead::AES_256_GCM,
+        _ => &aws_lc_rs::aead::CHACHA20_POLY1305,
     };
-    let key =
-        ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &[7u8; 32]).expect("key"));
+    let key = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(alg, &[7u8; 32]).expect("key"),
+    );
     let mut buf = vec![0u8; CHUNK];
     let mut n = 0u64;
     move || {
@@ -368,8 +369,8 @@ fn bare_seal(suite: CipherSuite) -> impl FnMut() {
         nonce[4..].copy_from_slice(&n.to_be_bytes());
         let tag = key
             .seal_in_place_separate_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(&[0u8; 20]),
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(&[0u8; 20]),
                 &mut buf,
             )
             .expect("seal");

@@ -23,9 +23,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
+use crate::crypto::provider::aead::{
+    Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey,
+};
 use hmac::{Hmac, Mac};
 use rand_core::RngCore;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::Sha256;
 use stoq_common::cid::{ConnectionId, MAX_CID_LEN};
 use zeroize::Zeroizing;

@@ -1,7 +1,7 @@
 //! Secrets, packet keys and header-protection keys.
 
-use ring::aead::quic::HeaderProtectionKey;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+use crate::crypto::provider::aead::quic::HeaderProtectionKey;
+use crate::crypto::provider::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use super::hkdf::expand_label;
@@ -39,8 +39,9 @@ impl std::fmt::Debug for Secret {
 
 /// The AEAD key and IV of one direction and key phase, with its usage counters.
 ///
-/// The IV and the secret it came from are zeroized on drop. ring keeps its own expanded
-/// key schedule, which it does not zeroize; see `docs/security.md`.
+/// The IV and the secret it came from are zeroized on drop, and so is the library's
+/// expanded key schedule on Linux (AWS-LC wipes what it frees); ring, the provider
+/// elsewhere, does not wipe its copy. See `docs/security.md`.
 pub struct PacketKey {
     suite: CipherSuite,
     key: LessSafeKey,

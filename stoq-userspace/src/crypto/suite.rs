@@ -78,17 +78,17 @@ impl CipherSuite {
         }
     }
 
-    pub(crate) fn aead(self) -> &'static ring::aead::Algorithm {
+    pub(crate) fn aead(self) -> &'static crate::crypto::provider::aead::Algorithm {
         match self {
-            Self::Aes256Gcm => &ring::aead::AES_256_GCM,
-            Self::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+            Self::Aes256Gcm => &crate::crypto::provider::aead::AES_256_GCM,
+            Self::ChaCha20Poly1305 => &crate::crypto::provider::aead::CHACHA20_POLY1305,
         }
     }
 
-    pub(crate) fn hp(self) -> &'static ring::aead::quic::Algorithm {
+    pub(crate) fn hp(self) -> &'static crate::crypto::provider::aead::quic::Algorithm {
         match self {
-            Self::Aes256Gcm => &ring::aead::quic::AES_256,
-            Self::ChaCha20Poly1305 => &ring::aead::quic::CHACHA20,
+            Self::Aes256Gcm => &crate::crypto::provider::aead::quic::AES_256,
+            Self::ChaCha20Poly1305 => &crate::crypto::provider::aead::quic::CHACHA20,
         }
     }
 }

@@ -28,8 +28,10 @@
 
 use std::time::Duration;
 
+use crate::crypto::provider::aead::{
+    Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey,
+};
 use rand_core::RngCore;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};

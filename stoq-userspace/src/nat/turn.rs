@@ -694,8 +694,11 @@ pub(crate) fn long_term_key(c: &TurnCredentials, realm: &[u8]) -> [u8; 16] {
 
 /// HMAC-SHA1 (MESSAGE-INTEGRITY's MAC; ring names it legacy, which it is) over the parts.
 pub(crate) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
+    let k = crate::crypto::provider::hmac::Key::new(
+        crate::crypto::provider::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        key,
+    );
+    let mut ctx = crate::crypto::provider::hmac::Context::with_key(&k);
     for p in parts {
         ctx.update(p);
     }
