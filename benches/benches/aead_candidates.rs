@@ -22,30 +22,14 @@ fn candidates(c: &mut Criterion) {
         let aad = [0x40u8; 13];
         let mut buf = vec![0u8; len];
 
-        {
-            use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[1; 32]).expect("key"));
-            let mut pn = 0u64;
-            g.bench_with_input(BenchmarkId::new("ring_aes256gcm", len), &len, |b, _| {
-                b.iter(|| {
-                    pn += 1;
-                    let t = k.seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce_for(pn)),
-                        Aad::from(&aad),
-                        &mut buf,
-                    );
-                    black_box(t.expect("seal"))
-                })
-            });
-        }
-        {
-            use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).expect("key"));
-            let mut pn = 0u64;
-            g.bench_with_input(
-                BenchmarkId::new("ring_chacha20poly1305", len),
-                &len,
-                |b, _| {
+        // ring and aws-lc-rs share one API: the same loop for each library and suite.
+        macro_rules! ring_like {
+            ($name:literal, $krate:ident, $alg:ident) => {{
+                use $krate::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+                let k =
+                    LessSafeKey::new(UnboundKey::new(&$krate::aead::$alg, &[1; 32]).expect("key"));
+                let mut pn = 0u64;
+                g.bench_with_input(BenchmarkId::new($name, len), &len, |b, _| {
                     b.iter(|| {
                         pn += 1;
                         let t = k.seal_in_place_separate_tag(
@@ -55,45 +39,13 @@ fn candidates(c: &mut Criterion) {
                         );
                         black_box(t.expect("seal"))
                     })
-                },
-            );
+                });
+            }};
         }
-        {
-            use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[1; 32]).expect("key"));
-            let mut pn = 0u64;
-            g.bench_with_input(BenchmarkId::new("awslc_aes256gcm", len), &len, |b, _| {
-                b.iter(|| {
-                    pn += 1;
-                    let t = k.seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce_for(pn)),
-                        Aad::from(&aad),
-                        &mut buf,
-                    );
-                    black_box(t.expect("seal"))
-                })
-            });
-        }
-        {
-            use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).expect("key"));
-            let mut pn = 0u64;
-            g.bench_with_input(
-                BenchmarkId::new("awslc_chacha20poly1305", len),
-                &len,
-                |b, _| {
-                    b.iter(|| {
-                        pn += 1;
-                        let t = k.seal_in_place_separate_tag(
-                            Nonce::assume_unique_for_key(nonce_for(pn)),
-                            Aad::from(&aad),
-                            &mut buf,
-                        );
-                        black_box(t.expect("seal"))
-                    })
-                },
-            );
-        }
+        ring_like!("ring_aes256gcm", ring, AES_256_GCM);
+        ring_like!("ring_chacha20poly1305", ring, CHACHA20_POLY1305);
+        ring_like!("awslc_aes256gcm", aws_lc_rs, AES_256_GCM);
+        ring_like!("awslc_chacha20poly1305", aws_lc_rs, CHACHA20_POLY1305);
         {
             use chacha20poly1305::aead::{AeadInPlace, KeyInit};
             let k = chacha20poly1305::ChaCha20Poly1305::new(&[1u8; 32].into());

@@ -352,7 +352,7 @@ pub struct Connection {
     transport: Arc<TransportConfig>,
     ack_threshold: u32,
     keep_alive: Option<Duration>,
-    /// Ack-eliciting 1-RTT packets received, and when the current rate window began.
+    /// Ack-eliciting 1-RTT packets received, and when the current rate window ends.
     rx_rate_window: (Instant, u32),
     thinning: bool,
     /// Messages: stream, deadline.
@@ -482,7 +482,7 @@ impl Connection {
             in_flight: 0,
             ack_threshold: s.transport.ack_eliciting_threshold.max(1),
             keep_alive: s.transport.keep_alive,
-            rx_rate_window: (s.now, 0),
+            rx_rate_window: (s.now + recv::RX_RATE_WINDOW, 0),
             thinning: false,
             messages: VecDeque::new(),
             last_eliciting_1rtt: None,

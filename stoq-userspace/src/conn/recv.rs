@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use stoq_common::cid::ConnectionId;
 use stoq_common::classify::{HeaderInfo as WireHeader, PacketKind, classify_payload};
 
+/// The window over which ACK thinning counts the packet rate.
+pub(super) const RX_RATE_WINDOW: Duration = Duration::from_millis(25);
+
 impl Connection {
     /// Processes one received datagram, all of whose packets carry this connection's CID
     /// (routed here by [`Endpoint::handle_datagram`](super::Endpoint::handle_datagram),
@@ -368,12 +371,13 @@ impl Connection {
     /// full packets), acknowledge every `ack_thinning` packets instead of every other one.
     /// Loss recovery is unaffected: gaps are acknowledged at once.
     pub(super) fn update_ack_thinning(&mut self, now: Instant) {
-        const WINDOW: Duration = Duration::from_millis(25);
-        let (start, n) = &mut self.rx_rate_window;
+        // The window's end is kept, not its start: a comparison per packet, and the one
+        // addition only when a window closes.
+        let (end, n) = &mut self.rx_rate_window;
         *n += 1;
-        if now.saturating_duration_since(*start) >= WINDOW {
+        if now >= *end {
             self.thinning = *n >= 100;
-            *start = now;
+            *end = now + RX_RATE_WINDOW;
             *n = 0;
         }
     }

@@ -172,8 +172,20 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         composite: false,
     });
     let peers = [
-        Subject::Quinn { tuned: false },
-        Subject::Quinn { tuned: true },
+        Subject::Quinn {
+            tuned: false,
+            aws_lc: false,
+        },
+        Subject::Quinn {
+            tuned: true,
+            aws_lc: false,
+        },
+        // quinn with the AEAD library STOQ uses on Linux: how much of the gap is the
+        // library's.
+        Subject::Quinn {
+            tuned: false,
+            aws_lc: true,
+        },
         Subject::Tcp { cc: "cubic".into() },
         Subject::Tcp { cc: "bbr".into() },
         Subject::Tls { cc: "cubic".into() },
@@ -213,7 +225,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             cases: [
                 Subject::stoq("io_uring", "auto"),
                 Subject::stoq("udp", "auto"),
-                Subject::Quinn { tuned: true },
+                Subject::Quinn {
+                    tuned: true,
+                    aws_lc: false,
+                },
                 Subject::Tcp { cc: "cubic".into() },
                 Subject::RawUdp,
             ]
@@ -237,7 +252,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::stoq("udp", "auto").with_qlog(),
     ]);
     rr_subjects.extend([
-        Subject::Quinn { tuned: false },
+        Subject::Quinn {
+            tuned: false,
+            aws_lc: false,
+        },
         Subject::Tcp { cc: "cubic".into() },
         Subject::Tls { cc: "cubic".into() },
         Subject::RawUdp,
@@ -272,7 +290,13 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
                         c.push(case(Subject::stoq("udp", "auto").composite(), hs));
                     }
                     c.extend([
-                        case(Subject::Quinn { tuned: false }, hs),
+                        case(
+                            Subject::Quinn {
+                                tuned: false,
+                                aws_lc: false,
+                            },
+                            hs,
+                        ),
                         case(Subject::Tls { cc: "cubic".into() }, hs),
                     ]);
                     c
@@ -292,7 +316,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         reps: o.reps,
         cases: [
             Subject::stoq("udp", "auto"),
-            Subject::Quinn { tuned: false },
+            Subject::Quinn {
+                tuned: false,
+                aws_lc: false,
+            },
         ]
         .into_iter()
         .flat_map(|s| [true, false].map(|early| case(s.clone(), reconnect(early))))
@@ -310,7 +337,13 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             reps,
             cases: vec![
                 case(Subject::stoq("udp", "auto"), Scenario::Idle { conns: n }),
-                case(Subject::Quinn { tuned: false }, Scenario::Idle { conns: n }),
+                case(
+                    Subject::Quinn {
+                        tuned: false,
+                        aws_lc: false,
+                    },
+                    Scenario::Idle { conns: n },
+                ),
             ],
         });
     }
@@ -356,7 +389,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             reps: o.reps,
             cases: [
                 Subject::stoq("udp", "auto"),
-                Subject::Quinn { tuned: false },
+                Subject::Quinn {
+                    tuned: false,
+                    aws_lc: false,
+                },
                 Subject::Tcp { cc: "bbr".into() },
                 Subject::Tcp { cc: "cubic".into() },
             ]

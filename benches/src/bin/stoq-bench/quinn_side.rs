@@ -22,7 +22,7 @@ fn transport(spec: &RoleSpec) -> Result<Arc<TransportConfig>, String> {
         m.upper_bound(spec.udp_payload.min(65_527) as u16);
         t.mtu_discovery_config(Some(m));
     }
-    if matches!(spec.subject, Subject::Quinn { tuned: true }) {
+    if matches!(spec.subject, Subject::Quinn { tuned: true, .. }) {
         // Windows sized for a 10 Gbit/s path with a few milliseconds of queue: what a user
         // chasing throughput would set.
         t.stream_receive_window(VarInt::from_u32(32 << 20));
@@ -32,6 +32,14 @@ fn transport(spec: &RoleSpec) -> Result<Arc<TransportConfig>, String> {
     Ok(Arc::new(t))
 }
 
+/// rustls' crypto provider for this subject: ring (quinn's default) or aws-lc-rs.
+fn provider(spec: &RoleSpec) -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(match spec.subject {
+        Subject::Quinn { aws_lc: true, .. } => rustls::crypto::aws_lc_rs::default_provider(),
+        _ => rustls::crypto::ring::default_provider(),
+    })
+}
+
 fn cert(spec: &RoleSpec) -> Result<CertificateDer<'static>, String> {
     Ok(CertificateDer::from(unhex(&spec.keys.quinn_cert)?))
 }
@@ -39,8 +47,16 @@ fn cert(spec: &RoleSpec) -> Result<CertificateDer<'static>, String> {
 /// Runs quinn's server until `stop`.
 pub(crate) fn server(spec: &RoleSpec, ready: Ready, stop: Stop) -> Result<(), String> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(unhex(&spec.keys.quinn_key)?));
-    let mut sc =
-        quinn::ServerConfig::with_single_cert(vec![cert(spec)?], key).map_err(|e| e.to_string())?;
+    // quinn's `with_single_cert`, spelled out so that the provider can be chosen.
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider(spec))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert(spec)?], key)
+        .map_err(|e| e.to_string())?;
+    tls.max_early_data_size = u32::MAX;
+    let qs = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qs));
     sc.transport_config(transport(spec)?);
     let addr = spec.server;
     // Returning clients' early data is answered at 0.5-RTT, as STOQ's server does.
@@ -98,13 +114,11 @@ pub(crate) fn client(spec: &RoleSpec, hold: Hold) -> Result<Outcome, String> {
     roots.add(cert(spec)?).map_err(|e| e.to_string())?;
     // quinn's `with_root_certificates`, spelled out so that full handshakes can be measured
     // with rustls' session resumption off and resumed ones with it on.
-    let mut rc = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut rc = rustls::ClientConfig::builder_with_provider(provider(spec))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let resumed = matches!(spec.scenario, Scenario::Handshakes { resumed: true, .. });
     if matches!(spec.scenario, Scenario::Handshakes { resumed: false, .. }) {
         rc.resumption = rustls::client::Resumption::disabled();

@@ -692,7 +692,8 @@ impl Report {
         let _ = writeln!(
             s,
             "- Command: `{}`; {:.0} s in all.\n- Machine: {} ({} cores, {:.0} GiB), Linux {}.\n\
-             - Software: STOQ {}, quinn {} (rustls {} with ring), kernel TCP.\n\
+             - Software: STOQ {} (AES-GCM and X25519 from aws-lc-rs), quinn {} (rustls {} \
+             with ring, quinn's default; the `aws-lc-rs` subject with aws-lc-rs), kernel TCP.\n\
              - Path: two network namespaces joined by a veth pair ({} queue{} per side) unless a \
              table says otherwise. Every server and client is its own process, pinned: the \
              server to the CPUs in the table, the client to the others.\n\

@@ -42,8 +42,14 @@ pub(crate) enum Subject {
         #[serde(default)]
         composite: bool,
     },
-    /// quinn 0.11 on rustls/ring; `tuned` raises its flow-control windows.
-    Quinn { tuned: bool },
+    /// quinn 0.11 on rustls with ring (quinn's default provider); `tuned` raises its
+    /// flow-control windows; `aws_lc` runs rustls' aws-lc-rs provider instead of ring (the
+    /// library STOQ protects packets with on Linux).
+    Quinn {
+        tuned: bool,
+        #[serde(default)]
+        aws_lc: bool,
+    },
     /// Kernel TCP with this congestion control, no encryption.
     Tcp { cc: String },
     /// TLS 1.3 (rustls, ring) over kernel TCP with this congestion control.
@@ -99,8 +105,13 @@ impl Subject {
                 };
                 format!("STOQ {b}{s}{h}{m}{a}{c}")
             }
-            Self::Quinn { tuned: false } => "quinn (default)".into(),
-            Self::Quinn { tuned: true } => "quinn (tuned windows)".into(),
+            Self::Quinn { tuned, aws_lc } => match (tuned, aws_lc) {
+                (false, false) => "quinn (default)",
+                (true, false) => "quinn (tuned windows)",
+                (false, true) => "quinn (aws-lc-rs)",
+                (true, true) => "quinn (tuned windows, aws-lc-rs)",
+            }
+            .into(),
             Self::Tcp { cc } => format!("TCP {}", cc.to_uppercase()),
             Self::Tls { cc } => format!("TLS 1.3 over TCP {} (rustls)", cc.to_uppercase()),
             Self::RawUdp => "raw UDP".into(),
