@@ -142,8 +142,10 @@ struct Pair {
 fn pair() -> Pair {
     let (server_cfg, client_cfg) = common::configs();
     let transport = Arc::new(TransportConfig {
-        // Room for the ACK-1000 benchmark's flight.
+        // Room for the ACK-1000 benchmark's flight, written before any of it is sent (the
+        // default 1 MiB backlog of unsent bytes would refuse the last 0.4 MB).
         send_buffer: 64 << 20,
+        send_backlog: 2 << 20,
         congestion: Arc::new(UnboundedFactory),
         ..TransportConfig::default()
     });

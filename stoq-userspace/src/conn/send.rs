@@ -246,6 +246,13 @@ impl Connection {
                 self.update_tx_keys();
             }
         }
+        if self.spaces[i].tx.as_ref()?.packet.exhausted() {
+            // The key may seal no more and its update is not yet allowed: write nothing.
+            // Frames taken off their queues for a packet that is then not sealed would be
+            // recorded as sent by no packet, so never acknowledged nor declared lost (a
+            // stream's bytes would never arrive).
+            return None;
+        }
         let space = &self.spaces[i];
         let pn = space.next_pn;
         let pn_len = pn::encoded_len(pn, space.largest_acked);

@@ -103,6 +103,17 @@ impl PacketKey {
         self.failed
     }
 
+    /// Whether this key has sealed as many packets as its suite allows: it seals no more.
+    pub fn exhausted(&self) -> bool {
+        self.sealed >= self.suite.confidentiality_limit()
+    }
+
+    /// Sets the count of packets sealed (tests that need a key near its limit).
+    #[cfg(test)]
+    pub(crate) fn set_sealed(&mut self, n: u64) {
+        self.sealed = n;
+    }
+
     /// Whether this key is close enough to its confidentiality limit (within 1/8) that a
     /// key update should start now.
     pub fn should_update(&self) -> bool {

@@ -324,6 +324,56 @@ fn key_updates_both_ways_keep_data_flowing() {
     assert_eq!(c.dropped.decrypt_failed + s.dropped.decrypt_failed, 0);
 }
 
+/// A 1-RTT key at its confidentiality limit, with its update not yet acknowledged, seals
+/// nothing: the connection sends nothing rather than taking stream data off its queues for
+/// packets that never leave. Once the key can seal again every byte arrives (data written
+/// into unsealed packets used to be recorded as sent by no packet, and never arrived).
+#[test]
+fn an_exhausted_key_takes_no_frames_for_packets_it_cannot_seal() {
+    let mut p = connected_pair();
+    p.drive_until(Duration::from_secs(1), |p| p.client_conn().is_confirmed());
+    assert_eq!(p.client_conn().initiate_key_update(), Ok(()));
+    fn key(p: &mut Pair) -> &mut PacketKey {
+        &mut p.client_conn().spaces[2].tx.as_mut().unwrap().packet
+    }
+    let limit = key(&mut p).suite().confidentiality_limit();
+    key(&mut p).set_sealed(limit);
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i * 11 + i / 97) as u8).collect();
+    let c = p.client_conn();
+    let id = c.open_stream(Dir::Uni).unwrap();
+    assert_eq!(c.write(id, &body).unwrap(), body.len());
+    c.finish(id).unwrap();
+    let sent = p.client_conn().stats().tx_packets;
+    let start = p.now;
+    p.drive_until(Duration::from_millis(50), |_| false);
+    assert_eq!(
+        p.client_conn().stats().tx_packets,
+        sent,
+        "nothing is sent under an exhausted key"
+    );
+    assert!(p.now > start);
+    // The key may seal again (in a real connection, its update acknowledged).
+    key(&mut p).set_sealed(0);
+    let mut got = Vec::new();
+    let mut sid = None;
+    assert!(p.drive_until(Duration::from_secs(5), |p| {
+        let s = p.server_conn();
+        if sid.is_none() {
+            sid = s.accept_stream(Dir::Uni);
+        }
+        let Some(sid) = sid else { return false };
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(sid, &mut buf) {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }));
+    assert!(got == body, "every byte arrives");
+}
+
 #[test]
 fn key_update_before_confirmation_is_refused() {
     let (server, client) = configs(Setup::default());
