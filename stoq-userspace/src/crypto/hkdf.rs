@@ -52,12 +52,7 @@ pub fn expand_label_with_prefix(
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::crypto::tests::hex;
 
     /// RFC 9001 Appendix A.1: the Initial secrets from the client's DCID.
     #[test]

@@ -264,6 +264,7 @@ pub fn server_respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::tests::hex;
     use x25519_dalek::{PublicKey, StaticSecret};
 
     #[test]
@@ -367,18 +368,10 @@ mod tests {
                     .to_bytes()
             );
         }
-        let hex = |s: &str| -> Vec<u8> {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect()
-        };
         // RFC 7748 §6.1: Alice's private key and Bob's public key give the shared secret.
-        let mut alice = std::io::Cursor::new(hex(
-            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
-        ));
-        struct Fixed<'a>(&'a mut std::io::Cursor<Vec<u8>>);
-        impl rand_core::RngCore for Fixed<'_> {
+        // The key is drawn from the RNG, so an RNG that yields exactly Alice's key.
+        struct Fixed([u8; 32]);
+        impl rand_core::RngCore for Fixed {
             fn next_u32(&mut self) -> u32 {
                 unreachable!()
             }
@@ -386,15 +379,16 @@ mod tests {
                 unreachable!()
             }
             fn fill_bytes(&mut self, dest: &mut [u8]) {
-                std::io::Read::read_exact(self.0, dest).unwrap();
+                dest.copy_from_slice(&self.0);
             }
             fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
                 self.fill_bytes(dest);
                 Ok(())
             }
         }
-        impl rand_core::CryptoRng for Fixed<'_> {}
-        let a = X25519Secret::random(&mut Fixed(&mut alice));
+        impl rand_core::CryptoRng for Fixed {}
+        let alice = hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+        let a = X25519Secret::random(&mut Fixed(alice.try_into().unwrap()));
         assert_eq!(
             a.public().to_vec(),
             hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")

@@ -17,8 +17,9 @@
 //! oracles in the tests.
 #![deny(unsafe_code)]
 
-/// The AEAD and header-protection library: aws-lc-rs on Linux, ring elsewhere (the two
-/// expose the same `aead` API).
+/// The AEAD, header-protection and HMAC library: aws-lc-rs on Linux, ring elsewhere (the
+/// two expose the same `aead` and `hmac` APIs). Packet keys, tickets and address tokens
+/// seal with its AEADs; TURN's message integrity (HMAC-SHA1, RFC 8489) uses its HMAC.
 #[cfg(target_os = "linux")]
 pub(crate) use aws_lc_rs as provider;
 #[cfg(not(target_os = "linux"))]
