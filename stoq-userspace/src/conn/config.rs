@@ -35,7 +35,7 @@ pub struct TransportConfig {
     /// shrinking the window of unacknowledged data `send_buffer` allows. Whole messages
     /// (`send_message`) are not held back by it. The cache is the worker's core's, so this
     /// is also the budget of the worker's endpoint: connections of one worker busy sending
-    /// bulk data split it (each at least 64 KiB), and one alone has all of it.
+    /// bulk data split half of it (each at least 64 KiB), and one alone has all of it.
     pub send_backlog: u64,
     /// Send a PING after this long without sending anything ack-eliciting, so NAT bindings
     /// and the idle timer stay alive.
