@@ -190,7 +190,7 @@ impl Credential {
 /// let anchored = Trust::Anchors(vec![server]); // a CA's root key
 /// # let _ = (pinned, anchored);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// Exactly this public key (SSH/WireGuard style).
     PinnedKey(VerifyingKey),
