@@ -31,18 +31,6 @@ fn newest(p: &mut Pair) -> &mut Connection {
     p.server.connection_mut(h).expect("live")
 }
 
-/// Reads what stream `id` holds now into `out`; whether its end was reached.
-fn read_into(c: &mut Connection, id: StreamId, out: &mut Vec<u8>) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        match c.read(id, &mut buf) {
-            Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(None) => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[test]
 fn early_data_is_read_in_the_first_flight_and_answered_one_round_trip_later() {
     let (mut p, client) = resumed_pair(true);

@@ -24,6 +24,18 @@ use crate::handshake::{ClientConfig, Credential, HandshakeError, ServerConfig, T
 
 pub(super) const UNIX_NOW: u64 = 1_800_000_000;
 
+/// Reads what stream `id` holds now into `out`; whether its end was reached.
+pub(super) fn read_into(c: &mut Connection, id: StreamId, out: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(id, &mut buf) {
+            Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 pub(super) fn client_addr() -> SocketAddr {
     "[fd00:5710::1]:50000".parse().unwrap()
 }

@@ -361,15 +361,7 @@ fn an_exhausted_key_takes_no_frames_for_packets_it_cannot_seal() {
         if sid.is_none() {
             sid = s.accept_stream(Dir::Uni);
         }
-        let Some(sid) = sid else { return false };
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(sid, &mut buf) {
-                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
+        sid.is_some_and(|sid| read_into(s, sid, &mut got))
     }));
     assert!(got == body, "every byte arrives");
 }
