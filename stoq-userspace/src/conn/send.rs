@@ -403,7 +403,8 @@ impl Connection {
         let space = &mut self.spaces[i];
         let tx = space.tx.as_mut()?;
         if protect_packet(&mut out[..packet_len], hdr, pn, &mut tx.packet, &tx.header).is_err() {
-            // The key is exhausted and an update is not yet allowed: send nothing.
+            // Not reached: the key's exhaustion is checked before any frame is written,
+            // and the packet has room for its tag. Were it reached, nothing is sent.
             return None;
         }
         space.next_pn += 1;

@@ -144,7 +144,7 @@ impl PacketKey {
         if packet.len() < header_len + TAG_LEN {
             return Err(CryptoError::BufferTooSmall);
         }
-        if self.sealed >= self.suite.confidentiality_limit() {
+        if self.exhausted() {
             return Err(CryptoError::ConfidentialityLimit);
         }
         let body_end = packet.len() - TAG_LEN;

@@ -9,7 +9,7 @@
 //! (offer, store), never per packet.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -173,15 +173,13 @@ impl SessionCache {
 
     /// Tickets stored for `server_name` under `trust`.
     pub fn tickets_for(&self, server_name: &str, trust: &Trust) -> usize {
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (g, k) = self.locked(server_name, trust);
         g.tickets.len(&k)
     }
 
     /// Address tokens stored for `server_name` under `trust`.
     pub fn address_tokens_for(&self, server_name: &str, trust: &Trust) -> usize {
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (g, k) = self.locked(server_name, trust);
         g.tokens.len(&k)
     }
 
@@ -190,41 +188,44 @@ impl SessionCache {
         *self.lock() = Inner::default();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding the lock leaves valid data: go on with it.
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The locked cache and the map key for `server_name` under `trust`.
+    fn locked(&self, server_name: &str, trust: &Trust) -> (MutexGuard<'_, Inner>, Key) {
+        let mut g = self.lock();
+        let k = g.key(server_name, trust);
+        (g, k)
+    }
+
     /// Takes the newest usable ticket for `server_name` under `trust` at `now` (Unix
     /// seconds), dropping expired ones.
     pub(crate) fn take(&self, server_name: &str, trust: &Trust, now: u64) -> Option<StoredTicket> {
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (mut g, k) = self.locked(server_name, trust);
         g.tickets.take(&k, |t| t.expires > now)
     }
 
     /// Takes the newest address token for `server_name` under `trust`.
     pub(crate) fn take_address_token(&self, server_name: &str, trust: &Trust) -> Option<Vec<u8>> {
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (mut g, k) = self.locked(server_name, trust);
         g.tokens.take(&k, |_| true)
     }
 
     /// Stores an address token for `server_name` under `trust`.
     pub(crate) fn put_address_token(&self, server_name: &str, trust: &Trust, token: &[u8]) {
         let max = self.max_servers;
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (mut g, k) = self.locked(server_name, trust);
         g.tokens.put(k, token.to_vec(), max);
     }
 
     /// Stores a ticket for `server_name` under `trust`.
     pub(crate) fn put(&self, server_name: &str, trust: &Trust, t: StoredTicket) {
         let max = self.max_servers;
-        let mut g = self.lock();
-        let k = g.key(server_name, trust);
+        let (mut g, k) = self.locked(server_name, trust);
         g.tickets.put(k, t, max);
     }
 }

@@ -172,14 +172,8 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         composite: false,
     });
     let peers = [
-        Subject::Quinn {
-            tuned: false,
-            aws_lc: false,
-        },
-        Subject::Quinn {
-            tuned: true,
-            aws_lc: false,
-        },
+        Subject::quinn(false),
+        Subject::quinn(true),
         // quinn with the AEAD library STOQ uses on Linux: how much of the gap is the
         // library's.
         Subject::Quinn {
@@ -225,10 +219,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             cases: [
                 Subject::stoq("io_uring", "auto"),
                 Subject::stoq("udp", "auto"),
-                Subject::Quinn {
-                    tuned: true,
-                    aws_lc: false,
-                },
+                Subject::quinn(true),
                 Subject::Tcp { cc: "cubic".into() },
                 Subject::RawUdp,
             ]
@@ -252,10 +243,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         Subject::stoq("udp", "auto").with_qlog(),
     ]);
     rr_subjects.extend([
-        Subject::Quinn {
-            tuned: false,
-            aws_lc: false,
-        },
+        Subject::quinn(false),
         Subject::Tcp { cc: "cubic".into() },
         Subject::Tls { cc: "cubic".into() },
         Subject::RawUdp,
@@ -290,13 +278,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
                         c.push(case(Subject::stoq("udp", "auto").composite(), hs));
                     }
                     c.extend([
-                        case(
-                            Subject::Quinn {
-                                tuned: false,
-                                aws_lc: false,
-                            },
-                            hs,
-                        ),
+                        case(Subject::quinn(false), hs),
                         case(Subject::Tls { cc: "cubic".into() }, hs),
                     ]);
                     c
@@ -314,16 +296,10 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
         title: "Reconnect and request: time to the answer, 0-RTT against 1-RTT".into(),
         path: Path::Veth(1500),
         reps: o.reps,
-        cases: [
-            Subject::stoq("udp", "auto"),
-            Subject::Quinn {
-                tuned: false,
-                aws_lc: false,
-            },
-        ]
-        .into_iter()
-        .flat_map(|s| [true, false].map(|early| case(s.clone(), reconnect(early))))
-        .collect(),
+        cases: [Subject::stoq("udp", "auto"), Subject::quinn(false)]
+            .into_iter()
+            .flat_map(|s| [true, false].map(|early| case(s.clone(), reconnect(early))))
+            .collect(),
     });
     for (n, reps) in if q {
         [(200, 1), (1000, 1)]
@@ -337,13 +313,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             reps,
             cases: vec![
                 case(Subject::stoq("udp", "auto"), Scenario::Idle { conns: n }),
-                case(
-                    Subject::Quinn {
-                        tuned: false,
-                        aws_lc: false,
-                    },
-                    Scenario::Idle { conns: n },
-                ),
+                case(Subject::quinn(false), Scenario::Idle { conns: n }),
             ],
         });
     }
@@ -389,10 +359,7 @@ fn groups(o: &Options, cores: usize) -> Vec<Group> {
             reps: o.reps,
             cases: [
                 Subject::stoq("udp", "auto"),
-                Subject::Quinn {
-                    tuned: false,
-                    aws_lc: false,
-                },
+                Subject::quinn(false),
                 Subject::Tcp { cc: "bbr".into() },
                 Subject::Tcp { cc: "cubic".into() },
             ]

@@ -118,6 +118,14 @@ impl Subject {
         }
     }
 
+    /// quinn on its default provider (ring), with its default windows or tuned ones.
+    pub(crate) fn quinn(tuned: bool) -> Self {
+        Self::Quinn {
+            tuned,
+            aws_lc: false,
+        }
+    }
+
     /// The STOQ subject on `backend` with the default suite, through the async API on
     /// the engine's threads.
     pub(crate) fn stoq(backend: &str, xdp: &str) -> Self {

@@ -73,10 +73,7 @@ fn bulk_run(subject: Subject, rep: usize, bytes: u64, secs: f64, cpu: (f64, f64)
 #[test]
 fn report_medians_ratios_goals_and_bottlenecks() {
     let stoq = Subject::stoq("udp", "auto");
-    let quinn = Subject::Quinn {
-        tuned: false,
-        aws_lc: false,
-    };
+    let quinn = Subject::quinn(false);
     let mut runs = Vec::new();
     // STOQ: 8, 10, 12 Gbit/s; quinn: 4, 5, 6. Medians 10 and 5: exactly 2×.
     for (rep, (s, q)) in [(8.0, 4.0), (12.0, 6.0), (10.0, 5.0)]
