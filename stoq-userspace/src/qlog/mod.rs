@@ -7,7 +7,8 @@
 //! path: a connection records compact event values into a batch of its own (no allocation
 //! once warm, no lock, no system call), hands full batches (or batches 100 ms old) to a
 //! bounded queue without waiting, and a writer thread turns them into JSON and writes
-//! them. A full queue drops the batch and counts it ([`QlogStats::dropped`]); the worker
+//! them (woken by the first batch, then draining once a millisecond while batches keep
+//! coming). A full queue drops the batch and counts it ([`QlogStats::dropped`]); the worker
 //! never blocks on qlog. With qlog off, each event point costs one branch.
 //!
 //! Events: `quic:connection_started`, `quic:packet_sent`, `quic:packet_received`,
@@ -74,8 +75,9 @@ impl Trace {
         odcid: ConnectionId,
         unix_us: u64,
     ) -> Self {
-        let mut stem = String::with_capacity(48);
-        event::hex(&mut stem, odcid.as_bytes());
+        let mut hex = Vec::with_capacity(40);
+        event::hex(&mut hex, odcid.as_bytes());
+        let mut stem: String = hex.iter().map(|&b| char::from(b)).collect();
         stem.push_str(if client { "_client" } else { "_server" });
         let header = Header {
             stem,
