@@ -29,3 +29,51 @@ pub(crate) fn pin_to_core(i: usize) {
     #[cfg(not(target_os = "linux"))]
     let _ = i;
 }
+
+/// Pins thread `t` to CPU `cpu` alone (the operator's choice, so exactly that CPU or an error
+/// saying why).
+pub(crate) fn pin_thread<T>(t: &std::thread::JoinHandle<T>, cpu: usize) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::thread::JoinHandleExt;
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("CPU {cpu} is beyond CPU_SETSIZE ({})", libc::CPU_SETSIZE),
+            ));
+        }
+        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: the handle keeps its thread joinable, so its pthread_t is valid; the size
+        // matches the set.
+        let rc = unsafe {
+            libc::pthread_setaffinity_np(
+                t.as_pthread_t(),
+                size_of::<libc::cpu_set_t>(),
+                &raw const set,
+            )
+        };
+        if rc != 0 {
+            let e = Error::from_raw_os_error(rc);
+            return Err(Error::new(
+                e.kind(),
+                format!(
+                    "cannot pin to CPU {cpu}: {e} (is it online and in this process's allowed \
+                     set? `taskset -p $PID` shows the set)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (t, cpu);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "pinning a thread to a CPU is supported on Linux only",
+        ))
+    }
+}

@@ -118,7 +118,26 @@ impl QlogWriter {
     /// # Errors
     /// The directory cannot be created, or the thread cannot be started.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::start(dir.as_ref(), None)
+    }
+
+    /// A writer into `dir` whose thread (`stoq-qlog`) runs on CPU `cpu` alone.
+    ///
+    /// The writer formats and writes every event of every traced connection: tracing every
+    /// packet at line rate, it takes about a tenth of the core it runs on, and where that
+    /// is a worker's core the worker pays for it (docs/operations.md). Give it a core no
+    /// worker uses, such as one kept for housekeeping.
+    ///
+    /// # Errors
+    /// As [`QlogWriter::new`]; also `InvalidInput` where `cpu` is beyond the kernel's CPU
+    /// set, the OS's error where the CPU is offline or outside this process's allowed set,
+    /// and `Unsupported` off Linux.
+    pub fn on_cpu(dir: impl AsRef<Path>, cpu: usize) -> io::Result<Self> {
+        Self::start(dir.as_ref(), Some(cpu))
+    }
+
+    fn start(dir: &Path, cpu: Option<usize>) -> io::Result<Self> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (recycle_tx, recycle) = crossbeam_channel::bounded(QUEUE);
@@ -133,9 +152,13 @@ impl QlogWriter {
             out_id: None,
             out_events: 0,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("stoq-qlog".into())
             .spawn(move || w.run())?;
+        if let Some(cpu) = cpu {
+            // On error the senders drop with this function, and the thread ends.
+            crate::os::cpu::pin_thread(&thread, cpu)?;
+        }
         Ok(Self {
             tx,
             recycle,
@@ -392,7 +415,72 @@ fn rfc3339(unix_us: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{QlogWriter, rfc3339};
+
+    /// The CPUs this process may run on.
+    #[cfg(target_os = "linux")]
+    fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this thread; the size matches the set.
+        let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) };
+        assert_eq!(rc, 0, "sched_getaffinity");
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    /// The writer threads of this process whose allowed CPUs read exactly `list`.
+    #[cfg(target_os = "linux")]
+    fn writer_threads_on(list: &str) -> usize {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        tasks
+            .filter_map(|t| {
+                let p = t.ok()?.path();
+                let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+                let status = std::fs::read_to_string(p.join("status")).ok()?;
+                let cpus = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                    .trim()
+                    .to_string();
+                (comm.trim() == "stoq-qlog" && cpus == list).then_some(())
+            })
+            .count()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_writer_runs_on_the_cpu_it_is_given() {
+        let dir = std::env::temp_dir().join(format!("stoq-qlog-pin-{}", std::process::id()));
+        let allowed = allowed_cpus();
+        // The last allowed CPU: where the process may use several, no unpinned writer of
+        // another test reads as pinned to it alone.
+        let cpu = *allowed.last().expect("some CPU");
+        let before = writer_threads_on(&cpu.to_string());
+        let w = QlogWriter::on_cpu(&dir, cpu).expect("pin to an allowed CPU");
+        // The thread names itself once it runs: give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while writer_threads_on(&cpu.to_string()) <= before && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            writer_threads_on(&cpu.to_string()) > before,
+            "no stoq-qlog thread is pinned to CPU {cpu} alone"
+        );
+        drop(w);
+
+        let e = QlogWriter::on_cpu(&dir, libc::CPU_SETSIZE as usize).expect_err("beyond the set");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        let outside = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| !allowed.contains(c))
+            .expect("a CPU outside the allowed set");
+        let e = QlogWriter::on_cpu(&dir, outside).expect_err("outside the allowed set");
+        assert!(e.to_string().contains(&format!("CPU {outside}")), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn wall_clock_times_are_rfc3339() {
