@@ -134,13 +134,7 @@ impl LbKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::crypto::tests::hex;
 
     /// draft-ietf-quic-load-balancers-21 (and the editor's copy after it), Appendix B
     /// "Load Balancer Test Vectors", "Encrypted CIDs": key

@@ -78,4 +78,4 @@ pub enum CryptoError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

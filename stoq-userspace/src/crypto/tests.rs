@@ -4,7 +4,7 @@
 use super::*;
 
 /// Bytes from hex digits (whitespace ignored): the test vectors' notation.
-pub(super) fn hex(s: &str) -> Vec<u8> {
+pub(crate) fn hex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
     (0..s.len())
         .step_by(2)

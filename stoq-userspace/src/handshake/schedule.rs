@@ -229,14 +229,8 @@ pub fn verify_finished(base: &Secret, transcript_hash: &[u8; 32], received: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::tests::hex;
     use crate::crypto::{CipherSuite, PacketKey};
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     fn h(b: &[u8]) -> [u8; 32] {
         Sha256::digest(b).into()
