@@ -415,7 +415,9 @@ fn rfc3339(unix_us: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{QlogWriter, rfc3339};
+    #[cfg(target_os = "linux")]
+    use super::QlogWriter;
+    use super::rfc3339;
 
     /// The CPUs this process may run on.
     #[cfg(target_os = "linux")]
