@@ -294,6 +294,12 @@ impl Endpoint {
             .expect("the current generation has a key")
     }
 
+    /// Retry packets sent so far (the one counter [`Endpoint::stats`] has that a worker
+    /// publishes every turn, without copying the rest).
+    pub fn retries_sent(&self) -> u64 {
+        self.stats.retries_sent
+    }
+
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats;

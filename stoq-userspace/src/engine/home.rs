@@ -122,6 +122,9 @@ pub(crate) struct Worker {
     stopped: AtomicBool,
     /// Live connections, as of the loop's last turn: where new connections go.
     load: AtomicUsize,
+    /// Retries the endpoint has sent, as of the loop's last turn: what the flood watch
+    /// reads without waking the loop.
+    retries: AtomicU64,
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
@@ -189,6 +192,7 @@ impl Worker {
             crossings: Crossings::default(),
             stopped: AtomicBool::new(false),
             load: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
         });
         (
             w,
@@ -331,6 +335,16 @@ impl Worker {
     /// The loop publishes its connection count.
     pub(crate) fn set_load(&self, n: usize) {
         self.load.store(n, Ordering::Relaxed);
+    }
+
+    /// Retries sent as of the loop's last turn.
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The loop publishes its endpoint's Retry count.
+    pub(crate) fn set_retries(&self, n: u64) {
+        self.retries.store(n, Ordering::Relaxed);
     }
 
     /// Marks the loop ended: later jobs are refused.

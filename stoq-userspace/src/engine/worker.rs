@@ -142,6 +142,7 @@ fn fill_and_send(
             }
             st.stats.backend = backend.stats();
             worker.set_load(st.endpoint.connection_count());
+            worker.set_retries(st.endpoint.retries_sent());
             Ok(Turn {
                 timeout: st.endpoint.poll_timeout(),
                 stop: st.stop,
