@@ -338,6 +338,10 @@ impl Worker {
     }
 
     /// Retries sent as of the loop's last turn.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "its one reader, the flood watch, is Linux-only")
+    )]
     pub(crate) fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
