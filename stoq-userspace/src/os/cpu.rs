@@ -1,28 +1,41 @@
 //! CPU affinity.
 
+/// The CPUs the calling thread may run on, in ascending order (empty where that cannot be
+/// read).
+#[cfg(target_os = "linux")]
+pub(crate) fn allowed() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size matches the set.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// The set holding CPU `cpu` alone; `cpu` must be below `CPU_SETSIZE`.
+#[cfg(target_os = "linux")]
+fn only(cpu: usize) -> libc::cpu_set_t {
+    debug_assert!(cpu < libc::CPU_SETSIZE as usize);
+    // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller keeps `cpu` below CPU_SETSIZE (CPU_SET also bounds it).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set
+}
+
 /// Pins the calling thread to core `i` modulo the cores it may use (best effort).
 pub(crate) fn pin_to_core(i: usize) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
-        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: pid 0 is this thread; the size matches the set.
-        if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut allowed) }
-            != 0
-        {
-            return;
-        }
-        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: `c` is below CPU_SETSIZE.
-            .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
-            .collect();
+        let cores = allowed();
         if cores.is_empty() {
             return;
         }
-        // SAFETY: as above.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the core number comes from the allowed set, below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cores[i % cores.len()], &mut set) };
+        let set = only(cores[i % cores.len()]);
         // SAFETY: pid 0 is this thread; the size matches the set.
         let _ = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
     }
@@ -43,10 +56,7 @@ pub(crate) fn pin_thread<T>(t: &std::thread::JoinHandle<T>, cpu: usize) -> std::
                 format!("CPU {cpu} is beyond CPU_SETSIZE ({})", libc::CPU_SETSIZE),
             ));
         }
-        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
+        let set = only(cpu);
         // SAFETY: the handle keeps its thread joinable, so its pthread_t is valid; the size
         // matches the set.
         let rc = unsafe {

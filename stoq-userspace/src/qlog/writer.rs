@@ -419,20 +419,6 @@ mod tests {
     use super::QlogWriter;
     use super::rfc3339;
 
-    /// The CPUs this process may run on.
-    #[cfg(target_os = "linux")]
-    fn allowed_cpus() -> Vec<usize> {
-        // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: pid 0 is this thread; the size matches the set.
-        let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) };
-        assert_eq!(rc, 0, "sched_getaffinity");
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: `c` is below CPU_SETSIZE.
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect()
-    }
-
     /// The writer threads of this process whose allowed CPUs read exactly `list`.
     #[cfg(target_os = "linux")]
     fn writer_threads_on(list: &str) -> usize {
@@ -456,7 +442,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn the_writer_runs_on_the_cpu_it_is_given() {
         let dir = std::env::temp_dir().join(format!("stoq-qlog-pin-{}", std::process::id()));
-        let allowed = allowed_cpus();
+        let allowed = crate::os::cpu::allowed();
         // The last allowed CPU: where the process may use several, no unpinned writer of
         // another test reads as pinned to it alone.
         let cpu = *allowed.last().expect("some CPU");
