@@ -898,7 +898,7 @@ impl Report {
             );
         }
         // Issue 19: the server's cost of a post-quantum handshake against quinn's classical
-        // one, the rate, and resumption, all at 8 in flight.
+        // one and the rate, at 8 in flight; resumption, one at a time and at 8 in flight.
         const FULL8: &str = "Full handshakes, 8 in flight";
         const RES8: &str = "Resumed handshakes, 8 in flight";
         // STOQ as shipped (batch signing on), not the comparison subject.
@@ -924,31 +924,63 @@ impl Report {
                 );
             }
         }
-        let stoq_res =
-            Self::best(rows, RES8, "hs_per_s", true, false).and_then(|r| r.m("hs_per_s"));
-        let stoq_full_rate = stoq_full.and_then(|r| r.m("hs_per_s"));
-        let quinn_full_rate = quinn_full.and_then(|r| r.m("hs_per_s"));
-        if let (Some(r), Some(f), Some(qf)) = (stoq_res, stoq_full_rate, quinn_full_rate) {
-            let _ = writeln!(
-                s,
-                "| Resumed handshakes/s (8 in flight) ≥ 1.5× STOQ's full and ≥ quinn's full | {r:.0}/s: {:.2}× STOQ full ({f:.0}/s), {:.2}× quinn full ({qf:.0}/s) | {} |",
-                r / f,
-                r / qf,
-                yes(r >= 1.5 * f && r >= qf)
-            );
+        // Resumption against full handshakes, one at a time and 8 in flight: at 8 in flight
+        // batch signing takes most of the signature out of a full handshake's cost, so the
+        // two kinds differ by less there.
+        for (full_title, res_title) in [
+            (
+                "Full handshakes, sequential",
+                "Resumed handshakes, sequential",
+            ),
+            (FULL8, RES8),
+        ] {
+            let how = res_title.trim_start_matches("Resumed handshakes, ");
+            let stoq_res =
+                Self::best(rows, res_title, "hs_per_s", true, false).and_then(|r| r.m("hs_per_s"));
+            let stoq_full_rate = Self::find(rows, full_title, "STOQ udp")
+                .or_else(|| Self::best(rows, full_title, "hs_per_s", true, false))
+                .and_then(|r| r.m("hs_per_s"));
+            let quinn_full_rate =
+                Self::find(rows, full_title, "quinn (default)").and_then(|r| r.m("hs_per_s"));
+            if let (Some(r), Some(f), Some(qf)) = (stoq_res, stoq_full_rate, quinn_full_rate) {
+                let _ = writeln!(
+                    s,
+                    "| Resumed handshakes/s ({how}) ≥ 1.5× STOQ's full and ≥ quinn's full | {r:.0}/s: {:.2}× STOQ full ({f:.0}/s), {:.2}× quinn full ({qf:.0}/s) | {} |",
+                    r / f,
+                    r / qf,
+                    yes(r >= 1.5 * f && r >= qf)
+                );
+            }
         }
-        // A 0-RTT request completes in one round trip: its answer no later than a 1-RTT
-        // handshake alone.
-        let early =
-            Self::find(rows, "Reconnect", "STOQ udp, 0-RTT").and_then(|r| r.m("ttfb_p50_us"));
-        let hs_alone =
-            Self::find(rows, "Reconnect", "STOQ udp, 1-RTT").and_then(|r| r.m("handshake_p50_us"));
-        if let (Some(a), Some(h)) = (early, hs_alone) {
+        // A 0-RTT request completes in one round trip: its answer arrives with the server's
+        // handshake flight, so it comes less than half a round trip after a 1-RTT handshake
+        // alone completes (a request that needed a second round trip would come a whole one
+        // later). The round trip: raw UDP's request/response in the same run, or, in a run
+        // without it, what a 1-RTT request adds to its handshake.
+        let zero = Self::find(rows, "Reconnect", "STOQ udp, 0-RTT");
+        let one = Self::find(rows, "Reconnect", "STOQ udp, 1-RTT");
+        let early = zero.and_then(|r| r.m("ttfb_p50_us"));
+        let hs_alone = one.and_then(|r| r.m("handshake_p50_us"));
+        let raw_rtt = rows
+            .iter()
+            .find(|r| r.label == "raw UDP" && r.m("p50_us").is_some())
+            .and_then(|r| r.m("p50_us"));
+        let rtt = raw_rtt
+            .map(|t| (t, "raw UDP's request/response"))
+            .or_else(|| {
+                let a = one.and_then(|r| r.m("ttfb_p50_us"))?;
+                Some((
+                    a - hs_alone?,
+                    "a 1-RTT request's answer after its handshake",
+                ))
+            });
+        if let (Some(a), Some(h), Some((t, what))) = (early, hs_alone, rtt) {
             let _ = writeln!(
                 s,
-                "| A 0-RTT request's answer ≤ a 1-RTT handshake alone (one round trip) | {a:.0} µs vs {h:.0} µs = {:.2}× | {} |",
-                a / h,
-                yes(a <= h)
+                "| A 0-RTT request completes in one round trip: its answer comes < ½ round trip after a 1-RTT handshake alone | {a:.0} µs vs {h:.0} µs: {:+.0} µs, {:.2} of a round trip ({t:.0} µs, {what}) | {} |",
+                a - h,
+                (a - h) / t,
+                yes(a - h < 0.5 * t)
             );
         }
         for r in rows.iter().filter(|r| r.title.starts_with("Idle")) {
@@ -1278,9 +1310,11 @@ impl Report {
                          the request goes with the first flight as early data (STOQ's \
                          `connect_early`, quinn's `into_0rtt`) and the server answers at once \
                          (0.5-RTT); 1-RTT: after the handshake. A 0-RTT request completes in one \
-                         round trip when its answer arrives no later than a 1-RTT handshake alone \
-                         completes (\"Handshake alone\": the 1-RTT connect, measured in the same \
-                         loop; \"Answer ÷ 1-RTT handshake\" near 1 or below). \"0-RTT saves\" is the \
+                         round trip when its answer arrives with the server's handshake flight: less \
+                         than half a round trip after a 1-RTT handshake alone completes \
+                         (\"Handshake alone\": the 1-RTT connect, measured in the same loop; \
+                         \"Answer ÷ 1-RTT handshake\" near 1), where a request that needed a \
+                         second round trip would come a whole one later. \"0-RTT saves\" is the \
                          1-RTT answer's time less the 0-RTT one's, also shown in raw-UDP \
                          request/response round trips of the same run. \"Early data accepted\" is \
                          the share of 0-RTT connections whose early data the server read."

@@ -141,6 +141,65 @@ fn report_medians_ratios_goals_and_bottlenecks() {
     assert!(md.contains("## Failed runs") && md.contains("boom"));
 }
 
+fn reconnect_run(early: bool, answer_us: f64, handshake_us: f64) -> Run {
+    let topo = Topo::Peer {
+        server: [10, 200, 0, 2].into(),
+        client: [10, 200, 0, 1].into(),
+    };
+    let client = Outcome {
+        count: 100,
+        secs: 1.0,
+        quantiles_us: vec![answer_us; 1001],
+        handshake_us: if early { 0.0 } else { handshake_us },
+        ..Outcome::default()
+    };
+    Run::new(
+        "reconnect",
+        "Reconnect and request: time to the answer, 0-RTT against 1-RTT",
+        &topo,
+        &Subject::stoq("udp", "auto"),
+        Scenario::Reconnect { secs: 1.0, early },
+        0,
+        Ok((Outcome::default(), client, [0, 0])),
+        None,
+    )
+    .with_cpus(&[0], &[1], 1452)
+}
+
+/// The 0-RTT goal holds when the answer rides the server's handshake flight and fails when
+/// it needs a second round trip (the round trip here: what a 1-RTT request adds, 160 µs).
+#[test]
+fn zero_rtt_goal_tells_one_round_trip_from_two() {
+    let verdict = |zero_rtt_answer: f64| {
+        let r = Report {
+            machine: Machine::default(),
+            ceilings: Ceilings::default(),
+            runs: vec![
+                reconnect_run(false, 490.0, 330.0),
+                reconnect_run(true, zero_rtt_answer, 0.0),
+            ],
+            seconds: 1.0,
+            delay_ms: 10,
+            rate_mbit: 1000,
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "stoq-bench-0rtt-{}-{zero_rtt_answer}",
+            std::process::id()
+        ));
+        let md = r.write(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        md.lines()
+            .find(|l| l.starts_with("| A 0-RTT request completes in one round trip"))
+            .unwrap_or_else(|| panic!("no 0-RTT goal line in:\n{md}"))
+            .to_string()
+    };
+    let one = verdict(335.0);
+    assert!(one.ends_with("| yes |"), "{one}");
+    assert!(one.contains("+5 µs, 0.03 of a round trip (160 µs"), "{one}");
+    let two = verdict(480.0);
+    assert!(two.ends_with("| **no** |"), "{two}");
+}
+
 /// Skips (saying why) unless this process can create namespaces and run ethtool and tc.
 fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
