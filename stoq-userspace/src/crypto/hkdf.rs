@@ -32,20 +32,65 @@ pub fn expand_label_with_prefix(
     context: &[u8],
     out: &mut [u8],
 ) {
-    let hk = Hkdf::<Sha256>::from_prk(secret).expect("secret is a 32-byte PRK");
-    let full_label_len = u8::try_from(prefix.len() + label.len()).expect("label under 256 bytes");
-    let ctx_len = u8::try_from(context.len()).expect("context under 256 bytes");
-    let len = u16::try_from(out.len()).expect("output under 64 KiB");
-    let info: [&[u8]; 6] = [
-        &len.to_be_bytes(),
-        &[full_label_len],
-        prefix,
-        label,
-        &[ctx_len],
-        context,
-    ];
-    hk.expand_multi_info(&info, out)
-        .expect("output within HKDF's limit");
+    Expander::new(secret).label_with_prefix(prefix, label, context, out);
+}
+
+/// One secret expanded under several labels: HMAC's keyed state (two SHA-256 blocks) is
+/// computed once, not once a label, as a traffic secret's `key`, `iv` and `hp` need.
+/// Kept only for the derivations at hand, never stored: unlike the secrets, it is not
+/// zeroized when dropped.
+pub(crate) struct Expander(Hkdf<Sha256>);
+
+impl std::fmt::Debug for Expander {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Expander(..)")
+    }
+}
+
+impl Expander {
+    /// The expander for `secret`, a pseudorandom key.
+    ///
+    /// # Panics
+    /// If `secret` is shorter than 32 bytes (a programming error: secrets are 32 bytes).
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        Self(Hkdf::<Sha256>::from_prk(secret).expect("secret is a 32-byte PRK"))
+    }
+
+    /// `HKDF-Expand-Label(secret, label, context, out.len())` with STOQ's `"stoq "` prefix.
+    ///
+    /// # Panics
+    /// As [`expand_label_with_prefix`].
+    pub(crate) fn label(&self, label: &[u8], context: &[u8], out: &mut [u8]) {
+        self.label_with_prefix(LABEL_PREFIX, label, context, out);
+    }
+
+    /// `HKDF-Expand-Label` with an explicit prefix.
+    ///
+    /// # Panics
+    /// As [`expand_label_with_prefix`].
+    pub(crate) fn label_with_prefix(
+        &self,
+        prefix: &[u8],
+        label: &[u8],
+        context: &[u8],
+        out: &mut [u8],
+    ) {
+        let full_label_len =
+            u8::try_from(prefix.len() + label.len()).expect("label under 256 bytes");
+        let ctx_len = u8::try_from(context.len()).expect("context under 256 bytes");
+        let len = u16::try_from(out.len()).expect("output under 64 KiB");
+        let info: [&[u8]; 6] = [
+            &len.to_be_bytes(),
+            &[full_label_len],
+            prefix,
+            label,
+            &[ctx_len],
+            context,
+        ];
+        self.0
+            .expand_multi_info(&info, out)
+            .expect("output within HKDF's limit");
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +124,12 @@ mod tests {
         let mut hp = [0u8; 16];
         expand_label_with_prefix(b"tls13 ", &client, b"quic hp", &[], &mut hp);
         assert_eq!(hp.to_vec(), hex("9f50449e04a0e810283a1e9933adedd2"));
+        // One expander for all three gives the same bytes.
+        let x = Expander::new(&client);
+        let (mut key2, mut iv2, mut hp2) = ([0u8; 16], [0u8; 12], [0u8; 16]);
+        x.label_with_prefix(b"tls13 ", b"quic key", &[], &mut key2);
+        x.label_with_prefix(b"tls13 ", b"quic iv", &[], &mut iv2);
+        x.label_with_prefix(b"tls13 ", b"quic hp", &[], &mut hp2);
+        assert_eq!((key2, iv2, hp2), (key, iv, hp));
     }
 }

@@ -4,7 +4,7 @@ use crate::crypto::provider::aead::quic::HeaderProtectionKey;
 use crate::crypto::provider::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
-use super::hkdf::expand_label;
+use super::hkdf::{Expander, expand_label};
 use super::{CipherSuite, CryptoError, SAMPLE_LEN, TAG_LEN};
 
 /// A 32-byte traffic secret, wiped from memory on drop.
@@ -79,10 +79,15 @@ impl PacketKey {
 
     /// The key for `secret`: `key` and `iv` expanded with STOQ's labels.
     pub fn from_secret(suite: CipherSuite, secret: &Secret) -> Self {
+        Self::expanded(suite, &Expander::new(secret.as_bytes()))
+    }
+
+    /// The key from its secret's expander (`key` and `iv`).
+    fn expanded(suite: CipherSuite, secret: &Expander) -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
         let mut iv = [0u8; 12];
-        expand_label(secret.as_bytes(), b"key", &[], &mut key[..suite.key_len()]);
-        expand_label(secret.as_bytes(), b"iv", &[], &mut iv);
+        secret.label(b"key", &[], &mut key[..suite.key_len()]);
+        secret.label(b"iv", &[], &mut iv);
         let me = Self::new(suite, &key[..suite.key_len()], iv).expect("lengths match the suite");
         iv.fill(0);
         me
@@ -216,8 +221,13 @@ impl HeaderKey {
 
     /// The key for `secret` (label `hp`). It does not change across key updates.
     pub fn from_secret(suite: CipherSuite, secret: &Secret) -> Self {
+        Self::expanded(suite, &Expander::new(secret.as_bytes()))
+    }
+
+    /// The key from its secret's expander (`hp`).
+    fn expanded(suite: CipherSuite, secret: &Expander) -> Self {
         let mut hp = Zeroizing::new([0u8; 32]);
-        expand_label(secret.as_bytes(), b"hp", &[], &mut hp[..suite.hp_key_len()]);
+        secret.label(b"hp", &[], &mut hp[..suite.hp_key_len()]);
         Self::new(suite, &hp[..suite.hp_key_len()]).expect("length matches the suite")
     }
 
@@ -249,9 +259,10 @@ pub struct DirectionalKeys {
 impl DirectionalKeys {
     /// Keys for `secret`.
     pub fn from_secret(suite: CipherSuite, secret: Secret) -> Self {
+        let x = Expander::new(secret.as_bytes());
         Self {
-            packet: PacketKey::from_secret(suite, &secret),
-            header: HeaderKey::from_secret(suite, &secret),
+            packet: PacketKey::expanded(suite, &x),
+            header: HeaderKey::expanded(suite, &x),
             secret,
         }
     }

@@ -33,6 +33,7 @@ mod protect;
 pub mod sig;
 mod suite;
 
+pub(crate) use hkdf::Expander;
 pub use hkdf::{LABEL_PREFIX, expand_label, expand_label_with_prefix, extract};
 pub use keys::{DirectionalKeys, HeaderKey, PacketKey, Secret};
 pub use protect::{HeaderInfo, protect_packet, unprotect_header};

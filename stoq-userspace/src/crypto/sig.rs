@@ -15,10 +15,11 @@ use fn_dsa::{
     KeyPairGeneratorStandard, SigningKey as _, SigningKeyStandard, VerifyingKey as _,
     VerifyingKeyStandard, sign_key_size, signature_size, vrfy_key_size,
 };
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use ed25519_dalek::Signer as _;
 use rand_core::CryptoRngCore;
+use sha2::Digest as _;
 use zeroize::Zeroizing;
 
 /// The label every composite signature's message starts with.
@@ -195,14 +196,26 @@ impl std::fmt::Debug for SigningKey {
 /// let pinned = VerifyingKey::from_bytes(&shared).expect("a FALCON public key");
 /// assert_eq!(pinned.alg(), SigAlg::Falcon1024);
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct VerifyingKey {
     alg: SigAlg,
     encoded: Vec<u8>,
     /// The Ed25519 half of a composite key, decoded (checked) once; boxed, so that a
     /// FALCON-only key stays small.
     ed25519: Option<Box<ed25519_dalek::VerifyingKey>>,
+    /// [`key_id`](Self::key_id), hashed when first asked for: a server names its key in
+    /// every ticket it issues or opens and in every batch signature.
+    id: OnceLock<[u8; 32]>,
 }
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The Ed25519 half and the identifier both follow from the encoding.
+        self.alg == other.alg && self.encoded == other.encoded
+    }
+}
+
+impl Eq for VerifyingKey {}
 
 impl std::fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +255,7 @@ impl SigningKey {
                 alg,
                 encoded: vk,
                 ed25519: ed_public,
+                id: OnceLock::new(),
             },
         )
     }
@@ -330,7 +344,17 @@ impl VerifyingKey {
             alg,
             encoded: bytes.to_vec(),
             ed25519,
+            id: OnceLock::new(),
         })
+    }
+
+    /// SHA-256 of the encoded key: how certificates name their issuer, what every batch
+    /// signature's tree binds, and (its first 8 bytes) how a ticket names the key of the
+    /// server that issued it. Hashed once per key.
+    pub fn key_id(&self) -> [u8; 32] {
+        *self
+            .id
+            .get_or_init(|| sha2::Sha256::digest(&self.encoded).into())
     }
 
     /// The algorithm.

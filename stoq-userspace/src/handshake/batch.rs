@@ -90,7 +90,7 @@ impl BatchProof {
 
 /// The identifier every tree hash binds: SHA-256 of the signer's encoded public key.
 pub fn key_id(public: &VerifyingKey) -> [u8; 32] {
-    Sha256::digest(public.as_bytes()).into()
+    public.key_id()
 }
 
 fn tagged(kind: u8, key_id: &[u8; 32]) -> Sha256 {

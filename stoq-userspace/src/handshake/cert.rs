@@ -18,7 +18,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand_core::CryptoRngCore;
-use sha2::{Digest, Sha256};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::crypto::sig::{SigAlg, SigError, SigningKey, VerifyingKey};
@@ -168,7 +167,7 @@ pub struct Certificate {
 
 /// SHA-256 of an encoded public key: how certificates name their issuer.
 pub fn key_id(key: &VerifyingKey) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    key.key_id()
 }
 
 fn hex(b: &[u8]) -> String {

@@ -11,11 +11,13 @@ use super::messages::{
     BINDER_LEN, CertificateVerify, ClientHello, Message, NewSessionTicket, PskOffer, ServerHello,
 };
 use super::params::TransportParams;
-use super::schedule::{EarlySecret, HandshakeSecrets, finished_mac, ticket_psk, verify_finished};
+use super::schedule::{
+    EarlySecret, HandshakeSecrets, Transcript, finished_mac, ticket_psk, verify_finished,
+};
 use super::session_cache::{RememberedTerms, StoredTicket};
 use super::{
     CLIENT_CV_CONTEXT, ClientConfig, Epoch, Handshake, HandshakeError, KeyChange, Resumption, Role,
-    State, TicketRefusal, messages, sha256, ticket,
+    State, TicketRefusal, messages, ticket,
 };
 use crate::crypto::kex::ClientKex;
 
@@ -62,15 +64,22 @@ impl Handshake {
             }),
         });
         let mut enc = ch.encode();
+        let mut transcript = Transcript::default();
         // The binder covers the ClientHello up to itself, header included (RFC 8446
-        // §4.2.11.2); it is the message's last field.
+        // §4.2.11.2); it is the message's last field. The transcript hashes that part
+        // once: its hash so far is the binder's input, and the binder follows.
         let offered = ticket.map(|t| {
             let early = EarlySecret::resumption(&t.psk);
             let cut = enc.len() - BINDER_LEN;
-            let binder = early.binder(&sha256(&enc[..cut]));
+            transcript.add(&enc[..cut]);
+            let binder = early.binder(&transcript.hash());
             enc[cut..].copy_from_slice(&binder);
+            transcript.add(&enc[cut..]);
             Box::new((t, early))
         });
+        if offered.is_none() {
+            transcript.add(&enc);
+        }
         let mut me = Self::new(
             Role::Client {
                 cfg,
@@ -82,7 +91,7 @@ impl Handshake {
             State::ClientWaitServerHello,
             params,
         );
-        me.transcript.add(&enc);
+        me.transcript = transcript;
         me.outgoing[Epoch::Initial as usize].extend_from_slice(&enc);
         if let (
             Some(suite),

@@ -151,7 +151,7 @@ impl Credential {
 
     /// The name tickets carry of the public key this credential proves.
     fn ticket_id(&self) -> [u8; 8] {
-        ticket::credential_id(self.public_key().as_bytes())
+        ticket::credential_id(self.public_key())
     }
 
     fn message(&self) -> CertificateMsg {
@@ -835,8 +835,20 @@ impl Handshake {
         }
         match (self.state, msg) {
             (S::ServerWaitClientHello, Message::ClientHello(ch)) => {
-                self.transcript.add(raw);
-                self.server_flight(raw, ch, now, rng)
+                // With a ticket offered, the binder (the message's last field: the decoder
+                // refuses trailing bytes) covers the ClientHello up to itself. The
+                // transcript hashes that part once: its hash so far is the binder's input.
+                let binder_input = if ch.psk.is_some() {
+                    let cut = raw.len().saturating_sub(messages::BINDER_LEN);
+                    self.transcript.add(&raw[..cut]);
+                    let h = self.transcript.hash();
+                    self.transcript.add(&raw[cut..]);
+                    Some(h)
+                } else {
+                    self.transcript.add(raw);
+                    None
+                };
+                self.server_flight(binder_input, ch, now, rng)
             }
             (S::ClientWaitServerHello, Message::ServerHello(sh)) => {
                 self.client_on_server_hello(raw, sh)
@@ -984,11 +996,6 @@ impl Handshake {
             },
         }
     }
-}
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
 }
 
 /// Checks a peer's Certificate message under `trust`, returning its public key.

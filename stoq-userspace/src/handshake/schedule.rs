@@ -29,14 +29,19 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::crypto::kex::HybridSecret;
-use crate::crypto::{Secret, expand_label, extract};
+use crate::crypto::{Expander, Secret, expand_label, extract};
 
 /// The salt of the Initial secrets: the ASCII bytes of `STOQ-v1-initial-salt`.
 pub const INITIAL_SALT: [u8; 20] = *b"STOQ-v1-initial-salt";
 
 /// SHA-256 over every handshake message so far.
 #[derive(Clone, Default)]
-pub struct Transcript(Sha256);
+pub struct Transcript {
+    hasher: Sha256,
+    /// The hash of the messages so far, once asked for (several secrets and MACs use the
+    /// same one); cleared by [`add`](Self::add).
+    hashed: std::cell::Cell<Option<[u8; 32]>>,
+}
 
 impl std::fmt::Debug for Transcript {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,33 +52,52 @@ impl std::fmt::Debug for Transcript {
 impl Transcript {
     /// Adds an encoded message (header included).
     pub fn add(&mut self, msg: &[u8]) {
-        self.0.update(msg);
+        self.hasher.update(msg);
+        self.hashed.set(None);
     }
 
     /// The hash of the messages so far.
     pub fn hash(&self) -> [u8; 32] {
-        self.0.clone().finalize().into()
+        if let Some(h) = self.hashed.get() {
+            return h;
+        }
+        let h: [u8; 32] = self.hasher.clone().finalize().into();
+        self.hashed.set(Some(h));
+        h
     }
 }
 
 fn derive(secret: &[u8], label: &[u8], context: &[u8]) -> Secret {
+    derive_with(&Expander::new(secret), label, context)
+}
+
+fn derive_with(secret: &Expander, label: &[u8], context: &[u8]) -> Secret {
     let mut out = [0u8; 32];
-    expand_label(secret, label, context, &mut out);
+    secret.label(label, context, &mut out);
     let s = Secret::new(out);
     out.fill(0);
     s
 }
 
-fn empty_hash() -> [u8; 32] {
-    Sha256::digest([]).into()
-}
+/// `SHA-256("")`, the context of the `"derived"` and `"res binder"` labels.
+const EMPTY_HASH: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// `HKDF-Extract(0^32, 0^32)`: the early secret of every full handshake (RFC 8448 §3's
+/// "early secret"), a constant.
+const FULL_EARLY_SECRET: [u8; 32] = [
+    0x33, 0xad, 0x0a, 0x1c, 0x60, 0x7e, 0xc0, 0x3b, 0x09, 0xe6, 0xcd, 0x98, 0x93, 0x68, 0x0c, 0xe2,
+    0x10, 0xad, 0xf3, 0x00, 0xaa, 0x1f, 0x26, 0x60, 0xe1, 0xb2, 0x2e, 0x10, 0xf1, 0x70, 0xf9, 0x2a,
+];
 
 /// The Initial secrets (client, server) for the client's first DCID.
 pub fn initial_secrets(dcid: &[u8]) -> (Secret, Secret) {
-    let initial = extract(&INITIAL_SALT, dcid);
+    let initial = Expander::new(&extract(&INITIAL_SALT, dcid)[..]);
     (
-        derive(&initial[..], b"client in", &[]),
-        derive(&initial[..], b"server in", &[]),
+        derive_with(&initial, b"client in", &[]),
+        derive_with(&initial, b"server in", &[]),
     )
 }
 
@@ -89,7 +113,7 @@ impl std::fmt::Debug for EarlySecret {
 impl EarlySecret {
     /// A full handshake's: `HKDF-Extract(0^32, 0^32)`.
     pub fn full() -> Self {
-        Self(extract(&[0u8; 32], &[0u8; 32]))
+        Self(Zeroizing::new(FULL_EARLY_SECRET))
     }
 
     /// A resumed handshake's: `HKDF-Extract(0^32, psk)`.
@@ -100,7 +124,7 @@ impl EarlySecret {
     /// The PSK binder over `H(ClientHello up to the binder)` (RFC 8446 §4.2.11.2): proves
     /// that the client holds the ticket's PSK and binds it to this ClientHello.
     pub fn binder(&self, partial_hello_hash: &[u8; 32]) -> [u8; 32] {
-        let key = derive(&self.0[..], b"res binder", &empty_hash());
+        let key = derive(&self.0[..], b"res binder", &EMPTY_HASH);
         finished_mac(&key, partial_hello_hash)
     }
 
@@ -112,7 +136,7 @@ impl EarlySecret {
 
     /// Checks a received binder in constant time.
     pub fn verify_binder(&self, partial_hello_hash: &[u8; 32], received: &[u8; 32]) -> bool {
-        let key = derive(&self.0[..], b"res binder", &empty_hash());
+        let key = derive(&self.0[..], b"res binder", &EMPTY_HASH);
         verify_finished(&key, partial_hello_hash, received)
     }
 }
@@ -141,11 +165,11 @@ impl HandshakeSecrets {
     /// Derives them from the early secret, the hybrid secret and
     /// `H(ClientHello..ServerHello)`.
     pub fn new(early: &EarlySecret, hybrid: &HybridSecret, th_server_hello: &[u8; 32]) -> Self {
-        let derived = derive(&early.0[..], b"derived", &empty_hash());
-        let hs = extract(derived.as_bytes(), &hybrid.ikm()[..]);
-        let client = derive(&hs[..], b"c hs traffic", th_server_hello);
-        let server = derive(&hs[..], b"s hs traffic", th_server_hello);
-        let derived2 = derive(&hs[..], b"derived", &empty_hash());
+        let derived = derive(&early.0[..], b"derived", &EMPTY_HASH);
+        let hs = Expander::new(&extract(derived.as_bytes(), &hybrid.ikm()[..])[..]);
+        let client = derive_with(&hs, b"c hs traffic", th_server_hello);
+        let server = derive_with(&hs, b"s hs traffic", th_server_hello);
+        let derived2 = derive_with(&hs, b"derived", &EMPTY_HASH);
         let master = extract(derived2.as_bytes(), &[0u8; 32]);
         Self {
             client,
@@ -167,9 +191,10 @@ impl HandshakeSecrets {
 
     /// The application secrets (client, server) from `H(ClientHello..server Finished)`.
     pub fn application(&self, th_server_finished: &[u8; 32]) -> (Secret, Secret) {
+        let master = Expander::new(&self.master[..]);
         (
-            derive(&self.master[..], b"c ap traffic", th_server_finished),
-            derive(&self.master[..], b"s ap traffic", th_server_finished),
+            derive_with(&master, b"c ap traffic", th_server_finished),
+            derive_with(&master, b"s ap traffic", th_server_finished),
         )
     }
 }
@@ -202,7 +227,7 @@ pub fn export(
             max: MAX_EXPORT_LEN,
         });
     }
-    let per_label = derive(exporter.as_bytes(), label, &empty_hash());
+    let per_label = derive(exporter.as_bytes(), label, &EMPTY_HASH);
     let context_hash: [u8; 32] = Sha256::digest(context).into();
     expand_label(per_label.as_bytes(), b"exporter", &context_hash, out);
     Ok(())
@@ -234,6 +259,27 @@ mod tests {
 
     fn h(b: &[u8]) -> [u8; 32] {
         Sha256::digest(b).into()
+    }
+
+    #[test]
+    fn constants_are_what_they_stand_for() {
+        assert_eq!(EMPTY_HASH, h(b""));
+        assert_eq!(*extract(&[0u8; 32], &[0u8; 32]), FULL_EARLY_SECRET);
+    }
+
+    #[test]
+    fn transcript_hash_follows_every_message() {
+        let mut t = Transcript::default();
+        assert_eq!(t.hash(), h(b""));
+        t.add(b"client hello");
+        assert_eq!(t.hash(), h(b"client hello"));
+        assert_eq!(t.hash(), h(b"client hello"), "asked twice, the same");
+        t.add(b", server hello");
+        assert_eq!(t.hash(), h(b"client hello, server hello"));
+        let copy = t.clone();
+        t.add(b"!");
+        assert_eq!(copy.hash(), h(b"client hello, server hello"));
+        assert_eq!(t.hash(), h(b"client hello, server hello!"));
     }
 
     /// The vectors block of `docs/security.md`, as (name, value) pairs.

@@ -7,23 +7,25 @@ use rand_core::CryptoRngCore;
 use super::batch::BatchProof;
 use super::early::{self, EarlyData, EarlyDataRefusal};
 use super::messages::{
-    BINDER_LEN, CertificateVerify, ClientHello, EncryptedExtensions, Message, NewSessionTicket,
-    PskOffer, ServerHello,
+    CertificateVerify, ClientHello, EncryptedExtensions, Message, NewSessionTicket, PskOffer,
+    ServerHello,
 };
 use super::params::TransportParams;
 use super::schedule::{EarlySecret, HandshakeSecrets, finished_mac, ticket_psk};
 use super::ticket::{EarlyTerms, TicketContents};
 use super::{
     Epoch, Handshake, HandshakeError, KeyChange, PendingSignature, Resumption, Role,
-    SERVER_CV_CONTEXT, ServerConfig, SignatureRequest, State, TicketKeys, TicketRefusal, sha256,
+    SERVER_CV_CONTEXT, ServerConfig, SignatureRequest, State, TicketKeys, TicketRefusal,
 };
 use crate::crypto::kex::server_respond;
 use crate::crypto::{CipherSuite, Secret};
 
 impl Handshake {
+    /// The server's answer to `ch`; `binder_input` is `H(ClientHello up to the binder)`
+    /// where the client offered a ticket.
     pub(super) fn server_flight(
         &mut self,
-        raw: &[u8],
+        binder_input: Option<[u8; 32]>,
         ch: ClientHello,
         now: u64,
         rng: &mut impl CryptoRngCore,
@@ -31,7 +33,7 @@ impl Handshake {
         let Role::Server { cfg, tickets } = &self.role else {
             unreachable!("server state")
         };
-        let (early, resumption, opened) = server_psk(cfg, tickets, &ch, raw, now)?;
+        let (early, resumption, opened) = server_psk(cfg, tickets, &ch, binder_input, now)?;
         let resumed = resumption == Resumption::Accepted;
         if ch.version != stoq_common::wire::stoq::VERSION_1 {
             return Err(HandshakeError::UnsupportedVersion(ch.version));
@@ -276,7 +278,7 @@ fn server_psk(
     cfg: &ServerConfig,
     tickets: &TicketKeys,
     ch: &ClientHello,
-    raw: &[u8],
+    binder_input: Option<[u8; 32]>,
     now: u64,
 ) -> Result<(EarlySecret, Resumption, Option<TicketContents>), HandshakeError> {
     let Some(offer) = &ch.psk else {
@@ -300,9 +302,10 @@ fn server_psk(
         return refused(TicketRefusal::Credential);
     }
     let early = EarlySecret::resumption(&t.psk);
-    // The binder is the ClientHello's last field (the decoder refuses trailing bytes).
-    let partial = &raw[..raw.len() - BINDER_LEN];
-    if !early.verify_binder(&sha256(partial), &offer.binder) {
+    let Some(binder_input) = binder_input else {
+        return Err(HandshakeError::BadBinder);
+    };
+    if !early.verify_binder(&binder_input, &offer.binder) {
         return Err(HandshakeError::BadBinder);
     }
     Ok((early, Resumption::Accepted, Some(t)))

@@ -35,6 +35,7 @@ use rand_core::RngCore;
 use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
+use crate::crypto::sig::VerifyingKey;
 use crate::crypto::{Secret, TAG_LEN};
 
 /// Cluster-key generations (0..=6, as `conn::keys` numbers them).
@@ -349,10 +350,8 @@ impl TicketKeys {
 /// A short, stable name for a server's public key: the first 8 bytes of its SHA-256. A
 /// ticket carries the name of the key that was proven in its full handshake, and a server
 /// resumes only tickets of the key it holds now.
-pub(crate) fn credential_id(public: &[u8]) -> [u8; 8] {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(public);
-    h[..8].try_into().expect("8 of 32 bytes")
+pub(crate) fn credential_id(public: &VerifyingKey) -> [u8; 8] {
+    public.key_id()[..8].try_into().expect("8 of 32 bytes")
 }
 
 fn key(k: &[u8; 32]) -> LessSafeKey {
