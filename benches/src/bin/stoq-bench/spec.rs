@@ -198,7 +198,10 @@ impl Subject {
 
     /// Whether this subject encrypts.
     pub(crate) fn encrypts(&self) -> bool {
-        matches!(self, Self::Stoq { .. } | Self::Quinn { .. })
+        matches!(
+            self,
+            Self::Stoq { .. } | Self::Quinn { .. } | Self::Tls { .. }
+        )
     }
 }
 
