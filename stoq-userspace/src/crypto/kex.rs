@@ -18,12 +18,15 @@
 //! injected RNG, so a seeded RNG gives the same keys on either; a test checks that the two
 //! agree on every output.
 
-use libcrux_ml_kem::mlkem768::{self, MlKem768Ciphertext, MlKem768PrivateKey, MlKem768PublicKey};
+use libcrux_ml_kem::mlkem768::{self, MlKem768Ciphertext, MlKem768PublicKey};
 use libcrux_ml_kem::{ENCAPS_SEED_SIZE, KEY_GENERATION_SEED_SIZE};
 use rand_core::CryptoRngCore;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
+use decaps::DecapsulationKey;
 use x25519::Secret as X25519Secret;
+
+mod decaps;
 
 /// X25519 public key length.
 pub const X25519_LEN: usize = 32;
@@ -83,16 +86,6 @@ impl HybridSecret {
 pub struct ClientKex {
     x25519: X25519Secret,
     mlkem: DecapsulationKey,
-}
-
-/// An ML-KEM-768 decapsulation key, wiped on drop (libcrux's type is not).
-struct DecapsulationKey(Box<MlKem768PrivateKey>);
-
-impl Drop for DecapsulationKey {
-    fn drop(&mut self) {
-        let len = MlKem768PrivateKey::len();
-        self.0[0..len].zeroize();
-    }
 }
 
 /// `N` bytes from `rng`, wiped on drop.
@@ -188,18 +181,11 @@ impl ClientKex {
     /// Generates fresh key pairs and returns the client's share (`CLIENT_SHARE_LEN` bytes).
     pub fn generate(rng: &mut impl CryptoRngCore) -> (Self, Vec<u8>) {
         let x = X25519Secret::random(&mut *rng);
-        let pair = mlkem768::generate_key_pair(*seed::<KEY_GENERATION_SEED_SIZE>(rng));
-        let (dk, ek) = pair.into_parts();
+        let mlkem = DecapsulationKey::generate(&seed::<KEY_GENERATION_SEED_SIZE>(rng));
         let mut share = Vec::with_capacity(CLIENT_SHARE_LEN);
         share.extend_from_slice(&x.public());
-        share.extend_from_slice(ek.as_slice());
-        (
-            Self {
-                x25519: x,
-                mlkem: DecapsulationKey(Box::new(dk)),
-            },
-            share,
-        )
+        share.extend_from_slice(mlkem.public_key().as_slice());
+        (Self { x25519: x, mlkem }, share)
     }
 
     /// Combines the server's share with the private half.
@@ -221,7 +207,7 @@ impl ClientKex {
         })?;
         // ML-KEM decapsulation never fails on a well-sized ciphertext: a tampered one yields
         // an unrelated secret (implicit rejection), caught later by the Finished MACs.
-        let mlkem = Zeroizing::new(mlkem768::decapsulate(&self.mlkem.0, &ct));
+        let mlkem = self.mlkem.decapsulate(&ct);
         Ok(HybridSecret { mlkem, x25519 })
     }
 }
