@@ -15,7 +15,7 @@ use super::home::Worker;
 use super::open::{XdpGuard, attach_filter};
 
 /// How often the Retry rate is read.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = super::FLOOD_WATCH_PERIOD;
 /// Retries a second (all workers) that mean a flood: far above what a burst of real
 /// clients makes (a thousand connecting at once cause about 2,000), and at 0.6 µs each a
 /// rate the workers absorb on their own below it.

@@ -148,14 +148,15 @@ fn a_served_request_crosses_no_thread() {
             worker = Some(d);
         } else if name == "stoq-flood-watc" {
             // The server's flood watch (comm names are cut at 15 bytes) runs on its own
-            // clock, five ticks a second, whatever the traffic: it reads the workers'
+            // clock (`FLOOD_WATCH_PERIOD`), whatever the traffic: it reads the workers'
             // published Retry counts and wakes no one.
             watch += d.1 + d.2;
         } else if *tid != me {
             others.push(d);
         }
     }
-    let ticks = u64::try_from(elapsed.as_millis() / 200).unwrap_or(u64::MAX);
+    let ticks = u64::try_from(elapsed.as_millis() / stoq::engine::FLOOD_WATCH_PERIOD.as_millis())
+        .unwrap_or(u64::MAX);
     assert!(
         watch <= 2 * (ticks + 2),
         "the flood watch switched {watch} times in {elapsed:?}: more than its ticks"
