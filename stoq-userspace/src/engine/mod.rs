@@ -54,14 +54,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) use self::control::{Engine, Placement};
+use crate::conn::{ConfigError, ConnectionHandle, Endpoint, EndpointConfig, Event};
+use crate::io::select::SelectError;
+use crate::io::{BackendKind, BackendStats};
 
 /// How often a server's flood watch (Linux) reads its workers' Retry counts to decide
 /// whether to attach or detach the XDP handshake filter: five times a second, whatever
 /// the traffic. It wakes no worker (each publishes its count as it runs).
 pub const FLOOD_WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
-use crate::conn::{ConfigError, ConnectionHandle, Endpoint, EndpointConfig, Event};
-use crate::io::select::SelectError;
-use crate::io::{BackendKind, BackendStats};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]

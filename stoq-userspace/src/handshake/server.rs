@@ -302,10 +302,7 @@ fn server_psk(
         return refused(TicketRefusal::Credential);
     }
     let early = EarlySecret::resumption(&t.psk);
-    let Some(binder_input) = binder_input else {
-        return Err(HandshakeError::BadBinder);
-    };
-    if !early.verify_binder(&binder_input, &offer.binder) {
+    if !binder_input.is_some_and(|h| early.verify_binder(&h, &offer.binder)) {
         return Err(HandshakeError::BadBinder);
     }
     Ok((early, Resumption::Accepted, Some(t)))

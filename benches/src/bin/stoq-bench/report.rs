@@ -625,6 +625,13 @@ impl Report {
             .find(|r| r.title.starts_with(title) && r.label == label)
     }
 
+    /// The path's round trip in this run: raw UDP's request/response p50, µs.
+    fn raw_udp_rtt(rows: &[Row]) -> Option<f64> {
+        rows.iter()
+            .find(|r| r.label == "raw UDP" && r.m("p50_us").is_some())
+            .and_then(|r| r.m("p50_us"))
+    }
+
     /// STOQ's best subject through the async API on the engine's threads (neither a worker
     /// handler nor the cross-thread path).
     fn best_async<'a>(rows: &'a [Row], title: &str, key: &str, lower: bool) -> Option<&'a Row> {
@@ -902,8 +909,11 @@ impl Report {
         const FULL8: &str = "Full handshakes, 8 in flight";
         const RES8: &str = "Resumed handshakes, 8 in flight";
         // STOQ as shipped (batch signing on), not the comparison subject.
-        let stoq_full = Self::find(rows, FULL8, "STOQ udp")
-            .or_else(|| Self::best(rows, FULL8, "hs_per_s", true, false));
+        let stoq_full_in = |title| {
+            Self::find(rows, title, "STOQ udp")
+                .or_else(|| Self::best(rows, title, "hs_per_s", true, false))
+        };
+        let stoq_full = stoq_full_in(FULL8);
         let quinn_full = Self::find(rows, FULL8, "quinn (default)");
         if let (Some(b), Some(q)) = (stoq_full, quinn_full) {
             if let (Some(c), Some(qc)) = (b.m("server_cpu_us_per_hs"), q.m("server_cpu_us_per_hs"))
@@ -937,9 +947,7 @@ impl Report {
             let how = res_title.trim_start_matches("Resumed handshakes, ");
             let stoq_res =
                 Self::best(rows, res_title, "hs_per_s", true, false).and_then(|r| r.m("hs_per_s"));
-            let stoq_full_rate = Self::find(rows, full_title, "STOQ udp")
-                .or_else(|| Self::best(rows, full_title, "hs_per_s", true, false))
-                .and_then(|r| r.m("hs_per_s"));
+            let stoq_full_rate = stoq_full_in(full_title).and_then(|r| r.m("hs_per_s"));
             let quinn_full_rate =
                 Self::find(rows, full_title, "quinn (default)").and_then(|r| r.m("hs_per_s"));
             if let (Some(r), Some(f), Some(qf)) = (stoq_res, stoq_full_rate, quinn_full_rate) {
@@ -961,11 +969,7 @@ impl Report {
         let one = Self::find(rows, "Reconnect", "STOQ udp, 1-RTT");
         let early = zero.and_then(|r| r.m("ttfb_p50_us"));
         let hs_alone = one.and_then(|r| r.m("handshake_p50_us"));
-        let raw_rtt = rows
-            .iter()
-            .find(|r| r.label == "raw UDP" && r.m("p50_us").is_some())
-            .and_then(|r| r.m("p50_us"));
-        let rtt = raw_rtt
+        let rtt = Self::raw_udp_rtt(rows)
             .map(|t| (t, "raw UDP's request/response"))
             .or_else(|| {
                 let a = one.and_then(|r| r.m("ttfb_p50_us"))?;
@@ -1253,10 +1257,7 @@ impl Report {
                 }
                 Some(Scenario::Reconnect { .. }) => {
                     // The path's round trip, from the same run: raw UDP's request/response.
-                    let rtt = rows
-                        .iter()
-                        .find(|r| r.label == "raw UDP" && r.m("p50_us").is_some())
-                        .and_then(|r| r.m("p50_us"));
+                    let rtt = Self::raw_udp_rtt(rows);
                     let _ = writeln!(
                         s,
                         "| Subject | How it ran | Cores (server / client) | Answer p50 µs | Min–max | p99 µs | Handshake alone p50 µs | Answer ÷ 1-RTT handshake | Early data accepted | Reconnects/s | Server CPU µs per connection | 0-RTT saves, µs | Saving ÷ raw-UDP round trip |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -87,9 +87,10 @@ impl DecapsulationKey {
 impl Drop for DecapsulationKey {
     fn drop(&mut self) {
         // libcrux's unpacked types do not implement `Zeroize`. Overwriting each with its
-        // all-zero default (`init_key_pair`) clears the secret vector, the implicit-rejection value and the
-        // rest; `black_box` keeps the compiler from dropping the stores as dead, as it
-        // may for writes just before the memory is freed.
+        // all-zero default (`init_key_pair`) clears the secret vector, the
+        // implicit-rejection value and the rest; `black_box` keeps the compiler from
+        // dropping the stores as dead, as it may for writes just before the memory is
+        // freed.
         per_implementation!(self, m, k => {
             **k = m::init_key_pair();
             std::hint::black_box(&**k);
